@@ -1,0 +1,130 @@
+//! Configuration of the NATS connection and streams (`[nats]` in baton.toml, `BATON_NATS__*`).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Subject families stored in the main stream. Dead letters (`baton.dead.>`) live in their own
+/// stream, since two streams may not share subjects.
+pub(crate) const MAIN_SUBJECTS: &[&str] = &[
+    "baton.trigger.>",
+    "baton.ingestion.>",
+    "baton.task.>",
+    "baton.agent.>",
+    "baton.execution.>",
+];
+
+/// How to reach NATS and how the streams and consumers are set up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// Server URL(s), comma-separated (`nats://127.0.0.1:4222`). Empty in `baton up` means
+    /// "start a nats-server child".
+    pub url: String,
+    /// Client name shown by the server's monitoring.
+    pub client_name: String,
+    /// NATS credentials file (`.creds`), when the server requires auth.
+    pub credentials_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server's TLS certificate; setting it requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Main stream name.
+    pub stream: String,
+    /// Dead-letter stream name.
+    pub dead_stream: String,
+    /// Stream replicas (1 for a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// How long the stream remembers message ids for deduplication (also the horizon of
+    /// trigger idempotency keys).
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long events stay in the main stream (the audit log keeps them for good); 0 = forever.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliver: i64,
+    /// How long the server waits for an ack before redelivering.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Delays before redelivery, by attempt (the last one repeats): `["250ms", "1s", "5s"]`.
+    #[serde(with = "durations")]
+    pub backoff: Vec<Duration>,
+    /// Unacked messages a consumer may hold (bounds in-flight work per consumer).
+    pub max_ack_pending: i64,
+    /// Publishes awaiting their stream ack, per connection.
+    pub max_ack_inflight: usize,
+    /// Timeout of the first connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout of JetStream API requests and publish acks.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: String::new(),
+            client_name: "baton".into(),
+            credentials_file: None,
+            tls_ca_file: None,
+            stream: "BATON".into(),
+            dead_stream: "BATON_DEAD".into(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(10 * 60),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+            backoff: vec![
+                Duration::from_millis(250),
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(15),
+            ],
+            max_ack_pending: 1024,
+            max_ack_inflight: 4096,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl BusConfig {
+    /// Checks values that the server would reject with a less helpful message.
+    pub fn validate(&self) -> Result<(), crate::BusError> {
+        let bad = |m: &str| Err(crate::BusError::Config(m.to_string()));
+        if self.url.trim().is_empty() {
+            return bad("nats.url is empty: set it to the server URL (nats://host:4222)");
+        }
+        if self.max_deliver < 1 {
+            return bad("nats.max_deliver must be at least 1");
+        }
+        if self.backoff.is_empty() {
+            return bad("nats.backoff needs at least one delay");
+        }
+        if self.stream.is_empty() || self.stream.contains('.') || self.dead_stream.contains('.') {
+            return bad("stream names must be non-empty and contain no '.'");
+        }
+        Ok(())
+    }
+
+    /// Redelivery delay before attempt `delivered + 1`.
+    pub fn backoff_for(&self, delivered: i64) -> Duration {
+        let i = (delivered.max(1) as usize - 1).min(self.backoff.len() - 1);
+        self.backoff[i]
+    }
+}
+
+/// Serde for `Vec<Duration>` as human-readable strings (`"250ms"`).
+mod durations {
+    use humantime_serde::Serde;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(|d| Serde::from(*d)).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Ok(Vec::<Serde<Duration>>::deserialize(d)?.into_iter().map(Serde::into_inner).collect())
+    }
+}

@@ -1,0 +1,310 @@
+//! Durable pull consumers: at-least-once delivery, explicit acks after the handler's output is
+//! published, nak with backoff on transient failures, and terminate plus a dead-letter event
+//! on poison messages or once `max_deliver` is reached.
+
+use crate::{Bus, BusError, DecodeError, TASK_ID_HEADER, TENANT_HEADER};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use baton_proto::{DeadLetter, Event, event::Body, subject};
+use futures::StreamExt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+/// Largest payload copied into a dead-letter event.
+const DEAD_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// Which messages a consumer receives and who it is.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Stream to consume from; empty means the main stream.
+    pub stream: String,
+    /// Durable consumer name, shared by all replicas of the service (they split the work).
+    pub durable: String,
+    /// Subject filter (`baton.task.received`, `baton.agent.drift`, `baton.>`).
+    pub filter_subject: String,
+    /// Service name, for `baton.dead.<service>` and logs.
+    pub service: String,
+    /// Messages handled at once by this process.
+    pub concurrency: usize,
+}
+
+impl ConsumerSpec {
+    /// A consumer of the main stream.
+    pub fn new(service: &str, durable: &str, filter_subject: &str) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: String::new(),
+            durable: durable.to_string(),
+            filter_subject: filter_subject.to_string(),
+            service: service.to_string(),
+            concurrency: 64,
+        }
+    }
+
+    /// Sets how many messages are handled at once.
+    pub fn concurrency(mut self, n: usize) -> ConsumerSpec {
+        self.concurrency = n.max(1);
+        self
+    }
+}
+
+/// How a handler failed, which decides what happens to the message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might work later (NATS or a dependency is down): nak, redeliver after the backoff; after
+    /// `max_deliver` attempts, dead-letter.
+    #[error("transient failure: {0}")]
+    Retry(String),
+    /// Can never work (malformed payload, unknown body): terminate and dead-letter now.
+    #[error("poison message: {0}")]
+    Reject(String),
+}
+
+impl From<DecodeError> for HandlerError {
+    fn from(e: DecodeError) -> Self {
+        HandlerError::Reject(e.to_string())
+    }
+}
+
+impl From<BusError> for HandlerError {
+    fn from(e: BusError) -> Self {
+        HandlerError::Retry(e.to_string())
+    }
+}
+
+/// One delivered message. Cheap to clone; the consumer loop settles (acks) it after the
+/// handler returns.
+#[derive(Clone)]
+pub struct Delivery {
+    msg: Arc<jetstream::Message>,
+    deliveries: i64,
+    stream_sequence: u64,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.subject())
+            .field("stream_sequence", &self.stream_sequence)
+            .field("deliveries", &self.deliveries)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Wraps a JetStream message.
+    pub fn new(msg: jetstream::Message) -> Delivery {
+        let (deliveries, stream_sequence) =
+            msg.info().map(|i| (i.delivered, i.stream_sequence)).unwrap_or((1, 0));
+        Delivery { msg: Arc::new(msg), deliveries, stream_sequence }
+    }
+    /// The subject it was published on.
+    pub fn subject(&self) -> &str {
+        self.msg.subject.as_str()
+    }
+    /// The raw payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.msg.payload
+    }
+    /// All headers.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        self.msg.headers.as_ref()
+    }
+    /// One header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.msg.headers.as_ref()?.get(name).map(|v| v.as_str())
+    }
+    /// How many times it has been delivered, this time included (from 1).
+    pub fn deliveries(&self) -> i64 {
+        self.deliveries
+    }
+    /// Its sequence in the stream: stable across redeliveries, so a usable idempotency key.
+    pub fn stream_sequence(&self) -> u64 {
+        self.stream_sequence
+    }
+    /// Decodes the payload as a protobuf [`Event`] with a known body.
+    pub fn event(&self) -> Result<Event, DecodeError> {
+        crate::decode_event(self.payload())
+    }
+    /// Tells the server the handler is still working, resetting the ack-wait timer. Long
+    /// handlers (rollouts) call it periodically.
+    pub async fn in_progress(&self) {
+        if let Err(e) = self.msg.ack_with(AckKind::Progress).await {
+            warn!(error = %e, subject = self.subject(), "cannot send in-progress ack");
+        }
+    }
+}
+
+impl Bus {
+    /// Creates (or updates) the durable pull consumer described by `spec`.
+    pub async fn pull_consumer(
+        &self,
+        spec: &ConsumerSpec,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+        let c = self.config();
+        let stream_name = if spec.stream.is_empty() { &c.stream } else { &spec.stream };
+        let err = |reason: String| BusError::Consumer {
+            stream: stream_name.clone(),
+            consumer: spec.durable.clone(),
+            reason,
+        };
+        let stream = self.jetstream().get_stream(stream_name).await.map_err(|e| err(e.to_string()))?;
+        // The server applies `backoff` to ack-wait expiries and requires max_deliver to exceed
+        // its length.
+        let backoff: Vec<Duration> = c
+            .backoff
+            .iter()
+            .copied()
+            .take((c.max_deliver as usize).saturating_sub(1))
+            .collect();
+        let config = pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            description: Some(format!("{} on {}", spec.service, spec.filter_subject)),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: c.ack_wait,
+            max_deliver: c.max_deliver,
+            backoff,
+            filter_subject: spec.filter_subject.clone(),
+            max_ack_pending: c.max_ack_pending,
+            ..Default::default()
+        };
+        match stream.get_consumer::<pull::Config>(&spec.durable).await {
+            Ok(existing) if existing.cached_info().config.filter_subject == spec.filter_subject => {
+                Ok(existing)
+            }
+            _ => stream.create_consumer(config).await.map_err(|e| err(e.to_string())),
+        }
+    }
+
+    /// Runs `handler` on every message of the consumer until `shutdown` is cancelled, up to
+    /// `spec.concurrency` at once; then stops pulling and waits for the in-flight handlers.
+    ///
+    /// Ok → ack. [`HandlerError::Retry`] → nak with the configured backoff, or dead-letter at
+    /// the last attempt. [`HandlerError::Reject`] → dead-letter now. A dead letter is an
+    /// [`Event`] with a [`DeadLetter`] body on `baton.dead.<service>`; the message is
+    /// terminated only once that is stored, so nothing is lost if NATS hiccups.
+    pub async fn consume<F, Fut>(
+        &self,
+        spec: ConsumerSpec,
+        shutdown: CancellationToken,
+        handler: F,
+    ) -> Result<(), BusError>
+    where
+        F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send,
+    {
+        let consumer = self.pull_consumer(&spec).await?;
+        let handler = Arc::new(handler);
+        while !shutdown.is_cancelled() {
+            let messages = consumer.messages().await.map_err(|e| BusError::Consumer {
+                stream: spec.stream.clone(),
+                consumer: spec.durable.clone(),
+                reason: e.to_string(),
+            })?;
+            messages
+                .take_until(shutdown.cancelled())
+                .for_each_concurrent(spec.concurrency, |item| {
+                    let handler = handler.clone();
+                    let spec = &spec;
+                    async move {
+                        match item {
+                            Ok(msg) => {
+                                let delivery = Delivery::new(msg);
+                                let span = info_span!(
+                                    "handle",
+                                    service = %spec.service,
+                                    subject = delivery.subject(),
+                                    task_id = delivery.header(TASK_ID_HEADER).unwrap_or(""),
+                                    attempt = delivery.deliveries(),
+                                );
+                                crate::trace::set_parent(&span, delivery.headers());
+                                let result = handler(delivery.clone()).instrument(span.clone()).await;
+                                self.settle(spec, &delivery, result).instrument(span).await;
+                            }
+                            Err(e) => warn!(error = %e, consumer = %spec.durable, "pull consumer error"),
+                        }
+                    }
+                })
+                .await;
+            if !shutdown.is_cancelled() {
+                // The message stream ended (server gone); pull again after a pause.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Acks, naks or dead-letters `delivery` according to `result` (see [`Bus::consume`]).
+    pub async fn settle(
+        &self,
+        spec: &ConsumerSpec,
+        delivery: &Delivery,
+        result: Result<(), HandlerError>,
+    ) {
+        let kind = match result {
+            Ok(()) => AckKind::Ack,
+            Err(HandlerError::Retry(reason)) if delivery.deliveries() < self.config().max_deliver => {
+                let delay = self.config().backoff_for(delivery.deliveries());
+                warn!(%reason, attempt = delivery.deliveries(), ?delay, "handler failed, will retry");
+                AckKind::Nak(Some(delay))
+            }
+            Err(HandlerError::Retry(reason)) => {
+                let reason = format!(
+                    "gave up after {} deliveries: {reason}",
+                    delivery.deliveries()
+                );
+                self.dead_letter_or_nak(spec, delivery, reason).await
+            }
+            Err(HandlerError::Reject(reason)) => self.dead_letter_or_nak(spec, delivery, reason).await,
+        };
+        if let Err(e) = delivery.msg.ack_with(kind).await {
+            error!(error = %e, subject = delivery.subject(), "cannot settle message");
+        }
+    }
+
+    async fn dead_letter_or_nak(&self, spec: &ConsumerSpec, d: &Delivery, reason: String) -> AckKind {
+        error!(%reason, subject = d.subject(), service = %spec.service, "dead-lettering message");
+        match self.dead_letter(spec, d, &reason).await {
+            Ok(()) => AckKind::Term,
+            Err(e) => {
+                error!(error = %e, "cannot publish dead letter; will redeliver");
+                AckKind::Nak(Some(self.config().backoff_for(d.deliveries())))
+            }
+        }
+    }
+
+    async fn dead_letter(&self, spec: &ConsumerSpec, d: &Delivery, reason: &str) -> Result<(), BusError> {
+        let stream = if spec.stream.is_empty() { &self.config().stream } else { &spec.stream };
+        let headers = d
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.to_string(), v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let payload = &d.payload()[..d.payload().len().min(DEAD_PAYLOAD_MAX)];
+        let event = Event {
+            event_id: format!("dead.{}.{}.{}", spec.service, stream, d.stream_sequence()),
+            task_id: d.header(TASK_ID_HEADER).unwrap_or_default().to_string(),
+            causation_id: String::new(),
+            tenant: d.header(TENANT_HEADER).unwrap_or_default().to_string(),
+            producer: spec.service.clone(),
+            time: Some(baton_proto::now()),
+            body: Some(Body::DeadLetter(DeadLetter {
+                service: spec.service.clone(),
+                subject: d.subject().to_string(),
+                reason: reason.to_string(),
+                payload: payload.to_vec(),
+                headers,
+                stream_sequence: d.stream_sequence(),
+                deliveries: d.deliveries() as u64,
+            })),
+        };
+        let published = self.publish(&subject::dead(&spec.service), &event).await?;
+        debug!(seq = published.sequence, "dead letter stored");
+        Ok(())
+    }
+}

@@ -1,0 +1,81 @@
+//! Errors of the bus.
+
+use std::path::PathBuf;
+
+/// What went wrong talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The server could not be reached.
+    #[error(
+        "cannot connect to NATS at {url}: {reason}; start one with `nats-server -js` or let \
+         `baton up` start it (leave nats.url unset), or set BATON_NATS__URL"
+    )]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// The client's reason.
+        reason: String,
+    },
+    /// The credentials file could not be read.
+    #[error("cannot read NATS credentials file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stream could not be created or updated.
+    #[error(
+        "cannot set up JetStream stream {stream}: {reason}; is JetStream enabled (`nats-server -js`)?"
+    )]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// A consumer could not be created or read from.
+    #[error("consumer {consumer} on stream {stream}: {reason}")]
+    Consumer {
+        /// Stream name.
+        stream: String,
+        /// Durable name.
+        consumer: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// A publish was not acknowledged by the stream.
+    #[error("publish to {subject} failed: {reason}")]
+    Publish {
+        /// Subject.
+        subject: String,
+        /// The client's or server's reason.
+        reason: String,
+    },
+    /// A key-value bucket operation failed.
+    #[error("key-value bucket {bucket}: {reason}")]
+    KeyValue {
+        /// Bucket name.
+        bucket: String,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is unusable.
+    #[error("invalid nats configuration: {0}")]
+    Config(String),
+}
+
+/// Why a payload is not a usable event.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum DecodeError {
+    /// Not valid protobuf for `baton.v1.Event`.
+    #[error("payload is not a valid baton.v1.Event protobuf: {0}")]
+    Protobuf(String),
+    /// Valid protobuf, but the body is missing or of a kind this build does not know (a newer
+    /// producer?).
+    #[error("event {event_id:?} has no body this build knows (missing, or from a newer producer)")]
+    UnknownBody {
+        /// The event's id.
+        event_id: String,
+    },
+}

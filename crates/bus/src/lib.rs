@@ -1,0 +1,228 @@
+//! NATS JetStream plumbing shared by every Baton service.
+//!
+//! - [`Bus`]: one connection, the streams (`BATON` for the path, `BATON_DEAD` for dead letters),
+//!   [`Bus::publish`] with a deterministic `Nats-Msg-Id` (the event id) and W3C `traceparent`.
+//! - [`Bus::consume`]: a durable pull consumer with explicit acks; the handler's result decides
+//!   between ack, nak with backoff, and terminate-plus-dead-letter (see [`HandlerError`]).
+//! - [`server::NatsServer`]: a `nats-server -js` child process for `baton up` and the tests.
+//!
+//! Delivery is at-least-once; handlers are idempotent and every publish carries a deterministic
+//! message id, so the stream's duplicate window drops the second copy of a re-done output.
+
+mod config;
+mod consumer;
+mod error;
+pub mod server;
+pub mod testing;
+pub mod trace;
+
+pub use config::BusConfig;
+pub use consumer::{ConsumerSpec, Delivery, HandlerError};
+pub use error::{BusError, DecodeError};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use baton_proto::Event;
+use prost::Message as _;
+use std::sync::Arc;
+use tracing::debug;
+
+/// Header carrying the tenant of the task an event belongs to.
+pub const TENANT_HEADER: &str = "Baton-Tenant";
+/// Header carrying the task id, so dead letters and operators can find the task without
+/// decoding the payload.
+pub const TASK_ID_HEADER: &str = "Baton-Task-Id";
+/// Content type of protobuf payloads.
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/protobuf";
+/// Content type of JSON payloads (accepted on trigger subjects only).
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// A connection to NATS with JetStream, shared (cheaply cloned) by all services of a process.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: Arc<BusConfig>,
+}
+
+/// What the stream said about a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Stream sequence of the stored message (of the first copy when `duplicate`).
+    pub sequence: u64,
+    /// True when the stream already held a message with this `Nats-Msg-Id` in its duplicate
+    /// window, so nothing new was stored.
+    pub duplicate: bool,
+}
+
+impl Bus {
+    /// Connects to `config.url` and makes sure both streams exist with the configured settings.
+    ///
+    /// Errors: [`BusError::Connect`] when NATS is unreachable (the message says how to start
+    /// it), [`BusError::Stream`] when JetStream is off or a stream cannot be created.
+    pub async fn connect(config: BusConfig) -> Result<Bus, BusError> {
+        config.validate()?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name(&config.client_name)
+            .connection_timeout(config.connect_timeout)
+            .retry_on_initial_connect();
+        if let Some(creds) = &config.credentials_file {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|source| BusError::Credentials { path: creds.clone(), source })?;
+        }
+        if let Some(ca) = &config.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        // retry_on_initial_connect makes connect() return at once; wait for the first
+        // connection ourselves so a wrong URL fails clearly instead of hanging later.
+        let client = options.connect(&config.url).await.map_err(|e| BusError::Connect {
+            url: config.url.clone(),
+            reason: e.to_string(),
+        })?;
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() > deadline {
+                return Err(BusError::Connect {
+                    url: config.url.clone(),
+                    reason: format!("no connection within {:?}", config.connect_timeout),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .max_ack_inflight(config.max_ack_inflight)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        let bus = Bus { client, js, config: Arc::new(config) };
+        bus.ensure_streams().await?;
+        Ok(bus)
+    }
+
+    /// Creates or updates the `BATON` and `BATON_DEAD` streams to match the configuration.
+    pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        let c = &self.config;
+        let main = stream::Config {
+            name: c.stream.clone(),
+            description: Some("Baton: triggers, tasks and execution events".into()),
+            subjects: config::MAIN_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            storage: stream::StorageType::File,
+            num_replicas: c.replicas,
+            duplicate_window: c.duplicate_window,
+            max_age: c.max_age,
+            ..Default::default()
+        };
+        let dead = stream::Config {
+            name: c.dead_stream.clone(),
+            description: Some("Baton: messages a consumer gave up on".into()),
+            subjects: vec![format!("{}.>", baton_proto::subject::DEAD_PREFIX)],
+            storage: stream::StorageType::File,
+            num_replicas: c.replicas,
+            duplicate_window: c.duplicate_window,
+            ..Default::default()
+        };
+        for cfg in [main, dead] {
+            let name = cfg.name.clone();
+            self.js
+                .create_or_update_stream(cfg)
+                .await
+                .map_err(|e| BusError::Stream { stream: name, reason: e.to_string() })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `event` on `subject` and waits for the stream's ack.
+    ///
+    /// Headers: `Nats-Msg-Id` = `event.event_id` (deduplicated by the stream), `Content-Type`,
+    /// `Baton-Tenant`, `Baton-Task-Id`, and `traceparent` from the current span.
+    pub async fn publish(&self, subject: &str, event: &Event) -> Result<Published, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Content-Type", CONTENT_TYPE_PROTOBUF);
+        if !event.tenant.is_empty() {
+            headers.insert(TENANT_HEADER, event.tenant.as_str());
+        }
+        if !event.task_id.is_empty() {
+            headers.insert(TASK_ID_HEADER, event.task_id.as_str());
+        }
+        trace::inject(&mut headers);
+        self.publish_raw(subject, &event.event_id, headers, event.encode_to_vec().into())
+            .await
+    }
+
+    /// Publishes an arbitrary payload with a message id (which may be empty for none).
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        mut headers: HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<Published, BusError> {
+        if !msg_id.is_empty() {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        }
+        let err = |reason: String| BusError::Publish { subject: subject.to_string(), reason };
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_string(), headers, payload)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        debug!(subject, msg_id, seq = ack.sequence, duplicate = ack.duplicate, "published");
+        Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    /// The JetStream context, for key-value buckets and direct stream reads.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The core NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The configuration this bus was connected with.
+    pub fn config(&self) -> &BusConfig {
+        &self.config
+    }
+
+    /// Opens (creating if needed) a key-value bucket with file storage and the configured
+    /// replicas; `history` is how many revisions per key to keep.
+    pub async fn key_value(
+        &self,
+        bucket: &str,
+        history: i64,
+    ) -> Result<jetstream::kv::Store, BusError> {
+        match self.js.get_key_value(bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: bucket.to_string(),
+                    history,
+                    storage: stream::StorageType::File,
+                    num_replicas: self.config.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| BusError::KeyValue { bucket: bucket.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    /// True while the client is connected (for `/ready`).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// Decodes a protobuf [`Event`] and checks that it has a body this build knows.
+pub fn decode_event(payload: &[u8]) -> Result<Event, DecodeError> {
+    let event = Event::decode(payload).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    if event.body.is_none() {
+        return Err(DecodeError::UnknownBody { event_id: event.event_id });
+    }
+    Ok(event)
+}

@@ -1,0 +1,26 @@
+//! Generates the `baton.v1` messages and gRPC stubs with `protoc` (Debian: `protobuf-compiler`),
+//! plus the file descriptor set that server reflection serves.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["types.proto", "events.proto", "services.proto"]
+        .map(|f| root.join("baton/v1").join(f));
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    if std::process::Command::new(std::env::var("PROTOC").unwrap_or_else(|_| "protoc".into()))
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("protoc not found: install it (Debian/Ubuntu: `apt-get install protobuf-compiler`) \
+                    or set PROTOC to its path; deploy/setup.sh does this"
+            .into());
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("baton_descriptor.bin"))
+        .type_attribute(
+            ".baton.v1.Trigger",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
+        .compile_protos(&files, &[root])?;
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! JWT bearer tokens (RFC 7519) for every gRPC call: `authorization: Bearer <token>`.
+//!
+//! Claims: `sub` (who), `tenant` (whose tasks), `roles` ⊂ {submitter, approver, operator,
+//! admin}, `exp`. HS256 with a shared secret for now; asymmetric keys and JWKS come later.
+//! `admin` implies every other role. A verified token becomes a [`Principal`].
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Token verification settings (`[auth]`).
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 shared secret, at least 32 bytes. Empty in `baton up` means "generate one into
+    /// `<data_dir>/jwt.secret`" (development only).
+    pub hs256_secret: String,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("hs256_secret", &if self.hs256_secret.is_empty() { "" } else { "<redacted>" })
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May submit triggers.
+    Submitter,
+    /// May approve or reject gated plans.
+    Approver,
+    /// May pause, resume and cancel rollouts and verify the audit log.
+    Operator,
+    /// May do everything, across tenants.
+    Admin,
+}
+
+impl Role {
+    /// Parses `submitter|approver|operator|admin`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "submitter" => Some(Role::Submitter),
+            "approver" => Some(Role::Approver),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submitter => "submitter",
+            Role::Approver => "approver",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The claims Baton reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject: who is calling.
+    pub sub: String,
+    /// Tenant the caller acts for.
+    pub tenant: String,
+    /// Granted roles.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: u64,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// A caller whose token verified.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// `sub`.
+    pub subject: String,
+    /// `tenant`.
+    pub tenant: String,
+    /// `roles`.
+    pub roles: Vec<Role>,
+}
+
+impl Principal {
+    /// True if the caller has `role` (admin has all).
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+    /// `PERMISSION_DENIED` unless the caller has `role`.
+    pub fn require(&self, role: Role) -> Result<(), AuthError> {
+        if self.has(role) {
+            Ok(())
+        } else {
+            Err(AuthError::MissingRole { subject: self.subject.clone(), role })
+        }
+    }
+    /// True if the caller may see `tenant`'s tasks (its own, or any for admin).
+    pub fn can_see(&self, tenant: &str) -> bool {
+        self.tenant == tenant || self.roles.contains(&Role::Admin)
+    }
+}
+
+/// Why a call was not authenticated or not authorised.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization: Bearer …` metadata.
+    #[error("missing bearer token: send `authorization: Bearer <jwt>` (mint one with `baton token`)")]
+    MissingToken,
+    /// The token did not verify.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// The token verified but lacks a role.
+    #[error("{subject} lacks the {} role needed for this call", role.as_str())]
+    MissingRole {
+        /// The caller.
+        subject: String,
+        /// The role needed.
+        role: Role,
+    },
+    /// The configuration cannot verify tokens.
+    #[error("auth configuration: {0}")]
+    Config(String),
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::MissingToken | AuthError::InvalidToken(_) => {
+                tonic::Status::unauthenticated(e.to_string())
+            }
+            AuthError::MissingRole { .. } => tonic::Status::permission_denied(e.to_string()),
+            AuthError::Config(_) => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Verifies (and, for development and tests, mints) tokens.
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    config: AuthConfig,
+}
+
+impl Authenticator {
+    /// Builds a verifier; the secret must be at least 32 bytes.
+    pub fn new(config: &AuthConfig) -> Result<Authenticator, AuthError> {
+        if config.hs256_secret.len() < 32 {
+            return Err(AuthError::Config(
+                "auth.hs256_secret must be at least 32 bytes (set BATON_AUTH__HS256_SECRET)".into(),
+            ));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Authenticator {
+            decoding: DecodingKey::from_secret(config.hs256_secret.as_bytes()),
+            encoding: EncodingKey::from_secret(config.hs256_secret.as_bytes()),
+            validation,
+            config: config.clone(),
+        })
+    }
+
+    /// Verifies a compact JWT.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let c = data.claims;
+        if c.tenant.is_empty() {
+            return Err(AuthError::InvalidToken("the tenant claim is empty".into()));
+        }
+        Ok(Principal { subject: c.sub, tenant: c.tenant, roles: c.roles })
+    }
+
+    /// Verifies the bearer token of a gRPC request.
+    pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Principal, AuthError> {
+        let value = request
+            .metadata()
+            .get("authorization")
+            .ok_or(AuthError::MissingToken)?
+            .to_str()
+            .map_err(|_| AuthError::InvalidToken("authorization metadata is not ASCII".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| AuthError::InvalidToken("authorization is not `Bearer <jwt>`".into()))?;
+        self.verify(token.trim())
+    }
+
+    /// Signs a token for `subject` in `tenant` with `roles`, valid for `ttl`.
+    pub fn mint(&self, subject: &str, tenant: &str, roles: &[Role], ttl: Duration) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let claims = Claims {
+            sub: subject.into(),
+            tenant: tenant.into(),
+            roles: roles.to_vec(),
+            exp: now + ttl.as_secs(),
+            iat: now,
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn minted_token_verifies_with_roles_and_tenant() {
+        let a = auth();
+        let t = a.mint("alice", "acme", &[Role::Approver], Duration::from_secs(60));
+        let p = a.verify(&t).unwrap();
+        assert_eq!((p.subject.as_str(), p.tenant.as_str()), ("alice", "acme"));
+        assert!(p.has(Role::Approver));
+        assert!(!p.has(Role::Operator));
+        assert!(p.require(Role::Submitter).is_err());
+    }
+
+    #[test]
+    fn token_signed_with_another_secret_is_rejected() {
+        let other = Authenticator::new(&AuthConfig { hs256_secret: "y".repeat(32), ..Default::default() }).unwrap();
+        let t = other.mint("mallory", "acme", &[Role::Admin], Duration::from_secs(60));
+        let err = auth().verify(&t).unwrap_err();
+        assert!(matches!(err, AuthError::InvalidToken(_)), "{err}");
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn short_secret_is_a_config_error() {
+        let err = Authenticator::new(&AuthConfig { hs256_secret: "short".into(), ..Default::default() });
+        assert!(matches!(err, Err(AuthError::Config(m)) if m.contains("32 bytes")));
+    }
+
+    #[test]
+    fn admin_implies_every_role_and_sees_all_tenants() {
+        let p = Principal { subject: "root".into(), tenant: "ops".into(), roles: vec![Role::Admin] };
+        assert!(p.has(Role::Approver) && p.has(Role::Operator) && p.can_see("acme"));
+        let q = Principal { subject: "bob".into(), tenant: "ops".into(), roles: vec![Role::Submitter] };
+        assert!(!q.can_see("acme") && q.can_see("ops"));
+    }
+}

@@ -1,0 +1,40 @@
+//! One tonic server for whatever set of Baton services a process runs, plus the standard gRPC
+//! health service (`grpc.health.v1.Health`) and server reflection, so `grpcurl` can list and
+//! call everything.
+
+use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Serves `routes` on `addr` until `shutdown`. `names` are the fully-qualified service names
+/// to report as SERVING (`baton.v1.TriggerService`, …). Returns the bound address and the
+/// server task.
+pub async fn serve(
+    addr: SocketAddr,
+    routes: Routes,
+    names: &[&str],
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in names {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(std::io::Error::other)?;
+    let routes = routes.add_service(health).add_service(reflection);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+    });
+    Ok((local, task))
+}

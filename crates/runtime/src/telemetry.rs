@@ -1,0 +1,24 @@
+//! Logging and tracing: a `tracing` subscriber (text or JSON) with an OpenTelemetry layer, so
+//! every span has a W3C trace context that [`baton_bus::trace`] carries across NATS. Export over
+//! OTLP is configuration for a later release; the spans and their propagation are here now.
+
+use crate::config::LogConfig;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
+/// tests that start services in-process can call it freely.
+pub fn init(config: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let provider = SdkTracerProvider::builder().build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("baton"));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let _ = if config.json {
+        registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
+    };
+}

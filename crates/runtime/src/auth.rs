@@ -231,6 +231,29 @@ impl Authenticator {
     }
 }
 
+/// The development secret of a data directory: `<data_dir>/jwt.secret`, created with 48 random
+/// bytes (hex) and mode 0600 when missing. Used when `auth.hs256_secret` is empty, so a local
+/// `baton up` and the `baton` client on the same machine agree without configuration.
+pub fn dev_secret(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("jwt.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        if s.len() >= 32 {
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut bytes = [0u8; 48];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&path)?, secret.as_bytes())?;
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,7 @@ struct ServerState {
     fail_after_change: bool,
     applies: u32,
     seen_keys: HashSet<String>,
+    delay: std::time::Duration,
 }
 
 /// One running web server.
@@ -115,6 +116,10 @@ impl WebServer {
     /// Makes the next applied change leave it unhealthy.
     pub fn fail_after_change(&self, enabled: bool) {
         self.state.lock().unwrap().fail_after_change = enabled;
+    }
+    /// Makes `PUT /config` answer only after `delay` (a slow server, to catch a rollout mid-phase).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
     /// How many changes it has applied.
     pub fn applies(&self) -> u32 {
@@ -237,6 +242,10 @@ async fn get_config(State(s): Shared) -> Json<ConfigBody> {
 }
 
 async fn put_config(State(s): Shared, headers: HeaderMap, Json(body): Json<ConfigBody>) -> Json<serde_json::Value> {
+    let delay = s.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut st = s.lock().unwrap();
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let fresh = key.map(|k| st.seen_keys.insert(k)).unwrap_or(true);

@@ -1,1 +1,520 @@
-//! stub
+//! The ingestion service: Baton's front door. It turns triggers into tasks.
+//!
+//! In: `baton.trigger.<source>` (durable consumer `ingestion`; JSON or protobuf
+//! `baton.v1.Trigger`), and gRPC `baton.v1.TriggerService/SubmitTask`.
+//! Out: `baton.task.received` (`TaskReceived`, event id `<task_id>.received`) for an accepted
+//! trigger, `baton.ingestion.rejected` (`TriggerRejected`) for a NATS trigger it refuses.
+//!
+//! Every trigger is validated the same way whichever way it came ([`validate::normalise`]).
+//! Task ids are deterministic wherever a retry could happen: with an idempotency key the id is a
+//! UUID v5 over tenant and key ([`task_id_for_key`]), so the stream's duplicate window turns the
+//! second submission into a no-op; a NATS trigger without a key gets a UUID v5 over its stream
+//! sequence, so a redelivered trigger never becomes a second task. gRPC submissions without a
+//! key get a UUID v7. gRPC callers need the `submitter` role and are rate-limited per tenant.
+
+pub mod validate;
+
+use baton_bus::{ConsumerSpec, Delivery, HandlerError, TENANT_HEADER};
+use baton_proto::trigger_service_server::{TriggerService, TriggerServiceServer};
+use baton_proto::{
+    Event, SubmitTaskRequest, SubmitTaskResponse, Task, TaskReceived, Trigger, TriggerRejected,
+    event::Body, subject,
+};
+use baton_runtime::Context;
+use baton_runtime::auth::Role;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Producer name on events and the metrics label.
+pub const SERVICE: &str = "ingestion";
+/// gRPC services this crate serves (for gRPC health).
+pub const GRPC_SERVICES: &[&str] = &["baton.v1.TriggerService"];
+/// Durable consumer name on `baton.trigger.*`.
+pub const DURABLE: &str = "ingestion";
+/// Namespace of the UUID v5 task ids ingestion derives.
+pub const TASK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1c_07a2_4e3d_5f68_9a0b_c1d2_e3f4_a5b6);
+/// Largest payload copied into a `TriggerRejected` event, in bytes.
+pub const REJECTED_PAYLOAD_MAX: usize = 64 * 1024;
+/// Longest accepted tenant name (from the `Baton-Tenant` header), in bytes.
+pub const MAX_TENANT_BYTES: usize = 128;
+
+/// Settings of the ingestion service (`[ingestion]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Tenant of NATS triggers without a `Baton-Tenant` header.
+    pub default_tenant: String,
+    /// Longest accepted trigger text, in bytes (after trimming whitespace).
+    pub max_text_bytes: usize,
+    /// Most labels one trigger may carry.
+    pub max_labels: usize,
+    /// Longest label key, in bytes.
+    pub max_label_key_bytes: usize,
+    /// Longest label value, in bytes.
+    pub max_label_value_bytes: usize,
+    /// gRPC submissions allowed per tenant per second (sustained); 0 disables rate limiting.
+    pub rate_limit_per_second: u32,
+    /// gRPC submissions a tenant may make at once above the sustained rate (at least 1 when
+    /// rate limiting is on).
+    pub burst: u32,
+    /// NATS triggers handled at once by this process.
+    pub concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_tenant: "default".into(),
+            max_text_bytes: 16 * 1024,
+            max_labels: 32,
+            max_label_key_bytes: 64,
+            max_label_value_bytes: 256,
+            rate_limit_per_second: 50,
+            burst: 100,
+            concurrency: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings; the message names the key to fix.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.default_tenant.trim().is_empty() {
+            return bad("ingestion.default_tenant is empty: name the tenant of NATS triggers without a Baton-Tenant header");
+        }
+        if self.max_text_bytes == 0 {
+            return bad("ingestion.max_text_bytes must be at least 1");
+        }
+        if self.concurrency == 0 {
+            return bad("ingestion.concurrency must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong in ingestion.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid ingestion configuration: {0}")]
+    Config(String),
+    /// The trigger was refused; the message says why and what to do.
+    #[error("invalid trigger: {0}")]
+    InvalidTrigger(String),
+    /// The task could not be published; the caller may retry (with the same idempotency key).
+    #[error("nats unavailable: {0}; retry (with the same idempotency_key to avoid a second task)")]
+    Unavailable(String),
+    /// The tenant submits faster than `rate_limit_per_second`.
+    #[error(
+        "tenant {tenant} exceeds {per_second} submissions per second: retry in {} ms",
+        retry_after.as_millis()
+    )]
+    RateLimited {
+        /// The tenant.
+        tenant: String,
+        /// The configured sustained rate.
+        per_second: u32,
+        /// When the next submission would be allowed.
+        retry_after: Duration,
+    },
+    /// The trigger consumer could not be set up or read from.
+    #[error(transparent)]
+    Bus(#[from] baton_bus::BusError),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Config(_) => tonic::Code::FailedPrecondition,
+            Error::InvalidTrigger(_) => tonic::Code::InvalidArgument,
+            Error::Unavailable(_) | Error::Bus(_) => tonic::Code::Unavailable,
+            Error::RateLimited { .. } => tonic::Code::ResourceExhausted,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// A trigger that became (or already was) a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The task's id.
+    pub task_id: String,
+    /// True when the stream already had this task (same idempotency key, or a redelivered
+    /// trigger): nothing new was published.
+    pub deduplicated: bool,
+}
+
+/// The task id of a trigger with an idempotency key: UUID v5 over `tenant + "\0" + key`, so the
+/// same key of the same tenant always names the same task.
+pub fn task_id_for_key(tenant: &str, key: &str) -> Uuid {
+    Uuid::new_v5(&TASK_ID_NAMESPACE, format!("{tenant}\0{key}").as_bytes())
+}
+
+/// The task id of a NATS trigger without a key: UUID v5 over `<stream>:<sequence>`, stable
+/// across redeliveries.
+pub fn task_id_for_sequence(stream: &str, sequence: u64) -> Uuid {
+    Uuid::new_v5(&TASK_ID_NAMESPACE, format!("{stream}:{sequence}").as_bytes())
+}
+
+/// The task id under which a refused NATS trigger is recorded: UUID v5 over
+/// `rejected:<stream>:<sequence>`.
+pub fn rejected_task_id(stream: &str, sequence: u64) -> Uuid {
+    Uuid::new_v5(&TASK_ID_NAMESPACE, format!("rejected:{stream}:{sequence}").as_bytes())
+}
+
+/// Parses a trigger payload: JSON when `content_type` is `application/json` or the first
+/// non-blank byte is `{`, else protobuf `baton.v1.Trigger`.
+///
+/// Errors: what is wrong with the payload (serde's message with line and column for JSON) and
+/// what to send instead.
+pub fn parse_trigger(payload: &[u8], content_type: Option<&str>) -> Result<Trigger, String> {
+    let declared_json = content_type
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|ct| ct.trim().eq_ignore_ascii_case(baton_bus::CONTENT_TYPE_JSON));
+    let looks_json = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if declared_json || looks_json {
+        serde_json::from_slice::<Trigger>(payload).map_err(|e| {
+            format!(
+                "malformed JSON trigger: {e}; send an object like \
+                 {{\"text\":\"Fix drift on production web servers\",\"environment\":\"production\"}}"
+            )
+        })
+    } else {
+        Trigger::decode(payload).map_err(|e| {
+            format!(
+                "payload is neither JSON nor a baton.v1.Trigger protobuf ({e}); publish a JSON \
+                 object like {{\"text\":\"…\"}} or an encoded baton.v1.Trigger"
+            )
+        })
+    }
+}
+
+/// The ingestion service: the trigger consumer and the `TriggerService` gRPC server.
+#[derive(Clone)]
+pub struct Ingestion {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Context,
+    config: Config,
+    /// Per-tenant token buckets of gRPC submissions; `None` when rate limiting is off.
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+/// What happened to one NATS trigger.
+enum Outcome {
+    Accepted(Submitted),
+    Rejected,
+}
+
+impl Ingestion {
+    /// Validates `config` and builds the service.
+    ///
+    /// Errors: [`Error::Config`] naming the setting to fix.
+    pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let limiter = NonZeroU32::new(config.rate_limit_per_second).map(|rate| {
+            let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+            DefaultKeyedRateLimiter::hashmap(Quota::per_second(rate).allow_burst(burst))
+        });
+        Ok(Ingestion { inner: Arc::new(Inner { ctx, config, limiter }) })
+    }
+
+    /// Adds `baton.v1.TriggerService` to `routes`.
+    pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(TriggerServiceServer::new(TriggerApi { inner: self.inner.clone() }));
+    }
+
+    /// Consumes `baton.trigger.*` until `shutdown`, then finishes the triggers in hand.
+    ///
+    /// Errors: [`Error::Bus`] when the consumer cannot be created.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let spec = ConsumerSpec::new(SERVICE, DURABLE, subject::TRIGGERS)
+            .concurrency(self.inner.config.concurrency);
+        let inner = self.inner.clone();
+        info!(filter = subject::TRIGGERS, "ingestion consuming triggers");
+        self.inner
+            .ctx
+            .bus
+            .consume(spec, shutdown, move |delivery| {
+                let inner = inner.clone();
+                async move { inner.handle(delivery).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Validates `trigger` and publishes it as a task of `tenant` submitted by `submitted_by`,
+    /// from `source` (overwriting the trigger's own `source`). Without an idempotency key the
+    /// task gets a fresh UUID v7. Not rate-limited (callers that face users apply their own).
+    ///
+    /// Errors: [`Error::InvalidTrigger`] with the reason, [`Error::Unavailable`] when NATS did
+    /// not store the task.
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        submitted_by: &str,
+        source: &str,
+        mut trigger: Trigger,
+    ) -> Result<Submitted, Error> {
+        trigger.source = source.to_string();
+        validate::normalise(&mut trigger, &self.inner.config).map_err(Error::InvalidTrigger)?;
+        self.inner.accept(tenant, submitted_by, trigger, Uuid::now_v7()).await
+    }
+}
+
+impl Inner {
+    /// Publishes a validated trigger as `TaskReceived`; `fallback_id` is used when the trigger
+    /// has no idempotency key.
+    async fn accept(
+        &self,
+        tenant: &str,
+        submitted_by: &str,
+        trigger: Trigger,
+        fallback_id: Uuid,
+    ) -> Result<Submitted, Error> {
+        let task_id = if trigger.idempotency_key.is_empty() {
+            fallback_id
+        } else {
+            task_id_for_key(tenant, &trigger.idempotency_key)
+        }
+        .to_string();
+        let source = trigger.source.clone();
+        let task = Task {
+            task_id: task_id.clone(),
+            tenant: tenant.to_string(),
+            submitted_by: submitted_by.to_string(),
+            trigger: Some(trigger),
+            received_at: Some(baton_proto::now()),
+        };
+        let event = Event::first(
+            &task_id,
+            tenant,
+            "received",
+            SERVICE,
+            Body::TaskReceived(TaskReceived { task: Some(task) }),
+        );
+        let published = self
+            .ctx
+            .bus
+            .publish(subject::TASK_RECEIVED, &event)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        if published.duplicate {
+            info!(task_id = %task_id, tenant, source, "duplicate trigger: task already received");
+        } else {
+            info!(task_id = %task_id, tenant, source, seq = published.sequence, "task received");
+        }
+        Ok(Submitted { task_id, deduplicated: published.duplicate })
+    }
+
+    /// Handles one NATS trigger and records its metrics.
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let result = self.handle_trigger(&delivery).await;
+        let outcome = match &result {
+            Ok(Outcome::Accepted(s)) if s.deduplicated => "duplicate",
+            Ok(Outcome::Accepted(_)) => "ok",
+            Ok(Outcome::Rejected) => "rejected",
+            Err(_) => "retry",
+        };
+        self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+        result.map(|_| ())
+    }
+
+    async fn handle_trigger(&self, d: &Delivery) -> Result<Outcome, HandlerError> {
+        let stream = self.ctx.bus.config().stream.clone();
+        let sequence = d.stream_sequence();
+        let source = d
+            .subject()
+            .strip_prefix(subject::TRIGGER_PREFIX)
+            .and_then(|s| s.strip_prefix('.'))
+            .filter(|s| !s.is_empty())
+            .unwrap_or("nats")
+            .to_string();
+        let tenant = d
+            .header(TENANT_HEADER)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .unwrap_or(&self.config.default_tenant)
+            .to_string();
+
+        let parsed = if tenant.len() > MAX_TENANT_BYTES {
+            Err(format!(
+                "{TENANT_HEADER} header is {} bytes, more than the limit of {MAX_TENANT_BYTES}: use a shorter tenant name",
+                tenant.len()
+            ))
+        } else {
+            parse_trigger(d.payload(), d.header("Content-Type")).and_then(|mut trigger| {
+                trigger.source = source.clone();
+                validate::normalise(&mut trigger, &self.config).map(|()| trigger)
+            })
+        };
+        match parsed {
+            Ok(trigger) => {
+                let submitted_by = format!("nats:{source}");
+                let fallback = task_id_for_sequence(&stream, sequence);
+                match self.accept(&tenant, &submitted_by, trigger, fallback).await {
+                    Ok(s) => Ok(Outcome::Accepted(s)),
+                    Err(e) => Err(HandlerError::Retry(e.to_string())),
+                }
+            }
+            Err(reason) => {
+                let task_id = rejected_task_id(&stream, sequence).to_string();
+                warn!(task_id = %task_id, tenant, subject = d.subject(), %reason, "trigger rejected");
+                let payload = &d.payload()[..d.payload().len().min(REJECTED_PAYLOAD_MAX)];
+                let event = Event::first(
+                    &task_id,
+                    &tenant,
+                    "rejected",
+                    SERVICE,
+                    Body::TriggerRejected(TriggerRejected {
+                        subject: d.subject().to_string(),
+                        reason,
+                        payload: payload.to_vec(),
+                    }),
+                );
+                self.ctx.bus.publish(subject::TRIGGER_REJECTED, &event).await?;
+                Ok(Outcome::Rejected)
+            }
+        }
+    }
+
+    /// `RESOURCE_EXHAUSTED` when `tenant` is over its rate.
+    fn check_rate(&self, tenant: &str) -> Result<(), Error> {
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        match limiter.check_key(&tenant.to_string()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                // Keep the per-tenant map from growing without bound.
+                if limiter.len() > 10_000 {
+                    limiter.retain_recent();
+                }
+                Err(Error::RateLimited {
+                    tenant: tenant.to_string(),
+                    per_second: self.config.rate_limit_per_second,
+                    retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                })
+            }
+        }
+    }
+}
+
+/// The `TriggerService` gRPC server.
+struct TriggerApi {
+    inner: Arc<Inner>,
+}
+
+#[tonic::async_trait]
+impl TriggerService for TriggerApi {
+    async fn submit_task(
+        &self,
+        request: tonic::Request<SubmitTaskRequest>,
+    ) -> Result<tonic::Response<SubmitTaskResponse>, tonic::Status> {
+        let started = Instant::now();
+        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        principal.require(Role::Submitter)?;
+        self.inner.check_rate(&principal.tenant)?;
+        let mut trigger = request.into_inner().trigger.ok_or_else(|| {
+            Error::InvalidTrigger("trigger is missing: set SubmitTaskRequest.trigger".into())
+        })?;
+        trigger.source = "grpc".into();
+        let result = match validate::normalise(&mut trigger, &self.inner.config) {
+            Err(reason) => Err(Error::InvalidTrigger(reason)),
+            Ok(()) => {
+                self.inner
+                    .accept(&principal.tenant, &principal.subject, trigger, Uuid::now_v7())
+                    .await
+            }
+        };
+        let outcome = match &result {
+            Ok(s) if s.deduplicated => "duplicate",
+            Ok(_) => "ok",
+            Err(Error::InvalidTrigger(_)) => "rejected",
+            Err(_) => "failed",
+        };
+        self.inner.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+        let s = result?;
+        Ok(tonic::Response::new(SubmitTaskResponse { task_id: s.task_id, deduplicated: s.deduplicated }))
+    }
+}
+
+/// Builds the service and consumes triggers until `shutdown` (the design's `run(config,
+/// shutdown)`; the gRPC server is the caller's, via [`Ingestion::add_grpc`]).
+pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    Ingestion::new(ctx, config).await?.run(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_key_same_tenant_same_id_and_tenants_do_not_collide() {
+        assert_eq!(task_id_for_key("acme", "k1"), task_id_for_key("acme", "k1"));
+        assert_ne!(task_id_for_key("acme", "k1"), task_id_for_key("other", "k1"));
+        assert_ne!(task_id_for_key("acme", "k1"), task_id_for_key("acme", "k2"));
+        // The separator keeps "a"+"b\0c" apart from "a\0b"+"c".
+        assert_ne!(task_id_for_key("a", "b\0c"), task_id_for_key("a\0b", "c"));
+        assert_eq!(task_id_for_key("acme", "k1").get_version_num(), 5);
+    }
+
+    #[test]
+    fn sequence_ids_are_stable_and_distinct_from_rejections() {
+        assert_eq!(task_id_for_sequence("BATON", 7), task_id_for_sequence("BATON", 7));
+        assert_ne!(task_id_for_sequence("BATON", 7), task_id_for_sequence("BATON", 8));
+        assert_ne!(task_id_for_sequence("BATON", 7), rejected_task_id("BATON", 7));
+    }
+
+    #[test]
+    fn json_is_detected_by_content_type_or_first_byte() {
+        let t = parse_trigger(b"  {\"text\":\"hi\",\"environment\":\"staging\"}", None).unwrap();
+        assert_eq!((t.text.as_str(), t.environment.as_str()), ("hi", "staging"));
+        let err = parse_trigger(b"[1]", Some("application/json; charset=utf-8")).unwrap_err();
+        assert!(err.starts_with("malformed JSON trigger"), "{err}");
+    }
+
+    #[test]
+    fn malformed_json_reports_line_and_column() {
+        let err = parse_trigger(b"{\"text\": \"x\",\n \"environment\" }", None).unwrap_err();
+        assert!(err.contains("line 2 column"), "{err}");
+    }
+
+    #[test]
+    fn unknown_json_fields_are_named() {
+        let err = parse_trigger(br#"{"txt":"x"}"#, None).unwrap_err();
+        assert!(err.contains("unknown field `txt`"), "{err}");
+    }
+
+    #[test]
+    fn protobuf_round_trips_and_garbage_is_explained() {
+        let t = Trigger { text: "Fix drift".into(), role: "drift".into(), ..Default::default() };
+        assert_eq!(parse_trigger(&t.encode_to_vec(), Some("application/protobuf")).unwrap(), t);
+        let err = parse_trigger(b"Fix drift please", None).unwrap_err();
+        assert!(err.contains("neither JSON nor a baton.v1.Trigger protobuf"), "{err}");
+    }
+
+    #[test]
+    fn status_codes_are_explicit() {
+        let code = |e: Error| tonic::Status::from(e).code();
+        assert_eq!(code(Error::InvalidTrigger("x".into())), tonic::Code::InvalidArgument);
+        assert_eq!(code(Error::Unavailable("x".into())), tonic::Code::Unavailable);
+        let limited = Error::RateLimited {
+            tenant: "acme".into(),
+            per_second: 1,
+            retry_after: Duration::from_millis(20),
+        };
+        assert_eq!(code(limited), tonic::Code::ResourceExhausted);
+        assert!(tonic::Status::from(Error::Unavailable("down".into())).message().starts_with("nats unavailable: down"));
+    }
+}

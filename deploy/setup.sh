@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what Baton needs to build and run, when missing: nats-server and protoc (always),
+# PostgreSQL (with --postgres, for the tests) and cargo-nextest (with --nextest).
+# Debian/Ubuntu; uses sudo when not root. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+want_pg=0; want_nextest=0
+for a in "$@"; do
+  case "$a" in
+    --postgres) want_pg=1 ;;
+    --nextest) want_nextest=1 ;;
+    *) echo "usage: $0 [--postgres] [--nextest]" >&2; exit 2 ;;
+  esac
+done
+
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+pkgs=()
+command -v nats-server >/dev/null || pkgs+=(nats-server)
+command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
+if [ "$want_pg" = 1 ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  pkgs+=(postgresql)
+fi
+if [ "${#pkgs[@]}" -gt 0 ]; then
+  echo "setup: installing ${pkgs[*]}" >&2
+  sudo_ apt-get update -qq
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+if [ "$want_nextest" = 1 ] && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi

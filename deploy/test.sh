@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs all tests: installs what is missing (nats-server, protoc, PostgreSQL, cargo-nextest),
+# starts PostgreSQL on loopback, then runs the workspace's tests. Each test starts its own
+# nats-server on a free port and uses its own SQLite file or PostgreSQL database.
+# Extra arguments go to `cargo nextest run` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/setup.sh --postgres --nextest
+BATON_TEST_POSTGRES_URL="$(bash deploy/postgres.sh)"
+export BATON_TEST_POSTGRES_URL
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
+cargo nextest run --workspace --no-fail-fast "$@"

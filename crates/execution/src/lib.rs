@@ -1,1 +1,348 @@
-//! stub
+//! Execution service: runs approved plans as phased rollouts (canary first, then waves), checks
+//! the health of every changed asset after each phase, and rolls every change back when an
+//! action fails or an asset stays unhealthy.
+//!
+//! - In: `baton.task.approved` ([`TaskApproved`]), durable consumer `execution`.
+//! - Out: `baton.execution.started`, `.phase_started`, `.asset_updated`, `.phase_completed`,
+//!   `.rollback_started`; finally `baton.task.completed` or `baton.task.failed`
+//!   (stage `execution`, code `rolled_back` or `rollback_failed`).
+//! - State: one protobuf [`Execution`] per task in the JetStream key-value bucket
+//!   `baton_executions`, written after every step, so a restarted service resumes a rollout
+//!   where it stopped (see [`rollout`](crate::rollout) for the invariants).
+//! - gRPC: `baton.v1.ExecutionService` (`GetExecution`).
+//!
+//! Actions run through an [`ActionRunner`]; [`HttpRunner`] handles `http` and `noop` actions.
+
+#![forbid(unsafe_code)]
+
+pub mod action;
+mod grpc;
+pub mod rollout;
+pub mod store;
+
+pub use action::{ActionError, ActionOutcome, ActionRunner, HttpRunner};
+pub use rollout::{Control, Stop};
+pub use store::Store;
+
+use baton_bus::{ConsumerSpec, Delivery, HandlerError};
+use baton_proto::event::Body;
+use baton_proto::{Execution, TaskApproved, TaskFailed, subject};
+use baton_runtime::Context;
+use baton_runtime::metrics::StageLabels;
+use rollout::{Finish, Halt, Shared};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Producer name on events, durable consumer name, metrics label.
+pub const SERVICE: &str = "execution";
+
+/// gRPC services this crate serves, for gRPC health.
+pub const GRPC_SERVICES: &[&str] = &["baton.v1.ExecutionService"];
+
+/// `[execution]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Timeout of one action or health probe request (connect included).
+    #[serde(with = "humantime_serde")]
+    pub action_timeout: Duration,
+    /// Health-check attempts when a check does not say (`attempts = 0`).
+    pub health_check_attempts: u32,
+    /// Pause between health-check attempts when a check does not say (`interval_ms = 0`).
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// HTTP status meaning healthy when a check does not say (`expect_status = 0`).
+    pub health_check_expect_status: u16,
+    /// Steps (actions, and health checks) run at once within one phase.
+    pub max_concurrent_steps: usize,
+    /// How often a running rollout tells JetStream it is still at work, so the message is not
+    /// redelivered to another replica; must be well below `nats.ack_wait`.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+    /// Rollouts run at once by this process (consumer concurrency).
+    pub max_concurrent_rollouts: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            action_timeout: Duration::from_secs(10),
+            health_check_attempts: 3,
+            health_check_interval: Duration::from_millis(200),
+            health_check_expect_status: 200,
+            max_concurrent_steps: 8,
+            progress_interval: Duration::from_secs(5),
+            max_concurrent_rollouts: 32,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values; the message names the key and what to set.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.action_timeout.is_zero() {
+            return bad("execution.action_timeout must be more than 0 (e.g. \"10s\")");
+        }
+        if self.health_check_attempts == 0 {
+            return bad("execution.health_check_attempts must be at least 1");
+        }
+        if !(100..=599).contains(&self.health_check_expect_status) {
+            return bad("execution.health_check_expect_status must be an http status (100-599)");
+        }
+        if self.max_concurrent_steps == 0 {
+            return bad("execution.max_concurrent_steps must be at least 1");
+        }
+        if self.progress_interval < Duration::from_millis(100) {
+            return bad("execution.progress_interval must be at least 100ms (and below nats.ack_wait)");
+        }
+        if self.max_concurrent_rollouts == 0 {
+            return bad("execution.max_concurrent_rollouts must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong in the execution service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid execution configuration: {0}")]
+    Config(String),
+    /// NATS failed (publish, consumer, bucket).
+    #[error(transparent)]
+    Bus(#[from] baton_bus::BusError),
+    /// Reading or writing the rollout state failed.
+    #[error("execution state of task {task_id}: {reason}; check that NATS JetStream is reachable")]
+    Store {
+        /// The task.
+        task_id: String,
+        /// The store's reason.
+        reason: String,
+    },
+    /// Another process wrote the rollout state since this one read it.
+    #[error("execution state of task {task_id} was changed by another process; leaving the rollout to it")]
+    Conflict {
+        /// The task.
+        task_id: String,
+    },
+    /// The stored state cannot be used.
+    #[error(
+        "stored execution of task {task_id} is unusable: {reason}; delete key {task_id} from \
+         bucket baton_executions to run the plan again"
+    )]
+    CorruptState {
+        /// The task.
+        task_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No execution (visible to the caller) for this task.
+    #[error("no execution for task {0:?}: check the id (an execution starts once its plan is approved)")]
+    NotFound(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the http client for actions: {0}")]
+    Http(String),
+    /// The caller is not authenticated.
+    #[error(transparent)]
+    Auth(#[from] baton_runtime::auth::AuthError),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::Config(_) => tonic::Status::failed_precondition(msg),
+            Error::Bus(_) | Error::Store { .. } => tonic::Status::unavailable(msg),
+            Error::Conflict { .. } => tonic::Status::aborted(msg),
+            Error::CorruptState { .. } => tonic::Status::data_loss(msg),
+            Error::NotFound(_) => tonic::Status::not_found(msg),
+            Error::Http(_) => tonic::Status::internal(msg),
+            Error::Auth(a) => a.into(),
+        }
+    }
+}
+
+/// The execution service: the `baton.task.approved` consumer and the `ExecutionService` gRPC
+/// server.
+pub struct Executor {
+    /// Bus, auth and metrics.
+    ctx: Context,
+    /// What rollouts share (store, runner, config).
+    shared: Arc<Shared>,
+}
+
+impl Executor {
+    /// Validates `config`, opens the `baton_executions` bucket and builds the HTTP runner.
+    ///
+    /// Errors: [`Error::Config`], [`Error::Bus`] when the bucket cannot be opened,
+    /// [`Error::Http`].
+    pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
+        let runner = HttpRunner::new(config.action_timeout).map_err(|e| Error::Http(e.to_string()))?;
+        Self::with_runner(ctx, config, Arc::new(runner)).await
+    }
+
+    /// Like [`Executor::new`] with another [`ActionRunner`] (more action kinds).
+    pub async fn with_runner(ctx: Context, config: Config, runner: Arc<dyn ActionRunner>) -> Result<Self, Error> {
+        config.validate()?;
+        let store = Store::open(&ctx.bus).await?;
+        let shared = Arc::new(Shared { bus: ctx.bus.clone(), store, runner, config });
+        Ok(Executor { ctx, shared })
+    }
+
+    /// Adds the `baton.v1.ExecutionService` server to `routes`.
+    pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(grpc::server(self.ctx.auth.clone(), self.shared.store.clone()));
+    }
+
+    /// The stored execution of `task_id`, if any (no tenant check: callers check).
+    pub async fn execution(&self, task_id: &str) -> Result<Option<Execution>, Error> {
+        Ok(self.shared.store.load(task_id).await?.map(|(e, _)| e))
+    }
+
+    /// Consumes `baton.task.approved` until `shutdown`. Rollouts in progress stop at their
+    /// next step and are resumed from their saved state by whichever replica gets the
+    /// redelivered message.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED)
+            .concurrency(self.shared.config.max_concurrent_rollouts);
+        let (shared, ctx) = (self.shared, self.ctx);
+        let stop = shutdown.clone();
+        tracing::info!(consumer = SERVICE, subject = subject::TASK_APPROVED, "execution service started");
+        ctx.bus
+            .clone()
+            .consume(spec, shutdown, move |delivery| {
+                let (shared, ctx, stop) = (shared.clone(), ctx.clone(), stop.clone());
+                async move {
+                    let started = Instant::now();
+                    let result = handle(&shared, &ctx, &delivery, stop).await;
+                    let outcome = match &result {
+                        Ok(label) => label,
+                        Err(HandlerError::Retry(_)) => "retry",
+                        Err(HandlerError::Reject(_)) => "rejected",
+                    };
+                    ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+                    result.map(|_| ())
+                }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Convenience matching the design's `run(config, shutdown)`.
+pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    Executor::new(ctx, config).await?.run(shutdown).await
+}
+
+/// Handles one `task_approved` delivery; `Ok` carries the metrics outcome.
+async fn handle(
+    shared: &Shared,
+    ctx: &Context,
+    delivery: &Delivery,
+    shutdown: CancellationToken,
+) -> Result<&'static str, HandlerError> {
+    let event = delivery.event()?;
+    let approved: TaskApproved = match &event.body {
+        Some(Body::TaskApproved(a)) => a.clone(),
+        _ => {
+            return Err(HandlerError::Reject(format!(
+                "expected a task_approved event on {}, got {}",
+                subject::TASK_APPROVED,
+                baton_proto::event_kind(&event)
+            )));
+        }
+    };
+    if !store::valid_key(&event.task_id) {
+        return Err(HandlerError::Reject(format!(
+            "task id {:?} cannot be a key-value key (letters, digits, -/_=. only)",
+            event.task_id
+        )));
+    }
+    let Some(plan) = approved.plan else {
+        return Err(HandlerError::Reject(format!("task_approved {} carries no plan", event.event_id)));
+    };
+    if approved.approval.as_ref().is_some_and(|a| !a.approved) {
+        // Never run a plan whose approval record says no.
+        let failed = event.follow(
+            "failed",
+            SERVICE,
+            Body::TaskFailed(TaskFailed {
+                stage: SERVICE.into(),
+                code: "not_approved".into(),
+                reason: "task_approved carries an approval that is not approved; nothing was run".into(),
+                execution: None,
+            }),
+        );
+        shared.bus.publish(subject::TASK_FAILED, &failed).await?;
+        return Ok("not_approved");
+    }
+
+    // Keep the message ours while the rollout runs (it may outlast ack_wait).
+    let ticker = CancellationToken::new();
+    let _stop_ticker = ticker.clone().drop_guard();
+    let (d, every) = (delivery.clone(), shared.config.progress_interval);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = ticker.cancelled() => break,
+                _ = interval.tick() => d.in_progress().await,
+            }
+        }
+    });
+
+    match rollout::run(shared, &event, plan, Control::new(shutdown)).await {
+        Ok(finish) => {
+            if finish != Finish::Replayed {
+                let labels = StageLabels { service: SERVICE.into(), outcome: finish.label().into() };
+                ctx.metrics.executions.get_or_create(&labels).inc();
+            }
+            Ok(finish.label())
+        }
+        Err(Halt::Stopped(stop)) => {
+            tracing::info!(task_id = %event.task_id, ?stop, "rollout stopped; it resumes on redelivery");
+            Err(HandlerError::Retry("execution service shutting down; the rollout resumes from its saved state".into()))
+        }
+        Err(Halt::Error(e)) => {
+            tracing::warn!(task_id = %event.task_id, error = %e, "rollout interrupted; will retry");
+            Err(HandlerError::Retry(e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_round_trips() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"action_timeout\":\"10s\""), "{json}");
+        let back: Config = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.max_concurrent_steps, 8);
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let c = Config { max_concurrent_steps: 0, ..Default::default() };
+        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("max_concurrent_steps")));
+        let unknown = serde_json::from_str::<Config>(r#"{"nope": 1}"#);
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn errors_map_to_distinct_grpc_codes() {
+        assert_eq!(tonic::Status::from(Error::NotFound("t".into())).code(), tonic::Code::NotFound);
+        assert_eq!(
+            tonic::Status::from(Error::Conflict { task_id: "t".into() }).code(),
+            tonic::Code::Aborted
+        );
+        let store = Error::Store { task_id: "t".into(), reason: "timeout".into() };
+        assert_eq!(tonic::Status::from(store).code(), tonic::Code::Unavailable);
+    }
+}

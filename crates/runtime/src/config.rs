@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// Settings shared by all services of a process.
+/// Settings shared by all services of a process. Other top-level keys (the service sections)
+/// are ignored here; `baton config` checks the whole file, unknown keys included.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CommonConfig {
     /// NATS connection and streams.
     pub nats: BusConfig,

@@ -34,3 +34,142 @@ pub trait Service: Sized + Send + 'static {
     /// Runs its consumers until `shutdown` is cancelled, then finishes in-flight work.
     fn serve(self, shutdown: CancellationToken) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
+
+/// gRPC and HTTP endpoints of a process: one tonic server for `routes` (plus health and
+/// reflection) and `/health`, `/ready` (connected to NATS), `/metrics`.
+pub struct Endpoints {
+    /// Bound gRPC address.
+    pub grpc_addr: std::net::SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: std::net::SocketAddr,
+    /// The two server tasks; they end when the token passed to [`Endpoints::serve`] is cancelled.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Endpoints {
+    /// Binds both listeners and serves until `shutdown`.
+    pub async fn serve(
+        ctx: &Context,
+        grpc_addr: std::net::SocketAddr,
+        http_addr: std::net::SocketAddr,
+        routes: RoutesBuilder,
+        names: &[&str],
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Endpoints> {
+        let (grpc_addr, grpc_task) = crate::grpc::serve(grpc_addr, routes.routes(), names, shutdown.clone())
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot serve gRPC on {grpc_addr}: {e}")))?;
+        let bus = ctx.bus.clone();
+        let ready: crate::http::ReadyCheck =
+            std::sync::Arc::new(move || if bus.is_connected() { Ok(()) } else { Err("not connected to NATS".into()) });
+        let (http_addr, http_task) =
+            crate::http::serve(http_addr, crate::http::router(ctx.metrics.clone(), ready), shutdown)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot serve HTTP on {http_addr}: {e}")))?;
+        let tasks = vec![
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = grpc_task.await {
+                    tracing::warn!(error = %e, "grpc server failed");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = http_task.await {
+                    tracing::warn!(error = %e, "http server failed");
+                }
+            }),
+        ];
+        Ok(Endpoints { grpc_addr, http_addr, tasks })
+    }
+}
+
+/// Why a process could not build its [`Context`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The development secret could not be read or written.
+    #[error("cannot create the development secret in {dir}: {source}")]
+    Secret {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Tokens cannot be verified with this configuration.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// NATS is unreachable or JetStream is off.
+    #[error(transparent)]
+    Bus(#[from] baton_bus::BusError),
+}
+
+/// Connects to NATS and builds the [`Context`] from the common settings; an empty
+/// `auth.hs256_secret` uses the development secret in `data_dir`.
+pub async fn connect(common: &CommonConfig) -> Result<Context, ConnectError> {
+    let mut auth = common.auth.clone();
+    if auth.hs256_secret.is_empty() {
+        auth.hs256_secret = crate::auth::dev_secret(&common.data_dir)
+            .map_err(|source| ConnectError::Secret { dir: common.data_dir.clone(), source })?;
+    }
+    let authenticator = crate::auth::Authenticator::new(&auth)?;
+    let bus = baton_bus::Bus::connect(common.nats.clone()).await?;
+    Ok(Context::new(bus, authenticator, std::sync::Arc::new(crate::metrics::Metrics::default())))
+}
+
+/// `main` of a service's thin binary (`baton-<service> [--config FILE]`): the same as
+/// `baton serve <service>`. Reads the common settings and the service's section from the
+/// file and `BATON_*` variables, serves gRPC and HTTP, runs until SIGINT/SIGTERM.
+pub fn service_main<S: Service>() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(service_main_async::<S>()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn service_main_async<S: Service>() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let mut file = std::env::var_os("BATON_CONFIG").map(std::path::PathBuf::from);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" | "-c" => file = Some(args.next().ok_or("--config needs a file")?.into()),
+            "--help" | "-h" => {
+                println!("usage: baton-{} [--config FILE]   (same as `baton serve {}`)", S::NAME, S::NAME);
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument {other:?}; usage: baton-{} [--config FILE]", S::NAME)),
+        }
+    }
+    let figment = crate::config::figment::<CommonConfig>(file.as_deref()).map_err(|e| e.to_string())?;
+    let common: CommonConfig = figment
+        .clone()
+        .extract()
+        .map_err(|e: figment::Error| format!("invalid configuration: {e}"))?;
+    let mut config: S::Config = if figment.contains(S::SECTION) {
+        figment.extract_inner(S::SECTION).map_err(|e| format!("invalid [{}] configuration: {e}", S::SECTION))?
+    } else {
+        S::Config::default()
+    };
+    crate::telemetry::init(&common.log);
+    if common.nats.url.is_empty() {
+        return Err(format!("baton-{} needs a NATS server: set nats.url (BATON_NATS__URL=nats://host:4222)", S::NAME));
+    }
+    S::prepare(&mut config, &common);
+    let ctx = connect(&common).await.map_err(|e| e.to_string())?;
+    let svc = S::start(ctx.clone(), config).await.map_err(|e| format!("{} did not start: {e}", S::NAME))?;
+    let mut routes = RoutesBuilder::default();
+    svc.add_grpc(&mut routes);
+    let shutdown = crate::shutdown::on_signal();
+    let servers = CancellationToken::new();
+    let endpoints = Endpoints::serve(&ctx, common.grpc_addr, common.http_addr, routes, S::GRPC_SERVICES, servers.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(service = S::NAME, grpc = %endpoints.grpc_addr, http = %endpoints.http_addr, "serving");
+    let result = svc.serve(shutdown).await.map_err(|e| e.to_string());
+    servers.cancel();
+    for t in endpoints.tasks {
+        let _ = t.await;
+    }
+    result
+}

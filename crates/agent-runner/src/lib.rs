@@ -1,1 +1,406 @@
-//! stub
+//! The agent runner: turns routed tasks into proposed plans.
+//!
+//! - **In:** `baton.agent.<role>` ([`TaskRouted`]), one durable pull consumer `agent-<role>`
+//!   per role of [`baton_proto::ROLES`] (plus any extra role an agent is registered for), so a
+//!   task routed to any known role is always answered. Replicas share the consumers.
+//! - **Out:** `baton.task.proposed` ([`PlanProposed`], event id `<task_id>.proposed`), or
+//!   `baton.task.failed` ([`TaskFailed`], event id `<task_id>.failed`, stage `agent-runner`)
+//!   with code
+//!   - `no_agent_for_role`: no agent is registered for the role;
+//!   - `agent_failed`: the agent gave a permanent error (bad inventory, unknown asset group);
+//!   - `agent_unavailable`: the agent kept failing transiently until the last delivery (the
+//!     message is then also dead-lettered on `baton.dead.agent-runner`);
+//!   - `invalid_task`: the routed event lacks its task or spec.
+//! - **gRPC:** none yet (`GRPC_SERVICES` is empty).
+//!
+//! Agents implement [`Agent`]; [`AgentRunner::with_agent`] registers one per role. The runner
+//! ships [`DriftRunbook`] for role `drift` and [`NoopAgent`] for benchmarks.
+//!
+//! # Inventory (`agents.inventory_path`, TOML)
+//!
+//! The drift runbook re-reads it for every task (so it may be written after start); a missing
+//! or invalid file fails the task with a reason naming the file. It is exactly what
+//! `baton_fleet::Fleet::inventory_toml()` writes:
+//!
+//! ```toml
+//! [groups.web]                 # one table per asset group
+//! kind = "web_server"          # copied to Asset.kind
+//! golden = { nginx_version = "1.24.0", tls_min_version = "1.2", worker_processes = "8" }
+//! config_path = "/config"      # optional, default "/config"
+//! health_path = "/health"      # optional, default "/health"
+//!
+//! [[assets]]
+//! id = "web-01"                # unique
+//! group = "web"                # a key of [groups]
+//! environment = "production"   # development | staging | production
+//! address = "http://127.0.0.1:38211"
+//! name = "web 01"              # optional, defaults to id
+//! labels = { rack = "a" }      # optional
+//! ```
+//!
+//! Golden values are strings (integers, floats and booleans are turned into text).
+//!
+//! # The drift runbook
+//!
+//! Scope: the assets of group `spec.target` (when empty and the inventory has one group, that
+//! one) in `spec.environment`, sorted by id. For each, `GET <address><config_path>` answers
+//! `{"config": {key: value}}`; an asset is drifted when a golden key is missing or differs
+//! (extra keys are not drift). The plan: `total_assets` = assets in scope; a `canary` phase of
+//! one drifted asset, then `wave 1`, `wave 2`, … of at most
+//! `max(1, floor(total_assets × max_phase_fraction))` drifted assets. Each step PUTs
+//! `{"config": <golden>}` (a full replace) with idempotency key `<task_id>:<asset_id>:apply`,
+//! rolls back by PUTting the reported configuration (`<task_id>:<asset_id>:rollback`), and
+//! checks `GET <address><health_path>` for 200 (3 attempts, 200 ms apart). No drift gives a
+//! plan without phases. Unreachable assets, timeouts and 5xx answers are transient (the task
+//! is retried); 4xx and malformed answers are permanent.
+
+mod agent;
+pub mod drift;
+pub mod inventory;
+
+pub use agent::{Agent, AgentError, NoopAgent};
+pub use drift::DriftRunbook;
+
+use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError};
+use baton_proto::{Event, PlanProposed, TaskFailed, TaskRouted, event::Body, subject};
+use baton_runtime::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Producer name, metrics label and dead-letter service name.
+pub const SERVICE: &str = "agent-runner";
+/// gRPC services served (none yet; `AgentService` is on the roadmap).
+pub const GRPC_SERVICES: &[&str] = &[];
+/// Config section in `baton.toml`.
+pub const SECTION: &str = "agents";
+
+/// `[agents]`: the agent runner's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The drift runbook's inventory (TOML, see the crate docs). Empty means
+    /// `<data_dir>/inventory.toml` (`.baton/inventory.toml` when no data dir is known).
+    pub inventory_path: PathBuf,
+    /// Timeout of each HTTP request an agent makes to an asset (connect and whole request).
+    #[serde(with = "humantime_serde")]
+    pub http_timeout: Duration,
+    /// Largest share of the in-scope assets one wave may hold (0 < x ≤ 1); waves hold at least
+    /// one asset. The production policy denies phases over 20 %.
+    pub max_phase_fraction: f64,
+    /// Configuration reads one task makes at once.
+    pub fetch_concurrency: usize,
+    /// Messages handled at once per role, by this process.
+    pub concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            inventory_path: PathBuf::new(),
+            http_timeout: Duration::from_secs(5),
+            max_phase_fraction: 0.2,
+            fetch_concurrency: 16,
+            concurrency: 16,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values; the message names the bad key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(self.max_phase_fraction > 0.0 && self.max_phase_fraction <= 1.0) {
+            return bad(format!(
+                "agents.max_phase_fraction is {}: set a share between 0 (exclusive) and 1, e.g. 0.2",
+                self.max_phase_fraction
+            ));
+        }
+        if self.http_timeout.is_zero() {
+            return bad("agents.http_timeout is 0: set a timeout such as \"5s\"".into());
+        }
+        if self.fetch_concurrency == 0 || self.concurrency == 0 {
+            return bad("agents.fetch_concurrency and agents.concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The inventory path in effect (the default when `inventory_path` is empty).
+    pub fn effective_inventory_path(&self) -> PathBuf {
+        if self.inventory_path.as_os_str().is_empty() {
+            PathBuf::from(".baton").join("inventory.toml")
+        } else {
+            self.inventory_path.clone()
+        }
+    }
+}
+
+/// What can stop the agent runner.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid agent-runner configuration: {0}")]
+    Config(String),
+    /// An agent could not be set up.
+    #[error("cannot set up agent {agent}: {reason}")]
+    Agent {
+        /// The agent.
+        agent: String,
+        /// Why.
+        reason: String,
+    },
+    /// NATS failed (consumer creation).
+    #[error("agent-runner: {0}")]
+    Bus(#[from] BusError),
+    /// A consumer task ended abnormally.
+    #[error("agent-runner consumer for role {role} stopped: {reason}")]
+    Consumer {
+        /// The role.
+        role: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Config(_) => tonic::Code::InvalidArgument,
+            Error::Agent { .. } => tonic::Code::FailedPrecondition,
+            Error::Bus(_) => tonic::Code::Unavailable,
+            Error::Consumer { .. } => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// The agent runner: a registry of agents by role and one consumer per role.
+pub struct AgentRunner {
+    ctx: Context,
+    config: Config,
+    agents: BTreeMap<String, Arc<dyn Agent>>,
+}
+
+impl std::fmt::Debug for AgentRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRunner")
+            .field("config", &self.config)
+            .field("agents", &self.agents())
+            .finish()
+    }
+}
+
+impl AgentRunner {
+    /// Validates `config` and registers the built-in agents ([`DriftRunbook`] for `drift`).
+    /// The inventory is not read here but on every task.
+    ///
+    /// Errors: [`Error::Config`] for bad values, [`Error::Agent`] when an agent cannot be built.
+    pub async fn new(ctx: Context, config: Config) -> Result<AgentRunner, Error> {
+        config.validate()?;
+        let path = config.effective_inventory_path();
+        if !path.exists() {
+            warn!(path = %path.display(), "inventory does not exist yet; drift tasks fail until it is written");
+        }
+        let drift = DriftRunbook::new(path, config.http_timeout, config.max_phase_fraction, config.fetch_concurrency)
+            .map_err(|reason| Error::Agent { agent: drift::NAME.into(), reason })?;
+        let runner = AgentRunner { ctx, config, agents: BTreeMap::new() };
+        Ok(runner.with_agent("drift", Arc::new(drift)))
+    }
+
+    /// Registers `agent` for `role`, replacing any agent that role had. A role outside
+    /// [`baton_proto::ROLES`] gets its own consumer too.
+    pub fn with_agent(mut self, role: &str, agent: Arc<dyn Agent>) -> AgentRunner {
+        self.agents.insert(role.to_string(), agent);
+        self
+    }
+
+    /// Removes the agent of `role` (its tasks then fail with `no_agent_for_role`).
+    pub fn without_agent(mut self, role: &str) -> AgentRunner {
+        self.agents.remove(role);
+        self
+    }
+
+    /// Registered agents: role → agent name, sorted by role.
+    pub fn agents(&self) -> Vec<(String, String)> {
+        self.agents.iter().map(|(r, a)| (r.clone(), a.name().to_string())).collect()
+    }
+
+    /// The roles consumed: [`baton_proto::ROLES`] plus any extra registered role, sorted.
+    pub fn roles(&self) -> Vec<String> {
+        let mut roles: BTreeSet<String> = baton_proto::ROLES.iter().map(|r| r.to_string()).collect();
+        roles.extend(self.agents.keys().cloned());
+        roles.into_iter().collect()
+    }
+
+    /// Adds this crate's gRPC services: none yet.
+    pub fn add_grpc(&self, _routes: &mut tonic::service::RoutesBuilder) {}
+
+    /// Runs one consumer per role until `shutdown` is cancelled, then waits for in-flight
+    /// messages. If one consumer fails, the others are stopped and its error is returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let roles = self.roles();
+        let concurrency = self.config.concurrency;
+        let bus = self.ctx.bus.clone();
+        let handler = Arc::new(Handler { ctx: self.ctx, agents: self.agents });
+        let stop = shutdown.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        for role in roles {
+            let spec = ConsumerSpec::new(SERVICE, &format!("agent-{role}"), &subject::agent(&role))
+                .concurrency(concurrency);
+            let (bus, handler, stop) = (bus.clone(), handler.clone(), stop.clone());
+            tasks.spawn(async move {
+                let r = role.clone();
+                let result = bus
+                    .consume(spec, stop, move |d| {
+                        let (handler, role) = (handler.clone(), r.clone());
+                        async move { handler.handle(&role, d).await }
+                    })
+                    .await;
+                (role, result)
+            });
+        }
+        info!(consumers = tasks.len(), "agent runner started");
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let error = match joined {
+                Ok((_, Ok(()))) => continue,
+                Ok((role, Err(e))) => Error::Consumer { role, reason: e.to_string() },
+                Err(e) => Error::Consumer { role: "?".into(), reason: e.to_string() },
+            };
+            warn!(error = %error, "agent runner consumer failed; stopping the others");
+            stop.cancel();
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Runs the agent runner with the built-in agents until `shutdown`.
+pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    AgentRunner::new(ctx, config).await?.run(shutdown).await
+}
+
+impl baton_runtime::service::Service for AgentRunner {
+    type Config = Config;
+    type Error = Error;
+    const NAME: &'static str = SERVICE;
+    const SECTION: &'static str = SECTION;
+    const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
+        if config.inventory_path.as_os_str().is_empty() {
+            config.inventory_path = common.data_dir.join("inventory.toml");
+        }
+    }
+
+    fn start(ctx: Context, config: Config) -> impl Future<Output = Result<Self, Error>> + Send {
+        AgentRunner::new(ctx, config)
+    }
+
+    fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        AgentRunner::add_grpc(self, routes)
+    }
+
+    fn serve(self, shutdown: CancellationToken) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run(shutdown)
+    }
+}
+
+/// What the consumers share.
+struct Handler {
+    ctx: Context,
+    agents: BTreeMap<String, Arc<dyn Agent>>,
+}
+
+impl Handler {
+    /// Handles one message of `baton.agent.<role>` and records its metrics.
+    async fn handle(&self, role: &str, d: Delivery) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let result = self.handle_routed(role, &d).await;
+        let outcome = match &result {
+            Ok(outcome) => outcome,
+            Err(HandlerError::Retry(_)) => "retry",
+            Err(HandlerError::Reject(_)) => "rejected",
+        };
+        self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+        result.map(|_| ())
+    }
+
+    async fn handle_routed(&self, role: &str, d: &Delivery) -> Result<&'static str, HandlerError> {
+        let event = d.event()?;
+        let Some(Body::TaskRouted(TaskRouted { task, decision })) = &event.body else {
+            return Err(HandlerError::Reject(format!(
+                "expected a task_routed event on {}, got {}",
+                d.subject(),
+                baton_proto::event_kind(&event)
+            )));
+        };
+        let spec = decision.as_ref().and_then(|x| x.spec.as_ref());
+        let (Some(task), Some(spec)) = (task, spec) else {
+            let reason = "the task_routed event lacks its task or its decision's spec";
+            self.fail(&event, "invalid_task", reason.into()).await?;
+            return Ok("failed");
+        };
+        let Some(agent) = self.agents.get(role) else {
+            let with: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+            let with = if with.is_empty() { "none".to_string() } else { with.join(", ") };
+            let reason = format!("no agent for role {role:?} yet; roles with agents: {with}");
+            self.fail(&event, "no_agent_for_role", reason).await?;
+            return Ok("failed");
+        };
+        let started = Instant::now();
+        match agent.plan(task, spec).await {
+            Ok(mut plan) => {
+                let run = plan.agent_run.get_or_insert_with(Default::default);
+                if run.agent.is_empty() {
+                    run.agent = agent.name().to_string();
+                }
+                if run.kind.is_empty() {
+                    run.kind = agent.kind().to_string();
+                }
+                run.duration_ms = started.elapsed().as_millis() as u64;
+                plan.task_id = event.task_id.clone();
+                info!(task_id = %event.task_id, agent = agent.name(), summary = %plan.summary, "plan proposed");
+                let body = Body::PlanProposed(PlanProposed {
+                    task: Some(task.clone()),
+                    spec: Some(spec.clone()),
+                    plan: Some(plan),
+                });
+                self.ctx.bus.publish(subject::TASK_PROPOSED, &event.follow("proposed", SERVICE, body)).await?;
+                Ok("proposed")
+            }
+            Err(AgentError::Permanent(reason)) => {
+                self.fail(&event, "agent_failed", reason).await?;
+                Ok("failed")
+            }
+            Err(AgentError::Transient(reason)) => {
+                let max = self.ctx.bus.config().max_deliver;
+                if d.deliveries() >= max {
+                    // The bus dead-letters the message after this; end the task too, so it
+                    // does not wait forever.
+                    let why = format!("{} gave up after {} attempts: {reason}", agent.name(), d.deliveries());
+                    self.fail(&event, "agent_unavailable", why).await?;
+                }
+                warn!(task_id = %event.task_id, attempt = d.deliveries(), %reason, "agent failed transiently");
+                Err(HandlerError::Retry(reason))
+            }
+        }
+    }
+
+    /// Publishes `TaskFailed` for the task of `event`.
+    async fn fail(&self, event: &Event, code: &str, reason: String) -> Result<(), BusError> {
+        warn!(task_id = %event.task_id, code, %reason, "task failed");
+        let body = Body::TaskFailed(TaskFailed {
+            stage: SERVICE.into(),
+            code: code.into(),
+            reason,
+            execution: None,
+        });
+        self.ctx.bus.publish(subject::TASK_FAILED, &event.follow("failed", SERVICE, body)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! The agent seam: an [`Agent`] turns a routed task into a [`Plan`]. Runbooks (deterministic
+//! code such as [`crate::drift::DriftRunbook`]) implement it today; LLM-backed agents with a
+//! tool-calling loop implement the same trait later and fill the plan's `agent_run` with model
+//! and tool calls.
+
+use baton_proto::{Action, Asset, Phase, PhaseKind, Plan, Step, Task, TaskSpec, action};
+use futures::future::BoxFuture;
+
+/// Why an agent could not propose a plan. The kind decides what happens to the task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// Might work later (an asset or model is unreachable, a timeout): the message is
+    /// redelivered with backoff and, once the bus gives up, dead-lettered on
+    /// `baton.dead.agent-runner` (the task is failed with code `agent_unavailable` then).
+    #[error("{0}")]
+    Transient(String),
+    /// Can never work for this task (bad inventory, unknown target group): the task is failed
+    /// at once with code `agent_failed` and this message as the reason.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl AgentError {
+    /// A [`AgentError::Transient`] with this message.
+    pub fn transient(msg: impl Into<String>) -> AgentError {
+        AgentError::Transient(msg.into())
+    }
+    /// A [`AgentError::Permanent`] with this message.
+    pub fn permanent(msg: impl Into<String>) -> AgentError {
+        AgentError::Permanent(msg.into())
+    }
+    /// True for [`AgentError::Transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AgentError::Transient(_))
+    }
+}
+
+/// Something that proposes plans for one role.
+///
+/// Contract: the same task and spec give the same phases and steps (agents are deterministic
+/// up to timing fields), because a redelivered message is planned again and the published
+/// event is deduplicated by id. The runner fills `plan.task_id`, `agent_run.agent`,
+/// `agent_run.kind` (when empty) and `agent_run.duration_ms`; the agent records the tool and
+/// model calls it made in `plan.agent_run`.
+pub trait Agent: Send + Sync + 'static {
+    /// Name and version, as recorded in `AgentRun.agent` (`drift-runbook@1`).
+    fn name(&self) -> &str;
+
+    /// `runbook` for deterministic code, `llm` for model-backed agents (`AgentRun.kind`).
+    fn kind(&self) -> &str {
+        "runbook"
+    }
+
+    /// Proposes a plan for `task` as the decision service specified it.
+    fn plan<'a>(&'a self, task: &'a Task, spec: &'a TaskSpec) -> BoxFuture<'a, Result<Plan, AgentError>>;
+}
+
+/// An agent that proposes one step doing nothing, for benchmarks and dry runs of the path:
+/// one phase `noop` of kind WAVE with one step whose action is `noop`, `total_assets` 1, no
+/// health check and no rollback.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopAgent;
+
+impl Agent for NoopAgent {
+    fn name(&self) -> &str {
+        "noop@1"
+    }
+
+    fn plan<'a>(&'a self, task: &'a Task, _spec: &'a TaskSpec) -> BoxFuture<'a, Result<Plan, AgentError>> {
+        let plan = Plan {
+            task_id: task.task_id.clone(),
+            summary: "no-op plan: one step that changes nothing".into(),
+            phases: vec![Phase {
+                name: "noop".into(),
+                kind: PhaseKind::Wave as i32,
+                steps: vec![Step {
+                    asset: Some(Asset {
+                        id: "noop".into(),
+                        name: "noop".into(),
+                        kind: "noop".into(),
+                        ..Default::default()
+                    }),
+                    action: Some(Action {
+                        idempotency_key: format!("{}:noop:apply", task.task_id),
+                        description: "do nothing".into(),
+                        kind: Some(action::Kind::Noop(baton_proto::NoopAction {})),
+                    }),
+                    rollback: None,
+                    health_check: None,
+                    reason: "no-op agent".into(),
+                }],
+            }],
+            total_assets: 1,
+            ..Default::default()
+        };
+        Box::pin(async move { Ok(plan) })
+    }
+}

@@ -1,1 +1,314 @@
-//! stub
+//! Audit: the system of record. Stores every event of the path in an append-only,
+//! hash-chained log (SQLite by default, PostgreSQL when the URL says so), keeps a `tasks`
+//! projection of them, and answers `baton.v1.TaskService` (`GetTask`, `ListTasks`,
+//! `WatchTask`, `VerifyAudit`).
+//!
+//! In: every subject of stream `BATON` (`baton.>`, durable `audit`) except raw triggers
+//! (`baton.trigger.*`, which ingestion's `task_received`/`trigger_rejected` carry), and every
+//! dead letter of stream `BATON_DEAD` (`baton.dead.>`, durable `audit-dead`). Out: nothing on
+//! NATS; records are pushed to `WatchTask` streams after they are stored.
+//!
+//! The hot path never makes a database round trip per event: both consumers feed one writer
+//! loop that takes whatever messages are ready (up to [`Config::batch_size`]), drops event ids
+//! already stored (one query) or repeated in the batch, appends the rest and updates their task
+//! views in one transaction, commits, then acks. On a database error the whole batch is nak'ed
+//! and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
+//! `undecodable` with its raw bytes, so nothing that reached the stream is missing from the log.
+//!
+//! One writer: the chain head (last sequence and hash) lives in the writer's memory, so run
+//! one audit replica per database (a later change can take a database lock for this).
+
+pub mod chain;
+mod grpc;
+pub mod projection;
+pub mod store;
+
+use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError, TASK_ID_HEADER, TENANT_HEADER};
+use baton_proto::subject;
+use baton_runtime::Context;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{MessageMeta, NewRecord, Store, StoredRecord};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use store::{ChainHead, TaskPage, TaskQuery, Verification};
+
+/// Producer name and metrics label.
+pub const SERVICE: &str = "audit";
+/// gRPC services served, for health reporting.
+pub const GRPC_SERVICES: &[&str] = &["baton.v1.TaskService"];
+/// Durable consumer of the main stream.
+pub const DURABLE: &str = "audit";
+/// Durable consumer of the dead-letter stream.
+pub const DURABLE_DEAD: &str = "audit-dead";
+
+/// Settings of the audit service (`[audit]` in baton.toml, `BATON_AUDIT__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the log lives: `sqlite://<path>?mode=rwc` (parent directories are created; `baton
+    /// up` uses `<data_dir>/audit.db`, see [`Config::sqlite_url`]) or
+    /// `postgres://user:password@host:5432/db`.
+    pub database_url: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// Most messages stored in one transaction (1–10000).
+    pub batch_size: usize,
+    /// Records buffered for `WatchTask` streams; a watcher that falls further behind re-reads
+    /// from the database.
+    pub watch_buffer: usize,
+    /// How long `WatchTask` waits for a task that has no record yet before NOT_FOUND.
+    #[serde(with = "humantime_serde")]
+    pub watch_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "sqlite://.baton/audit.db?mode=rwc".into(),
+            max_connections: 8,
+            batch_size: 500,
+            watch_buffer: 4096,
+            watch_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// The SQLite URL of `<data_dir>/audit.db` (created if missing).
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", data_dir.join("audit.db").display())
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.database_url.trim().is_empty() {
+            return Err(Error::Config(
+                "audit.database_url is empty: set it to sqlite://<path>?mode=rwc or postgres://user:pass@host/db".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(Error::Config("audit.batch_size must be between 1 and 10000".into()));
+        }
+        if self.watch_buffer == 0 {
+            return Err(Error::Config("audit.watch_buffer must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong in the audit service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The database could not be reached.
+    #[error("cannot connect to the audit database {url}: {source}; check audit.database_url and that the database is up")]
+    Connect {
+        /// The URL (password redacted).
+        url: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// The schema could not be migrated.
+    #[error("cannot migrate the audit database: {0}; was it written by a newer baton?")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("audit database: cannot {action}: {source}")]
+    Database {
+        /// What was being done.
+        action: &'static str,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// A directory for the database could not be created.
+    #[error("cannot create {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// NATS failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A request argument is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        match &e {
+            Error::Config(_) => Status::failed_precondition(e.to_string()),
+            Error::Connect { .. } | Error::Bus(_) => Status::unavailable(e.to_string()),
+            Error::Migrate(_) => Status::failed_precondition(e.to_string()),
+            Error::Database { source, .. } => match source {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => Status::unavailable(e.to_string()),
+                sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => Status::data_loss(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            },
+            Error::Io { .. } => Status::internal(e.to_string()),
+            Error::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+/// The audit service: its store, its consumers and its gRPC server.
+pub struct Audit {
+    ctx: Context,
+    config: Config,
+    store: Arc<Store>,
+    /// Newly stored records, for `WatchTask`.
+    live: broadcast::Sender<Arc<StoredRecord>>,
+    /// Cancelled when [`Audit::run`] returns, ending open `WatchTask` streams.
+    stopped: CancellationToken,
+}
+
+impl Audit {
+    /// Validates `config`, opens the database (running migrations) and loads the chain head.
+    pub async fn new(ctx: Context, config: Config) -> Result<Audit, Error> {
+        config.validate()?;
+        let store = Arc::new(Store::open(&config.database_url, config.max_connections).await?);
+        let head = store.head().await;
+        info!(backend = store.backend(), last_sequence = head.sequence, "audit log opened");
+        let (live, _) = broadcast::channel(config.watch_buffer);
+        Ok(Audit { ctx, config, store, live, stopped: CancellationToken::new() })
+    }
+
+    /// The store (for offline verification and tests).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Adds `baton.v1.TaskService`.
+    pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(baton_proto::task_service_server::TaskServiceServer::new(grpc::TaskApi {
+            store: self.store.clone(),
+            auth: self.ctx.auth.clone(),
+            live: self.live.clone(),
+            watch_wait: self.config.watch_wait,
+            stopped: self.stopped.clone(),
+        }));
+    }
+
+    /// Stores messages from both streams until `shutdown`; finishes the batch in hand first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let _stopped = self.stopped.clone().drop_guard();
+        let bus = &self.ctx.bus;
+        let main = ConsumerSpec::new(SERVICE, DURABLE, "baton.>");
+        let dead = ConsumerSpec { stream: bus.config().dead_stream.clone(), ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>") };
+        let main_consumer = bus.pull_consumer(&main).await?;
+        let dead_consumer = bus.pull_consumer(&dead).await?;
+        let specs = [&main, &dead];
+        while !shutdown.is_cancelled() {
+            let m = pull(&main_consumer, &main).await?.map(|m| (0usize, m));
+            let d = pull(&dead_consumer, &dead).await?.map(|m| (1usize, m));
+            let batches = futures::stream::select(m, d)
+                .take_until(shutdown.cancelled())
+                .ready_chunks(self.config.batch_size);
+            let mut batches = std::pin::pin!(batches);
+            while let Some(batch) = batches.next().await {
+                let batch: Vec<(usize, Delivery)> = batch
+                    .into_iter()
+                    .filter_map(|(source, item)| match item {
+                        Ok(msg) => Some((source, Delivery::new(msg))),
+                        Err(e) => {
+                            warn!(error = %e, consumer = specs[source].durable, "pull consumer error");
+                            None
+                        }
+                    })
+                    .collect();
+                self.handle_batch(&specs, batch).await;
+            }
+            if !shutdown.is_cancelled() {
+                // A message stream ended (server gone); pull again after a pause.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        info!("audit writer stopped");
+        Ok(())
+    }
+
+    /// Stores one batch, then settles every message of it.
+    async fn handle_batch(&self, specs: &[&ConsumerSpec; 2], batch: Vec<(usize, Delivery)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut skipped = 0usize;
+        for (source, d) in &batch {
+            if d.subject().starts_with(&format!("{}.", subject::TRIGGER_PREFIX)) {
+                skipped += 1;
+                continue;
+            }
+            let stream = if specs[*source].stream.is_empty() { &self.ctx.bus.config().stream } else { &specs[*source].stream };
+            records.push(NewRecord::from_message(
+                d.subject(),
+                d.payload(),
+                MessageMeta {
+                    msg_id: d.header("Nats-Msg-Id"),
+                    task_id: d.header(TASK_ID_HEADER),
+                    tenant: d.header(TENANT_HEADER),
+                    fallback_id: format!("{stream}.{}", d.stream_sequence()),
+                },
+            ));
+        }
+        let result = self.store.append(records).await;
+        let secs = started.elapsed().as_secs_f64();
+        let outcome = match &result {
+            Ok(stored) => {
+                self.ctx.metrics.audit_records.inc_by(stored.len() as u64);
+                debug!(messages = batch.len(), stored = stored.len(), skipped, "batch stored");
+                "ok"
+            }
+            Err(e) => {
+                error!(error = %e, messages = batch.len(), "cannot store batch; will redeliver");
+                "retry"
+            }
+        };
+        let settle = result.as_ref().map(|_| ()).map_err(|e| HandlerError::Retry(e.to_string()));
+        futures::future::join_all(
+            batch.iter().map(|(source, d)| self.ctx.bus.settle(specs[*source], d, settle.clone())),
+        )
+        .await;
+        for _ in &batch {
+            self.ctx.metrics.observe(SERVICE, outcome, secs);
+        }
+        if let Ok(stored) = result {
+            for r in stored {
+                // No receivers is fine: nobody is watching.
+                let _ = self.live.send(Arc::new(r));
+            }
+        }
+    }
+}
+
+/// Starts pulling from `consumer`.
+async fn pull(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    spec: &ConsumerSpec,
+) -> Result<async_nats::jetstream::consumer::pull::Stream, BusError> {
+    consumer.messages().await.map_err(|e| BusError::Consumer {
+        stream: spec.stream.clone(),
+        consumer: spec.durable.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Convenience matching the design's `run(config, shutdown)`.
+pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    Audit::new(ctx, config).await?.run(shutdown).await
+}

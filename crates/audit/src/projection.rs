@@ -1,0 +1,267 @@
+//! Task views projected from the audit log: how one stored event changes a task's row.
+//!
+//! Status follows the pipeline (received → routed → proposed → awaiting approval → approved →
+//! executing → completed/failed/rejected) and only moves forward: an event that arrives late
+//! (after a redelivery) never moves a task back, and a final status (completed, failed,
+//! rejected) never changes again. Descriptive fields (role, text, …) are filled in whenever an
+//! event carries them.
+
+use baton_proto::{Event, Risk, TaskStatus, TaskView, event::Body};
+
+/// One task's projected row (the `tasks` table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    /// Task id (primary key).
+    pub task_id: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Current status.
+    pub status: TaskStatus,
+    /// Agent role, once routed.
+    pub role: String,
+    /// Task type, once routed.
+    pub task_type: String,
+    /// Target environment (from the trigger, then from the decision).
+    pub environment: String,
+    /// Risk, once routed.
+    pub risk: Risk,
+    /// The trigger's text.
+    pub text: String,
+    /// Who submitted it.
+    pub submitted_by: String,
+    /// Why it failed or was rejected.
+    pub reason: String,
+    /// Time of its earliest event, microseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Time of its latest event, microseconds since the Unix epoch.
+    pub updated_at: i64,
+    /// Number of stored events of the task.
+    pub event_count: i64,
+}
+
+impl TaskRow {
+    /// An empty row for a task first seen now.
+    pub fn new(task_id: &str, tenant: &str, at: i64) -> TaskRow {
+        TaskRow {
+            task_id: task_id.to_string(),
+            tenant: tenant.to_string(),
+            status: TaskStatus::Unspecified,
+            role: String::new(),
+            task_type: String::new(),
+            environment: String::new(),
+            risk: Risk::Unspecified,
+            text: String::new(),
+            submitted_by: String::new(),
+            reason: String::new(),
+            created_at: at,
+            updated_at: at,
+            event_count: 0,
+        }
+    }
+
+    /// The protobuf view.
+    pub fn to_view(&self) -> TaskView {
+        TaskView {
+            task_id: self.task_id.clone(),
+            tenant: self.tenant.clone(),
+            status: self.status as i32,
+            role: self.role.clone(),
+            task_type: self.task_type.clone(),
+            environment: self.environment.clone(),
+            risk: self.risk as i32,
+            text: self.text.clone(),
+            submitted_by: self.submitted_by.clone(),
+            reason: self.reason.clone(),
+            created_at: Some(micros_to_timestamp(self.created_at)),
+            updated_at: Some(micros_to_timestamp(self.updated_at)),
+            event_count: self.event_count.max(0) as u64,
+        }
+    }
+
+    /// Applies one stored event (`event` is `None` when the payload did not decode). `at` is
+    /// the event's time in microseconds (its recording time when it had none).
+    pub fn apply(&mut self, tenant: &str, event: Option<&Event>, at: i64) {
+        self.event_count += 1;
+        self.created_at = self.created_at.min(at);
+        self.updated_at = self.updated_at.max(at);
+        if self.tenant.is_empty() {
+            self.tenant = tenant.to_string();
+        }
+        let Some(body) = event.and_then(|e| e.body.as_ref()) else { return };
+        let (status, reason) = match body {
+            Body::TriggerRejected(r) => (TaskStatus::Rejected, Some(r.reason.clone())),
+            Body::TaskReceived(r) => {
+                if let Some(task) = &r.task {
+                    self.fill_task(task);
+                }
+                (TaskStatus::Received, None)
+            }
+            Body::TaskRouted(r) => {
+                if let Some(task) = &r.task {
+                    self.fill_task(task);
+                }
+                if let Some(spec) = r.decision.as_ref().and_then(|d| d.spec.as_ref()) {
+                    set(&mut self.role, &spec.role);
+                    set(&mut self.task_type, &spec.task_type);
+                    set(&mut self.environment, &spec.environment);
+                    if spec.risk() != Risk::Unspecified {
+                        self.risk = spec.risk();
+                    }
+                }
+                (TaskStatus::Routed, None)
+            }
+            Body::PlanProposed(_) => (TaskStatus::Proposed, None),
+            Body::AwaitingApproval(_) => (TaskStatus::AwaitingApproval, None),
+            Body::TaskApproved(_) => (TaskStatus::Approved, None),
+            Body::TaskRejected(r) => (TaskStatus::Rejected, Some(r.reasons.join("; "))),
+            Body::ExecutionStarted(_)
+            | Body::PhaseStarted(_)
+            | Body::PhaseCompleted(_)
+            | Body::AssetUpdated(_)
+            | Body::RollbackStarted(_) => (TaskStatus::Executing, None),
+            Body::TaskCompleted(_) => (TaskStatus::Completed, None),
+            Body::TaskFailed(f) => {
+                let reason = if f.reason.is_empty() { f.code.clone() } else { f.reason.clone() };
+                (TaskStatus::Failed, Some(reason))
+            }
+            Body::DeadLetter(d) => (
+                TaskStatus::Failed,
+                Some(format!("dead-lettered by {}: {}", d.service, d.reason)),
+            ),
+        };
+        if !self.status.is_final() && rank(status) >= rank(self.status) {
+            self.status = status;
+            if let Some(reason) = reason {
+                self.reason = reason;
+            }
+        }
+    }
+
+    fn fill_task(&mut self, task: &baton_proto::Task) {
+        set(&mut self.tenant, &task.tenant);
+        set(&mut self.submitted_by, &task.submitted_by);
+        if let Some(trigger) = &task.trigger {
+            set(&mut self.text, &trigger.text);
+            if self.environment.is_empty() {
+                set(&mut self.environment, &trigger.environment);
+            }
+        }
+    }
+}
+
+/// True when a record of this kind ends its task (nothing more will be recorded for it).
+pub fn is_final_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "task_completed" | "task_failed" | "task_rejected" | "trigger_rejected" | "dead_letter"
+    )
+}
+
+/// Overwrites `dst` with `src` unless `src` is empty.
+fn set(dst: &mut String, src: &str) {
+    if !src.is_empty() {
+        *dst = src.to_string();
+    }
+}
+
+/// Position of a status along the pipeline; finals share the top rank.
+fn rank(s: TaskStatus) -> u8 {
+    match s {
+        TaskStatus::Unspecified => 0,
+        TaskStatus::Received => 1,
+        TaskStatus::Routed => 2,
+        TaskStatus::Proposed => 3,
+        TaskStatus::AwaitingApproval => 4,
+        TaskStatus::Approved => 5,
+        TaskStatus::Executing => 6,
+        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Rejected => 7,
+    }
+}
+
+/// Microseconds since the Unix epoch of a protobuf timestamp.
+pub fn timestamp_to_micros(t: &baton_proto::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos) / 1_000)
+}
+
+/// A protobuf timestamp from microseconds since the Unix epoch.
+pub fn micros_to_timestamp(us: i64) -> baton_proto::Timestamp {
+    baton_proto::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::{
+        Decision, DeadLetter, PlanProposed, Task, TaskCompleted, TaskFailed, TaskReceived,
+        TaskRejected, TaskRouted, TaskSpec, Trigger,
+    };
+
+    fn ev(body: Body) -> Event {
+        Event::first("t1", "acme", "x", "test", body)
+    }
+
+    fn received() -> Event {
+        ev(Body::TaskReceived(TaskReceived {
+            task: Some(Task {
+                task_id: "t1".into(),
+                tenant: "acme".into(),
+                submitted_by: "alice".into(),
+                trigger: Some(Trigger { text: "fix drift".into(), environment: "staging".into(), ..Default::default() }),
+                received_at: None,
+            }),
+        }))
+    }
+
+    #[test]
+    fn fields_fill_in_along_the_pipeline() {
+        let mut row = TaskRow::new("t1", "", 10);
+        row.apply("acme", Some(&received()), 10);
+        assert_eq!((row.status, row.text.as_str(), row.submitted_by.as_str()), (TaskStatus::Received, "fix drift", "alice"));
+        assert_eq!(row.environment, "staging");
+        let spec = TaskSpec { role: "drift".into(), task_type: "drift_remediation".into(), environment: "production".into(), risk: Risk::High as i32, ..Default::default() };
+        row.apply("acme", Some(&ev(Body::TaskRouted(TaskRouted { task: None, decision: Some(Decision { spec: Some(spec), ..Default::default() }) }))), 20);
+        assert_eq!((row.status, row.role.as_str(), row.environment.as_str(), row.risk), (TaskStatus::Routed, "drift", "production", Risk::High));
+        assert_eq!((row.created_at, row.updated_at, row.event_count, row.tenant.as_str()), (10, 20, 2, "acme"));
+    }
+
+    #[test]
+    fn final_status_never_moves_back_and_late_events_do_not_regress() {
+        let mut row = TaskRow::new("t1", "acme", 0);
+        row.apply("acme", Some(&ev(Body::PlanProposed(PlanProposed::default()))), 1);
+        row.apply("acme", Some(&received()), 2);
+        assert_eq!(row.status, TaskStatus::Proposed, "a late received must not regress");
+        row.apply("acme", Some(&ev(Body::TaskFailed(TaskFailed { reason: "boom".into(), ..Default::default() }))), 3);
+        row.apply("acme", Some(&ev(Body::TaskCompleted(TaskCompleted::default()))), 4);
+        row.apply("acme", Some(&ev(Body::TaskRejected(TaskRejected { reasons: vec!["x".into()], ..Default::default() }))), 5);
+        assert_eq!((row.status, row.reason.as_str()), (TaskStatus::Failed, "boom"));
+        assert_eq!(row.event_count, 5);
+    }
+
+    #[test]
+    fn rejections_and_dead_letters_carry_reasons() {
+        let mut row = TaskRow::new("t1", "acme", 0);
+        row.apply("acme", Some(&ev(Body::TaskRejected(TaskRejected { reasons: vec!["a".into(), "b".into()], ..Default::default() }))), 1);
+        assert_eq!((row.status, row.reason.as_str()), (TaskStatus::Rejected, "a; b"));
+        let mut row = TaskRow::new("t2", "acme", 0);
+        row.apply("acme", Some(&ev(Body::DeadLetter(DeadLetter { service: "decision".into(), reason: "bad".into(), ..Default::default() }))), 1);
+        assert_eq!((row.status, row.reason.as_str()), (TaskStatus::Failed, "dead-lettered by decision: bad"));
+    }
+
+    #[test]
+    fn undecodable_events_only_count() {
+        let mut row = TaskRow::new("t1", "acme", 5);
+        row.apply("acme", None, 7);
+        assert_eq!((row.status, row.event_count, row.updated_at), (TaskStatus::Unspecified, 1, 7));
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_micros() {
+        let t = baton_proto::Timestamp { seconds: 1_700_000_000, nanos: 123_456_000 };
+        assert_eq!(micros_to_timestamp(timestamp_to_micros(&t)), t);
+        let neg = micros_to_timestamp(-1);
+        assert_eq!((neg.seconds, neg.nanos), (-1, 999_999_000));
+    }
+}

@@ -85,6 +85,25 @@ pub fn normalise(trigger: &mut Trigger, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a tenant name: non-empty, at most [`crate::MAX_TENANT_BYTES`] bytes, no control
+/// characters (so `tenant + "\0" + key` is unambiguous in [`crate::task_id_for_key`]).
+pub fn tenant(tenant: &str) -> Result<(), String> {
+    if tenant.is_empty() {
+        return Err("the tenant is empty: set the Baton-Tenant header or ingestion.default_tenant".into());
+    }
+    if tenant.len() > crate::MAX_TENANT_BYTES {
+        return Err(format!(
+            "tenant is {} bytes, more than the limit of {}: use a shorter tenant name",
+            tenant.len(),
+            crate::MAX_TENANT_BYTES
+        ));
+    }
+    if tenant.chars().any(char::is_control) {
+        return Err(format!("tenant {tenant:?} contains control characters: use letters, digits, '-' or '_'"));
+    }
+    Ok(())
+}
+
 /// `a, b or c`.
 fn or_list(items: &[&str]) -> String {
     match items {
@@ -172,6 +191,14 @@ mod tests {
         let mut empty = trigger("x");
         empty.labels.insert(" ".into(), "v".into());
         assert!(check(empty).unwrap_err().contains("empty key"));
+    }
+
+    #[test]
+    fn tenants_must_be_short_and_printable() {
+        assert!(tenant("acme").is_ok());
+        assert!(tenant("").unwrap_err().contains("empty"));
+        assert!(tenant("a\0b").unwrap_err().contains("control characters"));
+        assert!(tenant(&"t".repeat(129)).unwrap_err().contains("129 bytes"));
     }
 
     #[test]

@@ -1,1 +1,497 @@
-//! stub
+//! Validation: the gate between an agent's plan and its execution.
+//!
+//! Consumes `baton.task.proposed` (durable consumer `validation`, body `PlanProposed`), and for
+//! each plan:
+//!
+//! 1. evaluates the Rego policies of `policy_dir` in-process with `regorus`
+//!    ([`policy::PolicySet`]), collecting the `deny` and `require_approval` sets of every
+//!    `baton.*` package — adding a policy file adds policies without code changes;
+//! 2. computes the five-dimension quality score ([`quality`]);
+//! 3. decides a verdict ([`quality::verdict`]) and publishes it:
+//!    - approved → `TaskApproved` (approver `policy`) on `baton.task.approved`, stage `approved`;
+//!    - awaiting approval → stores a `PendingApproval` under the task id in the JetStream KV
+//!      bucket [`APPROVALS_BUCKET`], then publishes `TaskAwaitingApproval` on
+//!      `baton.task.awaiting_approval`, stage `awaiting_approval`;
+//!    - rejected → `TaskRejected` on `baton.task.rejected`, stage `rejected`.
+//!
+//! It also serves `baton.v1.ApprovalService` ([`approval`]): `ListPending`, `Approve`,
+//! `Reject` over the KV bucket.
+//!
+//! # Policies
+//!
+//! Every `*.rego` file of `policy_dir` except `*_test.rego` is a live policy and must declare
+//! `package baton.<name>`. Rules:
+//! - `deny contains msg if { … }` — a set of reasons; any member rejects the plan;
+//! - `require_approval contains msg if { … }` — a set of reasons; any member sends the plan to
+//!   a human.
+//!
+//! `*_test.rego` files hold `test_*` rules run by [`policy::run_policy_tests`] (and this
+//! crate's tests), never as live policies. The policy version in every decision is the
+//! SHA-256 (hex) over the sorted file names and contents.
+//!
+//! # Policy input document
+//!
+//! Policies see this `input` (built by [`policy::input_document`]); they depend on its shape:
+//!
+//! ```json
+//! {
+//!   "task": {"task_id": "…", "tenant": "acme", "text": "fix drift on web", "submitted_by": "alice"},
+//!   "spec": {"role": "drift", "task_type": "drift_remediation", "environment": "production",
+//!            "risk": "high", "tools": ["http"], "target": "web"},
+//!   "plan": {
+//!     "summary": "…", "total_assets": 10, "step_count": 3,
+//!     "phases": [
+//!       {"index": 0, "name": "canary", "kind": "canary", "assets": ["web-01"],
+//!        "steps": [{"asset": "web-01", "action": "http", "has_rollback": true,
+//!                   "has_health_check": true}]}
+//!     ],
+//!     "artifacts": [{"name": "fix.py", "media_type": "text/x-python", "sandbox_exit_code": 0}],
+//!     "agent": {"kind": "runbook", "name": "drift-runbook@1"}
+//!   }
+//! }
+//! ```
+//!
+//! - `spec.risk`: `low|medium|high|critical|unspecified`; `spec.environment` as the decision
+//!   service set it (policies reject unknown ones).
+//! - `phases[].kind`: `canary|wave|unspecified`; `phases[].assets`: the distinct asset ids of
+//!   the phase's steps, in order; `steps[].action`: `http|noop|none`; `has_rollback`: the step
+//!   has a rollback action.
+//! - `artifacts[].sandbox_exit_code`: `null` when the artifact was not run in the sandbox.
+//! - `plan.total_assets`: assets in scope (changed or not), the base of phase-size rules.
+//!
+//! # Quality score and verdict
+//!
+//! See [`quality`]: structural, policy compliance, test coverage, operational history and
+//! human review, 20 points each. Any deny rejects. Production: ≥ 80 without approval reasons
+//! → approved, ≥ 60 → awaiting approval, < 60 → rejected; staging: 60 / 40; development:
+//! approved unless a policy asks for approval. Thresholds are in [`Config`].
+//!
+//! Not yet: self-approval prevention, approval quorum, timeouts and escalation (later
+//! releases); operational history is a neutral 10 until it is derived from the audit log.
+
+pub mod approval;
+pub mod policy;
+pub mod quality;
+
+use baton_bus::{ConsumerSpec, Delivery, HandlerError};
+use baton_proto::{
+    Approval, Event, PendingApproval, PlanProposed, TaskApproved, TaskAwaitingApproval, TaskRejected,
+    ValidationResult, Verdict, event::Body, subject,
+};
+use baton_runtime::Context;
+use baton_runtime::metrics::VerdictLabels;
+use policy::PolicySet;
+use prost::Message as _;
+use quality::Thresholds;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Producer name on events and the metrics label.
+pub const SERVICE: &str = "validation";
+
+/// gRPC services served, for gRPC health.
+pub const GRPC_SERVICES: &[&str] = &["baton.v1.ApprovalService"];
+
+/// JetStream KV bucket of plans awaiting a human: key = task id, value = protobuf
+/// `PendingApproval`.
+pub const APPROVALS_BUCKET: &str = "baton_approvals";
+
+/// Revisions kept per key of [`APPROVALS_BUCKET`] (the delete marker of a decided plan stays,
+/// which lets a redelivered proposal see that it was already decided).
+pub const APPROVALS_HISTORY: i64 = 5;
+
+/// Settings of the validation service (`[validation]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the Rego policies: every `*.rego` except `*_test.rego`. Default `policies`
+    /// (relative to the working directory).
+    pub policy_dir: PathBuf,
+    /// Score thresholds for production plans (default: 80 auto-approve, 60 with approval).
+    pub production: Thresholds,
+    /// Score thresholds for staging plans (default: 60 auto-approve, 40 with approval).
+    pub staging: Thresholds,
+    /// Plans validated at once by this process.
+    pub concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            policy_dir: PathBuf::from("policies"),
+            production: Thresholds { auto_approve: 80, with_approval: 60 },
+            staging: Thresholds { auto_approve: 60, with_approval: 40 },
+            concurrency: 16,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the thresholds: each at most 100, `with_approval` ≤ `auto_approve`.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, t) in [("production", self.production), ("staging", self.staging)] {
+            if t.auto_approve > 100 || t.with_approval > t.auto_approve {
+                return Err(Error::Config(format!(
+                    "validation.{name} thresholds must satisfy with_approval <= auto_approve <= 100 \
+                     (got with_approval {}, auto_approve {})",
+                    t.with_approval, t.auto_approve
+                )));
+            }
+        }
+        if self.concurrency == 0 {
+            return Err(Error::Config("validation.concurrency must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong in validation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A policy file is unusable (does not parse, wrong package, does not compile).
+    #[error("policy {file}: {reason}; fix the file and restart validation")]
+    Policy {
+        /// The file (or the policy directory, for errors across files).
+        file: PathBuf,
+        /// regorus's message (with line and column) or ours.
+        reason: String,
+    },
+    /// The policy directory is missing, unreadable or empty.
+    #[error("policy directory {dir}: {reason}")]
+    PolicyDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is unusable.
+    #[error("invalid validation configuration: {0}")]
+    Config(String),
+    /// NATS (stream, consumer or KV bucket) failed.
+    #[error(transparent)]
+    Bus(#[from] baton_bus::BusError),
+    /// The KV bucket of pending approvals failed.
+    #[error("approvals bucket {APPROVALS_BUCKET}: {0}; is NATS up?")]
+    Store(String),
+    /// No plan awaits approval under this id (or it belongs to another tenant).
+    #[error("no plan awaiting approval for task {0}")]
+    NotFound(String),
+    /// A request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A stored pending approval cannot be decoded.
+    #[error("pending approval {task_id} is corrupt: {reason}; delete it from bucket {APPROVALS_BUCKET}")]
+    Corrupt {
+        /// Key.
+        task_id: String,
+        /// Decode error.
+        reason: String,
+    },
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::NotFound(_) => tonic::Status::not_found(msg),
+            Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            Error::Bus(_) | Error::Store(_) => tonic::Status::unavailable(msg),
+            Error::Corrupt { .. } => tonic::Status::data_loss(msg),
+            Error::Policy { .. } | Error::PolicyDir { .. } | Error::Config(_) => {
+                tonic::Status::failed_precondition(msg)
+            }
+        }
+    }
+}
+
+/// The validation service: loaded policies, the approvals bucket, the consumer and the gRPC
+/// approval service.
+pub struct Validation {
+    /// Shared with the gRPC service.
+    inner: Arc<Inner>,
+}
+
+/// State shared by the consumer and the gRPC service.
+pub(crate) struct Inner {
+    /// NATS, auth and metrics.
+    pub(crate) ctx: Context,
+    /// Thresholds and policy directory.
+    pub(crate) config: Config,
+    /// The prepared policies.
+    pub(crate) policies: PolicySet,
+    /// Pending approvals by task id.
+    pub(crate) approvals: async_nats::jetstream::kv::Store,
+}
+
+impl Validation {
+    /// Validates `config`, loads the policies and opens the approvals bucket.
+    ///
+    /// Errors: [`Error::Config`]; [`Error::Policy`]/[`Error::PolicyDir`] when a policy does
+    /// not load (the message names the file and says what to fix); [`Error::Bus`] when the
+    /// bucket cannot be opened.
+    pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let policies = PolicySet::load(&config.policy_dir)?;
+        info!(
+            dir = %config.policy_dir.display(),
+            files = ?policies.files(),
+            version = policies.version(),
+            "policies loaded"
+        );
+        let approvals = open_approvals(&ctx.bus).await?;
+        Ok(Validation { inner: Arc::new(Inner { ctx, config, policies, approvals }) })
+    }
+
+    /// The loaded policies (file names and version).
+    pub fn policies(&self) -> &PolicySet {
+        &self.inner.policies
+    }
+
+    /// Validates one plan without publishing anything: policies, score, verdict.
+    pub fn validate(&self, proposed: &PlanProposed) -> ValidationResult {
+        self.inner.validate(proposed)
+    }
+
+    /// Adds `baton.v1.ApprovalService` to `routes`.
+    pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(baton_proto::approval_service_server::ApprovalServiceServer::new(
+            approval::Approvals { inner: self.inner.clone() },
+        ));
+    }
+
+    /// Consumes `baton.task.proposed` until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_PROPOSED)
+            .concurrency(self.inner.config.concurrency);
+        let inner = self.inner.clone();
+        self.inner
+            .ctx
+            .bus
+            .consume(spec, shutdown, move |delivery| {
+                let inner = inner.clone();
+                async move { inner.handle(delivery).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Opens (creating if needed) the approvals bucket.
+///
+/// `Bus::key_value` creates buckets with async-nats's `create_key_value`, which first reads the
+/// account info; async-nats 0.51 cannot parse the account info of nats-server 2.9 (it lacks
+/// `reserved_memory`), so on failure this creates the bucket's stream itself, with the stream
+/// configuration `create_key_value` would use, and opens it as a bucket.
+async fn open_approvals(bus: &baton_bus::Bus) -> Result<async_nats::jetstream::kv::Store, Error> {
+    let first = match bus.key_value(APPROVALS_BUCKET, APPROVALS_HISTORY).await {
+        Ok(store) => return Ok(store),
+        Err(e) => e,
+    };
+    use async_nats::jetstream::stream;
+    let js = bus.jetstream();
+    let config = stream::Config {
+        name: format!("KV_{APPROVALS_BUCKET}"),
+        description: Some("Baton: plans awaiting a human approval".into()),
+        subjects: vec![format!("$KV.{APPROVALS_BUCKET}.>")],
+        max_messages_per_subject: APPROVALS_HISTORY,
+        storage: stream::StorageType::File,
+        num_replicas: bus.config().replicas.max(1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| Error::Store(format!("{first}; creating its stream directly failed too: {e}")))?;
+    js.get_key_value(APPROVALS_BUCKET)
+        .await
+        .map_err(|e| Error::Store(format!("{first}; opening it failed too: {e}")))
+}
+
+/// Convenience matching the design's `run(config, shutdown)`.
+pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    Validation::new(ctx, config).await?.run(shutdown).await
+}
+
+/// Label of a verdict for metrics and logs.
+fn verdict_label(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Approved => "approved",
+        Verdict::AwaitingApproval => "awaiting_approval",
+        Verdict::Rejected => "rejected",
+        Verdict::Unspecified => "unspecified",
+    }
+}
+
+impl Inner {
+    /// Policies, score and verdict of one plan.
+    pub(crate) fn validate(&self, proposed: &PlanProposed) -> ValidationResult {
+        let input = policy::input_document(proposed);
+        let outcome = self.policies.evaluate(&input);
+        let plan = proposed.plan.clone().unwrap_or_default();
+        let quality = quality::score(&plan, &outcome);
+        let environment = proposed.spec.as_ref().map(|s| s.environment.as_str()).unwrap_or("");
+        let (verdict, reasons) = quality::verdict(
+            environment,
+            quality.total,
+            &outcome,
+            self.config.staging,
+            self.config.production,
+        );
+        ValidationResult {
+            policy: Some(self.policies.decision(&outcome)),
+            quality: Some(quality),
+            verdict: verdict as i32,
+            reasons,
+        }
+    }
+
+    /// Handles one `baton.task.proposed` message; see the crate docs for the outputs.
+    async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let result = self.handle_inner(&delivery).await;
+        let outcome = match &result {
+            Ok(label) => *label,
+            Err(HandlerError::Retry(_)) => "retry",
+            Err(HandlerError::Reject(_)) => "poison",
+        };
+        self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+        result.map(|_| ())
+    }
+
+    async fn handle_inner(&self, delivery: &Delivery) -> Result<&'static str, HandlerError> {
+        let event = delivery.event()?;
+        let Some(Body::PlanProposed(proposed)) = event.body.clone() else {
+            return Err(HandlerError::Reject(format!(
+                "expected a plan_proposed event on {}, got {}",
+                subject::TASK_PROPOSED,
+                baton_proto::event_kind(&event)
+            )));
+        };
+        let missing = |what: &str| {
+            HandlerError::Reject(format!("plan_proposed event {} has no {what}", event.event_id))
+        };
+        let task = proposed.task.clone().ok_or_else(|| missing("task"))?;
+        let spec = proposed.spec.clone().ok_or_else(|| missing("spec"))?;
+        let plan = proposed.plan.clone().ok_or_else(|| missing("plan"))?;
+
+        let validation = self.validate(&proposed);
+        let verdict = validation.verdict();
+        let label = verdict_label(verdict);
+        info!(
+            task_id = %event.task_id,
+            verdict = label,
+            score = validation.quality.as_ref().map(|q| q.total).unwrap_or(0),
+            reasons = ?validation.reasons,
+            "plan validated"
+        );
+        match verdict {
+            Verdict::Approved => {
+                let approval = Approval {
+                    task_id: event.task_id.clone(),
+                    approver: "policy".into(),
+                    approved: true,
+                    reason: validation.reasons.join("; "),
+                    decided_at: Some(baton_proto::now()),
+                };
+                let body = Body::TaskApproved(TaskApproved {
+                    task: Some(task),
+                    spec: Some(spec),
+                    plan: Some(plan),
+                    validation: Some(validation),
+                    approval: Some(approval),
+                });
+                self.ctx
+                    .bus
+                    .publish(subject::TASK_APPROVED, &event.follow("approved", SERVICE, body))
+                    .await?;
+            }
+            Verdict::AwaitingApproval => {
+                if !self.store_pending(&event, task, spec, plan, validation).await? {
+                    return Ok("already_decided");
+                }
+            }
+            _ => {
+                let body = Body::TaskRejected(TaskRejected {
+                    reasons: validation.reasons.clone(),
+                    validation: Some(validation),
+                    approval: None,
+                });
+                self.ctx
+                    .bus
+                    .publish(subject::TASK_REJECTED, &event.follow("rejected", SERVICE, body))
+                    .await?;
+            }
+        }
+        self.ctx
+            .metrics
+            .policy_decisions
+            .get_or_create(&VerdictLabels { verdict: label.into() })
+            .inc();
+        Ok(label)
+    }
+
+    /// Stores the pending approval (KV first), then publishes `TaskAwaitingApproval`.
+    /// Returns false when a human already decided this task (its key holds a delete marker):
+    /// a redelivered proposal must not reopen it.
+    async fn store_pending(
+        &self,
+        event: &Event,
+        task: baton_proto::Task,
+        spec: baton_proto::TaskSpec,
+        plan: baton_proto::Plan,
+        validation: ValidationResult,
+    ) -> Result<bool, HandlerError> {
+        let key = event.task_id.as_str();
+        let store_err = |e: String| HandlerError::Retry(format!("approvals bucket: {e}"));
+        let existing = self.approvals.entry(key).await.map_err(|e| {
+            if e.kind() == async_nats::jetstream::kv::EntryErrorKind::InvalidKey {
+                HandlerError::Reject(format!("task id {key:?} is not a valid key-value key"))
+            } else {
+                store_err(e.to_string())
+            }
+        })?;
+        use async_nats::jetstream::kv::Operation;
+        let pending = match existing {
+            Some(entry) if entry.operation != Operation::Put => {
+                warn!(task_id = %key, "redelivered proposal of an already decided task; ignoring it");
+                return Ok(false);
+            }
+            // Redelivery after the KV write: publish what was stored.
+            Some(entry) => PendingApproval::decode(entry.value.as_ref())
+                .map_err(|e| HandlerError::Reject(format!("stored pending approval {key} is corrupt: {e}")))?,
+            None => {
+                let pending = PendingApproval {
+                    task_id: event.task_id.clone(),
+                    tenant: event.tenant.clone(),
+                    submitted_by: task.submitted_by.clone(),
+                    spec: Some(spec),
+                    plan: Some(plan),
+                    validation: Some(validation),
+                    requested_at: Some(baton_proto::now()),
+                    task: Some(task),
+                };
+                self.approvals
+                    .put(key, pending.encode_to_vec().into())
+                    .await
+                    .map_err(|e| store_err(e.to_string()))?;
+                pending
+            }
+        };
+        let body = Body::AwaitingApproval(TaskAwaitingApproval { pending: Some(pending) });
+        self.ctx
+            .bus
+            .publish(
+                subject::TASK_AWAITING_APPROVAL,
+                &event.follow("awaiting_approval", SERVICE, body),
+            )
+            .await?;
+        Ok(true)
+    }
+}

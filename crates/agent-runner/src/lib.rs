@@ -96,6 +96,9 @@ pub struct Config {
     pub fetch_concurrency: usize,
     /// Messages handled at once per role, by this process.
     pub concurrency: usize,
+    /// Roles served by the built-in no-op agent (one no-op step, no side effects), for
+    /// benchmarks and dry runs. Empty in production.
+    pub noop_roles: Vec<String>,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             max_phase_fraction: 0.2,
             fetch_concurrency: 16,
             concurrency: 16,
+            noop_roles: Vec::new(),
         }
     }
 }
@@ -207,8 +211,9 @@ impl AgentRunner {
         }
         let drift = DriftRunbook::new(path, config.http_timeout, config.max_phase_fraction, config.fetch_concurrency)
             .map_err(|reason| Error::Agent { agent: drift::NAME.into(), reason })?;
-        let runner = AgentRunner { ctx, config, agents: BTreeMap::new() };
-        Ok(runner.with_agent("drift", Arc::new(drift)))
+        let noop_roles = config.noop_roles.clone();
+        let runner = AgentRunner { ctx, config, agents: BTreeMap::new() }.with_agent("drift", Arc::new(drift));
+        Ok(noop_roles.iter().fold(runner, |r, role| r.with_agent(role, Arc::new(NoopAgent))))
     }
 
     /// Registers `agent` for `role`, replacing any agent that role had. A role outside

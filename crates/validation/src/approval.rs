@@ -130,12 +130,6 @@ impl ApprovalService for Approvals {
         });
         self.inner.decide(pending, "approved", subject::TASK_APPROVED, body).await?;
         info!(task_id = %approval.task_id, approver = %approval.approver, "plan approved by a human");
-        self.inner
-            .ctx
-            .metrics
-            .policy_decisions
-            .get_or_create(&baton_runtime::metrics::VerdictLabels { verdict: "human_approved".into() })
-            .inc();
         Ok(Response::new(ApproveResponse { approval: Some(approval) }))
     }
 
@@ -161,12 +155,6 @@ impl ApprovalService for Approvals {
         });
         self.inner.decide(pending, "rejected", subject::TASK_REJECTED, body).await?;
         info!(task_id = %approval.task_id, approver = %approval.approver, "plan rejected by a human");
-        self.inner
-            .ctx
-            .metrics
-            .policy_decisions
-            .get_or_create(&baton_runtime::metrics::VerdictLabels { verdict: "human_rejected".into() })
-            .inc();
         Ok(Response::new(RejectResponse { approval: Some(approval) }))
     }
 }

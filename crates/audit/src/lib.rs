@@ -15,6 +15,11 @@
 //! and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
 //! `undecodable` with its raw bytes, so nothing that reached the stream is missing from the log.
 //!
+//! A batch that cannot be stored is nak'ed; once the stream gives up redelivering it, the bus
+//! dead-letters it to `baton.dead.audit`, and audit stores the carried event under its own id
+//! when that dead letter comes back (see [`store::NewRecord::unwrap_own_dead_letter`]), so a
+//! database outage loses nothing and fails no task.
+//!
 //! One writer: the chain head (last sequence and hash) lives in the writer's memory, so run
 //! one audit replica per database (a later change can take a database lock for this).
 
@@ -213,9 +218,13 @@ impl Audit {
         let dead_consumer = bus.pull_consumer(&dead).await?;
         let specs = [&main, &dead];
         while !shutdown.is_cancelled() {
-            let m = pull(&main_consumer, &main).await?.map(|m| (0usize, m));
-            let d = pull(&dead_consumer, &dead).await?.map(|m| (1usize, m));
+            // Each source ends with a `None`, so the merged stream ends as soon as either
+            // message stream does (then both are pulled again).
+            let m = pull(&main_consumer, &main).await?.map(|m| Some((0usize, m))).chain(futures::stream::iter([None]));
+            let d = pull(&dead_consumer, &dead).await?.map(|m| Some((1usize, m))).chain(futures::stream::iter([None]));
             let batches = futures::stream::select(m, d)
+                .take_while(|item| std::future::ready(item.is_some()))
+                .filter_map(std::future::ready)
                 .take_until(shutdown.cancelled())
                 .ready_chunks(self.config.batch_size);
             let mut batches = std::pin::pin!(batches);
@@ -249,13 +258,15 @@ impl Audit {
         let started = Instant::now();
         let mut records = Vec::with_capacity(batch.len());
         let mut skipped = 0usize;
+        let triggers = format!("{}.", subject::TRIGGER_PREFIX);
         for (source, d) in &batch {
-            if d.subject().starts_with(&format!("{}.", subject::TRIGGER_PREFIX)) {
+            if d.subject().starts_with(&triggers) {
                 skipped += 1;
                 continue;
             }
             let stream = if specs[*source].stream.is_empty() { &self.ctx.bus.config().stream } else { &specs[*source].stream };
-            records.push(NewRecord::from_message(
+            records.push(
+                NewRecord::from_message(
                 d.subject(),
                 d.payload(),
                 MessageMeta {
@@ -264,7 +275,9 @@ impl Audit {
                     tenant: d.header(TENANT_HEADER),
                     fallback_id: format!("{stream}.{}", d.stream_sequence()),
                 },
-            ));
+                )
+                .unwrap_own_dead_letter(SERVICE),
+            );
         }
         let result = self.store.append(records).await;
         let secs = started.elapsed().as_secs_f64();

@@ -124,6 +124,8 @@ impl TaskRow {
                 let reason = if f.reason.is_empty() { f.code.clone() } else { f.reason.clone() };
                 (TaskStatus::Failed, Some(reason))
             }
+            // Audit's own outage is not the task's failure (see `NewRecord::unwrap_own_dead_letter`).
+            Body::DeadLetter(d) if d.service == crate::SERVICE => return,
             Body::DeadLetter(d) => (
                 TaskStatus::Failed,
                 Some(format!("dead-lettered by {}: {}", d.service, d.reason)),
@@ -248,6 +250,9 @@ mod tests {
         let mut row = TaskRow::new("t2", "acme", 0);
         row.apply("acme", Some(&ev(Body::DeadLetter(DeadLetter { service: "decision".into(), reason: "bad".into(), ..Default::default() }))), 1);
         assert_eq!((row.status, row.reason.as_str()), (TaskStatus::Failed, "dead-lettered by decision: bad"));
+        let mut row = TaskRow::new("t3", "acme", 0);
+        row.apply("acme", Some(&ev(Body::DeadLetter(DeadLetter { service: "audit".into(), ..Default::default() }))), 1);
+        assert_eq!(row.status, TaskStatus::Unspecified, "audit's own dead letters fail no task");
     }
 
     #[test]

@@ -147,6 +147,34 @@ impl NewRecord {
     }
 }
 
+impl NewRecord {
+    /// A dead letter that audit itself produced (it could not store a message before the
+    /// stream gave up redelivering it) stands for the message it carries: returns the record
+    /// of that message (unwrapping nested dead letters), so the original event is stored under
+    /// its own id and the task is not marked failed by audit's own outage. A carried payload
+    /// that was truncated or is not an event leaves the dead letter as it is.
+    pub fn unwrap_own_dead_letter(self, service: &str) -> NewRecord {
+        let mut record = self;
+        while record.kind == "dead_letter" {
+            let Ok(event) = Event::decode(record.payload.as_slice()) else { break };
+            let Some(baton_proto::event::Body::DeadLetter(dl)) = event.body else { break };
+            if dl.service != service {
+                break;
+            }
+            match baton_bus::decode_event(&dl.payload) {
+                Ok(inner) => {
+                    let mut r = NewRecord::from_event(&dl.subject, &inner);
+                    // Keep the bytes as they were published.
+                    r.payload = dl.payload;
+                    record = r;
+                }
+                Err(_) => break,
+            }
+        }
+        record
+    }
+}
+
 /// A record as stored: a place in the chain.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredRecord {
@@ -737,5 +765,30 @@ mod tests {
         );
         assert_eq!((r.kind.as_str(), r.event_id.as_str(), r.task_id.as_str()), (UNDECODABLE, "BATON.7", "t9"));
         assert_eq!(r.payload, b"\xff\xffjunk");
+    }
+
+    #[test]
+    fn own_dead_letters_unwrap_to_the_original_event() {
+        use baton_proto::{DeadLetter, TaskCompleted, event::Body};
+        let original = Event::first("t1", "acme", "completed", "execution", Body::TaskCompleted(TaskCompleted::default()));
+        let wrap = |service: &str, subject: &str, inner: &Event| Event {
+            event_id: format!("dead.{service}.{}", inner.event_id),
+            task_id: "t1".into(),
+            body: Some(Body::DeadLetter(DeadLetter {
+                service: service.into(),
+                subject: subject.into(),
+                payload: inner.encode_to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let once = wrap("audit", "baton.task.completed", &original);
+        let twice = wrap("audit", "baton.dead.audit", &once);
+        let r = NewRecord::from_event("baton.dead.audit", &twice).unwrap_own_dead_letter("audit");
+        assert_eq!((r.event_id.as_str(), r.subject.as_str(), r.kind.as_str()), ("t1.completed", "baton.task.completed", "task_completed"));
+        assert_eq!(r.payload, original.encode_to_vec());
+        let other = wrap("decision", "baton.task.received", &original);
+        let r = NewRecord::from_event("baton.dead.decision", &other).unwrap_own_dead_letter("audit");
+        assert_eq!(r.kind, "dead_letter", "other services' dead letters stay");
     }
 }

@@ -18,7 +18,7 @@ pub mod rules;
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::decision_service_server::{DecisionService as DecisionServiceApi, DecisionServiceServer};
 use baton_proto::{
-    ClassifyRequest, ClassifyResponse, Decision, ROLES, Task, TaskFailed, TaskRouted, event::Body,
+    ClassifyRequest, ClassifyResponse, ROLES, Task, TaskFailed, TaskRouted, event::Body,
     subject,
 };
 use baton_runtime::Context;
@@ -143,7 +143,7 @@ pub trait Classifier: Send + Sync {
     ///
     /// Errors: [`Error::ClassifierUnavailable`] for a transient failure (the task is retried),
     /// other variants fail the task.
-    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<Decision>, Error>>;
+    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>>;
 }
 
 /// The rules file as a [`Classifier`] (tier RULES).
@@ -153,7 +153,7 @@ impl Classifier for RulesClassifier {
     fn name(&self) -> &str {
         "rules"
     }
-    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
         Box::pin(std::future::ready(self.0.matched(task)))
     }
 }
@@ -187,12 +187,12 @@ impl Decider {
     ///
     /// Errors: [`Error::UnknownRole`], [`Error::UnknownEnvironment`], [`Error::InvalidRequest`]
     /// for a task that cannot be routed; [`Error::ClassifierUnavailable`] from a tier.
-    pub async fn decide(&self, task: &Task) -> Result<Decision, Error> {
+    pub async fn decide(&self, task: &Task) -> Result<baton_proto::Decision, Error> {
         rules::check_task(task)?;
         if let Some(d) = self.rules.explicit(task)? {
             return Ok(d);
         }
-        let mut best: Option<Decision> = None;
+        let mut best: Option<baton_proto::Decision> = None;
         for tier in &self.tiers {
             match tier.classify(task).await? {
                 Some(d) if d.confidence >= self.rules.min_confidence => return Ok(d),
@@ -207,7 +207,7 @@ impl Decider {
 /// The decision service: the `baton.task.received` consumer and the `DecisionService` gRPC
 /// server.
 #[derive(Clone)]
-pub struct DecisionService {
+pub struct Decision {
     inner: Arc<Inner>,
 }
 
@@ -217,7 +217,7 @@ struct Inner {
     decider: Decider,
 }
 
-impl DecisionService {
+impl Decision {
     /// Loads and checks the rules (from `config.rules_path`, or the built-in ones).
     ///
     /// Errors: [`Error::ReadRules`], [`Error::Rules`] (naming file, rule and problem),
@@ -228,12 +228,12 @@ impl DecisionService {
         }
         let rules = RuleSet::load(config.rules_path.as_deref())?;
         info!(rules = %rules.source, count = rules.rules.len(), "decision rules loaded");
-        Ok(DecisionService::with_decider(ctx, config, Decider::new(rules)))
+        Ok(Decision::with_decider(ctx, config, Decider::new(rules)))
     }
 
     /// Builds the service around a ready [`Decider`] (to add classifier tiers).
     pub fn with_decider(ctx: Context, config: Config, decider: Decider) -> Self {
-        DecisionService { inner: Arc::new(Inner { ctx, config, decider }) }
+        Decision { inner: Arc::new(Inner { ctx, config, decider }) }
     }
 
     /// The classification chain.
@@ -362,7 +362,7 @@ impl DecisionServiceApi for DecisionApi {
     }
 }
 
-impl baton_runtime::service::Service for DecisionService {
+impl baton_runtime::service::Service for Decision {
     type Config = Config;
     type Error = Error;
     const NAME: &'static str = SERVICE;
@@ -370,11 +370,11 @@ impl baton_runtime::service::Service for DecisionService {
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
     fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
-        DecisionService::new(ctx, config)
+        Decision::new(ctx, config)
     }
 
     fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        DecisionService::add_grpc(self, routes)
+        Decision::add_grpc(self, routes)
     }
 
     fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
@@ -383,9 +383,9 @@ impl baton_runtime::service::Service for DecisionService {
 }
 
 /// Loads the rules and consumes received tasks until `shutdown` (the design's `run(config,
-/// shutdown)`; the gRPC server is the caller's, via [`DecisionService::add_grpc`]).
+/// shutdown)`; the gRPC server is the caller's, via [`Decision::add_grpc`]).
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    DecisionService::new(ctx, config).await?.run(shutdown).await
+    Decision::new(ctx, config).await?.run(shutdown).await
 }
 
 #[cfg(test)]
@@ -403,9 +403,9 @@ mod tests {
         fn name(&self) -> &str {
             "oracle"
         }
-        fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
             let text = task.trigger.as_ref().map(|t| t.text.as_str()).unwrap_or_default();
-            let d = (text == "the thing with the stuff").then(|| Decision {
+            let d = (text == "the thing with the stuff").then(|| baton_proto::Decision {
                 spec: Some(baton_proto::TaskSpec { role: "sop".into(), ..Default::default() }),
                 confidence: 0.7,
                 tier: DecisionTier::Classifier as i32,

@@ -3,7 +3,7 @@
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use baton_bus::testing::TestNats;
-use baton_decision::{Config, DecisionService, Error};
+use baton_decision::{Config, Decision, Error};
 use baton_proto::decision_service_client::DecisionServiceClient;
 use baton_proto::{
     ClassifyRequest, DecisionTier, Event, Risk, Task, TaskReceived, Trigger, event::Body, subject,
@@ -69,7 +69,7 @@ async fn count(nats: &TestNats, filter: &str) -> u64 {
 }
 
 async fn run_until<T>(nats: &TestNats, config: Config, work: impl std::future::Future<Output = T>) -> T {
-    let svc = DecisionService::new(context(nats), config).await.unwrap();
+    let svc = Decision::new(context(nats), config).await.unwrap();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(svc.run(shutdown.clone()));
     let out = work.await;
@@ -177,7 +177,7 @@ async fn bad_rules_file_is_a_startup_error_naming_file_and_rule() {
     )
     .unwrap();
     let config = Config { rules_path: Some(path.clone()), ..Config::default() };
-    let err = DecisionService::new(context(&nats), config).await.err().expect("must fail");
+    let err = Decision::new(context(&nats), config).await.err().expect("must fail");
     assert!(matches!(err, Error::Rules { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("rules file {}: rule \"x\": pattern \"[z-a]\" does not compile", path.display())), "{msg}");
@@ -187,7 +187,7 @@ async fn bad_rules_file_is_a_startup_error_naming_file_and_rule() {
 async fn classify_over_grpc_answers_without_publishing() {
     let nats = TestNats::start().await;
     let ctx = context(&nats);
-    let svc = DecisionService::new(ctx.clone(), Config::default()).await.unwrap();
+    let svc = Decision::new(ctx.clone(), Config::default()).await.unwrap();
     let mut routes = tonic::service::RoutesBuilder::default();
     svc.add_grpc(&mut routes);
     let shutdown = CancellationToken::new();

@@ -191,25 +191,32 @@ impl Bus {
 
     /// Opens (creating if needed) a key-value bucket with file storage and the configured
     /// replicas; `history` is how many revisions per key to keep.
-    pub async fn key_value(
-        &self,
-        bucket: &str,
-        history: i64,
-    ) -> Result<jetstream::kv::Store, BusError> {
-        match self.js.get_key_value(bucket).await {
-            Ok(store) => Ok(store),
-            Err(_) => self
-                .js
-                .create_key_value(jetstream::kv::Config {
-                    bucket: bucket.to_string(),
-                    history,
-                    storage: stream::StorageType::File,
-                    num_replicas: self.config.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| BusError::KeyValue { bucket: bucket.to_string(), reason: e.to_string() }),
+    ///
+    /// The bucket's stream is created directly (`KV_<bucket>` on `$KV.<bucket>.>`, the layout of
+    /// ADR-8) rather than through `create_key_value`, which first reads account info with
+    /// fields nats-server 2.9 does not send.
+    pub async fn key_value(&self, bucket: &str, history: i64) -> Result<jetstream::kv::Store, BusError> {
+        let err = |e: String| BusError::KeyValue { bucket: bucket.to_string(), reason: e };
+        if let Ok(store) = self.js.get_key_value(bucket).await {
+            return Ok(store);
         }
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: history,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas.max(1),
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: std::time::Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        self.js.get_key_value(bucket).await.map_err(|e| err(e.to_string()))
     }
 
     /// True while the client is connected (for `/ready`).

@@ -128,3 +128,14 @@ async fn unreachable_nats_is_a_clear_error() {
     assert!(msg.contains("cannot connect to NATS at nats://127.0.0.1:1"), "{msg}");
     assert!(msg.contains("nats-server -js"), "{msg}");
 }
+
+#[tokio::test]
+async fn key_value_bucket_is_created_once_and_keeps_values() {
+    let nats = TestNats::start().await;
+    let kv = nats.bus.key_value("baton_test", 3).await.expect("create bucket on nats-server 2.9");
+    kv.put("task-1", b"state-1".to_vec().into()).await.unwrap();
+    let again = nats.bus.key_value("baton_test", 3).await.expect("open existing bucket");
+    assert_eq!(again.get("task-1").await.unwrap().unwrap().as_ref(), b"state-1");
+    again.delete("task-1").await.unwrap();
+    assert!(kv.get("task-1").await.unwrap().is_none());
+}

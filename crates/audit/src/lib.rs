@@ -56,9 +56,9 @@ pub const DURABLE_DEAD: &str = "audit-dead";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where the log lives: `sqlite://<path>?mode=rwc` (parent directories are created; `baton
-    /// up` uses `<data_dir>/audit.db`, see [`Config::sqlite_url`]) or
-    /// `postgres://user:password@host:5432/db`.
+    /// Where the log lives: `sqlite://<path>?mode=rwc` (parent directories are created) or
+    /// `postgres://user:password@host:5432/db`. Empty means `<data_dir>/audit.db` (see
+    /// [`Config::sqlite_url`]), filled in when the service is started by `baton`.
     pub database_url: String,
     /// Connections in the pool.
     pub max_connections: u32,
@@ -75,7 +75,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            database_url: "sqlite://.baton/audit.db?mode=rwc".into(),
+            database_url: String::new(),
             max_connections: 8,
             batch_size: 500,
             watch_buffer: 4096,
@@ -324,4 +324,30 @@ async fn pull(
 /// Convenience matching the design's `run(config, shutdown)`.
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     Audit::new(ctx, config).await?.run(shutdown).await
+}
+
+impl baton_runtime::service::Service for Audit {
+    type Config = Config;
+    type Error = Error;
+    const NAME: &'static str = SERVICE;
+    const SECTION: &'static str = "audit";
+    const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
+        if config.database_url.trim().is_empty() {
+            config.database_url = Config::sqlite_url(&common.data_dir);
+        }
+    }
+
+    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        Audit::new(ctx, config)
+    }
+
+    fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        Audit::add_grpc(self, routes)
+    }
+
+    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        self.run(shutdown)
+    }
 }

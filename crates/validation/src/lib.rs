@@ -281,37 +281,8 @@ impl Validation {
 }
 
 /// Opens (creating if needed) the approvals bucket.
-///
-/// `Bus::key_value` creates buckets with async-nats's `create_key_value`, which first reads the
-/// account info; async-nats 0.51 cannot parse the account info of nats-server 2.9 (it lacks
-/// `reserved_memory`), so on failure this creates the bucket's stream itself, with the stream
-/// configuration `create_key_value` would use, and opens it as a bucket.
 async fn open_approvals(bus: &baton_bus::Bus) -> Result<async_nats::jetstream::kv::Store, Error> {
-    let first = match bus.key_value(APPROVALS_BUCKET, APPROVALS_HISTORY).await {
-        Ok(store) => return Ok(store),
-        Err(e) => e,
-    };
-    use async_nats::jetstream::stream;
-    let js = bus.jetstream();
-    let config = stream::Config {
-        name: format!("KV_{APPROVALS_BUCKET}"),
-        description: Some("Baton: plans awaiting a human approval".into()),
-        subjects: vec![format!("$KV.{APPROVALS_BUCKET}.>")],
-        max_messages_per_subject: APPROVALS_HISTORY,
-        storage: stream::StorageType::File,
-        num_replicas: bus.config().replicas.max(1),
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    js.get_or_create_stream(config)
-        .await
-        .map_err(|e| Error::Store(format!("{first}; creating its stream directly failed too: {e}")))?;
-    js.get_key_value(APPROVALS_BUCKET)
-        .await
-        .map_err(|e| Error::Store(format!("{first}; opening it failed too: {e}")))
+    Ok(bus.key_value(APPROVALS_BUCKET, APPROVALS_HISTORY).await?)
 }
 
 /// Convenience matching the design's `run(config, shutdown)`.
@@ -493,5 +464,25 @@ impl Inner {
             )
             .await?;
         Ok(true)
+    }
+}
+
+impl baton_runtime::service::Service for Validation {
+    type Config = Config;
+    type Error = Error;
+    const NAME: &'static str = SERVICE;
+    const SECTION: &'static str = "validation";
+    const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        Validation::new(ctx, config)
+    }
+
+    fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        Validation::add_grpc(self, routes)
+    }
+
+    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        self.run(shutdown)
     }
 }

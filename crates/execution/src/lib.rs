@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+mod consumer;
 mod grpc;
 pub mod rollout;
 pub mod store;
@@ -211,23 +212,21 @@ impl Executor {
         let (shared, ctx) = (self.shared, self.ctx);
         let stop = shutdown.clone();
         tracing::info!(consumer = SERVICE, subject = subject::TASK_APPROVED, "execution service started");
-        ctx.bus
-            .clone()
-            .consume(spec, shutdown, move |delivery| {
-                let (shared, ctx, stop) = (shared.clone(), ctx.clone(), stop.clone());
-                async move {
-                    let started = Instant::now();
-                    let result = handle(&shared, &ctx, &delivery, stop).await;
-                    let outcome = match &result {
-                        Ok(label) => label,
-                        Err(HandlerError::Retry(_)) => "retry",
-                        Err(HandlerError::Reject(_)) => "rejected",
-                    };
-                    ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
-                    result.map(|_| ())
-                }
-            })
-            .await?;
+        consumer::consume(&ctx.bus, spec, shutdown, |delivery| {
+            let (shared, ctx, stop) = (&shared, &ctx, stop.clone());
+            async move {
+                let started = Instant::now();
+                let result = handle(shared, ctx, &delivery, stop).await;
+                let outcome = match &result {
+                    Ok(label) => label,
+                    Err(HandlerError::Retry(_)) => "retry",
+                    Err(HandlerError::Reject(_)) => "rejected",
+                };
+                ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+                result.map(|_| ())
+            }
+        })
+        .await?;
         Ok(())
     }
 }

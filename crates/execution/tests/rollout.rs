@@ -1,0 +1,638 @@
+//! The execution service against a real nats-server and the demo fleet's real HTTP servers:
+//! rollouts that succeed, roll back on an unhealthy asset or a failing action, resume after a
+//! restart without applying anything twice, and the GetExecution RPC.
+
+use baton_bus::testing::TestNats;
+use baton_bus::{Bus, ConsumerSpec};
+use baton_execution::{ActionError, ActionOutcome, ActionRunner, Config, Executor, HttpRunner, SERVICE};
+use futures::future::BoxFuture;
+use baton_fleet::{Fleet, FleetSpec, WebServer};
+use baton_proto::event::Body;
+use baton_proto::execution_service_client::ExecutionServiceClient;
+use baton_proto::{
+    Action, Approval, Asset, AssetState, Event, ExecutionStatus, GetExecutionRequest, HealthCheck, HttpAction,
+    NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved, action::Kind, subject,
+};
+use baton_runtime::Context;
+use baton_runtime::auth::{AuthConfig, Authenticator, Role};
+use baton_runtime::metrics::Metrics;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TENANT: &str = "acme";
+/// Bounds every wait so a broken service fails the test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn authenticator() -> Authenticator {
+    Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap()
+}
+
+fn context(bus: Bus) -> Context {
+    Context::new(bus, authenticator(), Arc::new(Metrics::default()))
+}
+
+fn test_config() -> Config {
+    Config {
+        action_timeout: Duration::from_secs(5),
+        health_check_interval: Duration::from_millis(50),
+        progress_interval: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+/// Starts an executor on `ctx` until the returned token is cancelled.
+async fn start(ctx: Context) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
+    let executor = Executor::new(ctx, test_config()).await.unwrap();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(executor.run(token.clone()));
+    (token, task)
+}
+
+/// The real HTTP runner, counting the actions it runs (by idempotency key).
+#[derive(Clone)]
+struct Counting {
+    inner: HttpRunner,
+    runs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Counting {
+    fn new() -> Counting {
+        Counting { inner: HttpRunner::new(Duration::from_secs(5)).unwrap(), runs: Default::default() }
+    }
+    fn runs(&self) -> Vec<String> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+impl ActionRunner for Counting {
+    fn run<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<ActionOutcome, ActionError>> {
+        self.runs.lock().unwrap().push(action.idempotency_key.clone());
+        self.inner.run(action)
+    }
+    fn probe<'a>(&'a self, check: &'a HealthCheck, expect_status: u16) -> BoxFuture<'a, Result<(), String>> {
+        self.inner.probe(check, expect_status)
+    }
+}
+
+/// Starts an executor with `runner` until the returned token is cancelled.
+async fn start_with(
+    ctx: Context,
+    runner: Counting,
+) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
+    let executor = Executor::with_runner(ctx, test_config(), Arc::new(runner)).await.unwrap();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(executor.run(token.clone()));
+    (token, task)
+}
+
+fn http(method: &str, url: String, body: Vec<u8>, key: String) -> Action {
+    Action {
+        idempotency_key: key,
+        description: format!("{method} {url}"),
+        kind: Some(Kind::Http(HttpAction {
+            method: method.into(),
+            url,
+            body,
+            headers: [("Content-Type".to_string(), "application/json".to_string())].into(),
+            expect_status: vec![200],
+        })),
+    }
+}
+
+fn config_body(config: &BTreeMap<String, String>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "config": config })).unwrap()
+}
+
+/// A step that PUTs `golden` to `server`, rolls back to the server's current configuration,
+/// and checks `/health` (`attempts` × 50 ms).
+fn step(task: &str, phase: &str, server: &WebServer, golden: &BTreeMap<String, String>, attempts: u32) -> Step {
+    let url = format!("{}/config", server.url());
+    Step {
+        asset: Some(Asset {
+            id: server.id.clone(),
+            name: server.id.clone(),
+            kind: "web_server".into(),
+            address: server.url(),
+            ..Default::default()
+        }),
+        action: Some(http("PUT", url.clone(), config_body(golden), format!("{task}:{phase}:{}:apply", server.id))),
+        rollback: Some(http("PUT", url, config_body(&server.config()), format!("{task}:{phase}:{}:rollback", server.id))),
+        health_check: Some(HealthCheck {
+            url: format!("{}/health", server.url()),
+            expect_status: 200,
+            attempts,
+            interval_ms: 50,
+        }),
+        reason: "drifted".into(),
+    }
+}
+
+/// Canary = server 0, then waves of the given server index ranges.
+fn fleet_plan(task: &str, fleet: &Fleet, waves: &[std::ops::Range<usize>], attempts: u32) -> Plan {
+    let golden = &fleet.spec.golden;
+    let mut phases = vec![Phase {
+        name: "canary".into(),
+        kind: PhaseKind::Canary as i32,
+        steps: vec![step(task, "canary", &fleet.servers[0], golden, attempts)],
+    }];
+    for (n, range) in waves.iter().enumerate() {
+        let name = format!("wave {}", n + 1);
+        phases.push(Phase {
+            name: name.clone(),
+            kind: PhaseKind::Wave as i32,
+            steps: fleet.servers[range.clone()].iter().map(|s| step(task, &name, s, golden, attempts)).collect(),
+        });
+    }
+    Plan {
+        task_id: task.into(),
+        summary: "apply the golden config".into(),
+        phases,
+        total_assets: fleet.servers.len() as u32,
+        ..Default::default()
+    }
+}
+
+fn approved(task_id: &str, tenant: &str, plan: Plan) -> Event {
+    Event::first(
+        task_id,
+        tenant,
+        "approved",
+        "validation",
+        Body::TaskApproved(TaskApproved {
+            task: Some(Task { task_id: task_id.into(), tenant: tenant.into(), ..Default::default() }),
+            plan: Some(plan),
+            approval: Some(Approval {
+                task_id: task_id.into(),
+                approver: "policy".into(),
+                approved: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    )
+}
+
+/// One stored message of the main stream.
+struct Stored {
+    subject: String,
+    msg_id: String,
+    event: Event,
+}
+
+/// Every message of the main stream, in order.
+async fn stream_messages(bus: &Bus) -> Vec<Stored> {
+    let mut stream = bus.jetstream().get_stream("BATON").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()).unwrap_or_default(),
+            event: baton_bus::decode_event(&m.payload).unwrap(),
+        });
+    }
+    out
+}
+
+/// The task's events published by the execution service.
+async fn task_events(bus: &Bus, task_id: &str) -> Vec<Stored> {
+    stream_messages(bus)
+        .await
+        .into_iter()
+        .filter(|s| s.event.task_id == task_id && s.event.producer == SERVICE)
+        .collect()
+}
+
+/// Waits for the task's `task_completed` or `task_failed` event.
+async fn final_event(bus: &Bus, task_id: &str) -> Event {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let found = task_events(bus, task_id).await.into_iter().find(|s| {
+                s.subject == subject::TASK_COMPLETED || s.subject == subject::TASK_FAILED
+            });
+            if let Some(s) = found {
+                return s.event;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the rollout ends")
+}
+
+/// A compact form of the execution events: `started`, `p1.started`, `p1.applied`, …
+fn shape(events: &[Stored]) -> Vec<String> {
+    events
+        .iter()
+        .map(|s| match s.event.body.as_ref().unwrap() {
+            Body::ExecutionStarted(_) => "started".to_string(),
+            Body::PhaseStarted(p) => format!("p{}.started", p.index),
+            Body::AssetUpdated(a) => {
+                let state = AssetState::try_from(a.asset.as_ref().unwrap().state).unwrap();
+                format!("p{}.{}", a.phase_index, state.as_str_name().trim_start_matches("ASSET_STATE_").to_lowercase())
+            }
+            Body::PhaseCompleted(p) => format!("p{}.completed.{}", p.index, p.healthy),
+            Body::RollbackStarted(_) => "rollback".to_string(),
+            Body::TaskCompleted(_) => "completed".to_string(),
+            Body::TaskFailed(f) => format!("failed.{}", f.code),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect()
+}
+
+fn repeat(s: &str, n: usize) -> Vec<String> {
+    vec![s.to_string(); n]
+}
+
+fn asset_of(s: &Stored) -> Option<(u32, String, i32)> {
+    match s.event.body.as_ref()? {
+        Body::AssetUpdated(a) => {
+            let st = a.asset.as_ref()?;
+            Some((a.phase_index, st.asset_id.clone(), st.state))
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn canary_and_two_waves_complete_with_every_server_updated_once() {
+    let nats = TestNats::start().await;
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let ctx = context(nats.bus.clone());
+    let (token, service) = start(ctx.clone()).await;
+
+    let plan = fleet_plan("t-ok", &fleet, &[1..4, 4..10], 3);
+    let input = approved("t-ok", TENANT, plan);
+    nats.bus.publish(subject::TASK_APPROVED, &input).await.unwrap();
+    let done = final_event(&nats.bus, "t-ok").await;
+    let Some(Body::TaskCompleted(c)) = done.body else { panic!("expected task_completed, got {done:?}") };
+    let exec = c.execution.unwrap();
+    assert_eq!(exec.status(), ExecutionStatus::Succeeded);
+    assert!(exec.phases.iter().all(|p| p.status() == ExecutionStatus::Succeeded));
+    assert!(exec.phases.iter().flat_map(|p| &p.assets).all(|a| a.state() == AssetState::Healthy));
+
+    for s in &fleet.servers {
+        assert_eq!(s.applies(), 1, "{} applied once", s.id);
+        assert_eq!(s.config(), fleet.spec.golden, "{} has the golden config", s.id);
+    }
+
+    let events = task_events(&nats.bus, "t-ok").await;
+    let mut expected = vec!["started".to_string()];
+    for (i, n) in [(0, 1), (1, 3), (2, 6)] {
+        expected.push(format!("p{i}.started"));
+        expected.extend(repeat(&format!("p{i}.applied"), n));
+        expected.extend(repeat(&format!("p{i}.healthy"), n));
+        expected.push(format!("p{i}.completed.true"));
+    }
+    expected.push("completed".into());
+    assert_eq!(shape(&events), expected);
+    assert_eq!(events[0].event.event_id, "t-ok.exec.started");
+    assert!(events.iter().all(|e| e.event.causation_id == input.event_id));
+    let wave2: HashSet<String> = events
+        .iter()
+        .filter_map(asset_of)
+        .filter(|(p, _, st)| *p == 2 && *st == AssetState::Applied as i32)
+        .map(|(_, id, _)| id)
+        .collect();
+    assert_eq!(wave2, fleet.servers[4..].iter().map(|s| s.id.clone()).collect());
+    let metrics = ctx.metrics.render();
+    assert!(metrics.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#), "{metrics}");
+
+    // The same approval delivered again (another message id): the final event is replayed
+    // (and deduplicated), nothing is applied again.
+    let mut again = input.clone();
+    again.event_id = "t-ok.approved-again".into();
+    let seq = nats.bus.publish(subject::TASK_APPROVED, &again).await.unwrap().sequence;
+    let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut consumer = nats.bus.pull_consumer(&spec).await.unwrap();
+            let info = consumer.info().await.unwrap();
+            if info.ack_floor.stream_sequence >= seq {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the repeated approval is acked");
+    assert!(fleet.servers.iter().all(|s| s.applies() == 1));
+    assert_eq!(task_events(&nats.bus, "t-ok").await.len(), events.len(), "no new events");
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn unhealthy_server_in_wave_two_rolls_back_every_change() {
+    let nats = TestNats::start().await;
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let before: Vec<_> = fleet.servers.iter().map(|s| s.config()).collect();
+    let (token, service) = start(context(nats.bus.clone())).await;
+
+    // web-08 turns unhealthy once it applies the change.
+    fleet.server("web-08").unwrap().fail_after_change(true);
+    let plan = fleet_plan("t-sick", &fleet, &[1..4, 4..10], 3);
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-sick", TENANT, plan)).await.unwrap();
+    let done = final_event(&nats.bus, "t-sick").await;
+    let Some(Body::TaskFailed(f)) = done.body else { panic!("expected task_failed, got {done:?}") };
+    assert_eq!((f.stage.as_str(), f.code.as_str()), ("execution", "rolled_back"));
+    assert_eq!(
+        f.reason,
+        "health check failed on web-08 in wave 2: expected 200, got 503; rolled back 10 assets"
+    );
+    let exec = f.execution.unwrap();
+    assert_eq!(exec.status(), ExecutionStatus::RolledBack);
+    assert_eq!(exec.phases[2].status(), ExecutionStatus::Failed);
+    assert!(exec.phases.iter().flat_map(|p| &p.assets).all(|a| a.state() == AssetState::RolledBack));
+
+    for (s, old) in fleet.servers.iter().zip(&before) {
+        assert_eq!(&s.config(), old, "{} is back to its old config", s.id);
+        assert_eq!(s.applies(), 2, "{}: the change and its rollback", s.id);
+    }
+
+    let events = task_events(&nats.bus, "t-sick").await;
+    let shape = shape(&events);
+    let rb = shape.iter().position(|s| s == "rollback").expect("rollback_started");
+    assert_eq!(shape[rb - 1], "p2.completed.false");
+    assert!(shape[rb - 7..rb - 1].contains(&"p2.unhealthy".to_string()), "{shape:?}");
+    let rolled_back: Vec<(u32, String)> = events[rb + 1..]
+        .iter()
+        .filter_map(asset_of)
+        .map(|(p, id, st)| {
+            assert_eq!(st, AssetState::RolledBack as i32);
+            (p, id)
+        })
+        .collect();
+    assert_eq!(rolled_back.len(), 10);
+    let phases: Vec<u32> = rolled_back.iter().map(|(p, _)| *p).collect();
+    assert!(phases.windows(2).all(|w| w[0] >= w[1]), "newest first: {phases:?}");
+    assert_eq!(rolled_back.last().unwrap().1, "web-01");
+    assert_eq!(shape.last().unwrap(), "failed.rolled_back");
+    let Some(Body::RollbackStarted(r)) = &events[rb].event.body else { unreachable!() };
+    assert_eq!(r.asset_ids.len(), 10);
+    assert!(r.reason.starts_with("health check failed on web-08 in wave 2"));
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// A real HTTP server whose every request answers 500.
+async fn broken_server() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "disk full")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn failing_action_rolls_back_what_was_changed() {
+    let nats = TestNats::start().await;
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let before: Vec<_> = fleet.servers.iter().map(|s| s.config()).collect();
+    let (token, service) = start(context(nats.bus.clone())).await;
+
+    let broken = broken_server().await;
+    let mut plan = fleet_plan("t-500", &fleet, &[1..3, 3..10], 3);
+    // Wave 1 also changes an asset whose endpoint answers 500.
+    plan.phases[1].steps.push(Step {
+        asset: Some(Asset { id: "broken-01".into(), address: broken.clone(), ..Default::default() }),
+        action: Some(http("PUT", format!("{broken}/config"), b"{}".to_vec(), "t-500:wave 1:broken-01:apply".into())),
+        rollback: None,
+        health_check: None,
+        reason: String::new(),
+    });
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-500", TENANT, plan)).await.unwrap();
+    let done = final_event(&nats.bus, "t-500").await;
+    let Some(Body::TaskFailed(f)) = done.body else { panic!("expected task_failed, got {done:?}") };
+    assert_eq!(f.code, "rolled_back");
+    assert!(
+        f.reason.starts_with(&format!("action failed on broken-01 in wave 1: PUT {broken}/config: expected 200, got 500")),
+        "{}",
+        f.reason
+    );
+    assert!(f.reason.contains("disk full"), "{}", f.reason);
+    let exec = f.execution.unwrap();
+    let broken_state = &exec.phases[1].assets[2];
+    assert_eq!((broken_state.asset_id.as_str(), broken_state.state()), ("broken-01", AssetState::Failed));
+
+    for (s, old) in fleet.servers.iter().zip(&before) {
+        assert_eq!(&s.config(), old, "{} keeps or regains its old config", s.id);
+    }
+    assert!(fleet.servers[3..].iter().all(|s| s.applies() == 0), "wave 2 never ran");
+    let shape = shape(&task_events(&nats.bus, "t-500").await);
+    assert!(!shape.iter().any(|s| s.starts_with("p2.")), "{shape:?}");
+    assert!(!shape.iter().any(|s| s == "p1.healthy"), "no health checks after a failed action: {shape:?}");
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn restarted_service_resumes_without_applying_twice() {
+    let nats = TestNats::start().await;
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let ctx_a = context(nats.bus.clone());
+    let runner_a = Counting::new();
+    let (token_a, service_a) = start_with(ctx_a.clone(), runner_a.clone()).await;
+
+    // web-03 (wave 1) is unhealthy until told otherwise, and its check is patient, so the
+    // rollout sits in wave 1's health checks.
+    let sick = fleet.server("web-03").unwrap().clone();
+    sick.set_healthy(false);
+    let plan = fleet_plan("t-restart", &fleet, &[1..5, 5..10], 200);
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-restart", TENANT, plan)).await.unwrap();
+
+    let store = nats.bus.key_value("baton_executions", 5).await.unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(bytes) = store.get("t-restart").await.unwrap() {
+                let exec = <baton_proto::Execution as prost::Message>::decode(bytes.as_ref()).unwrap();
+                let wave1 = &exec.phases[1];
+                let states: HashMap<&str, AssetState> =
+                    wave1.assets.iter().map(|a| (a.asset_id.as_str(), a.state())).collect();
+                if states["web-03"] == AssetState::Applied
+                    && states.iter().filter(|(id, _)| **id != "web-03").all(|(_, s)| *s == AssetState::Healthy)
+                {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("wave 1 applied and waiting on web-03");
+
+    // Stop the first instance mid-phase.
+    token_a.cancel();
+    tokio::time::timeout(PATIENCE, service_a).await.expect("first instance stops").unwrap().unwrap();
+    assert!(
+        !task_events(&nats.bus, "t-restart").await.iter().any(|s| s.subject == subject::TASK_COMPLETED),
+        "the first instance must not have finished"
+    );
+    assert!(fleet.servers[5..].iter().all(|s| s.applies() == 0), "wave 2 not started");
+
+    // A new instance with its own connection resumes once web-03 recovers.
+    sick.set_healthy(true);
+    let bus_b = Bus::connect(nats.config.clone()).await.unwrap();
+    let ctx_b = context(bus_b);
+    let runner_b = Counting::new();
+    let (token_b, service_b) = start_with(ctx_b.clone(), runner_b.clone()).await;
+    let done = final_event(&nats.bus, "t-restart").await;
+    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
+    for s in &fleet.servers {
+        assert_eq!(s.applies(), 1, "{} applied exactly once", s.id);
+        assert_eq!(s.config(), fleet.spec.golden);
+    }
+
+    // The first instance ran the canary and wave 1, the second only wave 2: nothing was redone.
+    assert_eq!(runner_a.runs().len(), 5, "{:?}", runner_a.runs());
+    let mut b_runs = runner_b.runs();
+    b_runs.sort();
+    let wave2: Vec<String> = fleet.servers[5..].iter().map(|s| format!("t-restart:wave 2:{}:apply", s.id)).collect();
+    assert_eq!(b_runs, wave2);
+    let (a, b) = (ctx_a.metrics.render(), ctx_b.metrics.render());
+    assert!(a.contains(r#"baton_messages_total{service="execution",outcome="retry"} 1"#), "{a}");
+    assert!(!a.contains("baton_executions_total{"), "{a}");
+    assert!(b.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#), "{b}");
+
+    let all = stream_messages(&nats.bus).await;
+    let mut ids = HashSet::new();
+    for m in &all {
+        assert_eq!(m.msg_id, m.event.event_id, "Nats-Msg-Id is the event id");
+        assert!(ids.insert(m.event.event_id.clone()), "event id {} stored twice", m.event.event_id);
+    }
+    let events = task_events(&nats.bus, "t-restart").await;
+    let shape = shape(&events);
+    for (i, n) in [(0, 1), (1, 4), (2, 5)] {
+        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.started")).count(), 1);
+        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.applied")).count(), n, "{shape:?}");
+        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.healthy")).count(), n, "{shape:?}");
+    }
+    assert_eq!(shape.iter().filter(|s| *s == "started").count(), 1);
+
+    token_b.cancel();
+    service_b.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn noop_and_empty_plans_complete_and_get_execution_checks_the_tenant() {
+    let nats = TestNats::start().await;
+    // A consumer left by the bus's default set-up (server-side backoff) is updated.
+    let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
+    let mut old = nats.bus.pull_consumer(&spec).await.unwrap();
+    assert!(!old.info().await.unwrap().config.backoff.is_empty());
+    let ctx = context(nats.bus.clone());
+    let executor = Executor::new(ctx.clone(), test_config()).await.unwrap();
+    let token = CancellationToken::new();
+    let mut routes = tonic::service::RoutesBuilder::default();
+    executor.add_grpc(&mut routes);
+    let (addr, _server) =
+        baton_runtime::grpc::serve("127.0.0.1:0".parse().unwrap(), routes.routes(), &[], token.clone())
+            .await
+            .unwrap();
+    let service = tokio::spawn(executor.run(token.clone()));
+
+    let noop = |id: &str| Step {
+        asset: Some(Asset { id: id.into(), ..Default::default() }),
+        action: Some(Action { kind: Some(Kind::Noop(NoopAction {})), ..Default::default() }),
+        ..Default::default()
+    };
+    let plan = Plan {
+        phases: vec![
+            Phase { name: "canary".into(), kind: PhaseKind::Canary as i32, steps: vec![noop("n-1")] },
+            Phase { name: "wave 1".into(), kind: PhaseKind::Wave as i32, steps: vec![noop("n-2"), noop("n-3")] },
+        ],
+        ..Default::default()
+    };
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-noop", TENANT, plan)).await.unwrap();
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-empty", TENANT, Plan::default())).await.unwrap();
+    for task in ["t-noop", "t-empty"] {
+        let done = final_event(&nats.bus, task).await;
+        assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{task}: {done:?}");
+    }
+    // No health checks on noop steps: they stay applied.
+    let noop_shape = shape(&task_events(&nats.bus, "t-noop").await);
+    assert_eq!(
+        noop_shape,
+        ["started", "p0.started", "p0.applied", "p0.completed.true", "p1.started", "p1.applied", "p1.applied",
+         "p1.completed.true", "completed"]
+    );
+    assert_eq!(shape(&task_events(&nats.bus, "t-empty").await), ["started", "completed"]);
+    let mut consumer = nats.bus.pull_consumer(&spec).await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert!(info.config.backoff.is_empty(), "{:?}", info.config.backoff);
+    assert_eq!(info.config.ack_wait, nats.config.ack_wait);
+
+    let mut client = ExecutionServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let auth = authenticator();
+    let call = |task: &str, token: Option<String>| {
+        let mut req = tonic::Request::new(GetExecutionRequest { task_id: task.into() });
+        if let Some(t) = token {
+            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req
+    };
+    let mine = auth.mint("alice", TENANT, &[Role::Submitter], Duration::from_secs(60));
+    let exec = client.get_execution(call("t-noop", Some(mine.clone()))).await.unwrap().into_inner().execution.unwrap();
+    assert_eq!((exec.task_id.as_str(), exec.status()), ("t-noop", ExecutionStatus::Succeeded));
+    assert_eq!(exec.phases.len(), 2);
+    assert!(exec.plan.is_some() && exec.finished_at.is_some());
+
+    let other = auth.mint("mallory", "globex", &[Role::Approver], Duration::from_secs(60));
+    let err = client.get_execution(call("t-noop", Some(other))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = client.get_execution(call("t-missing", Some(mine.clone()))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = client.get_execution(call("bad key!", Some(mine))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = client.get_execution(call("t-noop", None)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let admin = auth.mint("root", "ops", &[Role::Admin], Duration::from_secs(60));
+    assert!(client.get_execution(call("t-noop", Some(admin))).await.is_ok(), "admin sees every tenant");
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn rollout_longer_than_ack_wait_is_not_redelivered() {
+    // TestNats uses a 5 s ack_wait; the rollout below takes longer, kept alive by progress acks.
+    let nats = TestNats::start().await;
+    assert!(nats.config.ack_wait <= Duration::from_secs(5));
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let ctx = context(nats.bus.clone());
+    let runner = Counting::new();
+    let (token, service) = start_with(ctx.clone(), runner.clone()).await;
+
+    let slow = fleet.server("web-01").unwrap().clone();
+    slow.set_healthy(false);
+    let wave: std::ops::Range<usize> = 1..3;
+    let plan = fleet_plan("t-slow", &fleet, std::slice::from_ref(&wave), 400);
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-slow", TENANT, plan)).await.unwrap();
+    // Recover web-01 only after ack_wait has passed.
+    let wait = nats.config.ack_wait + Duration::from_secs(2);
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        slow.set_healthy(true);
+    });
+    let done = final_event(&nats.bus, "t-slow").await;
+    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
+    assert_eq!(runner.runs().len(), 3, "each action ran once: {:?}", runner.runs());
+    let m = ctx.metrics.render();
+    assert!(m.contains(r#"baton_messages_total{service="execution",outcome="succeeded"} 1"#), "{m}");
+    assert!(!m.contains(r#"outcome="retry""#), "handled once, no redelivery: {m}");
+    let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
+    let info = nats.bus.pull_consumer(&spec).await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.num_redelivered, 0, "never redelivered");
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}

@@ -27,7 +27,7 @@ pub use store::Store;
 
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::event::Body;
-use baton_proto::{Execution, TaskApproved, TaskFailed, subject};
+use baton_proto::{TaskApproved, TaskFailed, subject};
 use baton_runtime::Context;
 use baton_runtime::metrics::StageLabels;
 use rollout::{Finish, Halt, Shared};
@@ -168,14 +168,14 @@ impl From<Error> for tonic::Status {
 
 /// The execution service: the `baton.task.approved` consumer and the `ExecutionService` gRPC
 /// server.
-pub struct Executor {
+pub struct Execution {
     /// Bus, auth and metrics.
     ctx: Context,
     /// What rollouts share (store, runner, config).
     shared: Arc<Shared>,
 }
 
-impl Executor {
+impl Execution {
     /// Validates `config`, opens the `baton_executions` bucket and builds the HTTP runner.
     ///
     /// Errors: [`Error::Config`], [`Error::Bus`] when the bucket cannot be opened,
@@ -185,12 +185,12 @@ impl Executor {
         Self::with_runner(ctx, config, Arc::new(runner)).await
     }
 
-    /// Like [`Executor::new`] with another [`ActionRunner`] (more action kinds).
+    /// Like [`Execution::new`] with another [`ActionRunner`] (more action kinds).
     pub async fn with_runner(ctx: Context, config: Config, runner: Arc<dyn ActionRunner>) -> Result<Self, Error> {
         config.validate()?;
         let store = Store::open(&ctx.bus).await?;
         let shared = Arc::new(Shared { bus: ctx.bus.clone(), store, runner, config });
-        Ok(Executor { ctx, shared })
+        Ok(Execution { ctx, shared })
     }
 
     /// Adds the `baton.v1.ExecutionService` server to `routes`.
@@ -199,7 +199,7 @@ impl Executor {
     }
 
     /// The stored execution of `task_id`, if any (no tenant check: callers check).
-    pub async fn execution(&self, task_id: &str) -> Result<Option<Execution>, Error> {
+    pub async fn execution(&self, task_id: &str) -> Result<Option<baton_proto::Execution>, Error> {
         Ok(self.shared.store.load(task_id).await?.map(|(e, _)| e))
     }
 
@@ -231,9 +231,29 @@ impl Executor {
     }
 }
 
+impl baton_runtime::service::Service for Execution {
+    type Config = Config;
+    type Error = Error;
+    const NAME: &'static str = SERVICE;
+    const SECTION: &'static str = "execution";
+    const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        Execution::new(ctx, config)
+    }
+
+    fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        Execution::add_grpc(self, routes)
+    }
+
+    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        self.run(shutdown)
+    }
+}
+
 /// Convenience matching the design's `run(config, shutdown)`.
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    Executor::new(ctx, config).await?.run(shutdown).await
+    Execution::new(ctx, config).await?.run(shutdown).await
 }
 
 /// Handles one `task_approved` delivery; `Ok` carries the metrics outcome.

@@ -4,8 +4,6 @@
 
 use crate::Error;
 use async_nats::jetstream::kv::{self, Operation};
-use async_nats::jetstream::stream;
-use baton_bus::BusError;
 use baton_proto::Execution;
 use prost::Message as _;
 
@@ -38,34 +36,8 @@ pub fn valid_key(task_id: &str) -> bool {
 
 impl Store {
     /// Opens (creating if needed) the bucket.
-    ///
-    /// Creates the bucket's stream itself rather than through `Bus::key_value`: async-nats'
-    /// `create_key_value` first reads the account info, whose reply from nats-server 2.9 lacks
-    /// fields the client requires (`reserved_memory`), so it fails there.
     pub async fn open(bus: &baton_bus::Bus) -> Result<Store, Error> {
-        let js = bus.jetstream();
-        if let Ok(kv) = js.get_key_value(BUCKET).await {
-            return Ok(Store { kv });
-        }
-        let config = stream::Config {
-            name: format!("KV_{BUCKET}"),
-            description: Some("Baton: rollout state per task (execution service)".into()),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: HISTORY,
-            storage: stream::StorageType::File,
-            num_replicas: bus.config().replicas.max(1),
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        };
-        let err = |reason: String| Error::Bus(BusError::KeyValue { bucket: BUCKET.into(), reason });
-        if let Err(e) = js.get_or_create_stream(config).await {
-            return Err(err(e.to_string()));
-        }
-        let kv = js.get_key_value(BUCKET).await.map_err(|e| err(e.to_string()))?;
-        Ok(Store { kv })
+        Ok(Store { kv: bus.key_value(BUCKET, HISTORY).await? })
     }
 
     /// The execution of `task_id` and its revision, or `None` when there is none.

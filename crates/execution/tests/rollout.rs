@@ -4,7 +4,7 @@
 
 use baton_bus::testing::TestNats;
 use baton_bus::{Bus, ConsumerSpec};
-use baton_execution::{ActionError, ActionOutcome, ActionRunner, Config, Executor, HttpRunner, SERVICE};
+use baton_execution::{ActionError, ActionOutcome, ActionRunner, Config, Execution, HttpRunner, SERVICE};
 use futures::future::BoxFuture;
 use baton_fleet::{Fleet, FleetSpec, WebServer};
 use baton_proto::event::Body;
@@ -45,7 +45,7 @@ fn test_config() -> Config {
 
 /// Starts an executor on `ctx` until the returned token is cancelled.
 async fn start(ctx: Context) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
-    let executor = Executor::new(ctx, test_config()).await.unwrap();
+    let executor = Execution::new(ctx, test_config()).await.unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn(executor.run(token.clone()));
     (token, task)
@@ -82,7 +82,7 @@ async fn start_with(
     ctx: Context,
     runner: Counting,
 ) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
-    let executor = Executor::with_runner(ctx, test_config(), Arc::new(runner)).await.unwrap();
+    let executor = Execution::with_runner(ctx, test_config(), Arc::new(runner)).await.unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn(executor.run(token.clone()));
     (token, task)
@@ -530,7 +530,7 @@ async fn noop_and_empty_plans_complete_and_get_execution_checks_the_tenant() {
     let mut old = nats.bus.pull_consumer(&spec).await.unwrap();
     assert!(!old.info().await.unwrap().config.backoff.is_empty());
     let ctx = context(nats.bus.clone());
-    let executor = Executor::new(ctx.clone(), test_config()).await.unwrap();
+    let executor = Execution::new(ctx.clone(), test_config()).await.unwrap();
     let token = CancellationToken::new();
     let mut routes = tonic::service::RoutesBuilder::default();
     executor.add_grpc(&mut routes);

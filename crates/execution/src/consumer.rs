@@ -8,6 +8,10 @@
 //! is still running, and progress acks sent every few seconds cannot prevent it. Without the
 //! list, the deadline is `ack_wait`, which `Delivery::in_progress` resets; retry delays still
 //! follow `nats.backoff`, because `Bus::settle` naks with an explicit delay.
+//!
+//! The server-side `max_deliver` is unlimited: a rollout interrupted by shutdowns (each one a
+//! delivery) must never be dropped half-applied. Handler failures are still dead-lettered after
+//! `nats.max_deliver` attempts, by [`Bus::settle`]; an [`Outcome::Abandon`] never is.
 
 use baton_bus::{Bus, BusError, ConsumerSpec, Delivery, HandlerError, TASK_ID_HEADER};
 use async_nats::jetstream::consumer::{AckPolicy, Consumer, pull};
@@ -16,6 +20,17 @@ use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// What to do with a delivery once its handler returned.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Ack, nak or dead-letter it by [`Bus::settle`].
+    Settle(Result<(), HandlerError>),
+    /// The handler stopped early (shutdown) and the work resumes from saved state: have it
+    /// redelivered soon (nak with backoff) while under `nats.max_deliver` deliveries, else leave
+    /// it to the ack-wait redelivery. Never dead-lettered.
+    Abandon,
+}
 
 /// Creates, or updates to the configuration below, the durable consumer of `spec`.
 pub(crate) async fn durable(bus: &Bus, spec: &ConsumerSpec) -> Result<Consumer<pull::Config>, BusError> {
@@ -32,7 +47,7 @@ pub(crate) async fn durable(bus: &Bus, spec: &ConsumerSpec) -> Result<Consumer<p
         description: Some(format!("{} on {}", spec.service, spec.filter_subject)),
         ack_policy: AckPolicy::Explicit,
         ack_wait: c.ack_wait,
-        max_deliver: c.max_deliver,
+        max_deliver: -1,
         backoff: Vec::new(),
         filter_subject: spec.filter_subject.clone(),
         max_ack_pending: c.max_ack_pending,
@@ -52,7 +67,7 @@ pub(crate) async fn consume<F, Fut>(
 ) -> Result<(), BusError>
 where
     F: Fn(Delivery) -> Fut,
-    Fut: Future<Output = Result<(), HandlerError>>,
+    Fut: Future<Output = Outcome>,
 {
     let consumer = durable(bus, &spec).await?;
     while !shutdown.is_cancelled() {
@@ -77,8 +92,16 @@ where
                                 attempt = delivery.deliveries(),
                             );
                             baton_bus::trace::set_parent(&span, delivery.headers());
-                            let result = handler(delivery.clone()).instrument(span.clone()).await;
-                            bus.settle(spec, &delivery, result).instrument(span).await;
+                            let result = match handler(delivery.clone()).instrument(span.clone()).await {
+                                Outcome::Settle(result) => Some(result),
+                                Outcome::Abandon if delivery.deliveries() < bus.config().max_deliver => {
+                                    Some(Err(HandlerError::Retry("stopped early; resumes on redelivery".into())))
+                                }
+                                Outcome::Abandon => None,
+                            };
+                            if let Some(result) = result {
+                                bus.settle(spec, &delivery, result).instrument(span).await;
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, consumer = %spec.durable, "pull consumer error"),
                     }

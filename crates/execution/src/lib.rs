@@ -217,13 +217,18 @@ impl Execution {
             async move {
                 let started = Instant::now();
                 let result = handle(shared, ctx, &delivery, stop).await;
-                let outcome = match &result {
+                let label = match &result {
                     Ok(label) => label,
-                    Err(HandlerError::Retry(_)) => "retry",
-                    Err(HandlerError::Reject(_)) => "rejected",
+                    Err(Halted::Stopped) => "stopped",
+                    Err(Halted::Failed(HandlerError::Retry(_))) => "retry",
+                    Err(Halted::Failed(HandlerError::Reject(_))) => "rejected",
                 };
-                ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
-                result.map(|_| ())
+                ctx.metrics.observe(SERVICE, label, started.elapsed().as_secs_f64());
+                match result {
+                    Ok(_) => consumer::Outcome::Settle(Ok(())),
+                    Err(Halted::Stopped) => consumer::Outcome::Abandon,
+                    Err(Halted::Failed(e)) => consumer::Outcome::Settle(Err(e)),
+                }
             }
         })
         .await?;
@@ -256,32 +261,49 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> R
     Execution::new(ctx, config).await?.run(shutdown).await
 }
 
+/// Why [`handle`] did not finish a delivery.
+enum Halted {
+    /// Told to stop; the rollout resumes from its saved state on redelivery.
+    Stopped,
+    /// Failed; settle accordingly.
+    Failed(HandlerError),
+}
+
+impl<E: Into<HandlerError>> From<E> for Halted {
+    fn from(e: E) -> Self {
+        Halted::Failed(e.into())
+    }
+}
+
 /// Handles one `task_approved` delivery; `Ok` carries the metrics outcome.
 async fn handle(
     shared: &Shared,
     ctx: &Context,
     delivery: &Delivery,
     shutdown: CancellationToken,
-) -> Result<&'static str, HandlerError> {
+) -> Result<&'static str, Halted> {
     let event = delivery.event()?;
     let approved: TaskApproved = match &event.body {
         Some(Body::TaskApproved(a)) => a.clone(),
         _ => {
-            return Err(HandlerError::Reject(format!(
+            return Err(Halted::Failed(HandlerError::Reject(format!(
                 "expected a task_approved event on {}, got {}",
                 subject::TASK_APPROVED,
                 baton_proto::event_kind(&event)
-            )));
+            ))));
         }
     };
     if !store::valid_key(&event.task_id) {
-        return Err(HandlerError::Reject(format!(
+        return Err(Halted::Failed(HandlerError::Reject(format!(
             "task id {:?} cannot be a key-value key (letters, digits, -/_=. only)",
             event.task_id
-        )));
+        ))));
     }
     let Some(plan) = approved.plan else {
-        return Err(HandlerError::Reject(format!("task_approved {} carries no plan", event.event_id)));
+        return Err(Halted::Failed(HandlerError::Reject(format!(
+            "task_approved {} carries no plan",
+            event.event_id
+        ))));
     };
     if approved.approval.as_ref().is_some_and(|a| !a.approved) {
         // Never run a plan whose approval record says no.
@@ -323,11 +345,11 @@ async fn handle(
         }
         Err(Halt::Stopped(stop)) => {
             tracing::info!(task_id = %event.task_id, ?stop, "rollout stopped; it resumes on redelivery");
-            Err(HandlerError::Retry("execution service shutting down; the rollout resumes from its saved state".into()))
+            Err(Halted::Stopped)
         }
         Err(Halt::Error(e)) => {
             tracing::warn!(task_id = %event.task_id, error = %e, "rollout interrupted; will retry");
-            Err(HandlerError::Retry(e.to_string()))
+            Err(Halted::Failed(HandlerError::Retry(e.to_string())))
         }
     }
 }

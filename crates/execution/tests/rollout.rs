@@ -499,7 +499,7 @@ async fn restarted_service_resumes_without_applying_twice() {
     let wave2: Vec<String> = fleet.servers[5..].iter().map(|s| format!("t-restart:wave 2:{}:apply", s.id)).collect();
     assert_eq!(b_runs, wave2);
     let (a, b) = (ctx_a.metrics.render(), ctx_b.metrics.render());
-    assert!(a.contains(r#"baton_messages_total{service="execution",outcome="retry"} 1"#), "{a}");
+    assert!(a.contains(r#"baton_messages_total{service="execution",outcome="stopped"} 1"#), "{a}");
     assert!(!a.contains("baton_executions_total{"), "{a}");
     assert!(b.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#), "{b}");
 
@@ -570,6 +570,7 @@ async fn noop_and_empty_plans_complete_and_get_execution_checks_the_tenant() {
     let info = consumer.info().await.unwrap();
     assert!(info.config.backoff.is_empty(), "{:?}", info.config.backoff);
     assert_eq!(info.config.ack_wait, nats.config.ack_wait);
+    assert_eq!(info.config.max_deliver, -1, "shutdowns mid-rollout must never exhaust deliveries");
 
     let mut client = ExecutionServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let auth = authenticator();

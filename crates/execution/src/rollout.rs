@@ -327,7 +327,8 @@ impl Rollout<'_> {
             .collect();
         let runner = self.shared.runner.clone();
         let control = self.control.clone();
-        let failed = Arc::new(AtomicBool::new(false));
+        // After a restart, a failure recorded earlier in this phase still stops new actions.
+        let failed = Arc::new(AtomicBool::new(self.any_in_phase(i, AssetState::Failed)));
         let steps = phase.steps.clone();
         let mut results = futures::stream::iter(pending)
             .map(move |j| {

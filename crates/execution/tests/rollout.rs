@@ -637,3 +637,67 @@ async fn rollout_longer_than_ack_wait_is_not_redelivered() {
     token.cancel();
     service.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn resumed_state_with_a_failed_step_starts_no_new_action_and_rolls_back() {
+    let nats = TestNats::start().await;
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let before: Vec<_> = fleet.servers.iter().map(|s| s.config()).collect();
+    let plan = fleet_plan("t-resume", &fleet, &[1..3, 3..5], 3);
+
+    // State left by a crashed instance: the canary done (web-01 changed), wave 1 running
+    // with web-02 failed and web-03 not started yet.
+    fleet.servers[0].set_config(fleet.spec.golden.clone());
+    let asset = |id: &str, state: AssetState, detail: &str| baton_proto::AssetStatus {
+        asset_id: id.into(),
+        state: state as i32,
+        detail: detail.into(),
+    };
+    let phase = |p: &Phase, status: ExecutionStatus, assets| baton_proto::PhaseStatus {
+        name: p.name.clone(),
+        kind: p.kind,
+        status: status as i32,
+        assets,
+    };
+    let state = baton_proto::Execution {
+        task_id: "t-resume".into(),
+        tenant: TENANT.into(),
+        status: ExecutionStatus::Running as i32,
+        phases: vec![
+            phase(&plan.phases[0], ExecutionStatus::Succeeded, vec![asset("web-01", AssetState::Healthy, "")]),
+            phase(
+                &plan.phases[1],
+                ExecutionStatus::Running,
+                vec![asset("web-02", AssetState::Failed, "boom"), asset("web-03", AssetState::Pending, "")],
+            ),
+            phase(
+                &plan.phases[2],
+                ExecutionStatus::Pending,
+                vec![asset("web-04", AssetState::Pending, ""), asset("web-05", AssetState::Pending, "")],
+            ),
+        ],
+        current_phase: 1,
+        started_at: Some(baton_proto::now()),
+        plan: Some(plan.clone()),
+        ..Default::default()
+    };
+    let kv = nats.bus.key_value("baton_executions", 5).await.unwrap();
+    kv.put("t-resume", prost::Message::encode_to_vec(&state).into()).await.unwrap();
+
+    let (token, service) = start(context(nats.bus.clone())).await;
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-resume", TENANT, plan)).await.unwrap();
+    let done = final_event(&nats.bus, "t-resume").await;
+    let Some(Body::TaskFailed(f)) = done.body else { panic!("expected task_failed, got {done:?}") };
+    assert_eq!(f.code, "rolled_back");
+    assert_eq!(f.reason, "action failed on web-02 in wave 1: boom; rolled back 1 asset");
+    assert_eq!(fleet.servers[0].config(), before[0], "web-01 restored");
+    assert_eq!(fleet.servers[0].applies(), 1, "web-01: only its rollback");
+    assert!(fleet.servers[1..].iter().all(|s| s.applies() == 0), "nothing new applied after the failure");
+    assert_eq!(
+        shape(&task_events(&nats.bus, "t-resume").await),
+        ["p1.completed.false", "rollback", "p0.rolled_back", "failed.rolled_back"]
+    );
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}

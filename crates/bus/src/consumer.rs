@@ -151,21 +151,15 @@ impl Bus {
             reason,
         };
         let stream = self.jetstream().get_stream(stream_name).await.map_err(|e| err(e.to_string()))?;
-        // The server applies `backoff` to ack-wait expiries and requires max_deliver to exceed
-        // its length.
-        let backoff: Vec<Duration> = c
-            .backoff
-            .iter()
-            .copied()
-            .take((c.max_deliver as usize).saturating_sub(1))
-            .collect();
+        // No server-side `backoff` list: with one, the server waits only backoff[0] (not ack_wait)
+        // for the first ack, redelivering long handlers while they still run. Retry delays come
+        // from `settle`, which naks with the configured delay.
         let config = pull::Config {
             durable_name: Some(spec.durable.clone()),
             description: Some(format!("{} on {}", spec.service, spec.filter_subject)),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: c.ack_wait,
             max_deliver: c.max_deliver,
-            backoff,
             filter_subject: spec.filter_subject.clone(),
             max_ack_pending: c.max_ack_pending,
             ..Default::default()

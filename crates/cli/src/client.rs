@@ -1,0 +1,165 @@
+//! gRPC clients of the Baton services with a bearer token on every call, and the one-line
+//! rendering of audit records used by `baton watch` and the demo.
+
+use baton_proto::approval_service_client::ApprovalServiceClient;
+use baton_proto::event::Body;
+use baton_proto::execution_service_client::ExecutionServiceClient;
+use baton_proto::task_service_client::TaskServiceClient;
+use baton_proto::trigger_service_client::TriggerServiceClient;
+use baton_proto::{AuditRecord, PhaseKind, event_kind};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Authed = InterceptedService<Channel, BearerToken>;
+
+/// Clients of all Baton gRPC services over one channel, authenticated with one token.
+#[derive(Clone)]
+pub struct Clients {
+    /// `TriggerService`.
+    pub triggers: TriggerServiceClient<Authed>,
+    /// `ApprovalService`.
+    pub approvals: ApprovalServiceClient<Authed>,
+    /// `ExecutionService`.
+    pub executions: ExecutionServiceClient<Authed>,
+    /// `TaskService`.
+    pub tasks: TaskServiceClient<Authed>,
+    /// `DecisionService`.
+    pub decisions: baton_proto::decision_service_client::DecisionServiceClient<Authed>,
+}
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not usable or the server is not there.
+    #[error("cannot connect to baton at {url}: {reason}; is `baton up` running? (set client.url or BATON_CLIENT__URL)")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The token has characters that cannot go in a header.
+    #[error("the token is not a valid header value")]
+    BadToken,
+}
+
+impl Clients {
+    /// Connects to `url` (`http://127.0.0.1:50051`) with `token`.
+    pub async fn connect(url: &str, token: &str) -> Result<Clients, ClientError> {
+        let err = |reason: String| ClientError::Connect { url: url.to_string(), reason };
+        let channel = Channel::from_shared(url.to_string())
+            .map_err(|e| err(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| err(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
+        let bearer = BearerToken(format!("Bearer {token}").parse().map_err(|_| ClientError::BadToken)?);
+        let i = |c: Channel| InterceptedService::new(c, bearer.clone());
+        Ok(Clients {
+            triggers: TriggerServiceClient::new(i(channel.clone())),
+            approvals: ApprovalServiceClient::new(i(channel.clone())),
+            executions: ExecutionServiceClient::new(i(channel.clone())),
+            tasks: TaskServiceClient::new(i(channel.clone())),
+            decisions: baton_proto::decision_service_client::DecisionServiceClient::new(i(channel)),
+        })
+    }
+}
+
+/// One line describing an audit record for humans: `stage  detail`.
+pub fn describe(record: &AuditRecord) -> String {
+    let Some(event) = &record.event else { return "(empty record)".into() };
+    let detail = match &event.body {
+        Some(Body::TriggerRejected(r)) => format!("trigger on {} rejected: {}", r.subject, r.reason),
+        Some(Body::TaskReceived(r)) => {
+            let t = r.task.clone().unwrap_or_default();
+            let trig = t.trigger.unwrap_or_default();
+            format!(
+                "\"{}\" from {} ({}), tenant {}",
+                trig.text,
+                t.submitted_by,
+                if trig.environment.is_empty() { "environment from rules" } else { &trig.environment },
+                t.tenant
+            )
+        }
+        Some(Body::TaskRouted(r)) => {
+            let d = r.decision.clone().unwrap_or_default();
+            let s = d.spec.unwrap_or_default();
+            format!(
+                "→ role {} ({}, {}, risk {}, target {}) by {} with confidence {:.2}",
+                s.role,
+                s.task_type,
+                s.environment,
+                s.risk().label(),
+                if s.target.is_empty() { "-" } else { &s.target },
+                d.matched_by,
+                d.confidence
+            )
+        }
+        Some(Body::PlanProposed(p)) => {
+            let plan = p.plan.clone().unwrap_or_default();
+            let phases: Vec<String> = plan
+                .phases
+                .iter()
+                .map(|ph| {
+                    let ids: Vec<&str> = ph.steps.iter().filter_map(|s| s.asset.as_ref().map(|a| a.id.as_str())).collect();
+                    format!("{} [{}]", ph.name, ids.join(", "))
+                })
+                .collect();
+            format!("{} — {}", plan.summary, if phases.is_empty() { "no phases".into() } else { phases.join(" → ") })
+        }
+        Some(Body::AwaitingApproval(a)) => {
+            let v = a.pending.as_ref().and_then(|p| p.validation.clone()).unwrap_or_default();
+            format!("waiting for an approver: quality {}/100; {}", v.quality.map(|q| q.total).unwrap_or(0), v.reasons.join("; "))
+        }
+        Some(Body::TaskApproved(a)) => {
+            let ap = a.approval.clone().unwrap_or_default();
+            let v = a.validation.clone().unwrap_or_default();
+            format!(
+                "approved by {}{} (quality {}/100, policy {})",
+                ap.approver,
+                if ap.reason.is_empty() { String::new() } else { format!(": {}", ap.reason) },
+                v.quality.map(|q| q.total).unwrap_or(0),
+                v.policy.map(|p| p.policy_version.chars().take(12).collect::<String>()).unwrap_or_default()
+            )
+        }
+        Some(Body::TaskRejected(r)) => format!("rejected: {}", r.reasons.join("; ")),
+        Some(Body::ExecutionStarted(e)) => format!("rollout started: {} phases, {} steps", e.phases, e.steps),
+        Some(Body::PhaseStarted(p)) => format!(
+            "{} {} started: {}",
+            if p.kind() == PhaseKind::Canary { "canary" } else { "phase" },
+            p.name,
+            p.asset_ids.join(", ")
+        ),
+        Some(Body::AssetUpdated(a)) => {
+            let s = a.asset.clone().unwrap_or_default();
+            let state = s.state().as_str_name().trim_start_matches("ASSET_STATE_").to_ascii_lowercase();
+            format!("{} {}{}", s.asset_id, state, if s.detail.is_empty() { String::new() } else { format!(" ({})", s.detail) })
+        }
+        Some(Body::PhaseCompleted(p)) => format!("{} {}", p.name, if p.healthy { "healthy" } else { "FAILED" }),
+        Some(Body::RollbackStarted(r)) => format!("ROLLBACK of {}: {}", r.asset_ids.join(", "), r.reason),
+        Some(Body::TaskCompleted(_)) => "completed".into(),
+        Some(Body::TaskFailed(f)) => format!("FAILED at {} ({}): {}", f.stage, f.code, f.reason),
+        Some(Body::DeadLetter(d)) => format!("dead letter from {} on {}: {}", d.service, d.subject, d.reason),
+        None => "(event of an unknown kind)".into(),
+    };
+    format!("#{:<5} {:<18} {}", record.sequence, event_kind(event), detail)
+}
+
+/// True if this record ends its task.
+pub fn is_final(record: &AuditRecord) -> bool {
+    matches!(
+        record.event.as_ref().and_then(|e| e.body.as_ref()),
+        Some(Body::TaskCompleted(_) | Body::TaskFailed(_) | Body::TaskRejected(_) | Body::TriggerRejected(_))
+    )
+}

@@ -1,0 +1,233 @@
+//! Running services in one process: all six for `baton up`, one for `baton serve <service>`.
+//! Each service runs its consumers under its own cancellation token, so a test can stop and
+//! restart one service while the others keep going, as a crashed pod would be.
+
+use crate::config::BatonConfig;
+use baton_bus::server::NatsServer;
+use baton_runtime::Context;
+use baton_runtime::service::{Endpoints, Service};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tracing::{info, warn};
+
+/// The six services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum ServiceName {
+    /// Triggers in, tasks out.
+    Ingestion,
+    /// Tasks in, TaskSpecs routed to role subjects.
+    Decision,
+    /// Role subjects in, plans out.
+    AgentRunner,
+    /// Plans in, verdicts and approvals out.
+    Validation,
+    /// Approved plans in, rollouts and outcomes out.
+    Execution,
+    /// Every event in, the audit log and task queries.
+    Audit,
+}
+
+impl ServiceName {
+    /// All, in path order.
+    pub const ALL: [ServiceName; 6] = [
+        ServiceName::Ingestion,
+        ServiceName::Decision,
+        ServiceName::AgentRunner,
+        ServiceName::Validation,
+        ServiceName::Execution,
+        ServiceName::Audit,
+    ];
+}
+
+/// Why Baton could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// The nats-server child did not start.
+    #[error(transparent)]
+    NatsServer(#[from] baton_bus::server::ServerError),
+    /// NATS, the token secret or the data directory is unusable.
+    #[error(transparent)]
+    Connect(#[from] baton_runtime::service::ConnectError),
+    /// A service refused to start.
+    #[error("{service} did not start: {reason}")]
+    Service {
+        /// Which.
+        service: &'static str,
+        /// Its error.
+        reason: String,
+    },
+    /// A listener could not be bound, or the data directory is unusable.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+struct Running {
+    token: CancellationToken,
+    task: JoinHandle<Result<(), String>>,
+}
+
+/// A running set of services with their gRPC and HTTP servers (and maybe a nats-server).
+pub struct Baton {
+    /// The configuration actually used (NATS URL and secret filled in).
+    pub config: BatonConfig,
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/health`, `/ready`, `/metrics` listen.
+    pub http_addr: SocketAddr,
+    /// The shared handles.
+    pub ctx: Context,
+    nats_server: Option<NatsServer>,
+    services: BTreeMap<ServiceName, Running>,
+    servers_token: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Baton {
+    /// Starts `which` services. With an empty `config.nats.url`, starts `nats-server -js` with
+    /// its store in `<data_dir>/nats` first; with an empty `auth.hs256_secret`, uses (or
+    /// creates) the development secret in `data_dir`.
+    pub async fn start(mut config: BatonConfig, which: &[ServiceName]) -> Result<Baton, UpError> {
+        let io = |what: String| move |source| UpError::Io { what, source };
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(io(format!("cannot create data dir {}", config.data_dir.display())))?;
+        if config.auth.hs256_secret.is_empty() {
+            config.auth.hs256_secret = baton_runtime::auth::dev_secret(&config.data_dir)
+                .map_err(|source| baton_runtime::service::ConnectError::Secret { dir: config.data_dir.clone(), source })?;
+        }
+        let mut nats_server = None;
+        if config.nats.url.is_empty() {
+            let store = config.data_dir.join("nats");
+            let server =
+                NatsServer::start(&config.nats_server.binary, &store, config.nats_server.port).await?;
+            info!(url = server.url(), store = %store.display(), "started nats-server");
+            config.nats.url = server.url().to_string();
+            nats_server = Some(server);
+        }
+        let ctx = baton_runtime::service::connect(&config.common()).await?;
+
+        let mut routes = RoutesBuilder::default();
+        let mut names: Vec<&'static str> = Vec::new();
+        let mut services = BTreeMap::new();
+        for &name in which {
+            let running = launch(name, &ctx, &config, Some(&mut routes), &mut names).await?;
+            services.insert(name, running);
+        }
+
+        let servers_token = CancellationToken::new();
+        let endpoints = Endpoints::serve(&ctx, config.grpc_addr, config.http_addr, routes, &names, servers_token.clone())
+            .await
+            .map_err(io("cannot serve".into()))?;
+        let (grpc_addr, http_addr, servers) = (endpoints.grpc_addr, endpoints.http_addr, endpoints.tasks);
+        info!(%grpc_addr, %http_addr, nats = %config.nats.url, "baton is up");
+        Ok(Baton { config, grpc_addr, http_addr, ctx, nats_server, services, servers_token, servers })
+    }
+
+    /// Mints a token with the development/configured secret (for the demo and tests).
+    pub fn token(&self, subject: &str, tenant: &str, roles: &[baton_runtime::auth::Role]) -> String {
+        self.ctx.auth.mint(subject, tenant, roles, std::time::Duration::from_secs(3600))
+    }
+
+    /// `http://<grpc_addr>`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Stops one service's consumers (in-flight messages finish or are redelivered later),
+    /// as if its process died. Its gRPC endpoints stay served.
+    pub async fn stop_service(&mut self, name: ServiceName) {
+        if let Some(r) = self.services.remove(&name) {
+            r.token.cancel();
+            let _ = r.task.await;
+        }
+    }
+
+    /// Stops a service at once, abandoning in-flight work without acking it, as a crash
+    /// would: JetStream redelivers what was unacked after `ack_wait`.
+    pub fn kill_service(&mut self, name: ServiceName) {
+        if let Some(r) = self.services.remove(&name) {
+            r.task.abort();
+        }
+    }
+
+    /// Starts a fresh instance of a stopped service (its consumers resume where the durable
+    /// consumer left off).
+    pub async fn start_service(&mut self, name: ServiceName) -> Result<(), UpError> {
+        let mut names = Vec::new();
+        let running = launch(name, &self.ctx, &self.config, None, &mut names).await?;
+        self.services.insert(name, running);
+        Ok(())
+    }
+
+    /// Runs until `shutdown`, then stops.
+    pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), UpError> {
+        shutdown.cancelled().await;
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops the services (letting in-flight messages finish), the servers and the
+    /// nats-server child.
+    pub async fn stop(mut self) {
+        for (name, r) in std::mem::take(&mut self.services) {
+            r.token.cancel();
+            match r.task.await {
+                Ok(Err(e)) => warn!(service = ?name, error = %e, "service ended with an error"),
+                Err(e) if e.is_panic() => warn!(service = ?name, "service panicked"),
+                _ => {}
+            }
+        }
+        self.servers_token.cancel();
+        for s in self.servers.drain(..) {
+            let _ = s.await;
+        }
+        if let Some(n) = self.nats_server.take() {
+            n.stop().await;
+        }
+    }
+}
+
+async fn launch(
+    name: ServiceName,
+    ctx: &Context,
+    config: &BatonConfig,
+    routes: Option<&mut RoutesBuilder>,
+    names: &mut Vec<&'static str>,
+) -> Result<Running, UpError> {
+    match name {
+        ServiceName::Ingestion => launch_one::<baton_ingestion::Ingestion>(ctx, config, config.ingestion.clone(), routes, names).await,
+        ServiceName::Decision => launch_one::<baton_decision::Decision>(ctx, config, config.decision.clone(), routes, names).await,
+        ServiceName::AgentRunner => launch_one::<baton_agent_runner::AgentRunner>(ctx, config, config.agents.clone(), routes, names).await,
+        ServiceName::Validation => launch_one::<baton_validation::Validation>(ctx, config, config.validation.clone(), routes, names).await,
+        ServiceName::Execution => launch_one::<baton_execution::Execution>(ctx, config, config.execution.clone(), routes, names).await,
+        ServiceName::Audit => launch_one::<baton_audit::Audit>(ctx, config, config.audit.clone(), routes, names).await,
+    }
+}
+
+async fn launch_one<S: Service>(
+    ctx: &Context,
+    config: &BatonConfig,
+    mut section: S::Config,
+    routes: Option<&mut RoutesBuilder>,
+    names: &mut Vec<&'static str>,
+) -> Result<Running, UpError> {
+    S::prepare(&mut section, &config.common());
+    let svc = S::start(ctx.clone(), section)
+        .await
+        .map_err(|e| UpError::Service { service: S::NAME, reason: e.to_string() })?;
+    if let Some(routes) = routes {
+        svc.add_grpc(routes);
+        names.extend_from_slice(S::GRPC_SERVICES);
+    }
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move { svc.serve(t).await.map_err(|e| e.to_string()) });
+    Ok(Running { token, task })
+}

@@ -29,6 +29,10 @@ pub struct ConsumerSpec {
     pub service: String,
     /// Messages handled at once by this process.
     pub concurrency: usize,
+    /// The handler's work survives interruption (it saves progress and resumes on
+    /// redelivery, like a rollout): deliveries cut short by shutdown or a crash never
+    /// dead-letter the message; only the handler's own failures count.
+    pub resumable: bool,
 }
 
 impl ConsumerSpec {
@@ -40,7 +44,14 @@ impl ConsumerSpec {
             filter_subject: filter_subject.to_string(),
             service: service.to_string(),
             concurrency: 64,
+            resumable: false,
         }
+    }
+
+    /// Marks the consumer's work as resumable (see [`ConsumerSpec::resumable`]).
+    pub fn resumable(mut self) -> ConsumerSpec {
+        self.resumable = true;
+        self
     }
 
     /// Sets how many messages are handled at once.
@@ -60,6 +71,21 @@ pub enum HandlerError {
     /// Can never work (malformed payload, unknown body): terminate and dead-letter now.
     #[error("poison message: {0}")]
     Reject(String),
+    /// The handler stopped early (shutdown) after saving its progress: redeliver soon, to
+    /// this or another replica; never dead-lettered.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+}
+
+impl HandlerError {
+    /// Metrics label of this outcome: `retry`, `poison` or `interrupted`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            HandlerError::Retry(_) => "retry",
+            HandlerError::Reject(_) => "poison",
+            HandlerError::Interrupted(_) => "interrupted",
+        }
+    }
 }
 
 impl From<DecodeError> for HandlerError {
@@ -159,17 +185,16 @@ impl Bus {
             description: Some(format!("{} on {}", spec.service, spec.filter_subject)),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: c.ack_wait,
-            max_deliver: c.max_deliver,
+            // Unlimited on the server: `consume` dead-letters after `max_deliver` itself, so a
+            // message is never silently parked when its handler keeps crashing or hanging.
+            max_deliver: -1,
             filter_subject: spec.filter_subject.clone(),
             max_ack_pending: c.max_ack_pending,
             ..Default::default()
         };
-        match stream.get_consumer::<pull::Config>(&spec.durable).await {
-            Ok(existing) if existing.cached_info().config.filter_subject == spec.filter_subject => {
-                Ok(existing)
-            }
-            _ => stream.create_consumer(config).await.map_err(|e| err(e.to_string())),
-        }
+        // Create, or update an existing durable to this configuration (settings of an earlier
+        // version must not linger).
+        stream.create_consumer(config).await.map_err(|e| err(e.to_string()))
     }
 
     /// Runs `handler` on every message of the consumer until `shutdown` is cancelled, up to
@@ -214,7 +239,16 @@ impl Bus {
                                     attempt = delivery.deliveries(),
                                 );
                                 crate::trace::set_parent(&span, delivery.headers());
-                                let result = handler(delivery.clone()).instrument(span.clone()).await;
+                                let max = self.config().max_deliver;
+                                let result = if !spec.resumable && delivery.deliveries() > max {
+                                    Err(HandlerError::Reject(format!(
+                                        "delivered {} times without being settled (the handler crashed or \
+                                         outlived ack_wait each time)",
+                                        delivery.deliveries() - 1
+                                    )))
+                                } else {
+                                    handler(delivery.clone()).instrument(span.clone()).await
+                                };
                                 self.settle(spec, &delivery, result).instrument(span).await;
                             }
                             Err(e) => warn!(error = %e, consumer = %spec.durable, "pull consumer error"),
@@ -239,6 +273,10 @@ impl Bus {
     ) {
         let kind = match result {
             Ok(()) => AckKind::Ack,
+            Err(HandlerError::Interrupted(reason)) => {
+                debug!(%reason, "handler interrupted; redelivering soon");
+                AckKind::Nak(Some(self.config().backoff_for(1)))
+            }
             Err(HandlerError::Retry(reason)) if delivery.deliveries() < self.config().max_deliver => {
                 let delay = self.config().backoff_for(delivery.deliveries());
                 warn!(%reason, attempt = delivery.deliveries(), ?delay, "handler failed, will retry");

@@ -328,8 +328,7 @@ impl Handler {
         let result = self.handle_routed(role, &d).await;
         let outcome = match &result {
             Ok(outcome) => outcome,
-            Err(HandlerError::Retry(_)) => "retry",
-            Err(HandlerError::Reject(_)) => "rejected",
+            Err(e) => e.outcome(),
         };
         self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
         result.map(|_| ())

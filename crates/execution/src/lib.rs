@@ -16,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
-mod consumer;
 mod grpc;
 pub mod rollout;
 pub mod store;
@@ -208,26 +207,31 @@ impl Execution {
     /// redelivered message.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED)
-            .concurrency(self.shared.config.max_concurrent_rollouts);
+            .concurrency(self.shared.config.max_concurrent_rollouts)
+            .resumable();
         let (shared, ctx) = (self.shared, self.ctx);
         let stop = shutdown.clone();
         tracing::info!(consumer = SERVICE, subject = subject::TASK_APPROVED, "execution service started");
-        consumer::consume(&ctx.bus, spec, shutdown, |delivery| {
-            let (shared, ctx, stop) = (&shared, &ctx, stop.clone());
+        let bus = ctx.bus.clone();
+        let (shared, ctx) = (Arc::new(shared), Arc::new(ctx));
+        bus.consume(spec, shutdown, move |delivery| {
+            let (shared, ctx, stop) = (shared.clone(), ctx.clone(), stop.clone());
             async move {
+                let (shared, ctx) = (&*shared, &*ctx);
                 let started = Instant::now();
                 let result = handle(shared, ctx, &delivery, stop).await;
                 let label = match &result {
                     Ok(label) => label,
                     Err(Halted::Stopped) => "stopped",
-                    Err(Halted::Failed(HandlerError::Retry(_))) => "retry",
-                    Err(Halted::Failed(HandlerError::Reject(_))) => "rejected",
+                    Err(Halted::Failed(e)) => e.outcome(),
                 };
                 ctx.metrics.observe(SERVICE, label, started.elapsed().as_secs_f64());
                 match result {
-                    Ok(_) => consumer::Outcome::Settle(Ok(())),
-                    Err(Halted::Stopped) => consumer::Outcome::Abandon,
-                    Err(Halted::Failed(e)) => consumer::Outcome::Settle(Err(e)),
+                    Ok(_) => Ok(()),
+                    Err(Halted::Stopped) => {
+                        Err(HandlerError::Interrupted("stopped early; resumes from saved state".into()))
+                    }
+                    Err(Halted::Failed(e)) => Err(e),
                 }
             }
         })

@@ -525,10 +525,22 @@ async fn restarted_service_resumes_without_applying_twice() {
 #[tokio::test]
 async fn noop_and_empty_plans_complete_and_get_execution_checks_the_tenant() {
     let nats = TestNats::start().await;
-    // A consumer left by the bus's default set-up (server-side backoff) is updated.
-    let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
-    let mut old = nats.bus.pull_consumer(&spec).await.unwrap();
+    // A consumer left by an earlier version (with a server-side backoff list, which cut the ack
+    // deadline to backoff[0]) is updated when the service starts.
+    let stream = nats.bus.jetstream().get_stream("BATON").await.unwrap();
+    let mut old = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(SERVICE.into()),
+            filter_subject: subject::TASK_APPROVED.into(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            max_deliver: 5,
+            backoff: vec![Duration::from_millis(50), Duration::from_millis(100)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(!old.info().await.unwrap().config.backoff.is_empty());
+    let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
     let ctx = context(nats.bus.clone());
     let executor = Execution::new(ctx.clone(), test_config()).await.unwrap();
     let token = CancellationToken::new();

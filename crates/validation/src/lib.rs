@@ -329,8 +329,7 @@ impl Inner {
         let result = self.handle_inner(&delivery).await;
         let outcome = match &result {
             Ok(label) => *label,
-            Err(HandlerError::Retry(_)) => "retry",
-            Err(HandlerError::Reject(_)) => "poison",
+            Err(e) => e.outcome(),
         };
         self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
         result.map(|_| ())

@@ -1,0 +1,5 @@
+//! `baton-agent-runner [--config FILE]`: this service alone, as `baton serve agent-runner` runs it.
+
+fn main() -> std::process::ExitCode {
+    baton_runtime::service::service_main::<baton_agent_runner::AgentRunner>()
+}

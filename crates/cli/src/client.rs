@@ -135,12 +135,10 @@ pub fn describe(record: &AuditRecord) -> String {
         }
         Some(Body::TaskRejected(r)) => format!("rejected: {}", r.reasons.join("; ")),
         Some(Body::ExecutionStarted(e)) => format!("rollout started: {} phases, {} steps", e.phases, e.steps),
-        Some(Body::PhaseStarted(p)) => format!(
-            "{} {} started: {}",
-            if p.kind() == PhaseKind::Canary { "canary" } else { "phase" },
-            p.name,
-            p.asset_ids.join(", ")
-        ),
+        Some(Body::PhaseStarted(p)) => {
+            let canary = p.kind() == PhaseKind::Canary && !p.name.contains("canary");
+            format!("{}{} started: {}", p.name, if canary { " (canary)" } else { "" }, p.asset_ids.join(", "))
+        }
         Some(Body::AssetUpdated(a)) => {
             let s = a.asset.clone().unwrap_or_default();
             let state = s.state().as_str_name().trim_start_matches("ASSET_STATE_").to_ascii_lowercase();

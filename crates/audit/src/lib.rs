@@ -4,7 +4,7 @@
 //! `WatchTask`, `VerifyAudit`).
 //!
 //! In: every subject of stream `BATON` (`baton.>`, durable `audit`) except raw triggers
-//! (`baton.trigger.*`, which ingestion's `task_received`/`trigger_rejected` carry), and every
+//! (`baton.trigger.>`, which ingestion's `task_received`/`trigger_rejected` carry), and every
 //! dead letter of stream `BATON_DEAD` (`baton.dead.>`, durable `audit-dead`). Out: nothing on
 //! NATS; records are pushed to `WatchTask` streams after they are stored.
 //!

@@ -153,10 +153,7 @@ impl TaskRow {
 
 /// True when a record of this kind ends its task (nothing more will be recorded for it).
 pub fn is_final_kind(kind: &str) -> bool {
-    matches!(
-        kind,
-        "task_completed" | "task_failed" | "task_rejected" | "trigger_rejected" | "dead_letter"
-    )
+    baton_proto::ends_task(kind)
 }
 
 /// Overwrites `dst` with `src` unless `src` is empty.

@@ -154,10 +154,7 @@ pub fn describe(record: &AuditRecord) -> String {
     format!("#{:<5} {:<18} {}", record.sequence, event_kind(event), detail)
 }
 
-/// True if this record ends its task.
+/// True if this record ends its task (the same rule `WatchTask` ends its stream by).
 pub fn is_final(record: &AuditRecord) -> bool {
-    matches!(
-        record.event.as_ref().and_then(|e| e.body.as_ref()),
-        Some(Body::TaskCompleted(_) | Body::TaskFailed(_) | Body::TaskRejected(_) | Body::TriggerRejected(_))
-    )
+    record.event.as_ref().is_some_and(|e| baton_proto::ends_task(event_kind(e)))
 }

@@ -37,7 +37,7 @@ use uuid::Uuid;
 pub const SERVICE: &str = "ingestion";
 /// gRPC services this crate serves (for gRPC health).
 pub const GRPC_SERVICES: &[&str] = &["baton.v1.TriggerService"];
-/// Durable consumer name on `baton.trigger.*`.
+/// Durable consumer name on `baton.trigger.>`.
 pub const DURABLE: &str = "ingestion";
 /// Namespace of the UUID v5 task ids ingestion derives.
 pub const TASK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1c_07a2_4e3d_5f68_9a0b_c1d2_e3f4_a5b6);
@@ -236,7 +236,7 @@ impl Ingestion {
         routes.add_service(TriggerServiceServer::new(TriggerApi { inner: self.inner.clone() }));
     }
 
-    /// Consumes `baton.trigger.*` until `shutdown`, then finishes the triggers in hand.
+    /// Consumes `baton.trigger.>` until `shutdown`, then finishes the triggers in hand.
     ///
     /// Errors: [`Error::Bus`] when the consumer cannot be created.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {

@@ -64,8 +64,9 @@ impl Event {
 pub mod subject {
     /// Prefix of trigger subjects: `baton.trigger.<source>`.
     pub const TRIGGER_PREFIX: &str = "baton.trigger";
-    /// Wildcard over all trigger sources.
-    pub const TRIGGERS: &str = "baton.trigger.*";
+    /// Wildcard over all trigger sources (a source may have several tokens:
+    /// `baton.trigger.webhook.github`).
+    pub const TRIGGERS: &str = "baton.trigger.>";
     /// Ingestion → decision.
     pub const TASK_RECEIVED: &str = "baton.task.received";
     /// Triggers ingestion refused.
@@ -129,6 +130,12 @@ pub fn event_kind(event: &Event) -> &'static str {
         Some(Body::DeadLetter(_)) => "dead_letter",
         None => "unknown",
     }
+}
+
+/// True when an event of this kind (see [`event_kind`]) ends its task: nothing more is recorded
+/// for it. A dead letter carrying a task id ends the task too (it is marked failed).
+pub fn ends_task(kind: &str) -> bool {
+    matches!(kind, "task_completed" | "task_failed" | "task_rejected" | "trigger_rejected" | "dead_letter")
 }
 
 impl Risk {

@@ -15,7 +15,7 @@ done
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 pkgs=()
-command -v nats-server >/dev/null || pkgs+=(nats-server)
+{ command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null || pkgs+=(nats-server)
 command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
 if [ "$want_pg" = 1 ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   pkgs+=(postgresql)

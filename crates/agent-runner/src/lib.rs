@@ -173,8 +173,8 @@ pub enum Error {
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Config(_) => tonic::Code::InvalidArgument,
-            Error::Agent { .. } => tonic::Code::FailedPrecondition,
+            // A server-side setting, not the caller's argument.
+            Error::Config(_) | Error::Agent { .. } => tonic::Code::FailedPrecondition,
             Error::Bus(_) => tonic::Code::Unavailable,
             Error::Consumer { .. } => tonic::Code::Internal,
         };

@@ -57,7 +57,8 @@ impl NatsServer {
         std::fs::create_dir_all(store_dir).map_err(io(store_dir))?;
         let ports_dir = tempfile::tempdir().map_err(io(store_dir))?;
         let port_arg = if port == 0 { "-1".to_string() } else { port.to_string() };
-        let mut child = Command::new(binary)
+        let resolved = resolve(binary);
+        let mut child = Command::new(&resolved)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(store_dir)
             .arg("--ports_file_dir")
@@ -123,6 +124,27 @@ impl NatsServer {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+/// `binary` as given when it is a path or on `PATH`; otherwise the first of `/usr/sbin` and
+/// `/usr/local/sbin` that has it (Debian installs nats-server in `/usr/sbin`, which is not on a
+/// normal user's `PATH`).
+fn resolve(binary: &str) -> PathBuf {
+    if binary.contains('/') {
+        return PathBuf::from(binary);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(binary).is_file()))
+        .unwrap_or(false);
+    if !on_path {
+        for dir in ["/usr/sbin", "/usr/local/sbin"] {
+            let candidate = Path::new(dir).join(binary);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(binary)
 }
 
 /// Reads the port from the `<exe>_<pid>.ports` JSON file the server writes.

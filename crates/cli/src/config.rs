@@ -80,7 +80,7 @@ impl BatonConfig {
 
     /// Loads defaults → `file` → `BATON_*` env.
     pub fn load(file: Option<&std::path::Path>) -> Result<BatonConfig, baton_runtime::config::ConfigError> {
-        let f = baton_runtime::config::figment::<BatonConfig>(file)?;
+        let f = baton_runtime::config::figment::<BatonConfig>(file, &[])?;
         baton_runtime::config::extract(&f)
     }
 }

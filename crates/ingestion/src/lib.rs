@@ -266,16 +266,21 @@ impl Ingestion {
         tenant: &str,
         submitted_by: &str,
         source: &str,
-        mut trigger: Trigger,
+        trigger: Trigger,
     ) -> Result<Submitted, Error> {
-        trigger.source = source.to_string();
-        validate::tenant(tenant).map_err(Error::InvalidTrigger)?;
-        validate::normalise(&mut trigger, &self.inner.config).map_err(Error::InvalidTrigger)?;
-        self.inner.accept(tenant, submitted_by, trigger, Uuid::now_v7()).await
+        self.inner.submit(tenant, submitted_by, source, trigger).await
     }
 }
 
 impl Inner {
+    /// See [`Ingestion::submit`].
+    async fn submit(&self, tenant: &str, submitted_by: &str, source: &str, mut trigger: Trigger) -> Result<Submitted, Error> {
+        trigger.source = source.to_string();
+        validate::tenant(tenant).map_err(Error::InvalidTrigger)?;
+        validate::normalise(&mut trigger, &self.config).map_err(Error::InvalidTrigger)?;
+        self.accept(tenant, submitted_by, trigger, Uuid::now_v7()).await
+    }
+
     /// Publishes a validated trigger as `TaskReceived`; `fallback_id` is used when the trigger
     /// has no idempotency key.
     async fn accept(
@@ -423,20 +428,10 @@ impl TriggerService for TriggerApi {
         let principal = self.inner.ctx.auth.authenticate(&request)?;
         principal.require(Role::Submitter)?;
         self.inner.check_rate(&principal.tenant)?;
-        let mut trigger = request.into_inner().trigger.ok_or_else(|| {
+        let trigger = request.into_inner().trigger.ok_or_else(|| {
             Error::InvalidTrigger("trigger is missing: set SubmitTaskRequest.trigger".into())
         })?;
-        trigger.source = "grpc".into();
-        let checked = validate::tenant(&principal.tenant)
-            .and_then(|()| validate::normalise(&mut trigger, &self.inner.config));
-        let result = match checked {
-            Err(reason) => Err(Error::InvalidTrigger(reason)),
-            Ok(()) => {
-                self.inner
-                    .accept(&principal.tenant, &principal.subject, trigger, Uuid::now_v7())
-                    .await
-            }
-        };
+        let result = self.inner.submit(&principal.tenant, &principal.subject, "grpc", trigger).await;
         let outcome = match &result {
             Ok(s) if s.deduplicated => "duplicate",
             Ok(_) => "ok",

@@ -66,7 +66,13 @@ pub struct ConfigError(pub String);
 
 /// The layered sources: `T`'s defaults, then `file` (if given; it must exist), then `BATON_*`
 /// variables. Callers merge CLI flags on top and [`extract`] the sections they need.
-pub fn figment<T: Serialize + Default>(file: Option<&Path>) -> Result<Figment, ConfigError> {
+///
+/// Only variables naming a top-level key of `T` (or one of `extra_sections`) are taken, so
+/// variables that share the prefix but are not configuration (`BATON_TOKEN` for the client,
+/// `BATON_TEST_POSTGRES_URL` for the tests) do not make the configuration invalid.
+pub fn figment<T: Serialize + Default>(file: Option<&Path>, extra_sections: &[&str]) -> Result<Figment, ConfigError> {
+    let mut keys = top_level_keys(&T::default());
+    keys.extend(extra_sections.iter().map(|s| s.to_string()));
     let mut f = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
         if !path.exists() {
@@ -74,7 +80,36 @@ pub fn figment<T: Serialize + Default>(file: Option<&Path>) -> Result<Figment, C
         }
         f = f.merge(Toml::file(path));
     }
-    Ok(f.merge(Env::prefixed("BATON_").split("__")))
+    Ok(f.merge(Env::prefixed("BATON_").split("__").filter(move |k| is_config_key(&keys, k.as_str()))))
+}
+
+/// The top-level keys `value` serialises to.
+fn top_level_keys<T: Serialize>(value: &T) -> Vec<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// True if `key` (`nats.url`, as figment splits `BATON_NATS__URL`) starts with one of `keys`.
+fn is_config_key(keys: &[String], key: &str) -> bool {
+    let first = key.split('.').next().unwrap_or_default().to_ascii_lowercase();
+    keys.iter().any(|k| *k == first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_variables_naming_config_keys_are_taken() {
+        let keys = top_level_keys(&CommonConfig::default());
+        assert!(keys.contains(&"nats".to_string()) && keys.contains(&"grpc_addr".to_string()));
+        assert!(is_config_key(&keys, "nats.url"));
+        assert!(is_config_key(&keys, "GRPC_ADDR"));
+        assert!(!is_config_key(&keys, "token"));
+        assert!(!is_config_key(&keys, "test_postgres_url"));
+    }
 }
 
 /// Extracts the whole configuration as `T`, with a message naming the bad key.

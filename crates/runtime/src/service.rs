@@ -141,7 +141,7 @@ async fn service_main_async<S: Service>() -> Result<(), String> {
             other => return Err(format!("unknown argument {other:?}; usage: baton-{} [--config FILE]", S::NAME)),
         }
     }
-    let figment = crate::config::figment::<CommonConfig>(file.as_deref()).map_err(|e| e.to_string())?;
+    let figment = crate::config::figment::<CommonConfig>(file.as_deref(), &[S::SECTION]).map_err(|e| e.to_string())?;
     let common: CommonConfig = figment
         .clone()
         .extract()

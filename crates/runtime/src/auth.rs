@@ -190,8 +190,20 @@ impl Authenticator {
 
     /// Verifies a compact JWT.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            AuthError::InvalidToken(match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired; get a new one".into(),
+                ErrorKind::InvalidSignature => {
+                    "the signature does not verify: the token was signed with another secret".into()
+                }
+                ErrorKind::InvalidAlgorithm => "the token is not signed with HS256".into(),
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                    format!("not a well-formed JWT ({e})")
+                }
+                _ => e.to_string(),
+            })
+        })?;
         let c = data.claims;
         if c.tenant.is_empty() {
             return Err(AuthError::InvalidToken("the tenant claim is empty".into()));
@@ -280,6 +292,23 @@ mod tests {
         let err = auth().verify(&t).unwrap_err();
         assert!(matches!(err, AuthError::InvalidToken(_)), "{err}");
         assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn expired_token_is_rejected() {
+        let a = auth();
+        let claims = Claims {
+            sub: "late".into(),
+            tenant: "acme".into(),
+            roles: vec![Role::Admin],
+            exp: 1_000_000_000, // 2001
+            iat: 999_999_000,
+            iss: None,
+            aud: None,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret("x".repeat(32).as_bytes())).unwrap();
+        let err = a.verify(&token).unwrap_err();
+        assert!(err.to_string().contains("the token has expired"), "{err}");
     }
 
     #[test]

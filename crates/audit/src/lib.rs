@@ -21,7 +21,10 @@
 //! database outage loses nothing and fails no task.
 //!
 //! One writer: the chain head (last sequence and hash) lives in the writer's memory, so run
-//! one audit replica per database (a later change can take a database lock for this).
+//! one audit replica per database. [`Audit::new`] enforces it by taking the database's writer
+//! lock ([`store::Store::lock_writer`]) and fails with [`Error::WriterLocked`] while another
+//! writer holds it; the lock is held until [`Audit::run`] returns (or the `Audit` is dropped).
+//! After a failed batch the writer reloads the chain head from the database before the next.
 
 pub mod chain;
 mod grpc;
@@ -36,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{MessageMeta, NewRecord, Store, StoredRecord};
+use store::{MessageMeta, NewRecord, Store, StoredRecord, WriterLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -146,6 +149,12 @@ pub enum Error {
     /// A request argument is invalid.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Another audit writer holds the database's writer lock.
+    #[error("another audit writer holds the lock on {database}; run one audit replica per database")]
+    WriterLocked {
+        /// The database (SQLite path, or the URL with its password redacted).
+        database: String,
+    },
 }
 
 impl From<Error> for tonic::Status {
@@ -166,6 +175,7 @@ impl From<Error> for tonic::Status {
             },
             Error::Io { .. } => Status::internal(e.to_string()),
             Error::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+            Error::WriterLocked { .. } => Status::failed_precondition(e.to_string()),
         }
     }
 }
@@ -179,17 +189,30 @@ pub struct Audit {
     live: broadcast::Sender<Arc<StoredRecord>>,
     /// Cancelled when [`Audit::run`] returns, ending open `WatchTask` streams.
     stopped: CancellationToken,
+    /// This process's claim to be the database's only writer.
+    lock: WriterLock,
 }
 
 impl Audit {
-    /// Validates `config`, opens the database (running migrations) and loads the chain head.
+    /// Validates `config`, opens the database (running migrations), takes its writer lock and
+    /// loads the chain head.
+    ///
+    /// Errors: [`Error::WriterLocked`] while another audit writer holds the lock of this
+    /// database; see [`Store::open`] and [`Store::lock_writer`] for the others.
     pub async fn new(ctx: Context, config: Config) -> Result<Audit, Error> {
         config.validate()?;
         let store = Arc::new(Store::open(&config.database_url, config.max_connections).await?);
+        let lock = match store.lock_writer().await {
+            Ok(lock) => lock,
+            Err(e) => {
+                store.close().await;
+                return Err(e);
+            }
+        };
         let head = store.head().await;
-        info!(backend = store.backend(), last_sequence = head.sequence, "audit log opened");
+        info!(backend = store.backend(), last_sequence = head.sequence, "audit log opened; writer lock taken");
         let (live, _) = broadcast::channel(config.watch_buffer);
-        Ok(Audit { ctx, config, store, live, stopped: CancellationToken::new() })
+        Ok(Audit { ctx, config, store, live, stopped: CancellationToken::new(), lock })
     }
 
     /// The store (for offline verification and tests).
@@ -246,7 +269,8 @@ impl Audit {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        info!("audit writer stopped");
+        self.lock.release().await;
+        info!("audit writer stopped; writer lock released");
         Ok(())
     }
 

@@ -3,9 +3,13 @@
 //!
 //! The API has no update or delete. [`Store::append`] is the only writer: it assigns sequence
 //! numbers and hashes from the chain head it keeps in memory (loaded at open), so exactly one
-//! process may append to a database at a time — run one audit replica (a later change can add
-//! a database lock). Each call is one transaction holding the new rows and the task rows
-//! derived from them.
+//! process may append to a database at a time. The audit service enforces that with
+//! [`Store::lock_writer`] (a PostgreSQL advisory lock, or an exclusive lock on
+//! `<db>.writer.lock` next to a SQLite file); reading needs no lock. Each call is one
+//! transaction holding the new rows and the task rows derived from them. After a failed
+//! append the head is reloaded from the database before the next one, so a commit that
+//! applied despite reporting an error (or rows appended by someone else) cannot leave the
+//! writer reusing taken sequence numbers.
 //!
 //! Both backends share the SQL: statements use `$n` placeholders (which SQLite accepts too),
 //! and [`with_db!`] instantiates a body once per backend.
@@ -18,15 +22,21 @@ use prost::Message as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::QueryBuilder;
+use sqlx::Connection as _;
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::Mutex;
+use tracing::{info, warn};
 
 /// Rows per multi-row statement (12 parameters each stays far below both backends' limits).
 const ROWS_PER_STATEMENT: usize = 500;
 /// Rows read per query while verifying.
 const VERIFY_BATCH: i64 = 1_000;
+/// Key of the PostgreSQL advisory lock the writer holds (`"batonaud"` in ASCII). Advisory
+/// locks are per database, so writers of different databases do not contend.
+pub const WRITER_LOCK_KEY: i64 = 0x6261_746f_6e61_7564;
 /// Kind stored for a payload that is not a protobuf `Event`.
 pub const UNDECODABLE: &str = "undecodable";
 
@@ -343,12 +353,74 @@ fn now_micros() -> i64 {
     timestamp_to_micros(&baton_proto::now())
 }
 
+/// The writer's view of the chain head.
+#[derive(Debug, Default)]
+struct HeadState {
+    /// What the next record links to.
+    head: ChainHead,
+    /// Set after a failed append: the database may hold more than `head` says (a commit that
+    /// applied although it reported an error, or another writer), so reload before appending.
+    stale: bool,
+}
+
+/// Proof that this process is the only audit writer of a database, held for the writer's
+/// lifetime (see [`Store::lock_writer`]). Dropping it releases the lock (for PostgreSQL when
+/// the server notices the closed connection; [`WriterLock::release`] releases it at once).
+#[derive(Debug)]
+pub struct WriterLock {
+    inner: LockInner,
+}
+
+#[derive(Debug)]
+enum LockInner {
+    /// An exclusive OS lock on `<db>.writer.lock` (released when the file is closed).
+    File { _file: std::fs::File, path: PathBuf },
+    /// A session-level advisory lock on a dedicated connection.
+    Postgres(sqlx::PgConnection),
+    /// An in-memory SQLite database: private to this process, nothing to lock.
+    Memory,
+}
+
+impl WriterLock {
+    /// Releases the lock now (PostgreSQL: unlocks and closes the connection; a failure there
+    /// is logged, and the server drops the lock with the connection anyway).
+    pub async fn release(self) {
+        match self.inner {
+            LockInner::Postgres(mut conn) => {
+                let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+                    .bind(WRITER_LOCK_KEY)
+                    .fetch_one(&mut conn)
+                    .await;
+                if let Err(e) = unlocked {
+                    warn!(error = %e, "cannot release the audit writer lock; the server drops it with the connection");
+                }
+                if let Err(e) = conn.close().await {
+                    warn!(error = %e, "cannot close the audit writer lock connection");
+                }
+            }
+            LockInner::File { path, .. } => {
+                tracing::debug!(path = %path.display(), "audit writer lock released");
+            }
+            LockInner::Memory => {}
+        }
+    }
+}
+
+/// The lock file of the SQLite database at `db`: `<db>.writer.lock`.
+fn lock_file_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_os_string();
+    name.push(".writer.lock");
+    PathBuf::from(name)
+}
+
 /// The audit database.
 #[derive(Debug)]
 pub struct Store {
     db: Db,
     /// The chain head, held while appending so appends are serialised.
-    head: Mutex<ChainHead>,
+    head: Mutex<HeadState>,
+    /// The URL (password redacted), for messages.
+    url: String,
 }
 
 impl Store {
@@ -397,7 +469,74 @@ impl Store {
             )));
         };
         let head = load_head(&db).await?;
-        Ok(Store { db, head: Mutex::new(head) })
+        Ok(Store { db, head: Mutex::new(HeadState { head, stale: false }), url: redact(url) })
+    }
+
+    /// Takes the one-writer lock of this database, then reloads the chain head (the previous
+    /// writer may have appended since [`Store::open`]). Hold the returned lock for as long as
+    /// this process appends; reading needs no lock.
+    ///
+    /// PostgreSQL: `pg_try_advisory_lock(`[`WRITER_LOCK_KEY`]`)` on a dedicated connection,
+    /// held until the lock is released or the connection closes. SQLite: an exclusive OS lock
+    /// on `<db>.writer.lock` next to the database file (created if missing, never deleted).
+    ///
+    /// Errors: [`Error::WriterLocked`] when another writer holds the lock, [`Error::Connect`]
+    /// or [`Error::Io`] when the lock cannot be tried, [`Error::Database`] when the head
+    /// cannot be read.
+    pub async fn lock_writer(&self) -> Result<WriterLock, Error> {
+        let inner = match &self.db {
+            Db::Postgres(pool) => {
+                let options = pool.connect_options().as_ref().clone().application_name("baton-audit-writer-lock");
+                let mut conn = sqlx::PgConnection::connect_with(&options)
+                    .await
+                    .map_err(|source| Error::Connect { url: self.url.clone(), source })?;
+                let locked = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                    .bind(WRITER_LOCK_KEY)
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(|source| Error::Database { action: "take the writer lock", source })?;
+                if !locked {
+                    let _ = conn.close().await;
+                    return Err(Error::WriterLocked { database: self.url.clone() });
+                }
+                LockInner::Postgres(conn)
+            }
+            Db::Sqlite(pool) => {
+                let options = pool.connect_options();
+                let db = options.get_filename();
+                if db.as_os_str() == ":memory:" {
+                    LockInner::Memory
+                } else {
+                    let path = lock_file_path(db);
+                    let io = |source| Error::Io { path: path.clone(), source };
+                    let mut file = std::fs::File::options()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&path)
+                        .map_err(io)?;
+                    match file.try_lock() {
+                        Ok(()) => {}
+                        Err(std::fs::TryLockError::WouldBlock) => {
+                            return Err(Error::WriterLocked { database: db.display().to_string() });
+                        }
+                        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+                    }
+                    // For whoever wonders who holds it.
+                    use std::io::Write as _;
+                    file.set_len(0)
+                        .and_then(|()| writeln!(file, "{}", std::process::id()))
+                        .map_err(io)?;
+                    LockInner::File { _file: file, path }
+                }
+            }
+        };
+        let lock = WriterLock { inner };
+        let mut state = self.head.lock().await;
+        state.head = load_head(&self.db).await?;
+        state.stale = false;
+        Ok(lock)
     }
 
     /// Which backend this is (`sqlite` or `postgres`).
@@ -408,9 +547,9 @@ impl Store {
         }
     }
 
-    /// The chain head as of the last successful append.
+    /// The chain head as of the last successful append (or reload).
     pub async fn head(&self) -> ChainHead {
-        self.head.lock().await.clone()
+        self.head.lock().await.head.clone()
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -422,15 +561,42 @@ impl Store {
     ///
     /// Records whose event id is already stored, or repeated within `records`, are dropped
     /// (one query for the batch). The `tasks` rows of the stored records' tasks are updated in
-    /// the same transaction. On error nothing is stored and the head is unchanged.
+    /// the same transaction. On error nothing is stored (unless the commit applied although it
+    /// reported an error) and the next call first reloads the chain head from the database,
+    /// so one failure (also one caused by rows another writer appended) does not make every
+    /// later append reuse a taken sequence number.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<StoredRecord>, Error> {
         let mut seen = HashSet::new();
-        let mut records: Vec<NewRecord> =
+        let records: Vec<NewRecord> =
             records.into_iter().filter(|r| seen.insert(r.event_id.clone())).collect();
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut head = self.head.lock().await;
+        let mut state = self.head.lock().await;
+        if state.stale {
+            let head = load_head(&self.db).await?;
+            if head != state.head {
+                warn!(
+                    was = state.head.sequence,
+                    now = head.sequence,
+                    "chain head reloaded after a failed append: the database holds records this writer did not know of"
+                );
+            } else {
+                info!(last_sequence = head.sequence, "chain head reloaded after a failed append; unchanged");
+            }
+            state.head = head;
+            state.stale = false;
+        }
+        let result = self.append_after(&mut state.head, records).await;
+        if result.is_err() {
+            state.stale = true;
+        }
+        result
+    }
+
+    /// [`Store::append`] with the head locked: chains `records` after `head` and advances it
+    /// on commit.
+    async fn append_after(&self, head: &mut ChainHead, mut records: Vec<NewRecord>) -> Result<Vec<StoredRecord>, Error> {
         let db_err = |action| move |source| Error::Database { action, source };
         let stored = with_db!(&self.db, pool, DB => {
             let mut tx = pool.begin().await.map_err(db_err("begin a transaction"))?;

@@ -251,3 +251,36 @@ async fn dead_letters_and_redeliveries_are_audited_once() {
     assert!(v.ok && v.records_checked == 3, "{v:?}");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_writer_is_refused_while_the_first_lives() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { database_url: Config::sqlite_url(dir.path()), ..Config::default() };
+    let ctx = || {
+        let auth = Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap();
+        Context::new(nats.bus.clone(), auth, Arc::new(Metrics::default()))
+    };
+    let first = Audit::new(ctx(), config.clone()).await.unwrap();
+    let refused = Audit::new(ctx(), config.clone()).await.err().expect("a second writer must be refused");
+    let db = dir.path().join("audit.db");
+    assert_eq!(
+        refused.to_string(),
+        format!("another audit writer holds the lock on {}; run one audit replica per database", db.display())
+    );
+    assert!(matches!(refused, baton_audit::Error::WriterLocked { .. }));
+    assert_eq!(tonic::Status::from(refused).code(), Code::FailedPrecondition);
+    drop(first);
+    let second = Audit::new(ctx(), config.clone()).await.expect("the lock goes with the dropped writer");
+
+    // A writer that ran and stopped releases it too, even while its gRPC side (sharing the
+    // store) is still up.
+    let mut routes = tonic::service::RoutesBuilder::default();
+    second.add_grpc(&mut routes);
+    let shutdown = CancellationToken::new();
+    let writer = tokio::spawn(second.run(shutdown.clone()));
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, writer).await.expect("writer stops").unwrap().unwrap();
+    let third = Audit::new(ctx(), config).await.expect("a stopped writer released the lock");
+    drop((third, routes));
+}

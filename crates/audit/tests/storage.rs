@@ -3,7 +3,7 @@
 //! README, which starts PostgreSQL and sets it).
 
 use baton_audit::Error;
-use baton_audit::store::{NewRecord, Store, TaskQuery};
+use baton_audit::store::{NewRecord, Store, TaskQuery, WriterLock};
 use baton_proto::{
     Decision, DeadLetter, Event, PlanProposed, Risk, Task, TaskApproved, TaskAwaitingApproval,
     TaskCompleted, TaskFailed, TaskReceived, TaskRouted, TaskSpec, TaskStatus, Trigger,
@@ -136,6 +136,8 @@ storage_suite!(
     projection_follows_the_pipeline_and_never_leaves_a_final_status,
     dead_letters_and_trigger_rejections_end_tasks,
     list_tasks_filters_pages_and_tenants,
+    a_failed_append_reloads_the_head,
+    one_writer_lock_per_database,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -404,4 +406,74 @@ async fn list_tasks_filters_pages_and_tenants(db: &TestDb) {
 
     let bad = db.store.list_tasks(&TaskQuery { page_token: "not-a-token".into(), page_size: 5, ..Default::default() }).await;
     assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+}
+
+async fn a_failed_append_reloads_the_head(db: &TestDb) {
+    five(db).await;
+    // Another writer (here: a second handle, without the lock) appends behind our back.
+    let other = Store::open(&db.url, 2).await.unwrap();
+    let theirs = other.append(vec![rec(subject::TASK_RECEIVED, &received("t3", "acme", 6))]).await.unwrap();
+    assert_eq!(theirs[0].sequence, 6);
+    other.close().await;
+
+    // Our head still says 5: the next append collides on sequence 6 and fails...
+    let ours = vec![rec(subject::TASK_RECEIVED, &received("t4", "acme", 7))];
+    let failed = db.store.append(ours.clone()).await;
+    assert!(matches!(failed, Err(Error::Database { .. })), "{failed:?}");
+    assert_eq!(db.store.head().await.sequence, 5, "a failed append leaves the head");
+    // ...and the one after it reloads the head and continues the chain after theirs.
+    let stored = db.store.append(ours).await.unwrap();
+    assert_eq!(stored[0].sequence, 7);
+    assert_eq!(stored[0].prev_hash, theirs[0].hash);
+    let again = db.store.append(vec![rec(subject::TASK_RECEIVED, &received("t5", "acme", 8))]).await.unwrap();
+    assert_eq!(again[0].sequence, 8);
+    let v = db.store.verify(Some(&db.store.head().await)).await.unwrap();
+    assert!(v.ok && v.records_checked == 8, "{v:?}");
+    assert_eq!(db.store.get_task("t4").await.unwrap().unwrap().event_count, 1);
+}
+
+/// Takes the writer lock of `store`, retrying while a dropped holder's lock is still being
+/// released (PostgreSQL ends the session only when it notices the closed connection).
+async fn lock_eventually(store: &Store) -> WriterLock {
+    tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            match store.lock_writer().await {
+                Ok(lock) => return lock,
+                Err(Error::WriterLocked { .. }) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(e) => panic!("lock_writer: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the dropped writer's lock is released")
+}
+
+async fn one_writer_lock_per_database(db: &TestDb) {
+    let first = db.store.lock_writer().await.unwrap();
+    let second = Store::open(&db.url, 2).await.unwrap();
+    let refused = second.lock_writer().await;
+    let message = match refused {
+        Err(e @ Error::WriterLocked { .. }) => e.to_string(),
+        other => panic!("a second writer must be refused, got {other:?}"),
+    };
+    assert!(message.starts_with("another audit writer holds the lock on "), "{message}");
+    assert!(message.ends_with("; run one audit replica per database"), "{message}");
+    assert!(!message.contains(":baton@"), "no password in {message}");
+    // Reading needs no lock.
+    five(db).await;
+    assert!(second.verify(None).await.unwrap().ok);
+    assert!(second.get_task("t1").await.unwrap().is_some());
+
+    // Released: the second writer gets it and starts from the head the first left.
+    first.release().await;
+    let taken = second.lock_writer().await.unwrap();
+    assert_eq!(second.head().await.sequence, 5, "the head is reloaded with the lock");
+    assert!(matches!(db.store.lock_writer().await, Err(Error::WriterLocked { .. })));
+
+    // Dropped without release: the lock goes with it.
+    drop(taken);
+    let back = lock_eventually(&db.store).await;
+    assert!(matches!(second.lock_writer().await, Err(Error::WriterLocked { .. })));
+    back.release().await;
+    second.close().await;
 }

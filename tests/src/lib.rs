@@ -41,7 +41,7 @@ pub fn test_config(data: &std::path::Path) -> BatonConfig {
     c.nats.ack_wait = Duration::from_secs(2);
     c.nats.backoff = vec![Duration::from_millis(100), Duration::from_millis(300)];
     c.nats.max_deliver = 4;
-    c.validation.policy_dir = policies_dir();
+    c.validation.policy_dir = Some(policies_dir());
     c.log.filter = std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "warn".into());
     c
 }

@@ -1,31 +1,111 @@
 //! `baton.v1.ApprovalService`: the human gate over the [`APPROVALS_BUCKET`](crate::APPROVALS_BUCKET).
 //!
-//! - `ListPending`: any authenticated caller; the caller's tenant (admin: all tenants).
+//! - `ListPending`: any authenticated caller; the caller's tenant (admin: all tenants); plans
+//!   already decided are not listed.
 //! - `Approve`: role approver; publishes `TaskApproved` (approver = the token's `sub`) on
-//!   `baton.task.approved`, then deletes the entry.
+//!   `baton.task.approved`, stage `approved`.
 //! - `Reject`: role approver, reason required; publishes `TaskRejected` on
-//!   `baton.task.rejected`, then deletes the entry.
+//!   `baton.task.rejected`, stage `rejected`.
 //!
-//! Publishing before deleting keeps a decision crash-safe: a retried call finds the entry
-//! still there and re-publishes the same event id (`<task_id>.approved`), which the stream
-//! drops as a duplicate. A task of another tenant is NOT_FOUND, so ids cannot be probed.
+//! # One decision per task
+//!
+//! A key of the bucket holds a [`Stored`] value: first the [`PendingApproval`], then a
+//! [`Decided`] record. A decision is claimed before anything is published: the call reads the
+//! entry with its revision and replaces the pending approval by `Decided { approval, pending,
+//! published: false }` with a compare-and-set on that revision. Only the call whose write
+//! lands publishes; a concurrent call finds the claim when it re-reads. So `Approve` and
+//! `Reject` racing on one task (even on different replicas) publish exactly one of
+//! `<task>.approved` / `<task>.rejected`. After publishing, the record is rewritten with
+//! `published: true` and stays as the task's tombstone.
+//!
+//! On a claimed task:
+//! - the opposite decision is refused with FAILED_PRECONDITION ("task t-1 was already approved
+//!   by alice");
+//! - the same decision (approve after approve, reject after reject) succeeds and returns the
+//!   claimed [`Approval`]. If the claim is not yet marked published (the deciding process died
+//!   between claim and publish, or is still publishing) it publishes the claimed decision: the
+//!   event id `<task_id>.approved` is deterministic, so the stream drops a copy. Once
+//!   published, nothing is published again.
+//!
+//! A task of another tenant is NOT_FOUND, so ids cannot be probed.
 //!
 //! Not yet (later releases): preventing submitters from approving their own plans, quorum of
-//! several approvers, timeouts and escalation, and making concurrent Approve/Reject calls on
-//! different replicas mutually exclusive (today both events could be published).
+//! several approvers, timeouts and escalation.
 
 use crate::{Error, Inner, SERVICE};
+use async_nats::jetstream::kv::{EntryErrorKind, Operation, UpdateErrorKind};
 use baton_proto::approval_service_server::ApprovalService;
 use baton_proto::{
     Approval, ApproveRequest, ApproveResponse, Event, ListPendingRequest, ListPendingResponse,
     PendingApproval, RejectRequest, RejectResponse, TaskApproved, TaskRejected, event::Body, subject,
 };
 use baton_runtime::auth::Role;
+use bytes::Bytes;
 use futures::TryStreamExt;
 use prost::Message as _;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
+
+/// First byte of a [`Decided`] value in the bucket. A protobuf message never starts with a zero
+/// byte (field number 0 is reserved), so a decided record cannot be mistaken for a
+/// [`PendingApproval`].
+const DECIDED_MARKER: u8 = 0;
+
+/// Attempts at claiming a decision before giving up (each failed attempt means another writer
+/// changed the entry, after which the re-read sees a claim; more than two is a bug or a storm).
+const CLAIM_ATTEMPTS: usize = 5;
+
+/// A decision claimed on a pending approval: the value of its key from the claim on.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Decided {
+    /// The human decision (approver, approved, reason, time).
+    #[prost(message, optional, tag = "1")]
+    pub approval: Option<Approval>,
+    /// The pending approval it decides (for the published event and tenant checks).
+    #[prost(message, optional, tag = "2")]
+    pub pending: Option<PendingApproval>,
+    /// Whether the decision's event was published (false between claim and publish).
+    #[prost(bool, tag = "3")]
+    pub published: bool,
+}
+
+/// The value of a key of the approvals bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// Waiting for a human.
+    Pending(PendingApproval),
+    /// Decided (claimed, and published once [`Decided::published`]).
+    Decided(Decided),
+}
+
+impl Stored {
+    /// Decodes a bucket value: [`Decided`] after a zero byte, else a [`PendingApproval`].
+    pub fn decode(value: &[u8]) -> Result<Stored, prost::DecodeError> {
+        match value.split_first() {
+            Some((&DECIDED_MARKER, rest)) => Ok(Stored::Decided(Decided::decode(rest)?)),
+            _ => Ok(Stored::Pending(PendingApproval::decode(value)?)),
+        }
+    }
+
+    /// Encodes the value for the bucket (the inverse of [`Stored::decode`]).
+    pub fn encode(&self) -> Bytes {
+        match self {
+            Stored::Pending(p) => p.encode_to_vec().into(),
+            Stored::Decided(d) => {
+                let mut buf = Vec::with_capacity(1 + d.encoded_len());
+                buf.push(DECIDED_MARKER);
+                d.encode(&mut buf).expect("a Vec grows as needed");
+                buf.into()
+            }
+        }
+    }
+}
+
+/// `approved` or `rejected`.
+fn decision_label(approved: bool) -> &'static str {
+    if approved { "approved" } else { "rejected" }
+}
 
 /// The gRPC service; built by [`Validation::add_grpc`](crate::Validation::add_grpc).
 pub struct Approvals {
@@ -34,46 +114,105 @@ pub struct Approvals {
 }
 
 impl Inner {
-    /// The pending approval of `task_id`, if any.
-    async fn pending(&self, task_id: &str) -> Result<Option<PendingApproval>, Error> {
-        let bytes = match self.approvals.get(task_id).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == async_nats::jetstream::kv::EntryErrorKind::InvalidKey => return Ok(None),
+    /// The value of `task_id` and its revision; `None` when there is none (or only a delete
+    /// marker, left by versions that deleted decided entries).
+    pub(crate) async fn stored(&self, task_id: &str) -> Result<Option<(u64, Stored)>, Error> {
+        let entry = match self.approvals.entry(task_id).await {
+            Ok(entry) => entry,
+            Err(e) if e.kind() == EntryErrorKind::InvalidKey => return Ok(None),
             Err(e) => return Err(Error::Store(e.to_string())),
         };
-        bytes
-            .map(|b| {
-                PendingApproval::decode(b.as_ref())
-                    .map_err(|e| Error::Corrupt { task_id: task_id.into(), reason: e.to_string() })
-            })
-            .transpose()
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else { return Ok(None) };
+        let stored = Stored::decode(&entry.value)
+            .map_err(|e| Error::Corrupt { task_id: task_id.into(), reason: e.to_string() })?;
+        Ok(Some((entry.revision, stored)))
     }
 
-    /// The pending approval of `task_id` if `can_see` its tenant; NOT_FOUND otherwise.
-    async fn visible_pending(
-        &self,
-        task_id: &str,
-        can_see: impl Fn(&str) -> bool,
-    ) -> Result<PendingApproval, Error> {
+    /// Decides the pending approval of `task_id` (see the module docs): claims the decision
+    /// with a compare-and-set, publishes it, marks it published. Returns the decision in
+    /// force, which for a repeated decision is the first one.
+    ///
+    /// Errors: NotFound (nothing pending, or `can_see` refuses its tenant), AlreadyDecided
+    /// (the opposite decision was claimed), Store/Bus.
+    async fn decide(&self, task_id: &str, can_see: impl Fn(&str) -> bool, decision: Approval) -> Result<Approval, Error> {
         if task_id.is_empty() {
             return Err(Error::InvalidArgument("task_id is required".into()));
         }
-        match self.pending(task_id).await? {
-            Some(p) if can_see(&p.tenant) => Ok(p),
-            _ => Err(Error::NotFound(task_id.into())),
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (revision, decided) = match self.stored(task_id).await? {
+                None => return Err(Error::NotFound(task_id.into())),
+                Some((_, Stored::Pending(p))) if !can_see(&p.tenant) => return Err(Error::NotFound(task_id.into())),
+                Some((revision, Stored::Pending(pending))) => {
+                    let decided = Decided { approval: Some(decision.clone()), pending: Some(pending), published: false };
+                    match self.approvals.update(task_id, Stored::Decided(decided.clone()).encode(), revision).await {
+                        Ok(revision) => (revision, decided),
+                        // Another call claimed (or the entry changed) since the read: re-read.
+                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                        Err(e) => return Err(Error::Store(e.to_string())),
+                    }
+                }
+                Some((revision, Stored::Decided(decided))) => {
+                    let corrupt = |what: &str| Error::Corrupt { task_id: task_id.into(), reason: format!("decided record has no {what}") };
+                    let tenant = decided.pending.as_ref().ok_or_else(|| corrupt("pending approval"))?.tenant.as_str();
+                    if !can_see(tenant) {
+                        return Err(Error::NotFound(task_id.into()));
+                    }
+                    let prior = decided.approval.clone().ok_or_else(|| corrupt("approval"))?;
+                    if prior.approved != decision.approved {
+                        return Err(Error::AlreadyDecided {
+                            task_id: task_id.into(),
+                            decision: decision_label(prior.approved),
+                            by: prior.approver,
+                        });
+                    }
+                    if decided.published {
+                        return Ok(prior);
+                    }
+                    // Claimed but not (known to be) published: publish the claimed decision.
+                    (revision, decided)
+                }
+            };
+            return self.publish_decided(task_id, revision, decided).await;
         }
+        Err(Error::Store(format!(
+            "task {task_id} changed under {CLAIM_ATTEMPTS} attempts to decide it; retry the call"
+        )))
     }
 
-    /// Publishes the human decision on `pending`, then removes it from the bucket.
-    async fn decide(&self, pending: PendingApproval, stage: &str, subject: &str, body: Body) -> Result<(), Error> {
+    /// Publishes a claimed decision, then marks it published (at `revision`, the claim's).
+    async fn publish_decided(&self, task_id: &str, revision: u64, mut decided: Decided) -> Result<Approval, Error> {
+        let corrupt = |what: &str| Error::Corrupt { task_id: task_id.into(), reason: format!("decided record has no {what}") };
+        let approval = decided.approval.clone().ok_or_else(|| corrupt("approval"))?;
+        let pending = decided.pending.clone().ok_or_else(|| corrupt("pending approval"))?;
+        let (stage, subject, body) = if approval.approved {
+            let body = Body::TaskApproved(TaskApproved {
+                task: pending.task.clone(),
+                spec: pending.spec.clone(),
+                plan: pending.plan.clone(),
+                validation: pending.validation.clone(),
+                approval: Some(approval.clone()),
+            });
+            ("approved", subject::TASK_APPROVED, body)
+        } else {
+            let body = Body::TaskRejected(TaskRejected {
+                validation: pending.validation.clone(),
+                approval: Some(approval.clone()),
+                reasons: vec![approval.reason.clone()],
+            });
+            ("rejected", subject::TASK_REJECTED, body)
+        };
         let mut event = Event::first(&pending.task_id, &pending.tenant, stage, SERVICE, body);
         event.causation_id = format!("{}.awaiting_approval", pending.task_id);
         self.ctx.bus.publish(subject, &event).await?;
-        self.approvals
-            .delete(&pending.task_id)
-            .await
-            .map_err(|e| Error::Store(e.to_string()))?;
-        Ok(())
+        decided.published = true;
+        match self.approvals.update(task_id, Stored::Decided(decided).encode(), revision).await {
+            Ok(_) => {}
+            // A concurrent repeat of the same decision marked it first.
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            // Published all the same; a repeat would re-publish the same id (deduplicated).
+            Err(e) => warn!(task_id = %task_id, error = %e, "decision published but not marked published"),
+        }
+        Ok(approval)
     }
 }
 
@@ -95,8 +234,9 @@ impl ApprovalService for Approvals {
             .map_err(|e| Error::Store(e.to_string()))?;
         let mut pending = Vec::new();
         for key in keys {
-            // A key deleted between listing and reading is simply no longer pending.
-            if let Some(p) = self.inner.pending(&key).await?
+            // A key deleted between listing and reading is simply no longer pending; a
+            // decided one is not pending either.
+            if let Some((_, Stored::Pending(p))) = self.inner.stored(&key).await?
                 && principal.can_see(&p.tenant)
             {
                 pending.push(p);
@@ -113,22 +253,14 @@ impl ApprovalService for Approvals {
         let principal = self.inner.ctx.auth.authenticate(&request)?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
-        let pending = self.inner.visible_pending(&req.task_id, |t| principal.can_see(t)).await?;
-        let approval = Approval {
-            task_id: pending.task_id.clone(),
+        let decision = Approval {
+            task_id: req.task_id.clone(),
             approver: principal.subject.clone(),
             approved: true,
             reason: req.reason,
             decided_at: Some(baton_proto::now()),
         };
-        let body = Body::TaskApproved(TaskApproved {
-            task: pending.task.clone(),
-            spec: pending.spec.clone(),
-            plan: pending.plan.clone(),
-            validation: pending.validation.clone(),
-            approval: Some(approval.clone()),
-        });
-        self.inner.decide(pending, "approved", subject::TASK_APPROVED, body).await?;
+        let approval = self.inner.decide(&req.task_id, |t| principal.can_see(t), decision).await?;
         info!(task_id = %approval.task_id, approver = %approval.approver, "plan approved by a human");
         Ok(Response::new(ApproveResponse { approval: Some(approval) }))
     }
@@ -140,21 +272,35 @@ impl ApprovalService for Approvals {
         if req.reason.trim().is_empty() {
             return Err(Error::InvalidArgument("a rejection needs a reason".into()).into());
         }
-        let pending = self.inner.visible_pending(&req.task_id, |t| principal.can_see(t)).await?;
-        let approval = Approval {
-            task_id: pending.task_id.clone(),
+        let decision = Approval {
+            task_id: req.task_id.clone(),
             approver: principal.subject.clone(),
             approved: false,
-            reason: req.reason.clone(),
+            reason: req.reason,
             decided_at: Some(baton_proto::now()),
         };
-        let body = Body::TaskRejected(TaskRejected {
-            validation: pending.validation.clone(),
-            approval: Some(approval.clone()),
-            reasons: vec![req.reason],
-        });
-        self.inner.decide(pending, "rejected", subject::TASK_REJECTED, body).await?;
+        let approval = self.inner.decide(&req.task_id, |t| principal.can_see(t), decision).await?;
         info!(task_id = %approval.task_id, approver = %approval.approver, "plan rejected by a human");
         Ok(Response::new(RejectResponse { approval: Some(approval) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_and_decided_values_round_trip_and_never_collide() {
+        let pending = PendingApproval { task_id: "t-1".into(), tenant: "acme".into(), ..Default::default() };
+        let stored = Stored::Pending(pending.clone());
+        assert_eq!(Stored::decode(&stored.encode()).unwrap(), stored);
+        let decided = Stored::Decided(Decided {
+            approval: Some(Approval { task_id: "t-1".into(), approver: "alice".into(), approved: true, ..Default::default() }),
+            pending: Some(pending),
+            published: true,
+        });
+        assert_eq!(Stored::decode(&decided.encode()).unwrap(), decided);
+        // A decided value is not a valid PendingApproval, so old readers cannot mistake it.
+        assert!(PendingApproval::decode(decided.encode().as_ref()).is_err());
     }
 }

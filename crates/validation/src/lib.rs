@@ -3,8 +3,8 @@
 //! Consumes `baton.task.proposed` (durable consumer `validation`, body `PlanProposed`), and for
 //! each plan:
 //!
-//! 1. evaluates the Rego policies of `policy_dir` in-process with `regorus`
-//!    ([`policy::PolicySet`]), collecting the `deny` and `require_approval` sets of every
+//! 1. evaluates the Rego policies (built in, or those of `policy_dir`) in-process with
+//!    `regorus` ([`policy::PolicySet`]), collecting the `deny` and `require_approval` sets of every
 //!    `baton.*` package — adding a policy file adds policies without code changes;
 //! 2. computes the five-dimension quality score ([`quality`]);
 //! 3. decides a verdict ([`quality::verdict`]) and publishes it:
@@ -15,19 +15,26 @@
 //!    - rejected → `TaskRejected` on `baton.task.rejected`, stage `rejected`.
 //!
 //! It also serves `baton.v1.ApprovalService` ([`approval`]): `ListPending`, `Approve`,
-//! `Reject` over the KV bucket.
+//! `Reject` over the KV bucket. A decision is claimed in the bucket with a compare-and-set
+//! before it is published, so concurrent `Approve` and `Reject` calls on one task (on any
+//! replicas) publish exactly one decision; the loser gets FAILED_PRECONDITION. A redelivered
+//! proposal never reopens a decided task.
 //!
 //! # Policies
 //!
-//! Every `*.rego` file of `policy_dir` except `*_test.rego` is a live policy and must declare
-//! `package baton.<name>`. Rules:
+//! By default validation uses its built-in policies: the repository's `policies/*.rego`
+//! (except `*_test.rego`), embedded at compile time by the crate's build script
+//! ([`policy::BUILTIN`]), so `baton up` works from any directory and adding a file to
+//! `policies/` embeds it on the next build. Setting `policy_dir` loads that directory instead,
+//! at startup. Either way, every live policy must declare `package baton.<name>`. Rules:
 //! - `deny contains msg if { … }` — a set of reasons; any member rejects the plan;
 //! - `require_approval contains msg if { … }` — a set of reasons; any member sends the plan to
 //!   a human.
 //!
 //! `*_test.rego` files hold `test_*` rules run by [`policy::run_policy_tests`] (and this
 //! crate's tests), never as live policies. The policy version in every decision is the
-//! SHA-256 (hex) over the sorted file names and contents.
+//! SHA-256 (hex) over the sorted file names and contents — the same for the same files,
+//! built in or loaded from a directory.
 //!
 //! # Policy input document
 //!
@@ -81,7 +88,6 @@ use baton_proto::{
 use baton_runtime::Context;
 use baton_runtime::metrics::VerdictLabels;
 use policy::PolicySet;
-use prost::Message as _;
 use quality::Thresholds;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -96,21 +102,24 @@ pub const SERVICE: &str = "validation";
 /// gRPC services served, for gRPC health.
 pub const GRPC_SERVICES: &[&str] = &["baton.v1.ApprovalService"];
 
-/// JetStream KV bucket of plans awaiting a human: key = task id, value = protobuf
-/// `PendingApproval`.
+/// JetStream KV bucket of plans awaiting a human: key = task id, value = an
+/// [`approval::Stored`]: the protobuf `PendingApproval` until a human decides, then the
+/// claimed decision, which stays as the task's record (see [`approval`]).
 pub const APPROVALS_BUCKET: &str = "baton_approvals";
 
-/// Revisions kept per key of [`APPROVALS_BUCKET`] (the delete marker of a decided plan stays,
-/// which lets a redelivered proposal see that it was already decided).
+/// Revisions kept per key of [`APPROVALS_BUCKET`]. The latest revision of a decided task is its
+/// decision, which lets a redelivered proposal see that it was already decided.
 pub const APPROVALS_HISTORY: i64 = 5;
 
 /// Settings of the validation service (`[validation]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Directory of the Rego policies: every `*.rego` except `*_test.rego`. Default `policies`
-    /// (relative to the working directory).
-    pub policy_dir: PathBuf,
+    /// Directory of the Rego policies to load at startup: every `*.rego` except `*_test.rego`.
+    /// Default none: the built-in policies ([`policy::BUILTIN`], the repository's `policies/`
+    /// as of the build).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_dir: Option<PathBuf>,
     /// Score thresholds for production plans (default: 80 auto-approve, 60 with approval).
     pub production: Thresholds,
     /// Score thresholds for staging plans (default: 60 auto-approve, 40 with approval).
@@ -122,7 +131,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            policy_dir: PathBuf::from("policies"),
+            policy_dir: None,
             production: Thresholds { auto_approve: 80, with_approval: 60 },
             staging: Thresholds { auto_approve: 60, with_approval: 40 },
             concurrency: 16,
@@ -183,6 +192,16 @@ pub enum Error {
     /// A request is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A human already took the opposite decision on this task.
+    #[error("task {task_id} was already {decision} by {by}")]
+    AlreadyDecided {
+        /// The task.
+        task_id: String,
+        /// `approved` or `rejected`.
+        decision: &'static str,
+        /// JWT `sub` of who decided.
+        by: String,
+    },
     /// A stored pending approval cannot be decoded.
     #[error("pending approval {task_id} is corrupt: {reason}; delete it from bucket {APPROVALS_BUCKET}")]
     Corrupt {
@@ -199,6 +218,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::NotFound(_) => tonic::Status::not_found(msg),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            Error::AlreadyDecided { .. } => tonic::Status::failed_precondition(msg),
             Error::Bus(_) | Error::Store(_) => tonic::Status::unavailable(msg),
             Error::Corrupt { .. } => tonic::Status::data_loss(msg),
             Error::Policy { .. } | Error::PolicyDir { .. } | Error::Config(_) => {
@@ -235,9 +255,12 @@ impl Validation {
     /// bucket cannot be opened.
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let policies = PolicySet::load(&config.policy_dir)?;
+        let policies = match &config.policy_dir {
+            Some(dir) => PolicySet::load(dir)?,
+            None => PolicySet::builtin()?,
+        };
         info!(
-            dir = %config.policy_dir.display(),
+            source = %config.policy_dir.as_deref().unwrap_or(std::path::Path::new(policy::BUILTIN_ORIGIN)).display(),
             files = ?policies.files(),
             version = policies.version(),
             "policies loaded"
@@ -407,9 +430,11 @@ impl Inner {
         Ok(label)
     }
 
-    /// Stores the pending approval (KV first), then publishes `TaskAwaitingApproval`.
-    /// Returns false when a human already decided this task (its key holds a delete marker):
-    /// a redelivered proposal must not reopen it.
+    /// Stores the pending approval (KV first, only if the key is new: compare-and-set on
+    /// revision 0), then publishes `TaskAwaitingApproval`. A redelivered proposal whose
+    /// pending approval is stored re-publishes what was stored. Returns false when the task is
+    /// already decided (a claimed decision, or the delete marker older versions left): a
+    /// redelivered proposal must not reopen it.
     async fn store_pending(
         &self,
         event: &Event,
@@ -418,40 +443,54 @@ impl Inner {
         plan: baton_proto::Plan,
         validation: ValidationResult,
     ) -> Result<bool, HandlerError> {
+        use async_nats::jetstream::kv::{EntryErrorKind, Operation, UpdateErrorKind};
         let key = event.task_id.as_str();
         let store_err = |e: String| HandlerError::Retry(format!("approvals bucket: {e}"));
-        let existing = self.approvals.entry(key).await.map_err(|e| {
-            if e.kind() == async_nats::jetstream::kv::EntryErrorKind::InvalidKey {
-                HandlerError::Reject(format!("task id {key:?} is not a valid key-value key"))
-            } else {
-                store_err(e.to_string())
-            }
-        })?;
-        use async_nats::jetstream::kv::Operation;
-        let pending = match existing {
-            Some(entry) if entry.operation != Operation::Put => {
-                warn!(task_id = %key, "redelivered proposal of an already decided task; ignoring it");
-                return Ok(false);
-            }
-            // Redelivery after the KV write: publish what was stored.
-            Some(entry) => PendingApproval::decode(entry.value.as_ref())
-                .map_err(|e| HandlerError::Reject(format!("stored pending approval {key} is corrupt: {e}")))?,
-            None => {
-                let pending = PendingApproval {
-                    task_id: event.task_id.clone(),
-                    tenant: event.tenant.clone(),
-                    submitted_by: task.submitted_by.clone(),
-                    spec: Some(spec),
-                    plan: Some(plan),
-                    validation: Some(validation),
-                    requested_at: Some(baton_proto::now()),
-                    task: Some(task),
-                };
-                self.approvals
-                    .put(key, pending.encode_to_vec().into())
-                    .await
-                    .map_err(|e| store_err(e.to_string()))?;
-                pending
+        let fresh = PendingApproval {
+            task_id: event.task_id.clone(),
+            tenant: event.tenant.clone(),
+            submitted_by: task.submitted_by.clone(),
+            spec: Some(spec),
+            plan: Some(plan),
+            validation: Some(validation),
+            requested_at: Some(baton_proto::now()),
+            task: Some(task),
+        };
+        let mut attempts = 0;
+        let pending = loop {
+            attempts += 1;
+            let existing = self.approvals.entry(key).await.map_err(|e| {
+                if e.kind() == EntryErrorKind::InvalidKey {
+                    HandlerError::Reject(format!("task id {key:?} is not a valid key-value key"))
+                } else {
+                    store_err(e.to_string())
+                }
+            })?;
+            match existing {
+                Some(entry) if entry.operation != Operation::Put => {
+                    warn!(task_id = %key, "redelivered proposal of an already decided task; ignoring it");
+                    return Ok(false);
+                }
+                Some(entry) => match approval::Stored::decode(&entry.value) {
+                    Ok(approval::Stored::Decided(_)) => {
+                        warn!(task_id = %key, "redelivered proposal of an already decided task; ignoring it");
+                        return Ok(false);
+                    }
+                    // Redelivery after the KV write: publish what was stored.
+                    Ok(approval::Stored::Pending(pending)) => break pending,
+                    Err(e) => {
+                        return Err(HandlerError::Reject(format!("stored pending approval {key} is corrupt: {e}")));
+                    }
+                },
+                None => {
+                    let value = approval::Stored::Pending(fresh.clone()).encode();
+                    match self.approvals.update(key, value, 0).await {
+                        Ok(_) => break fresh,
+                        // Another delivery stored it first: handle what it stored.
+                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision && attempts < 3 => continue,
+                        Err(e) => return Err(store_err(e.to_string())),
+                    }
+                }
             }
         };
         let body = Body::AwaitingApproval(TaskAwaitingApproval { pending: Some(pending) });

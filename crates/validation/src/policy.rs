@@ -1,7 +1,11 @@
 //! Rego policies, evaluated in-process by `regorus`.
 //!
-//! [`PolicySet::load`] reads every `*.rego` file of a directory except `*_test.rego`, checks
-//! that each declares a `baton.<name>` package, and prepares one engine. [`PolicySet::evaluate`]
+//! [`PolicySet::builtin`] prepares the policies embedded at compile time ([`BUILTIN`]: the
+//! repository's `policies/*.rego` except `*_test.rego`, listed by the crate's build script);
+//! [`PolicySet::load`] reads every `*.rego` file of a directory except `*_test.rego`. Both go
+//! through [`PolicySet::from_sources`], which checks that each file declares a `baton.<name>`
+//! package and prepares one engine; the same files give the same [`PolicySet::version`] either
+//! way. [`PolicySet::evaluate`]
 //! clones that prepared engine (cheap: modules and the compiled schedule are shared), sets the
 //! input document and collects the `deny` and `require_approval` sets of every package.
 //! [`run_policy_tests`] runs the `test_*` rules of the `*_test.rego` files against the live
@@ -17,6 +21,14 @@ use std::path::{Path, PathBuf};
 
 /// Suffix of Rego test files: loaded only by [`run_policy_tests`], never as live policies.
 pub const TEST_SUFFIX: &str = "_test.rego";
+
+/// The built-in live policies as `(file name, contents)`, sorted by file name: the
+/// repository's `policies/*.rego` except `*_test.rego`, embedded at compile time by the
+/// crate's build script (adding a file there embeds it on the next build).
+pub const BUILTIN: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/builtin_policies.rs"));
+
+/// Where the built-in policies come from in messages and logs (`builtin/<file>`).
+pub const BUILTIN_ORIGIN: &str = "builtin";
 
 /// The rule whose set of strings rejects a plan.
 pub const DENY_RULE: &str = "deny";
@@ -54,11 +66,11 @@ pub struct PolicyOutcome {
     pub require_approval: Vec<String>,
 }
 
-/// A policy file read from disk.
+/// A policy file, read from disk or built in.
 struct PolicyFile {
-    /// File name within the directory (`production_safety.rego`).
+    /// File name (`production_safety.rego`).
     name: String,
-    /// Path as given to regorus, so its messages name the file.
+    /// `<origin>/<name>`, as given to regorus, so its messages name the file.
     path: PathBuf,
     /// Contents.
     text: String,
@@ -118,12 +130,51 @@ impl PolicySet {
     /// the policies do not compile together (unsafe variables, conflicting rules).
     pub fn load(dir: &Path) -> Result<PolicySet, Error> {
         let files = read_rego_files(dir, is_live)?;
+        Self::prepare(dir, files)
+    }
+
+    /// Prepares the built-in policies ([`BUILTIN`]); errors as [`PolicySet::from_sources`]
+    /// (the crate's tests make sure the shipped policies load).
+    pub fn builtin() -> Result<PolicySet, Error> {
+        Self::from_sources(Path::new(BUILTIN_ORIGIN), BUILTIN.iter().copied())
+    }
+
+    /// Prepares live policies given as `(file name, contents)` pairs, in any order. `origin`
+    /// (a directory, or [`BUILTIN_ORIGIN`]) only names the files in messages:
+    /// `<origin>/<name>`. The version depends on names and contents only, so the same files
+    /// give the same version whether built in or loaded from a directory.
+    ///
+    /// Errors as [`PolicySet::load`]; also [`Error::PolicyDir`] when two sources share a name.
+    pub fn from_sources<N, T>(origin: &Path, sources: impl IntoIterator<Item = (N, T)>) -> Result<PolicySet, Error>
+    where
+        N: Into<String>,
+        T: Into<String>,
+    {
+        let mut files: Vec<PolicyFile> = sources
+            .into_iter()
+            .map(|(name, text)| {
+                let name = name.into();
+                PolicyFile { path: origin.join(&name), name, text: text.into() }
+            })
+            .collect();
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = files.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(Error::PolicyDir {
+                dir: origin.to_path_buf(),
+                reason: format!("two policies are named {}; give each file its own name", pair[0].name),
+            });
+        }
+        Self::prepare(origin, files)
+    }
+
+    /// Prepares `files` (sorted by name) loaded from `origin`.
+    fn prepare(origin: &Path, files: Vec<PolicyFile>) -> Result<PolicySet, Error> {
         if files.is_empty() {
             return Err(Error::PolicyDir {
-                dir: dir.to_path_buf(),
+                dir: origin.to_path_buf(),
                 reason: "it holds no *.rego policy; validation refuses to run without policies \
-                         (copy the repository's policies/ directory there or set \
-                         validation.policy_dir)"
+                         (copy the repository's policies/ directory there, or unset \
+                         validation.policy_dir to use the built-in policies)"
                     .into(),
             });
         }
@@ -167,7 +218,7 @@ impl PolicySet {
         set.engine.set_input(Value::new_object());
         for (package, rule) in set.rules.clone() {
             set.engine.eval_rule(format!("{package}.{rule}")).map_err(|e| Error::Policy {
-                file: dir.to_path_buf(),
+                file: origin.to_path_buf(),
                 reason: format!("evaluating {package}.{rule} on an empty input failed: {e:#}"),
             })?;
         }

@@ -67,6 +67,27 @@ fn test_files_are_not_live_policies() {
 }
 
 #[test]
+fn builtin_policies_are_the_repository_policies_with_the_same_version() {
+    let builtin = PolicySet::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let loaded = PolicySet::load(&policy_dir()).unwrap();
+    assert_eq!(builtin.files(), loaded.files());
+    assert_eq!(builtin.version(), loaded.version());
+    assert!(builtin.files().contains(&"production_safety.rego".to_string()));
+    assert!(baton_validation::policy::BUILTIN.iter().all(|(name, _)| !name.ends_with("_test.rego")));
+    // The order pairs are given in does not matter.
+    let reversed: Vec<_> = baton_validation::policy::BUILTIN.iter().rev().copied().collect();
+    let same = PolicySet::from_sources(Path::new("elsewhere"), reversed).unwrap();
+    assert_eq!(same.version(), builtin.version());
+}
+
+#[test]
+fn duplicate_source_names_are_refused() {
+    let p = ("p.rego", "package baton.p\n");
+    let err = PolicySet::from_sources(Path::new("here"), [p, p]).unwrap_err();
+    assert!(err.to_string().contains("two policies are named p.rego"), "{err}");
+}
+
+#[test]
 fn syntax_error_names_the_file_and_position() {
     let dir = dir_with(&[
         ("good.rego", "package baton.good\n\ndeny contains \"x\" if false\n"),

@@ -5,17 +5,16 @@ use async_nats::jetstream::consumer::pull;
 use baton_bus::testing::TestNats;
 use baton_proto::approval_service_client::ApprovalServiceClient;
 use baton_proto::{
-    Action, AgentRun, ApproveRequest, Asset, Event, HealthCheck, HttpAction, ListPendingRequest,
+    Action, AgentRun, Approval, ApproveRequest, Asset, Event, HealthCheck, HttpAction, ListPendingRequest,
     NoopAction, PendingApproval, Phase, PhaseKind, Plan, PlanProposed, RejectRequest, Risk, Step,
     Task, TaskSpec, Trigger, Verdict, action, event::Body, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::metrics::Metrics;
+use baton_validation::approval::{Decided, Stored};
 use baton_validation::{APPROVALS_BUCKET, Config, Validation};
 use futures::StreamExt;
-use prost::Message as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -27,11 +26,9 @@ fn auth_config() -> AuthConfig {
     AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }
 }
 
+/// The default configuration: the built-in policies.
 fn config() -> Config {
-    Config {
-        policy_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies")),
-        ..Config::default()
-    }
+    Config::default()
 }
 
 /// A running validation service: consumer and gRPC server.
@@ -100,9 +97,56 @@ impl Harness {
         counts.into_iter().map(|(_, n)| n as u64).sum()
     }
 
-    async fn pending(&self, task_id: &str) -> Option<PendingApproval> {
+    async fn stored(&self, task_id: &str) -> Option<Stored> {
         let kv = self.nats.bus.key_value(APPROVALS_BUCKET, 5).await.unwrap();
-        kv.get(task_id).await.unwrap().map(|b| PendingApproval::decode(b.as_ref()).unwrap())
+        kv.get(task_id).await.unwrap().map(|b| Stored::decode(b.as_ref()).unwrap())
+    }
+
+    /// The pending approval of `task_id`, if it is still undecided.
+    async fn pending(&self, task_id: &str) -> Option<PendingApproval> {
+        match self.stored(task_id).await {
+            Some(Stored::Pending(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The claimed decision of `task_id`, if any.
+    async fn decided(&self, task_id: &str) -> Option<Decided> {
+        match self.stored(task_id).await {
+            Some(Stored::Decided(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Proposes a high-risk production plan and waits until it awaits approval.
+    async fn awaiting(&self, task_id: &str) {
+        self.propose(&proposed(task_id, "production", Risk::High, safe_phases(), 10)).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.pending(task_id).await.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{task_id} never awaited approval"));
+    }
+
+    /// Event ids in the stream on `subject` for `task_id` (reads the stream directly).
+    async fn ids_on(&self, subject: &str) -> Vec<String> {
+        let stream = self.nats.bus.jetstream().get_stream("BATON").await.unwrap();
+        let n = self.count_on(subject).await;
+        if n == 0 {
+            return vec![];
+        }
+        let consumer = stream
+            .create_consumer(pull::Config { filter_subject: subject.into(), ..Default::default() })
+            .await
+            .unwrap();
+        let mut batch = consumer.fetch().max_messages(n as usize).messages().await.unwrap();
+        let mut ids = Vec::new();
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), batch.next()).await.unwrap() {
+            ids.push(baton_bus::decode_event(&msg.unwrap().payload).unwrap().event_id);
+        }
+        ids
     }
 
     fn verdicts(&self, verdict: &str) -> u64 {
@@ -337,16 +381,157 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
     assert_eq!(published.reason, "change window open");
     assert_eq!(a.plan.unwrap().phases.len(), 3);
     assert_eq!(a.task.unwrap().task_id, "t-gate");
-    assert!(h.pending("t-gate").await.is_none(), "KV entry removed");
+    assert!(h.pending("t-gate").await.is_none(), "no longer pending");
+    let decided = h.decided("t-gate").await.expect("the decision stays as the task's record");
+    assert!(decided.published);
+    assert_eq!(decided.approval.unwrap().approver, "alice");
+    let listed = h.client.list_pending(with_token(ListPendingRequest {}, &approver)).await.unwrap();
+    assert!(listed.into_inner().pending.is_empty(), "a decided plan is not listed");
 
-    // Decided: a second approval finds nothing.
+    // Decided: rejecting it now is refused, naming the decision.
     let err = h
         .client
-        .approve(with_token(ApproveRequest { task_id: "t-gate".into(), reason: "".into() }, &approver))
+        .reject(with_token(RejectRequest { task_id: "t-gate".into(), reason: "too late".into() }, &approver))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.message(), "task t-gate was already approved by alice");
+    assert_eq!(h.count_on(subject::TASK_REJECTED).await, 0);
+    // Another tenant still cannot see it.
+    let err = h
+        .client
+        .reject(with_token(RejectRequest { task_id: "t-gate".into(), reason: "x".into() }, &other))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(h.count_on(subject::TASK_APPROVED).await, 1);
+}
+
+#[tokio::test]
+async fn approve_after_approve_is_idempotent() {
+    let mut h = Harness::start().await;
+    h.awaiting("t-twice").await;
+    let alice = h.token("alice", TENANT, &[Role::Approver]);
+    let bob = h.token("bob", TENANT, &[Role::Approver]);
+    let first = h
+        .client
+        .approve(with_token(ApproveRequest { task_id: "t-twice".into(), reason: "ok".into() }, &alice))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    let second = h
+        .client
+        .approve(with_token(ApproveRequest { task_id: "t-twice".into(), reason: "me too".into() }, &bob))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert_eq!(second, first, "a repeated approval returns the decision in force");
+    assert_eq!(second.approver, "alice");
+    assert_eq!(h.ids_on(subject::TASK_APPROVED).await, ["t-twice.approved"]);
+}
+
+#[tokio::test]
+async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_only() {
+    let mut h = Harness::start().await;
+    h.awaiting("t-crash").await;
+    // What a process that died between claiming and publishing leaves behind.
+    let kv = h.nats.bus.key_value(APPROVALS_BUCKET, 5).await.unwrap();
+    let entry = kv.entry("t-crash").await.unwrap().unwrap();
+    let Ok(Stored::Pending(pending)) = Stored::decode(&entry.value) else { panic!("not pending") };
+    let claim = Decided {
+        approval: Some(Approval {
+            task_id: "t-crash".into(),
+            approver: "alice".into(),
+            approved: true,
+            reason: "window open".into(),
+            decided_at: Some(baton_proto::now()),
+        }),
+        pending: Some(pending),
+        published: false,
+    };
+    kv.update("t-crash", Stored::Decided(claim).encode(), entry.revision).await.unwrap();
+    assert_eq!(h.count_on(subject::TASK_APPROVED).await, 0);
+    let listed = h
+        .client
+        .list_pending(with_token(ListPendingRequest {}, &h.token("ann", TENANT, &[Role::Submitter])))
+        .await
+        .unwrap();
+    assert!(listed.into_inner().pending.is_empty(), "a claimed plan is not listed");
+
+    // The opposite decision is refused; nothing is published.
+    let bob = h.token("bob", TENANT, &[Role::Approver]);
+    let err = h
+        .client
+        .reject(with_token(RejectRequest { task_id: "t-crash".into(), reason: "no".into() }, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.message(), "task t-crash was already approved by alice");
+    assert_eq!(h.count_on(subject::TASK_REJECTED).await, 0);
+
+    // Retrying the approval publishes the claimed decision, once.
+    let alice = h.token("alice", TENANT, &[Role::Approver]);
+    let approval = h
+        .client
+        .approve(with_token(ApproveRequest { task_id: "t-crash".into(), reason: "retry".into() }, &alice))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert_eq!(approval.reason, "window open", "the claimed decision, not the retry's");
+    let event = h.next_on(subject::TASK_APPROVED).await;
+    assert_eq!(event.event_id, "t-crash.approved");
+    assert!(h.decided("t-crash").await.unwrap().published);
+    h.client
+        .approve(with_token(ApproveRequest { task_id: "t-crash".into(), reason: "again".into() }, &bob))
+        .await
+        .unwrap();
+    assert_eq!(h.ids_on(subject::TASK_APPROVED).await, ["t-crash.approved"]);
+}
+
+#[tokio::test]
+async fn concurrent_approve_and_reject_decide_each_task_exactly_once() {
+    let h = Harness::start().await;
+    let alice = h.token("alice", TENANT, &[Role::Approver]);
+    let bob = h.token("bob", TENANT, &[Role::Approver]);
+    const TASKS: usize = 20;
+    let mut winners = Vec::new();
+    for i in 0..TASKS {
+        let task_id = format!("t-race-{i}");
+        h.awaiting(&task_id).await;
+        // Two calls in flight at once; the server handles each in its own task.
+        let (mut c1, mut c2) = (h.client.clone(), h.client.clone());
+        let approve = c1.approve(with_token(ApproveRequest { task_id: task_id.clone(), reason: "go".into() }, &alice));
+        let reject = c2.reject(with_token(RejectRequest { task_id: task_id.clone(), reason: "stop".into() }, &bob));
+        let (approved, rejected) = tokio::join!(approve, reject);
+        match (&approved, &rejected) {
+            (Ok(_), Err(e)) => {
+                assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+                assert_eq!(e.message(), format!("task {task_id} was already approved by alice"));
+                winners.push((task_id, true));
+            }
+            (Err(e), Ok(_)) => {
+                assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+                assert_eq!(e.message(), format!("task {task_id} was already rejected by bob"));
+                winners.push((task_id, false));
+            }
+            _ => panic!("{task_id}: exactly one decision must win: {approved:?} / {rejected:?}"),
+        }
+    }
+    let approved = h.ids_on(subject::TASK_APPROVED).await;
+    let rejected = h.ids_on(subject::TASK_REJECTED).await;
+    for (task_id, was_approved) in &winners {
+        let a = approved.iter().filter(|id| **id == format!("{task_id}.approved")).count();
+        let r = rejected.iter().filter(|id| **id == format!("{task_id}.rejected")).count();
+        assert_eq!((a, r), if *was_approved { (1, 0) } else { (0, 1) }, "{task_id}");
+        let decided = h.decided(task_id).await.unwrap();
+        assert_eq!(decided.approval.unwrap().approved, *was_approved, "{task_id}");
+    }
+    assert_eq!(approved.len() + rejected.len(), TASKS);
 }
 
 #[tokio::test]
@@ -425,7 +610,7 @@ async fn a_broken_policy_dir_fails_startup_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.rego"), "package baton.bad\n\ndeny contains if {\n").unwrap();
     let ctx = Context::new(nats.bus.clone(), Authenticator::new(&auth_config()).unwrap(), Arc::new(Metrics::default()));
-    let err = Validation::new(ctx, Config { policy_dir: dir.path().into(), ..Config::default() })
+    let err = Validation::new(ctx, Config { policy_dir: Some(dir.path().into()), ..Config::default() })
         .await
         .err()
         .expect("startup fails");

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     config.grpc_addr = "127.0.0.1:0".parse()?;
     config.http_addr = "127.0.0.1:0".parse()?;
     config.agents.inventory_path = inventory.clone();
-    config.validation.policy_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies").into();
+    config.validation.policy_dir = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies").into());
     config.log.filter = std::env::var("BATON_DEMO_LOG").unwrap_or_else(|_| "error".into());
     baton_runtime::telemetry::init(&config.log);
 

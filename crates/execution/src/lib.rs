@@ -12,6 +12,22 @@
 //! - gRPC: `baton.v1.ExecutionService` (`GetExecution`).
 //!
 //! Actions run through an [`ActionRunner`]; [`HttpRunner`] handles `http` and `noop` actions.
+//!
+//! Delivery and redelivery:
+//! - While a rollout runs, the handler sends JetStream an in-progress ack every
+//!   `min(execution.progress_interval, nats.ack_wait / 3)`, so a rollout longer than
+//!   `ack_wait` is not redelivered to a second handler.
+//! - A rollout whose state another handler wrote meanwhile (a compare-and-set conflict) is
+//!   left to that handler: the message is settled as interrupted and redelivered later, when
+//!   it resumes from (or replays) the saved state.
+//! - The consumer is resumable: deliveries cut short by shutdown never dead-letter it, yet they
+//!   raise JetStream's delivery count. So the handler counts its own transient failures (NATS
+//!   or the store failing mid-rollout) per task, in the bucket `baton_execution_attempts`.
+//!   Below `nats.max_deliver` failures it waits the backoff for that count (still sending
+//!   in-progress acks) and settles as interrupted; the failure that reaches `max_deliver` is
+//!   settled as a retry, which the bus dead-letters (the count is reset then, and when the
+//!   rollout ends). Restarts therefore never bring a rollout closer to the dead-letter stream;
+//!   only real failures do.
 
 #![forbid(unsafe_code)]
 
@@ -22,7 +38,7 @@ pub mod store;
 
 pub use action::{ActionError, ActionOutcome, ActionRunner, HttpRunner};
 pub use rollout::{Control, Stop};
-pub use store::Store;
+pub use store::{Attempts, Store};
 
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::event::Body;
@@ -58,7 +74,7 @@ pub struct Config {
     /// Steps (actions, and health checks) run at once within one phase.
     pub max_concurrent_steps: usize,
     /// How often a running rollout tells JetStream it is still at work, so the message is not
-    /// redelivered to another replica; must be well below `nats.ack_wait`.
+    /// redelivered to another replica. More than 0; capped at a third of `nats.ack_wait`.
     #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
     /// Rollouts run at once by this process (consumer concurrency).
@@ -96,7 +112,7 @@ impl Config {
             return bad("execution.max_concurrent_steps must be at least 1");
         }
         if self.progress_interval < Duration::from_millis(100) {
-            return bad("execution.progress_interval must be at least 100ms (and below nats.ack_wait)");
+            return bad("execution.progress_interval must be at least 100ms (e.g. \"5s\")");
         }
         if self.max_concurrent_rollouts == 0 {
             return bad("execution.max_concurrent_rollouts must be at least 1");
@@ -187,8 +203,10 @@ impl Execution {
     /// Like [`Execution::new`] with another [`ActionRunner`] (more action kinds).
     pub async fn with_runner(ctx: Context, config: Config, runner: Arc<dyn ActionRunner>) -> Result<Self, Error> {
         config.validate()?;
+        let progress_interval = progress_interval(&config, ctx.bus.config().ack_wait)?;
         let store = Store::open(&ctx.bus).await?;
-        let shared = Arc::new(Shared { bus: ctx.bus.clone(), store, runner, config });
+        let attempts = Attempts::open(&ctx.bus).await?;
+        let shared = Arc::new(Shared { bus: ctx.bus.clone(), store, runner, config, attempts, progress_interval });
         Ok(Execution { ctx, shared })
     }
 
@@ -211,15 +229,22 @@ impl Execution {
             .resumable();
         let (shared, ctx) = (self.shared, self.ctx);
         let stop = shutdown.clone();
-        tracing::info!(consumer = SERVICE, subject = subject::TASK_APPROVED, "execution service started");
+        tracing::info!(
+            consumer = SERVICE,
+            subject = subject::TASK_APPROVED,
+            progress_interval = ?shared.progress_interval,
+            ack_wait = ?ctx.bus.config().ack_wait,
+            "execution service started"
+        );
         let bus = ctx.bus.clone();
-        let (shared, ctx) = (Arc::new(shared), Arc::new(ctx));
+        let ctx = Arc::new(ctx);
         bus.consume(spec, shutdown, move |delivery| {
             let (shared, ctx, stop) = (shared.clone(), ctx.clone(), stop.clone());
             async move {
-                let (shared, ctx) = (&*shared, &*ctx);
+                // Keep the message ours while it is handled (a rollout may outlast ack_wait).
+                let _progress = keep_in_progress(&delivery, shared.progress_interval);
                 let started = Instant::now();
-                let result = handle(shared, ctx, &delivery, stop).await;
+                let result = handle(&shared, &ctx, &delivery, stop.clone()).await;
                 let label = match &result {
                     Ok(label) => label,
                     Err(Halted::Stopped) => "stopped",
@@ -230,6 +255,9 @@ impl Execution {
                     Ok(_) => Ok(()),
                     Err(Halted::Stopped) => {
                         Err(HandlerError::Interrupted("stopped early; resumes from saved state".into()))
+                    }
+                    Err(Halted::Failed(HandlerError::Retry(reason))) => {
+                        Err(transient_failure(&shared, &delivery, reason, &stop).await)
                     }
                     Err(Halted::Failed(e)) => Err(e),
                 }
@@ -263,6 +291,80 @@ impl baton_runtime::service::Service for Execution {
 /// Convenience matching the design's `run(config, shutdown)`.
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     Execution::new(ctx, config).await?.run(shutdown).await
+}
+
+/// The in-progress ack period: `config.progress_interval`, or a third of `ack_wait` when that
+/// is shorter (so two acks can be lost before the server redelivers).
+fn progress_interval(config: &Config, ack_wait: Duration) -> Result<Duration, Error> {
+    let every = config.progress_interval.min(ack_wait / 3);
+    if every.is_zero() {
+        return Err(Error::Config(format!(
+            "nats.ack_wait ({ack_wait:?}) is too short to keep rollouts alive; set it to a few seconds"
+        )));
+    }
+    if every < config.progress_interval {
+        tracing::info!(
+            configured = ?config.progress_interval,
+            ?ack_wait,
+            effective = ?every,
+            "execution.progress_interval shortened to a third of nats.ack_wait"
+        );
+    }
+    Ok(every)
+}
+
+/// Sends an in-progress ack for `delivery` every `every` until the returned guard is dropped.
+fn keep_in_progress(delivery: &Delivery, every: Duration) -> tokio_util::sync::DropGuard {
+    let ticker = CancellationToken::new();
+    let (d, stop) = (delivery.clone(), ticker.clone());
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = interval.tick() => d.in_progress().await,
+            }
+        }
+    });
+    ticker.drop_guard()
+}
+
+/// Settles a transient failure of the handler by its own failure count for the task (see the
+/// crate docs): below `nats.max_deliver`, waits that count's backoff and returns
+/// [`HandlerError::Interrupted`] (never dead-lettered, whatever the delivery count); at
+/// `max_deliver`, resets the count and returns [`HandlerError::Retry`], which the bus
+/// dead-letters. When the count cannot be read or written, falls back to `Retry`.
+async fn transient_failure(
+    shared: &Shared,
+    delivery: &Delivery,
+    reason: String,
+    shutdown: &CancellationToken,
+) -> HandlerError {
+    let Ok(task_id) = delivery.event().map(|e| e.task_id) else {
+        return HandlerError::Retry(reason);
+    };
+    let bus = shared.bus.config();
+    let attempt = match shared.attempts.record_failure(&task_id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(task_id = %task_id, error = %e, "cannot count the failure; leaving it to the delivery count");
+            return HandlerError::Retry(reason);
+        }
+    };
+    if attempt >= bus.max_deliver.max(1) as u64 {
+        tracing::warn!(task_id = %task_id, attempt, %reason, "rollout failed at its last attempt");
+        if let Err(e) = shared.attempts.reset(&task_id).await {
+            tracing::warn!(task_id = %task_id, error = %e, "cannot reset the failure count");
+        }
+        return HandlerError::Retry(format!("failed {attempt} times: {reason}"));
+    }
+    let delay = bus.backoff_for(attempt as i64);
+    tracing::warn!(task_id = %task_id, attempt, ?delay, %reason, "rollout interrupted by a failure; will resume");
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+    HandlerError::Interrupted(format!("failure {attempt} of at most {}: {reason}", bus.max_deliver))
 }
 
 /// Why [`handle`] did not finish a delivery.
@@ -325,31 +427,25 @@ async fn handle(
         return Ok("not_approved");
     }
 
-    // Keep the message ours while the rollout runs (it may outlast ack_wait).
-    let ticker = CancellationToken::new();
-    let _stop_ticker = ticker.clone().drop_guard();
-    let (d, every) = (delivery.clone(), shared.config.progress_interval);
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tokio::select! {
-                _ = ticker.cancelled() => break,
-                _ = interval.tick() => d.in_progress().await,
-            }
-        }
-    });
-
     match rollout::run(shared, &event, plan, Control::new(shutdown)).await {
         Ok(finish) => {
             if finish != Finish::Replayed {
                 let labels = StageLabels { service: SERVICE.into(), outcome: finish.label().into() };
                 ctx.metrics.executions.get_or_create(&labels).inc();
             }
+            if let Err(e) = shared.attempts.reset(&event.task_id).await {
+                tracing::warn!(task_id = %event.task_id, error = %e, "cannot reset the failure count");
+            }
             Ok(finish.label())
         }
         Err(Halt::Stopped(stop)) => {
             tracing::info!(task_id = %event.task_id, ?stop, "rollout stopped; it resumes on redelivery");
             Err(Halted::Stopped)
+        }
+        Err(Halt::Error(e @ Error::Conflict { .. })) => {
+            // Not a failure: another handler (a redelivery) advanced the rollout meanwhile.
+            tracing::debug!(task_id = %event.task_id, error = %e, "rollout owned by another handler");
+            Err(Halted::Failed(HandlerError::Interrupted(e.to_string())))
         }
         Err(Halt::Error(e)) => {
             tracing::warn!(task_id = %event.task_id, error = %e, "rollout interrupted; will retry");
@@ -378,6 +474,17 @@ mod tests {
         assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("max_concurrent_steps")));
         let unknown = serde_json::from_str::<Config>(r#"{"nope": 1}"#);
         assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn progress_interval_is_positive_and_a_third_of_ack_wait_at_most() {
+        let zero = Config { progress_interval: Duration::ZERO, ..Default::default() };
+        assert!(matches!(zero.validate(), Err(Error::Config(m)) if m.contains("progress_interval")));
+        let c = Config::default();
+        assert_eq!(progress_interval(&c, Duration::from_secs(30)).unwrap(), Duration::from_secs(5));
+        assert_eq!(progress_interval(&c, Duration::from_secs(2)).unwrap(), Duration::from_secs(2) / 3);
+        assert_eq!(progress_interval(&c, Duration::from_secs(1)).unwrap(), Duration::from_secs(1) / 3);
+        assert!(matches!(progress_interval(&c, Duration::ZERO), Err(Error::Config(m)) if m.contains("nats.ack_wait")));
     }
 
     #[test]

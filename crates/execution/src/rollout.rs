@@ -22,7 +22,7 @@
 //!   it (the message is redelivered and the rollout resumes), pause and cancel come later.
 
 use crate::action::{ActionError, ActionRunner};
-use crate::store::Store;
+use crate::store::{Attempts, Store};
 use crate::{Config, Error, SERVICE};
 use baton_proto::event::Body;
 use baton_proto::{
@@ -45,6 +45,11 @@ pub(crate) struct Shared {
     pub runner: Arc<dyn ActionRunner>,
     /// Limits and defaults.
     pub config: Config,
+    /// The handler's own transient failures, per task.
+    pub attempts: Attempts,
+    /// How often a running rollout sends an in-progress ack: `config.progress_interval`, or a
+    /// third of `nats.ack_wait` when that is shorter.
+    pub progress_interval: Duration,
 }
 
 /// Why a rollout stops before its end without failing. Checked between steps.

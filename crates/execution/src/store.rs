@@ -1,6 +1,11 @@
 //! Rollout state in the JetStream key-value bucket [`BUCKET`]: key = task id, value = the
 //! protobuf [`Execution`]. Writes after the first are compare-and-set on the revision last
 //! read or written, so two processes can never both advance one rollout unnoticed.
+//!
+//! [`Attempts`] counts, per task, the transient failures of the handler itself (NATS or the
+//! store failing mid-rollout) in the bucket [`ATTEMPTS_BUCKET`], since the proto
+//! [`Execution`] has no field for it and JetStream's delivery count also counts deliveries
+//! cut short by shutdown (see the crate docs).
 
 use crate::Error;
 use async_nats::jetstream::kv::{self, Operation};
@@ -58,12 +63,16 @@ impl Store {
         }
     }
 
-    /// Stores a new execution; fails if the key already exists. Returns the revision.
+    /// Stores a new execution; fails with [`Error::Conflict`] if the key already exists
+    /// (another process started the rollout first). Returns the revision.
     pub async fn create(&self, exec: &Execution) -> Result<u64, Error> {
         self.kv
             .create(&exec.task_id, exec.encode_to_vec().into())
             .await
-            .map_err(|e| store_err(&exec.task_id, e))
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => Error::Conflict { task_id: exec.task_id.clone() },
+                _ => store_err(&exec.task_id, e),
+            })
     }
 
     /// Replaces the execution stored at `revision`; fails with [`Error::Conflict`] if someone
@@ -76,6 +85,56 @@ impl Store {
                 kv::UpdateErrorKind::WrongLastRevision => Error::Conflict { task_id: exec.task_id.clone() },
                 _ => store_err(&exec.task_id, e),
             })
+    }
+}
+
+/// The bucket counting each task's transient handler failures.
+pub const ATTEMPTS_BUCKET: &str = "baton_execution_attempts";
+
+/// Per-task count of the handler's own transient failures: key = task id, value = the count
+/// in decimal. Absent means none since the count was last reset.
+#[derive(Clone)]
+pub struct Attempts {
+    /// The opened bucket.
+    kv: kv::Store,
+}
+
+impl std::fmt::Debug for Attempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempts").field("bucket", &ATTEMPTS_BUCKET).finish()
+    }
+}
+
+impl Attempts {
+    /// Opens (creating if needed) the bucket.
+    pub async fn open(bus: &baton_bus::Bus) -> Result<Attempts, Error> {
+        Ok(Attempts { kv: bus.key_value(ATTEMPTS_BUCKET, 1).await? })
+    }
+
+    /// The failures counted for `task_id` (0 when none).
+    pub async fn get(&self, task_id: &str) -> Result<u64, Error> {
+        let entry = self.kv.entry(task_id).await.map_err(|e| store_err(task_id, e))?;
+        Ok(match entry {
+            Some(e) if e.operation == Operation::Put => {
+                std::str::from_utf8(&e.value).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+            }
+            _ => 0,
+        })
+    }
+
+    /// Counts one more failure for `task_id`; returns the new count.
+    pub async fn record_failure(&self, task_id: &str) -> Result<u64, Error> {
+        let n = self.get(task_id).await? + 1;
+        self.kv.put(task_id, n.to_string().into()).await.map_err(|e| store_err(task_id, e))?;
+        Ok(n)
+    }
+
+    /// Forgets the failures of `task_id` (no-op when none are counted).
+    pub async fn reset(&self, task_id: &str) -> Result<(), Error> {
+        if self.get(task_id).await? > 0 {
+            self.kv.purge(task_id).await.map_err(|e| store_err(task_id, e))?;
+        }
+        Ok(())
     }
 }
 

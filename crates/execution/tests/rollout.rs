@@ -56,11 +56,15 @@ async fn start(ctx: Context) -> (CancellationToken, JoinHandle<Result<(), baton_
 struct Counting {
     inner: HttpRunner,
     runs: Arc<Mutex<Vec<String>>>,
+    probes: Arc<Mutex<u32>>,
 }
 
 impl Counting {
     fn new() -> Counting {
-        Counting { inner: HttpRunner::new(Duration::from_secs(5)).unwrap(), runs: Default::default() }
+        Counting { inner: HttpRunner::new(Duration::from_secs(5)).unwrap(), runs: Default::default(), probes: Default::default() }
+    }
+    fn probes(&self) -> u32 {
+        *self.probes.lock().unwrap()
     }
     fn runs(&self) -> Vec<String> {
         self.runs.lock().unwrap().clone()
@@ -73,6 +77,7 @@ impl ActionRunner for Counting {
         self.inner.run(action)
     }
     fn probe<'a>(&'a self, check: &'a HealthCheck, expect_status: u16) -> BoxFuture<'a, Result<(), String>> {
+        *self.probes.lock().unwrap() += 1;
         self.inner.probe(check, expect_status)
     }
 }
@@ -82,7 +87,16 @@ async fn start_with(
     ctx: Context,
     runner: Counting,
 ) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
-    let executor = Execution::with_runner(ctx, test_config(), Arc::new(runner)).await.unwrap();
+    start_configured(ctx, test_config(), runner).await
+}
+
+/// Starts an executor with `config` and `runner` until the returned token is cancelled.
+async fn start_configured(
+    ctx: Context,
+    config: Config,
+    runner: Counting,
+) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
+    let executor = Execution::with_runner(ctx, config, Arc::new(runner)).await.unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn(executor.run(token.clone()));
     (token, task)
@@ -242,6 +256,25 @@ fn shape(events: &[Stored]) -> Vec<String> {
             other => panic!("unexpected event {other:?}"),
         })
         .collect()
+}
+
+/// Asserts that every message's Nats-Msg-Id is its event id and no event id is stored twice.
+async fn assert_no_duplicate_events(bus: &Bus) {
+    let mut ids = HashSet::new();
+    for m in &stream_messages(bus).await {
+        assert_eq!(m.msg_id, m.event.event_id, "Nats-Msg-Id is the event id");
+        assert!(ids.insert(m.event.event_id.clone()), "event id {} stored twice", m.event.event_id);
+    }
+}
+
+/// Each phase started once, with `n` assets applied and healthy once each.
+fn assert_each_step_once(shape: &[String], per_phase: &[usize]) {
+    for (i, &n) in per_phase.iter().enumerate() {
+        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.started")).count(), 1, "{shape:?}");
+        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.applied")).count(), n, "{shape:?}");
+        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.healthy")).count(), n, "{shape:?}");
+    }
+    assert_eq!(shape.iter().filter(|s| *s == "started").count(), 1, "{shape:?}");
 }
 
 fn repeat(s: &str, n: usize) -> Vec<String> {
@@ -503,20 +536,10 @@ async fn restarted_service_resumes_without_applying_twice() {
     assert!(!a.contains("baton_executions_total{"), "{a}");
     assert!(b.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#), "{b}");
 
-    let all = stream_messages(&nats.bus).await;
-    let mut ids = HashSet::new();
-    for m in &all {
-        assert_eq!(m.msg_id, m.event.event_id, "Nats-Msg-Id is the event id");
-        assert!(ids.insert(m.event.event_id.clone()), "event id {} stored twice", m.event.event_id);
-    }
+    assert_no_duplicate_events(&nats.bus).await;
     let events = task_events(&nats.bus, "t-restart").await;
     let shape = shape(&events);
-    for (i, n) in [(0, 1), (1, 4), (2, 5)] {
-        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.started")).count(), 1);
-        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.applied")).count(), n, "{shape:?}");
-        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.healthy")).count(), n, "{shape:?}");
-    }
-    assert_eq!(shape.iter().filter(|s| *s == "started").count(), 1);
+    assert_each_step_once(&shape, &[1, 4, 5]);
 
     token_b.cancel();
     service_b.await.unwrap().unwrap();
@@ -709,6 +732,117 @@ async fn resumed_state_with_a_failed_step_starts_no_new_action_and_rolls_back() 
         shape(&task_events(&nats.bus, "t-resume").await),
         ["p1.completed.false", "rollback", "p0.rolled_back", "failed.rolled_back"]
     );
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn default_progress_interval_keeps_a_rollout_longer_than_a_short_ack_wait() {
+    // ack_wait 1 s, progress_interval left at its 5 s default: the service must send progress
+    // acks every ack_wait / 3, or the ~3 s rollout is redelivered to a second handler.
+    let nats = TestNats::start().await;
+    let bus = Bus::connect(baton_bus::BusConfig { ack_wait: Duration::from_secs(1), ..nats.config.clone() })
+        .await
+        .unwrap();
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let ctx = context(bus.clone());
+    let runner = Counting::new();
+    let config = Config { progress_interval: Config::default().progress_interval, ..test_config() };
+    assert_eq!(config.progress_interval, Duration::from_secs(5));
+    let (token, service) = start_configured(ctx.clone(), config, runner.clone()).await;
+
+    fleet.server("web-01").unwrap().set_delay(Duration::from_secs(3));
+    let plan = fleet_plan("t-ackwait", &fleet, std::slice::from_ref(&(1..3)), 3);
+    bus.publish(subject::TASK_APPROVED, &approved("t-ackwait", TENANT, plan)).await.unwrap();
+    let done = final_event(&bus, "t-ackwait").await;
+    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
+
+    let mut runs = runner.runs();
+    runs.sort();
+    assert_eq!(runs, ["t-ackwait:canary:web-01:apply", "t-ackwait:wave 1:web-02:apply", "t-ackwait:wave 1:web-03:apply"]);
+    for s in &fleet.servers[..3] {
+        assert_eq!(s.applies(), 1, "{} applied once", s.id);
+    }
+    assert_no_duplicate_events(&bus).await;
+    assert_each_step_once(&shape(&task_events(&bus, "t-ackwait").await), &[1, 2]);
+    let m = ctx.metrics.render();
+    assert!(m.contains(r#"baton_messages_total{service="execution",outcome="succeeded"} 1"#), "{m}");
+    assert!(!m.contains(r#"outcome="retry""#) && !m.contains(r#"outcome="interrupted""#), "handled once: {m}");
+    let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
+    let info = bus.pull_consumer(&spec).await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.num_redelivered, 0, "never redelivered");
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// Sets the max message size of the execution bucket's stream: 1 makes every state write fail.
+async fn set_state_max_msg_size(bus: &Bus, size: i32) {
+    let mut stream = bus.jetstream().get_stream("KV_baton_executions").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_message_size = size;
+    bus.jetstream().update_stream(config).await.unwrap();
+}
+
+#[tokio::test]
+async fn restarts_do_not_use_up_deliveries_before_a_real_failure() {
+    // max_deliver 3; the rollout is interrupted by five restarts (six deliveries), then a state
+    // write fails once. Only that failure counts, so the rollout resumes and completes.
+    let nats = TestNats::start().await;
+    let config = baton_bus::BusConfig { max_deliver: 3, backoff: vec![Duration::from_secs(1)], ..nats.config.clone() };
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let sick = fleet.server("web-03").unwrap().clone();
+    sick.set_healthy(false);
+    let plan = fleet_plan("t-flaky", &fleet, std::slice::from_ref(&(1..5)), 400);
+    nats.bus.publish(subject::TASK_APPROVED, &approved("t-flaky", TENANT, plan)).await.unwrap();
+
+    for restart in 1..=5 {
+        let ctx = context(Bus::connect(config.clone()).await.unwrap());
+        let runner = Counting::new();
+        let (token, service) = start_with(ctx.clone(), runner.clone()).await;
+        // Stop it once it is mid-rollout, probing the sick web-03.
+        tokio::time::timeout(PATIENCE, async {
+            while runner.probes() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the rollout is running");
+        token.cancel();
+        tokio::time::timeout(PATIENCE, service).await.expect("instance stops").unwrap().unwrap();
+        let m = ctx.metrics.render();
+        assert!(m.contains(r#"baton_messages_total{service="execution",outcome="stopped"} 1"#), "restart {restart}: {m}");
+    }
+    let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
+    let info = nats.bus.pull_consumer(&spec).await.unwrap().info().await.unwrap().clone();
+    assert!(info.num_redelivered >= 1, "the message was redelivered across restarts");
+
+    // Now a real transient failure: state writes fail until the first one is counted.
+    set_state_max_msg_size(&nats.bus, 1).await;
+    sick.set_healthy(true);
+    let ctx = context(Bus::connect(config.clone()).await.unwrap());
+    let (token, service) = start_with(ctx.clone(), Counting::new()).await;
+    let attempts = nats.bus.key_value("baton_execution_attempts", 1).await.unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while !ctx.metrics.render().contains(r#"baton_messages_total{service="execution",outcome="retry"}"#) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a state write fails");
+    set_state_max_msg_size(&nats.bus, -1).await;
+
+    let done = final_event(&nats.bus, "t-flaky").await;
+    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
+    for s in &fleet.servers[..5] {
+        assert_eq!(s.applies(), 1, "{} applied once", s.id);
+    }
+    assert_no_duplicate_events(&nats.bus).await;
+    assert_each_step_once(&shape(&task_events(&nats.bus, "t-flaky").await), &[1, 4]);
+    let mut dead = nats.bus.jetstream().get_stream("BATON_DEAD").await.unwrap();
+    assert_eq!(dead.info().await.unwrap().state.messages, 0, "nothing dead-lettered");
+    assert!(attempts.get("t-flaky").await.unwrap().is_none(), "the count is reset once the rollout ends");
 
     token.cancel();
     service.await.unwrap().unwrap();

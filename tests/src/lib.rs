@@ -41,6 +41,8 @@ pub fn test_config(data: &std::path::Path) -> BatonConfig {
     c.nats.ack_wait = Duration::from_secs(2);
     c.nats.backoff = vec![Duration::from_millis(100), Duration::from_millis(300)];
     c.nats.max_deliver = 4;
+    // WatchTask on a task that never appears answers NOT_FOUND after this.
+    c.audit.watch_wait = Duration::from_secs(2);
     c.validation.policy_dir = Some(policies_dir());
     c.log.filter = std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "warn".into());
     c

@@ -335,6 +335,31 @@ async fn edited_audit_row_is_named_by_verify_audit() {
     assert_eq!(v.first_bad_sequence as i64, victim, "{v:?}");
 }
 
+/// Calls every RPC of every service with `c`, returning each call's status code.
+async fn call_every_rpc(mut c: baton::client::Clients) -> Vec<(&'static str, tonic::Code)> {
+    use baton_proto::*;
+    let code = |r: Result<tonic::Code, tonic::Status>| match r {
+        Ok(c) => c,
+        Err(s) => s.code(),
+    };
+    fn ok<T>(_: T) -> tonic::Code {
+        tonic::Code::Ok
+    }
+    let task = || "some-task".to_string();
+    vec![
+        ("SubmitTask", code(c.triggers.submit_task(SubmitTaskRequest { trigger: Some(Trigger { text: "x".into(), ..Default::default() }) }).await.map(ok))),
+        ("Classify", code(c.decisions.classify(ClassifyRequest { trigger: Some(Trigger { text: "x".into(), ..Default::default() }) }).await.map(ok))),
+        ("ListPending", code(c.approvals.list_pending(ListPendingRequest {}).await.map(ok))),
+        ("Approve", code(c.approvals.approve(ApproveRequest { task_id: task(), reason: String::new() }).await.map(ok))),
+        ("Reject", code(c.approvals.reject(RejectRequest { task_id: task(), reason: "r".into() }).await.map(ok))),
+        ("GetExecution", code(c.executions.get_execution(GetExecutionRequest { task_id: task() }).await.map(ok))),
+        ("GetTask", code(c.tasks.get_task(GetTaskRequest { task_id: task() }).await.map(ok))),
+        ("ListTasks", code(c.tasks.list_tasks(ListTasksRequest::default()).await.map(ok))),
+        ("WatchTask", code(c.tasks.watch_task(WatchTaskRequest { task_id: task() }).await.map(ok))),
+        ("VerifyAudit", code(c.tasks.verify_audit(VerifyAuditRequest {}).await.map(ok))),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_checked_on_every_call() {
     let h = Harness::start(Db::Sqlite).await;
@@ -344,15 +369,27 @@ async fn tokens_are_checked_on_every_call() {
     })
     .unwrap()
     .mint("mallory", "default", &[Role::Admin], Duration::from_secs(60));
-    let mut c = baton::client::Clients::connect(&h.baton.grpc_url(), &wrong).await.unwrap();
-    let err = c
-        .triggers
-        .submit_task(SubmitTaskRequest { trigger: Some(Trigger { text: "x".into(), ..Default::default() }) })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
-    let err = c.tasks.verify_audit(VerifyAuditRequest {}).await.unwrap_err();
+    for (what, token) in [("wrong secret", wrong.as_str()), ("not a JWT", "garbage")] {
+        let c = baton::client::Clients::connect(&h.baton.grpc_url(), token).await.unwrap();
+        for (rpc, code) in call_every_rpc(c).await {
+            assert_eq!(code, tonic::Code::Unauthenticated, "{rpc} with a {what} token");
+        }
+    }
+    // No authorization metadata at all.
+    let channel = tonic::transport::Channel::from_shared(h.baton.grpc_url()).unwrap().connect().await.unwrap();
+    let mut bare = baton_proto::task_service_client::TaskServiceClient::new(channel);
+    let err = bare.list_tasks(ListTasksRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("baton token"), "the message says how to get a token: {}", err.message());
+
+    // A valid token without the needed role is PERMISSION_DENIED where a role is needed.
+    let viewer = h.clients("vic", &[]).await;
+    let codes: HashMap<_, _> = call_every_rpc(viewer).await.into_iter().collect();
+    for rpc in ["SubmitTask", "Approve", "Reject", "VerifyAudit"] {
+        assert_eq!(codes[rpc], tonic::Code::PermissionDenied, "{rpc} without its role");
+    }
+    assert_eq!(codes["ListTasks"], tonic::Code::Ok);
+    assert_eq!(codes["GetTask"], tonic::Code::NotFound);
 
     // Tenants do not see each other's tasks.
     let mut acme = h.clients_of("ann", "acme", &[Role::Submitter]).await;
@@ -364,4 +401,47 @@ async fn tokens_are_checked_on_every_call() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     let mine = acme.tasks.get_task(GetTaskRequest { task_id: id }).await.unwrap().into_inner();
     assert_eq!(mine.task.unwrap().tenant, "acme");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_carries_traceparent_and_the_path_to_approval_is_one_trace() {
+    use futures::StreamExt;
+    let h = Harness::start(Db::Sqlite).await;
+    let mut c = h.clients("bob", &[Role::Submitter]).await;
+    let trigger = Trigger { text: SCENARIO.into(), environment: "production".into(), ..Default::default() };
+    let id = c.triggers.submit_task(SubmitTaskRequest { trigger: Some(trigger) }).await.unwrap().into_inner().task_id;
+    approve(&h, &id).await;
+    h.wait_for(&id, TaskStatus::Completed, T).await;
+
+    // Read the task's events straight from the stream, with their headers.
+    let js = h.baton.ctx.bus.jetstream();
+    let stream = js.get_stream("BATON").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: "baton.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = consumer.clone().info().await.unwrap().num_pending as usize;
+    let mut msgs = consumer.messages().await.unwrap().take(pending);
+    let mut traces: Vec<(String, String)> = Vec::new();
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        let Some(h) = m.headers.as_ref() else { continue };
+        if h.get(baton_bus::TASK_ID_HEADER).map(|v| v.as_str()) != Some(id.as_str()) {
+            continue;
+        }
+        let tp = h.get("traceparent").map(|v| v.as_str().to_string()).unwrap_or_else(|| panic!("no traceparent on {}", m.subject));
+        // 00-<trace id>-<span id>-<flags>
+        let trace_id = tp.split('-').nth(1).expect("W3C traceparent").to_string();
+        assert_eq!(trace_id.len(), 32, "{tp}");
+        traces.push((m.subject.to_string(), trace_id));
+    }
+    assert!(traces.len() >= 10, "{traces:?}");
+    let until_gate: Vec<_> = traces.iter().take_while(|(s, _)| s != subject::TASK_APPROVED).collect();
+    assert_eq!(until_gate.last().unwrap().0, subject::TASK_AWAITING_APPROVAL);
+    assert!(until_gate.iter().all(|(_, t)| *t == until_gate[0].1), "one trace from trigger to the gate: {until_gate:?}");
+    let after_gate: Vec<_> = traces.iter().skip_while(|(s, _)| s != subject::TASK_APPROVED).collect();
+    assert!(after_gate.iter().all(|(_, t)| *t == after_gate[0].1), "one trace from approval to the end: {after_gate:?}");
 }

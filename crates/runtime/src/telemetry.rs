@@ -5,7 +5,8 @@
 use crate::config::LogConfig;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
 /// tests that start services in-process can call it freely.
@@ -14,11 +15,15 @@ pub fn init(config: &LogConfig) {
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = SdkTracerProvider::builder().build();
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("baton"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // The log filter applies to log output only: the OpenTelemetry layer needs the info-level
+    // spans (request, handler) whatever is logged, or trace context stops propagating.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("baton"))
+        .with_filter(LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(otel);
     let _ = if config.json {
-        registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+        registry.with(tracing_subscriber::fmt::layer().json().with_filter(filter)).try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
+        registry.with(tracing_subscriber::fmt::layer().with_target(false).with_filter(filter)).try_init()
     };
 }

@@ -36,7 +36,7 @@ async fn main() {
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.agents.noop_roles = vec!["assistant".into()];
-    config.audit.database_url = format!("sqlite://{}?mode=rwc", data.path().join("audit.db").display());
+    config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
     config.log.filter = "error".into();
     baton_runtime::telemetry::init(&config.log);
     let baton = baton::up::Baton::start(config, &baton::up::ServiceName::ALL).await.expect("baton starts");

@@ -5,7 +5,8 @@
 use crate::config::LogConfig;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::LevelFilter;
+use tracing::Level;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
@@ -17,9 +18,10 @@ pub fn init(config: &LogConfig) {
     let provider = SdkTracerProvider::builder().build();
     // The log filter applies to log output only: the OpenTelemetry layer needs the info-level
     // spans (request, handler) whatever is logged, or trace context stops propagating.
+    // Spans only: log events stay in the log, not copied into span events.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("baton"))
-        .with_filter(LevelFilter::INFO);
+        .with_filter(filter_fn(|m| m.is_span() && *m.level() <= Level::INFO));
     let registry = tracing_subscriber::registry().with(otel);
     let _ = if config.json {
         registry.with(tracing_subscriber::fmt::layer().json().with_filter(filter)).try_init()

@@ -433,7 +433,11 @@ async fn handle(
                 let labels = StageLabels { service: SERVICE.into(), outcome: finish.label().into() };
                 ctx.metrics.executions.get_or_create(&labels).inc();
             }
-            if let Err(e) = shared.attempts.reset(&event.task_id).await {
+            // A failure is only ever recorded by an earlier delivery: the first one has nothing
+            // to clear (and skipping the read keeps the hot path free of a KV round trip).
+            if delivery.deliveries() > 1
+                && let Err(e) = shared.attempts.reset(&event.task_id).await
+            {
                 tracing::warn!(task_id = %event.task_id, error = %e, "cannot reset the failure count");
             }
             Ok(finish.label())

@@ -15,7 +15,7 @@ use baton::config::BatonConfig;
 use baton::up::{Baton, ServiceName};
 use baton_fleet::{Fleet, FleetSpec};
 use baton_proto::event::Body;
-use baton_proto::{ApproveRequest, SubmitTaskRequest, Trigger, VerifyAuditRequest, WatchTaskRequest};
+use baton_proto::{ApproveRequest, AssetState, PhaseKind, SubmitTaskRequest, Trigger, VerifyAuditRequest, WatchTaskRequest};
 use baton_runtime::auth::Role;
 use std::time::Duration;
 
@@ -53,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     println!("\n== scenario 1: \"{SCENARIO}\"");
     let outcome = run_scenario(&submitter, &approver).await?;
     ensure!(outcome.completed, "scenario 1 should complete, got: {}", outcome.last);
+    outcome.check_gate_and_phases()?;
+    let applied = outcome.assets_in(AssetState::Applied);
+    ensure!(applied.len() == 6, "six drifted servers should be changed, got {applied:?}");
+    ensure!(applied == outcome.assets_in(AssetState::Healthy), "every changed server must pass its health check");
     let still = fleet.drifted_ids();
     ensure!(still.is_empty(), "after scenario 1 these servers still drift: {still:?}");
     println!("   ✓ all {} servers now match the golden configuration", fleet.servers.len());
@@ -70,6 +74,12 @@ async fn main() -> anyhow::Result<()> {
     let outcome = run_scenario(&submitter, &approver).await?;
     ensure!(!outcome.completed, "scenario 2 should fail and roll back");
     ensure!(outcome.last.contains("web-08"), "the failure should name web-08: {}", outcome.last);
+    outcome.check_gate_and_phases()?;
+    let rolled_back = outcome.assets_in(AssetState::RolledBack);
+    ensure!(
+        rolled_back == ["web-02", "web-03", "web-05", "web-06", "web-08"],
+        "the servers changed before the failure, and only those, are rolled back: {rolled_back:?}"
+    );
     for (s, old) in fleet.servers.iter().zip(&before) {
         ensure!(&s.config() == old, "{} was not restored by the rollback", s.id);
     }
@@ -90,6 +100,41 @@ async fn main() -> anyhow::Result<()> {
 struct Outcome {
     completed: bool,
     last: String,
+    events: Vec<Body>,
+}
+
+impl Outcome {
+    /// The plan waited for a human and alice approved it; the canary (one server) ran first and
+    /// no wave held more than two of the ten servers (the production policy's 20%).
+    fn check_gate_and_phases(&self) -> anyhow::Result<()> {
+        let pos = |f: &dyn Fn(&Body) -> bool| self.events.iter().position(f);
+        let waiting = pos(&|b| matches!(b, Body::AwaitingApproval(_))).context("no approval gate")?;
+        let approved = pos(&|b| matches!(b, Body::TaskApproved(a) if a.approval.as_ref().is_some_and(|a| a.approver == "alice")))
+            .context("not approved by alice")?;
+        ensure!(waiting < approved, "the approval must come after the gate");
+        let phases: Vec<_> = self
+            .events
+            .iter()
+            .filter_map(|b| if let Body::PhaseStarted(p) = b { Some(p) } else { None })
+            .collect();
+        ensure!(phases.first().is_some_and(|p| p.kind() == PhaseKind::Canary && p.asset_ids.len() == 1), "the first phase must be a canary of one server");
+        ensure!(phases[1..].iter().all(|p| p.kind() == PhaseKind::Wave && p.asset_ids.len() <= 2), "waves must hold at most two servers");
+        Ok(())
+    }
+
+    /// Ids of the assets that reached `state`, sorted.
+    fn assets_in(&self, state: AssetState) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .events
+            .iter()
+            .filter_map(|b| match b {
+                Body::AssetUpdated(a) => a.asset.as_ref().filter(|s| s.state() == state).map(|s| s.asset_id.clone()),
+                _ => None,
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
 }
 
 async fn run_scenario(submitter: &Clients, approver: &Clients) -> anyhow::Result<Outcome> {
@@ -102,6 +147,7 @@ async fn run_scenario(submitter: &Clients, approver: &Clients) -> anyhow::Result
         .watch_task(WatchTaskRequest { task_id: r.task_id.clone() })
         .await?
         .into_inner();
+    let mut events = Vec::new();
     loop {
         let rec = tokio::time::timeout(Duration::from_secs(60), stream.message())
             .await
@@ -109,6 +155,7 @@ async fn run_scenario(submitter: &Clients, approver: &Clients) -> anyhow::Result
             .context("the watch stream ended before the task did")?;
         println!("   {}", describe(&rec));
         let body = rec.event.as_ref().and_then(|e| e.body.clone());
+        events.extend(body.clone());
         if let Some(Body::AwaitingApproval(_)) = body {
             println!("   … alice (approver) reviews the plan and approves it");
             approver
@@ -118,7 +165,7 @@ async fn run_scenario(submitter: &Clients, approver: &Clients) -> anyhow::Result
                 .await?;
         }
         if is_final(&rec) {
-            return Ok(Outcome { completed: matches!(body, Some(Body::TaskCompleted(_))), last: describe(&rec) });
+            return Ok(Outcome { completed: matches!(body, Some(Body::TaskCompleted(_))), last: describe(&rec), events });
         }
     }
 }

@@ -6,6 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["types.proto", "events.proto", "services.proto"]
         .map(|f| root.join("baton/v1").join(f));
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // The .proto files live outside this crate, so cargo would not notice their changes.
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    println!("cargo:rerun-if-env-changed=PROTOC");
     if std::process::Command::new(std::env::var("PROTOC").unwrap_or_else(|_| "protoc".into()))
         .arg("--version")
         .output()

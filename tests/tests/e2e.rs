@@ -404,7 +404,7 @@ async fn tokens_are_checked_on_every_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_event_carries_traceparent_and_the_path_to_approval_is_one_trace() {
+async fn every_event_carries_traceparent_and_a_task_is_one_trace() {
     use futures::StreamExt;
     let h = Harness::start(Db::Sqlite).await;
     let mut c = h.clients("bob", &[Role::Submitter]).await;
@@ -439,9 +439,7 @@ async fn every_event_carries_traceparent_and_the_path_to_approval_is_one_trace()
         traces.push((m.subject.to_string(), trace_id));
     }
     assert!(traces.len() >= 10, "{traces:?}");
-    let until_gate: Vec<_> = traces.iter().take_while(|(s, _)| s != subject::TASK_APPROVED).collect();
-    assert_eq!(until_gate.last().unwrap().0, subject::TASK_AWAITING_APPROVAL);
-    assert!(until_gate.iter().all(|(_, t)| *t == until_gate[0].1), "one trace from trigger to the gate: {until_gate:?}");
-    let after_gate: Vec<_> = traces.iter().skip_while(|(s, _)| s != subject::TASK_APPROVED).collect();
-    assert!(after_gate.iter().all(|(_, t)| *t == after_gate[0].1), "one trace from approval to the end: {after_gate:?}");
+    assert!(traces.iter().any(|(s, _)| s == subject::TASK_AWAITING_APPROVAL));
+    assert!(traces.iter().any(|(s, _)| s == subject::TASK_APPROVED));
+    assert!(traces.iter().all(|(_, t)| *t == traces[0].1), "one trace from trigger to completion, across the approval: {traces:?}");
 }

@@ -39,3 +39,20 @@ pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
         let _ = span.set_parent(cx);
     }
 }
+
+/// The current span's `traceparent` (empty when there is no trace context).
+pub fn current_traceparent() -> String {
+    let mut headers = HeaderMap::new();
+    inject(&mut headers);
+    headers.get("traceparent").map(|v| v.as_str().to_string()).unwrap_or_default()
+}
+
+/// Makes `span` a child of a stored `traceparent` (ignored when empty or malformed).
+pub fn set_parent_traceparent(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    set_parent(span, Some(&headers));
+}

@@ -32,6 +32,7 @@
 //! Not yet (later releases): preventing submitters from approving their own plans, quorum of
 //! several approvers, timeouts and escalation.
 
+use tracing::Instrument;
 use crate::{Error, Inner, SERVICE};
 use async_nats::jetstream::kv::{EntryErrorKind, Operation, UpdateErrorKind};
 use baton_proto::approval_service_server::ApprovalService;
@@ -203,7 +204,10 @@ impl Inner {
         };
         let mut event = Event::first(&pending.task_id, &pending.tenant, stage, SERVICE, body);
         event.causation_id = format!("{}.awaiting_approval", pending.task_id);
-        self.ctx.bus.publish(subject, &event).await?;
+        // Continue the task's trace from the gate, not the approver's request.
+        let span = tracing::info_span!("decision", task_id = %pending.task_id, stage);
+        baton_bus::trace::set_parent_traceparent(&span, &pending.traceparent);
+        self.ctx.bus.publish(subject, &event).instrument(span).await?;
         decided.published = true;
         match self.approvals.update(task_id, Stored::Decided(decided).encode(), revision).await {
             Ok(_) => {}

@@ -454,6 +454,7 @@ impl Inner {
             plan: Some(plan),
             validation: Some(validation),
             requested_at: Some(baton_proto::now()),
+            traceparent: baton_bus::trace::current_traceparent(),
             task: Some(task),
         };
         let mut attempts = 0;

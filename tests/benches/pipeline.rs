@@ -62,6 +62,7 @@ async fn main() {
     }
 
     // Sequential: one task in flight, trigger → completed.
+    let audit_before_seq = baton.ctx.metrics.audit_records.get();
     let mut lat = Vec::with_capacity(sequential);
     for i in 0..sequential {
         let t = Instant::now();
@@ -71,8 +72,15 @@ async fn main() {
     }
     lat.sort();
 
-    // Pipelined: publish all, count completions.
+    // Every task makes the same events: learn how many from the sequential run (once the audit
+    // log has caught up with it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let audit_before = baton.ctx.metrics.audit_records.get();
+    let per_task = ((audit_before - audit_before_seq) as f64 / sequential as f64).round();
+
+    // Pipelined: publish all, count completions.
+    let nats_pid = nats_server_pid(data.path());
+    let (cpu_baton_0, cpu_nats_0) = (cpu_seconds("self"), nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0));
     let t = Instant::now();
     let publisher = {
         let nats = nats.clone();
@@ -88,18 +96,18 @@ async fn main() {
     }
     let elapsed = t.elapsed();
     publisher.await.unwrap();
-    // Wait until the audit log stops growing: it has stored every event of the run.
+    let (cpu_baton, cpu_nats) = (
+        cpu_seconds("self") - cpu_baton_0,
+        nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0) - cpu_nats_0,
+    );
+    // Wait until the audit log holds every event of the run.
+    let expected = audit_before + (per_task * tasks as f64).round() as u64;
     let t_audit = Instant::now();
-    let mut last = baton.ctx.metrics.audit_records.get();
-    let audit_lag = loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = baton.ctx.metrics.audit_records.get();
-        if now == last {
-            break t_audit.elapsed().saturating_sub(Duration::from_millis(20));
-        }
-        last = now;
-    };
-    let stored = last - audit_before;
+    while baton.ctx.metrics.audit_records.get() < expected && t_audit.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let audit_lag = t_audit.elapsed();
+    let stored = baton.ctx.metrics.audit_records.get() - audit_before;
 
     println!();
     println!("Baton pipeline benchmark: 6 services in one process, nats-server (file store), SQLite audit");
@@ -115,5 +123,50 @@ async fn main() {
     println!("| pipelined throughput                | {:>8.0} t/s |", tasks as f64 / elapsed.as_secs_f64());
     println!("| audit records stored (pipelined)    | {:>12} |", stored);
     println!("| audit caught up after last completed| {:>12} |", ms(audit_lag));
+    println!("| events per task                     | {:>12.1} |", per_task);
+    println!("| CPU, baton (6 services), pipelined  | {:>8.2} cores |", cpu_baton / elapsed.as_secs_f64());
+    println!("| CPU, nats-server, pipelined         | {:>8.2} cores |", cpu_nats / elapsed.as_secs_f64());
+    println!();
+    println!("Time in each service's handler (from baton_handler_seconds, all runs):");
+    println!("| service       | messages | mean      |");
+    println!("|---------------|----------|-----------|");
+    for (service, count, sum) in handler_totals(&baton.ctx.metrics.render()) {
+        println!("| {service:<13} | {count:>8} | {:>6.3} ms |", sum / count as f64 * 1e3);
+    }
     baton.stop().await;
+}
+
+/// User + system CPU seconds of a process (`self` or a pid), from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of the command name: utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The pid of the nats-server whose store is under `data`.
+fn nats_server_pid(data: &std::path::Path) -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        (cmd.contains("nats-server") && cmd.contains(&*data.to_string_lossy())).then(|| e.file_name().to_string_lossy().to_string())
+    })
+}
+
+/// (service, messages, seconds) summed over outcomes, from the Prometheus text.
+fn handler_totals(text: &str) -> Vec<(String, u64, f64)> {
+    let mut totals: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        let service = name.split("service=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_string();
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if name.starts_with("baton_handler_seconds_count") {
+            totals.entry(service).or_default().0 += value as u64;
+        } else if name.starts_with("baton_handler_seconds_sum") {
+            totals.entry(service).or_default().1 += value;
+        }
+    }
+    totals.into_iter().filter(|(_, (c, _))| *c > 0).map(|(s, (c, t))| (s, c, t)).collect()
 }

@@ -15,6 +15,16 @@
 //!   never lost: after a crash the step is redone and the event re-published with the same id
 //!   (deterministic `<task>.exec.…` ids; the stream drops the copy). Steps recorded as done are
 //!   skipped and their events not re-published.
+//! - Events are queued and published together (one round trip, in order) right before the next
+//!   save, or before anything happens that observers should see them first (a phase's actions).
+//!   A save records only what was published; a change that a resume can redo without running
+//!   an action again is not saved on its own but with the next one: a phase start (with its
+//!   first action outcome), a phase end (with the next phase's first outcome, the rollback start,
+//!   or the end). Redoing it re-publishes the same event id, which the stream drops. Every
+//!   action outcome (and health-check verdict) is saved before anything else happens, so a
+//!   recorded action is never run again and a phase's verdict always reflects saved outcomes.
+//! - A new rollout is stored (all pending) before its `execution_started` is published; a
+//!   stored rollout with nothing recorded yet publishes it again when it resumes.
 //! - Actions carry idempotency keys, so redoing an action whose result was not yet saved does
 //!   not apply it twice at a receiver that honours them.
 //! - State writes are compare-and-set on the revision ([`crate::store::Store::update`]).
@@ -22,7 +32,7 @@
 //!   it (the message is redelivered and the rollout resumes), pause and cancel come later.
 
 use crate::action::{ActionError, ActionRunner};
-use crate::store::{Attempts, Store};
+use crate::store::{Attempts, Store, Stored};
 use crate::{Config, Error, SERVICE};
 use baton_proto::event::Body;
 use baton_proto::{
@@ -182,27 +192,35 @@ pub(crate) fn is_final(status: ExecutionStatus) -> bool {
 
 /// Runs (or resumes) the rollout of `plan` for the task of `cause` to its end.
 pub(crate) async fn run(shared: &Shared, cause: &Event, plan: Plan, control: Control) -> Result<Finish, Halt> {
-    let mut r = match shared.store.load(&cause.task_id).await? {
-        Some((mut exec, revision)) => {
+    let fresh = new_execution(cause, plan);
+    let (exec, revision) = match shared.store.create_or_load(&fresh).await? {
+        Stored::Created(revision) => {
+            let steps: u32 = fresh.phases.iter().map(|p| p.assets.len() as u32).sum();
+            tracing::info!(task_id = %cause.task_id, phases = fresh.phases.len(), steps, "execution started");
+            (fresh, revision)
+        }
+        Stored::Existing(mut exec, revision) => {
             if exec.plan.is_none() {
-                exec.plan = Some(plan);
+                exec.plan = fresh.plan;
             }
             check_shape(&exec)?;
             tracing::info!(task_id = %cause.task_id, status = ?exec.status(), "resuming execution");
-            Rollout { shared, cause, exec, revision, control }
-        }
-        None => {
-            let exec = new_execution(cause, plan);
-            let steps = exec.phases.iter().map(|p| p.assets.len() as u32).sum();
-            let phases = exec.phases.len() as u32;
-            let started = Body::ExecutionStarted(ExecutionStarted { phases, steps });
-            shared.bus.publish(&subject::execution("started"), &cause.follow("exec.started", SERVICE, started)).await.map_err(Error::Bus)?;
-            let revision = shared.store.create(&exec).await?;
-            tracing::info!(task_id = %cause.task_id, phases, steps, "execution started");
-            Rollout { shared, cause, exec, revision, control }
+            (exec, revision)
         }
     };
+    let mut r = Rollout { shared, cause, exec, revision, control, queued: Vec::new() };
+    if nothing_recorded(&r.exec) {
+        // Stored before it was announced: announce it (again; the stream drops a copy).
+        let phases = r.exec.phases.len() as u32;
+        let steps = r.exec.phases.iter().map(|p| p.assets.len() as u32).sum();
+        r.queue("started", "exec.started", Body::ExecutionStarted(ExecutionStarted { phases, steps }));
+    }
     r.drive().await
+}
+
+/// True for a running execution none of whose phases has started (as saved).
+fn nothing_recorded(exec: &Execution) -> bool {
+    exec.status() == ExecutionStatus::Running && exec.phases.iter().all(|p| p.status() == ExecutionStatus::Pending)
 }
 
 /// Checks that a stored execution has one status per phase and step of its plan.
@@ -231,6 +249,8 @@ struct Rollout<'a> {
     revision: u64,
     /// Whether to go on.
     control: Control,
+    /// Events (subject, event) to publish before the next save or publish, in order.
+    queued: Vec<(String, Event)>,
 }
 
 /// A phase's verdict: `None` when healthy, else why not.
@@ -258,14 +278,33 @@ impl Rollout<'_> {
         self.exec.plan.as_ref().expect("an execution always holds its plan")
     }
 
+    /// Publishes the queued events, then saves the state.
     async fn save(&mut self) -> Result<(), Error> {
+        self.flush().await?;
         self.revision = self.shared.store.update(&self.exec, self.revision).await?;
         Ok(())
     }
 
-    async fn publish(&self, event: &str, stage: &str, body: Body) -> Result<(), Error> {
-        self.shared.bus.publish(&subject::execution(event), &self.cause.follow(stage, SERVICE, body)).await?;
+    /// Queues the event `baton.execution.<event>` with id `<task>.<stage>`.
+    fn queue(&mut self, event: &str, stage: &str, body: Body) {
+        self.queued.push((subject::execution(event), self.cause.follow(stage, SERVICE, body)));
+    }
+
+    /// Publishes the queued events in order, awaiting their acks together.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(&str, &Event)> = self.queued.iter().map(|(s, e)| (s.as_str(), e)).collect();
+        self.shared.bus.publish_all(&batch).await?;
+        self.queued.clear();
         Ok(())
+    }
+
+    /// Publishes the queued events and then this one.
+    async fn publish(&mut self, event: &str, stage: &str, body: Body) -> Result<(), Error> {
+        self.queue(event, stage, body);
+        self.flush().await
     }
 
     /// Runs the phases not yet succeeded; `Some(reason)` when one failed.
@@ -289,12 +328,14 @@ impl Rollout<'_> {
             let asset_ids = self.exec.phases[i].assets.iter().map(|a| a.asset_id.clone()).collect();
             let body =
                 Body::PhaseStarted(PhaseStarted { index: idx, name: phase.name.clone(), kind: phase.kind, asset_ids });
-            self.publish("phase_started", &format!("exec.p{i}.started"), body).await?;
+            self.queue("phase_started", &format!("exec.p{i}.started"), body);
             self.exec.phases[i].status = ExecutionStatus::Running as i32;
             self.exec.current_phase = idx;
-            self.save().await?;
             tracing::info!(task_id = %self.exec.task_id, phase = %phase.name, index = i, "phase started");
         }
+        // Announce the phase before its actions run; its start is saved with its first outcome
+        // (a resume before that starts the phase again, with the same event id).
+        self.flush().await?;
 
         self.apply_phase(i, &phase).await?;
         self.control.check()?;
@@ -312,10 +353,12 @@ impl Rollout<'_> {
         });
         let healthy = failure.is_none();
         let body = Body::PhaseCompleted(PhaseCompleted { index: idx, name: phase.name.clone(), healthy });
-        self.publish("phase_completed", &format!("exec.p{i}.completed"), body).await?;
+        self.queue("phase_completed", &format!("exec.p{i}.completed"), body);
         self.exec.phases[i].status =
             if healthy { ExecutionStatus::Succeeded } else { ExecutionStatus::Failed } as i32;
-        self.save().await?;
+        // Published and saved with the next change: the next phase's start and first outcome,
+        // the rollback start or the end. A resume before that finds every outcome of the phase
+        // saved, runs nothing, and completes the phase again with the same event.
         tracing::info!(task_id = %self.exec.task_id, phase = %phase.name, index = i, healthy, "phase completed");
         Ok(failure)
     }
@@ -525,8 +568,10 @@ impl Rollout<'_> {
         Ok(Finish::Succeeded)
     }
 
-    /// Publishes `task_completed` or `task_failed` for a finished execution.
+    /// Publishes `task_completed` or `task_failed` for a finished execution (saved, so nothing
+    /// is queued).
     async fn publish_final(&self) -> Result<(), Error> {
+        debug_assert!(self.queued.is_empty(), "events queued behind the final one");
         let event = final_event(self.cause, &self.exec);
         let subject = match event.body {
             Some(Body::TaskCompleted(_)) => subject::TASK_COMPLETED,
@@ -639,6 +684,18 @@ mod tests {
             let Some(Body::TaskFailed(f)) = ev.body else { panic!("not task_failed") };
             assert_eq!((f.stage.as_str(), f.code.as_str(), f.reason.as_str()), ("execution", code, "why"));
         }
+    }
+
+    #[test]
+    fn only_a_running_execution_with_no_phase_started_has_nothing_recorded() {
+        let mut e = new_execution(&cause(), plan());
+        assert!(nothing_recorded(&e));
+        e.phases[0].status = ExecutionStatus::Running as i32;
+        assert!(!nothing_recorded(&e));
+        let mut empty = new_execution(&cause(), Plan::default());
+        assert!(nothing_recorded(&empty));
+        empty.status = ExecutionStatus::Succeeded as i32;
+        assert!(!nothing_recorded(&empty));
     }
 
     #[test]

@@ -75,6 +75,20 @@ impl Store {
             })
     }
 
+    /// Stores `exec` as a new execution, or, when one is stored already, returns that one: one
+    /// round trip for a new rollout. Fails with [`Error::Conflict`] if the key exists but holds
+    /// no execution (it was deleted meanwhile).
+    pub async fn create_or_load(&self, exec: &Execution) -> Result<Stored, Error> {
+        match self.create(exec).await {
+            Ok(revision) => Ok(Stored::Created(revision)),
+            Err(Error::Conflict { task_id }) => match self.load(&task_id).await? {
+                Some((exec, revision)) => Ok(Stored::Existing(exec, revision)),
+                None => Err(Error::Conflict { task_id }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replaces the execution stored at `revision`; fails with [`Error::Conflict`] if someone
     /// else wrote it since. Returns the new revision.
     pub async fn update(&self, exec: &Execution, revision: u64) -> Result<u64, Error> {
@@ -86,6 +100,15 @@ impl Store {
                 _ => store_err(&exec.task_id, e),
             })
     }
+}
+
+/// What [`Store::create_or_load`] found.
+#[derive(Debug)]
+pub enum Stored {
+    /// The execution given was stored, at this revision.
+    Created(u64),
+    /// An execution was stored already: it and its revision.
+    Existing(Execution, u64),
 }
 
 /// The bucket counting each task's transient handler failures.

@@ -76,7 +76,7 @@ struct Running {
 
 /// A running set of services with their gRPC and HTTP servers (and maybe a nats-server).
 pub struct Baton {
-    /// The configuration actually used (NATS URL and secret filled in).
+    /// The configuration actually used (NATS URL filled in).
     pub config: BatonConfig,
     /// Where gRPC listens.
     pub grpc_addr: SocketAddr,
@@ -92,16 +92,12 @@ pub struct Baton {
 
 impl Baton {
     /// Starts `which` services. With an empty `config.nats.url`, starts `nats-server -js` with
-    /// its store in `<data_dir>/nats` first; with an empty `auth.hs256_secret`, uses (or
-    /// creates) the development secret in `data_dir`.
+    /// its store in `<data_dir>/nats` first; with an empty `auth.hs256_secret`, the services
+    /// use (or create) the development secret in `data_dir` (see `service::connect`).
     pub async fn start(mut config: BatonConfig, which: &[ServiceName]) -> Result<Baton, UpError> {
         let io = |what: String| move |source| UpError::Io { what, source };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("cannot create data dir {}", config.data_dir.display())))?;
-        if config.auth.hs256_secret.is_empty() {
-            config.auth.hs256_secret = baton_runtime::auth::dev_secret(&config.data_dir)
-                .map_err(|source| baton_runtime::service::ConnectError::Secret { dir: config.data_dir.clone(), source })?;
-        }
         let mut nats_server = None;
         if config.nats.url.is_empty() {
             let store = config.data_dir.join("nats");

@@ -14,10 +14,12 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
-impl Extractor for HeaderExtractor<'_> {
+/// Reads trace context through a lookup function, so NATS headers, gRPC metadata and a stored
+/// `traceparent` share one extractor.
+struct LookupExtractor<'a>(&'a dyn Fn(&str) -> Option<&'a str>);
+impl Extractor for LookupExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
+        (self.0)(key)
     }
     fn keys(&self) -> Vec<&str> {
         vec!["traceparent", "tracestate"]
@@ -30,13 +32,19 @@ pub fn inject(headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
 
+/// Makes `span` a child of the trace context that `lookup` finds (`traceparent`, and
+/// `tracestate` when present); does nothing without a `traceparent`.
+pub fn set_parent_from<'a>(span: &tracing::Span, lookup: &'a dyn Fn(&str) -> Option<&'a str>) {
+    if lookup("traceparent").is_some() {
+        let cx = TraceContextPropagator::new().extract(&LookupExtractor(lookup));
+        let _ = span.set_parent(cx);
+    }
+}
+
 /// Makes `span` a child of the trace context found in `headers`, if any.
 pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    if let Some(h) = headers
-        && h.get("traceparent").is_some()
-    {
-        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(h));
-        let _ = span.set_parent(cx);
+    if let Some(h) = headers {
+        set_parent_from(span, &|k| h.get(k).map(|v| v.as_str()));
     }
 }
 
@@ -49,10 +57,7 @@ pub fn current_traceparent() -> String {
 
 /// Makes `span` a child of a stored `traceparent` (ignored when empty or malformed).
 pub fn set_parent_traceparent(span: &tracing::Span, traceparent: &str) {
-    if traceparent.is_empty() {
-        return;
+    if !traceparent.is_empty() {
+        set_parent_from(span, &|k| (k == "traceparent").then_some(traceparent));
     }
-    let mut headers = HeaderMap::new();
-    headers.insert("traceparent", traceparent);
-    set_parent(span, Some(&headers));
 }

@@ -43,21 +43,7 @@ pub async fn serve(
 /// The span of one gRPC request: `grpc{path}`, a child of the caller's W3C `traceparent`
 /// metadata when it sends one, so events published while handling the call continue its trace.
 fn request_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
-    use opentelemetry::propagation::{Extractor, TextMapPropagator};
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    struct Headers<'a>(&'a tonic::codegen::http::HeaderMap);
-    impl Extractor for Headers<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            self.0.get(key).and_then(|v| v.to_str().ok())
-        }
-        fn keys(&self) -> Vec<&str> {
-            self.0.keys().map(|k| k.as_str()).collect()
-        }
-    }
     let span = tracing::info_span!("grpc", path = %req.uri().path());
-    if req.headers().contains_key("traceparent") {
-        let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(req.headers()));
-        let _ = span.set_parent(cx);
-    }
+    baton_bus::trace::set_parent_from(&span, &|k| req.headers().get(k).and_then(|v| v.to_str().ok()));
     span
 }

@@ -326,12 +326,7 @@ impl Handler {
     async fn handle(&self, role: &str, d: Delivery) -> Result<(), HandlerError> {
         let started = Instant::now();
         let result = self.handle_routed(role, &d).await;
-        let outcome = match &result {
-            Ok(outcome) => outcome,
-            Err(e) => e.outcome(),
-        };
-        self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
-        result.map(|_| ())
+        self.ctx.metrics.observe_handler(SERVICE, started, result)
     }
 
     async fn handle_routed(&self, role: &str, d: &Delivery) -> Result<&'static str, HandlerError> {

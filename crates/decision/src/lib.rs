@@ -270,12 +270,7 @@ impl Inner {
     async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
         let started = Instant::now();
         let result = self.route(&delivery).await;
-        let outcome = match &result {
-            Ok(o) => *o,
-            Err(e) => e.outcome(),
-        };
-        self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
-        result.map(|_| ())
+        self.ctx.metrics.observe_handler(SERVICE, started, result)
     }
 
     /// Classifies and publishes; returns the metrics outcome.

@@ -72,6 +72,23 @@ impl Metrics {
         self.handler_seconds.get_or_create(&labels).observe(seconds);
     }
 
+    /// Records a consumer handler's result, labelled by its own outcome (`Ok(label)`) or by
+    /// [`baton_bus::HandlerError::outcome`], with the time since `started`, and passes the result
+    /// on without the label, as `Bus::consume` expects it.
+    pub fn observe_handler(
+        &self,
+        service: &str,
+        started: std::time::Instant,
+        result: Result<&'static str, baton_bus::HandlerError>,
+    ) -> Result<(), baton_bus::HandlerError> {
+        let outcome = match &result {
+            Ok(label) => label,
+            Err(e) => e.outcome(),
+        };
+        self.observe(service, outcome, started.elapsed().as_secs_f64());
+        result.map(|_| ())
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

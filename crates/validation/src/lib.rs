@@ -350,12 +350,7 @@ impl Inner {
     async fn handle(&self, delivery: Delivery) -> Result<(), HandlerError> {
         let started = Instant::now();
         let result = self.handle_inner(&delivery).await;
-        let outcome = match &result {
-            Ok(label) => *label,
-            Err(e) => e.outcome(),
-        };
-        self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
-        result.map(|_| ())
+        self.ctx.metrics.observe_handler(SERVICE, started, result)
     }
 
     async fn handle_inner(&self, delivery: &Delivery) -> Result<&'static str, HandlerError> {

@@ -218,6 +218,9 @@ async fn dead_letters_and_redeliveries_are_audited_once() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Baton-Task-Id", "t1");
     h.nats.bus.publish_raw(subject::TASK_RECEIVED, "t1.received.again", headers, prost::Message::encode_to_vec(&r).into()).await.unwrap();
+    // A dead letter follows the message it is about; the two arrive on different streams, whose
+    // relative order the audit writer does not define, so let the first be stored first.
+    h.wait_for("t1", 1).await;
     let dead = Event {
         event_id: "dead.decision.BATON.1".into(),
         task_id: "t1".into(),

@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup.sh --postgres --nextest
 BATON_TEST_POSTGRES_URL="$(bash deploy/postgres.sh)"
-export BATON_TEST_POSTGRES_URL
+case "$BATON_TEST_POSTGRES_URL" in
+  postgres://*) export BATON_TEST_POSTGRES_URL ;;
+  *) echo "test.sh: deploy/postgres.sh printed '$BATON_TEST_POSTGRES_URL', not a postgres:// URL" >&2; exit 1 ;;
+esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 cargo nextest run --workspace --no-fail-fast "$@"

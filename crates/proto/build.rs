@@ -3,8 +3,8 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["types.proto", "events.proto", "services.proto"]
-        .map(|f| root.join("baton/v1").join(f));
+    let files =
+        ["types.proto", "events.proto", "services.proto"].map(|f| root.join("baton/v1").join(f));
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     // The .proto files live outside this crate, so cargo would not notice their changes.
     for f in &files {
@@ -16,9 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .output()
         .is_err()
     {
-        return Err("protoc not found: install it (Debian/Ubuntu: `apt-get install protobuf-compiler`) \
+        return Err(
+            "protoc not found: install it (Debian/Ubuntu: `apt-get install protobuf-compiler`) \
                     or set PROTOC to its path; deploy/setup.sh does this"
-            .into());
+                .into(),
+        );
     }
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("baton_descriptor.bin"))

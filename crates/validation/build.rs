@@ -6,15 +6,23 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let dir = manifest.join("../../policies");
     println!("cargo:rerun-if-changed={}", dir.display());
-    let dir = dir
-        .canonicalize()
-        .unwrap_or_else(|e| panic!("policy directory {}: {e}; the built-in policies come from it", dir.display()));
+    let dir = dir.canonicalize().unwrap_or_else(|e| {
+        panic!(
+            "policy directory {}: {e}; the built-in policies come from it",
+            dir.display()
+        )
+    });
     let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path())
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+                .path()
+        })
         .filter(|path| path.is_file())
         .filter_map(|path| {
             let name = path.file_name()?.to_str()?.to_string();
@@ -25,10 +33,14 @@ fn main() {
     let mut out = String::from("&[\n");
     for (name, path) in &files {
         println!("cargo:rerun-if-changed={}", path.display());
-        let path = path.to_str().unwrap_or_else(|| panic!("policy path {} is not UTF-8", path.display()));
+        let path = path
+            .to_str()
+            .unwrap_or_else(|| panic!("policy path {} is not UTF-8", path.display()));
         out.push_str(&format!("    ({name:?}, include_str!({path:?})),\n"));
     }
     out.push_str("]\n");
-    let target = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("builtin_policies.rs");
-    std::fs::write(&target, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", target.display()));
+    let target = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("builtin_policies.rs");
+    std::fs::write(&target, out)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", target.display()));
 }

@@ -14,7 +14,9 @@ const STAGES: usize = 6;
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let server = baton_bus::server::NatsServer::start("nats-server", dir.path(), 0).await.unwrap();
+    let server = baton_bus::server::NatsServer::start("nats-server", dir.path(), 0)
+        .await
+        .unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client.clone());
     js.create_stream(stream::Config {
@@ -45,7 +47,11 @@ async fn main() {
                     let js = js.clone();
                     async move {
                         let m = m.unwrap();
-                        js.publish(format!("chain.{}", stage + 1), m.payload.clone()).await.unwrap().await.unwrap();
+                        js.publish(format!("chain.{}", stage + 1), m.payload.clone())
+                            .await
+                            .unwrap()
+                            .await
+                            .unwrap();
                         m.ack().await.unwrap();
                     }
                 })
@@ -57,13 +63,21 @@ async fn main() {
     let payload = bytes::Bytes::from(vec![b'x'; 200]);
 
     for _ in 0..50 {
-        js.publish("chain.0", payload.clone()).await.unwrap().await.unwrap();
+        js.publish("chain.0", payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         done.next().await.unwrap();
     }
     let mut lat = Vec::new();
     for _ in 0..300 {
         let t = Instant::now();
-        js.publish("chain.0", payload.clone()).await.unwrap().await.unwrap();
+        js.publish("chain.0", payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         done.next().await.unwrap();
         lat.push(t.elapsed());
     }
@@ -80,7 +94,10 @@ async fn main() {
         })
     };
     for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(30), done.next()).await.expect("chain stalled").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), done.next())
+            .await
+            .expect("chain stalled")
+            .unwrap();
     }
     let elapsed = t.elapsed();
     publisher.await.unwrap();
@@ -90,7 +107,13 @@ async fn main() {
     println!("| measure              | value        |");
     println!("|----------------------|--------------|");
     println!("| sequential p50       | {:>12} |", ms(lat[lat.len() / 2]));
-    println!("| sequential p99       | {:>12} |", ms(lat[lat.len() * 99 / 100]));
-    println!("| pipelined throughput | {:>8.0} m/s |", n as f64 / elapsed.as_secs_f64());
+    println!(
+        "| sequential p99       | {:>12} |",
+        ms(lat[lat.len() * 99 / 100])
+    );
+    println!(
+        "| pipelined throughput | {:>8.0} m/s |",
+        n as f64 / elapsed.as_secs_f64()
+    );
     server.stop().await;
 }

@@ -39,15 +39,20 @@ async fn main() {
     config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
     config.log.filter = "error".into();
     baton_runtime::telemetry::init(&config.log);
-    let baton = baton::up::Baton::start(config, &baton::up::ServiceName::ALL).await.expect("baton starts");
+    let baton = baton::up::Baton::start(config, &baton::up::ServiceName::ALL)
+        .await
+        .expect("baton starts");
     let nats = async_nats::connect(&baton.config.nats.url).await.unwrap();
     let mut completed = nats.subscribe(subject::TASK_COMPLETED).await.unwrap();
     let mut failed = nats.subscribe(subject::TASK_FAILED).await.unwrap();
     nats.flush().await.unwrap();
     let trigger = |i: usize| {
-        format!(r#"{{"text":"noop {i}","role":"assistant","environment":"development","idempotency_key":"bench-{i}"}}"#)
+        format!(
+            r#"{{"text":"noop {i}","role":"assistant","environment":"development","idempotency_key":"bench-{i}"}}"#
+        )
     };
-    let wait_one = async |completed: &mut async_nats::Subscriber, failed: &mut async_nats::Subscriber| {
+    let wait_one = async |completed: &mut async_nats::Subscriber,
+                          failed: &mut async_nats::Subscriber| {
         tokio::select! {
             m = completed.next() => m.expect("completed subscription"),
             m = failed.next() => panic!("a task failed: {:?}", baton_bus::decode_event(&m.unwrap().payload)),
@@ -57,7 +62,9 @@ async fn main() {
 
     // Warm up (connections, consumers, SQLite pages).
     for i in 0..50 {
-        nats.publish(subject::trigger("bench"), trigger(i).into()).await.unwrap();
+        nats.publish(subject::trigger("bench"), trigger(i).into())
+            .await
+            .unwrap();
         wait_one(&mut completed, &mut failed).await;
     }
 
@@ -66,7 +73,9 @@ async fn main() {
     let mut lat = Vec::with_capacity(sequential);
     for i in 0..sequential {
         let t = Instant::now();
-        nats.publish(subject::trigger("bench"), trigger(1_000_000 + i).into()).await.unwrap();
+        nats.publish(subject::trigger("bench"), trigger(1_000_000 + i).into())
+            .await
+            .unwrap();
         wait_one(&mut completed, &mut failed).await;
         lat.push(t.elapsed());
     }
@@ -80,13 +89,18 @@ async fn main() {
 
     // Pipelined: publish all, count completions.
     let nats_pid = nats_server_pid(data.path());
-    let (cpu_baton_0, cpu_nats_0) = (cpu_seconds("self"), nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0));
+    let (cpu_baton_0, cpu_nats_0) = (
+        cpu_seconds("self"),
+        nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0),
+    );
     let t = Instant::now();
     let publisher = {
         let nats = nats.clone();
         tokio::spawn(async move {
             for i in 0..tasks {
-                nats.publish(subject::trigger("bench"), trigger(2_000_000 + i).into()).await.unwrap();
+                nats.publish(subject::trigger("bench"), trigger(2_000_000 + i).into())
+                    .await
+                    .unwrap();
             }
             nats.flush().await.unwrap();
         })
@@ -103,35 +117,77 @@ async fn main() {
     // Wait until the audit log holds every event of the run.
     let expected = audit_before + (per_task * tasks as f64).round() as u64;
     let t_audit = Instant::now();
-    while baton.ctx.metrics.audit_records.get() < expected && t_audit.elapsed() < Duration::from_secs(120) {
+    while baton.ctx.metrics.audit_records.get() < expected
+        && t_audit.elapsed() < Duration::from_secs(120)
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let audit_lag = t_audit.elapsed();
     let stored = baton.ctx.metrics.audit_records.get() - audit_before;
 
     println!();
-    println!("Baton pipeline benchmark: 6 services in one process, nats-server (file store), SQLite audit");
-    println!("no-op agent and action, auto-approved; {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "Baton pipeline benchmark: 6 services in one process, nats-server (file store), SQLite audit"
+    );
+    println!(
+        "no-op agent and action, auto-approved; {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!("| measure                             | value        |");
     println!("|-------------------------------------|--------------|");
-    println!("| sequential tasks                    | {:>12} |", sequential);
-    println!("| trigger→completed p50               | {:>12} |", ms(pct(&lat, 0.50)));
-    println!("| trigger→completed p90               | {:>12} |", ms(pct(&lat, 0.90)));
-    println!("| trigger→completed p99               | {:>12} |", ms(pct(&lat, 0.99)));
-    println!("| trigger→completed max               | {:>12} |", ms(*lat.last().unwrap()));
+    println!(
+        "| sequential tasks                    | {:>12} |",
+        sequential
+    );
+    println!(
+        "| trigger→completed p50               | {:>12} |",
+        ms(pct(&lat, 0.50))
+    );
+    println!(
+        "| trigger→completed p90               | {:>12} |",
+        ms(pct(&lat, 0.90))
+    );
+    println!(
+        "| trigger→completed p99               | {:>12} |",
+        ms(pct(&lat, 0.99))
+    );
+    println!(
+        "| trigger→completed max               | {:>12} |",
+        ms(*lat.last().unwrap())
+    );
     println!("| pipelined tasks                     | {:>12} |", tasks);
-    println!("| pipelined throughput                | {:>8.0} t/s |", tasks as f64 / elapsed.as_secs_f64());
+    println!(
+        "| pipelined throughput                | {:>8.0} t/s |",
+        tasks as f64 / elapsed.as_secs_f64()
+    );
     println!("| audit records stored (pipelined)    | {:>12} |", stored);
-    println!("| audit caught up after last completed| {:>12} |", ms(audit_lag));
-    println!("| events per task                     | {:>12.1} |", per_task);
-    println!("| CPU, baton (6 services), pipelined  | {:>8.2} cores |", cpu_baton / elapsed.as_secs_f64());
-    println!("| CPU, nats-server, pipelined         | {:>8.2} cores |", cpu_nats / elapsed.as_secs_f64());
+    println!(
+        "| audit caught up after last completed| {:>12} |",
+        ms(audit_lag)
+    );
+    println!(
+        "| events per task                     | {:>12.1} |",
+        per_task
+    );
+    println!(
+        "| CPU, baton (6 services), pipelined  | {:>8.2} cores |",
+        cpu_baton / elapsed.as_secs_f64()
+    );
+    println!(
+        "| CPU, nats-server, pipelined         | {:>8.2} cores |",
+        cpu_nats / elapsed.as_secs_f64()
+    );
     println!();
     println!("Time in each service's handler (from baton_handler_seconds, all runs):");
     println!("| service       | messages | mean      |");
     println!("|---------------|----------|-----------|");
     for (service, count, sum) in handler_totals(&baton.ctx.metrics.render()) {
-        println!("| {service:<13} | {count:>8} | {:>6.3} ms |", sum / count as f64 * 1e3);
+        println!(
+            "| {service:<13} | {count:>8} | {:>6.3} ms |",
+            sum / count as f64 * 1e3
+        );
     }
     baton.stop().await;
 }
@@ -151,7 +207,8 @@ fn nats_server_pid(data: &std::path::Path) -> Option<String> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
         let cmd = String::from_utf8_lossy(&cmd);
-        (cmd.contains("nats-server") && cmd.contains(&*data.to_string_lossy())).then(|| e.file_name().to_string_lossy().to_string())
+        (cmd.contains("nats-server") && cmd.contains(&*data.to_string_lossy()))
+            .then(|| e.file_name().to_string_lossy().to_string())
     })
 }
 
@@ -159,8 +216,15 @@ fn nats_server_pid(data: &std::path::Path) -> Option<String> {
 fn handler_totals(text: &str) -> Vec<(String, u64, f64)> {
     let mut totals: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
     for line in text.lines() {
-        let Some((name, value)) = line.rsplit_once(' ') else { continue };
-        let service = name.split("service=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_string();
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let service = name
+            .split("service=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_string();
         let value: f64 = value.parse().unwrap_or(0.0);
         if name.starts_with("baton_handler_seconds_count") {
             totals.entry(service).or_default().0 += value as u64;
@@ -168,5 +232,9 @@ fn handler_totals(text: &str) -> Vec<(String, u64, f64)> {
             totals.entry(service).or_default().1 += value;
         }
     }
-    totals.into_iter().filter(|(_, (c, _))| *c > 0).map(|(s, (c, t))| (s, c, t)).collect()
+    totals
+        .into_iter()
+        .filter(|(_, (c, _))| *c > 0)
+        .map(|(s, (c, t))| (s, c, t))
+        .collect()
 }

@@ -52,7 +52,11 @@ pub trait Agent: Send + Sync + 'static {
     }
 
     /// Proposes a plan for `task` as the decision service specified it.
-    fn plan<'a>(&'a self, task: &'a Task, spec: &'a TaskSpec) -> BoxFuture<'a, Result<Plan, AgentError>>;
+    fn plan<'a>(
+        &'a self,
+        task: &'a Task,
+        spec: &'a TaskSpec,
+    ) -> BoxFuture<'a, Result<Plan, AgentError>>;
 }
 
 /// An agent that proposes one step doing nothing, for benchmarks and dry runs of the path:
@@ -66,7 +70,11 @@ impl Agent for NoopAgent {
         "noop@1"
     }
 
-    fn plan<'a>(&'a self, task: &'a Task, _spec: &'a TaskSpec) -> BoxFuture<'a, Result<Plan, AgentError>> {
+    fn plan<'a>(
+        &'a self,
+        task: &'a Task,
+        _spec: &'a TaskSpec,
+    ) -> BoxFuture<'a, Result<Plan, AgentError>> {
         let plan = Plan {
             task_id: task.task_id.clone(),
             summary: "no-op plan: one step that changes nothing".into(),

@@ -81,7 +81,10 @@ fn value_text(v: &Value) -> String {
 }
 
 /// Keys of `golden` that `reported` lacks or holds with another value.
-pub fn diff(golden: &BTreeMap<String, String>, reported: &BTreeMap<String, Value>) -> Vec<KeyDrift> {
+pub fn diff(
+    golden: &BTreeMap<String, String>,
+    reported: &BTreeMap<String, Value>,
+) -> Vec<KeyDrift> {
     golden
         .iter()
         .filter_map(|(k, want)| {
@@ -99,7 +102,14 @@ pub fn diff(golden: &BTreeMap<String, String>, reported: &BTreeMap<String, Value
 pub fn describe_drift(drift: &[KeyDrift]) -> String {
     drift
         .iter()
-        .map(|d| format!("{} {} → {}", d.key, d.actual.as_deref().unwrap_or("(missing)"), d.want))
+        .map(|d| {
+            format!(
+                "{} {} → {}",
+                d.key,
+                d.actual.as_deref().unwrap_or("(missing)"),
+                d.want
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -108,8 +118,14 @@ fn join_url(address: &str, path: &str) -> String {
     format!("{}{}", address.trim_end_matches('/'), path)
 }
 
-fn put_config(url: &str, config: &impl serde::Serialize, key: String, description: String) -> Action {
-    let body = serde_json::to_vec(&serde_json::json!({ "config": config })).expect("json of a string map");
+fn put_config(
+    url: &str,
+    config: &impl serde::Serialize,
+    key: String,
+    description: String,
+) -> Action {
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "config": config })).expect("json of a string map");
     Action {
         idempotency_key: key.clone(),
         description,
@@ -148,7 +164,10 @@ fn step(task_id: &str, group: &Group, f: &Finding) -> Step {
             &config_url,
             &f.reported,
             format!("{task_id}:{}:rollback", a.id),
-            format!("restore the configuration {} reported before the change", a.id),
+            format!(
+                "restore the configuration {} reported before the change",
+                a.id
+            ),
         )),
         health_check: Some(HealthCheck {
             url: join_url(&a.address, &group.health_path),
@@ -182,8 +201,16 @@ pub fn build_plan(
         } else {
             (format!("wave {i}"), PhaseKind::Wave)
         };
-        let steps = next.by_ref().take(*n).map(|f| step(task_id, group, f)).collect();
-        phases.push(Phase { name, kind: kind as i32, steps });
+        let steps = next
+            .by_ref()
+            .take(*n)
+            .map(|f| step(task_id, group, f))
+            .collect();
+        phases.push(Phase {
+            name,
+            kind: kind as i32,
+            steps,
+        });
     }
     let summary = match drifted.first() {
         None => format!("no drift found on {total} assets ({group_name} in {environment})"),
@@ -227,11 +254,19 @@ pub fn scope<'a>(
     } else {
         inv.groups
             .get_key_value(target)
-            .or_else(|| inv.groups.iter().find(|(k, _)| k.eq_ignore_ascii_case(target)))
+            .or_else(|| {
+                inv.groups
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(target))
+            })
             .ok_or_else(|| {
                 AgentError::permanent(format!(
                     "unknown asset group {target:?}: the inventory has groups {}",
-                    if inv.groups.is_empty() { "(none)".to_string() } else { inv.group_names() }
+                    if inv.groups.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        inv.group_names()
+                    }
                 ))
             })?
     };
@@ -241,8 +276,11 @@ pub fn scope<'a>(
             "task names no environment; say e.g. 'in production'".to_string(),
         ));
     }
-    let mut assets: Vec<&InventoryAsset> =
-        inv.assets.iter().filter(|a| &a.group == name && a.environment == env).collect();
+    let mut assets: Vec<&InventoryAsset> = inv
+        .assets
+        .iter()
+        .filter(|a| &a.group == name && a.environment == env)
+        .collect();
     if assets.is_empty() {
         return Err(AgentError::permanent(format!(
             "the inventory has no {name} assets in {env}"
@@ -280,7 +318,12 @@ impl DriftRunbook {
             .user_agent(concat!("baton-agent-runner/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the http client: {e}"))?;
-        Ok(DriftRunbook { inventory_path, client, max_phase_fraction, fetch_concurrency: fetch_concurrency.max(1) })
+        Ok(DriftRunbook {
+            inventory_path,
+            client,
+            max_phase_fraction,
+            fetch_concurrency: fetch_concurrency.max(1),
+        })
     }
 
     /// `GET <address><config_path>` → `{"config": {...}}`, with the tool-call record.
@@ -294,7 +337,11 @@ impl DriftRunbook {
         (result, started.elapsed().as_millis() as u64)
     }
 
-    async fn fetch(&self, asset: &InventoryAsset, url: &str) -> Result<BTreeMap<String, Value>, AgentError> {
+    async fn fetch(
+        &self,
+        asset: &InventoryAsset,
+        url: &str,
+    ) -> Result<BTreeMap<String, Value>, AgentError> {
         #[derive(serde::Deserialize)]
         struct Body {
             config: BTreeMap<String, Value>,
@@ -314,11 +361,13 @@ impl DriftRunbook {
             .map_err(|e| AgentError::transient(format!("asset {id}: reading GET {url}: {e}")))?;
         if !status.is_success() {
             let msg = format!("asset {id} answered GET {url} with {status}");
-            return Err(if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-                AgentError::transient(msg)
-            } else {
-                AgentError::permanent(msg)
-            });
+            return Err(
+                if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+                    AgentError::transient(msg)
+                } else {
+                    AgentError::permanent(msg)
+                },
+            );
         }
         serde_json::from_slice::<Body>(&body).map(|b| b.config).map_err(|e| {
             AgentError::permanent(format!(
@@ -328,7 +377,9 @@ impl DriftRunbook {
     }
 
     async fn run(&self, task: &Task, spec: &TaskSpec) -> Result<Plan, AgentError> {
-        let inv = Inventory::load(&self.inventory_path).await.map_err(AgentError::Permanent)?;
+        let inv = Inventory::load(&self.inventory_path)
+            .await
+            .map_err(AgentError::Permanent)?;
         let (group_name, group, assets) = scope(&inv, spec)?;
         let mut pending = Vec::with_capacity(assets.len());
         for a in assets.iter().copied() {
@@ -338,8 +389,10 @@ impl DriftRunbook {
                 (a, url, result, latency_ms)
             });
         }
-        let reads: Vec<_> =
-            futures::stream::iter(pending).buffered(self.fetch_concurrency).collect().await;
+        let reads: Vec<_> = futures::stream::iter(pending)
+            .buffered(self.fetch_concurrency)
+            .collect()
+            .await;
         let mut findings = Vec::with_capacity(reads.len());
         let mut tool_calls = Vec::with_capacity(reads.len());
         for (asset, url, result, latency_ms) in reads {
@@ -354,7 +407,11 @@ impl DriftRunbook {
                 ok: true,
                 latency_ms,
             });
-            findings.push(Finding { asset: asset.clone(), reported, drift });
+            findings.push(Finding {
+                asset: asset.clone(),
+                reported,
+                drift,
+            });
         }
         let mut plan = build_plan(
             &task.task_id,
@@ -379,7 +436,11 @@ impl Agent for DriftRunbook {
         NAME
     }
 
-    fn plan<'a>(&'a self, task: &'a Task, spec: &'a TaskSpec) -> BoxFuture<'a, Result<Plan, AgentError>> {
+    fn plan<'a>(
+        &'a self,
+        task: &'a Task,
+        spec: &'a TaskSpec,
+    ) -> BoxFuture<'a, Result<Plan, AgentError>> {
         Box::pin(self.run(task, spec))
     }
 }
@@ -413,20 +474,28 @@ mod tests {
 
     fn finding(id: &str, drifted: bool) -> Finding {
         let g = group();
-        let mut reported: BTreeMap<String, Value> =
-            g.golden.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let mut reported: BTreeMap<String, Value> = g
+            .golden
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
         if drifted {
             reported.insert("nginx_version".into(), Value::String("1.22.1".into()));
         }
         let drift = diff(&g.golden, &reported);
-        Finding { asset: asset(id), reported, drift }
+        Finding {
+            asset: asset(id),
+            reported,
+            drift,
+        }
     }
 
     #[test]
     fn ten_assets_six_drifted_is_a_canary_and_three_waves_of_two() {
         assert_eq!(plan_phases(6, 10, 0.2), vec![1, 2, 2, 1]);
-        let findings: Vec<Finding> =
-            (1..=10).map(|i| finding(&format!("web-{i:02}"), [2, 3, 5, 6, 8, 9].contains(&i))).collect();
+        let findings: Vec<Finding> = (1..=10)
+            .map(|i| finding(&format!("web-{i:02}"), [2, 3, 5, 6, 8, 9].contains(&i)))
+            .collect();
         let plan = build_plan("t1", "web", &group(), "production", &findings, 0.2);
         assert_eq!(plan.total_assets, 10);
         assert_eq!(
@@ -437,7 +506,14 @@ mod tests {
             .phases
             .iter()
             .map(|p| {
-                (p.name.as_str(), p.kind, p.steps.iter().map(|s| s.asset.as_ref().unwrap().id.clone()).collect())
+                (
+                    p.name.as_str(),
+                    p.kind,
+                    p.steps
+                        .iter()
+                        .map(|s| s.asset.as_ref().unwrap().id.clone())
+                        .collect(),
+                )
             })
             .collect();
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -452,31 +528,58 @@ mod tests {
         );
         let s = &plan.phases[0].steps[0];
         assert_eq!(s.reason, "nginx_version 1.22.1 → 1.24.0");
-        assert_eq!(s.action.as_ref().unwrap().idempotency_key, "t1:web-02:apply");
-        assert_eq!(s.rollback.as_ref().unwrap().idempotency_key, "t1:web-02:rollback");
-        let Some(action::Kind::Http(put)) = &s.rollback.as_ref().unwrap().kind else { panic!() };
+        assert_eq!(
+            s.action.as_ref().unwrap().idempotency_key,
+            "t1:web-02:apply"
+        );
+        assert_eq!(
+            s.rollback.as_ref().unwrap().idempotency_key,
+            "t1:web-02:rollback"
+        );
+        let Some(action::Kind::Http(put)) = &s.rollback.as_ref().unwrap().kind else {
+            panic!()
+        };
         let body: Value = serde_json::from_slice(&put.body).unwrap();
         assert_eq!(body["config"]["nginx_version"], "1.22.1");
         assert_eq!(put.url, "http://web-02.invalid/config");
-        assert_eq!(s.health_check.as_ref().unwrap().url, "http://web-02.invalid/health");
+        assert_eq!(
+            s.health_check.as_ref().unwrap().url,
+            "http://web-02.invalid/health"
+        );
     }
 
     #[test]
     fn one_asset_is_a_canary_only() {
         assert_eq!(plan_phases(1, 1, 0.2), vec![1]);
-        let plan = build_plan("t", "web", &group(), "staging", &[finding("web-01", true)], 0.2);
+        let plan = build_plan(
+            "t",
+            "web",
+            &group(),
+            "staging",
+            &[finding("web-01", true)],
+            0.2,
+        );
         assert_eq!(plan.phases.len(), 1);
-        assert_eq!(plan.summary, "fix drift on 1 of 1 web assets in staging: canary web-01");
+        assert_eq!(
+            plan.summary,
+            "fix drift on 1 of 1 web assets in staging: canary web-01"
+        );
     }
 
     #[test]
     fn no_drift_is_an_empty_plan() {
         assert!(plan_phases(0, 10, 0.2).is_empty());
-        let findings: Vec<Finding> = (1..=4).map(|i| finding(&format!("web-{i:02}"), false)).collect();
+        let findings: Vec<Finding> = (1..=4)
+            .map(|i| finding(&format!("web-{i:02}"), false))
+            .collect();
         let plan = build_plan("t", "web", &group(), "production", &findings, 0.2);
         assert!(plan.phases.is_empty());
         assert_eq!(plan.total_assets, 4);
-        assert!(plan.summary.starts_with("no drift found on 4 assets"), "{}", plan.summary);
+        assert!(
+            plan.summary.starts_with("no drift found on 4 assets"),
+            "{}",
+            plan.summary
+        );
     }
 
     #[test]
@@ -500,8 +603,11 @@ mod tests {
 
     #[test]
     fn missing_and_numeric_values_are_compared_as_text() {
-        let golden: BTreeMap<String, String> =
-            [("a".to_string(), "8".to_string()), ("b".to_string(), "x".to_string())].into();
+        let golden: BTreeMap<String, String> = [
+            ("a".to_string(), "8".to_string()),
+            ("b".to_string(), "x".to_string()),
+        ]
+        .into();
         let reported: BTreeMap<String, Value> = [("a".to_string(), serde_json::json!(8))].into();
         let d = diff(&golden, &reported);
         assert_eq!(d.len(), 1);
@@ -521,14 +627,29 @@ mod tests {
         };
         let (name, _, assets) = scope(&inv, &spec("web", "production")).unwrap();
         assert_eq!(name, "web");
-        assert_eq!(assets.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["web-01", "web-02"]);
+        assert_eq!(
+            assets.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["web-01", "web-02"]
+        );
         let err = scope(&inv, &spec("cache", "production")).unwrap_err();
         assert_eq!(
             err,
-            AgentError::permanent("unknown asset group \"cache\": the inventory has groups db, web")
+            AgentError::permanent(
+                "unknown asset group \"cache\": the inventory has groups db, web"
+            )
         );
-        assert!(scope(&inv, &spec("", "production")).unwrap_err().to_string().contains("names no asset group"));
+        assert!(
+            scope(&inv, &spec("", "production"))
+                .unwrap_err()
+                .to_string()
+                .contains("names no asset group")
+        );
         assert!(scope(&inv, &spec("web", "")).is_err());
-        assert!(scope(&inv, &spec("db", "production")).unwrap_err().to_string().contains("no db assets"));
+        assert!(
+            scope(&inv, &spec("db", "production"))
+                .unwrap_err()
+                .to_string()
+                .contains("no db assets")
+        );
     }
 }

@@ -68,7 +68,9 @@ fn default_health_path() -> String {
     DEFAULT_HEALTH_PATH.into()
 }
 
-fn string_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+fn string_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Scalar {
@@ -122,7 +124,10 @@ impl Inventory {
             if g.golden.is_empty() {
                 return Err(format!("group {name:?} has an empty golden configuration"));
             }
-            for (field, p) in [("config_path", &g.config_path), ("health_path", &g.health_path)] {
+            for (field, p) in [
+                ("config_path", &g.config_path),
+                ("health_path", &g.health_path),
+            ] {
                 if !p.starts_with('/') {
                     return Err(format!("group {name:?}: {field} {p:?} must start with '/'"));
                 }
@@ -137,7 +142,10 @@ impl Inventory {
                 return Err(format!("asset id {:?} appears twice", a.id));
             }
             if !self.groups.contains_key(&a.group) {
-                return Err(format!("asset {:?} names unknown group {:?}", a.id, a.group));
+                return Err(format!(
+                    "asset {:?} names unknown group {:?}",
+                    a.id, a.group
+                ));
             }
             if !(a.address.starts_with("http://") || a.address.starts_with("https://")) {
                 return Err(format!(
@@ -185,9 +193,19 @@ labels = { rack = "a" }
     #[test]
     fn rejects_unknown_groups_duplicates_and_bad_addresses() {
         let unknown = FLEET.replace("group = \"web\"", "group = \"db\"");
-        assert!(Inventory::parse(&unknown).unwrap_err().contains("unknown group \"db\""));
-        let dup = format!("{FLEET}\n[[assets]]\nid = \"web-01\"\ngroup = \"web\"\nenvironment = \"production\"\naddress = \"http://x\"\n");
-        assert!(Inventory::parse(&dup).unwrap_err().contains("appears twice"));
+        assert!(
+            Inventory::parse(&unknown)
+                .unwrap_err()
+                .contains("unknown group \"db\"")
+        );
+        let dup = format!(
+            "{FLEET}\n[[assets]]\nid = \"web-01\"\ngroup = \"web\"\nenvironment = \"production\"\naddress = \"http://x\"\n"
+        );
+        assert!(
+            Inventory::parse(&dup)
+                .unwrap_err()
+                .contains("appears twice")
+        );
         let bad = FLEET.replace("http://127.0.0.1:38211", "127.0.0.1:38211");
         assert!(Inventory::parse(&bad).unwrap_err().contains("http://"));
         assert!(Inventory::parse("groups = 3").is_err());

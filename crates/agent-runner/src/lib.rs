@@ -128,7 +128,9 @@ impl Config {
             return bad("agents.http_timeout is 0: set a timeout such as \"5s\"".into());
         }
         if self.fetch_concurrency == 0 || self.concurrency == 0 {
-            return bad("agents.fetch_concurrency and agents.concurrency must be at least 1".into());
+            return bad(
+                "agents.fetch_concurrency and agents.concurrency must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -209,11 +211,26 @@ impl AgentRunner {
         if !path.exists() {
             warn!(path = %path.display(), "inventory does not exist yet; drift tasks fail until it is written");
         }
-        let drift = DriftRunbook::new(path, config.http_timeout, config.max_phase_fraction, config.fetch_concurrency)
-            .map_err(|reason| Error::Agent { agent: drift::NAME.into(), reason })?;
+        let drift = DriftRunbook::new(
+            path,
+            config.http_timeout,
+            config.max_phase_fraction,
+            config.fetch_concurrency,
+        )
+        .map_err(|reason| Error::Agent {
+            agent: drift::NAME.into(),
+            reason,
+        })?;
         let noop_roles = config.noop_roles.clone();
-        let runner = AgentRunner { ctx, config, agents: BTreeMap::new() }.with_agent("drift", Arc::new(drift));
-        Ok(noop_roles.iter().fold(runner, |r, role| r.with_agent(role, Arc::new(NoopAgent))))
+        let runner = AgentRunner {
+            ctx,
+            config,
+            agents: BTreeMap::new(),
+        }
+        .with_agent("drift", Arc::new(drift));
+        Ok(noop_roles
+            .iter()
+            .fold(runner, |r, role| r.with_agent(role, Arc::new(NoopAgent))))
     }
 
     /// Registers `agent` for `role`, replacing any agent that role had. A role outside
@@ -231,12 +248,16 @@ impl AgentRunner {
 
     /// Registered agents: role → agent name, sorted by role.
     pub fn agents(&self) -> Vec<(String, String)> {
-        self.agents.iter().map(|(r, a)| (r.clone(), a.name().to_string())).collect()
+        self.agents
+            .iter()
+            .map(|(r, a)| (r.clone(), a.name().to_string()))
+            .collect()
     }
 
     /// The roles consumed: [`baton_proto::ROLES`] plus any extra registered role, sorted.
     pub fn roles(&self) -> Vec<String> {
-        let mut roles: BTreeSet<String> = baton_proto::ROLES.iter().map(|r| r.to_string()).collect();
+        let mut roles: BTreeSet<String> =
+            baton_proto::ROLES.iter().map(|r| r.to_string()).collect();
         roles.extend(self.agents.keys().cloned());
         roles.into_iter().collect()
     }
@@ -250,7 +271,10 @@ impl AgentRunner {
         let roles = self.roles();
         let concurrency = self.config.concurrency;
         let bus = self.ctx.bus.clone();
-        let handler = Arc::new(Handler { ctx: self.ctx, agents: self.agents });
+        let handler = Arc::new(Handler {
+            ctx: self.ctx,
+            agents: self.agents,
+        });
         let stop = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
         for role in roles {
@@ -273,8 +297,14 @@ impl AgentRunner {
         while let Some(joined) = tasks.join_next().await {
             let error = match joined {
                 Ok((_, Ok(()))) => continue,
-                Ok((role, Err(e))) => Error::Consumer { role, reason: e.to_string() },
-                Err(e) => Error::Consumer { role: "?".into(), reason: e.to_string() },
+                Ok((role, Err(e))) => Error::Consumer {
+                    role,
+                    reason: e.to_string(),
+                },
+                Err(e) => Error::Consumer {
+                    role: "?".into(),
+                    reason: e.to_string(),
+                },
             };
             warn!(error = %error, "agent runner consumer failed; stopping the others");
             stop.cancel();
@@ -346,7 +376,11 @@ impl Handler {
         };
         let Some(agent) = self.agents.get(role) else {
             let with: Vec<&str> = self.agents.keys().map(String::as_str).collect();
-            let with = if with.is_empty() { "none".to_string() } else { with.join(", ") };
+            let with = if with.is_empty() {
+                "none".to_string()
+            } else {
+                with.join(", ")
+            };
             let reason = format!("no agent for role {role:?} yet; roles with agents: {with}");
             self.fail(&event, "no_agent_for_role", reason).await?;
             return Ok("failed");
@@ -369,7 +403,13 @@ impl Handler {
                     spec: Some(spec.clone()),
                     plan: Some(plan),
                 });
-                self.ctx.bus.publish(subject::TASK_PROPOSED, &event.follow("proposed", SERVICE, body)).await?;
+                self.ctx
+                    .bus
+                    .publish(
+                        subject::TASK_PROPOSED,
+                        &event.follow("proposed", SERVICE, body),
+                    )
+                    .await?;
                 Ok("proposed")
             }
             Err(AgentError::Permanent(reason)) => {
@@ -381,7 +421,11 @@ impl Handler {
                 if d.deliveries() >= max {
                     // The bus dead-letters the message after this; end the task too, so it
                     // does not wait forever.
-                    let why = format!("{} gave up after {} attempts: {reason}", agent.name(), d.deliveries());
+                    let why = format!(
+                        "{} gave up after {} attempts: {reason}",
+                        agent.name(),
+                        d.deliveries()
+                    );
                     self.fail(&event, "agent_unavailable", why).await?;
                 }
                 warn!(task_id = %event.task_id, attempt = d.deliveries(), %reason, "agent failed transiently");
@@ -399,7 +443,10 @@ impl Handler {
             reason,
             execution: None,
         });
-        self.ctx.bus.publish(subject::TASK_FAILED, &event.follow("failed", SERVICE, body)).await?;
+        self.ctx
+            .bus
+            .publish(subject::TASK_FAILED, &event.follow("failed", SERVICE, body))
+            .await?;
         Ok(())
     }
 }

@@ -6,8 +6,8 @@ use baton_bus::testing::TestNats;
 use baton_bus::{Bus, BusConfig};
 use baton_fleet::{Fleet, FleetSpec, golden_web};
 use baton_proto::{
-    Decision, Event, PhaseKind, Plan, Task, TaskFailed, TaskRouted, TaskSpec, Trigger, action, event::Body,
-    subject,
+    Decision, Event, PhaseKind, Plan, Task, TaskFailed, TaskRouted, TaskSpec, Trigger, action,
+    event::Body, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator};
@@ -24,7 +24,11 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn context(bus: Bus) -> Context {
-    let auth = Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap();
+    let auth = Authenticator::new(&AuthConfig {
+        hs256_secret: "x".repeat(32),
+        ..Default::default()
+    })
+    .unwrap();
     Context::new(bus, auth, Arc::new(Metrics::default()))
 }
 
@@ -34,7 +38,10 @@ fn routed(task_id: &str, role: &str, target: &str, environment: &str) -> Event {
         task_id: task_id.into(),
         tenant: "acme".into(),
         submitted_by: "alice".into(),
-        trigger: Some(Trigger { text: text.clone(), ..Default::default() }),
+        trigger: Some(Trigger {
+            text: text.clone(),
+            ..Default::default()
+        }),
         received_at: Some(baton_proto::now()),
     };
     let spec = TaskSpec {
@@ -53,7 +60,11 @@ fn routed(task_id: &str, role: &str, target: &str, environment: &str) -> Event {
         "decision",
         Body::TaskRouted(TaskRouted {
             task: Some(task),
-            decision: Some(Decision { spec: Some(spec), confidence: 1.0, ..Default::default() }),
+            decision: Some(Decision {
+                spec: Some(spec),
+                confidence: 1.0,
+                ..Default::default()
+            }),
         }),
     )
 }
@@ -74,7 +85,9 @@ impl Events {
         tokio::time::timeout(WAIT, async {
             loop {
                 let msg = self.0.next().await.expect("subscription open");
-                let Ok(event) = baton_bus::decode_event(&msg.payload) else { continue };
+                let Ok(event) = baton_bus::decode_event(&msg.payload) else {
+                    continue;
+                };
                 if msg.subject.as_str() == subject && event.task_id == task_id {
                     return (event, before);
                 }
@@ -105,7 +118,11 @@ fn start(runner: AgentRunner) -> Running {
 }
 
 fn config(inventory: &Path) -> Config {
-    Config { inventory_path: inventory.to_path_buf(), http_timeout: Duration::from_secs(2), ..Default::default() }
+    Config {
+        inventory_path: inventory.to_path_buf(),
+        http_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
 }
 
 async fn fleet_inventory(dir: &Path) -> (Fleet, PathBuf) {
@@ -116,12 +133,16 @@ async fn fleet_inventory(dir: &Path) -> (Fleet, PathBuf) {
 }
 
 fn proposed_plan(event: &Event) -> &Plan {
-    let Some(Body::PlanProposed(p)) = &event.body else { panic!("not a plan: {event:?}") };
+    let Some(Body::PlanProposed(p)) = &event.body else {
+        panic!("not a plan: {event:?}")
+    };
     p.plan.as_ref().unwrap()
 }
 
 fn failure(event: &Event) -> &TaskFailed {
-    let Some(Body::TaskFailed(f)) = &event.body else { panic!("not a failure: {event:?}") };
+    let Some(Body::TaskFailed(f)) = &event.body else {
+        panic!("not a failure: {event:?}")
+    };
     f
 }
 
@@ -146,12 +167,22 @@ async fn drift_task_becomes_a_canary_then_small_waves_over_the_drifted_assets() 
     let dir = tempfile::tempdir().unwrap();
     // The runner starts before the inventory exists, as in the demo.
     let path = dir.path().join("inventory.toml");
-    let runner = start(AgentRunner::new(context(nats.bus.clone()), config(&path)).await.unwrap());
+    let runner = start(
+        AgentRunner::new(context(nats.bus.clone()), config(&path))
+            .await
+            .unwrap(),
+    );
     let (fleet, written) = fleet_inventory(dir.path()).await;
     assert_eq!(written, path);
     let mut events = Events::watch(&nats.bus).await;
 
-    nats.bus.publish(&subject::agent("drift"), &routed("t-drift", "drift", "web", "production")).await.unwrap();
+    nats.bus
+        .publish(
+            &subject::agent("drift"),
+            &routed("t-drift", "drift", "web", "production"),
+        )
+        .await
+        .unwrap();
     let (event, _) = events.next(subject::TASK_PROPOSED, "t-drift").await;
     runner.stop().await;
 
@@ -159,26 +190,44 @@ async fn drift_task_becomes_a_canary_then_small_waves_over_the_drifted_assets() 
     assert_eq!(event.causation_id, "t-drift.routed");
     assert_eq!(event.producer, "agent-runner");
     assert_eq!(event.tenant, "acme");
-    let Some(Body::PlanProposed(p)) = &event.body else { unreachable!() };
+    let Some(Body::PlanProposed(p)) = &event.body else {
+        unreachable!()
+    };
     assert_eq!(p.task.as_ref().unwrap().task_id, "t-drift");
     assert_eq!(p.spec.as_ref().unwrap().target, "web");
     let plan = proposed_plan(&event);
     assert_eq!(plan.task_id, "t-drift");
     assert_eq!(plan.total_assets, 10);
-    assert_eq!(plan.summary, "fix drift on 6 of 10 web assets in production: canary web-02, then 3 waves");
+    assert_eq!(
+        plan.summary,
+        "fix drift on 6 of 10 web assets in production: canary web-02, then 3 waves"
+    );
 
     let canary = &plan.phases[0];
-    assert_eq!((canary.name.as_str(), canary.kind), ("canary", PhaseKind::Canary as i32));
+    assert_eq!(
+        (canary.name.as_str(), canary.kind),
+        ("canary", PhaseKind::Canary as i32)
+    );
     assert_eq!(canary.steps.len(), 1);
     for (i, wave) in plan.phases[1..].iter().enumerate() {
         assert_eq!(wave.name, format!("wave {}", i + 1));
         assert_eq!(wave.kind, PhaseKind::Wave as i32);
-        assert!((1..=2).contains(&wave.steps.len()), "wave of {} assets", wave.steps.len());
+        assert!(
+            (1..=2).contains(&wave.steps.len()),
+            "wave of {} assets",
+            wave.steps.len()
+        );
     }
 
     let steps: Vec<_> = plan.phases.iter().flat_map(|p| &p.steps).collect();
-    let ids: BTreeSet<String> = steps.iter().map(|s| s.asset.as_ref().unwrap().id.clone()).collect();
-    assert_eq!(ids, fleet.drifted_ids().into_iter().collect::<BTreeSet<_>>());
+    let ids: BTreeSet<String> = steps
+        .iter()
+        .map(|s| s.asset.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        fleet.drifted_ids().into_iter().collect::<BTreeSet<_>>()
+    );
     assert_eq!(steps.len(), 6);
     for s in steps {
         let asset = s.asset.as_ref().unwrap();
@@ -186,23 +235,60 @@ async fn drift_task_becomes_a_canary_then_small_waves_over_the_drifted_assets() 
         assert_eq!(asset.kind, "web_server");
         assert_eq!(asset.address, server.url());
         let apply = http(&s.action);
-        assert_eq!((apply.method.as_str(), apply.url.clone()), ("PUT", format!("{}/config", server.url())));
+        assert_eq!(
+            (apply.method.as_str(), apply.url.clone()),
+            ("PUT", format!("{}/config", server.url()))
+        );
         assert_eq!(apply.headers["Content-Type"], "application/json");
         assert_eq!(config_body(&apply.body), golden_web());
-        assert_eq!(s.action.as_ref().unwrap().idempotency_key, format!("t-drift:{}:apply", asset.id));
+        assert_eq!(
+            s.action.as_ref().unwrap().idempotency_key,
+            format!("t-drift:{}:apply", asset.id)
+        );
         let rollback = http(&s.rollback);
         assert_eq!(rollback.method, "PUT");
-        assert_eq!(config_body(&rollback.body), server.config(), "rollback restores what {} had", asset.id);
-        assert_eq!(s.rollback.as_ref().unwrap().idempotency_key, format!("t-drift:{}:rollback", asset.id));
+        assert_eq!(
+            config_body(&rollback.body),
+            server.config(),
+            "rollback restores what {} had",
+            asset.id
+        );
+        assert_eq!(
+            s.rollback.as_ref().unwrap().idempotency_key,
+            format!("t-drift:{}:rollback", asset.id)
+        );
         let hc = s.health_check.as_ref().unwrap();
-        assert_eq!((hc.url.clone(), hc.expect_status, hc.attempts, hc.interval_ms), (format!("{}/health", server.url()), 200, 3, 200));
-        assert!(s.reason.contains("nginx_version 1.22.1 → 1.24.0"), "{}", s.reason);
+        assert_eq!(
+            (
+                hc.url.clone(),
+                hc.expect_status,
+                hc.attempts,
+                hc.interval_ms
+            ),
+            (format!("{}/health", server.url()), 200, 3, 200)
+        );
+        assert!(
+            s.reason.contains("nginx_version 1.22.1 → 1.24.0"),
+            "{}",
+            s.reason
+        );
     }
 
     let run = plan.agent_run.as_ref().unwrap();
-    assert_eq!((run.kind.as_str(), run.agent.as_str()), ("runbook", "drift-runbook@1"));
-    assert_eq!(run.tool_calls.len(), 10, "one configuration read per asset in scope");
-    assert!(run.tool_calls.iter().all(|c| c.tool == "asset.get_config" && c.ok));
+    assert_eq!(
+        (run.kind.as_str(), run.agent.as_str()),
+        ("runbook", "drift-runbook@1")
+    );
+    assert_eq!(
+        run.tool_calls.len(),
+        10,
+        "one configuration read per asset in scope"
+    );
+    assert!(
+        run.tool_calls
+            .iter()
+            .all(|c| c.tool == "asset.get_config" && c.ok)
+    );
     // Planning only reads: nothing was applied.
     assert!(fleet.servers.iter().all(|s| s.applies() == 0));
 }
@@ -211,33 +297,63 @@ async fn drift_task_becomes_a_canary_then_small_waves_over_the_drifted_assets() 
 async fn roles_without_an_agent_fail_and_injected_agents_answer() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let runner = AgentRunner::new(context(nats.bus.clone()), config(&dir.path().join("none.toml")))
-        .await
-        .unwrap()
-        .with_agent("assistant", Arc::new(NoopAgent));
+    let runner = AgentRunner::new(
+        context(nats.bus.clone()),
+        config(&dir.path().join("none.toml")),
+    )
+    .await
+    .unwrap()
+    .with_agent("assistant", Arc::new(NoopAgent));
     assert_eq!(
         runner.agents(),
-        [("assistant".to_string(), "noop@1".to_string()), ("drift".to_string(), "drift-runbook@1".to_string())]
+        [
+            ("assistant".to_string(), "noop@1".to_string()),
+            ("drift".to_string(), "drift-runbook@1".to_string())
+        ]
     );
     let runner = start(runner);
     let mut events = Events::watch(&nats.bus).await;
 
-    nats.bus.publish(&subject::agent("image"), &routed("t-image", "image", "", "production")).await.unwrap();
+    nats.bus
+        .publish(
+            &subject::agent("image"),
+            &routed("t-image", "image", "", "production"),
+        )
+        .await
+        .unwrap();
     let (event, _) = events.next(subject::TASK_FAILED, "t-image").await;
     assert_eq!(event.event_id, "t-image.failed");
     let f = failure(&event);
-    assert_eq!((f.stage.as_str(), f.code.as_str()), ("agent-runner", "no_agent_for_role"));
-    assert_eq!(f.reason, "no agent for role \"image\" yet; roles with agents: assistant, drift");
+    assert_eq!(
+        (f.stage.as_str(), f.code.as_str()),
+        ("agent-runner", "no_agent_for_role")
+    );
+    assert_eq!(
+        f.reason,
+        "no agent for role \"image\" yet; roles with agents: assistant, drift"
+    );
 
-    nats.bus.publish(&subject::agent("assistant"), &routed("t-noop", "assistant", "", "development")).await.unwrap();
+    nats.bus
+        .publish(
+            &subject::agent("assistant"),
+            &routed("t-noop", "assistant", "", "development"),
+        )
+        .await
+        .unwrap();
     let (event, _) = events.next(subject::TASK_PROPOSED, "t-noop").await;
     runner.stop().await;
     let plan = proposed_plan(&event);
     assert_eq!(plan.total_assets, 1);
     assert_eq!(plan.phases.len(), 1);
-    assert_eq!((plan.phases[0].name.as_str(), plan.phases[0].kind), ("noop", PhaseKind::Wave as i32));
+    assert_eq!(
+        (plan.phases[0].name.as_str(), plan.phases[0].kind),
+        ("noop", PhaseKind::Wave as i32)
+    );
     let step = &plan.phases[0].steps[0];
-    assert!(matches!(step.action.as_ref().unwrap().kind, Some(action::Kind::Noop(_))));
+    assert!(matches!(
+        step.action.as_ref().unwrap().kind,
+        Some(action::Kind::Noop(_))
+    ));
     assert!(step.health_check.is_none());
     assert_eq!(plan.agent_run.as_ref().unwrap().agent, "noop@1");
 }
@@ -248,35 +364,78 @@ async fn unknown_group_and_missing_inventory_fail_the_task_with_clear_reasons() 
     let dir = tempfile::tempdir().unwrap();
     let (_fleet, path) = fleet_inventory(dir.path()).await;
     let missing = dir.path().join("missing.toml");
-    let with_fleet = AgentRunner::new(context(nats.bus.clone()), config(&path)).await.unwrap();
+    let with_fleet = AgentRunner::new(context(nats.bus.clone()), config(&path))
+        .await
+        .unwrap();
     let runner = start(with_fleet);
     let mut events = Events::watch(&nats.bus).await;
 
-    nats.bus.publish(&subject::agent("drift"), &routed("t-db", "drift", "db", "production")).await.unwrap();
+    nats.bus
+        .publish(
+            &subject::agent("drift"),
+            &routed("t-db", "drift", "db", "production"),
+        )
+        .await
+        .unwrap();
     let (event, _) = events.next(subject::TASK_FAILED, "t-db").await;
     let f = failure(&event);
-    assert_eq!((f.stage.as_str(), f.code.as_str()), ("agent-runner", "agent_failed"));
-    assert_eq!(f.reason, "unknown asset group \"db\": the inventory has groups web");
+    assert_eq!(
+        (f.stage.as_str(), f.code.as_str()),
+        ("agent-runner", "agent_failed")
+    );
+    assert_eq!(
+        f.reason,
+        "unknown asset group \"db\": the inventory has groups web"
+    );
 
-    nats.bus.publish(&subject::agent("drift"), &routed("t-staging", "drift", "web", "staging")).await.unwrap();
+    nats.bus
+        .publish(
+            &subject::agent("drift"),
+            &routed("t-staging", "drift", "web", "staging"),
+        )
+        .await
+        .unwrap();
     let (event, _) = events.next(subject::TASK_FAILED, "t-staging").await;
-    assert_eq!(failure(&event).reason, "the inventory has no web assets in staging");
+    assert_eq!(
+        failure(&event).reason,
+        "the inventory has no web assets in staging"
+    );
     runner.stop().await;
 
     // Same stream, a runner whose inventory file does not exist: the reason names the file.
-    let runner = start(AgentRunner::new(context(nats.bus.clone()), config(&missing)).await.unwrap());
-    nats.bus.publish(&subject::agent("drift"), &routed("t-missing", "drift", "web", "production")).await.unwrap();
+    let runner = start(
+        AgentRunner::new(context(nats.bus.clone()), config(&missing))
+            .await
+            .unwrap(),
+    );
+    nats.bus
+        .publish(
+            &subject::agent("drift"),
+            &routed("t-missing", "drift", "web", "production"),
+        )
+        .await
+        .unwrap();
     let (event, _) = events.next(subject::TASK_FAILED, "t-missing").await;
     runner.stop().await;
     let f = failure(&event);
     assert_eq!(f.code, "agent_failed");
-    assert!(f.reason.contains(&format!("cannot read inventory {}", missing.display())), "{}", f.reason);
+    assert!(
+        f.reason
+            .contains(&format!("cannot read inventory {}", missing.display())),
+        "{}",
+        f.reason
+    );
 }
 
 #[tokio::test]
 async fn unreachable_asset_is_retried_then_dead_lettered_and_the_task_failed() {
     let nats = TestNats::start().await;
-    let bus = Bus::connect(BusConfig { max_deliver: 3, ..nats.config.clone() }).await.unwrap();
+    let bus = Bus::connect(BusConfig {
+        max_deliver: 3,
+        ..nats.config.clone()
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     // A port nobody listens on.
     let closed = {
@@ -292,22 +451,54 @@ async fn unreachable_asset_is_retried_then_dead_lettered_and_the_task_failed() {
         ),
     )
     .unwrap();
-    let runner = start(AgentRunner::new(context(bus.clone()), config(&path)).await.unwrap());
+    let runner = start(
+        AgentRunner::new(context(bus.clone()), config(&path))
+            .await
+            .unwrap(),
+    );
     let mut events = Events::watch(&bus).await;
 
-    bus.publish(&subject::agent("drift"), &routed("t-down", "drift", "web", "production")).await.unwrap();
+    bus.publish(
+        &subject::agent("drift"),
+        &routed("t-down", "drift", "web", "production"),
+    )
+    .await
+    .unwrap();
     let (dead, before) = events.next(&subject::dead("agent-runner"), "t-down").await;
     runner.stop().await;
 
-    let Some(Body::DeadLetter(dl)) = &dead.body else { panic!("not a dead letter: {dead:?}") };
+    let Some(Body::DeadLetter(dl)) = &dead.body else {
+        panic!("not a dead letter: {dead:?}")
+    };
     assert_eq!(dl.service, "agent-runner");
     assert_eq!(dl.subject, "baton.agent.drift");
-    assert_eq!(dl.deliveries, 3, "delivered max_deliver times before giving up");
-    assert!(dl.reason.contains("asset web-01 unreachable"), "{}", dl.reason);
-    assert!(before.iter().all(|(s, _)| s != subject::TASK_PROPOSED), "no plan for an unreachable fleet");
-    let failed: Vec<_> = before.iter().filter(|(s, e)| s == subject::TASK_FAILED && e.task_id == "t-down").collect();
-    assert_eq!(failed.len(), 1, "the task is failed once, at the last attempt");
+    assert_eq!(
+        dl.deliveries, 3,
+        "delivered max_deliver times before giving up"
+    );
+    assert!(
+        dl.reason.contains("asset web-01 unreachable"),
+        "{}",
+        dl.reason
+    );
+    assert!(
+        before.iter().all(|(s, _)| s != subject::TASK_PROPOSED),
+        "no plan for an unreachable fleet"
+    );
+    let failed: Vec<_> = before
+        .iter()
+        .filter(|(s, e)| s == subject::TASK_FAILED && e.task_id == "t-down")
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "the task is failed once, at the last attempt"
+    );
     let f = failure(&failed[0].1);
     assert_eq!(f.code, "agent_unavailable");
-    assert!(f.reason.contains("gave up after 3 attempts"), "{}", f.reason);
+    assert!(
+        f.reason.contains("gave up after 3 attempts"),
+        "{}",
+        f.reason
+    );
 }

@@ -96,7 +96,10 @@ mod tests {
     fn hash_is_hex_sha256_and_deterministic() {
         let h = record_hash(&input());
         assert_eq!(h.len(), 64);
-        assert!(h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            h.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_eq!(h, record_hash(&input()));
     }
 
@@ -104,17 +107,50 @@ mod tests {
     fn every_field_changes_the_hash() {
         let base = record_hash(&input());
         let variants = [
-            HashInput { sequence: 2, ..input() },
-            HashInput { event_id: "t1.routed", ..input() },
-            HashInput { task_id: "t2", ..input() },
-            HashInput { tenant: "other", ..input() },
-            HashInput { subject: "baton.task.failed", ..input() },
-            HashInput { kind: "task_failed", ..input() },
-            HashInput { producer: "decision", ..input() },
-            HashInput { event_time: 0, ..input() },
-            HashInput { recorded_at: 0, ..input() },
-            HashInput { payload: b"abd", ..input() },
-            HashInput { prev_hash: "00", ..input() },
+            HashInput {
+                sequence: 2,
+                ..input()
+            },
+            HashInput {
+                event_id: "t1.routed",
+                ..input()
+            },
+            HashInput {
+                task_id: "t2",
+                ..input()
+            },
+            HashInput {
+                tenant: "other",
+                ..input()
+            },
+            HashInput {
+                subject: "baton.task.failed",
+                ..input()
+            },
+            HashInput {
+                kind: "task_failed",
+                ..input()
+            },
+            HashInput {
+                producer: "decision",
+                ..input()
+            },
+            HashInput {
+                event_time: 0,
+                ..input()
+            },
+            HashInput {
+                recorded_at: 0,
+                ..input()
+            },
+            HashInput {
+                payload: b"abd",
+                ..input()
+            },
+            HashInput {
+                prev_hash: "00",
+                ..input()
+            },
         ];
         for v in variants {
             assert_ne!(record_hash(&v), base, "{v:?}");
@@ -124,8 +160,16 @@ mod tests {
     #[test]
     fn length_prefixes_keep_field_boundaries() {
         // Moving a character from one field to the next must change the hash.
-        let a = HashInput { task_id: "ab", tenant: "c", ..input() };
-        let b = HashInput { task_id: "a", tenant: "bc", ..input() };
+        let a = HashInput {
+            task_id: "ab",
+            tenant: "c",
+            ..input()
+        };
+        let b = HashInput {
+            task_id: "a",
+            tenant: "bc",
+            ..input()
+        };
         assert_ne!(record_hash(&a), record_hash(&b));
     }
 }

@@ -43,7 +43,10 @@ fn require_task_id(task_id: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl TaskService for TaskApi {
-    async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<GetTaskResponse>, Status> {
+    async fn get_task(
+        &self,
+        request: Request<GetTaskRequest>,
+    ) -> Result<Response<GetTaskResponse>, Status> {
         let principal = self.auth.authenticate(&request)?;
         let task_id = request.into_inner().task_id;
         require_task_id(&task_id)?;
@@ -55,21 +58,36 @@ impl TaskService for TaskApi {
             _ => return Err(not_found(&task_id)),
         };
         let events = records.iter().map(StoredRecord::to_proto).collect();
-        Ok(Response::new(GetTaskResponse { task: Some(task), events }))
+        Ok(Response::new(GetTaskResponse {
+            task: Some(task),
+            events,
+        }))
     }
 
-    async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
         let principal = self.auth.authenticate(&request)?;
         let r = request.into_inner();
         let page_size = match r.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n <= MAX_PAGE_SIZE => n,
-            n => return Err(Status::invalid_argument(format!("page_size {n} is too large: use 1–{MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"))),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n} is too large: use 1–{MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+                )));
+            }
         };
         let status = match TaskStatus::try_from(r.status) {
             Ok(TaskStatus::Unspecified) => None,
             Ok(s) => Some(s),
-            Err(_) => return Err(Status::invalid_argument(format!("unknown status {}", r.status))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown status {}",
+                    r.status
+                )));
+            }
         };
         let tenant = if principal.has(Role::Admin) {
             Some(r.tenant).filter(|t| !t.is_empty())
@@ -91,12 +109,18 @@ impl TaskService for TaskApi {
                 page_token: r.page_token,
             })
             .await?;
-        Ok(Response::new(ListTasksResponse { tasks: page.tasks, next_page_token: page.next_page_token }))
+        Ok(Response::new(ListTasksResponse {
+            tasks: page.tasks,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     type WatchTaskStream = ReceiverStream<Result<AuditRecord, Status>>;
 
-    async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
+    async fn watch_task(
+        &self,
+        request: Request<WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let principal = self.auth.authenticate(&request)?;
         let task_id = request.into_inner().task_id;
         require_task_id(&task_id)?;
@@ -115,7 +139,9 @@ impl TaskService for TaskApi {
                     Ok(Ok(_)) => {}
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
                     Ok(Err(broadcast::error::RecvError::Closed)) => {
-                        return Err(Status::unavailable("the audit service is shutting down; watch again"));
+                        return Err(Status::unavailable(
+                            "the audit service is shutting down; watch again",
+                        ));
                     }
                 }
             }
@@ -166,7 +192,9 @@ impl TaskService for TaskApi {
                     r = live.recv() => r,
                 };
                 let more = match received {
-                    Ok(r) if r.task_id == task_id => send_all(&tx, [StoredRecord::clone(&r)], &mut last).await,
+                    Ok(r) if r.task_id == task_id => {
+                        send_all(&tx, [StoredRecord::clone(&r)], &mut last).await
+                    }
                     Ok(_) => true,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         debug!(%task_id, skipped = n, "watcher lagged; re-reading from the database");
@@ -179,7 +207,11 @@ impl TaskService for TaskApi {
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx.send(Err(Status::unavailable("the audit service is shutting down; watch again"))).await;
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the audit service is shutting down; watch again",
+                            )))
+                            .await;
                         false
                     }
                 };
@@ -191,7 +223,10 @@ impl TaskService for TaskApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn verify_audit(&self, request: Request<VerifyAuditRequest>) -> Result<Response<VerifyAuditResponse>, Status> {
+    async fn verify_audit(
+        &self,
+        request: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditResponse>, Status> {
         let principal = self.auth.authenticate(&request)?;
         principal.require(Role::Operator)?;
         let head = self.store.head().await;

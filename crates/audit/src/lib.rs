@@ -101,10 +101,14 @@ impl Config {
             ));
         }
         if !(1..=10_000).contains(&self.batch_size) {
-            return Err(Error::Config("audit.batch_size must be between 1 and 10000".into()));
+            return Err(Error::Config(
+                "audit.batch_size must be between 1 and 10000".into(),
+            ));
         }
         if self.watch_buffer == 0 {
-            return Err(Error::Config("audit.watch_buffer must be at least 1".into()));
+            return Err(Error::Config(
+                "audit.watch_buffer must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -117,7 +121,9 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// The database could not be reached.
-    #[error("cannot connect to the audit database {url}: {source}; check audit.database_url and that the database is up")]
+    #[error(
+        "cannot connect to the audit database {url}: {source}; check audit.database_url and that the database is up"
+    )]
     Connect {
         /// The URL (password redacted).
         url: String,
@@ -150,7 +156,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// Another audit writer holds the database's writer lock.
-    #[error("another audit writer holds the lock on {database}; run one audit replica per database")]
+    #[error(
+        "another audit writer holds the lock on {database}; run one audit replica per database"
+    )]
     WriterLocked {
         /// The database (SQLite path, or the URL with its password redacted).
         database: String,
@@ -170,7 +178,9 @@ impl From<Error> for tonic::Status {
                 | sqlx::Error::Io(_)
                 | sqlx::Error::Tls(_)
                 | sqlx::Error::WorkerCrashed => Status::unavailable(e.to_string()),
-                sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => Status::data_loss(e.to_string()),
+                sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                    Status::data_loss(e.to_string())
+                }
                 _ => Status::internal(e.to_string()),
             },
             Error::Io { .. } => Status::internal(e.to_string()),
@@ -210,9 +220,20 @@ impl Audit {
             }
         };
         let head = store.head().await;
-        info!(backend = store.backend(), last_sequence = head.sequence, "audit log opened; writer lock taken");
+        info!(
+            backend = store.backend(),
+            last_sequence = head.sequence,
+            "audit log opened; writer lock taken"
+        );
         let (live, _) = broadcast::channel(config.watch_buffer);
-        Ok(Audit { ctx, config, store, live, stopped: CancellationToken::new(), lock })
+        Ok(Audit {
+            ctx,
+            config,
+            store,
+            live,
+            stopped: CancellationToken::new(),
+            lock,
+        })
     }
 
     /// The store (for offline verification and tests).
@@ -222,13 +243,15 @@ impl Audit {
 
     /// Adds `baton.v1.TaskService`.
     pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(baton_proto::task_service_server::TaskServiceServer::new(grpc::TaskApi {
-            store: self.store.clone(),
-            auth: self.ctx.auth.clone(),
-            live: self.live.clone(),
-            watch_wait: self.config.watch_wait,
-            stopped: self.stopped.clone(),
-        }));
+        routes.add_service(baton_proto::task_service_server::TaskServiceServer::new(
+            grpc::TaskApi {
+                store: self.store.clone(),
+                auth: self.ctx.auth.clone(),
+                live: self.live.clone(),
+                watch_wait: self.config.watch_wait,
+                stopped: self.stopped.clone(),
+            },
+        ));
     }
 
     /// Stores messages from both streams until `shutdown`; finishes the batch in hand first.
@@ -236,15 +259,24 @@ impl Audit {
         let _stopped = self.stopped.clone().drop_guard();
         let bus = &self.ctx.bus;
         let main = ConsumerSpec::new(SERVICE, DURABLE, "baton.>");
-        let dead = ConsumerSpec { stream: bus.config().dead_stream.clone(), ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>") };
+        let dead = ConsumerSpec {
+            stream: bus.config().dead_stream.clone(),
+            ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>")
+        };
         let main_consumer = bus.pull_consumer(&main).await?;
         let dead_consumer = bus.pull_consumer(&dead).await?;
         let specs = [&main, &dead];
         while !shutdown.is_cancelled() {
             // Each source ends with a `None`, so the merged stream ends as soon as either
             // message stream does (then both are pulled again).
-            let m = pull(&main_consumer, &main).await?.map(|m| Some((0usize, m))).chain(futures::stream::iter([None]));
-            let d = pull(&dead_consumer, &dead).await?.map(|m| Some((1usize, m))).chain(futures::stream::iter([None]));
+            let m = pull(&main_consumer, &main)
+                .await?
+                .map(|m| Some((0usize, m)))
+                .chain(futures::stream::iter([None]));
+            let d = pull(&dead_consumer, &dead)
+                .await?
+                .map(|m| Some((1usize, m)))
+                .chain(futures::stream::iter([None]));
             let batches = futures::stream::select(m, d)
                 .take_while(|item| std::future::ready(item.is_some()))
                 .filter_map(std::future::ready)
@@ -288,17 +320,21 @@ impl Audit {
                 skipped += 1;
                 continue;
             }
-            let stream = if specs[*source].stream.is_empty() { &self.ctx.bus.config().stream } else { &specs[*source].stream };
+            let stream = if specs[*source].stream.is_empty() {
+                &self.ctx.bus.config().stream
+            } else {
+                &specs[*source].stream
+            };
             records.push(
                 NewRecord::from_message(
-                d.subject(),
-                d.payload(),
-                MessageMeta {
-                    msg_id: d.header("Nats-Msg-Id"),
-                    task_id: d.header(TASK_ID_HEADER),
-                    tenant: d.header(TENANT_HEADER),
-                    fallback_id: format!("{stream}.{}", d.stream_sequence()),
-                },
+                    d.subject(),
+                    d.payload(),
+                    MessageMeta {
+                        msg_id: d.header("Nats-Msg-Id"),
+                        task_id: d.header(TASK_ID_HEADER),
+                        tenant: d.header(TENANT_HEADER),
+                        fallback_id: format!("{stream}.{}", d.stream_sequence()),
+                    },
                 )
                 .unwrap_own_dead_letter(SERVICE),
             );
@@ -308,7 +344,12 @@ impl Audit {
         let outcome = match &result {
             Ok(stored) => {
                 self.ctx.metrics.audit_records.inc_by(stored.len() as u64);
-                debug!(messages = batch.len(), stored = stored.len(), skipped, "batch stored");
+                debug!(
+                    messages = batch.len(),
+                    stored = stored.len(),
+                    skipped,
+                    "batch stored"
+                );
                 "ok"
             }
             Err(e) => {
@@ -316,9 +357,14 @@ impl Audit {
                 "retry"
             }
         };
-        let settle = result.as_ref().map(|_| ()).map_err(|e| HandlerError::Retry(e.to_string()));
+        let settle = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| HandlerError::Retry(e.to_string()));
         futures::future::join_all(
-            batch.iter().map(|(source, d)| self.ctx.bus.settle(specs[*source], d, settle.clone())),
+            batch
+                .iter()
+                .map(|(source, d)| self.ctx.bus.settle(specs[*source], d, settle.clone())),
         )
         .await;
         for _ in &batch {
@@ -363,7 +409,10 @@ impl baton_runtime::service::Service for Audit {
         }
     }
 
-    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+    fn start(
+        ctx: Context,
+        config: Config,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
         Audit::new(ctx, config)
     }
 
@@ -371,7 +420,10 @@ impl baton_runtime::service::Service for Audit {
         Audit::add_grpc(self, routes)
     }
 
-    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+    fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
     }
 }

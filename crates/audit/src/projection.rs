@@ -87,7 +87,9 @@ impl TaskRow {
         if self.tenant.is_empty() {
             self.tenant = tenant.to_string();
         }
-        let Some(body) = event.and_then(|e| e.body.as_ref()) else { return };
+        let Some(body) = event.and_then(|e| e.body.as_ref()) else {
+            return;
+        };
         let (status, reason) = match body {
             Body::TriggerRejected(r) => (TaskStatus::Rejected, Some(r.reason.clone())),
             Body::TaskReceived(r) => {
@@ -121,7 +123,11 @@ impl TaskRow {
             | Body::RollbackStarted(_) => (TaskStatus::Executing, None),
             Body::TaskCompleted(_) => (TaskStatus::Completed, None),
             Body::TaskFailed(f) => {
-                let reason = if f.reason.is_empty() { f.code.clone() } else { f.reason.clone() };
+                let reason = if f.reason.is_empty() {
+                    f.code.clone()
+                } else {
+                    f.reason.clone()
+                };
                 (TaskStatus::Failed, Some(reason))
             }
             // Audit's own outage is not the task's failure (see `NewRecord::unwrap_own_dead_letter`).
@@ -179,7 +185,9 @@ fn rank(s: TaskStatus) -> u8 {
 
 /// Microseconds since the Unix epoch of a protobuf timestamp.
 pub fn timestamp_to_micros(t: &baton_proto::Timestamp) -> i64 {
-    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos) / 1_000)
+    t.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.nanos) / 1_000)
 }
 
 /// A protobuf timestamp from microseconds since the Unix epoch.
@@ -194,7 +202,7 @@ pub fn micros_to_timestamp(us: i64) -> baton_proto::Timestamp {
 mod tests {
     use super::*;
     use baton_proto::{
-        Decision, DeadLetter, PlanProposed, Task, TaskCompleted, TaskFailed, TaskReceived,
+        DeadLetter, Decision, PlanProposed, Task, TaskCompleted, TaskFailed, TaskReceived,
         TaskRejected, TaskRouted, TaskSpec, Trigger,
     };
 
@@ -208,7 +216,11 @@ mod tests {
                 task_id: "t1".into(),
                 tenant: "acme".into(),
                 submitted_by: "alice".into(),
-                trigger: Some(Trigger { text: "fix drift".into(), environment: "staging".into(), ..Default::default() }),
+                trigger: Some(Trigger {
+                    text: "fix drift".into(),
+                    environment: "staging".into(),
+                    ..Default::default()
+                }),
                 received_at: None,
             }),
         }))
@@ -218,50 +230,152 @@ mod tests {
     fn fields_fill_in_along_the_pipeline() {
         let mut row = TaskRow::new("t1", "", 10);
         row.apply("acme", Some(&received()), 10);
-        assert_eq!((row.status, row.text.as_str(), row.submitted_by.as_str()), (TaskStatus::Received, "fix drift", "alice"));
+        assert_eq!(
+            (row.status, row.text.as_str(), row.submitted_by.as_str()),
+            (TaskStatus::Received, "fix drift", "alice")
+        );
         assert_eq!(row.environment, "staging");
-        let spec = TaskSpec { role: "drift".into(), task_type: "drift_remediation".into(), environment: "production".into(), risk: Risk::High as i32, ..Default::default() };
-        row.apply("acme", Some(&ev(Body::TaskRouted(TaskRouted { task: None, decision: Some(Decision { spec: Some(spec), ..Default::default() }) }))), 20);
-        assert_eq!((row.status, row.role.as_str(), row.environment.as_str(), row.risk), (TaskStatus::Routed, "drift", "production", Risk::High));
-        assert_eq!((row.created_at, row.updated_at, row.event_count, row.tenant.as_str()), (10, 20, 2, "acme"));
+        let spec = TaskSpec {
+            role: "drift".into(),
+            task_type: "drift_remediation".into(),
+            environment: "production".into(),
+            risk: Risk::High as i32,
+            ..Default::default()
+        };
+        row.apply(
+            "acme",
+            Some(&ev(Body::TaskRouted(TaskRouted {
+                task: None,
+                decision: Some(Decision {
+                    spec: Some(spec),
+                    ..Default::default()
+                }),
+            }))),
+            20,
+        );
+        assert_eq!(
+            (
+                row.status,
+                row.role.as_str(),
+                row.environment.as_str(),
+                row.risk
+            ),
+            (TaskStatus::Routed, "drift", "production", Risk::High)
+        );
+        assert_eq!(
+            (
+                row.created_at,
+                row.updated_at,
+                row.event_count,
+                row.tenant.as_str()
+            ),
+            (10, 20, 2, "acme")
+        );
     }
 
     #[test]
     fn final_status_never_moves_back_and_late_events_do_not_regress() {
         let mut row = TaskRow::new("t1", "acme", 0);
-        row.apply("acme", Some(&ev(Body::PlanProposed(PlanProposed::default()))), 1);
+        row.apply(
+            "acme",
+            Some(&ev(Body::PlanProposed(PlanProposed::default()))),
+            1,
+        );
         row.apply("acme", Some(&received()), 2);
-        assert_eq!(row.status, TaskStatus::Proposed, "a late received must not regress");
-        row.apply("acme", Some(&ev(Body::TaskFailed(TaskFailed { reason: "boom".into(), ..Default::default() }))), 3);
-        row.apply("acme", Some(&ev(Body::TaskCompleted(TaskCompleted::default()))), 4);
-        row.apply("acme", Some(&ev(Body::TaskRejected(TaskRejected { reasons: vec!["x".into()], ..Default::default() }))), 5);
-        assert_eq!((row.status, row.reason.as_str()), (TaskStatus::Failed, "boom"));
+        assert_eq!(
+            row.status,
+            TaskStatus::Proposed,
+            "a late received must not regress"
+        );
+        row.apply(
+            "acme",
+            Some(&ev(Body::TaskFailed(TaskFailed {
+                reason: "boom".into(),
+                ..Default::default()
+            }))),
+            3,
+        );
+        row.apply(
+            "acme",
+            Some(&ev(Body::TaskCompleted(TaskCompleted::default()))),
+            4,
+        );
+        row.apply(
+            "acme",
+            Some(&ev(Body::TaskRejected(TaskRejected {
+                reasons: vec!["x".into()],
+                ..Default::default()
+            }))),
+            5,
+        );
+        assert_eq!(
+            (row.status, row.reason.as_str()),
+            (TaskStatus::Failed, "boom")
+        );
         assert_eq!(row.event_count, 5);
     }
 
     #[test]
     fn rejections_and_dead_letters_carry_reasons() {
         let mut row = TaskRow::new("t1", "acme", 0);
-        row.apply("acme", Some(&ev(Body::TaskRejected(TaskRejected { reasons: vec!["a".into(), "b".into()], ..Default::default() }))), 1);
-        assert_eq!((row.status, row.reason.as_str()), (TaskStatus::Rejected, "a; b"));
+        row.apply(
+            "acme",
+            Some(&ev(Body::TaskRejected(TaskRejected {
+                reasons: vec!["a".into(), "b".into()],
+                ..Default::default()
+            }))),
+            1,
+        );
+        assert_eq!(
+            (row.status, row.reason.as_str()),
+            (TaskStatus::Rejected, "a; b")
+        );
         let mut row = TaskRow::new("t2", "acme", 0);
-        row.apply("acme", Some(&ev(Body::DeadLetter(DeadLetter { service: "decision".into(), reason: "bad".into(), ..Default::default() }))), 1);
-        assert_eq!((row.status, row.reason.as_str()), (TaskStatus::Failed, "dead-lettered by decision: bad"));
+        row.apply(
+            "acme",
+            Some(&ev(Body::DeadLetter(DeadLetter {
+                service: "decision".into(),
+                reason: "bad".into(),
+                ..Default::default()
+            }))),
+            1,
+        );
+        assert_eq!(
+            (row.status, row.reason.as_str()),
+            (TaskStatus::Failed, "dead-lettered by decision: bad")
+        );
         let mut row = TaskRow::new("t3", "acme", 0);
-        row.apply("acme", Some(&ev(Body::DeadLetter(DeadLetter { service: "audit".into(), ..Default::default() }))), 1);
-        assert_eq!(row.status, TaskStatus::Unspecified, "audit's own dead letters fail no task");
+        row.apply(
+            "acme",
+            Some(&ev(Body::DeadLetter(DeadLetter {
+                service: "audit".into(),
+                ..Default::default()
+            }))),
+            1,
+        );
+        assert_eq!(
+            row.status,
+            TaskStatus::Unspecified,
+            "audit's own dead letters fail no task"
+        );
     }
 
     #[test]
     fn undecodable_events_only_count() {
         let mut row = TaskRow::new("t1", "acme", 5);
         row.apply("acme", None, 7);
-        assert_eq!((row.status, row.event_count, row.updated_at), (TaskStatus::Unspecified, 1, 7));
+        assert_eq!(
+            (row.status, row.event_count, row.updated_at),
+            (TaskStatus::Unspecified, 1, 7)
+        );
     }
 
     #[test]
     fn timestamps_round_trip_through_micros() {
-        let t = baton_proto::Timestamp { seconds: 1_700_000_000, nanos: 123_456_000 };
+        let t = baton_proto::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_000,
+        };
         assert_eq!(micros_to_timestamp(timestamp_to_micros(&t)), t);
         let neg = micros_to_timestamp(-1);
         assert_eq!((neg.seconds, neg.nanos), (-1, 999_999_000));

@@ -14,15 +14,15 @@
 //! Both backends share the SQL: statements use `$n` placeholders (which SQLite accepts too),
 //! and [`with_db!`] instantiates a body once per backend.
 
+use crate::Error;
 use crate::chain::{HashInput, record_hash};
 use crate::projection::{TaskRow, micros_to_timestamp, timestamp_to_micros};
-use crate::Error;
 use baton_proto::{AuditRecord, Event, Risk, TaskStatus, TaskView};
 use prost::Message as _;
+use sqlx::Connection as _;
+use sqlx::QueryBuilder;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::QueryBuilder;
-use sqlx::Connection as _;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -129,7 +129,13 @@ impl NewRecord {
     /// body this build does not know is kept as kind `unknown`. The stored payload is always
     /// the received bytes.
     pub fn from_message(subject: &str, payload: &[u8], meta: MessageMeta<'_>) -> NewRecord {
-        let or = |a: &str, b: Option<&str>| if a.is_empty() { b.unwrap_or("").to_string() } else { a.to_string() };
+        let or = |a: &str, b: Option<&str>| {
+            if a.is_empty() {
+                b.unwrap_or("").to_string()
+            } else {
+                a.to_string()
+            }
+        };
         let mut record = match Event::decode(payload) {
             Ok(event) => {
                 let mut r = NewRecord::from_event(subject, &event);
@@ -166,8 +172,12 @@ impl NewRecord {
     pub fn unwrap_own_dead_letter(self, service: &str) -> NewRecord {
         let mut record = self;
         while record.kind == "dead_letter" {
-            let Ok(event) = Event::decode(record.payload.as_slice()) else { break };
-            let Some(baton_proto::event::Body::DeadLetter(dl)) = event.body else { break };
+            let Ok(event) = Event::decode(record.payload.as_slice()) else {
+                break;
+            };
+            let Some(baton_proto::event::Body::DeadLetter(dl)) = event.body else {
+                break;
+            };
             if dl.service != service {
                 break;
             }
@@ -217,7 +227,9 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// The decoded event, when the payload is one.
     pub fn event(&self) -> Option<Event> {
-        Event::decode(self.payload.as_slice()).ok().filter(|_| self.kind != UNDECODABLE)
+        Event::decode(self.payload.as_slice())
+            .ok()
+            .filter(|_| self.kind != UNDECODABLE)
     }
 
     /// The hash this record should have.
@@ -239,7 +251,11 @@ impl StoredRecord {
 
     /// Time for projections: the event's, else when it was recorded.
     pub fn effective_time(&self) -> i64 {
-        if self.event_time != 0 { self.event_time } else { self.recorded_at }
+        if self.event_time != 0 {
+            self.event_time
+        } else {
+            self.recorded_at
+        }
     }
 
     /// The protobuf record (`event` is unset for undecodable payloads).
@@ -341,7 +357,11 @@ fn encode_token(created_at: i64, task_id: &str) -> String {
 }
 
 fn decode_token(token: &str) -> Result<(i64, String), Error> {
-    let bad = || Error::InvalidArgument("invalid page_token: pass next_page_token from the previous response unchanged".into());
+    let bad = || {
+        Error::InvalidArgument(
+            "invalid page_token: pass next_page_token from the previous response unchanged".into(),
+        )
+    };
     let bytes = hex::decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let rest = text.strip_prefix("v1:").ok_or_else(bad)?;
@@ -431,7 +451,10 @@ impl Store {
     /// Errors: [`Error::Config`] for an unsupported URL, [`Error::Connect`] when the database
     /// cannot be reached, [`Error::Migrate`] when the schema cannot be brought up to date.
     pub async fn open(url: &str, max_connections: u32) -> Result<Store, Error> {
-        let connect = |source| Error::Connect { url: redact(url), source };
+        let connect = |source| Error::Connect {
+            url: redact(url),
+            source,
+        };
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(connect)?;
             let pool = PgPoolOptions::new()
@@ -451,8 +474,10 @@ impl Store {
                 && !parent.as_os_str().is_empty()
                 && options.get_filename().as_os_str() != ":memory:"
             {
-                std::fs::create_dir_all(parent)
-                    .map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
+                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
@@ -469,7 +494,11 @@ impl Store {
             )));
         };
         let head = load_head(&db).await?;
-        Ok(Store { db, head: Mutex::new(HeadState { head, stale: false }), url: redact(url) })
+        Ok(Store {
+            db,
+            head: Mutex::new(HeadState { head, stale: false }),
+            url: redact(url),
+        })
     }
 
     /// Takes the one-writer lock of this database, then reloads the chain head (the previous
@@ -486,18 +515,31 @@ impl Store {
     pub async fn lock_writer(&self) -> Result<WriterLock, Error> {
         let inner = match &self.db {
             Db::Postgres(pool) => {
-                let options = pool.connect_options().as_ref().clone().application_name("baton-audit-writer-lock");
-                let mut conn = sqlx::PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|source| Error::Connect { url: self.url.clone(), source })?;
+                let options = pool
+                    .connect_options()
+                    .as_ref()
+                    .clone()
+                    .application_name("baton-audit-writer-lock");
+                let mut conn =
+                    sqlx::PgConnection::connect_with(&options)
+                        .await
+                        .map_err(|source| Error::Connect {
+                            url: self.url.clone(),
+                            source,
+                        })?;
                 let locked = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
                     .bind(WRITER_LOCK_KEY)
                     .fetch_one(&mut conn)
                     .await
-                    .map_err(|source| Error::Database { action: "take the writer lock", source })?;
+                    .map_err(|source| Error::Database {
+                        action: "take the writer lock",
+                        source,
+                    })?;
                 if !locked {
                     let _ = conn.close().await;
-                    return Err(Error::WriterLocked { database: self.url.clone() });
+                    return Err(Error::WriterLocked {
+                        database: self.url.clone(),
+                    });
                 }
                 LockInner::Postgres(conn)
             }
@@ -508,7 +550,10 @@ impl Store {
                     LockInner::Memory
                 } else {
                     let path = lock_file_path(db);
-                    let io = |source| Error::Io { path: path.clone(), source };
+                    let io = |source| Error::Io {
+                        path: path.clone(),
+                        source,
+                    };
                     let mut file = std::fs::File::options()
                         .read(true)
                         .write(true)
@@ -519,7 +564,9 @@ impl Store {
                     match file.try_lock() {
                         Ok(()) => {}
                         Err(std::fs::TryLockError::WouldBlock) => {
-                            return Err(Error::WriterLocked { database: db.display().to_string() });
+                            return Err(Error::WriterLocked {
+                                database: db.display().to_string(),
+                            });
                         }
                         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
                     }
@@ -567,8 +614,10 @@ impl Store {
     /// later append reuse a taken sequence number.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<StoredRecord>, Error> {
         let mut seen = HashSet::new();
-        let records: Vec<NewRecord> =
-            records.into_iter().filter(|r| seen.insert(r.event_id.clone())).collect();
+        let records: Vec<NewRecord> = records
+            .into_iter()
+            .filter(|r| seen.insert(r.event_id.clone()))
+            .collect();
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -582,7 +631,10 @@ impl Store {
                     "chain head reloaded after a failed append: the database holds records this writer did not know of"
                 );
             } else {
-                info!(last_sequence = head.sequence, "chain head reloaded after a failed append; unchanged");
+                info!(
+                    last_sequence = head.sequence,
+                    "chain head reloaded after a failed append; unchanged"
+                );
             }
             state.head = head;
             state.stale = false;
@@ -596,7 +648,11 @@ impl Store {
 
     /// [`Store::append`] with the head locked: chains `records` after `head` and advances it
     /// on commit.
-    async fn append_after(&self, head: &mut ChainHead, mut records: Vec<NewRecord>) -> Result<Vec<StoredRecord>, Error> {
+    async fn append_after(
+        &self,
+        head: &mut ChainHead,
+        mut records: Vec<NewRecord>,
+    ) -> Result<Vec<StoredRecord>, Error> {
         let db_err = |action| move |source| Error::Database { action, source };
         let stored = with_db!(&self.db, pool, DB => {
             let mut tx = pool.begin().await.map_err(db_err("begin a transaction"))?;
@@ -744,7 +800,11 @@ impl Store {
     }
 
     /// The records of `task_id` with sequence greater than `after`, in sequence order.
-    pub async fn task_records(&self, task_id: &str, after: u64) -> Result<Vec<StoredRecord>, Error> {
+    pub async fn task_records(
+        &self,
+        task_id: &str,
+        after: u64,
+    ) -> Result<Vec<StoredRecord>, Error> {
         with_db!(&self.db, pool, DB => {
             sqlx::query_as::<DB, StoredRecord>(sqlx::AssertSqlSafe(format!(
                 "SELECT {LOG_COLUMNS} FROM audit_log WHERE task_id = $1 AND sequence > $2 ORDER BY sequence"
@@ -762,7 +822,11 @@ impl Store {
     /// Errors: [`Error::InvalidArgument`] for a page token this store did not issue.
     pub async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, Error> {
         let page_size = query.page_size.clamp(1, 500) as i64;
-        let after = if query.page_token.is_empty() { None } else { Some(decode_token(&query.page_token)?) };
+        let after = if query.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_token(&query.page_token)?)
+        };
         let rows: Vec<TaskDbRow> = with_db!(&self.db, pool, DB => {
             let mut q = QueryBuilder::<DB>::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1"));
             if let Some(status) = query.status {
@@ -784,12 +848,19 @@ impl Store {
         })
         .map_err(|source| Error::Database { action: "list tasks", source })?;
         let more = rows.len() as i64 > page_size;
-        let tasks: Vec<TaskRow> = rows.into_iter().take(page_size as usize).map(TaskRow::from).collect();
+        let tasks: Vec<TaskRow> = rows
+            .into_iter()
+            .take(page_size as usize)
+            .map(TaskRow::from)
+            .collect();
         let next_page_token = match (more, tasks.last()) {
             (true, Some(last)) => encode_token(last.created_at, &last.task_id),
             _ => String::new(),
         };
-        Ok(TaskPage { tasks: tasks.iter().map(TaskRow::to_view).collect(), next_page_token })
+        Ok(TaskPage {
+            tasks: tasks.iter().map(TaskRow::to_view).collect(),
+            next_page_token,
+        })
     }
 
     /// Recomputes the hash chain in sequence order, reading [`VERIFY_BATCH`] rows at a time.
@@ -803,7 +874,12 @@ impl Store {
         let mut prev = ChainHead::default();
         let mut checked = 0u64;
         let bad = |checked, sequence, problem: String| {
-            Ok(Verification { ok: false, records_checked: checked, first_bad_sequence: sequence, problem })
+            Ok(Verification {
+                ok: false,
+                records_checked: checked,
+                first_bad_sequence: sequence,
+                problem,
+            })
         };
         loop {
             let batch: Vec<StoredRecord> = with_db!(&self.db, pool, DB => {
@@ -838,7 +914,9 @@ impl Store {
                         checked,
                         seq,
                         if prev.sequence == 0 {
-                            format!("prev_hash of record {seq} is not empty although it is the first record")
+                            format!(
+                                "prev_hash of record {seq} is not empty although it is the first record"
+                            )
                         } else {
                             format!(
                                 "prev_hash of record {seq} does not match record {} (a record was removed or reordered)",
@@ -848,7 +926,11 @@ impl Store {
                     );
                 }
                 if r.compute_hash() != r.hash {
-                    return bad(checked, seq, format!("hash mismatch: record {seq} was changed"));
+                    return bad(
+                        checked,
+                        seq,
+                        format!("hash mismatch: record {seq} was changed"),
+                    );
                 }
                 if let Some(e) = expected
                     && e.sequence == seq
@@ -857,10 +939,15 @@ impl Store {
                     return bad(
                         checked,
                         seq,
-                        format!("record {seq} is not the record the writer stored (it was replaced)"),
+                        format!(
+                            "record {seq} is not the record the writer stored (it was replaced)"
+                        ),
                     );
                 }
-                prev = ChainHead { sequence: seq, hash: r.hash };
+                prev = ChainHead {
+                    sequence: seq,
+                    hash: r.hash,
+                };
             }
         }
         if let Some(e) = expected
@@ -875,7 +962,12 @@ impl Store {
                 ),
             );
         }
-        Ok(Verification { ok: true, records_checked: checked, first_bad_sequence: 0, problem: String::new() })
+        Ok(Verification {
+            ok: true,
+            records_checked: checked,
+            first_bad_sequence: 0,
+            problem: String::new(),
+        })
     }
 }
 
@@ -886,7 +978,12 @@ async fn load_head(db: &Db) -> Result<ChainHead, Error> {
             .await
     })
     .map_err(|source| Error::Database { action: "read the chain head", source })?;
-    Ok(row.map(|(sequence, hash)| ChainHead { sequence: sequence as u64, hash }).unwrap_or_default())
+    Ok(row
+        .map(|(sequence, hash)| ChainHead {
+            sequence: sequence as u64,
+            hash,
+        })
+        .unwrap_or_default())
 }
 
 /// The URL without its password, for messages.
@@ -910,16 +1007,28 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_garbage_is_rejected() {
         let t = encode_token(1_700_000_000_000_000, "task:with:colons");
-        assert_eq!(decode_token(&t).unwrap(), (1_700_000_000_000_000, "task:with:colons".to_string()));
+        assert_eq!(
+            decode_token(&t).unwrap(),
+            (1_700_000_000_000_000, "task:with:colons".to_string())
+        );
         for bad in ["zz", "", &hex::encode("v2:1:x"), &hex::encode("v1:x:y")] {
-            assert!(matches!(decode_token(bad), Err(Error::InvalidArgument(_))), "{bad}");
+            assert!(
+                matches!(decode_token(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://baton:secret@db:5432/x"), "postgres://baton:***@db:5432/x");
-        assert_eq!(redact("sqlite://.baton/audit.db?mode=rwc"), "sqlite://.baton/audit.db?mode=rwc");
+        assert_eq!(
+            redact("postgres://baton:secret@db:5432/x"),
+            "postgres://baton:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("sqlite://.baton/audit.db?mode=rwc"),
+            "sqlite://.baton/audit.db?mode=rwc"
+        );
     }
 
     #[test]
@@ -927,16 +1036,30 @@ mod tests {
         let r = NewRecord::from_message(
             "baton.task.received",
             b"\xff\xffjunk",
-            MessageMeta { msg_id: None, task_id: Some("t9"), tenant: Some("acme"), fallback_id: "BATON.7".into() },
+            MessageMeta {
+                msg_id: None,
+                task_id: Some("t9"),
+                tenant: Some("acme"),
+                fallback_id: "BATON.7".into(),
+            },
         );
-        assert_eq!((r.kind.as_str(), r.event_id.as_str(), r.task_id.as_str()), (UNDECODABLE, "BATON.7", "t9"));
+        assert_eq!(
+            (r.kind.as_str(), r.event_id.as_str(), r.task_id.as_str()),
+            (UNDECODABLE, "BATON.7", "t9")
+        );
         assert_eq!(r.payload, b"\xff\xffjunk");
     }
 
     #[test]
     fn own_dead_letters_unwrap_to_the_original_event() {
         use baton_proto::{DeadLetter, TaskCompleted, event::Body};
-        let original = Event::first("t1", "acme", "completed", "execution", Body::TaskCompleted(TaskCompleted::default()));
+        let original = Event::first(
+            "t1",
+            "acme",
+            "completed",
+            "execution",
+            Body::TaskCompleted(TaskCompleted::default()),
+        );
         let wrap = |service: &str, subject: &str, inner: &Event| Event {
             event_id: format!("dead.{service}.{}", inner.event_id),
             task_id: "t1".into(),
@@ -951,10 +1074,14 @@ mod tests {
         let once = wrap("audit", "baton.task.completed", &original);
         let twice = wrap("audit", "baton.dead.audit", &once);
         let r = NewRecord::from_event("baton.dead.audit", &twice).unwrap_own_dead_letter("audit");
-        assert_eq!((r.event_id.as_str(), r.subject.as_str(), r.kind.as_str()), ("t1.completed", "baton.task.completed", "task_completed"));
+        assert_eq!(
+            (r.event_id.as_str(), r.subject.as_str(), r.kind.as_str()),
+            ("t1.completed", "baton.task.completed", "task_completed")
+        );
         assert_eq!(r.payload, original.encode_to_vec());
         let other = wrap("decision", "baton.task.received", &original);
-        let r = NewRecord::from_event("baton.dead.decision", &other).unwrap_own_dead_letter("audit");
+        let r =
+            NewRecord::from_event("baton.dead.decision", &other).unwrap_own_dead_letter("audit");
         assert_eq!(r.kind, "dead_letter", "other services' dead letters stay");
     }
 }

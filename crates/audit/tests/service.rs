@@ -5,9 +5,9 @@ use baton_audit::{Audit, Config};
 use baton_bus::testing::TestNats;
 use baton_proto::task_service_client::TaskServiceClient;
 use baton_proto::{
-    AuditRecord, DeadLetter, Event, GetTaskRequest, GetTaskResponse, ListTasksRequest, PlanProposed,
-    Task, TaskCompleted, TaskReceived, TaskStatus, Trigger, VerifyAuditRequest, WatchTaskRequest,
-    event::Body, subject,
+    AuditRecord, DeadLetter, Event, GetTaskRequest, GetTaskResponse, ListTasksRequest,
+    PlanProposed, Task, TaskCompleted, TaskReceived, TaskStatus, Trigger, VerifyAuditRequest,
+    WatchTaskRequest, event::Body, subject,
 };
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::{Context, metrics::Metrics};
@@ -34,11 +34,18 @@ impl Harness {
     async fn start() -> Harness {
         let nats = TestNats::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let auth = Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap();
+        let auth = Authenticator::new(&AuthConfig {
+            hs256_secret: "x".repeat(32),
+            ..Default::default()
+        })
+        .unwrap();
         let metrics = Arc::new(Metrics::default());
         let ctx = Context::new(nats.bus.clone(), auth, metrics.clone());
         let auth = ctx.auth.clone();
-        let config = Config { database_url: Config::sqlite_url(dir.path()), ..Config::default() };
+        let config = Config {
+            database_url: Config::sqlite_url(dir.path()),
+            ..Config::default()
+        };
         let audit = Audit::new(ctx, config).await.unwrap();
         let mut routes = tonic::service::RoutesBuilder::default();
         audit.add_grpc(&mut routes);
@@ -52,14 +59,27 @@ impl Harness {
         .await
         .unwrap();
         let writer = tokio::spawn(audit.run(shutdown.clone()));
-        let client = TaskServiceClient::connect(format!("http://{addr}")).await.unwrap();
-        Harness { nats, client, auth, metrics, shutdown, writer, _dir: dir }
+        let client = TaskServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Harness {
+            nats,
+            client,
+            auth,
+            metrics,
+            shutdown,
+            writer,
+            _dir: dir,
+        }
     }
 
     fn req<T>(&self, msg: T, tenant: &str, roles: &[Role]) -> Request<T> {
-        let token = self.auth.mint("tester", tenant, roles, Duration::from_secs(300));
+        let token = self
+            .auth
+            .mint("tester", tenant, roles, Duration::from_secs(300));
         let mut r = Request::new(msg);
-        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         r
     }
 
@@ -71,7 +91,17 @@ impl Harness {
     async fn wait_for(&self, task: &str, n: usize) -> GetTaskResponse {
         tokio::time::timeout(WAIT, async {
             loop {
-                let r = self.client.clone().get_task(self.req(GetTaskRequest { task_id: task.into() }, "acme", &[Role::Submitter])).await;
+                let r = self
+                    .client
+                    .clone()
+                    .get_task(self.req(
+                        GetTaskRequest {
+                            task_id: task.into(),
+                        },
+                        "acme",
+                        &[Role::Submitter],
+                    ))
+                    .await;
                 match r {
                     Ok(r) if r.get_ref().events.len() >= n => return r.into_inner(),
                     Ok(_) => {}
@@ -102,7 +132,10 @@ fn received(task: &str) -> Event {
                 task_id: task.into(),
                 tenant: "acme".into(),
                 submitted_by: "alice".into(),
-                trigger: Some(Trigger { text: "fix drift".into(), ..Default::default() }),
+                trigger: Some(Trigger {
+                    text: "fix drift".into(),
+                    ..Default::default()
+                }),
                 received_at: None,
             }),
         }),
@@ -110,15 +143,31 @@ fn received(task: &str) -> Event {
 }
 
 fn proposed(after: &Event) -> Event {
-    after.follow("proposed", "agent-runner", Body::PlanProposed(PlanProposed::default()))
+    after.follow(
+        "proposed",
+        "agent-runner",
+        Body::PlanProposed(PlanProposed::default()),
+    )
 }
 
 fn completed(after: &Event) -> Event {
-    after.follow("completed", "execution", Body::TaskCompleted(TaskCompleted::default()))
+    after.follow(
+        "completed",
+        "execution",
+        Body::TaskCompleted(TaskCompleted::default()),
+    )
 }
 
 fn ids(records: &[AuditRecord]) -> Vec<String> {
-    records.iter().map(|r| r.event.as_ref().map(|e| e.event_id.clone()).unwrap_or_default()).collect()
+    records
+        .iter()
+        .map(|r| {
+            r.event
+                .as_ref()
+                .map(|e| e.event_id.clone())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -127,7 +176,16 @@ async fn published_events_are_stored_in_order_and_tenants_are_isolated() {
     let r = received("t1");
     let p = proposed(&r);
     // A raw trigger is not audited (ingestion's task_received carries it).
-    h.nats.bus.publish_raw(&subject::trigger("cli"), "", Default::default(), b"{\"text\":\"hi\"}".to_vec().into()).await.unwrap();
+    h.nats
+        .bus
+        .publish_raw(
+            &subject::trigger("cli"),
+            "",
+            Default::default(),
+            b"{\"text\":\"hi\"}".to_vec().into(),
+        )
+        .await
+        .unwrap();
     h.publish(subject::TASK_RECEIVED, &r).await;
     h.publish(subject::TASK_PROPOSED, &p).await;
     let got = h.wait_for("t1", 2).await;
@@ -136,35 +194,101 @@ async fn published_events_are_stored_in_order_and_tenants_are_isolated() {
     assert!(got.events[0].sequence < got.events[1].sequence);
     assert_eq!(got.events[1].prev_hash, got.events[0].hash);
     let task = got.task.unwrap();
-    assert_eq!((task.status(), task.text.as_str(), task.event_count), (TaskStatus::Proposed, "fix drift", 2));
+    assert_eq!(
+        (task.status(), task.text.as_str(), task.event_count),
+        (TaskStatus::Proposed, "fix drift", 2)
+    );
 
     let mut c = h.client.clone();
-    let other = c.get_task(h.req(GetTaskRequest { task_id: "t1".into() }, "globex", &[Role::Submitter])).await.unwrap_err();
-    assert_eq!(other.code(), Code::NotFound, "another tenant must not see it");
-    let admin = c.get_task(h.req(GetTaskRequest { task_id: "t1".into() }, "ops", &[Role::Admin])).await.unwrap();
+    let other = c
+        .get_task(h.req(
+            GetTaskRequest {
+                task_id: "t1".into(),
+            },
+            "globex",
+            &[Role::Submitter],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        other.code(),
+        Code::NotFound,
+        "another tenant must not see it"
+    );
+    let admin = c
+        .get_task(h.req(
+            GetTaskRequest {
+                task_id: "t1".into(),
+            },
+            "ops",
+            &[Role::Admin],
+        ))
+        .await
+        .unwrap();
     assert_eq!(admin.get_ref().events.len(), 2);
-    let anon = c.get_task(Request::new(GetTaskRequest { task_id: "t1".into() })).await.unwrap_err();
+    let anon = c
+        .get_task(Request::new(GetTaskRequest {
+            task_id: "t1".into(),
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(anon.code(), Code::Unauthenticated);
 
-    let listed = c.list_tasks(h.req(ListTasksRequest::default(), "acme", &[Role::Submitter])).await.unwrap().into_inner();
-    assert_eq!(listed.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(), ["t1"]);
-    let globex = c.list_tasks(h.req(ListTasksRequest::default(), "globex", &[Role::Submitter])).await.unwrap().into_inner();
+    let listed = c
+        .list_tasks(h.req(ListTasksRequest::default(), "acme", &[Role::Submitter]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .tasks
+            .iter()
+            .map(|t| t.task_id.as_str())
+            .collect::<Vec<_>>(),
+        ["t1"]
+    );
+    let globex = c
+        .list_tasks(h.req(ListTasksRequest::default(), "globex", &[Role::Submitter]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(globex.tasks.is_empty());
     let denied = c
-        .list_tasks(h.req(ListTasksRequest { tenant: "acme".into(), ..Default::default() }, "globex", &[Role::Submitter]))
+        .list_tasks(h.req(
+            ListTasksRequest {
+                tenant: "acme".into(),
+                ..Default::default()
+            },
+            "globex",
+            &[Role::Submitter],
+        ))
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     let bad_token = c
-        .list_tasks(h.req(ListTasksRequest { page_token: "xyz".into(), ..Default::default() }, "acme", &[Role::Submitter]))
+        .list_tasks(h.req(
+            ListTasksRequest {
+                page_token: "xyz".into(),
+                ..Default::default()
+            },
+            "acme",
+            &[Role::Submitter],
+        ))
         .await
         .unwrap_err();
     assert_eq!(bad_token.code(), Code::InvalidArgument);
 
     // Verification needs the operator role and counts exactly the two events (no trigger).
-    let denied = c.verify_audit(h.req(VerifyAuditRequest {}, "acme", &[Role::Submitter])).await.unwrap_err();
+    let denied = c
+        .verify_audit(h.req(VerifyAuditRequest {}, "acme", &[Role::Submitter]))
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
-    let v = c.verify_audit(h.req(VerifyAuditRequest {}, "acme", &[Role::Operator])).await.unwrap().into_inner();
+    let v = c
+        .verify_audit(h.req(VerifyAuditRequest {}, "acme", &[Role::Operator]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(v.ok, "{v:?}");
     assert_eq!(v.records_checked, 2);
     assert_eq!(h.metrics.audit_records.get(), 2);
@@ -176,7 +300,13 @@ async fn watch_streams_live_records_and_ends_at_completion() {
     let h = Harness::start().await;
     // Watch before the task exists: the call waits for it.
     let mut c = h.client.clone();
-    let req = h.req(WatchTaskRequest { task_id: "t1".into() }, "acme", &[Role::Submitter]);
+    let req = h.req(
+        WatchTaskRequest {
+            task_id: "t1".into(),
+        },
+        "acme",
+        &[Role::Submitter],
+    );
     let watch = tokio::spawn(async move {
         let mut stream = c.watch_task(req).await?.into_inner();
         let mut got = Vec::new();
@@ -192,18 +322,46 @@ async fn watch_streams_live_records_and_ends_at_completion() {
     h.wait_for("t1", 1).await;
     h.publish(subject::TASK_PROPOSED, &p).await;
     h.publish(subject::TASK_COMPLETED, &completed(&p)).await;
-    let got = tokio::time::timeout(WAIT, watch).await.expect("the stream ends after task_completed").unwrap().unwrap();
+    let got = tokio::time::timeout(WAIT, watch)
+        .await
+        .expect("the stream ends after task_completed")
+        .unwrap()
+        .unwrap();
     assert_eq!(ids(&got), ["t1.received", "t1.proposed", "t1.completed"]);
 
     // A watch of a finished task replays it and ends.
     let mut c = h.client.clone();
-    let mut stream = c.watch_task(h.req(WatchTaskRequest { task_id: "t1".into() }, "acme", &[Role::Submitter])).await.unwrap().into_inner();
+    let mut stream = c
+        .watch_task(h.req(
+            WatchTaskRequest {
+                task_id: "t1".into(),
+            },
+            "acme",
+            &[Role::Submitter],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let mut n = 0;
-    while tokio::time::timeout(WAIT, stream.message()).await.unwrap().unwrap().is_some() {
+    while tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .is_some()
+    {
         n += 1;
     }
     assert_eq!(n, 3);
-    let hidden = c.watch_task(h.req(WatchTaskRequest { task_id: "t1".into() }, "globex", &[Role::Submitter])).await.unwrap_err();
+    let hidden = c
+        .watch_task(h.req(
+            WatchTaskRequest {
+                task_id: "t1".into(),
+            },
+            "globex",
+            &[Role::Submitter],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(hidden.code(), Code::NotFound);
     h.stop().await;
 }
@@ -217,7 +375,16 @@ async fn dead_letters_and_redeliveries_are_audited_once() {
     // stream keeps both, the audit log one.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Baton-Task-Id", "t1");
-    h.nats.bus.publish_raw(subject::TASK_RECEIVED, "t1.received.again", headers, prost::Message::encode_to_vec(&r).into()).await.unwrap();
+    h.nats
+        .bus
+        .publish_raw(
+            subject::TASK_RECEIVED,
+            "t1.received.again",
+            headers,
+            prost::Message::encode_to_vec(&r).into(),
+        )
+        .await
+        .unwrap();
     // A dead letter follows the message it is about; the two arrive on different streams, whose
     // relative order the audit writer does not define, so let the first be stored first.
     h.wait_for("t1", 1).await;
@@ -240,17 +407,42 @@ async fn dead_letters_and_redeliveries_are_audited_once() {
     assert_eq!(ids(&got.events), ["t1.received", "dead.decision.BATON.1"]);
     assert_eq!(got.events[1].subject, "baton.dead.x");
     let task = got.task.unwrap();
-    assert_eq!((task.status(), task.reason.as_str()), (TaskStatus::Failed, "dead-lettered by decision: poison message: bad spec"));
+    assert_eq!(
+        (task.status(), task.reason.as_str()),
+        (
+            TaskStatus::Failed,
+            "dead-lettered by decision: poison message: bad spec"
+        )
+    );
 
     // An undecodable payload is kept too, under its header ids.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Baton-Task-Id", "t1");
-    h.nats.bus.publish_raw(subject::TASK_PROPOSED, "junk-1", headers, b"\xff\xffjunk".to_vec().into()).await.unwrap();
+    h.nats
+        .bus
+        .publish_raw(
+            subject::TASK_PROPOSED,
+            "junk-1",
+            headers,
+            b"\xff\xffjunk".to_vec().into(),
+        )
+        .await
+        .unwrap();
     let got = h.wait_for("t1", 3).await;
-    assert_eq!(got.events.len(), 3, "the redelivered copy must not be stored");
+    assert_eq!(
+        got.events.len(),
+        3,
+        "the redelivered copy must not be stored"
+    );
     assert!(got.events[2].event.is_none());
     assert_eq!(got.events[2].subject, subject::TASK_PROPOSED);
-    let v = h.client.clone().verify_audit(h.req(VerifyAuditRequest {}, "ops", &[Role::Admin])).await.unwrap().into_inner();
+    let v = h
+        .client
+        .clone()
+        .verify_audit(h.req(VerifyAuditRequest {}, "ops", &[Role::Admin]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(v.ok && v.records_checked == 3, "{v:?}");
     h.stop().await;
 }
@@ -259,22 +451,40 @@ async fn dead_letters_and_redeliveries_are_audited_once() {
 async fn a_second_writer_is_refused_while_the_first_lives() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = Config { database_url: Config::sqlite_url(dir.path()), ..Config::default() };
+    let config = Config {
+        database_url: Config::sqlite_url(dir.path()),
+        ..Config::default()
+    };
     let ctx = || {
-        let auth = Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap();
+        let auth = Authenticator::new(&AuthConfig {
+            hs256_secret: "x".repeat(32),
+            ..Default::default()
+        })
+        .unwrap();
         Context::new(nats.bus.clone(), auth, Arc::new(Metrics::default()))
     };
     let first = Audit::new(ctx(), config.clone()).await.unwrap();
-    let refused = Audit::new(ctx(), config.clone()).await.err().expect("a second writer must be refused");
+    let refused = Audit::new(ctx(), config.clone())
+        .await
+        .err()
+        .expect("a second writer must be refused");
     let db = dir.path().join("audit.db");
     assert_eq!(
         refused.to_string(),
-        format!("another audit writer holds the lock on {}; run one audit replica per database", db.display())
+        format!(
+            "another audit writer holds the lock on {}; run one audit replica per database",
+            db.display()
+        )
     );
     assert!(matches!(refused, baton_audit::Error::WriterLocked { .. }));
-    assert_eq!(tonic::Status::from(refused).code(), Code::FailedPrecondition);
+    assert_eq!(
+        tonic::Status::from(refused).code(),
+        Code::FailedPrecondition
+    );
     drop(first);
-    let second = Audit::new(ctx(), config.clone()).await.expect("the lock goes with the dropped writer");
+    let second = Audit::new(ctx(), config.clone())
+        .await
+        .expect("the lock goes with the dropped writer");
 
     // A writer that ran and stopped releases it too, even while its gRPC side (sharing the
     // store) is still up.
@@ -283,7 +493,13 @@ async fn a_second_writer_is_refused_while_the_first_lives() {
     let shutdown = CancellationToken::new();
     let writer = tokio::spawn(second.run(shutdown.clone()));
     shutdown.cancel();
-    tokio::time::timeout(WAIT, writer).await.expect("writer stops").unwrap().unwrap();
-    let third = Audit::new(ctx(), config).await.expect("a stopped writer released the lock");
+    tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("writer stops")
+        .unwrap()
+        .unwrap();
+    let third = Audit::new(ctx(), config)
+        .await
+        .expect("a stopped writer released the lock");
     drop((third, routes));
 }

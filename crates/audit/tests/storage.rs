@@ -5,7 +5,7 @@
 use baton_audit::Error;
 use baton_audit::store::{NewRecord, Store, TaskQuery, WriterLock};
 use baton_proto::{
-    Decision, DeadLetter, Event, PlanProposed, Risk, Task, TaskApproved, TaskAwaitingApproval,
+    DeadLetter, Decision, Event, PlanProposed, Risk, Task, TaskApproved, TaskAwaitingApproval,
     TaskCompleted, TaskFailed, TaskReceived, TaskRouted, TaskSpec, TaskStatus, Trigger,
     TriggerRejected, event::Body, subject,
 };
@@ -34,12 +34,17 @@ impl Drop for PgDatabase {
         let (admin, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs inside the test's runtime; use a separate one on its own thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut c)
-                        .await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
                 }
             })
         })
@@ -51,10 +56,18 @@ impl TestDb {
     async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         // A nested path: the store creates parent directories.
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("data/audit.db").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("data/audit.db").display()
+        );
         let store = Store::open(&url, 4).await.unwrap();
         assert_eq!(store.backend(), "sqlite");
-        TestDb { store, url, _dir: Some(dir), _pg: None }
+        TestDb {
+            store,
+            url,
+            _dir: Some(dir),
+            _pg: None,
+        }
     }
 
     async fn postgres() -> TestDb {
@@ -68,19 +81,35 @@ impl TestDb {
         let name = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
-            .unwrap_or_else(|e| panic!("cannot connect to {PG_ENV}: {e}; is PostgreSQL running (deploy/test.sh)?"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+            .unwrap_or_else(|e| {
+                panic!("cannot connect to {PG_ENV}: {e}; is PostgreSQL running (deploy/test.sh)?")
+            });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         admin.close().await.unwrap();
-        let guard = PgDatabase { admin_url: admin_url.clone(), name: name.clone() };
+        let guard = PgDatabase {
+            admin_url: admin_url.clone(),
+            name: name.clone(),
+        };
         let (base, query) = match admin_url.split_once('?') {
             Some((b, q)) => (b, format!("?{q}")),
             None => (admin_url.as_str(), String::new()),
         };
-        let server = &base[..base.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(base.len())];
+        let server = &base[..base
+            .rfind('/')
+            .filter(|&i| i > "postgres://".len())
+            .unwrap_or(base.len())];
         let url = format!("{server}/{name}{query}");
         let store = Store::open(&url, 4).await.unwrap();
         assert_eq!(store.backend(), "postgres");
-        TestDb { store, url, _dir: None, _pg: Some(guard) }
+        TestDb {
+            store,
+            url,
+            _dir: None,
+            _pg: Some(guard),
+        }
     }
 
     /// Runs `sql` (with `$1` bound to `bytes`, if given) on a separate connection.
@@ -146,7 +175,10 @@ storage_suite!(
 /// An event of `task` in `tenant` at `t` seconds.
 fn ev(task: &str, tenant: &str, stage: &str, t: i64, body: Body) -> Event {
     let mut e = Event::first(task, tenant, stage, "test", body);
-    e.time = Some(baton_proto::Timestamp { seconds: 1_700_000_000 + t, nanos: 0 });
+    e.time = Some(baton_proto::Timestamp {
+        seconds: 1_700_000_000 + t,
+        nanos: 0,
+    });
     e
 }
 
@@ -161,7 +193,11 @@ fn received(task: &str, tenant: &str, t: i64) -> Event {
                 task_id: task.into(),
                 tenant: tenant.into(),
                 submitted_by: "alice".into(),
-                trigger: Some(Trigger { text: format!("do {task}"), environment: "staging".into(), ..Default::default() }),
+                trigger: Some(Trigger {
+                    text: format!("do {task}"),
+                    environment: "staging".into(),
+                    ..Default::default()
+                }),
                 received_at: None,
             }),
         }),
@@ -177,7 +213,19 @@ fn routed(task: &str, tenant: &str, t: i64, role: &str) -> Event {
         risk: Risk::High as i32,
         ..Default::default()
     };
-    ev(task, tenant, "routed", t, Body::TaskRouted(TaskRouted { task: None, decision: Some(Decision { spec: Some(spec), ..Default::default() }) }))
+    ev(
+        task,
+        tenant,
+        "routed",
+        t,
+        Body::TaskRouted(TaskRouted {
+            task: None,
+            decision: Some(Decision {
+                spec: Some(spec),
+                ..Default::default()
+            }),
+        }),
+    )
 }
 
 fn rec(subject: &str, e: &Event) -> NewRecord {
@@ -185,7 +233,12 @@ fn rec(subject: &str, e: &Event) -> NewRecord {
 }
 
 async fn status(db: &TestDb, task: &str) -> TaskStatus {
-    db.store.get_task(task).await.unwrap().expect("task exists").status()
+    db.store
+        .get_task(task)
+        .await
+        .unwrap()
+        .expect("task exists")
+        .status()
 }
 
 /// Five records: t1 received, routed, proposed; t2 received; t1 completed.
@@ -195,20 +248,44 @@ async fn five(db: &TestDb) {
         .append(vec![
             rec(subject::TASK_RECEIVED, &received("t1", "acme", 1)),
             rec(&subject::agent("drift"), &routed("t1", "acme", 2, "drift")),
-            rec(subject::TASK_PROPOSED, &ev("t1", "acme", "proposed", 3, Body::PlanProposed(PlanProposed::default()))),
+            rec(
+                subject::TASK_PROPOSED,
+                &ev(
+                    "t1",
+                    "acme",
+                    "proposed",
+                    3,
+                    Body::PlanProposed(PlanProposed::default()),
+                ),
+            ),
         ])
         .await
         .unwrap();
-    assert_eq!(stored.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        stored.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     let stored = db
         .store
         .append(vec![
             rec(subject::TASK_RECEIVED, &received("t2", "acme", 4)),
-            rec(subject::TASK_COMPLETED, &ev("t1", "acme", "completed", 5, Body::TaskCompleted(TaskCompleted::default()))),
+            rec(
+                subject::TASK_COMPLETED,
+                &ev(
+                    "t1",
+                    "acme",
+                    "completed",
+                    5,
+                    Body::TaskCompleted(TaskCompleted::default()),
+                ),
+            ),
         ])
         .await
         .unwrap();
-    assert_eq!(stored.iter().map(|r| r.sequence).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        stored.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [4, 5]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +302,10 @@ async fn appended_records_chain_and_verify(db: &TestDb) {
     assert_eq!(v.records_checked, 5);
 
     let t1 = db.store.task_records("t1", 0).await.unwrap();
-    assert_eq!(t1.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3, 5]);
+    assert_eq!(
+        t1.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 5]
+    );
     assert_eq!(t1[0].prev_hash, "");
     assert_eq!(t1[1].prev_hash, t1[0].hash);
     assert_eq!(t1[0].kind, "task_received");
@@ -238,8 +318,18 @@ async fn appended_records_chain_and_verify(db: &TestDb) {
 async fn reopened_store_continues_the_chain(db: &TestDb) {
     five(db).await;
     let again = Store::open(&db.url, 2).await.unwrap();
-    assert_eq!(again.head().await, db.store.head().await, "the head is loaded at open");
-    let stored = again.append(vec![rec(subject::TASK_RECEIVED, &received("t3", "acme", 6))]).await.unwrap();
+    assert_eq!(
+        again.head().await,
+        db.store.head().await,
+        "the head is loaded at open"
+    );
+    let stored = again
+        .append(vec![rec(
+            subject::TASK_RECEIVED,
+            &received("t3", "acme", 6),
+        )])
+        .await
+        .unwrap();
     assert_eq!(stored[0].sequence, 6);
     assert_eq!(stored[0].prev_hash, db.store.head().await.hash);
     let v = again.verify(Some(&again.head().await)).await.unwrap();
@@ -249,7 +339,11 @@ async fn reopened_store_continues_the_chain(db: &TestDb) {
 
 async fn edited_row_is_named(db: &TestDb) {
     five(db).await;
-    db.side("UPDATE audit_log SET payload = $1 WHERE sequence = 3", Some(b"forged".to_vec())).await;
+    db.side(
+        "UPDATE audit_log SET payload = $1 WHERE sequence = 3",
+        Some(b"forged".to_vec()),
+    )
+    .await;
     let v = db.store.verify(Some(&db.store.head().await)).await.unwrap();
     assert!(!v.ok);
     assert_eq!(v.first_bad_sequence, 3, "{v:?}");
@@ -259,71 +353,179 @@ async fn edited_row_is_named(db: &TestDb) {
 
 async fn deleted_row_is_named(db: &TestDb) {
     five(db).await;
-    db.side("DELETE FROM audit_log WHERE sequence = 3", None).await;
+    db.side("DELETE FROM audit_log WHERE sequence = 3", None)
+        .await;
     let v = db.store.verify(None).await.unwrap();
     assert!(!v.ok);
     assert_eq!(v.first_bad_sequence, 3, "{v:?}");
-    assert!(v.problem.starts_with("sequence gap after 2"), "{}", v.problem);
+    assert!(
+        v.problem.starts_with("sequence gap after 2"),
+        "{}",
+        v.problem
+    );
 
     // Renumbering to hide the gap breaks the link instead.
-    db.side("UPDATE audit_log SET sequence = sequence - 1 WHERE sequence > 3", None).await;
+    db.side(
+        "UPDATE audit_log SET sequence = sequence - 1 WHERE sequence > 3",
+        None,
+    )
+    .await;
     let v = db.store.verify(None).await.unwrap();
     assert_eq!(v.first_bad_sequence, 3, "{v:?}");
-    assert_eq!(v.problem, "prev_hash of record 3 does not match record 2 (a record was removed or reordered)");
+    assert_eq!(
+        v.problem,
+        "prev_hash of record 3 does not match record 2 (a record was removed or reordered)"
+    );
 }
 
 async fn removed_newest_rows_are_named(db: &TestDb) {
     five(db).await;
     let head = db.store.head().await;
-    db.side("DELETE FROM audit_log WHERE sequence >= 4", None).await;
-    assert!(db.store.verify(None).await.unwrap().ok, "the chain alone cannot see a cut tail");
+    db.side("DELETE FROM audit_log WHERE sequence >= 4", None)
+        .await;
+    assert!(
+        db.store.verify(None).await.unwrap().ok,
+        "the chain alone cannot see a cut tail"
+    );
     let v = db.store.verify(Some(&head)).await.unwrap();
     assert!(!v.ok);
     assert_eq!(v.first_bad_sequence, 4, "{v:?}");
-    assert!(v.problem.starts_with("records after 3 are missing"), "{}", v.problem);
+    assert!(
+        v.problem.starts_with("records after 3 are missing"),
+        "{}",
+        v.problem
+    );
 }
 
 async fn duplicate_event_ids_are_stored_once(db: &TestDb) {
     let e = received("t1", "acme", 1);
     let stored = db
         .store
-        .append(vec![rec(subject::TASK_RECEIVED, &e), rec(subject::TASK_RECEIVED, &e)])
+        .append(vec![
+            rec(subject::TASK_RECEIVED, &e),
+            rec(subject::TASK_RECEIVED, &e),
+        ])
         .await
         .unwrap();
     assert_eq!(stored.len(), 1, "repeated within the batch");
     let again = db
         .store
-        .append(vec![rec(subject::TASK_RECEIVED, &e), rec(&subject::agent("drift"), &routed("t1", "acme", 2, "drift"))])
+        .append(vec![
+            rec(subject::TASK_RECEIVED, &e),
+            rec(&subject::agent("drift"), &routed("t1", "acme", 2, "drift")),
+        ])
         .await
         .unwrap();
     assert_eq!(again.len(), 1, "already stored");
     assert_eq!(again[0].sequence, 2);
-    assert!(db.store.append(vec![rec(subject::TASK_RECEIVED, &e)]).await.unwrap().is_empty());
+    assert!(
+        db.store
+            .append(vec![rec(subject::TASK_RECEIVED, &e)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(db.store.head().await.sequence, 2);
     let task = db.store.get_task("t1").await.unwrap().unwrap();
     assert_eq!(task.event_count, 2, "a duplicate must not count");
-    assert!(db.store.verify(Some(&db.store.head().await)).await.unwrap().ok);
+    assert!(
+        db.store
+            .verify(Some(&db.store.head().await))
+            .await
+            .unwrap()
+            .ok
+    );
 }
 
 async fn projection_follows_the_pipeline_and_never_leaves_a_final_status(db: &TestDb) {
     let steps: Vec<(Event, TaskStatus)> = vec![
         (received("t1", "acme", 1), TaskStatus::Received),
         (routed("t1", "acme", 2, "drift"), TaskStatus::Routed),
-        (ev("t1", "acme", "proposed", 3, Body::PlanProposed(PlanProposed::default())), TaskStatus::Proposed),
-        (ev("t1", "acme", "awaiting", 4, Body::AwaitingApproval(TaskAwaitingApproval::default())), TaskStatus::AwaitingApproval),
-        (ev("t1", "acme", "approved", 5, Body::TaskApproved(TaskApproved::default())), TaskStatus::Approved),
-        (ev("t1", "acme", "started", 6, Body::ExecutionStarted(Default::default())), TaskStatus::Executing),
-        (ev("t1", "acme", "completed", 7, Body::TaskCompleted(TaskCompleted::default())), TaskStatus::Completed),
-        (ev("t1", "acme", "failed", 8, Body::TaskFailed(TaskFailed { reason: "late".into(), ..Default::default() })), TaskStatus::Completed),
+        (
+            ev(
+                "t1",
+                "acme",
+                "proposed",
+                3,
+                Body::PlanProposed(PlanProposed::default()),
+            ),
+            TaskStatus::Proposed,
+        ),
+        (
+            ev(
+                "t1",
+                "acme",
+                "awaiting",
+                4,
+                Body::AwaitingApproval(TaskAwaitingApproval::default()),
+            ),
+            TaskStatus::AwaitingApproval,
+        ),
+        (
+            ev(
+                "t1",
+                "acme",
+                "approved",
+                5,
+                Body::TaskApproved(TaskApproved::default()),
+            ),
+            TaskStatus::Approved,
+        ),
+        (
+            ev(
+                "t1",
+                "acme",
+                "started",
+                6,
+                Body::ExecutionStarted(Default::default()),
+            ),
+            TaskStatus::Executing,
+        ),
+        (
+            ev(
+                "t1",
+                "acme",
+                "completed",
+                7,
+                Body::TaskCompleted(TaskCompleted::default()),
+            ),
+            TaskStatus::Completed,
+        ),
+        (
+            ev(
+                "t1",
+                "acme",
+                "failed",
+                8,
+                Body::TaskFailed(TaskFailed {
+                    reason: "late".into(),
+                    ..Default::default()
+                }),
+            ),
+            TaskStatus::Completed,
+        ),
     ];
     for (e, want) in &steps {
         db.store.append(vec![rec("baton.test", e)]).await.unwrap();
         assert_eq!(status(db, "t1").await, *want, "after {}", e.event_id);
     }
     let t = db.store.get_task("t1").await.unwrap().unwrap();
-    assert_eq!((t.tenant.as_str(), t.text.as_str(), t.submitted_by.as_str()), ("acme", "do t1", "alice"));
-    assert_eq!((t.role.as_str(), t.task_type.as_str(), t.environment.as_str()), ("drift", "drift_work", "production"));
-    assert_eq!((t.risk(), t.reason.as_str(), t.event_count), (Risk::High, "", 8));
+    assert_eq!(
+        (t.tenant.as_str(), t.text.as_str(), t.submitted_by.as_str()),
+        ("acme", "do t1", "alice")
+    );
+    assert_eq!(
+        (
+            t.role.as_str(),
+            t.task_type.as_str(),
+            t.environment.as_str()
+        ),
+        ("drift", "drift_work", "production")
+    );
+    assert_eq!(
+        (t.risk(), t.reason.as_str(), t.event_count),
+        (Risk::High, "", 8)
+    );
     assert_eq!(t.created_at.unwrap().seconds, 1_700_000_001);
     assert_eq!(t.updated_at.unwrap().seconds, 1_700_000_008);
 
@@ -332,13 +534,42 @@ async fn projection_follows_the_pipeline_and_never_leaves_a_final_status(db: &Te
         .append(vec![
             rec("baton.test", &received("t2", "acme", 1)),
             rec("baton.test", &routed("t2", "acme", 2, "patch")),
-            rec("baton.test", &ev("t2", "acme", "failed", 3, Body::TaskFailed(TaskFailed { reason: "no agent".into(), ..Default::default() }))),
-            rec("baton.test", &ev("t2", "acme", "approved", 4, Body::TaskApproved(TaskApproved::default()))),
+            rec(
+                "baton.test",
+                &ev(
+                    "t2",
+                    "acme",
+                    "failed",
+                    3,
+                    Body::TaskFailed(TaskFailed {
+                        reason: "no agent".into(),
+                        ..Default::default()
+                    }),
+                ),
+            ),
+            rec(
+                "baton.test",
+                &ev(
+                    "t2",
+                    "acme",
+                    "approved",
+                    4,
+                    Body::TaskApproved(TaskApproved::default()),
+                ),
+            ),
         ])
         .await
         .unwrap();
     let t2 = db.store.get_task("t2").await.unwrap().unwrap();
-    assert_eq!((t2.status(), t2.reason.as_str(), t2.role.as_str(), t2.event_count), (TaskStatus::Failed, "no agent", "patch", 4));
+    assert_eq!(
+        (
+            t2.status(),
+            t2.reason.as_str(),
+            t2.role.as_str(),
+            t2.event_count
+        ),
+        (TaskStatus::Failed, "no agent", "patch", 4)
+    );
     assert!(db.store.get_task("nope").await.unwrap().is_none());
 }
 
@@ -348,17 +579,40 @@ async fn dead_letters_and_trigger_rejections_end_tasks(db: &TestDb) {
         "acme",
         "dead",
         1,
-        Body::DeadLetter(DeadLetter { service: "decision".into(), reason: "poison".into(), ..Default::default() }),
+        Body::DeadLetter(DeadLetter {
+            service: "decision".into(),
+            reason: "poison".into(),
+            ..Default::default()
+        }),
     );
-    let rejected = ev("t2", "acme", "rejected", 1, Body::TriggerRejected(TriggerRejected { reason: "text is empty".into(), ..Default::default() }));
+    let rejected = ev(
+        "t2",
+        "acme",
+        "rejected",
+        1,
+        Body::TriggerRejected(TriggerRejected {
+            reason: "text is empty".into(),
+            ..Default::default()
+        }),
+    );
     db.store
-        .append(vec![rec("baton.task.received", &received("t1", "acme", 0)), rec("baton.dead.decision", &dead), rec(subject::TRIGGER_REJECTED, &rejected)])
+        .append(vec![
+            rec("baton.task.received", &received("t1", "acme", 0)),
+            rec("baton.dead.decision", &dead),
+            rec(subject::TRIGGER_REJECTED, &rejected),
+        ])
         .await
         .unwrap();
     let t1 = db.store.get_task("t1").await.unwrap().unwrap();
-    assert_eq!((t1.status(), t1.reason.as_str()), (TaskStatus::Failed, "dead-lettered by decision: poison"));
+    assert_eq!(
+        (t1.status(), t1.reason.as_str()),
+        (TaskStatus::Failed, "dead-lettered by decision: poison")
+    );
     let t2 = db.store.get_task("t2").await.unwrap().unwrap();
-    assert_eq!((t2.status(), t2.reason.as_str()), (TaskStatus::Rejected, "text is empty"));
+    assert_eq!(
+        (t2.status(), t2.reason.as_str()),
+        (TaskStatus::Rejected, "text is empty")
+    );
 }
 
 async fn list_tasks_filters_pages_and_tenants(db: &TestDb) {
@@ -372,39 +626,91 @@ async fn list_tasks_filters_pages_and_tenants(db: &TestDb) {
         }
     }
     for i in 1..=2 {
-        batch.push(rec("baton.test", &received(&format!("g{i}"), "globex", i * 10)));
+        batch.push(rec(
+            "baton.test",
+            &received(&format!("g{i}"), "globex", i * 10),
+        ));
     }
     db.store.append(batch).await.unwrap();
 
-    let ids = |p: &baton_audit::TaskPage| p.tasks.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>();
-    let acme = |page_token: String| TaskQuery { tenant: Some("acme".into()), page_size: 2, page_token, ..Default::default() };
+    let ids = |p: &baton_audit::TaskPage| {
+        p.tasks
+            .iter()
+            .map(|t| t.task_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let acme = |page_token: String| TaskQuery {
+        tenant: Some("acme".into()),
+        page_size: 2,
+        page_token,
+        ..Default::default()
+    };
     let p1 = db.store.list_tasks(&acme(String::new())).await.unwrap();
     assert_eq!(ids(&p1), ["a5", "a4"]);
-    let p2 = db.store.list_tasks(&acme(p1.next_page_token.clone())).await.unwrap();
+    let p2 = db
+        .store
+        .list_tasks(&acme(p1.next_page_token.clone()))
+        .await
+        .unwrap();
     assert_eq!(ids(&p2), ["a3", "a2"]);
-    let p3 = db.store.list_tasks(&acme(p2.next_page_token.clone())).await.unwrap();
+    let p3 = db
+        .store
+        .list_tasks(&acme(p2.next_page_token.clone()))
+        .await
+        .unwrap();
     assert_eq!(ids(&p3), ["a1"]);
     assert!(p3.next_page_token.is_empty(), "last page");
 
-    let all = db.store.list_tasks(&TaskQuery { page_size: 50, ..Default::default() }).await.unwrap();
+    let all = db
+        .store
+        .list_tasks(&TaskQuery {
+            page_size: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.tasks.len(), 7);
     assert!(all.next_page_token.is_empty());
     let routed = db
         .store
-        .list_tasks(&TaskQuery { status: Some(TaskStatus::Routed), page_size: 50, ..Default::default() })
+        .list_tasks(&TaskQuery {
+            status: Some(TaskStatus::Routed),
+            page_size: 50,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(ids(&routed), ["a4", "a2"]);
     let patch = db
         .store
-        .list_tasks(&TaskQuery { role: Some("patch".into()), tenant: Some("globex".into()), page_size: 50, ..Default::default() })
+        .list_tasks(&TaskQuery {
+            role: Some("patch".into()),
+            tenant: Some("globex".into()),
+            page_size: 50,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(patch.tasks.is_empty());
-    let globex = db.store.list_tasks(&TaskQuery { tenant: Some("globex".into()), page_size: 50, ..Default::default() }).await.unwrap();
+    let globex = db
+        .store
+        .list_tasks(&TaskQuery {
+            tenant: Some("globex".into()),
+            page_size: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(ids(&globex), ["g2", "g1"]);
 
-    let bad = db.store.list_tasks(&TaskQuery { page_token: "not-a-token".into(), page_size: 5, ..Default::default() }).await;
+    let bad = db
+        .store
+        .list_tasks(&TaskQuery {
+            page_token: "not-a-token".into(),
+            page_size: 5,
+            ..Default::default()
+        })
+        .await;
     assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
 }
 
@@ -412,7 +718,13 @@ async fn a_failed_append_reloads_the_head(db: &TestDb) {
     five(db).await;
     // Another writer (here: a second handle, without the lock) appends behind our back.
     let other = Store::open(&db.url, 2).await.unwrap();
-    let theirs = other.append(vec![rec(subject::TASK_RECEIVED, &received("t3", "acme", 6))]).await.unwrap();
+    let theirs = other
+        .append(vec![rec(
+            subject::TASK_RECEIVED,
+            &received("t3", "acme", 6),
+        )])
+        .await
+        .unwrap();
     assert_eq!(theirs[0].sequence, 6);
     other.close().await;
 
@@ -420,16 +732,30 @@ async fn a_failed_append_reloads_the_head(db: &TestDb) {
     let ours = vec![rec(subject::TASK_RECEIVED, &received("t4", "acme", 7))];
     let failed = db.store.append(ours.clone()).await;
     assert!(matches!(failed, Err(Error::Database { .. })), "{failed:?}");
-    assert_eq!(db.store.head().await.sequence, 5, "a failed append leaves the head");
+    assert_eq!(
+        db.store.head().await.sequence,
+        5,
+        "a failed append leaves the head"
+    );
     // ...and the one after it reloads the head and continues the chain after theirs.
     let stored = db.store.append(ours).await.unwrap();
     assert_eq!(stored[0].sequence, 7);
     assert_eq!(stored[0].prev_hash, theirs[0].hash);
-    let again = db.store.append(vec![rec(subject::TASK_RECEIVED, &received("t5", "acme", 8))]).await.unwrap();
+    let again = db
+        .store
+        .append(vec![rec(
+            subject::TASK_RECEIVED,
+            &received("t5", "acme", 8),
+        )])
+        .await
+        .unwrap();
     assert_eq!(again[0].sequence, 8);
     let v = db.store.verify(Some(&db.store.head().await)).await.unwrap();
     assert!(v.ok && v.records_checked == 8, "{v:?}");
-    assert_eq!(db.store.get_task("t4").await.unwrap().unwrap().event_count, 1);
+    assert_eq!(
+        db.store.get_task("t4").await.unwrap().unwrap().event_count,
+        1
+    );
 }
 
 /// Takes the writer lock of `store`, retrying while a dropped holder's lock is still being
@@ -439,7 +765,9 @@ async fn lock_eventually(store: &Store) -> WriterLock {
         loop {
             match store.lock_writer().await {
                 Ok(lock) => return lock,
-                Err(Error::WriterLocked { .. }) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(Error::WriterLocked { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
                 Err(e) => panic!("lock_writer: {e}"),
             }
         }
@@ -456,8 +784,14 @@ async fn one_writer_lock_per_database(db: &TestDb) {
         Err(e @ Error::WriterLocked { .. }) => e.to_string(),
         other => panic!("a second writer must be refused, got {other:?}"),
     };
-    assert!(message.starts_with("another audit writer holds the lock on "), "{message}");
-    assert!(message.ends_with("; run one audit replica per database"), "{message}");
+    assert!(
+        message.starts_with("another audit writer holds the lock on "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("; run one audit replica per database"),
+        "{message}"
+    );
     assert!(!message.contains(":baton@"), "no password in {message}");
     // Reading needs no lock.
     five(db).await;
@@ -467,13 +801,23 @@ async fn one_writer_lock_per_database(db: &TestDb) {
     // Released: the second writer gets it and starts from the head the first left.
     first.release().await;
     let taken = second.lock_writer().await.unwrap();
-    assert_eq!(second.head().await.sequence, 5, "the head is reloaded with the lock");
-    assert!(matches!(db.store.lock_writer().await, Err(Error::WriterLocked { .. })));
+    assert_eq!(
+        second.head().await.sequence,
+        5,
+        "the head is reloaded with the lock"
+    );
+    assert!(matches!(
+        db.store.lock_writer().await,
+        Err(Error::WriterLocked { .. })
+    ));
 
     // Dropped without release: the lock goes with it.
     drop(taken);
     let back = lock_eventually(&db.store).await;
-    assert!(matches!(second.lock_writer().await, Err(Error::WriterLocked { .. })));
+    assert!(matches!(
+        second.lock_writer().await,
+        Err(Error::WriterLocked { .. })
+    ));
     back.release().await;
     second.close().await;
 }

@@ -121,10 +121,16 @@ mod durations {
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|d| Serde::from(*d)).collect::<Vec<_>>().serialize(s)
+        v.iter()
+            .map(|d| Serde::from(*d))
+            .collect::<Vec<_>>()
+            .serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        Ok(Vec::<Serde<Duration>>::deserialize(d)?.into_iter().map(Serde::into_inner).collect())
+        Ok(Vec::<Serde<Duration>>::deserialize(d)?
+            .into_iter()
+            .map(Serde::into_inner)
+            .collect())
     }
 }

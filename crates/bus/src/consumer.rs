@@ -122,9 +122,15 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// Wraps a JetStream message.
     pub fn new(msg: jetstream::Message) -> Delivery {
-        let (deliveries, stream_sequence) =
-            msg.info().map(|i| (i.delivered, i.stream_sequence)).unwrap_or((1, 0));
-        Delivery { msg: Arc::new(msg), deliveries, stream_sequence }
+        let (deliveries, stream_sequence) = msg
+            .info()
+            .map(|i| (i.delivered, i.stream_sequence))
+            .unwrap_or((1, 0));
+        Delivery {
+            msg: Arc::new(msg),
+            deliveries,
+            stream_sequence,
+        }
     }
     /// The subject it was published on.
     pub fn subject(&self) -> &str {
@@ -170,13 +176,21 @@ impl Bus {
         spec: &ConsumerSpec,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
         let c = self.config();
-        let stream_name = if spec.stream.is_empty() { &c.stream } else { &spec.stream };
+        let stream_name = if spec.stream.is_empty() {
+            &c.stream
+        } else {
+            &spec.stream
+        };
         let err = |reason: String| BusError::Consumer {
             stream: stream_name.clone(),
             consumer: spec.durable.clone(),
             reason,
         };
-        let stream = self.jetstream().get_stream(stream_name).await.map_err(|e| err(e.to_string()))?;
+        let stream = self
+            .jetstream()
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         // No server-side `backoff` list: with one, the server waits only backoff[0] (not ack_wait)
         // for the first ack, redelivering long handlers while they still run. Retry delays come
         // from `settle`, which naks with the configured delay.
@@ -194,7 +208,10 @@ impl Bus {
         };
         // Create, or update an existing durable to this configuration (settings of an earlier
         // version must not linger).
-        stream.create_consumer(config).await.map_err(|e| err(e.to_string()))
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| err(e.to_string()))
     }
 
     /// Runs `handler` on every message of the consumer until `shutdown` is cancelled, up to
@@ -277,7 +294,9 @@ impl Bus {
                 debug!(%reason, "handler interrupted; redelivering soon");
                 AckKind::Nak(Some(self.config().backoff_for(1)))
             }
-            Err(HandlerError::Retry(reason)) if delivery.deliveries() < self.config().max_deliver => {
+            Err(HandlerError::Retry(reason))
+                if delivery.deliveries() < self.config().max_deliver =>
+            {
                 let delay = self.config().backoff_for(delivery.deliveries());
                 warn!(%reason, attempt = delivery.deliveries(), ?delay, "handler failed, will retry");
                 AckKind::Nak(Some(delay))
@@ -289,14 +308,21 @@ impl Bus {
                 );
                 self.dead_letter_or_nak(spec, delivery, reason).await
             }
-            Err(HandlerError::Reject(reason)) => self.dead_letter_or_nak(spec, delivery, reason).await,
+            Err(HandlerError::Reject(reason)) => {
+                self.dead_letter_or_nak(spec, delivery, reason).await
+            }
         };
         if let Err(e) = delivery.msg.ack_with(kind).await {
             error!(error = %e, subject = delivery.subject(), "cannot settle message");
         }
     }
 
-    async fn dead_letter_or_nak(&self, spec: &ConsumerSpec, d: &Delivery, reason: String) -> AckKind {
+    async fn dead_letter_or_nak(
+        &self,
+        spec: &ConsumerSpec,
+        d: &Delivery,
+        reason: String,
+    ) -> AckKind {
         error!(%reason, subject = d.subject(), service = %spec.service, "dead-lettering message");
         match self.dead_letter(spec, d, &reason).await {
             Ok(()) => AckKind::Term,
@@ -307,13 +333,27 @@ impl Bus {
         }
     }
 
-    async fn dead_letter(&self, spec: &ConsumerSpec, d: &Delivery, reason: &str) -> Result<(), BusError> {
-        let stream = if spec.stream.is_empty() { &self.config().stream } else { &spec.stream };
+    async fn dead_letter(
+        &self,
+        spec: &ConsumerSpec,
+        d: &Delivery,
+        reason: &str,
+    ) -> Result<(), BusError> {
+        let stream = if spec.stream.is_empty() {
+            &self.config().stream
+        } else {
+            &spec.stream
+        };
         let headers = d
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|(k, v)| (k.to_string(), v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")))
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(","),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -67,20 +67,27 @@ impl Bus {
             .connection_timeout(config.connect_timeout)
             .retry_on_initial_connect();
         if let Some(creds) = &config.credentials_file {
-            options = options
-                .credentials_file(creds)
-                .await
-                .map_err(|source| BusError::Credentials { path: creds.clone(), source })?;
+            options =
+                options
+                    .credentials_file(creds)
+                    .await
+                    .map_err(|source| BusError::Credentials {
+                        path: creds.clone(),
+                        source,
+                    })?;
         }
         if let Some(ca) = &config.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
         // retry_on_initial_connect makes connect() return at once; wait for the first
         // connection ourselves so a wrong URL fails clearly instead of hanging later.
-        let client = options.connect(&config.url).await.map_err(|e| BusError::Connect {
-            url: config.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let client = options
+            .connect(&config.url)
+            .await
+            .map_err(|e| BusError::Connect {
+                url: config.url.clone(),
+                reason: e.to_string(),
+            })?;
         let deadline = tokio::time::Instant::now() + config.connect_timeout;
         while client.connection_state() != async_nats::connection::State::Connected {
             if tokio::time::Instant::now() > deadline {
@@ -96,7 +103,11 @@ impl Bus {
             .max_ack_inflight(config.max_ack_inflight)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        let bus = Bus { client, js, config: Arc::new(config) };
+        let bus = Bus {
+            client,
+            js,
+            config: Arc::new(config),
+        };
         bus.ensure_streams().await?;
         Ok(bus)
     }
@@ -107,7 +118,10 @@ impl Bus {
         let main = stream::Config {
             name: c.stream.clone(),
             description: Some("Baton: triggers, tasks and execution events".into()),
-            subjects: config::MAIN_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            subjects: config::MAIN_SUBJECTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             storage: stream::StorageType::File,
             num_replicas: c.replicas,
             duplicate_window: c.duplicate_window,
@@ -128,7 +142,10 @@ impl Bus {
             self.js
                 .create_or_update_stream(cfg)
                 .await
-                .map_err(|e| BusError::Stream { stream: name, reason: e.to_string() })?;
+                .map_err(|e| BusError::Stream {
+                    stream: name,
+                    reason: e.to_string(),
+                })?;
         }
         Ok(())
     }
@@ -138,8 +155,13 @@ impl Bus {
     /// Headers: `Nats-Msg-Id` = `event.event_id` (deduplicated by the stream), `Content-Type`,
     /// `Baton-Tenant`, `Baton-Task-Id`, and `traceparent` from the current span.
     pub async fn publish(&self, subject: &str, event: &Event) -> Result<Published, BusError> {
-        self.publish_raw(subject, &event.event_id, event_headers(event), event.encode_to_vec().into())
-            .await
+        self.publish_raw(
+            subject,
+            &event.event_id,
+            event_headers(event),
+            event.encode_to_vec().into(),
+        )
+        .await
     }
 
     /// Publishes every `(subject, event)` in order with the headers of [`Bus::publish`], sending
@@ -153,7 +175,12 @@ impl Bus {
         let mut acks = Vec::with_capacity(events.len());
         for (subject, event) in events {
             let ack = self
-                .send(subject, &event.event_id, event_headers(event), event.encode_to_vec().into())
+                .send(
+                    subject,
+                    &event.event_id,
+                    event_headers(event),
+                    event.encode_to_vec().into(),
+                )
                 .await?;
             acks.push((*subject, event.event_id.as_str(), ack));
         }
@@ -190,7 +217,10 @@ impl Bus {
         self.js
             .publish_with_headers(subject.to_string(), headers, payload)
             .await
-            .map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })
+            .map_err(|e| BusError::Publish {
+                subject: subject.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// The JetStream context, for key-value buckets and direct stream reads.
@@ -214,8 +244,15 @@ impl Bus {
     /// The bucket's stream is created directly (`KV_<bucket>` on `$KV.<bucket>.>`, the layout of
     /// ADR-8) rather than through `create_key_value`, which first reads account info with
     /// fields nats-server 2.9 does not send.
-    pub async fn key_value(&self, bucket: &str, history: i64) -> Result<jetstream::kv::Store, BusError> {
-        let err = |e: String| BusError::KeyValue { bucket: bucket.to_string(), reason: e };
+    pub async fn key_value(
+        &self,
+        bucket: &str,
+        history: i64,
+    ) -> Result<jetstream::kv::Store, BusError> {
+        let err = |e: String| BusError::KeyValue {
+            bucket: bucket.to_string(),
+            reason: e,
+        };
         if let Ok(store) = self.js.get_key_value(bucket).await {
             return Ok(store);
         }
@@ -235,7 +272,10 @@ impl Bus {
             })
             .await
             .map_err(|e| err(e.to_string()))?;
-        self.js.get_key_value(bucket).await.map_err(|e| err(e.to_string()))
+        self.js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| err(e.to_string()))
     }
 
     /// True while the client is connected (for `/ready`).
@@ -265,18 +305,30 @@ async fn confirm(
     msg_id: &str,
     ack: jetstream::context::PublishAckFuture,
 ) -> Result<Published, BusError> {
-    let ack = ack
-        .await
-        .map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })?;
-    debug!(subject, msg_id, seq = ack.sequence, duplicate = ack.duplicate, "published");
-    Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate })
+    let ack = ack.await.map_err(|e| BusError::Publish {
+        subject: subject.to_string(),
+        reason: e.to_string(),
+    })?;
+    debug!(
+        subject,
+        msg_id,
+        seq = ack.sequence,
+        duplicate = ack.duplicate,
+        "published"
+    );
+    Ok(Published {
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
 }
 
 /// Decodes a protobuf [`Event`] and checks that it has a body this build knows.
 pub fn decode_event(payload: &[u8]) -> Result<Event, DecodeError> {
     let event = Event::decode(payload).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     if event.body.is_none() {
-        return Err(DecodeError::UnknownBody { event_id: event.event_id });
+        return Err(DecodeError::UnknownBody {
+            event_id: event.event_id,
+        });
     }
     Ok(event)
 }

@@ -42,21 +42,31 @@ pub struct NatsServer {
 
 impl std::fmt::Debug for NatsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsServer").field("url", &self.url).finish()
+        f.debug_struct("NatsServer")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
 impl NatsServer {
     /// Starts `binary` (usually `nats-server`) with JetStream, listening on 127.0.0.1:`port`
     /// (0 = a free port the server picks), storing streams under `store_dir`.
-    pub async fn start(binary: &str, store_dir: &Path, port: u16) -> Result<NatsServer, ServerError> {
+    pub async fn start(
+        binary: &str,
+        store_dir: &Path,
+        port: u16,
+    ) -> Result<NatsServer, ServerError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ServerError::Io { path, source }
         };
         std::fs::create_dir_all(store_dir).map_err(io(store_dir))?;
         let ports_dir = tempfile::tempdir().map_err(io(store_dir))?;
-        let port_arg = if port == 0 { "-1".to_string() } else { port.to_string() };
+        let port_arg = if port == 0 {
+            "-1".to_string()
+        } else {
+            port.to_string()
+        };
         let resolved = resolve(binary);
         let mut child = Command::new(&resolved)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
@@ -69,7 +79,9 @@ impl NatsServer {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => ServerError::NotInstalled { binary: binary.into() },
+                std::io::ErrorKind::NotFound => ServerError::NotInstalled {
+                    binary: binary.into(),
+                },
                 _ => ServerError::Start(e.to_string()),
             })?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -83,7 +95,10 @@ impl NatsServer {
                     use tokio::io::AsyncReadExt;
                     let _ = e.read_to_string(&mut stderr).await;
                 }
-                return Err(ServerError::Start(format!("exited with {status}: {}", stderr.trim())));
+                return Err(ServerError::Start(format!(
+                    "exited with {status}: {}",
+                    stderr.trim()
+                )));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(ServerError::Start("no ports file within 10s".into()));
@@ -153,9 +168,10 @@ fn read_ports_file(dir: &Path) -> Option<u16> {
     struct Ports {
         nats: Vec<String>,
     }
-    let entry = std::fs::read_dir(dir).ok()?.flatten().find(|e| {
-        e.file_name().to_string_lossy().ends_with(".ports")
-    })?;
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let ports: Ports = serde_json::from_str(&text).ok()?;
     ports.nats.first()?.rsplit(':').next()?.parse().ok()

@@ -30,7 +30,14 @@ impl TestNats {
             ack_wait: Duration::from_secs(5),
             ..BusConfig::default()
         };
-        let bus = Bus::connect(config.clone()).await.expect("connect to test nats-server");
-        TestNats { server, bus, config, _store: store }
+        let bus = Bus::connect(config.clone())
+            .await
+            .expect("connect to test nats-server");
+        TestNats {
+            server,
+            bus,
+            config,
+            _store: store,
+        }
     }
 }

@@ -52,7 +52,10 @@ pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
 pub fn current_traceparent() -> String {
     let mut headers = HeaderMap::new();
     inject(&mut headers);
-    headers.get("traceparent").map(|v| v.as_str().to_string()).unwrap_or_default()
+    headers
+        .get("traceparent")
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
 }
 
 /// Makes `span` a child of a stored `traceparent` (ignored when empty or malformed).

@@ -43,7 +43,9 @@ pub struct Clients {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The URL is not usable or the server is not there.
-    #[error("cannot connect to baton at {url}: {reason}; is `baton up` running? (set client.url or BATON_CLIENT__URL)")]
+    #[error(
+        "cannot connect to baton at {url}: {reason}; is `baton up` running? (set client.url or BATON_CLIENT__URL)"
+    )]
     Connect {
         /// The URL.
         url: String,
@@ -58,13 +60,27 @@ pub enum ClientError {
 impl Clients {
     /// Connects to `url` (`http://127.0.0.1:50051`) with `token`.
     pub async fn connect(url: &str, token: &str) -> Result<Clients, ClientError> {
-        let err = |reason: String| ClientError::Connect { url: url.to_string(), reason };
+        let err = |reason: String| ClientError::Connect {
+            url: url.to_string(),
+            reason,
+        };
         let channel = Channel::from_shared(url.to_string())
             .map_err(|e| err(e.to_string()))?
             .connect()
             .await
-            .map_err(|e| err(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
-        let bearer = BearerToken(format!("Bearer {token}").parse().map_err(|_| ClientError::BadToken)?);
+            .map_err(|e| {
+                err(format!(
+                    "{e} ({})",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                ))
+            })?;
+        let bearer = BearerToken(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ClientError::BadToken)?,
+        );
         let i = |c: Channel| InterceptedService::new(c, bearer.clone());
         Ok(Clients {
             triggers: TriggerServiceClient::new(i(channel.clone())),
@@ -78,9 +94,13 @@ impl Clients {
 
 /// One line describing an audit record for humans: `stage  detail`.
 pub fn describe(record: &AuditRecord) -> String {
-    let Some(event) = &record.event else { return "(empty record)".into() };
+    let Some(event) = &record.event else {
+        return "(empty record)".into();
+    };
     let detail = match &event.body {
-        Some(Body::TriggerRejected(r)) => format!("trigger on {} rejected: {}", r.subject, r.reason),
+        Some(Body::TriggerRejected(r)) => {
+            format!("trigger on {} rejected: {}", r.subject, r.reason)
+        }
         Some(Body::TaskReceived(r)) => {
             let t = r.task.clone().unwrap_or_default();
             let trig = t.trigger.unwrap_or_default();
@@ -88,7 +108,11 @@ pub fn describe(record: &AuditRecord) -> String {
                 "\"{}\" from {} ({}), tenant {}",
                 trig.text,
                 t.submitted_by,
-                if trig.environment.is_empty() { "environment from rules" } else { &trig.environment },
+                if trig.environment.is_empty() {
+                    "environment from rules"
+                } else {
+                    &trig.environment
+                },
                 t.tenant
             )
         }
@@ -112,15 +136,35 @@ pub fn describe(record: &AuditRecord) -> String {
                 .phases
                 .iter()
                 .map(|ph| {
-                    let ids: Vec<&str> = ph.steps.iter().filter_map(|s| s.asset.as_ref().map(|a| a.id.as_str())).collect();
+                    let ids: Vec<&str> = ph
+                        .steps
+                        .iter()
+                        .filter_map(|s| s.asset.as_ref().map(|a| a.id.as_str()))
+                        .collect();
                     format!("{} [{}]", ph.name, ids.join(", "))
                 })
                 .collect();
-            format!("{} — {}", plan.summary, if phases.is_empty() { "no phases".into() } else { phases.join(" → ") })
+            format!(
+                "{} — {}",
+                plan.summary,
+                if phases.is_empty() {
+                    "no phases".into()
+                } else {
+                    phases.join(" → ")
+                }
+            )
         }
         Some(Body::AwaitingApproval(a)) => {
-            let v = a.pending.as_ref().and_then(|p| p.validation.clone()).unwrap_or_default();
-            format!("waiting for an approver: quality {}/100; {}", v.quality.map(|q| q.total).unwrap_or(0), v.reasons.join("; "))
+            let v = a
+                .pending
+                .as_ref()
+                .and_then(|p| p.validation.clone())
+                .unwrap_or_default();
+            format!(
+                "waiting for an approver: quality {}/100; {}",
+                v.quality.map(|q| q.total).unwrap_or(0),
+                v.reasons.join("; ")
+            )
         }
         Some(Body::TaskApproved(a)) => {
             let ap = a.approval.clone().unwrap_or_default();
@@ -128,33 +172,76 @@ pub fn describe(record: &AuditRecord) -> String {
             format!(
                 "approved by {}{} (quality {}/100, policy {})",
                 ap.approver,
-                if ap.reason.is_empty() { String::new() } else { format!(": {}", ap.reason) },
+                if ap.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", ap.reason)
+                },
                 v.quality.map(|q| q.total).unwrap_or(0),
-                v.policy.map(|p| p.policy_version.chars().take(12).collect::<String>()).unwrap_or_default()
+                v.policy
+                    .map(|p| p.policy_version.chars().take(12).collect::<String>())
+                    .unwrap_or_default()
             )
         }
         Some(Body::TaskRejected(r)) => format!("rejected: {}", r.reasons.join("; ")),
-        Some(Body::ExecutionStarted(e)) => format!("rollout started: {} phases, {} steps", e.phases, e.steps),
+        Some(Body::ExecutionStarted(e)) => {
+            format!("rollout started: {} phases, {} steps", e.phases, e.steps)
+        }
         Some(Body::PhaseStarted(p)) => {
             let canary = p.kind() == PhaseKind::Canary && !p.name.contains("canary");
-            format!("{}{} started: {}", p.name, if canary { " (canary)" } else { "" }, p.asset_ids.join(", "))
+            format!(
+                "{}{} started: {}",
+                p.name,
+                if canary { " (canary)" } else { "" },
+                p.asset_ids.join(", ")
+            )
         }
         Some(Body::AssetUpdated(a)) => {
             let s = a.asset.clone().unwrap_or_default();
-            let state = s.state().as_str_name().trim_start_matches("ASSET_STATE_").to_ascii_lowercase();
-            format!("{} {}{}", s.asset_id, state, if s.detail.is_empty() { String::new() } else { format!(" ({})", s.detail) })
+            let state = s
+                .state()
+                .as_str_name()
+                .trim_start_matches("ASSET_STATE_")
+                .to_ascii_lowercase();
+            format!(
+                "{} {}{}",
+                s.asset_id,
+                state,
+                if s.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.detail)
+                }
+            )
         }
-        Some(Body::PhaseCompleted(p)) => format!("{} {}", p.name, if p.healthy { "healthy" } else { "FAILED" }),
-        Some(Body::RollbackStarted(r)) => format!("ROLLBACK of {}: {}", r.asset_ids.join(", "), r.reason),
+        Some(Body::PhaseCompleted(p)) => format!(
+            "{} {}",
+            p.name,
+            if p.healthy { "healthy" } else { "FAILED" }
+        ),
+        Some(Body::RollbackStarted(r)) => {
+            format!("ROLLBACK of {}: {}", r.asset_ids.join(", "), r.reason)
+        }
         Some(Body::TaskCompleted(_)) => "completed".into(),
         Some(Body::TaskFailed(f)) => format!("FAILED at {} ({}): {}", f.stage, f.code, f.reason),
-        Some(Body::DeadLetter(d)) => format!("dead letter from {} on {}: {}", d.service, d.subject, d.reason),
+        Some(Body::DeadLetter(d)) => format!(
+            "dead letter from {} on {}: {}",
+            d.service, d.subject, d.reason
+        ),
         None => "(event of an unknown kind)".into(),
     };
-    format!("#{:<5} {:<18} {}", record.sequence, event_kind(event), detail)
+    format!(
+        "#{:<5} {:<18} {}",
+        record.sequence,
+        event_kind(event),
+        detail
+    )
 }
 
 /// True if this record ends its task (the same rule `WatchTask` ends its stream by).
 pub fn is_final(record: &AuditRecord) -> bool {
-    record.event.as_ref().is_some_and(|e| baton_proto::ends_task(event_kind(e)))
+    record
+        .event
+        .as_ref()
+        .is_some_and(|e| baton_proto::ends_task(event_kind(e)))
 }

@@ -79,7 +79,9 @@ impl BatonConfig {
     }
 
     /// Loads defaults → `file` → `BATON_*` env.
-    pub fn load(file: Option<&std::path::Path>) -> Result<BatonConfig, baton_runtime::config::ConfigError> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+    ) -> Result<BatonConfig, baton_runtime::config::ConfigError> {
         let f = baton_runtime::config::figment::<BatonConfig>(file, &[])?;
         baton_runtime::config::extract(&f)
     }
@@ -97,7 +99,10 @@ pub struct NatsServerConfig {
 
 impl Default for NatsServerConfig {
     fn default() -> Self {
-        NatsServerConfig { binary: "nats-server".into(), port: 4222 }
+        NatsServerConfig {
+            binary: "nats-server".into(),
+            port: 4222,
+        }
     }
 }
 
@@ -116,6 +121,10 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { url: "http://127.0.0.1:50051".into(), token: String::new(), tenant: "default".into() }
+        ClientConfig {
+            url: "http://127.0.0.1:50051".into(),
+            token: String::new(),
+            tenant: "default".into(),
+        }
     }
 }

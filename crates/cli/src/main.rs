@@ -5,8 +5,8 @@ use baton::client::{Clients, describe, is_final};
 use baton::config::BatonConfig;
 use baton::up::{Baton, ServiceName};
 use baton_proto::{
-    ApproveRequest, GetTaskRequest, ListPendingRequest, ListTasksRequest, RejectRequest, SubmitTaskRequest,
-    TaskStatus, Trigger, VerifyAuditRequest, WatchTaskRequest,
+    ApproveRequest, GetTaskRequest, ListPendingRequest, ListTasksRequest, RejectRequest,
+    SubmitTaskRequest, TaskStatus, Trigger, VerifyAuditRequest, WatchTaskRequest,
 };
 use baton_runtime::auth::{Authenticator, Role};
 use clap::{Parser, Subcommand};
@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "Event-driven, policy-gated orchestrator for AI tasks")]
+#[command(
+    name = "baton",
+    version,
+    about = "Event-driven, policy-gated orchestrator for AI tasks"
+)]
 struct Cli {
     /// Configuration file (TOML); `BATON_*` variables override it.
     #[arg(long, short, global = true, env = "BATON_CONFIG")]
@@ -146,16 +150,22 @@ enum AuditCommand {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("label {s:?} is not key=value"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label {s:?} is not key=value"))
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: use submitter, approver, operator or admin"))
+    Role::parse(s)
+        .ok_or_else(|| format!("unknown role {s:?}: use submitter, approver, operator or admin"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -168,7 +178,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = BatonConfig::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Up { nats_url, grpc_addr, http_addr, data_dir } => {
+        Command::Up {
+            nats_url,
+            grpc_addr,
+            http_addr,
+            data_dir,
+        } => {
             if let Some(u) = nats_url {
                 config.nats.url = u;
             }
@@ -194,20 +209,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { service } => {
             if config.nats.url.is_empty() {
-                bail!("`baton serve` needs a NATS server: set nats.url (BATON_NATS__URL=nats://host:4222)");
+                bail!(
+                    "`baton serve` needs a NATS server: set nats.url (BATON_NATS__URL=nats://host:4222)"
+                );
             }
             baton_runtime::telemetry::init(&config.log);
             let shutdown = baton_runtime::shutdown::on_signal();
             let baton = Baton::start(config, &[service]).await?;
-            eprintln!("baton {service:?} is up: gRPC {} · HTTP http://{}", baton.grpc_addr, baton.http_addr);
+            eprintln!(
+                "baton {service:?} is up: gRPC {} · HTTP http://{}",
+                baton.grpc_addr, baton.http_addr
+            );
             baton.run_until(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config).context("cannot render the configuration")?);
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("cannot render the configuration")?
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token { sub, tenant, roles, ttl } => {
+        Command::Token {
+            sub,
+            tenant,
+            roles,
+            ttl,
+        } => {
             let auth = authenticator(&config)?;
             println!("{}", auth.mint(&sub, &tenant, &roles, ttl));
             Ok(ExitCode::SUCCESS)
@@ -233,23 +261,41 @@ fn authenticator(config: &BatonConfig) -> anyhow::Result<Authenticator> {
     Ok(Authenticator::new(&auth)?)
 }
 
-async fn client_command(url: Option<String>, token: Option<String>, config: BatonConfig, command: Command) -> anyhow::Result<ExitCode> {
+async fn client_command(
+    url: Option<String>,
+    token: Option<String>,
+    config: BatonConfig,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
     let url = url.unwrap_or_else(|| config.client.url.clone());
     let roles: &[Role] = match &command {
         Command::Approve { .. } | Command::Reject { .. } => &[Role::Approver],
         Command::Audit { .. } => &[Role::Operator],
         _ => &[Role::Submitter],
     };
-    let token = match token.or_else(|| Some(config.client.token.clone()).filter(|t| !t.is_empty())) {
+    let token = match token.or_else(|| Some(config.client.token.clone()).filter(|t| !t.is_empty()))
+    {
         Some(t) => t,
         None => {
             let user = std::env::var("USER").unwrap_or_else(|_| "dev".into());
-            authenticator(&config)?.mint(&user, &config.client.tenant, roles, Duration::from_secs(600))
+            authenticator(&config)?.mint(
+                &user,
+                &config.client.tenant,
+                roles,
+                Duration::from_secs(600),
+            )
         }
     };
     let mut c = Clients::connect(&url, &token).await?;
     match command {
-        Command::Submit { text, env, key, role, labels, watch } => {
+        Command::Submit {
+            text,
+            env,
+            key,
+            role,
+            labels,
+            watch,
+        } => {
             let trigger = Trigger {
                 text,
                 environment: env.unwrap_or_default(),
@@ -258,15 +304,36 @@ async fn client_command(url: Option<String>, token: Option<String>, config: Bato
                 labels: labels.into_iter().collect(),
                 source: String::new(),
             };
-            let r = c.triggers.submit_task(SubmitTaskRequest { trigger: Some(trigger) }).await?.into_inner();
-            println!("{}{}", r.task_id, if r.deduplicated { " (deduplicated: an earlier trigger had this key)" } else { "" });
+            let r = c
+                .triggers
+                .submit_task(SubmitTaskRequest {
+                    trigger: Some(trigger),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{}{}",
+                r.task_id,
+                if r.deduplicated {
+                    " (deduplicated: an earlier trigger had this key)"
+                } else {
+                    ""
+                }
+            );
             if watch {
                 return watch_task(&mut c, &r.task_id).await;
             }
         }
-        Command::Tasks { status, role, tenant, limit } => {
+        Command::Tasks {
+            status,
+            role,
+            tenant,
+            limit,
+        } => {
             let status = match status {
-                Some(s) => TaskStatus::parse(&s).with_context(|| format!("unknown status {s:?}"))? as i32,
+                Some(s) => {
+                    TaskStatus::parse(&s).with_context(|| format!("unknown status {s:?}"))? as i32
+                }
                 None => 0,
             };
             let r = c
@@ -280,53 +347,126 @@ async fn client_command(url: Option<String>, token: Option<String>, config: Bato
                 })
                 .await?
                 .into_inner();
-            println!("{:<38} {:<18} {:<11} {:<11} TEXT", "TASK", "STATUS", "ROLE", "ENV");
+            println!(
+                "{:<38} {:<18} {:<11} {:<11} TEXT",
+                "TASK", "STATUS", "ROLE", "ENV"
+            );
             for t in r.tasks {
-                println!("{:<38} {:<18} {:<11} {:<11} {}", t.task_id, t.status().label(), t.role, t.environment, t.text);
+                println!(
+                    "{:<38} {:<18} {:<11} {:<11} {}",
+                    t.task_id,
+                    t.status().label(),
+                    t.role,
+                    t.environment,
+                    t.text
+                );
             }
         }
         Command::Task { id } => {
-            let r = c.tasks.get_task(GetTaskRequest { task_id: id }).await?.into_inner();
+            let r = c
+                .tasks
+                .get_task(GetTaskRequest { task_id: id })
+                .await?
+                .into_inner();
             let t = r.task.unwrap_or_default();
-            println!("task {} [{}] tenant {} · role {} · {} · risk {}", t.task_id, t.status().label(), t.tenant, t.role, t.environment, t.risk().label());
-            println!("  \"{}\"{}", t.text, if t.reason.is_empty() { String::new() } else { format!("\n  reason: {}", t.reason) });
+            println!(
+                "task {} [{}] tenant {} · role {} · {} · risk {}",
+                t.task_id,
+                t.status().label(),
+                t.tenant,
+                t.role,
+                t.environment,
+                t.risk().label()
+            );
+            println!(
+                "  \"{}\"{}",
+                t.text,
+                if t.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n  reason: {}", t.reason)
+                }
+            );
             for rec in &r.events {
                 println!("{}", describe(rec));
             }
         }
         Command::Watch { id } => return watch_task(&mut c, &id).await,
         Command::Pending => {
-            let r = c.approvals.list_pending(ListPendingRequest {}).await?.into_inner();
+            let r = c
+                .approvals
+                .list_pending(ListPendingRequest {})
+                .await?
+                .into_inner();
             for p in r.pending {
-                let reasons = p.validation.map(|v| v.reasons.join("; ")).unwrap_or_default();
-                println!("{}  {}  {}", p.task_id, p.plan.map(|p| p.summary).unwrap_or_default(), reasons);
+                let reasons = p
+                    .validation
+                    .map(|v| v.reasons.join("; "))
+                    .unwrap_or_default();
+                println!(
+                    "{}  {}  {}",
+                    p.task_id,
+                    p.plan.map(|p| p.summary).unwrap_or_default(),
+                    reasons
+                );
             }
         }
         Command::Approve { id, reason } => {
-            let r = c.approvals.approve(ApproveRequest { task_id: id, reason }).await?.into_inner();
+            let r = c
+                .approvals
+                .approve(ApproveRequest {
+                    task_id: id,
+                    reason,
+                })
+                .await?
+                .into_inner();
             println!("approved by {}", r.approval.unwrap_or_default().approver);
         }
         Command::Reject { id, reason } => {
-            let r = c.approvals.reject(RejectRequest { task_id: id, reason }).await?.into_inner();
+            let r = c
+                .approvals
+                .reject(RejectRequest {
+                    task_id: id,
+                    reason,
+                })
+                .await?
+                .into_inner();
             println!("rejected by {}", r.approval.unwrap_or_default().approver);
         }
-        Command::Audit { command: AuditCommand::Verify } => {
-            let r = c.tasks.verify_audit(VerifyAuditRequest {}).await?.into_inner();
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let r = c
+                .tasks
+                .verify_audit(VerifyAuditRequest {})
+                .await?
+                .into_inner();
             if r.ok {
                 println!("audit chain verified: {} records", r.records_checked);
             } else {
-                println!("audit chain BROKEN at record {}: {}", r.first_bad_sequence, r.problem);
+                println!(
+                    "audit chain BROKEN at record {}: {}",
+                    r.first_bad_sequence, r.problem
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Up { .. } | Command::Serve { .. } | Command::Config | Command::Token { .. } => unreachable!("handled above"),
+        Command::Up { .. } | Command::Serve { .. } | Command::Config | Command::Token { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a task's events until it ends; exit code 0 when it completed.
 async fn watch_task(c: &mut Clients, id: &str) -> anyhow::Result<ExitCode> {
-    let mut stream = c.tasks.watch_task(WatchTaskRequest { task_id: id.to_string() }).await?.into_inner();
+    let mut stream = c
+        .tasks
+        .watch_task(WatchTaskRequest {
+            task_id: id.to_string(),
+        })
+        .await?
+        .into_inner();
     let mut last = None;
     while let Some(rec) = stream.message().await? {
         println!("{}", describe(&rec));
@@ -338,5 +478,9 @@ async fn watch_task(c: &mut Clients, id: &str) -> anyhow::Result<ExitCode> {
     let completed = last
         .and_then(|r| r.event)
         .is_some_and(|e| matches!(e.body, Some(baton_proto::event::Body::TaskCompleted(_))));
-    Ok(if completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

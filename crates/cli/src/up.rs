@@ -96,13 +96,16 @@ impl Baton {
     /// use (or create) the development secret in `data_dir` (see `service::connect`).
     pub async fn start(mut config: BatonConfig, which: &[ServiceName]) -> Result<Baton, UpError> {
         let io = |what: String| move |source| UpError::Io { what, source };
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(io(format!("cannot create data dir {}", config.data_dir.display())))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+            "cannot create data dir {}",
+            config.data_dir.display()
+        )))?;
         let mut nats_server = None;
         if config.nats.url.is_empty() {
             let store = config.data_dir.join("nats");
             let server =
-                NatsServer::start(&config.nats_server.binary, &store, config.nats_server.port).await?;
+                NatsServer::start(&config.nats_server.binary, &store, config.nats_server.port)
+                    .await?;
             info!(url = server.url(), store = %store.display(), "started nats-server");
             config.nats.url = server.url().to_string();
             nats_server = Some(server);
@@ -118,17 +121,41 @@ impl Baton {
         }
 
         let servers_token = CancellationToken::new();
-        let endpoints = Endpoints::serve(&ctx, config.grpc_addr, config.http_addr, routes, &names, servers_token.clone())
-            .await
-            .map_err(io("cannot serve".into()))?;
-        let (grpc_addr, http_addr, servers) = (endpoints.grpc_addr, endpoints.http_addr, endpoints.tasks);
+        let endpoints = Endpoints::serve(
+            &ctx,
+            config.grpc_addr,
+            config.http_addr,
+            routes,
+            &names,
+            servers_token.clone(),
+        )
+        .await
+        .map_err(io("cannot serve".into()))?;
+        let (grpc_addr, http_addr, servers) =
+            (endpoints.grpc_addr, endpoints.http_addr, endpoints.tasks);
         info!(%grpc_addr, %http_addr, nats = %config.nats.url, "baton is up");
-        Ok(Baton { config, grpc_addr, http_addr, ctx, nats_server, services, servers_token, servers })
+        Ok(Baton {
+            config,
+            grpc_addr,
+            http_addr,
+            ctx,
+            nats_server,
+            services,
+            servers_token,
+            servers,
+        })
     }
 
     /// Mints a token with the development/configured secret (for the demo and tests).
-    pub fn token(&self, subject: &str, tenant: &str, roles: &[baton_runtime::auth::Role]) -> String {
-        self.ctx.auth.mint(subject, tenant, roles, std::time::Duration::from_secs(3600))
+    pub fn token(
+        &self,
+        subject: &str,
+        tenant: &str,
+        roles: &[baton_runtime::auth::Role],
+    ) -> String {
+        self.ctx
+            .auth
+            .mint(subject, tenant, roles, std::time::Duration::from_secs(3600))
     }
 
     /// `http://<grpc_addr>`.
@@ -198,12 +225,59 @@ async fn launch(
     names: &mut Vec<&'static str>,
 ) -> Result<Running, UpError> {
     match name {
-        ServiceName::Ingestion => launch_one::<baton_ingestion::Ingestion>(ctx, config, config.ingestion.clone(), routes, names).await,
-        ServiceName::Decision => launch_one::<baton_decision::Decision>(ctx, config, config.decision.clone(), routes, names).await,
-        ServiceName::AgentRunner => launch_one::<baton_agent_runner::AgentRunner>(ctx, config, config.agents.clone(), routes, names).await,
-        ServiceName::Validation => launch_one::<baton_validation::Validation>(ctx, config, config.validation.clone(), routes, names).await,
-        ServiceName::Execution => launch_one::<baton_execution::Execution>(ctx, config, config.execution.clone(), routes, names).await,
-        ServiceName::Audit => launch_one::<baton_audit::Audit>(ctx, config, config.audit.clone(), routes, names).await,
+        ServiceName::Ingestion => {
+            launch_one::<baton_ingestion::Ingestion>(
+                ctx,
+                config,
+                config.ingestion.clone(),
+                routes,
+                names,
+            )
+            .await
+        }
+        ServiceName::Decision => {
+            launch_one::<baton_decision::Decision>(
+                ctx,
+                config,
+                config.decision.clone(),
+                routes,
+                names,
+            )
+            .await
+        }
+        ServiceName::AgentRunner => {
+            launch_one::<baton_agent_runner::AgentRunner>(
+                ctx,
+                config,
+                config.agents.clone(),
+                routes,
+                names,
+            )
+            .await
+        }
+        ServiceName::Validation => {
+            launch_one::<baton_validation::Validation>(
+                ctx,
+                config,
+                config.validation.clone(),
+                routes,
+                names,
+            )
+            .await
+        }
+        ServiceName::Execution => {
+            launch_one::<baton_execution::Execution>(
+                ctx,
+                config,
+                config.execution.clone(),
+                routes,
+                names,
+            )
+            .await
+        }
+        ServiceName::Audit => {
+            launch_one::<baton_audit::Audit>(ctx, config, config.audit.clone(), routes, names).await
+        }
     }
 }
 
@@ -217,7 +291,10 @@ async fn launch_one<S: Service>(
     S::prepare(&mut section, &config.common());
     let svc = S::start(ctx.clone(), section)
         .await
-        .map_err(|e| UpError::Service { service: S::NAME, reason: e.to_string() })?;
+        .map_err(|e| UpError::Service {
+            service: S::NAME,
+            reason: e.to_string(),
+        })?;
     if let Some(routes) = routes {
         svc.add_grpc(routes);
         names.extend_from_slice(S::GRPC_SERVICES);

@@ -25,8 +25,15 @@ fn variables_that_are_not_config_keys_do_not_break_the_config() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("url = \"nats://10.1.2.3:4222\""), "{stdout}");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("url = \"nats://10.1.2.3:4222\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("batch_size = 77"), "{stdout}");
 }
 
@@ -35,10 +42,18 @@ fn unknown_config_key_in_a_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("baton.toml");
     std::fs::write(&file, "[nats]\nurll = \"nats://x\"\n").unwrap();
-    let out = baton().args(["--config"]).arg(&file).arg("config").output().unwrap();
+    let out = baton()
+        .args(["--config"])
+        .arg(&file)
+        .arg("config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("urll"), "the message should name the bad key: {stderr}");
+    assert!(
+        stderr.contains("urll"),
+        "the message should name the bad key: {stderr}"
+    );
 }
 
 #[test]
@@ -51,14 +66,21 @@ fn client_command_without_a_server_says_what_to_do() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot connect to baton at http://127.0.0.1:1"), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to baton at http://127.0.0.1:1"),
+        "{stderr}"
+    );
     assert!(stderr.contains("baton up"), "{stderr}");
 }
 
 #[test]
 fn missing_token_and_secret_explains_how_to_get_one() {
     let dir = tempfile::tempdir().unwrap();
-    let out = baton().args(["tasks"]).current_dir(dir.path()).output().unwrap();
+    let out = baton()
+        .args(["tasks"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no development secret"), "{stderr}");

@@ -16,10 +16,11 @@
 pub mod rules;
 
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
-use baton_proto::decision_service_server::{DecisionService as DecisionServiceApi, DecisionServiceServer};
+use baton_proto::decision_service_server::{
+    DecisionService as DecisionServiceApi, DecisionServiceServer,
+};
 use baton_proto::{
-    ClassifyRequest, ClassifyResponse, ROLES, Task, TaskFailed, TaskRouted, event::Body,
-    subject,
+    ClassifyRequest, ClassifyResponse, ROLES, Task, TaskFailed, TaskRouted, event::Body, subject,
 };
 use baton_runtime::Context;
 use futures::future::BoxFuture;
@@ -52,7 +53,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { rules_path: None, concurrency: 64 }
+        Config {
+            rules_path: None,
+            concurrency: 64,
+        }
     }
 }
 
@@ -114,7 +118,9 @@ impl Error {
             Error::UnknownRole { .. } => Some("unknown_role"),
             Error::UnknownEnvironment(_) => Some("unknown_environment"),
             Error::InvalidRequest(_) => Some("invalid_task"),
-            Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => Some("decision_misconfigured"),
+            Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => {
+                Some("decision_misconfigured")
+            }
             Error::ClassifierUnavailable { .. } | Error::Bus(_) => None,
         }
     }
@@ -126,7 +132,9 @@ impl From<Error> for tonic::Status {
             Error::UnknownRole { .. } | Error::UnknownEnvironment(_) | Error::InvalidRequest(_) => {
                 tonic::Code::InvalidArgument
             }
-            Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => tonic::Code::FailedPrecondition,
+            Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => {
+                tonic::Code::FailedPrecondition
+            }
             Error::ClassifierUnavailable { .. } | Error::Bus(_) => tonic::Code::Unavailable,
         };
         tonic::Status::new(code, e.to_string())
@@ -143,7 +151,10 @@ pub trait Classifier: Send + Sync {
     ///
     /// Errors: [`Error::ClassifierUnavailable`] for a transient failure (the task is retried),
     /// other variants fail the task.
-    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>>;
+    fn classify<'a>(
+        &'a self,
+        task: &'a Task,
+    ) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>>;
 }
 
 /// The rules file as a [`Classifier`] (tier RULES).
@@ -153,7 +164,10 @@ impl Classifier for RulesClassifier {
     fn name(&self) -> &str {
         "rules"
     }
-    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
+    fn classify<'a>(
+        &'a self,
+        task: &'a Task,
+    ) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
         Box::pin(std::future::ready(self.0.matched(task)))
     }
 }
@@ -169,7 +183,10 @@ impl Decider {
     /// A chain with only the rules tier.
     pub fn new(rules: RuleSet) -> Decider {
         let rules = Arc::new(rules);
-        Decider { tiers: vec![Arc::new(RulesClassifier(rules.clone()))], rules }
+        Decider {
+            tiers: vec![Arc::new(RulesClassifier(rules.clone()))],
+            rules,
+        }
     }
 
     /// Appends a tier, tried after the existing ones.
@@ -196,7 +213,9 @@ impl Decider {
         for tier in &self.tiers {
             match tier.classify(task).await? {
                 Some(d) if d.confidence >= self.rules.min_confidence => return Ok(d),
-                Some(d) if best.as_ref().is_none_or(|b| d.confidence > b.confidence) => best = Some(d),
+                Some(d) if best.as_ref().is_none_or(|b| d.confidence > b.confidence) => {
+                    best = Some(d)
+                }
                 _ => {}
             }
         }
@@ -224,7 +243,9 @@ impl Decision {
     /// [`Error::Config`].
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
         if config.concurrency == 0 {
-            return Err(Error::Config("decision.concurrency must be at least 1".into()));
+            return Err(Error::Config(
+                "decision.concurrency must be at least 1".into(),
+            ));
         }
         let rules = RuleSet::load(config.rules_path.as_deref())?;
         info!(rules = %rules.source, count = rules.rules.len(), "decision rules loaded");
@@ -233,7 +254,13 @@ impl Decision {
 
     /// Builds the service around a ready [`Decider`] (to add classifier tiers).
     pub fn with_decider(ctx: Context, config: Config, decider: Decider) -> Self {
-        Decision { inner: Arc::new(Inner { ctx, config, decider }) }
+        Decision {
+            inner: Arc::new(Inner {
+                ctx,
+                config,
+                decider,
+            }),
+        }
     }
 
     /// The classification chain.
@@ -243,7 +270,9 @@ impl Decision {
 
     /// Adds `baton.v1.DecisionService` to `routes`.
     pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(DecisionServiceServer::new(DecisionApi { inner: self.inner.clone() }));
+        routes.add_service(DecisionServiceServer::new(DecisionApi {
+            inner: self.inner.clone(),
+        }));
     }
 
     /// Consumes `baton.task.received` until `shutdown`, then finishes the tasks in hand.
@@ -253,7 +282,10 @@ impl Decision {
         let spec = ConsumerSpec::new(SERVICE, DURABLE, subject::TASK_RECEIVED)
             .concurrency(self.inner.config.concurrency);
         let inner = self.inner.clone();
-        info!(filter = subject::TASK_RECEIVED, "decision consuming received tasks");
+        info!(
+            filter = subject::TASK_RECEIVED,
+            "decision consuming received tasks"
+        );
         self.inner
             .ctx
             .bus
@@ -278,7 +310,10 @@ impl Inner {
         let event = d.event()?;
         let task = match &event.body {
             Some(Body::TaskReceived(r)) => r.task.clone().ok_or_else(|| {
-                HandlerError::Reject(format!("event {} is a TaskReceived without a task", event.event_id))
+                HandlerError::Reject(format!(
+                    "event {} is a TaskReceived without a task",
+                    event.event_id
+                ))
             })?,
             _ => {
                 return Err(HandlerError::Reject(format!(
@@ -302,7 +337,14 @@ impl Inner {
                     confidence = decision.confidence,
                     "task routed"
                 );
-                let out = event.follow("routed", SERVICE, Body::TaskRouted(TaskRouted { task: Some(task), decision: Some(decision) }));
+                let out = event.follow(
+                    "routed",
+                    SERVICE,
+                    Body::TaskRouted(TaskRouted {
+                        task: Some(task),
+                        decision: Some(decision),
+                    }),
+                );
                 self.ctx.bus.publish(&subject, &out).await?;
                 Ok("routed")
             }
@@ -340,10 +382,9 @@ impl DecisionServiceApi for DecisionApi {
         request: tonic::Request<ClassifyRequest>,
     ) -> Result<tonic::Response<ClassifyResponse>, tonic::Status> {
         let principal = self.inner.ctx.auth.authenticate(&request)?;
-        let trigger = request
-            .into_inner()
-            .trigger
-            .ok_or_else(|| Error::InvalidRequest("trigger is missing: set ClassifyRequest.trigger".into()))?;
+        let trigger = request.into_inner().trigger.ok_or_else(|| {
+            Error::InvalidRequest("trigger is missing: set ClassifyRequest.trigger".into())
+        })?;
         let task = Task {
             task_id: String::new(),
             tenant: principal.tenant,
@@ -352,7 +393,9 @@ impl DecisionServiceApi for DecisionApi {
             received_at: Some(baton_proto::now()),
         };
         let decision = self.inner.decider.decide(&task).await?;
-        Ok(tonic::Response::new(ClassifyResponse { decision: Some(decision) }))
+        Ok(tonic::Response::new(ClassifyResponse {
+            decision: Some(decision),
+        }))
     }
 }
 
@@ -363,7 +406,10 @@ impl baton_runtime::service::Service for Decision {
     const SECTION: &'static str = "decision";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
-    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+    fn start(
+        ctx: Context,
+        config: Config,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
         Decision::new(ctx, config)
     }
 
@@ -371,7 +417,10 @@ impl baton_runtime::service::Service for Decision {
         Decision::add_grpc(self, routes)
     }
 
-    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+    fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
     }
 }
@@ -388,7 +437,13 @@ mod tests {
     use baton_proto::{DecisionTier, Trigger};
 
     fn task(text: &str) -> Task {
-        Task { trigger: Some(Trigger { text: text.into(), ..Default::default() }), ..Default::default() }
+        Task {
+            trigger: Some(Trigger {
+                text: text.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     /// A stand-in later tier that is confident about one phrase.
@@ -397,10 +452,20 @@ mod tests {
         fn name(&self) -> &str {
             "oracle"
         }
-        fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
-            let text = task.trigger.as_ref().map(|t| t.text.as_str()).unwrap_or_default();
+        fn classify<'a>(
+            &'a self,
+            task: &'a Task,
+        ) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
+            let text = task
+                .trigger
+                .as_ref()
+                .map(|t| t.text.as_str())
+                .unwrap_or_default();
             let d = (text == "the thing with the stuff").then(|| baton_proto::Decision {
-                spec: Some(baton_proto::TaskSpec { role: "sop".into(), ..Default::default() }),
+                spec: Some(baton_proto::TaskSpec {
+                    role: "sop".into(),
+                    ..Default::default()
+                }),
                 confidence: 0.7,
                 tier: DecisionTier::Classifier as i32,
                 matched_by: "oracle".into(),
@@ -413,7 +478,10 @@ mod tests {
     #[tokio::test]
     async fn later_tiers_are_asked_only_when_rules_are_not_confident() {
         let decider = Decider::new(RuleSet::builtin()).with_tier(Arc::new(Oracle));
-        let d = decider.decide(&task("the thing with the stuff")).await.unwrap();
+        let d = decider
+            .decide(&task("the thing with the stuff"))
+            .await
+            .unwrap();
         assert_eq!(d.tier(), DecisionTier::Classifier);
         let d = decider.decide(&task("Fix drift")).await.unwrap();
         assert_eq!(d.tier(), DecisionTier::Rules);
@@ -426,8 +494,14 @@ mod tests {
     fn errors_map_to_codes_and_failure_codes() {
         let unknown = Error::UnknownRole { role: "x".into() };
         assert_eq!(unknown.failure_code(), Some("unknown_role"));
-        assert_eq!(tonic::Status::from(unknown).code(), tonic::Code::InvalidArgument);
-        let down = Error::ClassifierUnavailable { tier: "llm".into(), reason: "timeout".into() };
+        assert_eq!(
+            tonic::Status::from(unknown).code(),
+            tonic::Code::InvalidArgument
+        );
+        let down = Error::ClassifierUnavailable {
+            tier: "llm".into(),
+            reason: "timeout".into(),
+        };
         assert_eq!(down.failure_code(), None);
         assert_eq!(tonic::Status::from(down).code(), tonic::Code::Unavailable);
     }

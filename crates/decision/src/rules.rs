@@ -100,7 +100,13 @@ impl Matcher {
         if is_word(phrase.trim().chars().next()) {
             pattern.push_str(r"\b");
         }
-        pattern.push_str(&words.iter().map(|w| regex::escape(w)).collect::<Vec<_>>().join(r"\s+"));
+        pattern.push_str(
+            &words
+                .iter()
+                .map(|w| regex::escape(w))
+                .collect::<Vec<_>>()
+                .join(r"\s+"),
+        );
         if is_word(phrase.trim().chars().last()) {
             pattern.push_str(r"\b");
         }
@@ -108,7 +114,10 @@ impl Matcher {
             .case_insensitive(true)
             .build()
             .map_err(|e| format!("phrase {phrase:?} does not compile: {e}"))?;
-        Ok(Matcher { source: phrase.trim().to_string(), regex })
+        Ok(Matcher {
+            source: phrase.trim().to_string(),
+            regex,
+        })
     }
 
     /// A user regex, matched case-insensitively.
@@ -118,7 +127,10 @@ impl Matcher {
             .size_limit(1 << 20)
             .build()
             .map_err(|e| format!("pattern {pattern:?} does not compile: {e}"))?;
-        Ok(Matcher { source: pattern.to_string(), regex })
+        Ok(Matcher {
+            source: pattern.to_string(),
+            regex,
+        })
     }
 }
 
@@ -152,7 +164,10 @@ pub struct Rule {
 impl Rule {
     /// The risk of this rule's work in `environment`.
     pub fn risk_for(&self, environment: &str) -> Risk {
-        self.risk_by_environment.get(environment).copied().unwrap_or(self.risk)
+        self.risk_by_environment
+            .get(environment)
+            .copied()
+            .unwrap_or(self.risk)
     }
 }
 
@@ -213,8 +228,10 @@ impl RuleSet {
         match path {
             None => Ok(RuleSet::builtin()),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| Error::ReadRules { path: path.to_path_buf(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| Error::ReadRules {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
                 RuleSet::parse(&text, &path.display().to_string())
             }
         }
@@ -224,8 +241,12 @@ impl RuleSet {
     ///
     /// Errors: [`Error::Rules`] with `source`, the rule's name and what is wrong.
     pub fn parse(text: &str, source: &str) -> Result<RuleSet, Error> {
-        let fail = |problem: String| Error::Rules { file: source.to_string(), problem };
-        let file: RulesFile = toml::from_str(text).map_err(|e| fail(e.to_string().trim_end().to_string()))?;
+        let fail = |problem: String| Error::Rules {
+            file: source.to_string(),
+            problem,
+        };
+        let file: RulesFile =
+            toml::from_str(text).map_err(|e| fail(e.to_string().trim_end().to_string()))?;
 
         let d = &file.defaults;
         if !ENVIRONMENTS.contains(&d.environment.as_str()) {
@@ -236,7 +257,10 @@ impl RuleSet {
             )));
         }
         if !(0.0..=1.0).contains(&d.min_confidence) {
-            return Err(fail(format!("defaults.min_confidence {} must be between 0 and 1", d.min_confidence)));
+            return Err(fail(format!(
+                "defaults.min_confidence {} must be between 0 and 1",
+                d.min_confidence
+            )));
         }
 
         let mut environments = Vec::new();
@@ -269,18 +293,25 @@ impl RuleSet {
         }
 
         if file.rules.is_empty() {
-            return Err(fail("has no [[rules]]: add at least the fallback rule".into()));
+            return Err(fail(
+                "has no [[rules]]: add at least the fallback rule".into(),
+            ));
         }
         let mut names = HashSet::new();
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             let name = r.name.trim().to_string();
             if name.is_empty() {
-                return Err(fail(format!("rule #{} has an empty name: give it one", i + 1)));
+                return Err(fail(format!(
+                    "rule #{} has an empty name: give it one",
+                    i + 1
+                )));
             }
             let rule_fail = |problem: String| fail(format!("rule {name:?}: {problem}"));
             if !names.insert(name.clone()) {
-                return Err(rule_fail("the name is used twice: rule names must be unique".into()));
+                return Err(rule_fail(
+                    "the name is used twice: rule names must be unique".into(),
+                ));
             }
             if !ROLES.contains(&r.role.as_str()) {
                 return Err(rule_fail(format!(
@@ -290,7 +321,9 @@ impl RuleSet {
                 )));
             }
             if r.task_type.trim().is_empty() {
-                return Err(rule_fail("task_type is empty: name the kind of work".into()));
+                return Err(rule_fail(
+                    "task_type is empty: name the kind of work".into(),
+                ));
             }
             let risk = parse_risk(&r.risk).map_err(|e| rule_fail(format!("risk {e}")))?;
             let mut risk_by_environment = BTreeMap::new();
@@ -301,12 +334,15 @@ impl RuleSet {
                         ENVIRONMENTS.join(", ")
                     )));
                 }
-                let risk = parse_risk(risk).map_err(|e| rule_fail(format!("risk_by_environment.{env} {e}")))?;
+                let risk = parse_risk(risk)
+                    .map_err(|e| rule_fail(format!("risk_by_environment.{env} {e}")))?;
                 risk_by_environment.insert(env.clone(), risk);
             }
             let confidence = r.confidence.unwrap_or(DEFAULT_HIT_CONFIDENCE);
             if !(confidence > 0.0 && confidence <= MAX_CONFIDENCE) {
-                return Err(rule_fail(format!("confidence {confidence} must be above 0 and at most {MAX_CONFIDENCE}")));
+                return Err(rule_fail(format!(
+                    "confidence {confidence} must be above 0 and at most {MAX_CONFIDENCE}"
+                )));
             }
             let keywords = r
                 .keywords
@@ -323,7 +359,9 @@ impl RuleSet {
             if let Some(t) = &r.target
                 && t.trim().is_empty()
             {
-                return Err(rule_fail("target is empty: name an asset group or leave it out".into()));
+                return Err(rule_fail(
+                    "target is empty: name an asset group or leave it out".into(),
+                ));
             }
             rules.push(Rule {
                 name,
@@ -340,9 +378,15 @@ impl RuleSet {
                 patterns,
             });
         }
-        let fallback = rules.iter().position(|r| r.name == d.fallback).ok_or_else(|| {
-            fail(format!("defaults.fallback names rule {:?}, which does not exist", d.fallback))
-        })?;
+        let fallback = rules
+            .iter()
+            .position(|r| r.name == d.fallback)
+            .ok_or_else(|| {
+                fail(format!(
+                    "defaults.fallback names rule {:?}, which does not exist",
+                    d.fallback
+                ))
+            })?;
 
         Ok(RuleSet {
             source: source.to_string(),
@@ -382,12 +426,22 @@ impl RuleSet {
             if hits.is_empty() {
                 continue;
             }
-            let confidence = (rule.confidence + EXTRA_HIT_CONFIDENCE * (hits.len() - 1) as f64).min(MAX_CONFIDENCE);
-            let candidate = RuleMatch { rule: i, hits, confidence, longest };
+            let confidence = (rule.confidence + EXTRA_HIT_CONFIDENCE * (hits.len() - 1) as f64)
+                .min(MAX_CONFIDENCE);
+            let candidate = RuleMatch {
+                rule: i,
+                hits,
+                confidence,
+                longest,
+            };
             let better = match &best {
                 None => true,
                 Some(b) => {
-                    (candidate.confidence, candidate.hits.len(), candidate.longest)
+                    (
+                        candidate.confidence,
+                        candidate.hits.len(),
+                        candidate.longest,
+                    )
                         .partial_cmp(&(b.confidence, b.hits.len(), b.longest))
                         == Some(std::cmp::Ordering::Greater)
                 }
@@ -420,12 +474,20 @@ impl RuleSet {
             return Ok(None);
         }
         if !ROLES.contains(&role.as_str()) {
-            return Err(Error::UnknownRole { role: trigger.role.clone() });
+            return Err(Error::UnknownRole {
+                role: trigger.role.clone(),
+            });
         }
         let (spec, context) = match self.rule_for_role(&role) {
             Some(rule) => {
                 let (spec, context) = self.spec(rule, task)?;
-                (spec, format!("rule {:?} supplies task type and tools; {context}", rule.name))
+                (
+                    spec,
+                    format!(
+                        "rule {:?} supplies task type and tools; {context}",
+                        rule.name
+                    ),
+                )
             }
             None => {
                 // A valid role with no rule: route it with what the trigger says.
@@ -450,9 +512,15 @@ impl RuleSet {
                 (spec, context)
             }
         };
-        let matched_by = self.rule_for_role(&role).map(|r| r.name.clone()).unwrap_or_else(|| role.clone());
+        let matched_by = self
+            .rule_for_role(&role)
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| role.clone());
         Ok(Some(Decision {
-            spec: Some(TaskSpec { role: role.clone(), ..spec }),
+            spec: Some(TaskSpec {
+                role: role.clone(),
+                ..spec
+            }),
             confidence: 1.0,
             tier: DecisionTier::Explicit as i32,
             matched_by,
@@ -466,10 +534,17 @@ impl RuleSet {
     /// Errors: [`Error::UnknownEnvironment`], [`Error::InvalidRequest`].
     pub fn matched(&self, task: &Task) -> Result<Option<Decision>, Error> {
         let trigger = trigger_of(task)?;
-        let Some(m) = self.best_match(&trigger.text) else { return Ok(None) };
+        let Some(m) = self.best_match(&trigger.text) else {
+            return Ok(None);
+        };
         let rule = &self.rules[m.rule];
         let (spec, context) = self.spec(rule, task)?;
-        let hits = m.hits.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ");
+        let hits = m
+            .hits
+            .iter()
+            .map(|h| format!("{h:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(Some(Decision {
             spec: Some(spec),
             confidence: m.confidence,
@@ -526,11 +601,17 @@ impl RuleSet {
         let (environment, env_from) = self.environment(task)?;
         let (target, target_from) = self.target(rule.target.as_deref(), &trigger.text);
         let risk = rule.risk_for(&environment);
-        let mut parameters: std::collections::HashMap<String, String> =
-            rule.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut parameters: std::collections::HashMap<String, String> = rule
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         parameters.extend(trigger.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let model_hints =
-            if rule.model_hints.is_empty() { self.default_model_hints.clone() } else { rule.model_hints.clone() };
+        let model_hints = if rule.model_hints.is_empty() {
+            self.default_model_hints.clone()
+        } else {
+            rule.model_hints.clone()
+        };
         let spec = TaskSpec {
             task_id: task.task_id.clone(),
             task_type: rule.task_type.clone(),
@@ -543,7 +624,10 @@ impl RuleSet {
             model_hints,
             parameters,
         };
-        Ok((spec, describe(&environment, &env_from, &target, &target_from, risk)))
+        Ok((
+            spec,
+            describe(&environment, &env_from, &target, &target_from, risk),
+        ))
     }
 
     /// The trigger's environment, else the first one the text mentions, else the default.
@@ -573,14 +657,17 @@ impl RuleSet {
 
 /// The trigger of `task`.
 fn trigger_of(task: &Task) -> Result<&baton_proto::Trigger, Error> {
-    task.trigger.as_ref().ok_or_else(|| Error::InvalidRequest("the task has no trigger".into()))
+    task.trigger
+        .as_ref()
+        .ok_or_else(|| Error::InvalidRequest("the task has no trigger".into()))
 }
 
 /// Checks what every tier needs: a trigger with text.
 pub(crate) fn check_task(task: &Task) -> Result<(), Error> {
     if trigger_of(task)?.text.trim().is_empty() {
         return Err(Error::InvalidRequest(
-            "text is empty: say what you want done, e.g. \"Fix drift on production web servers\"".into(),
+            "text is empty: say what you want done, e.g. \"Fix drift on production web servers\""
+                .into(),
         ));
     }
     Ok(())
@@ -598,7 +685,9 @@ fn first_mention(groups: &[(String, Vec<Matcher>)], text: &str) -> Option<(Strin
             if let Some(found) = m.regex.find(text) {
                 let better = match best {
                     None => true,
-                    Some((start, len, _, _)) => found.start() < start || (found.start() == start && found.len() > len),
+                    Some((start, len, _, _)) => {
+                        found.start() < start || (found.start() == start && found.len() > len)
+                    }
                 };
                 if better {
                     best = Some((found.start(), found.len(), group, &m.source));
@@ -609,7 +698,13 @@ fn first_mention(groups: &[(String, Vec<Matcher>)], text: &str) -> Option<(Strin
     best.map(|(_, _, group, phrase)| (group.to_string(), phrase.to_string()))
 }
 
-fn describe(environment: &str, env_from: &Found, target: &str, target_from: &Found, risk: Risk) -> String {
+fn describe(
+    environment: &str,
+    env_from: &Found,
+    target: &str,
+    target_from: &Found,
+    risk: Risk,
+) -> String {
     let env = match env_from {
         Found::Trigger => format!("environment {environment} (from the trigger)"),
         Found::Text(p) => format!("environment {environment} (from {p:?} in the text)"),
@@ -632,7 +727,10 @@ mod tests {
         Task {
             task_id: "t-1".into(),
             tenant: "acme".into(),
-            trigger: Some(Trigger { text: text.into(), ..Default::default() }),
+            trigger: Some(Trigger {
+                text: text.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -649,7 +747,9 @@ mod tests {
 
     #[test]
     fn fix_drift_on_production_web_servers() {
-        let d = RuleSet::builtin().decide(&task("Fix drift on production web servers")).unwrap();
+        let d = RuleSet::builtin()
+            .decide(&task("Fix drift on production web servers"))
+            .unwrap();
         let s = spec(&d);
         assert_eq!(s.role, "drift");
         assert_eq!(s.task_type, "drift_remediation");
@@ -662,8 +762,16 @@ mod tests {
         assert_eq!(d.tier(), DecisionTier::Rules);
         assert_eq!(d.matched_by, "drift");
         assert!((d.confidence - 0.9).abs() < 1e-9, "{}", d.confidence);
-        assert!(d.explanation.contains("rule \"drift\" matched \"drift\""), "{}", d.explanation);
-        assert!(d.explanation.contains("\"production\" in the text"), "{}", d.explanation);
+        assert!(
+            d.explanation.contains("rule \"drift\" matched \"drift\""),
+            "{}",
+            d.explanation
+        );
+        assert!(
+            d.explanation.contains("\"production\" in the text"),
+            "{}",
+            d.explanation
+        );
     }
 
     #[test]
@@ -672,7 +780,10 @@ mod tests {
         let examples = [
             ("drift", "Fix drift on production web servers"),
             ("patch", "Patch the kernel on staging web servers"),
-            ("compliance", "Run a CIS benchmark compliance audit on the databases"),
+            (
+                "compliance",
+                "Run a CIS benchmark compliance audit on the databases",
+            ),
             ("incident", "The checkout site is down with 500 errors"),
             ("dr", "Run a DR drill with failover to the replica"),
             ("cost", "Reduce cloud spend by rightsizing idle resources"),
@@ -680,7 +791,10 @@ mod tests {
             ("image", "Rebuild the golden image with the new base image"),
             ("sop", "Follow the runbook to rotate logs on the web tier"),
             ("adapter", "Build a connector to sync with ServiceNow"),
-            ("codegen", "Write a script that generates terraform for the web tier"),
+            (
+                "codegen",
+                "Write a script that generates terraform for the web tier",
+            ),
             ("assistant", "Explain how the rollout works"),
         ];
         let mut covered: Vec<&str> = examples.iter().map(|(r, _)| *r).collect();
@@ -691,7 +805,10 @@ mod tests {
         for (role, text) in examples {
             let d = rules.decide(&task(text)).unwrap();
             assert_eq!(spec(&d).role, role, "{text:?}: {}", d.explanation);
-            assert_ne!(d.matched_by, FALLBACK_MATCHED_BY, "{text:?} must match a rule, not fall back");
+            assert_ne!(
+                d.matched_by, FALLBACK_MATCHED_BY,
+                "{text:?} must match a rule, not fall back"
+            );
         }
     }
 
@@ -699,7 +816,9 @@ mod tests {
     fn more_hits_more_confidence_capped() {
         let rules = RuleSet::builtin();
         let one = rules.best_match("fix the drift").unwrap();
-        let three = rules.best_match("drift: the config is out of sync, a config mismatch").unwrap();
+        let three = rules
+            .best_match("drift: the config is out of sync, a config mismatch")
+            .unwrap();
         assert!(three.confidence > one.confidence);
         assert_eq!(three.hits.len(), 3);
         let many = rules
@@ -714,16 +833,25 @@ mod tests {
         // "db" must not match inside "dbadmin"; "dev" not inside "devices".
         assert_eq!(rules.detect_target("ask the dbadmin"), None);
         assert_eq!(rules.detect_environment("list devices"), None);
-        assert_eq!(rules.detect_target("restart the DB now"), Some(("db".into(), "db".into())));
+        assert_eq!(
+            rules.detect_target("restart the DB now"),
+            Some(("db".into(), "db".into()))
+        );
         // Whitespace in a phrase matches any whitespace, case-insensitively.
-        assert_eq!(rules.detect_target("the Web\n  Servers"), Some(("web".into(), "web servers".into())));
+        assert_eq!(
+            rules.detect_target("the Web\n  Servers"),
+            Some(("web".into(), "web servers".into()))
+        );
     }
 
     #[test]
     fn environment_comes_from_trigger_then_text_then_default() {
         let rules = RuleSet::builtin();
         let explicit = with("Fix drift in prod", |t| t.environment = "staging".into());
-        assert_eq!(spec(&rules.decide(&explicit).unwrap()).environment, "staging");
+        assert_eq!(
+            spec(&rules.decide(&explicit).unwrap()).environment,
+            "staging"
+        );
         let d = rules.decide(&task("Fix drift in prod")).unwrap();
         assert_eq!(spec(&d).environment, "production");
         assert_eq!(spec(&d).risk(), Risk::High);
@@ -740,32 +868,51 @@ mod tests {
     #[test]
     fn explicit_role_wins_with_full_confidence() {
         let rules = RuleSet::builtin();
-        let t = with("Fix drift on production web servers", |t| t.role = "patch".into());
+        let t = with("Fix drift on production web servers", |t| {
+            t.role = "patch".into()
+        });
         let d = rules.decide(&t).unwrap();
         assert_eq!(d.tier(), DecisionTier::Explicit);
         assert_eq!(d.confidence, 1.0);
         assert_eq!(spec(&d).role, "patch");
         assert_eq!(spec(&d).task_type, "patching");
         assert_eq!(spec(&d).environment, "production");
-        assert!(d.explanation.starts_with("role \"patch\" requested by the trigger"), "{}", d.explanation);
+        assert!(
+            d.explanation
+                .starts_with("role \"patch\" requested by the trigger"),
+            "{}",
+            d.explanation
+        );
     }
 
     #[test]
     fn unknown_explicit_role_is_an_error_naming_the_roles() {
-        let err = RuleSet::builtin().decide(&with("x", |t| t.role = "wizard".into())).unwrap_err();
+        let err = RuleSet::builtin()
+            .decide(&with("x", |t| t.role = "wizard".into()))
+            .unwrap_err();
         assert!(matches!(err, Error::UnknownRole { .. }));
         let msg = err.to_string();
-        assert!(msg.contains("unknown role \"wizard\"") && msg.contains("drift, patch"), "{msg}");
+        assert!(
+            msg.contains("unknown role \"wizard\"") && msg.contains("drift, patch"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn nothing_matching_falls_back_to_the_assistant() {
-        let d = RuleSet::builtin().decide(&task("Bananas are yellow")).unwrap();
+        let d = RuleSet::builtin()
+            .decide(&task("Bananas are yellow"))
+            .unwrap();
         assert_eq!(spec(&d).role, "assistant");
         assert_eq!(d.tier(), DecisionTier::Rules);
         assert_eq!(d.matched_by, FALLBACK_MATCHED_BY);
         assert!(d.confidence < 0.5);
-        assert!(d.explanation.starts_with("no rule matched; routed to the assistant"), "{}", d.explanation);
+        assert!(
+            d.explanation
+                .starts_with("no rule matched; routed to the assistant"),
+            "{}",
+            d.explanation
+        );
     }
 
     #[test]
@@ -774,7 +921,12 @@ mod tests {
         let rules = RuleSet::parse(&text, "strict.toml").unwrap();
         let d = rules.decide(&task("Fix drift")).unwrap();
         assert_eq!(d.matched_by, FALLBACK_MATCHED_BY);
-        assert!(d.explanation.contains("best candidate \"drift\" scored 0.90"), "{}", d.explanation);
+        assert!(
+            d.explanation
+                .contains("best candidate \"drift\" scored 0.90"),
+            "{}",
+            d.explanation
+        );
     }
 
     #[test]
@@ -783,12 +935,18 @@ mod tests {
             t.labels.insert("team".into(), "web".into());
         });
         let d = RuleSet::builtin().decide(&t).unwrap();
-        assert_eq!(spec(&d).parameters.get("team").map(String::as_str), Some("web"));
+        assert_eq!(
+            spec(&d).parameters.get("team").map(String::as_str),
+            Some("web")
+        );
     }
 
     #[test]
     fn empty_text_is_invalid() {
-        assert!(matches!(RuleSet::builtin().decide(&task("  ")), Err(Error::InvalidRequest(_))));
+        assert!(matches!(
+            RuleSet::builtin().decide(&task("  ")),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 
     fn bad(rules: &str) -> String {
@@ -796,7 +954,9 @@ mod tests {
             "[defaults]\nenvironment = \"development\"\nfallback = \"assistant\"\n\
              [[rules]]\nname = \"assistant\"\nrole = \"assistant\"\ntask_type = \"assistance\"\nrisk = \"low\"\n{rules}"
         );
-        RuleSet::parse(&text, "custom.toml").unwrap_err().to_string()
+        RuleSet::parse(&text, "custom.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     fn rule(body: &str) -> String {
@@ -806,38 +966,86 @@ mod tests {
     #[test]
     fn bad_rules_files_give_named_errors() {
         let e = bad(&rule("role = \"wizard\"\nrisk = \"low\""));
-        assert!(e.starts_with("rules file custom.toml: rule \"broken\": role \"wizard\" is not a known role"), "{e}");
+        assert!(
+            e.starts_with(
+                "rules file custom.toml: rule \"broken\": role \"wizard\" is not a known role"
+            ),
+            "{e}"
+        );
 
-        let e = bad(&rule("role = \"drift\"\nrisk = \"low\"\npatterns = [\"(unclosed\"]"));
-        assert!(e.starts_with("rules file custom.toml: rule \"broken\": pattern \"(unclosed\" does not compile"), "{e}");
+        let e = bad(&rule(
+            "role = \"drift\"\nrisk = \"low\"\npatterns = [\"(unclosed\"]",
+        ));
+        assert!(
+            e.starts_with(
+                "rules file custom.toml: rule \"broken\": pattern \"(unclosed\" does not compile"
+            ),
+            "{e}"
+        );
 
         let e = bad(&rule("role = \"drift\"\nrisk = \"huge\""));
-        assert!(e.contains("rule \"broken\": risk \"huge\" is not one of low, medium, high, critical"), "{e}");
+        assert!(
+            e.contains("rule \"broken\": risk \"huge\" is not one of low, medium, high, critical"),
+            "{e}"
+        );
 
-        let e = bad(&rule("role = \"drift\"\nrisk = \"low\"\nrisk_by_environment = { prod = \"high\" }"));
-        assert!(e.contains("rule \"broken\": risk_by_environment names \"prod\""), "{e}");
+        let e = bad(&rule(
+            "role = \"drift\"\nrisk = \"low\"\nrisk_by_environment = { prod = \"high\" }",
+        ));
+        assert!(
+            e.contains("rule \"broken\": risk_by_environment names \"prod\""),
+            "{e}"
+        );
 
-        let e = bad(&rule("role = \"drift\"\nrisk = \"low\"\nkeywords = [\"  \"]"));
-        assert!(e.contains("rule \"broken\": keywords has an empty phrase"), "{e}");
+        let e = bad(&rule(
+            "role = \"drift\"\nrisk = \"low\"\nkeywords = [\"  \"]",
+        ));
+        assert!(
+            e.contains("rule \"broken\": keywords has an empty phrase"),
+            "{e}"
+        );
 
-        let e = bad("[[rules]]\nname = \"assistant\"\nrole = \"assistant\"\ntask_type = \"x\"\nrisk = \"low\"\n");
-        assert!(e.contains("rule \"assistant\": the name is used twice"), "{e}");
+        let e = bad(
+            "[[rules]]\nname = \"assistant\"\nrole = \"assistant\"\ntask_type = \"x\"\nrisk = \"low\"\n",
+        );
+        assert!(
+            e.contains("rule \"assistant\": the name is used twice"),
+            "{e}"
+        );
 
-        let e = bad(&rule("role = \"drift\"\nrisk = \"low\"\nkeyword = [\"typo\"]"));
-        assert!(e.starts_with("rules file custom.toml: ") && e.contains("unknown field `keyword`"), "{e}");
+        let e = bad(&rule(
+            "role = \"drift\"\nrisk = \"low\"\nkeyword = [\"typo\"]",
+        ));
+        assert!(
+            e.starts_with("rules file custom.toml: ") && e.contains("unknown field `keyword`"),
+            "{e}"
+        );
 
         let e = RuleSet::parse("[defaults]\nenvironment = \"development\"\nfallback = \"nobody\"\n[[rules]]\nname = \"a\"\nrole = \"assistant\"\ntask_type = \"a\"\nrisk = \"low\"\n", "f.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("defaults.fallback names rule \"nobody\", which does not exist"), "{e}");
+        assert!(
+            e.contains("defaults.fallback names rule \"nobody\", which does not exist"),
+            "{e}"
+        );
 
-        let e = RuleSet::parse("[defaults]\nenvironment = \"prod\"\nfallback = \"a\"\n", "f.toml").unwrap_err().to_string();
-        assert!(e.contains("defaults.environment \"prod\" is not one of"), "{e}");
+        let e = RuleSet::parse(
+            "[defaults]\nenvironment = \"prod\"\nfallback = \"a\"\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("defaults.environment \"prod\" is not one of"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_rules_file_names_the_path() {
-        let err = RuleSet::load(Some(Path::new("/nonexistent/rules.toml"))).unwrap_err().to_string();
+        let err = RuleSet::load(Some(Path::new("/nonexistent/rules.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/rules.toml"), "{err}");
     }
 }

@@ -19,7 +19,11 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(15);
 
 fn context(nats: &TestNats) -> Context {
-    let auth = Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap();
+    let auth = Authenticator::new(&AuthConfig {
+        hs256_secret: "x".repeat(32),
+        ..Default::default()
+    })
+    .unwrap();
     Context::new(nats.bus.clone(), auth, Arc::new(Metrics::default()))
 }
 
@@ -31,11 +35,21 @@ fn received(task_id: &str, trigger: Trigger) -> Event {
         trigger: Some(trigger),
         received_at: Some(baton_proto::now()),
     };
-    Event::first(task_id, "acme", "received", "ingestion", Body::TaskReceived(TaskReceived { task: Some(task) }))
+    Event::first(
+        task_id,
+        "acme",
+        "received",
+        "ingestion",
+        Body::TaskReceived(TaskReceived { task: Some(task) }),
+    )
 }
 
 fn text(t: &str) -> Trigger {
-    Trigger { text: t.into(), source: "cli".into(), ..Default::default() }
+    Trigger {
+        text: t.into(),
+        source: "cli".into(),
+        ..Default::default()
+    }
 }
 
 /// The first event stored on `filter`.
@@ -68,7 +82,11 @@ async fn count(nats: &TestNats, filter: &str) -> u64 {
     n
 }
 
-async fn run_until<T>(nats: &TestNats, config: Config, work: impl std::future::Future<Output = T>) -> T {
+async fn run_until<T>(
+    nats: &TestNats,
+    config: Config,
+    work: impl std::future::Future<Output = T>,
+) -> T {
     let svc = Decision::new(context(nats), config).await.unwrap();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(svc.run(shutdown.clone()));
@@ -82,15 +100,35 @@ async fn run_until<T>(nats: &TestNats, config: Config, work: impl std::future::F
 async fn received_task_is_routed_to_its_role() {
     let nats = TestNats::start().await;
     let input = received("t-1", text("Fix drift on production web servers"));
-    nats.bus.publish(subject::TASK_RECEIVED, &input).await.unwrap();
-    let event = run_until(&nats, Config::default(), first_event(&nats, &subject::agent("drift"))).await;
+    nats.bus
+        .publish(subject::TASK_RECEIVED, &input)
+        .await
+        .unwrap();
+    let event = run_until(
+        &nats,
+        Config::default(),
+        first_event(&nats, &subject::agent("drift")),
+    )
+    .await;
 
     assert_eq!(event.event_id, "t-1.routed");
     assert_eq!(event.causation_id, "t-1.received");
-    assert_eq!((event.task_id.as_str(), event.tenant.as_str(), event.producer.as_str()), ("t-1", "acme", "decision"));
-    let Some(Body::TaskRouted(routed)) = event.body else { panic!("not a TaskRouted: {event:?}") };
+    assert_eq!(
+        (
+            event.task_id.as_str(),
+            event.tenant.as_str(),
+            event.producer.as_str()
+        ),
+        ("t-1", "acme", "decision")
+    );
+    let Some(Body::TaskRouted(routed)) = event.body else {
+        panic!("not a TaskRouted: {event:?}")
+    };
     let task = routed.task.unwrap();
-    assert_eq!((task.task_id.as_str(), task.submitted_by.as_str()), ("t-1", "alice"));
+    assert_eq!(
+        (task.task_id.as_str(), task.submitted_by.as_str()),
+        ("t-1", "alice")
+    );
     let decision = routed.decision.unwrap();
     assert_eq!(decision.tier(), DecisionTier::Rules);
     assert_eq!(decision.matched_by, "drift");
@@ -107,26 +145,54 @@ async fn received_task_is_routed_to_its_role() {
 #[tokio::test]
 async fn unknown_explicit_role_fails_the_task() {
     let nats = TestNats::start().await;
-    let trigger = Trigger { role: "wizard".into(), ..text("Do magic") };
-    nats.bus.publish(subject::TASK_RECEIVED, &received("t-2", trigger)).await.unwrap();
-    let event = run_until(&nats, Config::default(), first_event(&nats, subject::TASK_FAILED)).await;
+    let trigger = Trigger {
+        role: "wizard".into(),
+        ..text("Do magic")
+    };
+    nats.bus
+        .publish(subject::TASK_RECEIVED, &received("t-2", trigger))
+        .await
+        .unwrap();
+    let event = run_until(
+        &nats,
+        Config::default(),
+        first_event(&nats, subject::TASK_FAILED),
+    )
+    .await;
 
     assert_eq!(event.event_id, "t-2.failed");
     assert_eq!(event.causation_id, "t-2.received");
-    let Some(Body::TaskFailed(failed)) = event.body else { panic!("not a TaskFailed: {event:?}") };
-    assert_eq!((failed.stage.as_str(), failed.code.as_str()), ("decision", "unknown_role"));
-    assert!(failed.reason.contains("unknown role \"wizard\""), "{}", failed.reason);
+    let Some(Body::TaskFailed(failed)) = event.body else {
+        panic!("not a TaskFailed: {event:?}")
+    };
+    assert_eq!(
+        (failed.stage.as_str(), failed.code.as_str()),
+        ("decision", "unknown_role")
+    );
+    assert!(
+        failed.reason.contains("unknown role \"wizard\""),
+        "{}",
+        failed.reason
+    );
     assert_eq!(count(&nats, "baton.agent.>").await, 0);
     let info = nats
         .bus
-        .pull_consumer(&baton_bus::ConsumerSpec::new("decision", baton_decision::DURABLE, subject::TASK_RECEIVED))
+        .pull_consumer(&baton_bus::ConsumerSpec::new(
+            "decision",
+            baton_decision::DURABLE,
+            subject::TASK_RECEIVED,
+        ))
         .await
         .unwrap()
         .info()
         .await
         .unwrap()
         .clone();
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "the task was acked");
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "the task was acked"
+    );
 }
 
 #[tokio::test]
@@ -157,12 +223,26 @@ risk = "low"
 "#,
     )
     .unwrap();
-    let config = Config { rules_path: Some(path), ..Config::default() };
-    nats.bus.publish(subject::TASK_RECEIVED, &received("t-3", text("Tidy the servers"))).await.unwrap();
+    let config = Config {
+        rules_path: Some(path),
+        ..Config::default()
+    };
+    nats.bus
+        .publish(
+            subject::TASK_RECEIVED,
+            &received("t-3", text("Tidy the servers")),
+        )
+        .await
+        .unwrap();
     let event = run_until(&nats, config, first_event(&nats, &subject::agent("sop"))).await;
-    let Some(Body::TaskRouted(routed)) = event.body else { panic!("not a TaskRouted") };
+    let Some(Body::TaskRouted(routed)) = event.body else {
+        panic!("not a TaskRouted")
+    };
     let spec = routed.decision.unwrap().spec.unwrap();
-    assert_eq!((spec.task_type.as_str(), spec.environment.as_str()), ("tidy_up", "staging"));
+    assert_eq!(
+        (spec.task_type.as_str(), spec.environment.as_str()),
+        ("tidy_up", "staging")
+    );
 }
 
 #[tokio::test]
@@ -176,11 +256,23 @@ async fn bad_rules_file_is_a_startup_error_naming_file_and_rule() {
          [[rules]]\nname = \"x\"\nrole = \"assistant\"\ntask_type = \"a\"\nrisk = \"low\"\npatterns = [\"[z-a]\"]\n",
     )
     .unwrap();
-    let config = Config { rules_path: Some(path.clone()), ..Config::default() };
-    let err = Decision::new(context(&nats), config).await.err().expect("must fail");
+    let config = Config {
+        rules_path: Some(path.clone()),
+        ..Config::default()
+    };
+    let err = Decision::new(context(&nats), config)
+        .await
+        .err()
+        .expect("must fail");
     assert!(matches!(err, Error::Rules { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("rules file {}: rule \"x\": pattern \"[z-a]\" does not compile", path.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "rules file {}: rule \"x\": pattern \"[z-a]\" does not compile",
+            path.display()
+        )),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -200,41 +292,85 @@ async fn classify_over_grpc_answers_without_publishing() {
     )
     .await
     .unwrap();
-    let mut client = DecisionServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = DecisionServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     // Any role may classify.
-    let token = ctx.auth.mint("bob", "acme", &[Role::Approver], Duration::from_secs(300));
+    let token = ctx
+        .auth
+        .mint("bob", "acme", &[Role::Approver], Duration::from_secs(300));
     let call = |trigger: Option<Trigger>, token: Option<&str>| {
         let mut req = tonic::Request::new(ClassifyRequest { trigger });
         if let Some(t) = token {
-            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
         req
     };
 
     let resp = client
-        .classify(call(Some(text("Fix drift on production web servers")), Some(&token)))
+        .classify(call(
+            Some(text("Fix drift on production web servers")),
+            Some(&token),
+        ))
         .await
         .unwrap()
         .into_inner();
     let decision = resp.decision.unwrap();
     let spec = decision.spec.unwrap();
-    assert_eq!((spec.role.as_str(), spec.environment.as_str(), spec.target.as_str()), ("drift", "production", "web"));
+    assert_eq!(
+        (
+            spec.role.as_str(),
+            spec.environment.as_str(),
+            spec.target.as_str()
+        ),
+        ("drift", "production", "web")
+    );
     assert_eq!(spec.risk(), Risk::High);
 
-    let explicit = Trigger { role: "cost".into(), ..text("anything") };
-    let d = client.classify(call(Some(explicit), Some(&token))).await.unwrap().into_inner().decision.unwrap();
+    let explicit = Trigger {
+        role: "cost".into(),
+        ..text("anything")
+    };
+    let d = client
+        .classify(call(Some(explicit), Some(&token)))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
     assert_eq!(d.tier(), DecisionTier::Explicit);
 
-    let err = client.classify(call(Some(text("Fix drift")), None)).await.unwrap_err();
+    let err = client
+        .classify(call(Some(text("Fix drift")), None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let bad_role = Trigger { role: "wizard".into(), ..text("x") };
-    let err = client.classify(call(Some(bad_role), Some(&token))).await.unwrap_err();
+    let bad_role = Trigger {
+        role: "wizard".into(),
+        ..text("x")
+    };
+    let err = client
+        .classify(call(Some(bad_role), Some(&token)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("unknown role \"wizard\""), "{}", err.message());
-    let err = client.classify(call(Some(text(" ")), Some(&token))).await.unwrap_err();
+    assert!(
+        err.message().contains("unknown role \"wizard\""),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .classify(call(Some(text(" ")), Some(&token)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = client.classify(call(None, Some(&token))).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
-    assert_eq!(count(&nats, "baton.>").await, 0, "classify publishes nothing");
+    assert_eq!(
+        count(&nats, "baton.>").await,
+        0,
+        "classify publishes nothing"
+    );
 }

@@ -65,7 +65,11 @@ pub trait ActionRunner: Send + Sync + 'static {
 
     /// Probes `check` once (one attempt; the caller retries), expecting `expect_status`
     /// (the check's own, with defaults already applied).
-    fn probe<'a>(&'a self, check: &'a HealthCheck, expect_status: u16) -> BoxFuture<'a, ProbeResult>;
+    fn probe<'a>(
+        &'a self,
+        check: &'a HealthCheck,
+        expect_status: u16,
+    ) -> BoxFuture<'a, ProbeResult>;
 }
 
 /// The runner for `http` and `noop` actions and HTTP health checks, over one pooled
@@ -89,8 +93,9 @@ impl HttpRunner {
     }
 
     async fn http(&self, action: &Action, http: &HttpAction) -> Result<ActionOutcome, ActionError> {
-        let method = reqwest::Method::from_bytes(http.method.trim().to_ascii_uppercase().as_bytes())
-            .map_err(|_| ActionError::Invalid(format!("bad http method {:?}", http.method)))?;
+        let method =
+            reqwest::Method::from_bytes(http.method.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| ActionError::Invalid(format!("bad http method {:?}", http.method)))?;
         let url = reqwest::Url::parse(&http.url)
             .map_err(|e| ActionError::Invalid(format!("bad url {:?}: {e}", http.url)))?;
         let mut request = self.client.request(method.clone(), url);
@@ -104,8 +109,9 @@ impl HttpRunner {
             request = request.header(name, value);
         }
         if !action.idempotency_key.is_empty() {
-            let key = HeaderValue::from_str(&action.idempotency_key)
-                .map_err(|_| ActionError::Invalid("idempotency key is not a valid header value".into()))?;
+            let key = HeaderValue::from_str(&action.idempotency_key).map_err(|_| {
+                ActionError::Invalid("idempotency key is not a valid header value".into())
+            })?;
             request = request.header(IDEMPOTENCY_HEADER, key);
         }
         if !http.body.is_empty() {
@@ -114,10 +120,9 @@ impl HttpRunner {
             }
             request = request.body(http.body.clone());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ActionError::Transport(format!("{method} {}: {}", http.url, error_chain(&e))))?;
+        let response = request.send().await.map_err(|e| {
+            ActionError::Transport(format!("{method} {}: {}", http.url, error_chain(&e)))
+        })?;
         let status = response.status().as_u16();
         let accepted = if http.expect_status.is_empty() {
             response.status().is_success()
@@ -125,7 +130,9 @@ impl HttpRunner {
             http.expect_status.contains(&u32::from(status))
         };
         if accepted {
-            return Ok(ActionOutcome { detail: format!("{method} {}: {status}", http.url) });
+            return Ok(ActionOutcome {
+                detail: format!("{method} {}: {status}", http.url),
+            });
         }
         let text = response.text().await.unwrap_or_default();
         let excerpt = excerpt(&text);
@@ -134,7 +141,11 @@ impl HttpRunner {
             url: http.url.clone(),
             expected: expected_text(&http.expect_status),
             status,
-            body: if excerpt.is_empty() { String::new() } else { format!(": {excerpt}") },
+            body: if excerpt.is_empty() {
+                String::new()
+            } else {
+                format!(": {excerpt}")
+            },
         })
     }
 }
@@ -144,18 +155,30 @@ impl ActionRunner for HttpRunner {
         Box::pin(async move {
             match &action.kind {
                 Some(Kind::Http(http)) => self.http(action, http).await,
-                Some(Kind::Noop(_)) => Ok(ActionOutcome { detail: "noop".into() }),
+                Some(Kind::Noop(_)) => Ok(ActionOutcome {
+                    detail: "noop".into(),
+                }),
                 None => Err(ActionError::Unsupported("the action has no kind".into())),
             }
         })
     }
 
-    fn probe<'a>(&'a self, check: &'a HealthCheck, expect_status: u16) -> BoxFuture<'a, ProbeResult> {
+    fn probe<'a>(
+        &'a self,
+        check: &'a HealthCheck,
+        expect_status: u16,
+    ) -> BoxFuture<'a, ProbeResult> {
         Box::pin(async move {
             match self.client.get(&check.url).send().await {
                 Ok(r) if r.status().as_u16() == expect_status => Ok(()),
-                Ok(r) => Err(format!("expected {expect_status}, got {}", r.status().as_u16())),
-                Err(e) => Err(format!("expected {expect_status}, got error: {}", error_chain(&e))),
+                Ok(r) => Err(format!(
+                    "expected {expect_status}, got {}",
+                    r.status().as_u16()
+                )),
+                Err(e) => Err(format!(
+                    "expected {expect_status}, got error: {}",
+                    error_chain(&e)
+                )),
             }
         })
     }
@@ -172,7 +195,11 @@ fn expected_text(expect: &[u32]) -> String {
     match expect {
         [] => "2xx".into(),
         [one] => one.to_string(),
-        many => many.iter().map(u32::to_string).collect::<Vec<_>>().join(" or "),
+        many => many
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" or "),
     }
 }
 
@@ -227,10 +254,16 @@ mod tests {
     #[tokio::test]
     async fn noop_succeeds_and_missing_kind_is_unsupported() {
         let runner = HttpRunner::new(Duration::from_secs(1)).unwrap();
-        let noop = Action { kind: Some(Kind::Noop(Default::default())), ..Default::default() };
+        let noop = Action {
+            kind: Some(Kind::Noop(Default::default())),
+            ..Default::default()
+        };
         assert_eq!(runner.run(&noop).await.unwrap().detail, "noop");
         let none = Action::default();
-        assert!(matches!(runner.run(&none).await, Err(ActionError::Unsupported(_))));
+        assert!(matches!(
+            runner.run(&none).await,
+            Err(ActionError::Unsupported(_))
+        ));
     }
 
     #[tokio::test]
@@ -244,6 +277,8 @@ mod tests {
             })),
             ..Default::default()
         };
-        assert!(matches!(runner.run(&a).await, Err(ActionError::Invalid(m)) if m.contains("method")));
+        assert!(
+            matches!(runner.run(&a).await, Err(ActionError::Invalid(m)) if m.contains("method"))
+        );
     }
 }

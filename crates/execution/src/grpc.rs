@@ -18,7 +18,10 @@ struct Service {
 }
 
 /// The tonic server for `ExecutionService`.
-pub(crate) fn server(auth: Arc<Authenticator>, store: Store) -> ExecutionServiceServer<impl ExecutionService> {
+pub(crate) fn server(
+    auth: Arc<Authenticator>,
+    store: Store,
+) -> ExecutionServiceServer<impl ExecutionService> {
     ExecutionServiceServer::new(Service { auth, store })
 }
 
@@ -32,7 +35,9 @@ impl ExecutionService for Service {
         let task_id = request.into_inner().task_id;
         match self.store.load(&task_id).await? {
             Some((execution, _)) if principal.can_see(&execution.tenant) => {
-                Ok(Response::new(GetExecutionResponse { execution: Some(execution) }))
+                Ok(Response::new(GetExecutionResponse {
+                    execution: Some(execution),
+                }))
             }
             _ => Err(Error::NotFound(task_id).into()),
         }

@@ -139,7 +139,9 @@ pub enum Error {
         reason: String,
     },
     /// Another process wrote the rollout state since this one read it.
-    #[error("execution state of task {task_id} was changed by another process; leaving the rollout to it")]
+    #[error(
+        "execution state of task {task_id} was changed by another process; leaving the rollout to it"
+    )]
     Conflict {
         /// The task.
         task_id: String,
@@ -156,7 +158,9 @@ pub enum Error {
         reason: String,
     },
     /// No execution (visible to the caller) for this task.
-    #[error("no execution for task {0:?}: check the id (an execution starts once its plan is approved)")]
+    #[error(
+        "no execution for task {0:?}: check the id (an execution starts once its plan is approved)"
+    )]
     NotFound(String),
     /// The HTTP client could not be built.
     #[error("cannot build the http client for actions: {0}")]
@@ -196,23 +200,38 @@ impl Execution {
     /// Errors: [`Error::Config`], [`Error::Bus`] when the bucket cannot be opened,
     /// [`Error::Http`].
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
-        let runner = HttpRunner::new(config.action_timeout).map_err(|e| Error::Http(e.to_string()))?;
+        let runner =
+            HttpRunner::new(config.action_timeout).map_err(|e| Error::Http(e.to_string()))?;
         Self::with_runner(ctx, config, Arc::new(runner)).await
     }
 
     /// Like [`Execution::new`] with another [`ActionRunner`] (more action kinds).
-    pub async fn with_runner(ctx: Context, config: Config, runner: Arc<dyn ActionRunner>) -> Result<Self, Error> {
+    pub async fn with_runner(
+        ctx: Context,
+        config: Config,
+        runner: Arc<dyn ActionRunner>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         let progress_interval = progress_interval(&config, ctx.bus.config().ack_wait)?;
         let store = Store::open(&ctx.bus).await?;
         let attempts = Attempts::open(&ctx.bus).await?;
-        let shared = Arc::new(Shared { bus: ctx.bus.clone(), store, runner, config, attempts, progress_interval });
+        let shared = Arc::new(Shared {
+            bus: ctx.bus.clone(),
+            store,
+            runner,
+            config,
+            attempts,
+            progress_interval,
+        });
         Ok(Execution { ctx, shared })
     }
 
     /// Adds the `baton.v1.ExecutionService` server to `routes`.
     pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(grpc::server(self.ctx.auth.clone(), self.shared.store.clone()));
+        routes.add_service(grpc::server(
+            self.ctx.auth.clone(),
+            self.shared.store.clone(),
+        ));
     }
 
     /// The stored execution of `task_id`, if any (no tenant check: callers check).
@@ -250,12 +269,13 @@ impl Execution {
                     Err(Halted::Stopped) => "stopped",
                     Err(Halted::Failed(e)) => e.outcome(),
                 };
-                ctx.metrics.observe(SERVICE, label, started.elapsed().as_secs_f64());
+                ctx.metrics
+                    .observe(SERVICE, label, started.elapsed().as_secs_f64());
                 match result {
                     Ok(_) => Ok(()),
-                    Err(Halted::Stopped) => {
-                        Err(HandlerError::Interrupted("stopped early; resumes from saved state".into()))
-                    }
+                    Err(Halted::Stopped) => Err(HandlerError::Interrupted(
+                        "stopped early; resumes from saved state".into(),
+                    )),
                     Err(Halted::Failed(HandlerError::Retry(reason))) => {
                         Err(transient_failure(&shared, &delivery, reason, &stop).await)
                     }
@@ -275,7 +295,10 @@ impl baton_runtime::service::Service for Execution {
     const SECTION: &'static str = "execution";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
-    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+    fn start(
+        ctx: Context,
+        config: Config,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
         Execution::new(ctx, config)
     }
 
@@ -283,7 +306,10 @@ impl baton_runtime::service::Service for Execution {
         Execution::add_grpc(self, routes)
     }
 
-    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+    fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
     }
 }
@@ -364,7 +390,10 @@ async fn transient_failure(
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
     }
-    HandlerError::Interrupted(format!("failure {attempt} of at most {}: {reason}", bus.max_deliver))
+    HandlerError::Interrupted(format!(
+        "failure {attempt} of at most {}: {reason}",
+        bus.max_deliver
+    ))
 }
 
 /// Why [`handle`] did not finish a delivery.
@@ -419,7 +448,8 @@ async fn handle(
             Body::TaskFailed(TaskFailed {
                 stage: SERVICE.into(),
                 code: "not_approved".into(),
-                reason: "task_approved carries an approval that is not approved; nothing was run".into(),
+                reason: "task_approved carries an approval that is not approved; nothing was run"
+                    .into(),
                 execution: None,
             }),
         );
@@ -430,7 +460,10 @@ async fn handle(
     match rollout::run(shared, &event, plan, Control::new(shutdown)).await {
         Ok(finish) => {
             if finish != Finish::Replayed {
-                let labels = StageLabels { service: SERVICE.into(), outcome: finish.label().into() };
+                let labels = StageLabels {
+                    service: SERVICE.into(),
+                    outcome: finish.label().into(),
+                };
                 ctx.metrics.executions.get_or_create(&labels).inc();
             }
             // A failure is only ever recorded by an earlier delivery: the first one has nothing
@@ -474,31 +507,61 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_key() {
-        let c = Config { max_concurrent_steps: 0, ..Default::default() };
-        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("max_concurrent_steps")));
+        let c = Config {
+            max_concurrent_steps: 0,
+            ..Default::default()
+        };
+        assert!(
+            matches!(c.validate(), Err(Error::Config(m)) if m.contains("max_concurrent_steps"))
+        );
         let unknown = serde_json::from_str::<Config>(r#"{"nope": 1}"#);
         assert!(unknown.is_err());
     }
 
     #[test]
     fn progress_interval_is_positive_and_a_third_of_ack_wait_at_most() {
-        let zero = Config { progress_interval: Duration::ZERO, ..Default::default() };
-        assert!(matches!(zero.validate(), Err(Error::Config(m)) if m.contains("progress_interval")));
+        let zero = Config {
+            progress_interval: Duration::ZERO,
+            ..Default::default()
+        };
+        assert!(
+            matches!(zero.validate(), Err(Error::Config(m)) if m.contains("progress_interval"))
+        );
         let c = Config::default();
-        assert_eq!(progress_interval(&c, Duration::from_secs(30)).unwrap(), Duration::from_secs(5));
-        assert_eq!(progress_interval(&c, Duration::from_secs(2)).unwrap(), Duration::from_secs(2) / 3);
-        assert_eq!(progress_interval(&c, Duration::from_secs(1)).unwrap(), Duration::from_secs(1) / 3);
-        assert!(matches!(progress_interval(&c, Duration::ZERO), Err(Error::Config(m)) if m.contains("nats.ack_wait")));
+        assert_eq!(
+            progress_interval(&c, Duration::from_secs(30)).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            progress_interval(&c, Duration::from_secs(2)).unwrap(),
+            Duration::from_secs(2) / 3
+        );
+        assert_eq!(
+            progress_interval(&c, Duration::from_secs(1)).unwrap(),
+            Duration::from_secs(1) / 3
+        );
+        assert!(
+            matches!(progress_interval(&c, Duration::ZERO), Err(Error::Config(m)) if m.contains("nats.ack_wait"))
+        );
     }
 
     #[test]
     fn errors_map_to_distinct_grpc_codes() {
-        assert_eq!(tonic::Status::from(Error::NotFound("t".into())).code(), tonic::Code::NotFound);
         assert_eq!(
-            tonic::Status::from(Error::Conflict { task_id: "t".into() }).code(),
+            tonic::Status::from(Error::NotFound("t".into())).code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            tonic::Status::from(Error::Conflict {
+                task_id: "t".into()
+            })
+            .code(),
             tonic::Code::Aborted
         );
-        let store = Error::Store { task_id: "t".into(), reason: "timeout".into() };
+        let store = Error::Store {
+            task_id: "t".into(),
+            reason: "timeout".into(),
+        };
         assert_eq!(tonic::Status::from(store).code(), tonic::Code::Unavailable);
     }
 }

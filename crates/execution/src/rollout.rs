@@ -36,8 +36,9 @@ use crate::store::{Attempts, Store, Stored};
 use crate::{Config, Error, SERVICE};
 use baton_proto::event::Body;
 use baton_proto::{
-    AssetState, AssetStatus, AssetUpdated, Event, Execution, ExecutionStarted, ExecutionStatus, Phase,
-    PhaseCompleted, PhaseStarted, PhaseStatus, Plan, RollbackStarted, TaskCompleted, TaskFailed, subject,
+    AssetState, AssetStatus, AssetUpdated, Event, Execution, ExecutionStarted, ExecutionStatus,
+    Phase, PhaseCompleted, PhaseStarted, PhaseStatus, Plan, RollbackStarted, TaskCompleted,
+    TaskFailed, subject,
 };
 use futures::StreamExt;
 use std::sync::Arc;
@@ -84,7 +85,11 @@ impl Control {
 
     /// `Err` when the rollout must stop before its next step.
     pub fn check(&self) -> Result<(), Stop> {
-        if self.shutdown.is_cancelled() { Err(Stop::Shutdown) } else { Ok(()) }
+        if self.shutdown.is_cancelled() {
+            Err(Stop::Shutdown)
+        } else {
+            Ok(())
+        }
     }
 
     /// Sleeps for `d`, or less when the rollout must stop.
@@ -176,7 +181,10 @@ pub(crate) fn new_execution(cause: &Event, plan: Plan) -> Execution {
 }
 
 fn asset_id(step: &baton_proto::Step) -> String {
-    step.asset.as_ref().map(|a| a.id.clone()).unwrap_or_default()
+    step.asset
+        .as_ref()
+        .map(|a| a.id.clone())
+        .unwrap_or_default()
 }
 
 /// True for statuses after which nothing more happens.
@@ -191,7 +199,12 @@ pub(crate) fn is_final(status: ExecutionStatus) -> bool {
 }
 
 /// Runs (or resumes) the rollout of `plan` for the task of `cause` to its end.
-pub(crate) async fn run(shared: &Shared, cause: &Event, plan: Plan, control: Control) -> Result<Finish, Halt> {
+pub(crate) async fn run(
+    shared: &Shared,
+    cause: &Event,
+    plan: Plan,
+    control: Control,
+) -> Result<Finish, Halt> {
     let fresh = new_execution(cause, plan);
     let (exec, revision) = match shared.store.create_or_load(&fresh).await? {
         Stored::Created(revision) => {
@@ -208,24 +221,42 @@ pub(crate) async fn run(shared: &Shared, cause: &Event, plan: Plan, control: Con
             (exec, revision)
         }
     };
-    let mut r = Rollout { shared, cause, exec, revision, control, queued: Vec::new() };
+    let mut r = Rollout {
+        shared,
+        cause,
+        exec,
+        revision,
+        control,
+        queued: Vec::new(),
+    };
     if nothing_recorded(&r.exec) {
         // Stored before it was announced: announce it (again; the stream drops a copy).
         let phases = r.exec.phases.len() as u32;
         let steps = r.exec.phases.iter().map(|p| p.assets.len() as u32).sum();
-        r.queue("started", "exec.started", Body::ExecutionStarted(ExecutionStarted { phases, steps }));
+        r.queue(
+            "started",
+            "exec.started",
+            Body::ExecutionStarted(ExecutionStarted { phases, steps }),
+        );
     }
     r.drive().await
 }
 
 /// True for a running execution none of whose phases has started (as saved).
 fn nothing_recorded(exec: &Execution) -> bool {
-    exec.status() == ExecutionStatus::Running && exec.phases.iter().all(|p| p.status() == ExecutionStatus::Pending)
+    exec.status() == ExecutionStatus::Running
+        && exec
+            .phases
+            .iter()
+            .all(|p| p.status() == ExecutionStatus::Pending)
 }
 
 /// Checks that a stored execution has one status per phase and step of its plan.
 fn check_shape(exec: &Execution) -> Result<(), Error> {
-    let plan = exec.plan.as_ref().map(|p| p.phases.iter().map(|p| p.steps.len()).collect::<Vec<_>>());
+    let plan = exec
+        .plan
+        .as_ref()
+        .map(|p| p.phases.iter().map(|p| p.steps.len()).collect::<Vec<_>>());
     let state: Vec<usize> = exec.phases.iter().map(|p| p.assets.len()).collect();
     if plan.as_ref() == Some(&state) {
         Ok(())
@@ -275,7 +306,10 @@ impl Rollout<'_> {
     }
 
     fn plan(&self) -> &Plan {
-        self.exec.plan.as_ref().expect("an execution always holds its plan")
+        self.exec
+            .plan
+            .as_ref()
+            .expect("an execution always holds its plan")
     }
 
     /// Publishes the queued events, then saves the state.
@@ -287,7 +321,10 @@ impl Rollout<'_> {
 
     /// Queues the event `baton.execution.<event>` with id `<task>.<stage>`.
     fn queue(&mut self, event: &str, stage: &str, body: Body) {
-        self.queued.push((subject::execution(event), self.cause.follow(stage, SERVICE, body)));
+        self.queued.push((
+            subject::execution(event),
+            self.cause.follow(stage, SERVICE, body),
+        ));
     }
 
     /// Publishes the queued events in order, awaiting their acks together.
@@ -325,9 +362,17 @@ impl Rollout<'_> {
         let phase: Phase = self.plan().phases[i].clone();
         let idx = i as u32;
         if self.exec.phases[i].status() == ExecutionStatus::Pending {
-            let asset_ids = self.exec.phases[i].assets.iter().map(|a| a.asset_id.clone()).collect();
-            let body =
-                Body::PhaseStarted(PhaseStarted { index: idx, name: phase.name.clone(), kind: phase.kind, asset_ids });
+            let asset_ids = self.exec.phases[i]
+                .assets
+                .iter()
+                .map(|a| a.asset_id.clone())
+                .collect();
+            let body = Body::PhaseStarted(PhaseStarted {
+                index: idx,
+                name: phase.name.clone(),
+                kind: phase.kind,
+                asset_ids,
+            });
             self.queue("phase_started", &format!("exec.p{i}.started"), body);
             self.exec.phases[i].status = ExecutionStatus::Running as i32;
             self.exec.current_phase = idx;
@@ -344,18 +389,32 @@ impl Rollout<'_> {
             self.control.check()?;
         }
 
-        let failure = self.exec.phases[i].assets.iter().find_map(|a| match a.state() {
-            AssetState::Failed => Some(format!("action failed on {} in {}: {}", a.asset_id, phase.name, a.detail)),
-            AssetState::Unhealthy => {
-                Some(format!("health check failed on {} in {}: {}", a.asset_id, phase.name, a.detail))
-            }
-            _ => None,
-        });
+        let failure = self.exec.phases[i]
+            .assets
+            .iter()
+            .find_map(|a| match a.state() {
+                AssetState::Failed => Some(format!(
+                    "action failed on {} in {}: {}",
+                    a.asset_id, phase.name, a.detail
+                )),
+                AssetState::Unhealthy => Some(format!(
+                    "health check failed on {} in {}: {}",
+                    a.asset_id, phase.name, a.detail
+                )),
+                _ => None,
+            });
         let healthy = failure.is_none();
-        let body = Body::PhaseCompleted(PhaseCompleted { index: idx, name: phase.name.clone(), healthy });
+        let body = Body::PhaseCompleted(PhaseCompleted {
+            index: idx,
+            name: phase.name.clone(),
+            healthy,
+        });
         self.queue("phase_completed", &format!("exec.p{i}.completed"), body);
-        self.exec.phases[i].status =
-            if healthy { ExecutionStatus::Succeeded } else { ExecutionStatus::Failed } as i32;
+        self.exec.phases[i].status = if healthy {
+            ExecutionStatus::Succeeded
+        } else {
+            ExecutionStatus::Failed
+        } as i32;
         // Published and saved with the next change: the next phase's start and first outcome,
         // the rollback start or the end. A resume before that finds every outcome of the phase
         // saved, runs nothing, and completes the phase again with the same event.
@@ -364,7 +423,10 @@ impl Rollout<'_> {
     }
 
     fn any_in_phase(&self, i: usize, state: AssetState) -> bool {
-        self.exec.phases[i].assets.iter().any(|a| a.state() == state)
+        self.exec.phases[i]
+            .assets
+            .iter()
+            .any(|a| a.state() == state)
     }
 
     /// Runs the actions of the phase's pending steps, at most `max_concurrent_steps` at once;
@@ -415,7 +477,8 @@ impl Rollout<'_> {
     async fn check_phase(&mut self, i: usize, phase: &Phase) -> Result<(), Halt> {
         let due: Vec<usize> = (0..phase.steps.len())
             .filter(|&j| {
-                self.exec.phases[i].assets[j].state() == AssetState::Applied && phase.steps[j].health_check.is_some()
+                self.exec.phases[i].assets[j].state() == AssetState::Applied
+                    && phase.steps[j].health_check.is_some()
             })
             .collect();
         let runner = self.shared.runner.clone();
@@ -458,9 +521,16 @@ impl Rollout<'_> {
         detail: String,
         stage: &str,
     ) -> Result<(), Error> {
-        let status = AssetStatus { asset_id: self.exec.phases[i].assets[j].asset_id.clone(), state: state as i32, detail };
+        let status = AssetStatus {
+            asset_id: self.exec.phases[i].assets[j].asset_id.clone(),
+            state: state as i32,
+            detail,
+        };
         tracing::info!(task_id = %self.exec.task_id, asset = %status.asset_id, state = ?state, detail = %status.detail, "asset updated");
-        let body = Body::AssetUpdated(AssetUpdated { phase_index: i as u32, asset: Some(status.clone()) });
+        let body = Body::AssetUpdated(AssetUpdated {
+            phase_index: i as u32,
+            asset: Some(status.clone()),
+        });
         self.publish("asset_updated", stage, body).await?;
         self.exec.phases[i].assets[j] = status;
         self.save().await
@@ -489,10 +559,18 @@ impl Rollout<'_> {
     }
 
     async fn begin_rollback(&mut self, reason: String) -> Result<(), Halt> {
-        let asset_ids = self.changed().iter().map(|&(i, j)| self.exec.phases[i].assets[j].asset_id.clone()).collect();
+        let asset_ids = self
+            .changed()
+            .iter()
+            .map(|&(i, j)| self.exec.phases[i].assets[j].asset_id.clone())
+            .collect();
         tracing::warn!(task_id = %self.exec.task_id, %reason, "rolling back");
-        let body = Body::RollbackStarted(RollbackStarted { reason: reason.clone(), asset_ids });
-        self.publish("rollback_started", "exec.rollback", body).await?;
+        let body = Body::RollbackStarted(RollbackStarted {
+            reason: reason.clone(),
+            asset_ids,
+        });
+        self.publish("rollback_started", "exec.rollback", body)
+            .await?;
         self.exec.error = reason;
         self.exec.status = ExecutionStatus::RollingBack as i32;
         self.save().await?;
@@ -504,13 +582,21 @@ impl Rollout<'_> {
     async fn roll_back(&mut self) -> Result<Finish, Halt> {
         let changed = self.changed();
         for &(i, j) in &changed {
-            if matches!(self.exec.phases[i].assets[j].state(), AssetState::RolledBack | AssetState::RollbackFailed) {
+            if matches!(
+                self.exec.phases[i].assets[j].state(),
+                AssetState::RolledBack | AssetState::RollbackFailed
+            ) {
                 continue;
             }
             self.control.check()?;
             let rollback = self.plan().phases[i].steps[j].rollback.clone();
             let result = match &rollback {
-                Some(action) => self.shared.runner.run(action).await.map_err(|e| e.to_string()),
+                Some(action) => self
+                    .shared
+                    .runner
+                    .run(action)
+                    .await
+                    .map_err(|e| e.to_string()),
                 None => Err("the step has no rollback action".to_string()),
             };
             let (state, detail) = match result {
@@ -534,7 +620,11 @@ impl Rollout<'_> {
                 (ExecutionStatus::RolledBack, Finish::RolledBack)
             }
             Some(first) => {
-                let more = if failed.len() > 1 { format!(" (and {} more)", failed.len() - 1) } else { String::new() };
+                let more = if failed.len() > 1 {
+                    format!(" (and {} more)", failed.len() - 1)
+                } else {
+                    String::new()
+                };
                 self.exec.error = format!(
                     "{}; rollback failed on {}{more}: {}; rolled back {undone} of {} assets",
                     self.exec.error,
@@ -585,7 +675,13 @@ impl Rollout<'_> {
 /// The final event of a finished execution (`<task>.completed` or `<task>.failed`).
 pub(crate) fn final_event(cause: &Event, exec: &Execution) -> Event {
     if exec.status() == ExecutionStatus::Succeeded {
-        return cause.follow("completed", SERVICE, Body::TaskCompleted(TaskCompleted { execution: Some(exec.clone()) }));
+        return cause.follow(
+            "completed",
+            SERVICE,
+            Body::TaskCompleted(TaskCompleted {
+                execution: Some(exec.clone()),
+            }),
+        );
     }
     let code = match exec.status() {
         ExecutionStatus::RolledBack => "rolled_back",
@@ -612,8 +708,17 @@ async fn check_health(
     config: &Config,
     check: &baton_proto::HealthCheck,
 ) -> Result<Result<(), String>, Stop> {
-    let expect = if check.expect_status == 0 { config.health_check_expect_status } else { check.expect_status as u16 };
-    let attempts = if check.attempts == 0 { config.health_check_attempts } else { check.attempts }.max(1);
+    let expect = if check.expect_status == 0 {
+        config.health_check_expect_status
+    } else {
+        check.expect_status as u16
+    };
+    let attempts = if check.attempts == 0 {
+        config.health_check_attempts
+    } else {
+        check.attempts
+    }
+    .max(1);
     let interval = if check.interval_ms == 0 {
         config.health_check_interval
     } else {
@@ -639,19 +744,38 @@ mod tests {
     use baton_proto::{Asset, Step};
 
     fn plan() -> Plan {
-        let step = |id: &str| Step { asset: Some(Asset { id: id.into(), ..Default::default() }), ..Default::default() };
+        let step = |id: &str| Step {
+            asset: Some(Asset {
+                id: id.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         Plan {
             task_id: "t1".into(),
             phases: vec![
-                Phase { name: "canary".into(), steps: vec![step("a")], ..Default::default() },
-                Phase { name: "wave 1".into(), steps: vec![step("b"), step("c")], ..Default::default() },
+                Phase {
+                    name: "canary".into(),
+                    steps: vec![step("a")],
+                    ..Default::default()
+                },
+                Phase {
+                    name: "wave 1".into(),
+                    steps: vec![step("b"), step("c")],
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         }
     }
 
     fn cause() -> Event {
-        Event { event_id: "t1.approved".into(), task_id: "t1".into(), tenant: "acme".into(), ..Default::default() }
+        Event {
+            event_id: "t1.approved".into(),
+            task_id: "t1".into(),
+            tenant: "acme".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -659,10 +783,23 @@ mod tests {
         let e = new_execution(&cause(), plan());
         assert_eq!(e.status(), ExecutionStatus::Running);
         assert_eq!(e.tenant, "acme");
-        let ids: Vec<_> = e.phases.iter().flat_map(|p| p.assets.iter().map(|a| a.asset_id.as_str())).collect();
+        let ids: Vec<_> = e
+            .phases
+            .iter()
+            .flat_map(|p| p.assets.iter().map(|a| a.asset_id.as_str()))
+            .collect();
         assert_eq!(ids, ["a", "b", "c"]);
-        assert!(e.phases.iter().all(|p| p.status() == ExecutionStatus::Pending));
-        assert!(e.phases.iter().flat_map(|p| &p.assets).all(|a| a.state() == AssetState::Pending));
+        assert!(
+            e.phases
+                .iter()
+                .all(|p| p.status() == ExecutionStatus::Pending)
+        );
+        assert!(
+            e.phases
+                .iter()
+                .flat_map(|p| &p.assets)
+                .all(|a| a.state() == AssetState::Pending)
+        );
     }
 
     #[test]
@@ -681,8 +818,13 @@ mod tests {
             e.error = "why".into();
             let ev = final_event(&cause(), &e);
             assert_eq!(ev.event_id, "t1.failed");
-            let Some(Body::TaskFailed(f)) = ev.body else { panic!("not task_failed") };
-            assert_eq!((f.stage.as_str(), f.code.as_str(), f.reason.as_str()), ("execution", code, "why"));
+            let Some(Body::TaskFailed(f)) = ev.body else {
+                panic!("not task_failed")
+            };
+            assert_eq!(
+                (f.stage.as_str(), f.code.as_str(), f.reason.as_str()),
+                ("execution", code, "why")
+            );
         }
     }
 

@@ -36,13 +36,17 @@ pub fn valid_key(task_id: &str) -> bool {
     !task_id.is_empty()
         && !task_id.starts_with('.')
         && !task_id.ends_with('.')
-        && task_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+        && task_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
 }
 
 impl Store {
     /// Opens (creating if needed) the bucket.
     pub async fn open(bus: &baton_bus::Bus) -> Result<Store, Error> {
-        Ok(Store { kv: bus.key_value(BUCKET, HISTORY).await? })
+        Ok(Store {
+            kv: bus.key_value(BUCKET, HISTORY).await?,
+        })
     }
 
     /// The execution of `task_id` and its revision, or `None` when there is none.
@@ -50,13 +54,18 @@ impl Store {
         if !valid_key(task_id) {
             return Ok(None);
         }
-        let entry = self.kv.entry(task_id).await.map_err(|e| store_err(task_id, e))?;
+        let entry = self
+            .kv
+            .entry(task_id)
+            .await
+            .map_err(|e| store_err(task_id, e))?;
         match entry {
             Some(e) if e.operation == Operation::Put => {
-                let exec = Execution::decode(e.value.as_ref()).map_err(|err| Error::CorruptState {
-                    task_id: task_id.to_string(),
-                    reason: err.to_string(),
-                })?;
+                let exec =
+                    Execution::decode(e.value.as_ref()).map_err(|err| Error::CorruptState {
+                        task_id: task_id.to_string(),
+                        reason: err.to_string(),
+                    })?;
                 Ok(Some((exec, e.revision)))
             }
             _ => Ok(None),
@@ -70,7 +79,9 @@ impl Store {
             .create(&exec.task_id, exec.encode_to_vec().into())
             .await
             .map_err(|e| match e.kind() {
-                kv::CreateErrorKind::AlreadyExists => Error::Conflict { task_id: exec.task_id.clone() },
+                kv::CreateErrorKind::AlreadyExists => Error::Conflict {
+                    task_id: exec.task_id.clone(),
+                },
                 _ => store_err(&exec.task_id, e),
             })
     }
@@ -96,7 +107,9 @@ impl Store {
             .update(&exec.task_id, exec.encode_to_vec().into(), revision)
             .await
             .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => Error::Conflict { task_id: exec.task_id.clone() },
+                kv::UpdateErrorKind::WrongLastRevision => Error::Conflict {
+                    task_id: exec.task_id.clone(),
+                },
                 _ => store_err(&exec.task_id, e),
             })
     }
@@ -124,23 +137,32 @@ pub struct Attempts {
 
 impl std::fmt::Debug for Attempts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Attempts").field("bucket", &ATTEMPTS_BUCKET).finish()
+        f.debug_struct("Attempts")
+            .field("bucket", &ATTEMPTS_BUCKET)
+            .finish()
     }
 }
 
 impl Attempts {
     /// Opens (creating if needed) the bucket.
     pub async fn open(bus: &baton_bus::Bus) -> Result<Attempts, Error> {
-        Ok(Attempts { kv: bus.key_value(ATTEMPTS_BUCKET, 1).await? })
+        Ok(Attempts {
+            kv: bus.key_value(ATTEMPTS_BUCKET, 1).await?,
+        })
     }
 
     /// The failures counted for `task_id` (0 when none).
     pub async fn get(&self, task_id: &str) -> Result<u64, Error> {
-        let entry = self.kv.entry(task_id).await.map_err(|e| store_err(task_id, e))?;
+        let entry = self
+            .kv
+            .entry(task_id)
+            .await
+            .map_err(|e| store_err(task_id, e))?;
         Ok(match entry {
-            Some(e) if e.operation == Operation::Put => {
-                std::str::from_utf8(&e.value).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
-            }
+            Some(e) if e.operation == Operation::Put => std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             _ => 0,
         })
     }
@@ -148,21 +170,30 @@ impl Attempts {
     /// Counts one more failure for `task_id`; returns the new count.
     pub async fn record_failure(&self, task_id: &str) -> Result<u64, Error> {
         let n = self.get(task_id).await? + 1;
-        self.kv.put(task_id, n.to_string().into()).await.map_err(|e| store_err(task_id, e))?;
+        self.kv
+            .put(task_id, n.to_string().into())
+            .await
+            .map_err(|e| store_err(task_id, e))?;
         Ok(n)
     }
 
     /// Forgets the failures of `task_id` (no-op when none are counted).
     pub async fn reset(&self, task_id: &str) -> Result<(), Error> {
         if self.get(task_id).await? > 0 {
-            self.kv.purge(task_id).await.map_err(|e| store_err(task_id, e))?;
+            self.kv
+                .purge(task_id)
+                .await
+                .map_err(|e| store_err(task_id, e))?;
         }
         Ok(())
     }
 }
 
 fn store_err(task_id: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store { task_id: task_id.to_string(), reason: e.to_string() }
+    Error::Store {
+        task_id: task_id.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -4,18 +4,21 @@
 
 use baton_bus::testing::TestNats;
 use baton_bus::{Bus, ConsumerSpec};
-use baton_execution::{ActionError, ActionOutcome, ActionRunner, Config, Execution, HttpRunner, SERVICE};
-use futures::future::BoxFuture;
+use baton_execution::{
+    ActionError, ActionOutcome, ActionRunner, Config, Execution, HttpRunner, SERVICE,
+};
 use baton_fleet::{Fleet, FleetSpec, WebServer};
 use baton_proto::event::Body;
 use baton_proto::execution_service_client::ExecutionServiceClient;
 use baton_proto::{
-    Action, Approval, Asset, AssetState, Event, ExecutionStatus, GetExecutionRequest, HealthCheck, HttpAction,
-    NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved, action::Kind, subject,
+    Action, Approval, Asset, AssetState, Event, ExecutionStatus, GetExecutionRequest, HealthCheck,
+    HttpAction, NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved, action::Kind,
+    subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::metrics::Metrics;
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +30,11 @@ const TENANT: &str = "acme";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn authenticator() -> Authenticator {
-    Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap()
+    Authenticator::new(&AuthConfig {
+        hs256_secret: "x".repeat(32),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 fn context(bus: Bus) -> Context {
@@ -44,7 +51,12 @@ fn test_config() -> Config {
 }
 
 /// Starts an executor on `ctx` until the returned token is cancelled.
-async fn start(ctx: Context) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
+async fn start(
+    ctx: Context,
+) -> (
+    CancellationToken,
+    JoinHandle<Result<(), baton_execution::Error>>,
+) {
     let executor = Execution::new(ctx, test_config()).await.unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn(executor.run(token.clone()));
@@ -61,7 +73,11 @@ struct Counting {
 
 impl Counting {
     fn new() -> Counting {
-        Counting { inner: HttpRunner::new(Duration::from_secs(5)).unwrap(), runs: Default::default(), probes: Default::default() }
+        Counting {
+            inner: HttpRunner::new(Duration::from_secs(5)).unwrap(),
+            runs: Default::default(),
+            probes: Default::default(),
+        }
     }
     fn probes(&self) -> u32 {
         *self.probes.lock().unwrap()
@@ -73,10 +89,17 @@ impl Counting {
 
 impl ActionRunner for Counting {
     fn run<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<ActionOutcome, ActionError>> {
-        self.runs.lock().unwrap().push(action.idempotency_key.clone());
+        self.runs
+            .lock()
+            .unwrap()
+            .push(action.idempotency_key.clone());
         self.inner.run(action)
     }
-    fn probe<'a>(&'a self, check: &'a HealthCheck, expect_status: u16) -> BoxFuture<'a, Result<(), String>> {
+    fn probe<'a>(
+        &'a self,
+        check: &'a HealthCheck,
+        expect_status: u16,
+    ) -> BoxFuture<'a, Result<(), String>> {
         *self.probes.lock().unwrap() += 1;
         self.inner.probe(check, expect_status)
     }
@@ -86,7 +109,10 @@ impl ActionRunner for Counting {
 async fn start_with(
     ctx: Context,
     runner: Counting,
-) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
+) -> (
+    CancellationToken,
+    JoinHandle<Result<(), baton_execution::Error>>,
+) {
     start_configured(ctx, test_config(), runner).await
 }
 
@@ -95,8 +121,13 @@ async fn start_configured(
     ctx: Context,
     config: Config,
     runner: Counting,
-) -> (CancellationToken, JoinHandle<Result<(), baton_execution::Error>>) {
-    let executor = Execution::with_runner(ctx, config, Arc::new(runner)).await.unwrap();
+) -> (
+    CancellationToken,
+    JoinHandle<Result<(), baton_execution::Error>>,
+) {
+    let executor = Execution::with_runner(ctx, config, Arc::new(runner))
+        .await
+        .unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn(executor.run(token.clone()));
     (token, task)
@@ -122,7 +153,13 @@ fn config_body(config: &BTreeMap<String, String>) -> Vec<u8> {
 
 /// A step that PUTs `golden` to `server`, rolls back to the server's current configuration,
 /// and checks `/health` (`attempts` × 50 ms).
-fn step(task: &str, phase: &str, server: &WebServer, golden: &BTreeMap<String, String>, attempts: u32) -> Step {
+fn step(
+    task: &str,
+    phase: &str,
+    server: &WebServer,
+    golden: &BTreeMap<String, String>,
+    attempts: u32,
+) -> Step {
     let url = format!("{}/config", server.url());
     Step {
         asset: Some(Asset {
@@ -132,8 +169,18 @@ fn step(task: &str, phase: &str, server: &WebServer, golden: &BTreeMap<String, S
             address: server.url(),
             ..Default::default()
         }),
-        action: Some(http("PUT", url.clone(), config_body(golden), format!("{task}:{phase}:{}:apply", server.id))),
-        rollback: Some(http("PUT", url, config_body(&server.config()), format!("{task}:{phase}:{}:rollback", server.id))),
+        action: Some(http(
+            "PUT",
+            url.clone(),
+            config_body(golden),
+            format!("{task}:{phase}:{}:apply", server.id),
+        )),
+        rollback: Some(http(
+            "PUT",
+            url,
+            config_body(&server.config()),
+            format!("{task}:{phase}:{}:rollback", server.id),
+        )),
         health_check: Some(HealthCheck {
             url: format!("{}/health", server.url()),
             expect_status: 200,
@@ -157,7 +204,10 @@ fn fleet_plan(task: &str, fleet: &Fleet, waves: &[std::ops::Range<usize>], attem
         phases.push(Phase {
             name: name.clone(),
             kind: PhaseKind::Wave as i32,
-            steps: fleet.servers[range.clone()].iter().map(|s| step(task, &name, s, golden, attempts)).collect(),
+            steps: fleet.servers[range.clone()]
+                .iter()
+                .map(|s| step(task, &name, s, golden, attempts))
+                .collect(),
         });
     }
     Plan {
@@ -176,7 +226,11 @@ fn approved(task_id: &str, tenant: &str, plan: Plan) -> Event {
         "approved",
         "validation",
         Body::TaskApproved(TaskApproved {
-            task: Some(Task { task_id: task_id.into(), tenant: tenant.into(), ..Default::default() }),
+            task: Some(Task {
+                task_id: task_id.into(),
+                tenant: tenant.into(),
+                ..Default::default()
+            }),
             plan: Some(plan),
             approval: Some(Approval {
                 task_id: task_id.into(),
@@ -202,10 +256,16 @@ async fn stream_messages(bus: &Bus) -> Vec<Stored> {
     let last = stream.info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
     for seq in 1..=last {
-        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
         out.push(Stored {
             subject: m.subject.to_string(),
-            msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()).unwrap_or_default(),
+            msg_id: m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
             event: baton_bus::decode_event(&m.payload).unwrap(),
         });
     }
@@ -247,7 +307,14 @@ fn shape(events: &[Stored]) -> Vec<String> {
             Body::PhaseStarted(p) => format!("p{}.started", p.index),
             Body::AssetUpdated(a) => {
                 let state = AssetState::try_from(a.asset.as_ref().unwrap().state).unwrap();
-                format!("p{}.{}", a.phase_index, state.as_str_name().trim_start_matches("ASSET_STATE_").to_lowercase())
+                format!(
+                    "p{}.{}",
+                    a.phase_index,
+                    state
+                        .as_str_name()
+                        .trim_start_matches("ASSET_STATE_")
+                        .to_lowercase()
+                )
             }
             Body::PhaseCompleted(p) => format!("p{}.completed.{}", p.index, p.healthy),
             Body::RollbackStarted(_) => "rollback".to_string(),
@@ -263,18 +330,47 @@ async fn assert_no_duplicate_events(bus: &Bus) {
     let mut ids = HashSet::new();
     for m in &stream_messages(bus).await {
         assert_eq!(m.msg_id, m.event.event_id, "Nats-Msg-Id is the event id");
-        assert!(ids.insert(m.event.event_id.clone()), "event id {} stored twice", m.event.event_id);
+        assert!(
+            ids.insert(m.event.event_id.clone()),
+            "event id {} stored twice",
+            m.event.event_id
+        );
     }
 }
 
 /// Each phase started once, with `n` assets applied and healthy once each.
 fn assert_each_step_once(shape: &[String], per_phase: &[usize]) {
     for (i, &n) in per_phase.iter().enumerate() {
-        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.started")).count(), 1, "{shape:?}");
-        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.applied")).count(), n, "{shape:?}");
-        assert_eq!(shape.iter().filter(|s| **s == format!("p{i}.healthy")).count(), n, "{shape:?}");
+        assert_eq!(
+            shape
+                .iter()
+                .filter(|s| **s == format!("p{i}.started"))
+                .count(),
+            1,
+            "{shape:?}"
+        );
+        assert_eq!(
+            shape
+                .iter()
+                .filter(|s| **s == format!("p{i}.applied"))
+                .count(),
+            n,
+            "{shape:?}"
+        );
+        assert_eq!(
+            shape
+                .iter()
+                .filter(|s| **s == format!("p{i}.healthy"))
+                .count(),
+            n,
+            "{shape:?}"
+        );
     }
-    assert_eq!(shape.iter().filter(|s| *s == "started").count(), 1, "{shape:?}");
+    assert_eq!(
+        shape.iter().filter(|s| *s == "started").count(),
+        1,
+        "{shape:?}"
+    );
 }
 
 fn repeat(s: &str, n: usize) -> Vec<String> {
@@ -300,17 +396,36 @@ async fn canary_and_two_waves_complete_with_every_server_updated_once() {
 
     let plan = fleet_plan("t-ok", &fleet, &[1..4, 4..10], 3);
     let input = approved("t-ok", TENANT, plan);
-    nats.bus.publish(subject::TASK_APPROVED, &input).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &input)
+        .await
+        .unwrap();
     let done = final_event(&nats.bus, "t-ok").await;
-    let Some(Body::TaskCompleted(c)) = done.body else { panic!("expected task_completed, got {done:?}") };
+    let Some(Body::TaskCompleted(c)) = done.body else {
+        panic!("expected task_completed, got {done:?}")
+    };
     let exec = c.execution.unwrap();
     assert_eq!(exec.status(), ExecutionStatus::Succeeded);
-    assert!(exec.phases.iter().all(|p| p.status() == ExecutionStatus::Succeeded));
-    assert!(exec.phases.iter().flat_map(|p| &p.assets).all(|a| a.state() == AssetState::Healthy));
+    assert!(
+        exec.phases
+            .iter()
+            .all(|p| p.status() == ExecutionStatus::Succeeded)
+    );
+    assert!(
+        exec.phases
+            .iter()
+            .flat_map(|p| &p.assets)
+            .all(|a| a.state() == AssetState::Healthy)
+    );
 
     for s in &fleet.servers {
         assert_eq!(s.applies(), 1, "{} applied once", s.id);
-        assert_eq!(s.config(), fleet.spec.golden, "{} has the golden config", s.id);
+        assert_eq!(
+            s.config(),
+            fleet.spec.golden,
+            "{} has the golden config",
+            s.id
+        );
     }
 
     let events = task_events(&nats.bus, "t-ok").await;
@@ -324,22 +439,37 @@ async fn canary_and_two_waves_complete_with_every_server_updated_once() {
     expected.push("completed".into());
     assert_eq!(shape(&events), expected);
     assert_eq!(events[0].event.event_id, "t-ok.exec.started");
-    assert!(events.iter().all(|e| e.event.causation_id == input.event_id));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event.causation_id == input.event_id)
+    );
     let wave2: HashSet<String> = events
         .iter()
         .filter_map(asset_of)
         .filter(|(p, _, st)| *p == 2 && *st == AssetState::Applied as i32)
         .map(|(_, id, _)| id)
         .collect();
-    assert_eq!(wave2, fleet.servers[4..].iter().map(|s| s.id.clone()).collect());
+    assert_eq!(
+        wave2,
+        fleet.servers[4..].iter().map(|s| s.id.clone()).collect()
+    );
     let metrics = ctx.metrics.render();
-    assert!(metrics.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
 
     // The same approval delivered again (another message id): the final event is replayed
     // (and deduplicated), nothing is applied again.
     let mut again = input.clone();
     again.event_id = "t-ok.approved-again".into();
-    let seq = nats.bus.publish(subject::TASK_APPROVED, &again).await.unwrap().sequence;
+    let seq = nats
+        .bus
+        .publish(subject::TASK_APPROVED, &again)
+        .await
+        .unwrap()
+        .sequence;
     let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
     tokio::time::timeout(PATIENCE, async {
         loop {
@@ -354,7 +484,11 @@ async fn canary_and_two_waves_complete_with_every_server_updated_once() {
     .await
     .expect("the repeated approval is acked");
     assert!(fleet.servers.iter().all(|s| s.applies() == 1));
-    assert_eq!(task_events(&nats.bus, "t-ok").await.len(), events.len(), "no new events");
+    assert_eq!(
+        task_events(&nats.bus, "t-ok").await.len(),
+        events.len(),
+        "no new events"
+    );
 
     token.cancel();
     service.await.unwrap().unwrap();
@@ -370,10 +504,18 @@ async fn unhealthy_server_in_wave_two_rolls_back_every_change() {
     // web-08 turns unhealthy once it applies the change.
     fleet.server("web-08").unwrap().fail_after_change(true);
     let plan = fleet_plan("t-sick", &fleet, &[1..4, 4..10], 3);
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-sick", TENANT, plan)).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-sick", TENANT, plan))
+        .await
+        .unwrap();
     let done = final_event(&nats.bus, "t-sick").await;
-    let Some(Body::TaskFailed(f)) = done.body else { panic!("expected task_failed, got {done:?}") };
-    assert_eq!((f.stage.as_str(), f.code.as_str()), ("execution", "rolled_back"));
+    let Some(Body::TaskFailed(f)) = done.body else {
+        panic!("expected task_failed, got {done:?}")
+    };
+    assert_eq!(
+        (f.stage.as_str(), f.code.as_str()),
+        ("execution", "rolled_back")
+    );
     assert_eq!(
         f.reason,
         "health check failed on web-08 in wave 2: expected 200, got 503; rolled back 10 assets"
@@ -381,7 +523,12 @@ async fn unhealthy_server_in_wave_two_rolls_back_every_change() {
     let exec = f.execution.unwrap();
     assert_eq!(exec.status(), ExecutionStatus::RolledBack);
     assert_eq!(exec.phases[2].status(), ExecutionStatus::Failed);
-    assert!(exec.phases.iter().flat_map(|p| &p.assets).all(|a| a.state() == AssetState::RolledBack));
+    assert!(
+        exec.phases
+            .iter()
+            .flat_map(|p| &p.assets)
+            .all(|a| a.state() == AssetState::RolledBack)
+    );
 
     for (s, old) in fleet.servers.iter().zip(&before) {
         assert_eq!(&s.config(), old, "{} is back to its old config", s.id);
@@ -390,9 +537,15 @@ async fn unhealthy_server_in_wave_two_rolls_back_every_change() {
 
     let events = task_events(&nats.bus, "t-sick").await;
     let shape = shape(&events);
-    let rb = shape.iter().position(|s| s == "rollback").expect("rollback_started");
+    let rb = shape
+        .iter()
+        .position(|s| s == "rollback")
+        .expect("rollback_started");
     assert_eq!(shape[rb - 1], "p2.completed.false");
-    assert!(shape[rb - 7..rb - 1].contains(&"p2.unhealthy".to_string()), "{shape:?}");
+    assert!(
+        shape[rb - 7..rb - 1].contains(&"p2.unhealthy".to_string()),
+        "{shape:?}"
+    );
     let rolled_back: Vec<(u32, String)> = events[rb + 1..]
         .iter()
         .filter_map(asset_of)
@@ -403,12 +556,20 @@ async fn unhealthy_server_in_wave_two_rolls_back_every_change() {
         .collect();
     assert_eq!(rolled_back.len(), 10);
     let phases: Vec<u32> = rolled_back.iter().map(|(p, _)| *p).collect();
-    assert!(phases.windows(2).all(|w| w[0] >= w[1]), "newest first: {phases:?}");
+    assert!(
+        phases.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {phases:?}"
+    );
     assert_eq!(rolled_back.last().unwrap().1, "web-01");
     assert_eq!(shape.last().unwrap(), "failed.rolled_back");
-    let Some(Body::RollbackStarted(r)) = &events[rb].event.body else { unreachable!() };
+    let Some(Body::RollbackStarted(r)) = &events[rb].event.body else {
+        unreachable!()
+    };
     assert_eq!(r.asset_ids.len(), 10);
-    assert!(r.reason.starts_with("health check failed on web-08 in wave 2"));
+    assert!(
+        r.reason
+            .starts_with("health check failed on web-08 in wave 2")
+    );
 
     token.cancel();
     service.await.unwrap().unwrap();
@@ -416,9 +577,8 @@ async fn unhealthy_server_in_wave_two_rolls_back_every_change() {
 
 /// A real HTTP server whose every request answers 500.
 async fn broken_server() -> String {
-    let app = axum::Router::new().fallback(|| async {
-        (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "disk full")
-    });
+    let app = axum::Router::new()
+        .fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "disk full") });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -436,33 +596,58 @@ async fn failing_action_rolls_back_what_was_changed() {
     let mut plan = fleet_plan("t-500", &fleet, &[1..3, 3..10], 3);
     // Wave 1 also changes an asset whose endpoint answers 500.
     plan.phases[1].steps.push(Step {
-        asset: Some(Asset { id: "broken-01".into(), address: broken.clone(), ..Default::default() }),
-        action: Some(http("PUT", format!("{broken}/config"), b"{}".to_vec(), "t-500:wave 1:broken-01:apply".into())),
+        asset: Some(Asset {
+            id: "broken-01".into(),
+            address: broken.clone(),
+            ..Default::default()
+        }),
+        action: Some(http(
+            "PUT",
+            format!("{broken}/config"),
+            b"{}".to_vec(),
+            "t-500:wave 1:broken-01:apply".into(),
+        )),
         rollback: None,
         health_check: None,
         reason: String::new(),
     });
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-500", TENANT, plan)).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-500", TENANT, plan))
+        .await
+        .unwrap();
     let done = final_event(&nats.bus, "t-500").await;
-    let Some(Body::TaskFailed(f)) = done.body else { panic!("expected task_failed, got {done:?}") };
+    let Some(Body::TaskFailed(f)) = done.body else {
+        panic!("expected task_failed, got {done:?}")
+    };
     assert_eq!(f.code, "rolled_back");
     assert!(
-        f.reason.starts_with(&format!("action failed on broken-01 in wave 1: PUT {broken}/config: expected 200, got 500")),
+        f.reason.starts_with(&format!(
+            "action failed on broken-01 in wave 1: PUT {broken}/config: expected 200, got 500"
+        )),
         "{}",
         f.reason
     );
     assert!(f.reason.contains("disk full"), "{}", f.reason);
     let exec = f.execution.unwrap();
     let broken_state = &exec.phases[1].assets[2];
-    assert_eq!((broken_state.asset_id.as_str(), broken_state.state()), ("broken-01", AssetState::Failed));
+    assert_eq!(
+        (broken_state.asset_id.as_str(), broken_state.state()),
+        ("broken-01", AssetState::Failed)
+    );
 
     for (s, old) in fleet.servers.iter().zip(&before) {
         assert_eq!(&s.config(), old, "{} keeps or regains its old config", s.id);
     }
-    assert!(fleet.servers[3..].iter().all(|s| s.applies() == 0), "wave 2 never ran");
+    assert!(
+        fleet.servers[3..].iter().all(|s| s.applies() == 0),
+        "wave 2 never ran"
+    );
     let shape = shape(&task_events(&nats.bus, "t-500").await);
     assert!(!shape.iter().any(|s| s.starts_with("p2.")), "{shape:?}");
-    assert!(!shape.iter().any(|s| s == "p1.healthy"), "no health checks after a failed action: {shape:?}");
+    assert!(
+        !shape.iter().any(|s| s == "p1.healthy"),
+        "no health checks after a failed action: {shape:?}"
+    );
 
     token.cancel();
     service.await.unwrap().unwrap();
@@ -481,18 +666,28 @@ async fn restarted_service_resumes_without_applying_twice() {
     let sick = fleet.server("web-03").unwrap().clone();
     sick.set_healthy(false);
     let plan = fleet_plan("t-restart", &fleet, &[1..5, 5..10], 200);
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-restart", TENANT, plan)).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-restart", TENANT, plan))
+        .await
+        .unwrap();
 
     let store = nats.bus.key_value("baton_executions", 5).await.unwrap();
     tokio::time::timeout(PATIENCE, async {
         loop {
             if let Some(bytes) = store.get("t-restart").await.unwrap() {
-                let exec = <baton_proto::Execution as prost::Message>::decode(bytes.as_ref()).unwrap();
+                let exec =
+                    <baton_proto::Execution as prost::Message>::decode(bytes.as_ref()).unwrap();
                 let wave1 = &exec.phases[1];
-                let states: HashMap<&str, AssetState> =
-                    wave1.assets.iter().map(|a| (a.asset_id.as_str(), a.state())).collect();
+                let states: HashMap<&str, AssetState> = wave1
+                    .assets
+                    .iter()
+                    .map(|a| (a.asset_id.as_str(), a.state()))
+                    .collect();
                 if states["web-03"] == AssetState::Applied
-                    && states.iter().filter(|(id, _)| **id != "web-03").all(|(_, s)| *s == AssetState::Healthy)
+                    && states
+                        .iter()
+                        .filter(|(id, _)| **id != "web-03")
+                        .all(|(_, s)| *s == AssetState::Healthy)
                 {
                     break;
                 }
@@ -505,12 +700,22 @@ async fn restarted_service_resumes_without_applying_twice() {
 
     // Stop the first instance mid-phase.
     token_a.cancel();
-    tokio::time::timeout(PATIENCE, service_a).await.expect("first instance stops").unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, service_a)
+        .await
+        .expect("first instance stops")
+        .unwrap()
+        .unwrap();
     assert!(
-        !task_events(&nats.bus, "t-restart").await.iter().any(|s| s.subject == subject::TASK_COMPLETED),
+        !task_events(&nats.bus, "t-restart")
+            .await
+            .iter()
+            .any(|s| s.subject == subject::TASK_COMPLETED),
         "the first instance must not have finished"
     );
-    assert!(fleet.servers[5..].iter().all(|s| s.applies() == 0), "wave 2 not started");
+    assert!(
+        fleet.servers[5..].iter().all(|s| s.applies() == 0),
+        "wave 2 not started"
+    );
 
     // A new instance with its own connection resumes once web-03 recovers.
     sick.set_healthy(true);
@@ -519,7 +724,10 @@ async fn restarted_service_resumes_without_applying_twice() {
     let runner_b = Counting::new();
     let (token_b, service_b) = start_with(ctx_b.clone(), runner_b.clone()).await;
     let done = final_event(&nats.bus, "t-restart").await;
-    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
+    assert!(
+        matches!(done.body, Some(Body::TaskCompleted(_))),
+        "{done:?}"
+    );
     for s in &fleet.servers {
         assert_eq!(s.applies(), 1, "{} applied exactly once", s.id);
         assert_eq!(s.config(), fleet.spec.golden);
@@ -529,12 +737,21 @@ async fn restarted_service_resumes_without_applying_twice() {
     assert_eq!(runner_a.runs().len(), 5, "{:?}", runner_a.runs());
     let mut b_runs = runner_b.runs();
     b_runs.sort();
-    let wave2: Vec<String> = fleet.servers[5..].iter().map(|s| format!("t-restart:wave 2:{}:apply", s.id)).collect();
+    let wave2: Vec<String> = fleet.servers[5..]
+        .iter()
+        .map(|s| format!("t-restart:wave 2:{}:apply", s.id))
+        .collect();
     assert_eq!(b_runs, wave2);
     let (a, b) = (ctx_a.metrics.render(), ctx_b.metrics.render());
-    assert!(a.contains(r#"baton_messages_total{service="execution",outcome="stopped"} 1"#), "{a}");
+    assert!(
+        a.contains(r#"baton_messages_total{service="execution",outcome="stopped"} 1"#),
+        "{a}"
+    );
     assert!(!a.contains("baton_executions_total{"), "{a}");
-    assert!(b.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#), "{b}");
+    assert!(
+        b.contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 1"#),
+        "{b}"
+    );
 
     assert_no_duplicate_events(&nats.bus).await;
     let events = task_events(&nats.bus, "t-restart").await;
@@ -569,70 +786,152 @@ async fn noop_and_empty_plans_complete_and_get_execution_checks_the_tenant() {
     let token = CancellationToken::new();
     let mut routes = tonic::service::RoutesBuilder::default();
     executor.add_grpc(&mut routes);
-    let (addr, _server) =
-        baton_runtime::grpc::serve("127.0.0.1:0".parse().unwrap(), routes.routes(), &[], token.clone())
-            .await
-            .unwrap();
+    let (addr, _server) = baton_runtime::grpc::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        routes.routes(),
+        &[],
+        token.clone(),
+    )
+    .await
+    .unwrap();
     let service = tokio::spawn(executor.run(token.clone()));
 
     let noop = |id: &str| Step {
-        asset: Some(Asset { id: id.into(), ..Default::default() }),
-        action: Some(Action { kind: Some(Kind::Noop(NoopAction {})), ..Default::default() }),
+        asset: Some(Asset {
+            id: id.into(),
+            ..Default::default()
+        }),
+        action: Some(Action {
+            kind: Some(Kind::Noop(NoopAction {})),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let plan = Plan {
         phases: vec![
-            Phase { name: "canary".into(), kind: PhaseKind::Canary as i32, steps: vec![noop("n-1")] },
-            Phase { name: "wave 1".into(), kind: PhaseKind::Wave as i32, steps: vec![noop("n-2"), noop("n-3")] },
+            Phase {
+                name: "canary".into(),
+                kind: PhaseKind::Canary as i32,
+                steps: vec![noop("n-1")],
+            },
+            Phase {
+                name: "wave 1".into(),
+                kind: PhaseKind::Wave as i32,
+                steps: vec![noop("n-2"), noop("n-3")],
+            },
         ],
         ..Default::default()
     };
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-noop", TENANT, plan)).await.unwrap();
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-empty", TENANT, Plan::default())).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-noop", TENANT, plan))
+        .await
+        .unwrap();
+    nats.bus
+        .publish(
+            subject::TASK_APPROVED,
+            &approved("t-empty", TENANT, Plan::default()),
+        )
+        .await
+        .unwrap();
     for task in ["t-noop", "t-empty"] {
         let done = final_event(&nats.bus, task).await;
-        assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{task}: {done:?}");
+        assert!(
+            matches!(done.body, Some(Body::TaskCompleted(_))),
+            "{task}: {done:?}"
+        );
     }
     // No health checks on noop steps: they stay applied.
     let noop_shape = shape(&task_events(&nats.bus, "t-noop").await);
     assert_eq!(
         noop_shape,
-        ["started", "p0.started", "p0.applied", "p0.completed.true", "p1.started", "p1.applied", "p1.applied",
-         "p1.completed.true", "completed"]
+        [
+            "started",
+            "p0.started",
+            "p0.applied",
+            "p0.completed.true",
+            "p1.started",
+            "p1.applied",
+            "p1.applied",
+            "p1.completed.true",
+            "completed"
+        ]
     );
-    assert_eq!(shape(&task_events(&nats.bus, "t-empty").await), ["started", "completed"]);
+    assert_eq!(
+        shape(&task_events(&nats.bus, "t-empty").await),
+        ["started", "completed"]
+    );
     let mut consumer = nats.bus.pull_consumer(&spec).await.unwrap();
     let info = consumer.info().await.unwrap();
     assert!(info.config.backoff.is_empty(), "{:?}", info.config.backoff);
     assert_eq!(info.config.ack_wait, nats.config.ack_wait);
-    assert_eq!(info.config.max_deliver, -1, "shutdowns mid-rollout must never exhaust deliveries");
+    assert_eq!(
+        info.config.max_deliver, -1,
+        "shutdowns mid-rollout must never exhaust deliveries"
+    );
 
-    let mut client = ExecutionServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = ExecutionServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let auth = authenticator();
     let call = |task: &str, token: Option<String>| {
-        let mut req = tonic::Request::new(GetExecutionRequest { task_id: task.into() });
+        let mut req = tonic::Request::new(GetExecutionRequest {
+            task_id: task.into(),
+        });
         if let Some(t) = token {
-            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
         req
     };
     let mine = auth.mint("alice", TENANT, &[Role::Submitter], Duration::from_secs(60));
-    let exec = client.get_execution(call("t-noop", Some(mine.clone()))).await.unwrap().into_inner().execution.unwrap();
-    assert_eq!((exec.task_id.as_str(), exec.status()), ("t-noop", ExecutionStatus::Succeeded));
+    let exec = client
+        .get_execution(call("t-noop", Some(mine.clone())))
+        .await
+        .unwrap()
+        .into_inner()
+        .execution
+        .unwrap();
+    assert_eq!(
+        (exec.task_id.as_str(), exec.status()),
+        ("t-noop", ExecutionStatus::Succeeded)
+    );
     assert_eq!(exec.phases.len(), 2);
     assert!(exec.plan.is_some() && exec.finished_at.is_some());
 
-    let other = auth.mint("mallory", "globex", &[Role::Approver], Duration::from_secs(60));
-    let err = client.get_execution(call("t-noop", Some(other))).await.unwrap_err();
+    let other = auth.mint(
+        "mallory",
+        "globex",
+        &[Role::Approver],
+        Duration::from_secs(60),
+    );
+    let err = client
+        .get_execution(call("t-noop", Some(other)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let err = client.get_execution(call("t-missing", Some(mine.clone()))).await.unwrap_err();
+    let err = client
+        .get_execution(call("t-missing", Some(mine.clone())))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let err = client.get_execution(call("bad key!", Some(mine))).await.unwrap_err();
+    let err = client
+        .get_execution(call("bad key!", Some(mine)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let err = client.get_execution(call("t-noop", None)).await.unwrap_err();
+    let err = client
+        .get_execution(call("t-noop", None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let admin = auth.mint("root", "ops", &[Role::Admin], Duration::from_secs(60));
-    assert!(client.get_execution(call("t-noop", Some(admin))).await.is_ok(), "admin sees every tenant");
+    assert!(
+        client
+            .get_execution(call("t-noop", Some(admin)))
+            .await
+            .is_ok(),
+        "admin sees every tenant"
+    );
 
     token.cancel();
     service.await.unwrap().unwrap();
@@ -652,7 +951,10 @@ async fn rollout_longer_than_ack_wait_is_not_redelivered() {
     slow.set_healthy(false);
     let wave: std::ops::Range<usize> = 1..3;
     let plan = fleet_plan("t-slow", &fleet, std::slice::from_ref(&wave), 400);
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-slow", TENANT, plan)).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-slow", TENANT, plan))
+        .await
+        .unwrap();
     // Recover web-01 only after ack_wait has passed.
     let wait = nats.config.ack_wait + Duration::from_secs(2);
     tokio::spawn(async move {
@@ -660,13 +962,35 @@ async fn rollout_longer_than_ack_wait_is_not_redelivered() {
         slow.set_healthy(true);
     });
     let done = final_event(&nats.bus, "t-slow").await;
-    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
-    assert_eq!(runner.runs().len(), 3, "each action ran once: {:?}", runner.runs());
+    assert!(
+        matches!(done.body, Some(Body::TaskCompleted(_))),
+        "{done:?}"
+    );
+    assert_eq!(
+        runner.runs().len(),
+        3,
+        "each action ran once: {:?}",
+        runner.runs()
+    );
     let m = ctx.metrics.render();
-    assert!(m.contains(r#"baton_messages_total{service="execution",outcome="succeeded"} 1"#), "{m}");
-    assert!(!m.contains(r#"outcome="retry""#), "handled once, no redelivery: {m}");
+    assert!(
+        m.contains(r#"baton_messages_total{service="execution",outcome="succeeded"} 1"#),
+        "{m}"
+    );
+    assert!(
+        !m.contains(r#"outcome="retry""#),
+        "handled once, no redelivery: {m}"
+    );
     let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
-    let info = nats.bus.pull_consumer(&spec).await.unwrap().info().await.unwrap().clone();
+    let info = nats
+        .bus
+        .pull_consumer(&spec)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
     assert_eq!(info.num_redelivered, 0, "never redelivered");
 
     token.cancel();
@@ -699,16 +1023,26 @@ async fn resumed_state_with_a_failed_step_starts_no_new_action_and_rolls_back() 
         tenant: TENANT.into(),
         status: ExecutionStatus::Running as i32,
         phases: vec![
-            phase(&plan.phases[0], ExecutionStatus::Succeeded, vec![asset("web-01", AssetState::Healthy, "")]),
+            phase(
+                &plan.phases[0],
+                ExecutionStatus::Succeeded,
+                vec![asset("web-01", AssetState::Healthy, "")],
+            ),
             phase(
                 &plan.phases[1],
                 ExecutionStatus::Running,
-                vec![asset("web-02", AssetState::Failed, "boom"), asset("web-03", AssetState::Pending, "")],
+                vec![
+                    asset("web-02", AssetState::Failed, "boom"),
+                    asset("web-03", AssetState::Pending, ""),
+                ],
             ),
             phase(
                 &plan.phases[2],
                 ExecutionStatus::Pending,
-                vec![asset("web-04", AssetState::Pending, ""), asset("web-05", AssetState::Pending, "")],
+                vec![
+                    asset("web-04", AssetState::Pending, ""),
+                    asset("web-05", AssetState::Pending, ""),
+                ],
             ),
         ],
         current_phase: 1,
@@ -717,20 +1051,38 @@ async fn resumed_state_with_a_failed_step_starts_no_new_action_and_rolls_back() 
         ..Default::default()
     };
     let kv = nats.bus.key_value("baton_executions", 5).await.unwrap();
-    kv.put("t-resume", prost::Message::encode_to_vec(&state).into()).await.unwrap();
+    kv.put("t-resume", prost::Message::encode_to_vec(&state).into())
+        .await
+        .unwrap();
 
     let (token, service) = start(context(nats.bus.clone())).await;
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-resume", TENANT, plan)).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-resume", TENANT, plan))
+        .await
+        .unwrap();
     let done = final_event(&nats.bus, "t-resume").await;
-    let Some(Body::TaskFailed(f)) = done.body else { panic!("expected task_failed, got {done:?}") };
+    let Some(Body::TaskFailed(f)) = done.body else {
+        panic!("expected task_failed, got {done:?}")
+    };
     assert_eq!(f.code, "rolled_back");
-    assert_eq!(f.reason, "action failed on web-02 in wave 1: boom; rolled back 1 asset");
+    assert_eq!(
+        f.reason,
+        "action failed on web-02 in wave 1: boom; rolled back 1 asset"
+    );
     assert_eq!(fleet.servers[0].config(), before[0], "web-01 restored");
     assert_eq!(fleet.servers[0].applies(), 1, "web-01: only its rollback");
-    assert!(fleet.servers[1..].iter().all(|s| s.applies() == 0), "nothing new applied after the failure");
+    assert!(
+        fleet.servers[1..].iter().all(|s| s.applies() == 0),
+        "nothing new applied after the failure"
+    );
     assert_eq!(
         shape(&task_events(&nats.bus, "t-resume").await),
-        ["p1.completed.false", "rollback", "p0.rolled_back", "failed.rolled_back"]
+        [
+            "p1.completed.false",
+            "rollback",
+            "p0.rolled_back",
+            "failed.rolled_back"
+        ]
     );
 
     token.cancel();
@@ -742,35 +1094,69 @@ async fn default_progress_interval_keeps_a_rollout_longer_than_a_short_ack_wait(
     // ack_wait 1 s, progress_interval left at its 5 s default: the service must send progress
     // acks every ack_wait / 3, or the ~3 s rollout is redelivered to a second handler.
     let nats = TestNats::start().await;
-    let bus = Bus::connect(baton_bus::BusConfig { ack_wait: Duration::from_secs(1), ..nats.config.clone() })
-        .await
-        .unwrap();
+    let bus = Bus::connect(baton_bus::BusConfig {
+        ack_wait: Duration::from_secs(1),
+        ..nats.config.clone()
+    })
+    .await
+    .unwrap();
     let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
     let ctx = context(bus.clone());
     let runner = Counting::new();
-    let config = Config { progress_interval: Config::default().progress_interval, ..test_config() };
+    let config = Config {
+        progress_interval: Config::default().progress_interval,
+        ..test_config()
+    };
     assert_eq!(config.progress_interval, Duration::from_secs(5));
     let (token, service) = start_configured(ctx.clone(), config, runner.clone()).await;
 
-    fleet.server("web-01").unwrap().set_delay(Duration::from_secs(3));
+    fleet
+        .server("web-01")
+        .unwrap()
+        .set_delay(Duration::from_secs(3));
     let plan = fleet_plan("t-ackwait", &fleet, std::slice::from_ref(&(1..3)), 3);
-    bus.publish(subject::TASK_APPROVED, &approved("t-ackwait", TENANT, plan)).await.unwrap();
+    bus.publish(subject::TASK_APPROVED, &approved("t-ackwait", TENANT, plan))
+        .await
+        .unwrap();
     let done = final_event(&bus, "t-ackwait").await;
-    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
+    assert!(
+        matches!(done.body, Some(Body::TaskCompleted(_))),
+        "{done:?}"
+    );
 
     let mut runs = runner.runs();
     runs.sort();
-    assert_eq!(runs, ["t-ackwait:canary:web-01:apply", "t-ackwait:wave 1:web-02:apply", "t-ackwait:wave 1:web-03:apply"]);
+    assert_eq!(
+        runs,
+        [
+            "t-ackwait:canary:web-01:apply",
+            "t-ackwait:wave 1:web-02:apply",
+            "t-ackwait:wave 1:web-03:apply"
+        ]
+    );
     for s in &fleet.servers[..3] {
         assert_eq!(s.applies(), 1, "{} applied once", s.id);
     }
     assert_no_duplicate_events(&bus).await;
     assert_each_step_once(&shape(&task_events(&bus, "t-ackwait").await), &[1, 2]);
     let m = ctx.metrics.render();
-    assert!(m.contains(r#"baton_messages_total{service="execution",outcome="succeeded"} 1"#), "{m}");
-    assert!(!m.contains(r#"outcome="retry""#) && !m.contains(r#"outcome="interrupted""#), "handled once: {m}");
+    assert!(
+        m.contains(r#"baton_messages_total{service="execution",outcome="succeeded"} 1"#),
+        "{m}"
+    );
+    assert!(
+        !m.contains(r#"outcome="retry""#) && !m.contains(r#"outcome="interrupted""#),
+        "handled once: {m}"
+    );
     let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
-    let info = bus.pull_consumer(&spec).await.unwrap().info().await.unwrap().clone();
+    let info = bus
+        .pull_consumer(&spec)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
     assert_eq!(info.num_redelivered, 0, "never redelivered");
 
     token.cancel();
@@ -779,7 +1165,11 @@ async fn default_progress_interval_keeps_a_rollout_longer_than_a_short_ack_wait(
 
 /// Sets the max message size of the execution bucket's stream: 1 makes every state write fail.
 async fn set_state_max_msg_size(bus: &Bus, size: i32) {
-    let mut stream = bus.jetstream().get_stream("KV_baton_executions").await.unwrap();
+    let mut stream = bus
+        .jetstream()
+        .get_stream("KV_baton_executions")
+        .await
+        .unwrap();
     let mut config = stream.info().await.unwrap().config.clone();
     config.max_message_size = size;
     bus.jetstream().update_stream(config).await.unwrap();
@@ -790,12 +1180,19 @@ async fn restarts_do_not_use_up_deliveries_before_a_real_failure() {
     // max_deliver 3; the rollout is interrupted by five restarts (six deliveries), then a state
     // write fails once. Only that failure counts, so the rollout resumes and completes.
     let nats = TestNats::start().await;
-    let config = baton_bus::BusConfig { max_deliver: 3, backoff: vec![Duration::from_secs(1)], ..nats.config.clone() };
+    let config = baton_bus::BusConfig {
+        max_deliver: 3,
+        backoff: vec![Duration::from_secs(1)],
+        ..nats.config.clone()
+    };
     let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
     let sick = fleet.server("web-03").unwrap().clone();
     sick.set_healthy(false);
     let plan = fleet_plan("t-flaky", &fleet, std::slice::from_ref(&(1..5)), 400);
-    nats.bus.publish(subject::TASK_APPROVED, &approved("t-flaky", TENANT, plan)).await.unwrap();
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-flaky", TENANT, plan))
+        .await
+        .unwrap();
 
     for restart in 1..=5 {
         let ctx = context(Bus::connect(config.clone()).await.unwrap());
@@ -810,22 +1207,48 @@ async fn restarts_do_not_use_up_deliveries_before_a_real_failure() {
         .await
         .expect("the rollout is running");
         token.cancel();
-        tokio::time::timeout(PATIENCE, service).await.expect("instance stops").unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, service)
+            .await
+            .expect("instance stops")
+            .unwrap()
+            .unwrap();
         let m = ctx.metrics.render();
-        assert!(m.contains(r#"baton_messages_total{service="execution",outcome="stopped"} 1"#), "restart {restart}: {m}");
+        assert!(
+            m.contains(r#"baton_messages_total{service="execution",outcome="stopped"} 1"#),
+            "restart {restart}: {m}"
+        );
     }
     let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
-    let info = nats.bus.pull_consumer(&spec).await.unwrap().info().await.unwrap().clone();
-    assert!(info.num_redelivered >= 1, "the message was redelivered across restarts");
+    let info = nats
+        .bus
+        .pull_consumer(&spec)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert!(
+        info.num_redelivered >= 1,
+        "the message was redelivered across restarts"
+    );
 
     // Now a real transient failure: state writes fail until the first one is counted.
     set_state_max_msg_size(&nats.bus, 1).await;
     sick.set_healthy(true);
     let ctx = context(Bus::connect(config.clone()).await.unwrap());
     let (token, service) = start_with(ctx.clone(), Counting::new()).await;
-    let attempts = nats.bus.key_value("baton_execution_attempts", 1).await.unwrap();
+    let attempts = nats
+        .bus
+        .key_value("baton_execution_attempts", 1)
+        .await
+        .unwrap();
     tokio::time::timeout(PATIENCE, async {
-        while !ctx.metrics.render().contains(r#"baton_messages_total{service="execution",outcome="retry"}"#) {
+        while !ctx
+            .metrics
+            .render()
+            .contains(r#"baton_messages_total{service="execution",outcome="retry"}"#)
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -834,15 +1257,25 @@ async fn restarts_do_not_use_up_deliveries_before_a_real_failure() {
     set_state_max_msg_size(&nats.bus, -1).await;
 
     let done = final_event(&nats.bus, "t-flaky").await;
-    assert!(matches!(done.body, Some(Body::TaskCompleted(_))), "{done:?}");
+    assert!(
+        matches!(done.body, Some(Body::TaskCompleted(_))),
+        "{done:?}"
+    );
     for s in &fleet.servers[..5] {
         assert_eq!(s.applies(), 1, "{} applied once", s.id);
     }
     assert_no_duplicate_events(&nats.bus).await;
     assert_each_step_once(&shape(&task_events(&nats.bus, "t-flaky").await), &[1, 4]);
     let mut dead = nats.bus.jetstream().get_stream("BATON_DEAD").await.unwrap();
-    assert_eq!(dead.info().await.unwrap().state.messages, 0, "nothing dead-lettered");
-    assert!(attempts.get("t-flaky").await.unwrap().is_none(), "the count is reset once the rollout ends");
+    assert_eq!(
+        dead.info().await.unwrap().state.messages,
+        0,
+        "nothing dead-lettered"
+    );
+    assert!(
+        attempts.get("t-flaky").await.unwrap().is_none(),
+        "the count is reset once the rollout ends"
+    );
 
     token.cancel();
     service.await.unwrap().unwrap();

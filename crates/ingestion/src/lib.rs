@@ -89,7 +89,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         if self.default_tenant.trim().is_empty() {
-            return bad("ingestion.default_tenant is empty: name the tenant of NATS triggers without a Baton-Tenant header");
+            return bad(
+                "ingestion.default_tenant is empty: name the tenant of NATS triggers without a Baton-Tenant header",
+            );
         }
         if self.max_text_bytes == 0 {
             return bad("ingestion.max_text_bytes must be at least 1");
@@ -163,13 +165,19 @@ pub fn task_id_for_key(tenant: &str, key: &str) -> Uuid {
 /// The task id of a NATS trigger without a key: UUID v5 over `<stream>:<sequence>`, stable
 /// across redeliveries.
 pub fn task_id_for_sequence(stream: &str, sequence: u64) -> Uuid {
-    Uuid::new_v5(&TASK_ID_NAMESPACE, format!("{stream}:{sequence}").as_bytes())
+    Uuid::new_v5(
+        &TASK_ID_NAMESPACE,
+        format!("{stream}:{sequence}").as_bytes(),
+    )
 }
 
 /// The task id under which a refused NATS trigger is recorded: UUID v5 over
 /// `rejected:<stream>:<sequence>`.
 pub fn rejected_task_id(stream: &str, sequence: u64) -> Uuid {
-    Uuid::new_v5(&TASK_ID_NAMESPACE, format!("rejected:{stream}:{sequence}").as_bytes())
+    Uuid::new_v5(
+        &TASK_ID_NAMESPACE,
+        format!("rejected:{stream}:{sequence}").as_bytes(),
+    )
 }
 
 /// Parses a trigger payload: JSON when `content_type` is `application/json` or the first
@@ -228,12 +236,20 @@ impl Ingestion {
             let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
             DefaultKeyedRateLimiter::hashmap(Quota::per_second(rate).allow_burst(burst))
         });
-        Ok(Ingestion { inner: Arc::new(Inner { ctx, config, limiter }) })
+        Ok(Ingestion {
+            inner: Arc::new(Inner {
+                ctx,
+                config,
+                limiter,
+            }),
+        })
     }
 
     /// Adds `baton.v1.TriggerService` to `routes`.
     pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(TriggerServiceServer::new(TriggerApi { inner: self.inner.clone() }));
+        routes.add_service(TriggerServiceServer::new(TriggerApi {
+            inner: self.inner.clone(),
+        }));
     }
 
     /// Consumes `baton.trigger.>` until `shutdown`, then finishes the triggers in hand.
@@ -268,17 +284,26 @@ impl Ingestion {
         source: &str,
         trigger: Trigger,
     ) -> Result<Submitted, Error> {
-        self.inner.submit(tenant, submitted_by, source, trigger).await
+        self.inner
+            .submit(tenant, submitted_by, source, trigger)
+            .await
     }
 }
 
 impl Inner {
     /// See [`Ingestion::submit`].
-    async fn submit(&self, tenant: &str, submitted_by: &str, source: &str, mut trigger: Trigger) -> Result<Submitted, Error> {
+    async fn submit(
+        &self,
+        tenant: &str,
+        submitted_by: &str,
+        source: &str,
+        mut trigger: Trigger,
+    ) -> Result<Submitted, Error> {
         trigger.source = source.to_string();
         validate::tenant(tenant).map_err(Error::InvalidTrigger)?;
         validate::normalise(&mut trigger, &self.config).map_err(Error::InvalidTrigger)?;
-        self.accept(tenant, submitted_by, trigger, Uuid::now_v7()).await
+        self.accept(tenant, submitted_by, trigger, Uuid::now_v7())
+            .await
     }
 
     /// Publishes a validated trigger as `TaskReceived`; `fallback_id` is used when the trigger
@@ -322,7 +347,10 @@ impl Inner {
         } else {
             info!(task_id = %task_id, tenant, source, seq = published.sequence, "task received");
         }
-        Ok(Submitted { task_id, deduplicated: published.duplicate })
+        Ok(Submitted {
+            task_id,
+            deduplicated: published.duplicate,
+        })
     }
 
     /// Handles one NATS trigger and records its metrics.
@@ -335,7 +363,9 @@ impl Inner {
             Ok(Outcome::Rejected) => "rejected",
             Err(_) => "retry",
         };
-        self.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+        self.ctx
+            .metrics
+            .observe(SERVICE, outcome, started.elapsed().as_secs_f64());
         result.map(|_| ())
     }
 
@@ -387,7 +417,10 @@ impl Inner {
                         payload: payload.to_vec(),
                     }),
                 );
-                self.ctx.bus.publish(subject::TRIGGER_REJECTED, &event).await?;
+                self.ctx
+                    .bus
+                    .publish(subject::TRIGGER_REJECTED, &event)
+                    .await?;
                 Ok(Outcome::Rejected)
             }
         }
@@ -395,7 +428,9 @@ impl Inner {
 
     /// `RESOURCE_EXHAUSTED` when `tenant` is over its rate.
     fn check_rate(&self, tenant: &str) -> Result<(), Error> {
-        let Some(limiter) = &self.limiter else { return Ok(()) };
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
         match limiter.check_key(&tenant.to_string()) {
             Ok(()) => Ok(()),
             Err(not_until) => {
@@ -431,16 +466,25 @@ impl TriggerService for TriggerApi {
         let trigger = request.into_inner().trigger.ok_or_else(|| {
             Error::InvalidTrigger("trigger is missing: set SubmitTaskRequest.trigger".into())
         })?;
-        let result = self.inner.submit(&principal.tenant, &principal.subject, "grpc", trigger).await;
+        let result = self
+            .inner
+            .submit(&principal.tenant, &principal.subject, "grpc", trigger)
+            .await;
         let outcome = match &result {
             Ok(s) if s.deduplicated => "duplicate",
             Ok(_) => "ok",
             Err(Error::InvalidTrigger(_)) => "rejected",
             Err(_) => "failed",
         };
-        self.inner.ctx.metrics.observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+        self.inner
+            .ctx
+            .metrics
+            .observe(SERVICE, outcome, started.elapsed().as_secs_f64());
         let s = result?;
-        Ok(tonic::Response::new(SubmitTaskResponse { task_id: s.task_id, deduplicated: s.deduplicated }))
+        Ok(tonic::Response::new(SubmitTaskResponse {
+            task_id: s.task_id,
+            deduplicated: s.deduplicated,
+        }))
     }
 }
 
@@ -451,7 +495,10 @@ impl baton_runtime::service::Service for Ingestion {
     const SECTION: &'static str = "ingestion";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
-    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+    fn start(
+        ctx: Context,
+        config: Config,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
         Ingestion::new(ctx, config)
     }
 
@@ -459,7 +506,10 @@ impl baton_runtime::service::Service for Ingestion {
         Ingestion::add_grpc(self, routes)
     }
 
-    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+    fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
     }
 }
@@ -477,16 +527,28 @@ mod tests {
     #[test]
     fn same_key_same_tenant_same_id_and_tenants_do_not_collide() {
         assert_eq!(task_id_for_key("acme", "k1"), task_id_for_key("acme", "k1"));
-        assert_ne!(task_id_for_key("acme", "k1"), task_id_for_key("other", "k1"));
+        assert_ne!(
+            task_id_for_key("acme", "k1"),
+            task_id_for_key("other", "k1")
+        );
         assert_ne!(task_id_for_key("acme", "k1"), task_id_for_key("acme", "k2"));
         assert_eq!(task_id_for_key("acme", "k1").get_version_num(), 5);
     }
 
     #[test]
     fn sequence_ids_are_stable_and_distinct_from_rejections() {
-        assert_eq!(task_id_for_sequence("BATON", 7), task_id_for_sequence("BATON", 7));
-        assert_ne!(task_id_for_sequence("BATON", 7), task_id_for_sequence("BATON", 8));
-        assert_ne!(task_id_for_sequence("BATON", 7), rejected_task_id("BATON", 7));
+        assert_eq!(
+            task_id_for_sequence("BATON", 7),
+            task_id_for_sequence("BATON", 7)
+        );
+        assert_ne!(
+            task_id_for_sequence("BATON", 7),
+            task_id_for_sequence("BATON", 8)
+        );
+        assert_ne!(
+            task_id_for_sequence("BATON", 7),
+            rejected_task_id("BATON", 7)
+        );
     }
 
     #[test]
@@ -511,23 +573,43 @@ mod tests {
 
     #[test]
     fn protobuf_round_trips_and_garbage_is_explained() {
-        let t = Trigger { text: "Fix drift".into(), role: "drift".into(), ..Default::default() };
-        assert_eq!(parse_trigger(&t.encode_to_vec(), Some("application/protobuf")).unwrap(), t);
+        let t = Trigger {
+            text: "Fix drift".into(),
+            role: "drift".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_trigger(&t.encode_to_vec(), Some("application/protobuf")).unwrap(),
+            t
+        );
         let err = parse_trigger(b"Fix drift please", None).unwrap_err();
-        assert!(err.contains("neither JSON nor a baton.v1.Trigger protobuf"), "{err}");
+        assert!(
+            err.contains("neither JSON nor a baton.v1.Trigger protobuf"),
+            "{err}"
+        );
     }
 
     #[test]
     fn status_codes_are_explicit() {
         let code = |e: Error| tonic::Status::from(e).code();
-        assert_eq!(code(Error::InvalidTrigger("x".into())), tonic::Code::InvalidArgument);
-        assert_eq!(code(Error::Unavailable("x".into())), tonic::Code::Unavailable);
+        assert_eq!(
+            code(Error::InvalidTrigger("x".into())),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(Error::Unavailable("x".into())),
+            tonic::Code::Unavailable
+        );
         let limited = Error::RateLimited {
             tenant: "acme".into(),
             per_second: 1,
             retry_after: Duration::from_millis(20),
         };
         assert_eq!(code(limited), tonic::Code::ResourceExhausted);
-        assert!(tonic::Status::from(Error::Unavailable("down".into())).message().starts_with("nats unavailable: down"));
+        assert!(
+            tonic::Status::from(Error::Unavailable("down".into()))
+                .message()
+                .starts_with("nats unavailable: down")
+        );
     }
 }

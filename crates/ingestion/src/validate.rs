@@ -15,7 +15,10 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
 pub fn normalise(trigger: &mut Trigger, config: &Config) -> Result<(), String> {
     let text = trigger.text.trim();
     if text.is_empty() {
-        return Err("text is empty: say what you want done, e.g. \"Fix drift on production web servers\"".into());
+        return Err(
+            "text is empty: say what you want done, e.g. \"Fix drift on production web servers\""
+                .into(),
+        );
     }
     if text.len() > config.max_text_bytes {
         return Err(format!(
@@ -89,7 +92,9 @@ pub fn normalise(trigger: &mut Trigger, config: &Config) -> Result<(), String> {
 /// characters (so `tenant + "\0" + key` is unambiguous in [`crate::task_id_for_key`]).
 pub fn tenant(tenant: &str) -> Result<(), String> {
     if tenant.is_empty() {
-        return Err("the tenant is empty: set the Baton-Tenant header or ingestion.default_tenant".into());
+        return Err(
+            "the tenant is empty: set the Baton-Tenant header or ingestion.default_tenant".into(),
+        );
     }
     if tenant.len() > crate::MAX_TENANT_BYTES {
         return Err(format!(
@@ -99,7 +104,9 @@ pub fn tenant(tenant: &str) -> Result<(), String> {
         ));
     }
     if tenant.chars().any(char::is_control) {
-        return Err(format!("tenant {tenant:?} contains control characters: use letters, digits, '-' or '_'"));
+        return Err(format!(
+            "tenant {tenant:?} contains control characters: use letters, digits, '-' or '_'"
+        ));
     }
     Ok(())
 }
@@ -127,7 +134,10 @@ mod tests {
     use super::*;
 
     fn trigger(text: &str) -> Trigger {
-        Trigger { text: text.into(), ..Default::default() }
+        Trigger {
+            text: text.into(),
+            ..Default::default()
+        }
     }
 
     fn check(t: Trigger) -> Result<Trigger, String> {
@@ -157,12 +167,19 @@ mod tests {
     #[test]
     fn text_over_the_limit_is_refused_with_both_sizes() {
         let err = check(trigger(&"a".repeat(16 * 1024 + 1))).unwrap_err();
-        assert!(err.contains("16385 bytes") && err.contains("16384 bytes"), "{err}");
+        assert!(
+            err.contains("16385 bytes") && err.contains("16384 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_environment_names_the_known_ones() {
-        let err = check(Trigger { environment: "prod".into(), ..trigger("x") }).unwrap_err();
+        let err = check(Trigger {
+            environment: "prod".into(),
+            ..trigger("x")
+        })
+        .unwrap_err();
         assert!(
             err.starts_with("unknown environment \"prod\": use development, staging or production"),
             "{err}"
@@ -171,7 +188,11 @@ mod tests {
 
     #[test]
     fn unknown_role_lists_the_known_roles() {
-        let err = check(Trigger { role: "wizard".into(), ..trigger("x") }).unwrap_err();
+        let err = check(Trigger {
+            role: "wizard".into(),
+            ..trigger("x")
+        })
+        .unwrap_err();
         assert!(err.contains("unknown role \"wizard\""), "{err}");
         assert!(err.contains("drift, patch, compliance"), "{err}");
         assert!(err.contains("assistant"), "{err}");
@@ -184,10 +205,19 @@ mod tests {
         for i in 0..=config.max_labels {
             many.labels.insert(format!("k{i}"), "v".into());
         }
-        assert!(check(many).unwrap_err().contains("labels, more than the limit"));
+        assert!(
+            check(many)
+                .unwrap_err()
+                .contains("labels, more than the limit")
+        );
         let mut long = trigger("x");
-        long.labels.insert("team".into(), "v".repeat(config.max_label_value_bytes + 1));
-        assert!(check(long).unwrap_err().contains("label \"team\" has a value"));
+        long.labels
+            .insert("team".into(), "v".repeat(config.max_label_value_bytes + 1));
+        assert!(
+            check(long)
+                .unwrap_err()
+                .contains("label \"team\" has a value")
+        );
         let mut empty = trigger("x");
         empty.labels.insert(" ".into(), "v".into());
         assert!(check(empty).unwrap_err().contains("empty key"));
@@ -203,8 +233,18 @@ mod tests {
 
     #[test]
     fn long_idempotency_key_is_refused() {
-        let err = check(Trigger { idempotency_key: "k".repeat(201), ..trigger("x") }).unwrap_err();
+        let err = check(Trigger {
+            idempotency_key: "k".repeat(201),
+            ..trigger("x")
+        })
+        .unwrap_err();
         assert!(err.contains("idempotency_key is 201 characters"), "{err}");
-        assert!(check(Trigger { idempotency_key: "k".repeat(200), ..trigger("x") }).is_ok());
+        assert!(
+            check(Trigger {
+                idempotency_key: "k".repeat(200),
+                ..trigger("x")
+            })
+            .is_ok()
+        );
     }
 }

@@ -5,7 +5,9 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use baton_bus::testing::TestNats;
-use baton_ingestion::{Config, DURABLE, Ingestion, rejected_task_id, task_id_for_key, task_id_for_sequence};
+use baton_ingestion::{
+    Config, DURABLE, Ingestion, rejected_task_id, task_id_for_key, task_id_for_sequence,
+};
 use baton_proto::trigger_service_client::TriggerServiceClient;
 use baton_proto::{Event, SubmitTaskRequest, Task, Trigger, TriggerRejected, event::Body, subject};
 use baton_runtime::Context;
@@ -21,12 +23,22 @@ use tonic::transport::Channel;
 const WAIT: Duration = Duration::from_secs(15);
 
 fn context(nats: &TestNats) -> Context {
-    let auth = Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap();
+    let auth = Authenticator::new(&AuthConfig {
+        hs256_secret: "x".repeat(32),
+        ..Default::default()
+    })
+    .unwrap();
     Context::new(nats.bus.clone(), auth, Arc::new(Metrics::default()))
 }
 
 /// Starts the trigger consumer; cancel the token and await the handle to stop it.
-async fn start(ctx: &Context, config: Config) -> (CancellationToken, JoinHandle<Result<(), baton_ingestion::Error>>) {
+async fn start(
+    ctx: &Context,
+    config: Config,
+) -> (
+    CancellationToken,
+    JoinHandle<Result<(), baton_ingestion::Error>>,
+) {
     let svc = Ingestion::new(ctx.clone(), config).await.unwrap();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(svc.run(shutdown.clone()));
@@ -34,13 +46,23 @@ async fn start(ctx: &Context, config: Config) -> (CancellationToken, JoinHandle<
 }
 
 /// Publishes a raw trigger; returns its stream sequence.
-async fn publish_trigger(nats: &TestNats, source: &str, tenant: Option<&str>, payload: &[u8]) -> u64 {
+async fn publish_trigger(
+    nats: &TestNats,
+    source: &str,
+    tenant: Option<&str>,
+    payload: &[u8],
+) -> u64 {
     let mut headers = HeaderMap::new();
     if let Some(t) = tenant {
         headers.insert(baton_bus::TENANT_HEADER, t);
     }
     nats.bus
-        .publish_raw(&subject::trigger(source), "", headers, payload.to_vec().into())
+        .publish_raw(
+            &subject::trigger(source),
+            "",
+            headers,
+            payload.to_vec().into(),
+        )
         .await
         .unwrap()
         .sequence
@@ -127,10 +149,16 @@ async fn json_trigger_becomes_a_received_task() {
     assert_eq!(event.task_id, expected_id);
     assert_eq!(event.event_id, format!("{expected_id}.received"));
     assert_eq!(event.producer, "ingestion");
-    assert_eq!((event.tenant.as_str(), task.tenant.as_str()), ("acme", "acme"));
+    assert_eq!(
+        (event.tenant.as_str(), task.tenant.as_str()),
+        ("acme", "acme")
+    );
     assert_eq!(task.submitted_by, "nats:cli");
     let trigger = task.trigger.as_ref().unwrap();
-    assert_eq!(trigger.source, "cli", "the subject token wins over the payload's source");
+    assert_eq!(
+        trigger.source, "cli",
+        "the subject token wins over the payload's source"
+    );
     assert_eq!(trigger.text, "Fix drift on production web servers");
     assert_eq!(trigger.environment, "production");
     assert!(task.received_at.is_some());
@@ -140,11 +168,24 @@ async fn json_trigger_becomes_a_received_task() {
 async fn protobuf_trigger_without_tenant_header_gets_the_default_tenant() {
     let nats = TestNats::start().await;
     let ctx = context(&nats);
-    let config = Config { default_tenant: "ops".into(), ..Config::default() };
+    let config = Config {
+        default_tenant: "ops".into(),
+        ..Config::default()
+    };
     let (shutdown, handle) = start(&ctx, config).await;
 
-    let trigger = Trigger { text: "Patch the staging db".into(), role: "patch".into(), ..Default::default() };
-    publish_trigger(&nats, "webhook", None, &prost::Message::encode_to_vec(&trigger)).await;
+    let trigger = Trigger {
+        text: "Patch the staging db".into(),
+        role: "patch".into(),
+        ..Default::default()
+    };
+    publish_trigger(
+        &nats,
+        "webhook",
+        None,
+        &prost::Message::encode_to_vec(&trigger),
+    )
+    .await;
     let events = events_until(&nats, subject::TASK_RECEIVED, |_| true).await;
     shutdown.cancel();
     handle.await.unwrap().unwrap();
@@ -173,22 +214,38 @@ async fn malformed_json_is_rejected_with_the_parse_error() {
     assert_eq!(event.task_id, task_id);
     assert_eq!(event.event_id, format!("{task_id}.rejected"));
     assert_eq!(event.tenant, "acme");
-    assert!(rejected.reason.starts_with("malformed JSON trigger"), "{}", rejected.reason);
-    assert!(rejected.reason.contains("line 1 column"), "{}", rejected.reason);
+    assert!(
+        rejected.reason.starts_with("malformed JSON trigger"),
+        "{}",
+        rejected.reason
+    );
+    assert!(
+        rejected.reason.contains("line 1 column"),
+        "{}",
+        rejected.reason
+    );
     assert_eq!(rejected.subject, "baton.trigger.cli");
     assert_eq!(rejected.payload, payload);
     // The consumer handled (and acked) the trigger: nothing became a task.
     assert_eq!(count(&nats, subject::TASK_RECEIVED).await, 0);
     let info = nats
         .bus
-        .pull_consumer(&baton_bus::ConsumerSpec::new("ingestion", DURABLE, subject::TRIGGERS))
+        .pull_consumer(&baton_bus::ConsumerSpec::new(
+            "ingestion",
+            DURABLE,
+            subject::TRIGGERS,
+        ))
         .await
         .unwrap()
         .info()
         .await
         .unwrap()
         .clone();
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "the rejected trigger was acked");
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "the rejected trigger was acked"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +254,13 @@ async fn unknown_environment_is_rejected_with_its_message() {
     let ctx = context(&nats);
     let (shutdown, handle) = start(&ctx, Config::default()).await;
 
-    publish_trigger(&nats, "cli", None, br#"{"text":"Fix drift","environment":"prod"}"#).await;
+    publish_trigger(
+        &nats,
+        "cli",
+        None,
+        br#"{"text":"Fix drift","environment":"prod"}"#,
+    )
+    .await;
     let events = events_until(&nats, subject::TRIGGER_REJECTED, |_| true).await;
     shutdown.cancel();
     handle.await.unwrap().unwrap();
@@ -216,7 +279,10 @@ async fn unknown_environment_is_rejected_with_its_message() {
 async fn redelivered_and_duplicate_triggers_make_one_task_each() {
     let nats = TestNats::start().await;
     let ctx = context(&nats);
-    let config = Config { concurrency: 1, ..Config::default() };
+    let config = Config {
+        concurrency: 1,
+        ..Config::default()
+    };
 
     // First run: trigger A becomes a task.
     let (shutdown, handle) = start(&ctx, config.clone()).await;
@@ -233,8 +299,20 @@ async fn redelivered_and_duplicate_triggers_make_one_task_each() {
     // Second run: A again, then C and D with the same key, then the marker B. With
     // concurrency 1 they are handled in stream order, so once B is in, the others are done.
     let (shutdown, handle) = start(&ctx, config).await;
-    publish_trigger(&nats, "cli", Some("acme"), br#"{"text":"Patch web","idempotency_key":"k-1"}"#).await;
-    publish_trigger(&nats, "cli", Some("acme"), br#"{"text":"Patch web","idempotency_key":"k-1"}"#).await;
+    publish_trigger(
+        &nats,
+        "cli",
+        Some("acme"),
+        br#"{"text":"Patch web","idempotency_key":"k-1"}"#,
+    )
+    .await;
+    publish_trigger(
+        &nats,
+        "cli",
+        Some("acme"),
+        br#"{"text":"Patch web","idempotency_key":"k-1"}"#,
+    )
+    .await;
     let seq_b = publish_trigger(&nats, "cli", Some("acme"), br#"{"text":"marker"}"#).await;
     let id_b = task_id_for_sequence("BATON", seq_b).to_string();
     let events = events_until(&nats, subject::TASK_RECEIVED, |e| e.task_id == id_b).await;
@@ -244,7 +322,11 @@ async fn redelivered_and_duplicate_triggers_make_one_task_each() {
     let ids: Vec<&str> = events.iter().map(|e| e.task_id.as_str()).collect();
     let id_key = task_id_for_key("acme", "k-1").to_string();
     assert_eq!(ids, [id_a.as_str(), id_key.as_str(), id_b.as_str()]);
-    assert_eq!(count(&nats, subject::TASK_RECEIVED).await, 3, "one task per trigger, redelivery included");
+    assert_eq!(
+        count(&nats, subject::TASK_RECEIVED).await,
+        3,
+        "one task per trigger, redelivery included"
+    );
 }
 
 // ---- gRPC ----
@@ -271,20 +353,33 @@ async fn grpc(config: Config) -> Grpc {
     )
     .await
     .unwrap();
-    let client = TriggerServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    Grpc { nats, ctx, client, _shutdown: shutdown.drop_guard() }
+    let client = TriggerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Grpc {
+        nats,
+        ctx,
+        client,
+        _shutdown: shutdown.drop_guard(),
+    }
 }
 
 fn request(token: Option<&str>, trigger: Trigger) -> tonic::Request<SubmitTaskRequest> {
-    let mut req = tonic::Request::new(SubmitTaskRequest { trigger: Some(trigger) });
+    let mut req = tonic::Request::new(SubmitTaskRequest {
+        trigger: Some(trigger),
+    });
     if let Some(t) = token {
-        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     req
 }
 
 fn text(t: &str) -> Trigger {
-    Trigger { text: t.into(), ..Default::default() }
+    Trigger {
+        text: t.into(),
+        ..Default::default()
+    }
 }
 
 fn token(ctx: &Context, sub: &str, tenant: &str, roles: &[Role]) -> String {
@@ -295,8 +390,17 @@ fn token(ctx: &Context, sub: &str, tenant: &str, roles: &[Role]) -> String {
 async fn grpc_submit_with_a_submitter_token_publishes_the_task() {
     let mut g = grpc(Config::default()).await;
     let t = token(&g.ctx, "alice", "acme", &[Role::Submitter]);
-    let trigger = Trigger { environment: "staging".into(), source: "spoofed".into(), ..text("Patch the web tier") };
-    let resp = g.client.submit_task(request(Some(&t), trigger)).await.unwrap().into_inner();
+    let trigger = Trigger {
+        environment: "staging".into(),
+        source: "spoofed".into(),
+        ..text("Patch the web tier")
+    };
+    let resp = g
+        .client
+        .submit_task(request(Some(&t), trigger))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!resp.deduplicated);
     let id = uuid::Uuid::parse_str(&resp.task_id).unwrap();
     assert_eq!(id.get_version_num(), 7, "no key: a fresh v7 id");
@@ -304,23 +408,40 @@ async fn grpc_submit_with_a_submitter_token_publishes_the_task() {
     let events = events_until(&g.nats, subject::TASK_RECEIVED, |_| true).await;
     let task = task_of(&events[0]);
     assert_eq!(task.task_id, resp.task_id);
-    assert_eq!((task.tenant.as_str(), task.submitted_by.as_str()), ("acme", "alice"));
+    assert_eq!(
+        (task.tenant.as_str(), task.submitted_by.as_str()),
+        ("acme", "alice")
+    );
     let trigger = task.trigger.as_ref().unwrap();
-    assert_eq!((trigger.source.as_str(), trigger.environment.as_str()), ("grpc", "staging"));
+    assert_eq!(
+        (trigger.source.as_str(), trigger.environment.as_str()),
+        ("grpc", "staging")
+    );
 
     // Admin implies submitter.
     let admin = token(&g.ctx, "root", "ops", &[Role::Admin]);
-    g.client.submit_task(request(Some(&admin), text("Run the SOP"))).await.unwrap();
+    g.client
+        .submit_task(request(Some(&admin), text("Run the SOP")))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn grpc_without_token_is_unauthenticated_and_approver_is_denied() {
     let mut g = grpc(Config::default()).await;
-    let err = g.client.submit_task(request(None, text("Fix drift"))).await.unwrap_err();
+    let err = g
+        .client
+        .submit_task(request(None, text("Fix drift")))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
 
     let approver = token(&g.ctx, "bob", "acme", &[Role::Approver]);
-    let err = g.client.submit_task(request(Some(&approver), text("Fix drift"))).await.unwrap_err();
+    let err = g
+        .client
+        .submit_task(request(Some(&approver), text("Fix drift")))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("submitter"), "{}", err.message());
     assert_eq!(count(&g.nats, subject::TASK_RECEIVED).await, 0);
@@ -330,10 +451,26 @@ async fn grpc_without_token_is_unauthenticated_and_approver_is_denied() {
 async fn grpc_same_idempotency_key_gives_the_same_task() {
     let mut g = grpc(Config::default()).await;
     let t = token(&g.ctx, "alice", "acme", &[Role::Submitter]);
-    let keyed = || Trigger { idempotency_key: "deploy-42".into(), ..text("Fix drift on web servers") };
-    let first = g.client.submit_task(request(Some(&t), keyed())).await.unwrap().into_inner();
-    let second = g.client.submit_task(request(Some(&t), keyed())).await.unwrap().into_inner();
-    assert_eq!(first.task_id, task_id_for_key("acme", "deploy-42").to_string());
+    let keyed = || Trigger {
+        idempotency_key: "deploy-42".into(),
+        ..text("Fix drift on web servers")
+    };
+    let first = g
+        .client
+        .submit_task(request(Some(&t), keyed()))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = g
+        .client
+        .submit_task(request(Some(&t), keyed()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.task_id,
+        task_id_for_key("acme", "deploy-42").to_string()
+    );
     assert_eq!(second.task_id, first.task_id);
     assert!(!first.deduplicated);
     assert!(second.deduplicated);
@@ -344,17 +481,34 @@ async fn grpc_same_idempotency_key_gives_the_same_task() {
 async fn grpc_invalid_trigger_is_invalid_argument_with_the_reason() {
     let mut g = grpc(Config::default()).await;
     let t = token(&g.ctx, "alice", "acme", &[Role::Submitter]);
-    let err = g.client.submit_task(request(Some(&t), text("   "))).await.unwrap_err();
+    let err = g
+        .client
+        .submit_task(request(Some(&t), text("   ")))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("text is empty"), "{}", err.message());
 
-    let wrong_role = Trigger { role: "wizard".into(), ..text("Fix drift") };
-    let err = g.client.submit_task(request(Some(&t), wrong_role)).await.unwrap_err();
+    let wrong_role = Trigger {
+        role: "wizard".into(),
+        ..text("Fix drift")
+    };
+    let err = g
+        .client
+        .submit_task(request(Some(&t), wrong_role))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("unknown role \"wizard\""), "{}", err.message());
+    assert!(
+        err.message().contains("unknown role \"wizard\""),
+        "{}",
+        err.message()
+    );
 
     let mut missing = tonic::Request::new(SubmitTaskRequest { trigger: None });
-    missing.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    missing
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {t}").parse().unwrap());
     let err = g.client.submit_task(missing).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(count(&g.nats, subject::TASK_RECEIVED).await, 0);
@@ -362,20 +516,37 @@ async fn grpc_invalid_trigger_is_invalid_argument_with_the_reason() {
 
 #[tokio::test]
 async fn grpc_rate_limit_is_per_tenant() {
-    let mut g = grpc(Config { rate_limit_per_second: 1, burst: 2, ..Config::default() }).await;
+    let mut g = grpc(Config {
+        rate_limit_per_second: 1,
+        burst: 2,
+        ..Config::default()
+    })
+    .await;
     let acme = token(&g.ctx, "alice", "acme", &[Role::Submitter]);
     let mut limited = None;
     // Burst 2 at 1/s: ten calls in a row cannot all pass.
     for _ in 0..10 {
-        if let Err(e) = g.client.submit_task(request(Some(&acme), text("Fix drift"))).await {
+        if let Err(e) = g
+            .client
+            .submit_task(request(Some(&acme), text("Fix drift")))
+            .await
+        {
             limited = Some(e);
             break;
         }
     }
     let err = limited.expect("the tenant was rate limited");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-    assert!(err.message().contains("tenant acme exceeds 1 submissions per second"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("tenant acme exceeds 1 submissions per second"),
+        "{}",
+        err.message()
+    );
     // Another tenant has its own bucket.
     let other = token(&g.ctx, "carol", "globex", &[Role::Submitter]);
-    g.client.submit_task(request(Some(&other), text("Fix drift"))).await.unwrap();
+    g.client
+        .submit_task(request(Some(&other), text("Fix drift")))
+        .await
+        .unwrap();
 }

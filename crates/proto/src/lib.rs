@@ -18,8 +18,18 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("bato
 /// The known agent roles. Decision rules may route only to these; agent-runner keeps one
 /// durable consumer per role.
 pub const ROLES: &[&str] = &[
-    "drift", "patch", "compliance", "incident", "dr", "cost", "security", "image", "sop",
-    "adapter", "codegen", "assistant",
+    "drift",
+    "patch",
+    "compliance",
+    "incident",
+    "dr",
+    "cost",
+    "security",
+    "image",
+    "sop",
+    "adapter",
+    "codegen",
+    "assistant",
 ];
 
 /// The environments a task may target.
@@ -32,7 +42,13 @@ pub fn now() -> Timestamp {
 
 impl Event {
     /// The first event of a task (no cause), with id `<task_id>.<stage>`.
-    pub fn first(task_id: &str, tenant: &str, stage: &str, producer: &str, body: event::Body) -> Event {
+    pub fn first(
+        task_id: &str,
+        tenant: &str,
+        stage: &str,
+        producer: &str,
+        body: event::Body,
+    ) -> Event {
         Event {
             event_id: format!("{task_id}.{stage}"),
             task_id: task_id.to_string(),
@@ -135,7 +151,10 @@ pub fn event_kind(event: &Event) -> &'static str {
 /// True when an event of this kind (see [`event_kind`]) ends its task: nothing more is recorded
 /// for it. A dead letter carrying a task id ends the task too (it is marked failed).
 pub fn ends_task(kind: &str) -> bool {
-    matches!(kind, "task_completed" | "task_failed" | "task_rejected" | "trigger_rejected" | "dead_letter")
+    matches!(
+        kind,
+        "task_completed" | "task_failed" | "task_rejected" | "trigger_rejected" | "dead_letter"
+    )
 }
 
 impl Risk {
@@ -164,7 +183,10 @@ impl Risk {
 impl TaskStatus {
     /// True for statuses after which no more events come for the task.
     pub fn is_final(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Rejected)
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Rejected
+        )
     }
     /// Lowercase name (`awaiting_approval`, …).
     pub fn label(self) -> &'static str {

@@ -25,7 +25,14 @@ pub struct AuthConfig {
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
-            .field("hs256_secret", &if self.hs256_secret.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "hs256_secret",
+                &if self.hs256_secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
@@ -112,7 +119,10 @@ impl Principal {
         if self.has(role) {
             Ok(())
         } else {
-            Err(AuthError::MissingRole { subject: self.subject.clone(), role })
+            Err(AuthError::MissingRole {
+                subject: self.subject.clone(),
+                role,
+            })
         }
     }
     /// True if the caller may see `tenant`'s tasks (its own, or any for admin).
@@ -125,7 +135,9 @@ impl Principal {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No `authorization: Bearer …` metadata.
-    #[error("missing bearer token: send `authorization: Bearer <jwt>` (mint one with `baton token`)")]
+    #[error(
+        "missing bearer token: send `authorization: Bearer <jwt>` (mint one with `baton token`)"
+    )]
     MissingToken,
     /// The token did not verify.
     #[error("invalid token: {0}")]
@@ -191,24 +203,33 @@ impl Authenticator {
     /// Verifies a compact JWT.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            AuthError::InvalidToken(match e.kind() {
-                ErrorKind::ExpiredSignature => "the token has expired; get a new one".into(),
-                ErrorKind::InvalidSignature => {
-                    "the signature does not verify: the token was signed with another secret".into()
-                }
-                ErrorKind::InvalidAlgorithm => "the token is not signed with HS256".into(),
-                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                    format!("not a well-formed JWT ({e})")
-                }
-                _ => e.to_string(),
-            })
-        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| {
+                AuthError::InvalidToken(match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired; get a new one".into(),
+                    ErrorKind::InvalidSignature => {
+                        "the signature does not verify: the token was signed with another secret"
+                            .into()
+                    }
+                    ErrorKind::InvalidAlgorithm => "the token is not signed with HS256".into(),
+                    ErrorKind::InvalidToken
+                    | ErrorKind::Base64(_)
+                    | ErrorKind::Json(_)
+                    | ErrorKind::Utf8(_) => {
+                        format!("not a well-formed JWT ({e})")
+                    }
+                    _ => e.to_string(),
+                })
+            })?;
         let c = data.claims;
         if c.tenant.is_empty() {
             return Err(AuthError::InvalidToken("the tenant claim is empty".into()));
         }
-        Ok(Principal { subject: c.sub, tenant: c.tenant, roles: c.roles })
+        Ok(Principal {
+            subject: c.sub,
+            tenant: c.tenant,
+            roles: c.roles,
+        })
     }
 
     /// Verifies the bearer token of a gRPC request.
@@ -228,7 +249,10 @@ impl Authenticator {
 
     /// Signs a token for `subject` in `tenant` with `roles`, valid for `ttl`.
     pub fn mint(&self, subject: &str, tenant: &str, roles: &[Role], ttl: Duration) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let claims = Claims {
             sub: subject.into(),
             tenant: tenant.into(),
@@ -271,7 +295,11 @@ mod tests {
     use super::*;
 
     fn auth() -> Authenticator {
-        Authenticator::new(&AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }).unwrap()
+        Authenticator::new(&AuthConfig {
+            hs256_secret: "x".repeat(32),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -287,11 +315,18 @@ mod tests {
 
     #[test]
     fn token_signed_with_another_secret_is_rejected() {
-        let other = Authenticator::new(&AuthConfig { hs256_secret: "y".repeat(32), ..Default::default() }).unwrap();
+        let other = Authenticator::new(&AuthConfig {
+            hs256_secret: "y".repeat(32),
+            ..Default::default()
+        })
+        .unwrap();
         let t = other.mint("mallory", "acme", &[Role::Admin], Duration::from_secs(60));
         let err = auth().verify(&t).unwrap_err();
         assert!(matches!(err, AuthError::InvalidToken(_)), "{err}");
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
@@ -306,22 +341,38 @@ mod tests {
             iss: None,
             aud: None,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret("x".repeat(32).as_bytes())).unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret("x".repeat(32).as_bytes()),
+        )
+        .unwrap();
         let err = a.verify(&token).unwrap_err();
         assert!(err.to_string().contains("the token has expired"), "{err}");
     }
 
     #[test]
     fn short_secret_is_a_config_error() {
-        let err = Authenticator::new(&AuthConfig { hs256_secret: "short".into(), ..Default::default() });
+        let err = Authenticator::new(&AuthConfig {
+            hs256_secret: "short".into(),
+            ..Default::default()
+        });
         assert!(matches!(err, Err(AuthError::Config(m)) if m.contains("32 bytes")));
     }
 
     #[test]
     fn admin_implies_every_role_and_sees_all_tenants() {
-        let p = Principal { subject: "root".into(), tenant: "ops".into(), roles: vec![Role::Admin] };
+        let p = Principal {
+            subject: "root".into(),
+            tenant: "ops".into(),
+            roles: vec![Role::Admin],
+        };
         assert!(p.has(Role::Approver) && p.has(Role::Operator) && p.can_see("acme"));
-        let q = Principal { subject: "bob".into(), tenant: "ops".into(), roles: vec![Role::Submitter] };
+        let q = Principal {
+            subject: "bob".into(),
+            tenant: "ops".into(),
+            roles: vec![Role::Submitter],
+        };
         assert!(!q.can_see("acme") && q.can_see("ops"));
     }
 }

@@ -55,7 +55,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { filter: "info,async_nats=warn,sqlx=warn".into(), json: false }
+        LogConfig {
+            filter: "info,async_nats=warn,sqlx=warn".into(),
+            json: false,
+        }
     }
 }
 
@@ -70,17 +73,27 @@ pub struct ConfigError(pub String);
 /// Only variables naming a top-level key of `T` (or one of `extra_sections`) are taken, so
 /// variables that share the prefix but are not configuration (`BATON_TOKEN` for the client,
 /// `BATON_TEST_POSTGRES_URL` for the tests) do not make the configuration invalid.
-pub fn figment<T: Serialize + Default>(file: Option<&Path>, extra_sections: &[&str]) -> Result<Figment, ConfigError> {
+pub fn figment<T: Serialize + Default>(
+    file: Option<&Path>,
+    extra_sections: &[&str],
+) -> Result<Figment, ConfigError> {
     let mut keys = top_level_keys(&T::default());
     keys.extend(extra_sections.iter().map(|s| s.to_string()));
     let mut f = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
         if !path.exists() {
-            return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            return Err(ConfigError(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
         f = f.merge(Toml::file(path));
     }
-    Ok(f.merge(Env::prefixed("BATON_").split("__").filter(move |k| is_config_key(&keys, k.as_str()))))
+    Ok(f.merge(
+        Env::prefixed("BATON_")
+            .split("__")
+            .filter(move |k| is_config_key(&keys, k.as_str())),
+    ))
 }
 
 /// The top-level keys `value` serialises to.
@@ -93,7 +106,11 @@ fn top_level_keys<T: Serialize>(value: &T) -> Vec<String> {
 
 /// True if `key` (`nats.url`, as figment splits `BATON_NATS__URL`) starts with one of `keys`.
 fn is_config_key(keys: &[String], key: &str) -> bool {
-    let first = key.split('.').next().unwrap_or_default().to_ascii_lowercase();
+    let first = key
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     keys.iter().any(|k| *k == first)
 }
 

@@ -14,7 +14,10 @@ pub async fn serve(
     routes: Routes,
     names: &[&str],
     shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)> {
+) -> std::io::Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in names {
         reporter
@@ -44,6 +47,8 @@ pub async fn serve(
 /// metadata when it sends one, so events published while handling the call continue its trace.
 fn request_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
     let span = tracing::info_span!("grpc", path = %req.uri().path());
-    baton_bus::trace::set_parent_from(&span, &|k| req.headers().get(k).and_then(|v| v.to_str().ok()));
+    baton_bus::trace::set_parent_from(&span, &|k| {
+        req.headers().get(k).and_then(|v| v.to_str().ok())
+    });
     span
 }

@@ -34,7 +34,15 @@ pub struct Context {
 
 impl Context {
     /// Builds a context from its parts.
-    pub fn new(bus: baton_bus::Bus, auth: auth::Authenticator, metrics: Arc<metrics::Metrics>) -> Self {
-        Context { bus, auth: Arc::new(auth), metrics }
+    pub fn new(
+        bus: baton_bus::Bus,
+        auth: auth::Authenticator,
+        metrics: Arc<metrics::Metrics>,
+    ) -> Self {
+        Context {
+            bus,
+            auth: Arc::new(auth),
+            metrics,
+        }
     }
 }

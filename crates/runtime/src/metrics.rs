@@ -48,11 +48,31 @@ impl Default for Metrics {
         let policy_decisions = Family::<VerdictLabels, Counter>::default();
         let executions = Family::<StageLabels, Counter>::default();
         let audit_records = Counter::default();
-        registry.register("messages", "Messages handled, by service and outcome", messages.clone());
-        registry.register("handler_seconds", "Time to handle one message", handler_seconds.clone());
-        registry.register("policy_decisions", "Validation verdicts", policy_decisions.clone());
-        registry.register("executions", "Finished rollouts, by outcome", executions.clone());
-        registry.register("audit_records", "Events stored in the audit log", audit_records.clone());
+        registry.register(
+            "messages",
+            "Messages handled, by service and outcome",
+            messages.clone(),
+        );
+        registry.register(
+            "handler_seconds",
+            "Time to handle one message",
+            handler_seconds.clone(),
+        );
+        registry.register(
+            "policy_decisions",
+            "Validation verdicts",
+            policy_decisions.clone(),
+        );
+        registry.register(
+            "executions",
+            "Finished rollouts, by outcome",
+            executions.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Events stored in the audit log",
+            audit_records.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             messages,
@@ -67,7 +87,10 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one handled message and its duration.
     pub fn observe(&self, service: &str, outcome: &str, seconds: f64) {
-        let labels = StageLabels { service: service.into(), outcome: outcome.into() };
+        let labels = StageLabels {
+            service: service.into(),
+            outcome: outcome.into(),
+        };
         self.messages.get_or_create(&labels).inc();
         self.handler_seconds.get_or_create(&labels).observe(seconds);
     }
@@ -93,7 +116,8 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().expect("metrics registry lock");
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String");
         out
     }
 }

@@ -26,13 +26,19 @@ pub trait Service: Sized + Send + 'static {
     fn prepare(_config: &mut Self::Config, _common: &CommonConfig) {}
 
     /// Validates the config and opens what it needs (KV buckets, database, files).
-    fn start(ctx: Context, config: Self::Config) -> impl Future<Output = Result<Self, Self::Error>> + Send;
+    fn start(
+        ctx: Context,
+        config: Self::Config,
+    ) -> impl Future<Output = Result<Self, Self::Error>> + Send;
 
     /// Adds its gRPC services to the process's router.
     fn add_grpc(&self, routes: &mut RoutesBuilder);
 
     /// Runs its consumers until `shutdown` is cancelled, then finishes in-flight work.
-    fn serve(self, shutdown: CancellationToken) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// gRPC and HTTP endpoints of a process: one tonic server for `routes` (plus health and
@@ -56,16 +62,29 @@ impl Endpoints {
         names: &[&str],
         shutdown: CancellationToken,
     ) -> std::io::Result<Endpoints> {
-        let (grpc_addr, grpc_task) = crate::grpc::serve(grpc_addr, routes.routes(), names, shutdown.clone())
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot serve gRPC on {grpc_addr}: {e}")))?;
-        let bus = ctx.bus.clone();
-        let ready: crate::http::ReadyCheck =
-            std::sync::Arc::new(move || if bus.is_connected() { Ok(()) } else { Err("not connected to NATS".into()) });
-        let (http_addr, http_task) =
-            crate::http::serve(http_addr, crate::http::router(ctx.metrics.clone(), ready), shutdown)
+        let (grpc_addr, grpc_task) =
+            crate::grpc::serve(grpc_addr, routes.routes(), names, shutdown.clone())
                 .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot serve HTTP on {http_addr}: {e}")))?;
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot serve gRPC on {grpc_addr}: {e}"))
+                })?;
+        let bus = ctx.bus.clone();
+        let ready: crate::http::ReadyCheck = std::sync::Arc::new(move || {
+            if bus.is_connected() {
+                Ok(())
+            } else {
+                Err("not connected to NATS".into())
+            }
+        });
+        let (http_addr, http_task) = crate::http::serve(
+            http_addr,
+            crate::http::router(ctx.metrics.clone(), ready),
+            shutdown,
+        )
+        .await
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot serve HTTP on {http_addr}: {e}"))
+        })?;
         let tasks = vec![
             tokio::spawn(async move {
                 if let Ok(Err(e)) = grpc_task.await {
@@ -78,7 +97,11 @@ impl Endpoints {
                 }
             }),
         ];
-        Ok(Endpoints { grpc_addr, http_addr, tasks })
+        Ok(Endpoints {
+            grpc_addr,
+            http_addr,
+            tasks,
+        })
     }
 }
 
@@ -106,19 +129,29 @@ pub enum ConnectError {
 pub async fn connect(common: &CommonConfig) -> Result<Context, ConnectError> {
     let mut auth = common.auth.clone();
     if auth.hs256_secret.is_empty() {
-        auth.hs256_secret = crate::auth::dev_secret(&common.data_dir)
-            .map_err(|source| ConnectError::Secret { dir: common.data_dir.clone(), source })?;
+        auth.hs256_secret =
+            crate::auth::dev_secret(&common.data_dir).map_err(|source| ConnectError::Secret {
+                dir: common.data_dir.clone(),
+                source,
+            })?;
     }
     let authenticator = crate::auth::Authenticator::new(&auth)?;
     let bus = baton_bus::Bus::connect(common.nats.clone()).await?;
-    Ok(Context::new(bus, authenticator, std::sync::Arc::new(crate::metrics::Metrics::default())))
+    Ok(Context::new(
+        bus,
+        authenticator,
+        std::sync::Arc::new(crate::metrics::Metrics::default()),
+    ))
 }
 
 /// `main` of a service's thin binary (`baton-<service> [--config FILE]`): the same as
 /// `baton serve <service>`. Reads the common settings and the service's section from the
 /// file and `BATON_*` variables, serves gRPC and HTTP, runs until SIGINT/SIGTERM.
 pub fn service_main<S: Service>() -> std::process::ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(service_main_async::<S>()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -135,36 +168,60 @@ async fn service_main_async<S: Service>() -> Result<(), String> {
         match a.as_str() {
             "--config" | "-c" => file = Some(args.next().ok_or("--config needs a file")?.into()),
             "--help" | "-h" => {
-                println!("usage: baton-{} [--config FILE]   (same as `baton serve {}`)", S::NAME, S::NAME);
+                println!(
+                    "usage: baton-{} [--config FILE]   (same as `baton serve {}`)",
+                    S::NAME,
+                    S::NAME
+                );
                 return Ok(());
             }
-            other => return Err(format!("unknown argument {other:?}; usage: baton-{} [--config FILE]", S::NAME)),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: baton-{} [--config FILE]",
+                    S::NAME
+                ));
+            }
         }
     }
-    let figment = crate::config::figment::<CommonConfig>(file.as_deref(), &[S::SECTION]).map_err(|e| e.to_string())?;
+    let figment = crate::config::figment::<CommonConfig>(file.as_deref(), &[S::SECTION])
+        .map_err(|e| e.to_string())?;
     let common: CommonConfig = figment
         .clone()
         .extract()
         .map_err(|e: figment::Error| format!("invalid configuration: {e}"))?;
     let mut config: S::Config = if figment.contains(S::SECTION) {
-        figment.extract_inner(S::SECTION).map_err(|e| format!("invalid [{}] configuration: {e}", S::SECTION))?
+        figment
+            .extract_inner(S::SECTION)
+            .map_err(|e| format!("invalid [{}] configuration: {e}", S::SECTION))?
     } else {
         S::Config::default()
     };
     crate::telemetry::init(&common.log);
     if common.nats.url.is_empty() {
-        return Err(format!("baton-{} needs a NATS server: set nats.url (BATON_NATS__URL=nats://host:4222)", S::NAME));
+        return Err(format!(
+            "baton-{} needs a NATS server: set nats.url (BATON_NATS__URL=nats://host:4222)",
+            S::NAME
+        ));
     }
     S::prepare(&mut config, &common);
     let ctx = connect(&common).await.map_err(|e| e.to_string())?;
-    let svc = S::start(ctx.clone(), config).await.map_err(|e| format!("{} did not start: {e}", S::NAME))?;
+    let svc = S::start(ctx.clone(), config)
+        .await
+        .map_err(|e| format!("{} did not start: {e}", S::NAME))?;
     let mut routes = RoutesBuilder::default();
     svc.add_grpc(&mut routes);
     let shutdown = crate::shutdown::on_signal();
     let servers = CancellationToken::new();
-    let endpoints = Endpoints::serve(&ctx, common.grpc_addr, common.http_addr, routes, S::GRPC_SERVICES, servers.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let endpoints = Endpoints::serve(
+        &ctx,
+        common.grpc_addr,
+        common.http_addr,
+        routes,
+        S::GRPC_SERVICES,
+        servers.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     tracing::info!(service = S::NAME, grpc = %endpoints.grpc_addr, http = %endpoints.http_addr, "serving");
     let result = svc.serve(shutdown).await.map_err(|e| e.to_string());
     servers.cancel();

@@ -24,8 +24,16 @@ pub fn init(config: &LogConfig) {
         .with_filter(filter_fn(|m| m.is_span() && *m.level() <= Level::INFO));
     let registry = tracing_subscriber::registry().with(otel);
     let _ = if config.json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_filter(filter)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_filter(filter))
+            .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_target(false).with_filter(filter)).try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_filter(filter),
+            )
+            .try_init()
     };
 }

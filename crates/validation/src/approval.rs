@@ -32,13 +32,13 @@
 //! Not yet (later releases): preventing submitters from approving their own plans, quorum of
 //! several approvers, timeouts and escalation.
 
-use tracing::Instrument;
 use crate::{Error, Inner, SERVICE};
 use async_nats::jetstream::kv::{EntryErrorKind, Operation, UpdateErrorKind};
 use baton_proto::approval_service_server::ApprovalService;
 use baton_proto::{
     Approval, ApproveRequest, ApproveResponse, Event, ListPendingRequest, ListPendingResponse,
-    PendingApproval, RejectRequest, RejectResponse, TaskApproved, TaskRejected, event::Body, subject,
+    PendingApproval, RejectRequest, RejectResponse, TaskApproved, TaskRejected, event::Body,
+    subject,
 };
 use baton_runtime::auth::Role;
 use bytes::Bytes;
@@ -46,6 +46,7 @@ use futures::TryStreamExt;
 use prost::Message as _;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use tracing::{info, warn};
 
 /// First byte of a [`Decided`] value in the bucket. A protobuf message never starts with a zero
@@ -123,9 +124,13 @@ impl Inner {
             Err(e) if e.kind() == EntryErrorKind::InvalidKey => return Ok(None),
             Err(e) => return Err(Error::Store(e.to_string())),
         };
-        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else { return Ok(None) };
-        let stored = Stored::decode(&entry.value)
-            .map_err(|e| Error::Corrupt { task_id: task_id.into(), reason: e.to_string() })?;
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            return Ok(None);
+        };
+        let stored = Stored::decode(&entry.value).map_err(|e| Error::Corrupt {
+            task_id: task_id.into(),
+            reason: e.to_string(),
+        })?;
         Ok(Some((entry.revision, stored)))
     }
 
@@ -135,17 +140,32 @@ impl Inner {
     ///
     /// Errors: NotFound (nothing pending, or `can_see` refuses its tenant), AlreadyDecided
     /// (the opposite decision was claimed), Store/Bus.
-    async fn decide(&self, task_id: &str, can_see: impl Fn(&str) -> bool, decision: Approval) -> Result<Approval, Error> {
+    async fn decide(
+        &self,
+        task_id: &str,
+        can_see: impl Fn(&str) -> bool,
+        decision: Approval,
+    ) -> Result<Approval, Error> {
         if task_id.is_empty() {
             return Err(Error::InvalidArgument("task_id is required".into()));
         }
         for _ in 0..CLAIM_ATTEMPTS {
             let (revision, decided) = match self.stored(task_id).await? {
                 None => return Err(Error::NotFound(task_id.into())),
-                Some((_, Stored::Pending(p))) if !can_see(&p.tenant) => return Err(Error::NotFound(task_id.into())),
+                Some((_, Stored::Pending(p))) if !can_see(&p.tenant) => {
+                    return Err(Error::NotFound(task_id.into()));
+                }
                 Some((revision, Stored::Pending(pending))) => {
-                    let decided = Decided { approval: Some(decision.clone()), pending: Some(pending), published: false };
-                    match self.approvals.update(task_id, Stored::Decided(decided.clone()).encode(), revision).await {
+                    let decided = Decided {
+                        approval: Some(decision.clone()),
+                        pending: Some(pending),
+                        published: false,
+                    };
+                    match self
+                        .approvals
+                        .update(task_id, Stored::Decided(decided.clone()).encode(), revision)
+                        .await
+                    {
                         Ok(revision) => (revision, decided),
                         // Another call claimed (or the entry changed) since the read: re-read.
                         Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
@@ -153,12 +173,23 @@ impl Inner {
                     }
                 }
                 Some((revision, Stored::Decided(decided))) => {
-                    let corrupt = |what: &str| Error::Corrupt { task_id: task_id.into(), reason: format!("decided record has no {what}") };
-                    let tenant = decided.pending.as_ref().ok_or_else(|| corrupt("pending approval"))?.tenant.as_str();
+                    let corrupt = |what: &str| Error::Corrupt {
+                        task_id: task_id.into(),
+                        reason: format!("decided record has no {what}"),
+                    };
+                    let tenant = decided
+                        .pending
+                        .as_ref()
+                        .ok_or_else(|| corrupt("pending approval"))?
+                        .tenant
+                        .as_str();
                     if !can_see(tenant) {
                         return Err(Error::NotFound(task_id.into()));
                     }
-                    let prior = decided.approval.clone().ok_or_else(|| corrupt("approval"))?;
+                    let prior = decided
+                        .approval
+                        .clone()
+                        .ok_or_else(|| corrupt("approval"))?;
                     if prior.approved != decision.approved {
                         return Err(Error::AlreadyDecided {
                             task_id: task_id.into(),
@@ -181,10 +212,24 @@ impl Inner {
     }
 
     /// Publishes a claimed decision, then marks it published (at `revision`, the claim's).
-    async fn publish_decided(&self, task_id: &str, revision: u64, mut decided: Decided) -> Result<Approval, Error> {
-        let corrupt = |what: &str| Error::Corrupt { task_id: task_id.into(), reason: format!("decided record has no {what}") };
-        let approval = decided.approval.clone().ok_or_else(|| corrupt("approval"))?;
-        let pending = decided.pending.clone().ok_or_else(|| corrupt("pending approval"))?;
+    async fn publish_decided(
+        &self,
+        task_id: &str,
+        revision: u64,
+        mut decided: Decided,
+    ) -> Result<Approval, Error> {
+        let corrupt = |what: &str| Error::Corrupt {
+            task_id: task_id.into(),
+            reason: format!("decided record has no {what}"),
+        };
+        let approval = decided
+            .approval
+            .clone()
+            .ok_or_else(|| corrupt("approval"))?;
+        let pending = decided
+            .pending
+            .clone()
+            .ok_or_else(|| corrupt("pending approval"))?;
         let (stage, subject, body) = if approval.approved {
             let body = Body::TaskApproved(TaskApproved {
                 task: pending.task.clone(),
@@ -207,14 +252,24 @@ impl Inner {
         // Continue the task's trace from the gate, not the approver's request.
         let span = tracing::info_span!("decision", task_id = %pending.task_id, stage);
         baton_bus::trace::set_parent_traceparent(&span, &pending.traceparent);
-        self.ctx.bus.publish(subject, &event).instrument(span).await?;
+        self.ctx
+            .bus
+            .publish(subject, &event)
+            .instrument(span)
+            .await?;
         decided.published = true;
-        match self.approvals.update(task_id, Stored::Decided(decided).encode(), revision).await {
+        match self
+            .approvals
+            .update(task_id, Stored::Decided(decided).encode(), revision)
+            .await
+        {
             Ok(_) => {}
             // A concurrent repeat of the same decision marked it first.
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
             // Published all the same; a repeat would re-publish the same id (deduplicated).
-            Err(e) => warn!(task_id = %task_id, error = %e, "decision published but not marked published"),
+            Err(e) => {
+                warn!(task_id = %task_id, error = %e, "decision published but not marked published")
+            }
         }
         Ok(approval)
     }
@@ -247,13 +302,20 @@ impl ApprovalService for Approvals {
             }
         }
         pending.sort_by(|a, b| {
-            let t = |p: &PendingApproval| p.requested_at.map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+            let t = |p: &PendingApproval| {
+                p.requested_at
+                    .map(|t| (t.seconds, t.nanos))
+                    .unwrap_or_default()
+            };
             t(a).cmp(&t(b)).then_with(|| a.task_id.cmp(&b.task_id))
         });
         Ok(Response::new(ListPendingResponse { pending }))
     }
 
-    async fn approve(&self, request: Request<ApproveRequest>) -> Result<Response<ApproveResponse>, Status> {
+    async fn approve(
+        &self,
+        request: Request<ApproveRequest>,
+    ) -> Result<Response<ApproveResponse>, Status> {
         let principal = self.inner.ctx.auth.authenticate(&request)?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
@@ -264,12 +326,20 @@ impl ApprovalService for Approvals {
             reason: req.reason,
             decided_at: Some(baton_proto::now()),
         };
-        let approval = self.inner.decide(&req.task_id, |t| principal.can_see(t), decision).await?;
+        let approval = self
+            .inner
+            .decide(&req.task_id, |t| principal.can_see(t), decision)
+            .await?;
         info!(task_id = %approval.task_id, approver = %approval.approver, "plan approved by a human");
-        Ok(Response::new(ApproveResponse { approval: Some(approval) }))
+        Ok(Response::new(ApproveResponse {
+            approval: Some(approval),
+        }))
     }
 
-    async fn reject(&self, request: Request<RejectRequest>) -> Result<Response<RejectResponse>, Status> {
+    async fn reject(
+        &self,
+        request: Request<RejectRequest>,
+    ) -> Result<Response<RejectResponse>, Status> {
         let principal = self.inner.ctx.auth.authenticate(&request)?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
@@ -283,9 +353,14 @@ impl ApprovalService for Approvals {
             reason: req.reason,
             decided_at: Some(baton_proto::now()),
         };
-        let approval = self.inner.decide(&req.task_id, |t| principal.can_see(t), decision).await?;
+        let approval = self
+            .inner
+            .decide(&req.task_id, |t| principal.can_see(t), decision)
+            .await?;
         info!(task_id = %approval.task_id, approver = %approval.approver, "plan rejected by a human");
-        Ok(Response::new(RejectResponse { approval: Some(approval) }))
+        Ok(Response::new(RejectResponse {
+            approval: Some(approval),
+        }))
     }
 }
 
@@ -295,11 +370,20 @@ mod tests {
 
     #[test]
     fn pending_and_decided_values_round_trip_and_never_collide() {
-        let pending = PendingApproval { task_id: "t-1".into(), tenant: "acme".into(), ..Default::default() };
+        let pending = PendingApproval {
+            task_id: "t-1".into(),
+            tenant: "acme".into(),
+            ..Default::default()
+        };
         let stored = Stored::Pending(pending.clone());
         assert_eq!(Stored::decode(&stored.encode()).unwrap(), stored);
         let decided = Stored::Decided(Decided {
-            approval: Some(Approval { task_id: "t-1".into(), approver: "alice".into(), approved: true, ..Default::default() }),
+            approval: Some(Approval {
+                task_id: "t-1".into(),
+                approver: "alice".into(),
+                approved: true,
+                ..Default::default()
+            }),
             pending: Some(pending),
             published: true,
         });

@@ -82,8 +82,8 @@ pub mod quality;
 
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::{
-    Approval, Event, PendingApproval, PlanProposed, TaskApproved, TaskAwaitingApproval, TaskRejected,
-    ValidationResult, Verdict, event::Body, subject,
+    Approval, Event, PendingApproval, PlanProposed, TaskApproved, TaskAwaitingApproval,
+    TaskRejected, ValidationResult, Verdict, event::Body, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::metrics::VerdictLabels;
@@ -132,8 +132,14 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             policy_dir: None,
-            production: Thresholds { auto_approve: 80, with_approval: 60 },
-            staging: Thresholds { auto_approve: 60, with_approval: 40 },
+            production: Thresholds {
+                auto_approve: 80,
+                with_approval: 60,
+            },
+            staging: Thresholds {
+                auto_approve: 60,
+                with_approval: 40,
+            },
             concurrency: 16,
         }
     }
@@ -152,7 +158,9 @@ impl Config {
             }
         }
         if self.concurrency == 0 {
-            return Err(Error::Config("validation.concurrency must be at least 1".into()));
+            return Err(Error::Config(
+                "validation.concurrency must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -203,7 +211,9 @@ pub enum Error {
         by: String,
     },
     /// A stored pending approval cannot be decoded.
-    #[error("pending approval {task_id} is corrupt: {reason}; delete it from bucket {APPROVALS_BUCKET}")]
+    #[error(
+        "pending approval {task_id} is corrupt: {reason}; delete it from bucket {APPROVALS_BUCKET}"
+    )]
     Corrupt {
         /// Key.
         task_id: String,
@@ -266,7 +276,14 @@ impl Validation {
             "policies loaded"
         );
         let approvals = open_approvals(&ctx.bus).await?;
-        Ok(Validation { inner: Arc::new(Inner { ctx, config, policies, approvals }) })
+        Ok(Validation {
+            inner: Arc::new(Inner {
+                ctx,
+                config,
+                policies,
+                approvals,
+            }),
+        })
     }
 
     /// The loaded policies (file names and version).
@@ -281,9 +298,11 @@ impl Validation {
 
     /// Adds `baton.v1.ApprovalService` to `routes`.
     pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        routes.add_service(baton_proto::approval_service_server::ApprovalServiceServer::new(
-            approval::Approvals { inner: self.inner.clone() },
-        ));
+        routes.add_service(
+            baton_proto::approval_service_server::ApprovalServiceServer::new(approval::Approvals {
+                inner: self.inner.clone(),
+            }),
+        );
     }
 
     /// Consumes `baton.task.proposed` until `shutdown`.
@@ -330,7 +349,11 @@ impl Inner {
         let outcome = self.policies.evaluate(&input);
         let plan = proposed.plan.clone().unwrap_or_default();
         let quality = quality::score(&plan, &outcome);
-        let environment = proposed.spec.as_ref().map(|s| s.environment.as_str()).unwrap_or("");
+        let environment = proposed
+            .spec
+            .as_ref()
+            .map(|s| s.environment.as_str())
+            .unwrap_or("");
         let (verdict, reasons) = quality::verdict(
             environment,
             quality.total,
@@ -363,7 +386,10 @@ impl Inner {
             )));
         };
         let missing = |what: &str| {
-            HandlerError::Reject(format!("plan_proposed event {} has no {what}", event.event_id))
+            HandlerError::Reject(format!(
+                "plan_proposed event {} has no {what}",
+                event.event_id
+            ))
         };
         let task = proposed.task.clone().ok_or_else(|| missing("task"))?;
         let spec = proposed.spec.clone().ok_or_else(|| missing("spec"))?;
@@ -397,11 +423,17 @@ impl Inner {
                 });
                 self.ctx
                     .bus
-                    .publish(subject::TASK_APPROVED, &event.follow("approved", SERVICE, body))
+                    .publish(
+                        subject::TASK_APPROVED,
+                        &event.follow("approved", SERVICE, body),
+                    )
                     .await?;
             }
             Verdict::AwaitingApproval => {
-                if !self.store_pending(&event, task, spec, plan, validation).await? {
+                if !self
+                    .store_pending(&event, task, spec, plan, validation)
+                    .await?
+                {
                     return Ok("already_decided");
                 }
             }
@@ -413,14 +445,19 @@ impl Inner {
                 });
                 self.ctx
                     .bus
-                    .publish(subject::TASK_REJECTED, &event.follow("rejected", SERVICE, body))
+                    .publish(
+                        subject::TASK_REJECTED,
+                        &event.follow("rejected", SERVICE, body),
+                    )
                     .await?;
             }
         }
         self.ctx
             .metrics
             .policy_decisions
-            .get_or_create(&VerdictLabels { verdict: label.into() })
+            .get_or_create(&VerdictLabels {
+                verdict: label.into(),
+            })
             .inc();
         Ok(label)
     }
@@ -475,7 +512,9 @@ impl Inner {
                     // Redelivery after the KV write: publish what was stored.
                     Ok(approval::Stored::Pending(pending)) => break pending,
                     Err(e) => {
-                        return Err(HandlerError::Reject(format!("stored pending approval {key} is corrupt: {e}")));
+                        return Err(HandlerError::Reject(format!(
+                            "stored pending approval {key} is corrupt: {e}"
+                        )));
                     }
                 },
                 None => {
@@ -483,13 +522,19 @@ impl Inner {
                     match self.approvals.update(key, value, 0).await {
                         Ok(_) => break fresh,
                         // Another delivery stored it first: handle what it stored.
-                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision && attempts < 3 => continue,
+                        Err(e)
+                            if e.kind() == UpdateErrorKind::WrongLastRevision && attempts < 3 =>
+                        {
+                            continue;
+                        }
                         Err(e) => return Err(store_err(e.to_string())),
                     }
                 }
             }
         };
-        let body = Body::AwaitingApproval(TaskAwaitingApproval { pending: Some(pending) });
+        let body = Body::AwaitingApproval(TaskAwaitingApproval {
+            pending: Some(pending),
+        });
         self.ctx
             .bus
             .publish(
@@ -508,7 +553,10 @@ impl baton_runtime::service::Service for Validation {
     const SECTION: &'static str = "validation";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
-    fn start(ctx: Context, config: Config) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+    fn start(
+        ctx: Context,
+        config: Config,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
         Validation::new(ctx, config)
     }
 
@@ -516,7 +564,10 @@ impl baton_runtime::service::Service for Validation {
         Validation::add_grpc(self, routes)
     }
 
-    fn serve(self, shutdown: CancellationToken) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+    fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
     }
 }

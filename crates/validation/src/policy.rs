@@ -12,7 +12,7 @@
 //! policies, like `opa test`.
 
 use crate::Error;
-use baton_proto::{PolicyDecision, action, PhaseKind, PlanProposed};
+use baton_proto::{PhaseKind, PlanProposed, PolicyDecision, action};
 use regorus::{Engine, Value};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -78,11 +78,18 @@ struct PolicyFile {
 
 /// Reads the `*.rego` files of `dir` that `keep` accepts, sorted by name.
 fn read_rego_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PolicyFile>, Error> {
-    let io = |e: std::io::Error| Error::PolicyDir { dir: dir.to_path_buf(), reason: e.to_string() };
+    let io = |e: std::io::Error| Error::PolicyDir {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
             continue;
         };
         if !name.ends_with(".rego") || !keep(&name) || !path.is_file() {
@@ -106,7 +113,10 @@ fn is_live(name: &str) -> bool {
 fn add_file(engine: &mut Engine, file: &PolicyFile) -> Result<String, Error> {
     engine
         .add_policy(file.path.display().to_string(), file.text.clone())
-        .map_err(|e| Error::Policy { file: file.path.clone(), reason: one_line(&format!("{e:#}")) })
+        .map_err(|e| Error::Policy {
+            file: file.path.clone(),
+            reason: one_line(&format!("{e:#}")),
+        })
 }
 
 /// regorus's multi-line diagnostic (`--> file:line:col`, a source excerpt, `error: …`) as one
@@ -117,7 +127,11 @@ fn one_line(message: &str) -> String {
     let error = lines.iter().find_map(|l| l.strip_prefix("error: "));
     match (error, location) {
         (Some(error), Some(location)) => format!("{error} (at {location})"),
-        _ => lines.into_iter().filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
+        _ => lines
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -145,7 +159,10 @@ impl PolicySet {
     /// give the same version whether built in or loaded from a directory.
     ///
     /// Errors as [`PolicySet::load`]; also [`Error::PolicyDir`] when two sources share a name.
-    pub fn from_sources<N, T>(origin: &Path, sources: impl IntoIterator<Item = (N, T)>) -> Result<PolicySet, Error>
+    pub fn from_sources<N, T>(
+        origin: &Path,
+        sources: impl IntoIterator<Item = (N, T)>,
+    ) -> Result<PolicySet, Error>
     where
         N: Into<String>,
         T: Into<String>,
@@ -154,14 +171,21 @@ impl PolicySet {
             .into_iter()
             .map(|(name, text)| {
                 let name = name.into();
-                PolicyFile { path: origin.join(&name), name, text: text.into() }
+                PolicyFile {
+                    path: origin.join(&name),
+                    name,
+                    text: text.into(),
+                }
             })
             .collect();
         files.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(pair) = files.windows(2).find(|w| w[0].name == w[1].name) {
             return Err(Error::PolicyDir {
                 dir: origin.to_path_buf(),
-                reason: format!("two policies are named {}; give each file its own name", pair[0].name),
+                reason: format!(
+                    "two policies are named {}; give each file its own name",
+                    pair[0].name
+                ),
             });
         }
         Self::prepare(origin, files)
@@ -196,7 +220,10 @@ impl PolicySet {
             for rule in [DENY_RULE, APPROVAL_RULE] {
                 let declared = engine
                     .has_declared_rule_rooted_at(&source, rule)
-                    .map_err(|e| Error::Policy { file: file.path.clone(), reason: format!("{e:#}") })?;
+                    .map_err(|e| Error::Policy {
+                        file: file.path.clone(),
+                        reason: format!("{e:#}"),
+                    })?;
                 if declared {
                     rules.insert((package.clone(), rule));
                 }
@@ -217,10 +244,12 @@ impl PolicySet {
         // surface at startup, not on the first plan) and leaves a prepared engine to clone.
         set.engine.set_input(Value::new_object());
         for (package, rule) in set.rules.clone() {
-            set.engine.eval_rule(format!("{package}.{rule}")).map_err(|e| Error::Policy {
-                file: origin.to_path_buf(),
-                reason: format!("evaluating {package}.{rule} on an empty input failed: {e:#}"),
-            })?;
+            set.engine
+                .eval_rule(format!("{package}.{rule}"))
+                .map_err(|e| Error::Policy {
+                    file: origin.to_path_buf(),
+                    reason: format!("evaluating {package}.{rule} on an empty input failed: {e:#}"),
+                })?;
         }
         Ok(set)
     }
@@ -250,7 +279,11 @@ impl PolicySet {
         let mut approval = BTreeSet::new();
         for (package, rule) in &self.rules {
             let path = format!("{package}.{rule}");
-            let out = if *rule == DENY_RULE { &mut deny } else { &mut approval };
+            let out = if *rule == DENY_RULE {
+                &mut deny
+            } else {
+                &mut approval
+            };
             match engine.eval_rule(path.clone()) {
                 Ok(value) => collect_reasons(&value, out),
                 Err(e) => {
@@ -260,7 +293,10 @@ impl PolicySet {
                 }
             }
         }
-        PolicyOutcome { deny: deny.into_iter().collect(), require_approval: approval.into_iter().collect() }
+        PolicyOutcome {
+            deny: deny.into_iter().collect(),
+            require_approval: approval.into_iter().collect(),
+        }
     }
 
     /// A [`PolicyDecision`] record of `outcome` under this policy set.
@@ -411,7 +447,10 @@ pub fn run_policy_tests(dir: &Path) -> Result<Vec<PolicyTest>, Error> {
         let source = file.path.display().to_string();
         for name in test_rule_candidates(&file.text) {
             // The text scan only proposes names; regorus confirms they are rules of the file.
-            if engine.has_declared_rule_rooted_at(&source, &name).unwrap_or(false) {
+            if engine
+                .has_declared_rule_rooted_at(&source, &name)
+                .unwrap_or(false)
+            {
                 found.push((file.name.clone(), package.clone(), name));
             }
         }
@@ -422,11 +461,20 @@ pub fn run_policy_tests(dir: &Path) -> Result<Vec<PolicyTest>, Error> {
         engine.set_input(Value::new_object());
         let failure = match engine.eval_rule(format!("{package}.{name}")) {
             Ok(Value::Bool(true)) => None,
-            Ok(Value::Undefined) => Some("undefined (a condition in its body was false)".to_string()),
-            Ok(other) => Some(format!("evaluated to {}", other.to_json_str().unwrap_or_default())),
+            Ok(Value::Undefined) => {
+                Some("undefined (a condition in its body was false)".to_string())
+            }
+            Ok(other) => Some(format!(
+                "evaluated to {}",
+                other.to_json_str().unwrap_or_default()
+            )),
             Err(e) => Some(format!("error: {e:#}")),
         };
-        results.push(PolicyTest { file, name, failure });
+        results.push(PolicyTest {
+            file,
+            name,
+            failure,
+        });
     }
     Ok(results)
 }
@@ -435,7 +483,11 @@ pub fn run_policy_tests(dir: &Path) -> Result<Vec<PolicyTest>, Error> {
 fn test_rule_candidates(text: &str) -> BTreeSet<String> {
     text.lines()
         .filter(|l| l.starts_with("test_"))
-        .map(|l| l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
+        .map(|l| {
+            l.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
         .collect()
 }
 
@@ -443,14 +495,20 @@ fn test_rule_candidates(text: &str) -> BTreeSet<String> {
 mod tests {
     use super::*;
     use baton_proto::{
-        Action, AgentRun, Artifact, Asset, HealthCheck, NoopAction, Phase, Plan, Risk, SandboxRun, Step,
-        TaskSpec,
+        Action, AgentRun, Artifact, Asset, HealthCheck, NoopAction, Phase, Plan, Risk, SandboxRun,
+        Step, TaskSpec,
     };
 
     fn step(asset: &str, rollback: bool) -> Step {
-        let noop = || Action { kind: Some(action::Kind::Noop(NoopAction {})), ..Default::default() };
+        let noop = || Action {
+            kind: Some(action::Kind::Noop(NoopAction {})),
+            ..Default::default()
+        };
         Step {
-            asset: Some(Asset { id: asset.into(), ..Default::default() }),
+            asset: Some(Asset {
+                id: asset.into(),
+                ..Default::default()
+            }),
             action: Some(noop()),
             rollback: rollback.then(noop),
             health_check: (!rollback).then(HealthCheck::default),
@@ -462,7 +520,11 @@ mod tests {
     fn input_document_has_the_documented_shape() {
         let proposed = PlanProposed {
             task: None,
-            spec: Some(TaskSpec { environment: "staging".into(), risk: Risk::High as i32, ..Default::default() }),
+            spec: Some(TaskSpec {
+                environment: "staging".into(),
+                risk: Risk::High as i32,
+                ..Default::default()
+            }),
             plan: Some(Plan {
                 total_assets: 4,
                 phases: vec![Phase {
@@ -471,10 +533,24 @@ mod tests {
                     steps: vec![step("a", true), step("a", false), step("b", false)],
                 }],
                 artifacts: vec![
-                    Artifact { name: "x.py".into(), sandbox_run: Some(SandboxRun { exit_code: 2, ..Default::default() }), ..Default::default() },
-                    Artifact { name: "r.md".into(), ..Default::default() },
+                    Artifact {
+                        name: "x.py".into(),
+                        sandbox_run: Some(SandboxRun {
+                            exit_code: 2,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    Artifact {
+                        name: "r.md".into(),
+                        ..Default::default()
+                    },
                 ],
-                agent_run: Some(AgentRun { kind: "llm".into(), agent: "gpt@1".into(), ..Default::default() }),
+                agent_run: Some(AgentRun {
+                    kind: "llm".into(),
+                    agent: "gpt@1".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         };
@@ -495,7 +571,10 @@ mod tests {
         assert_eq!(phase["steps"][1]["has_rollback"], false);
         assert_eq!(doc["plan"]["artifacts"][0]["sandbox_exit_code"], 2);
         assert!(doc["plan"]["artifacts"][1]["sandbox_exit_code"].is_null());
-        assert_eq!(doc["plan"]["agent"], json!({"kind": "llm", "name": "gpt@1"}));
+        assert_eq!(
+            doc["plan"]["agent"],
+            json!({"kind": "llm", "name": "gpt@1"})
+        );
     }
 
     #[test]

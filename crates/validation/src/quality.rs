@@ -36,12 +36,20 @@ pub fn structural(plan: &Plan, notes: &mut Vec<String>) -> u32 {
             steps += 1;
             let asset = step.asset.as_ref().map(|a| a.id.as_str()).unwrap_or("");
             if asset.is_empty() {
-                problems.push(format!("step {} of phase \"{}\" has no asset id", i + 1, phase.name));
+                problems.push(format!(
+                    "step {} of phase \"{}\" has no asset id",
+                    i + 1,
+                    phase.name
+                ));
             } else if !seen.insert(asset) {
                 problems.push(format!("asset \"{asset}\" appears in more than one step"));
             }
             if step.action.as_ref().and_then(|a| a.kind.as_ref()).is_none() {
-                problems.push(format!("step {} of phase \"{}\" has no action", i + 1, phase.name));
+                problems.push(format!(
+                    "step {} of phase \"{}\" has no action",
+                    i + 1,
+                    phase.name
+                ));
             }
         }
     }
@@ -51,7 +59,9 @@ pub fn structural(plan: &Plan, notes: &mut Vec<String>) -> u32 {
             plan.total_assets
         ));
     }
-    let lost = (problems.len() as u32).saturating_mul(STRUCTURAL_PENALTY).min(DIMENSION_MAX);
+    let lost = (problems.len() as u32)
+        .saturating_mul(STRUCTURAL_PENALTY)
+        .min(DIMENSION_MAX);
     for p in problems {
         notes.push(format!("structural: {p} (-{STRUCTURAL_PENALTY})"));
     }
@@ -62,7 +72,10 @@ pub fn structural(plan: &Plan, notes: &mut Vec<String>) -> u32 {
 /// 10 when they asked for approval only; 0 when any `deny` fired.
 pub fn policy_compliance(outcome: &PolicyOutcome, notes: &mut Vec<String>) -> u32 {
     if !outcome.deny.is_empty() {
-        notes.push(format!("policy compliance: {} deny reason(s) (0 of 20)", outcome.deny.len()));
+        notes.push(format!(
+            "policy compliance: {} deny reason(s) (0 of 20)",
+            outcome.deny.len()
+        ));
         0
     } else if !outcome.require_approval.is_empty() {
         notes.push(format!(
@@ -110,7 +123,11 @@ pub fn human_review(plan: &Plan, notes: &mut Vec<String>) -> u32 {
     if run.kind == "runbook" {
         DIMENSION_MAX
     } else {
-        let kind = if run.kind.is_empty() { "unknown" } else { run.kind.as_str() };
+        let kind = if run.kind.is_empty() {
+            "unknown"
+        } else {
+            run.kind.as_str()
+        };
         notes.push(format!(
             "human review: the plan comes from a {kind} agent, not a reviewed runbook (0 of 20)"
         ));
@@ -150,7 +167,10 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { auto_approve: 80, with_approval: 60 }
+        Thresholds {
+            auto_approve: 80,
+            with_approval: 60,
+        }
     }
 }
 
@@ -174,7 +194,10 @@ pub fn verdict(
     let (name, t) = match environment {
         "development" => {
             return if reasons.is_empty() {
-                (Verdict::Approved, vec![format!("quality {total}, no approval required")])
+                (
+                    Verdict::Approved,
+                    vec![format!("quality {total}, no approval required")],
+                )
             } else {
                 (Verdict::AwaitingApproval, reasons)
             };
@@ -185,11 +208,17 @@ pub fn verdict(
     if total < t.with_approval {
         return (
             Verdict::Rejected,
-            vec![format!("quality score {total} is below {}, the minimum for {name}", t.with_approval)],
+            vec![format!(
+                "quality score {total} is below {}, the minimum for {name}",
+                t.with_approval
+            )],
         );
     }
     if total >= t.auto_approve && reasons.is_empty() {
-        return (Verdict::Approved, vec![format!("quality {total}, no approval required")]);
+        return (
+            Verdict::Approved,
+            vec![format!("quality {total}, no approval required")],
+        );
     }
     if total < t.auto_approve {
         reasons.push(format!(
@@ -209,8 +238,14 @@ mod tests {
 
     fn step(asset: &str, health: bool) -> Step {
         Step {
-            asset: Some(Asset { id: asset.into(), ..Default::default() }),
-            action: Some(Action { kind: Some(action::Kind::Noop(NoopAction {})), ..Default::default() }),
+            asset: Some(Asset {
+                id: asset.into(),
+                ..Default::default()
+            }),
+            action: Some(Action {
+                kind: Some(action::Kind::Noop(NoopAction {})),
+                ..Default::default()
+            }),
             rollback: None,
             health_check: health.then(HealthCheck::default),
             reason: String::new(),
@@ -222,10 +257,17 @@ mod tests {
             phases: phases
                 .into_iter()
                 .enumerate()
-                .map(|(i, steps)| Phase { name: format!("p{i}"), kind: PhaseKind::Wave as i32, steps })
+                .map(|(i, steps)| Phase {
+                    name: format!("p{i}"),
+                    kind: PhaseKind::Wave as i32,
+                    steps,
+                })
                 .collect(),
             total_assets: total,
-            agent_run: Some(AgentRun { kind: agent.into(), ..Default::default() }),
+            agent_run: Some(AgentRun {
+                kind: agent.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -236,14 +278,32 @@ mod tests {
 
     #[test]
     fn well_formed_runbook_plan_scores_90() {
-        let p = plan(vec![vec![step("a", true)], vec![step("b", true), step("c", true)]], 3, "runbook");
+        let p = plan(
+            vec![
+                vec![step("a", true)],
+                vec![step("b", true), step("c", true)],
+            ],
+            3,
+            "runbook",
+        );
         let s = score(&p, &clean());
         assert_eq!(
-            (s.structural, s.policy_compliance, s.test_coverage, s.operational_history, s.human_review),
+            (
+                s.structural,
+                s.policy_compliance,
+                s.test_coverage,
+                s.operational_history,
+                s.human_review
+            ),
             (20, 20, 20, 10, 20)
         );
         assert_eq!(s.total, 90);
-        assert_eq!(s.notes.len(), 1, "only the neutral history note: {:?}", s.notes);
+        assert_eq!(
+            s.notes.len(),
+            1,
+            "only the neutral history note: {:?}",
+            s.notes
+        );
     }
 
     #[test]
@@ -253,15 +313,34 @@ mod tests {
         let mut no_asset = step("", true);
         no_asset.asset = None;
         // duplicate "a", missing action, missing asset, empty phase, 5 steps > 2 assets.
-        let p = plan(vec![vec![step("a", true), step("a", true), no_action, no_asset], vec![]], 2, "runbook");
+        let p = plan(
+            vec![
+                vec![step("a", true), step("a", true), no_action, no_asset],
+                vec![],
+            ],
+            2,
+            "runbook",
+        );
         let mut notes = Vec::new();
         assert_eq!(structural(&p, &mut notes), 0);
         assert_eq!(notes.len(), 5, "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("asset \"a\" appears in more than one step")));
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("asset \"a\" appears in more than one step"))
+        );
         assert!(notes.iter().any(|n| n.contains("has no action")));
         assert!(notes.iter().any(|n| n.contains("has no asset id")));
-        assert!(notes.iter().any(|n| n.contains("phase \"p1\" has no steps")));
-        assert!(notes.iter().any(|n| n.contains("4 steps but only 2 assets")));
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("phase \"p1\" has no steps"))
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("4 steps but only 2 assets"))
+        );
 
         let one_problem = plan(vec![vec![step("a", true)], vec![]], 5, "runbook");
         assert_eq!(structural(&one_problem, &mut Vec::new()), 15);
@@ -269,8 +348,14 @@ mod tests {
 
     #[test]
     fn policy_compliance_bands() {
-        let approval = PolicyOutcome { require_approval: vec!["x".into()], ..Default::default() };
-        let deny = PolicyOutcome { deny: vec!["no".into()], require_approval: vec!["x".into()] };
+        let approval = PolicyOutcome {
+            require_approval: vec!["x".into()],
+            ..Default::default()
+        };
+        let deny = PolicyOutcome {
+            deny: vec!["no".into()],
+            require_approval: vec!["x".into()],
+        };
         assert_eq!(policy_compliance(&clean(), &mut Vec::new()), 20);
         assert_eq!(policy_compliance(&approval, &mut Vec::new()), 10);
         assert_eq!(policy_compliance(&deny, &mut Vec::new()), 0);
@@ -280,38 +365,72 @@ mod tests {
     fn test_coverage_is_the_share_of_checked_steps() {
         let half = plan(vec![vec![step("a", true), step("b", false)]], 2, "runbook");
         assert_eq!(test_coverage(&half, &mut Vec::new()), 10);
-        let third = plan(vec![vec![step("a", true), step("b", false), step("c", false)]], 3, "runbook");
+        let third = plan(
+            vec![vec![step("a", true), step("b", false), step("c", false)]],
+            3,
+            "runbook",
+        );
         assert_eq!(test_coverage(&third, &mut Vec::new()), 6, "rounded down");
-        assert_eq!(test_coverage(&plan(vec![], 0, "runbook"), &mut Vec::new()), 20);
+        assert_eq!(
+            test_coverage(&plan(vec![], 0, "runbook"), &mut Vec::new()),
+            20
+        );
     }
 
     #[test]
     fn human_review_only_for_runbooks() {
-        assert_eq!(human_review(&plan(vec![], 0, "runbook"), &mut Vec::new()), 20);
+        assert_eq!(
+            human_review(&plan(vec![], 0, "runbook"), &mut Vec::new()),
+            20
+        );
         let mut notes = Vec::new();
         assert_eq!(human_review(&plan(vec![], 0, "llm"), &mut notes), 0);
         assert!(notes[0].contains("llm agent"), "{notes:?}");
     }
 
     fn v(env: &str, total: u32, outcome: &PolicyOutcome) -> (Verdict, Vec<String>) {
-        verdict(env, total, outcome, Thresholds { auto_approve: 60, with_approval: 40 }, Thresholds::default())
+        verdict(
+            env,
+            total,
+            outcome,
+            Thresholds {
+                auto_approve: 60,
+                with_approval: 40,
+            },
+            Thresholds::default(),
+        )
     }
 
     #[test]
     fn verdict_bands_per_environment() {
-        let approval = PolicyOutcome { require_approval: vec!["human please".into()], ..Default::default() };
-        let deny = PolicyOutcome { deny: vec!["no".into()], ..Default::default() };
-        assert_eq!(v("production", 100, &deny), (Verdict::Rejected, vec!["no".to_string()]));
+        let approval = PolicyOutcome {
+            require_approval: vec!["human please".into()],
+            ..Default::default()
+        };
+        let deny = PolicyOutcome {
+            deny: vec!["no".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            v("production", 100, &deny),
+            (Verdict::Rejected, vec!["no".to_string()])
+        );
         assert_eq!(v("development", 0, &deny).0, Verdict::Rejected);
 
         assert_eq!(v("production", 80, &clean()).0, Verdict::Approved);
-        assert_eq!(v("production", 80, &clean()).1, ["quality 80, no approval required"]);
+        assert_eq!(
+            v("production", 80, &clean()).1,
+            ["quality 80, no approval required"]
+        );
         assert_eq!(v("production", 90, &approval).0, Verdict::AwaitingApproval);
         assert_eq!(v("production", 79, &clean()).0, Verdict::AwaitingApproval);
         assert_eq!(v("production", 60, &approval).0, Verdict::AwaitingApproval);
         assert_eq!(
             v("production", 55, &approval),
-            (Verdict::Rejected, vec!["quality score 55 is below 60, the minimum for production".to_string()])
+            (
+                Verdict::Rejected,
+                vec!["quality score 55 is below 60, the minimum for production".to_string()]
+            )
         );
 
         assert_eq!(v("staging", 60, &clean()).0, Verdict::Approved);
@@ -320,7 +439,10 @@ mod tests {
         assert_eq!(v("staging", 39, &clean()).0, Verdict::Rejected);
 
         assert_eq!(v("development", 0, &clean()).0, Verdict::Approved);
-        assert_eq!(v("development", 0, &approval), (Verdict::AwaitingApproval, vec!["human please".to_string()]));
+        assert_eq!(
+            v("development", 0, &approval),
+            (Verdict::AwaitingApproval, vec!["human please".to_string()])
+        );
 
         // An environment no policy rejected is held to production's bar.
         assert_eq!(v("moon", 70, &clean()).0, Verdict::AwaitingApproval);

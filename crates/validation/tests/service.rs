@@ -5,9 +5,9 @@ use async_nats::jetstream::consumer::pull;
 use baton_bus::testing::TestNats;
 use baton_proto::approval_service_client::ApprovalServiceClient;
 use baton_proto::{
-    Action, AgentRun, Approval, ApproveRequest, Asset, Event, HealthCheck, HttpAction, ListPendingRequest,
-    NoopAction, PendingApproval, Phase, PhaseKind, Plan, PlanProposed, RejectRequest, Risk, Step,
-    Task, TaskSpec, Trigger, Verdict, action, event::Body, subject,
+    Action, AgentRun, Approval, ApproveRequest, Asset, Event, HealthCheck, HttpAction,
+    ListPendingRequest, NoopAction, PendingApproval, Phase, PhaseKind, Plan, PlanProposed,
+    RejectRequest, Risk, Step, Task, TaskSpec, Trigger, Verdict, action, event::Body, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
@@ -23,7 +23,10 @@ use tonic::transport::Channel;
 const TENANT: &str = "acme";
 
 fn auth_config() -> AuthConfig {
-    AuthConfig { hs256_secret: "x".repeat(32), ..Default::default() }
+    AuthConfig {
+        hs256_secret: "x".repeat(32),
+        ..Default::default()
+    }
 }
 
 /// The default configuration: the built-in policies.
@@ -44,8 +47,14 @@ impl Harness {
     async fn start() -> Harness {
         let nats = TestNats::start().await;
         let metrics = Arc::new(Metrics::default());
-        let ctx = Context::new(nats.bus.clone(), Authenticator::new(&auth_config()).unwrap(), metrics.clone());
-        let svc = Validation::new(ctx, config()).await.expect("validation starts");
+        let ctx = Context::new(
+            nats.bus.clone(),
+            Authenticator::new(&auth_config()).unwrap(),
+            metrics.clone(),
+        );
+        let svc = Validation::new(ctx, config())
+            .await
+            .expect("validation starts");
         let shutdown = CancellationToken::new();
         let mut routes = tonic::service::RoutesBuilder::default();
         svc.add_grpc(&mut routes);
@@ -61,8 +70,16 @@ impl Harness {
             let shutdown = shutdown.clone();
             async move { svc.run(shutdown).await.expect("consumer runs") }
         });
-        let client = ApprovalServiceClient::connect(format!("http://{addr}")).await.unwrap();
-        Harness { nats, auth: Authenticator::new(&auth_config()).unwrap(), metrics, client, shutdown }
+        let client = ApprovalServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Harness {
+            nats,
+            auth: Authenticator::new(&auth_config()).unwrap(),
+            metrics,
+            client,
+            shutdown,
+        }
     }
 
     fn token(&self, sub: &str, tenant: &str, roles: &[Role]) -> String {
@@ -70,14 +87,21 @@ impl Harness {
     }
 
     async fn propose(&self, event: &Event) {
-        self.nats.bus.publish(subject::TASK_PROPOSED, event).await.unwrap();
+        self.nats
+            .bus
+            .publish(subject::TASK_PROPOSED, event)
+            .await
+            .unwrap();
     }
 
     /// The first event on `subject` (waits up to 10 s for it).
     async fn next_on(&self, subject: &str) -> Event {
         let stream = self.nats.bus.jetstream().get_stream("BATON").await.unwrap();
         let consumer = stream
-            .create_consumer(pull::Config { filter_subject: subject.into(), ..Default::default() })
+            .create_consumer(pull::Config {
+                filter_subject: subject.into(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         let mut messages = consumer.messages().await.unwrap();
@@ -93,13 +117,21 @@ impl Harness {
     async fn count_on(&self, subject: &str) -> u64 {
         let stream = self.nats.bus.jetstream().get_stream("BATON").await.unwrap();
         let info = stream.info_with_subjects(subject).await.unwrap();
-        let counts: Vec<(String, usize)> = info.collect::<Vec<_>>().await.into_iter().map(|r| r.unwrap()).collect();
+        let counts: Vec<(String, usize)> = info
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
         counts.into_iter().map(|(_, n)| n as u64).sum()
     }
 
     async fn stored(&self, task_id: &str) -> Option<Stored> {
         let kv = self.nats.bus.key_value(APPROVALS_BUCKET, 5).await.unwrap();
-        kv.get(task_id).await.unwrap().map(|b| Stored::decode(b.as_ref()).unwrap())
+        kv.get(task_id)
+            .await
+            .unwrap()
+            .map(|b| Stored::decode(b.as_ref()).unwrap())
     }
 
     /// The pending approval of `task_id`, if it is still undecided.
@@ -120,7 +152,14 @@ impl Harness {
 
     /// Proposes a high-risk production plan and waits until it awaits approval.
     async fn awaiting(&self, task_id: &str) {
-        self.propose(&proposed(task_id, "production", Risk::High, safe_phases(), 10)).await;
+        self.propose(&proposed(
+            task_id,
+            "production",
+            Risk::High,
+            safe_phases(),
+            10,
+        ))
+        .await;
         tokio::time::timeout(Duration::from_secs(10), async {
             while self.pending(task_id).await.is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -138,13 +177,28 @@ impl Harness {
             return vec![];
         }
         let consumer = stream
-            .create_consumer(pull::Config { filter_subject: subject.into(), ..Default::default() })
+            .create_consumer(pull::Config {
+                filter_subject: subject.into(),
+                ..Default::default()
+            })
             .await
             .unwrap();
-        let mut batch = consumer.fetch().max_messages(n as usize).messages().await.unwrap();
+        let mut batch = consumer
+            .fetch()
+            .max_messages(n as usize)
+            .messages()
+            .await
+            .unwrap();
         let mut ids = Vec::new();
-        while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), batch.next()).await.unwrap() {
-            ids.push(baton_bus::decode_event(&msg.unwrap().payload).unwrap().event_id);
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), batch.next())
+            .await
+            .unwrap()
+        {
+            ids.push(
+                baton_bus::decode_event(&msg.unwrap().payload)
+                    .unwrap()
+                    .event_id,
+            );
         }
         ids
     }
@@ -152,7 +206,9 @@ impl Harness {
     fn verdicts(&self, verdict: &str) -> u64 {
         self.metrics
             .policy_decisions
-            .get_or_create(&baton_runtime::metrics::VerdictLabels { verdict: verdict.into() })
+            .get_or_create(&baton_runtime::metrics::VerdictLabels {
+                verdict: verdict.into(),
+            })
             .get()
     }
 }
@@ -165,7 +221,8 @@ impl Drop for Harness {
 
 fn with_token<T>(body: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(body);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
 
@@ -180,26 +237,46 @@ fn http_step(asset: &str) -> Step {
         })),
     };
     Step {
-        asset: Some(Asset { id: asset.into(), name: asset.into(), ..Default::default() }),
+        asset: Some(Asset {
+            id: asset.into(),
+            name: asset.into(),
+            ..Default::default()
+        }),
         action: Some(action("apply")),
         rollback: Some(action("rollback")),
-        health_check: Some(HealthCheck { url: format!("http://127.0.0.1:1/{asset}/health"), ..Default::default() }),
+        health_check: Some(HealthCheck {
+            url: format!("http://127.0.0.1:1/{asset}/health"),
+            ..Default::default()
+        }),
         reason: "drifted".into(),
     }
 }
 
 fn phase(name: &str, kind: PhaseKind, assets: &[&str]) -> Phase {
-    Phase { name: name.into(), kind: kind as i32, steps: assets.iter().map(|a| http_step(a)).collect() }
+    Phase {
+        name: name.into(),
+        kind: kind as i32,
+        steps: assets.iter().map(|a| http_step(a)).collect(),
+    }
 }
 
 /// A `plan_proposed` event from a runbook agent.
-fn proposed(task_id: &str, environment: &str, risk: Risk, phases: Vec<Phase>, total_assets: u32) -> Event {
+fn proposed(
+    task_id: &str,
+    environment: &str,
+    risk: Risk,
+    phases: Vec<Phase>,
+    total_assets: u32,
+) -> Event {
     let body = Body::PlanProposed(PlanProposed {
         task: Some(Task {
             task_id: task_id.into(),
             tenant: TENANT.into(),
             submitted_by: "sam".into(),
-            trigger: Some(Trigger { text: "fix drift on web".into(), ..Default::default() }),
+            trigger: Some(Trigger {
+                text: "fix drift on web".into(),
+                ..Default::default()
+            }),
             received_at: Some(baton_proto::now()),
         }),
         spec: Some(TaskSpec {
@@ -217,7 +294,11 @@ fn proposed(task_id: &str, environment: &str, risk: Risk, phases: Vec<Phase>, to
             phases,
             total_assets,
             artifacts: vec![],
-            agent_run: Some(AgentRun { kind: "runbook".into(), agent: "drift-runbook@1".into(), ..Default::default() }),
+            agent_run: Some(AgentRun {
+                kind: "runbook".into(),
+                agent: "drift-runbook@1".into(),
+                ..Default::default()
+            }),
         }),
     });
     let mut event = Event::first(task_id, TENANT, "proposed", "agent-runner", body);
@@ -235,7 +316,9 @@ fn safe_phases() -> Vec<Phase> {
 }
 
 fn rejected_reasons(event: &Event) -> Vec<String> {
-    let Some(Body::TaskRejected(r)) = &event.body else { panic!("not a rejection: {event:?}") };
+    let Some(Body::TaskRejected(r)) = &event.body else {
+        panic!("not a rejection: {event:?}")
+    };
     assert_eq!(r.validation.as_ref().unwrap().verdict(), Verdict::Rejected);
     r.reasons.clone()
 }
@@ -244,18 +327,33 @@ fn rejected_reasons(event: &Event) -> Vec<String> {
 async fn production_plan_without_canary_is_rejected_with_the_policy_message() {
     let h = Harness::start().await;
     let phases = vec![phase("wave 1", PhaseKind::Wave, &["web-01", "web-02"])];
-    h.propose(&proposed("t-nocanary", "production", Risk::Low, phases, 10)).await;
+    h.propose(&proposed("t-nocanary", "production", Risk::Low, phases, 10))
+        .await;
     let event = h.next_on(subject::TASK_REJECTED).await;
     assert_eq!(event.event_id, "t-nocanary.rejected");
     assert_eq!(event.causation_id, "t-nocanary.proposed");
     assert_eq!(event.producer, "validation");
-    assert_eq!(rejected_reasons(&event), ["production plans must start with a canary phase"]);
-    let Some(Body::TaskRejected(r)) = &event.body else { unreachable!() };
+    assert_eq!(
+        rejected_reasons(&event),
+        ["production plans must start with a canary phase"]
+    );
+    let Some(Body::TaskRejected(r)) = &event.body else {
+        unreachable!()
+    };
     let policy = r.validation.as_ref().unwrap().policy.as_ref().unwrap();
     assert!(!policy.allowed);
     assert_eq!(policy.policies, ["production_safety.rego"]);
     assert_eq!(policy.policy_version.len(), 64);
-    assert_eq!(r.validation.as_ref().unwrap().quality.as_ref().unwrap().policy_compliance, 0);
+    assert_eq!(
+        r.validation
+            .as_ref()
+            .unwrap()
+            .quality
+            .as_ref()
+            .unwrap()
+            .policy_compliance,
+        0
+    );
     assert_eq!(h.verdicts("rejected"), 1);
 }
 
@@ -266,7 +364,8 @@ async fn production_phase_over_20_percent_is_rejected() {
         phase("canary", PhaseKind::Canary, &["web-01"]),
         phase("wave 1", PhaseKind::Wave, &["web-02", "web-03", "web-04"]),
     ];
-    h.propose(&proposed("t-bigwave", "production", Risk::Low, phases, 10)).await;
+    h.propose(&proposed("t-bigwave", "production", Risk::Low, phases, 10))
+        .await;
     let event = h.next_on(subject::TASK_REJECTED).await;
     assert_eq!(
         rejected_reasons(&event),
@@ -277,7 +376,8 @@ async fn production_phase_over_20_percent_is_rejected() {
 #[tokio::test]
 async fn unknown_environment_is_rejected() {
     let h = Harness::start().await;
-    h.propose(&proposed("t-moon", "moon", Risk::Low, safe_phases(), 10)).await;
+    h.propose(&proposed("t-moon", "moon", Risk::Low, safe_phases(), 10))
+        .await;
     let event = h.next_on(subject::TASK_REJECTED).await;
     assert_eq!(
         rejected_reasons(&event),
@@ -289,15 +389,25 @@ async fn unknown_environment_is_rejected() {
 async fn development_low_risk_noop_plan_is_approved_by_policy() {
     let h = Harness::start().await;
     let mut step = http_step("dev-01");
-    step.action = Some(Action { kind: Some(action::Kind::Noop(NoopAction {})), ..Default::default() });
+    step.action = Some(Action {
+        kind: Some(action::Kind::Noop(NoopAction {})),
+        ..Default::default()
+    });
     step.rollback = None;
     step.health_check = None;
-    let phases = vec![Phase { name: "all".into(), kind: PhaseKind::Wave as i32, steps: vec![step] }];
-    h.propose(&proposed("t-dev", "development", Risk::Low, phases, 1)).await;
+    let phases = vec![Phase {
+        name: "all".into(),
+        kind: PhaseKind::Wave as i32,
+        steps: vec![step],
+    }];
+    h.propose(&proposed("t-dev", "development", Risk::Low, phases, 1))
+        .await;
     let event = h.next_on(subject::TASK_APPROVED).await;
     assert_eq!(event.event_id, "t-dev.approved");
     assert_eq!(event.causation_id, "t-dev.proposed");
-    let Some(Body::TaskApproved(a)) = event.body else { panic!("not approved: {event:?}") };
+    let Some(Body::TaskApproved(a)) = event.body else {
+        panic!("not approved: {event:?}")
+    };
     let approval = a.approval.unwrap();
     assert_eq!(approval.approver, "policy");
     assert!(approval.approved);
@@ -315,31 +425,80 @@ async fn development_low_risk_noop_plan_is_approved_by_policy() {
 #[tokio::test]
 async fn high_risk_production_plan_waits_then_a_human_approves_it() {
     let mut h = Harness::start().await;
-    h.propose(&proposed("t-gate", "production", Risk::High, safe_phases(), 10)).await;
+    h.propose(&proposed(
+        "t-gate",
+        "production",
+        Risk::High,
+        safe_phases(),
+        10,
+    ))
+    .await;
     let event = h.next_on(subject::TASK_AWAITING_APPROVAL).await;
     assert_eq!(event.event_id, "t-gate.awaiting_approval");
-    let Some(Body::AwaitingApproval(w)) = &event.body else { panic!("{event:?}") };
+    let Some(Body::AwaitingApproval(w)) = &event.body else {
+        panic!("{event:?}")
+    };
     let pending = w.pending.clone().unwrap();
     assert_eq!(
         pending.validation.as_ref().unwrap().reasons,
         ["high-risk change in production needs a human approval"]
     );
-    assert_eq!(pending.validation.as_ref().unwrap().quality.as_ref().unwrap().total, 80);
+    assert_eq!(
+        pending
+            .validation
+            .as_ref()
+            .unwrap()
+            .quality
+            .as_ref()
+            .unwrap()
+            .total,
+        80
+    );
     let stored = h.pending("t-gate").await.expect("KV entry");
     assert_eq!(stored, pending);
-    assert_eq!((stored.tenant.as_str(), stored.submitted_by.as_str()), (TENANT, "sam"));
+    assert_eq!(
+        (stored.tenant.as_str(), stored.submitted_by.as_str()),
+        (TENANT, "sam")
+    );
 
     // Listing: the tenant's approver sees it; another tenant does not.
-    let mine = h.client.list_pending(with_token(ListPendingRequest {}, &h.token("ann", TENANT, &[Role::Submitter]))).await.unwrap();
-    assert_eq!(mine.into_inner().pending.iter().map(|p| p.task_id.as_str()).collect::<Vec<_>>(), ["t-gate"]);
-    let theirs = h.client.list_pending(with_token(ListPendingRequest {}, &h.token("eve", "globex", &[Role::Approver]))).await.unwrap();
+    let mine = h
+        .client
+        .list_pending(with_token(
+            ListPendingRequest {},
+            &h.token("ann", TENANT, &[Role::Submitter]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.into_inner()
+            .pending
+            .iter()
+            .map(|p| p.task_id.as_str())
+            .collect::<Vec<_>>(),
+        ["t-gate"]
+    );
+    let theirs = h
+        .client
+        .list_pending(with_token(
+            ListPendingRequest {},
+            &h.token("eve", "globex", &[Role::Approver]),
+        ))
+        .await
+        .unwrap();
     assert!(theirs.into_inner().pending.is_empty());
 
     // A submitter may not approve; nothing is published.
     let submitter = h.token("sam", TENANT, &[Role::Submitter]);
     let err = h
         .client
-        .approve(with_token(ApproveRequest { task_id: "t-gate".into(), reason: "lgtm".into() }, &submitter))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-gate".into(),
+                reason: "lgtm".into(),
+            },
+            &submitter,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
@@ -350,48 +509,88 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
     let other = h.token("eve", "globex", &[Role::Approver]);
     let err = h
         .client
-        .approve(with_token(ApproveRequest { task_id: "t-gate".into(), reason: "".into() }, &other))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-gate".into(),
+                reason: "".into(),
+            },
+            &other,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     assert_eq!(err.message(), "no plan awaiting approval for task t-gate");
 
     // Without a token: unauthenticated.
-    let err = h.client.approve(ApproveRequest { task_id: "t-gate".into(), reason: "".into() }).await.unwrap_err();
+    let err = h
+        .client
+        .approve(ApproveRequest {
+            task_id: "t-gate".into(),
+            reason: "".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     let approver = h.token("alice", TENANT, &[Role::Approver]);
     let approval = h
         .client
-        .approve(with_token(ApproveRequest { task_id: "t-gate".into(), reason: "change window open".into() }, &approver))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-gate".into(),
+                reason: "change window open".into(),
+            },
+            &approver,
+        ))
         .await
         .unwrap()
         .into_inner()
         .approval
         .unwrap();
-    assert_eq!((approval.approver.as_str(), approval.approved), ("alice", true));
+    assert_eq!(
+        (approval.approver.as_str(), approval.approved),
+        ("alice", true)
+    );
 
     let event = h.next_on(subject::TASK_APPROVED).await;
     assert_eq!(event.event_id, "t-gate.approved");
     assert_eq!(event.causation_id, "t-gate.awaiting_approval");
     assert_eq!(event.tenant, TENANT);
-    let Some(Body::TaskApproved(a)) = event.body else { panic!("{event:?}") };
+    let Some(Body::TaskApproved(a)) = event.body else {
+        panic!("{event:?}")
+    };
     let published = a.approval.unwrap();
     assert_eq!(published.approver, "alice");
     assert_eq!(published.reason, "change window open");
     assert_eq!(a.plan.unwrap().phases.len(), 3);
     assert_eq!(a.task.unwrap().task_id, "t-gate");
     assert!(h.pending("t-gate").await.is_none(), "no longer pending");
-    let decided = h.decided("t-gate").await.expect("the decision stays as the task's record");
+    let decided = h
+        .decided("t-gate")
+        .await
+        .expect("the decision stays as the task's record");
     assert!(decided.published);
     assert_eq!(decided.approval.unwrap().approver, "alice");
-    let listed = h.client.list_pending(with_token(ListPendingRequest {}, &approver)).await.unwrap();
-    assert!(listed.into_inner().pending.is_empty(), "a decided plan is not listed");
+    let listed = h
+        .client
+        .list_pending(with_token(ListPendingRequest {}, &approver))
+        .await
+        .unwrap();
+    assert!(
+        listed.into_inner().pending.is_empty(),
+        "a decided plan is not listed"
+    );
 
     // Decided: rejecting it now is refused, naming the decision.
     let err = h
         .client
-        .reject(with_token(RejectRequest { task_id: "t-gate".into(), reason: "too late".into() }, &approver))
+        .reject(with_token(
+            RejectRequest {
+                task_id: "t-gate".into(),
+                reason: "too late".into(),
+            },
+            &approver,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
@@ -400,7 +599,13 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
     // Another tenant still cannot see it.
     let err = h
         .client
-        .reject(with_token(RejectRequest { task_id: "t-gate".into(), reason: "x".into() }, &other))
+        .reject(with_token(
+            RejectRequest {
+                task_id: "t-gate".into(),
+                reason: "x".into(),
+            },
+            &other,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -414,7 +619,13 @@ async fn approve_after_approve_is_idempotent() {
     let bob = h.token("bob", TENANT, &[Role::Approver]);
     let first = h
         .client
-        .approve(with_token(ApproveRequest { task_id: "t-twice".into(), reason: "ok".into() }, &alice))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-twice".into(),
+                reason: "ok".into(),
+            },
+            &alice,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -422,13 +633,22 @@ async fn approve_after_approve_is_idempotent() {
         .unwrap();
     let second = h
         .client
-        .approve(with_token(ApproveRequest { task_id: "t-twice".into(), reason: "me too".into() }, &bob))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-twice".into(),
+                reason: "me too".into(),
+            },
+            &bob,
+        ))
         .await
         .unwrap()
         .into_inner()
         .approval
         .unwrap();
-    assert_eq!(second, first, "a repeated approval returns the decision in force");
+    assert_eq!(
+        second, first,
+        "a repeated approval returns the decision in force"
+    );
     assert_eq!(second.approver, "alice");
     assert_eq!(h.ids_on(subject::TASK_APPROVED).await, ["t-twice.approved"]);
 }
@@ -440,7 +660,9 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
     // What a process that died between claiming and publishing leaves behind.
     let kv = h.nats.bus.key_value(APPROVALS_BUCKET, 5).await.unwrap();
     let entry = kv.entry("t-crash").await.unwrap().unwrap();
-    let Ok(Stored::Pending(pending)) = Stored::decode(&entry.value) else { panic!("not pending") };
+    let Ok(Stored::Pending(pending)) = Stored::decode(&entry.value) else {
+        panic!("not pending")
+    };
     let claim = Decided {
         approval: Some(Approval {
             task_id: "t-crash".into(),
@@ -452,20 +674,34 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
         pending: Some(pending),
         published: false,
     };
-    kv.update("t-crash", Stored::Decided(claim).encode(), entry.revision).await.unwrap();
+    kv.update("t-crash", Stored::Decided(claim).encode(), entry.revision)
+        .await
+        .unwrap();
     assert_eq!(h.count_on(subject::TASK_APPROVED).await, 0);
     let listed = h
         .client
-        .list_pending(with_token(ListPendingRequest {}, &h.token("ann", TENANT, &[Role::Submitter])))
+        .list_pending(with_token(
+            ListPendingRequest {},
+            &h.token("ann", TENANT, &[Role::Submitter]),
+        ))
         .await
         .unwrap();
-    assert!(listed.into_inner().pending.is_empty(), "a claimed plan is not listed");
+    assert!(
+        listed.into_inner().pending.is_empty(),
+        "a claimed plan is not listed"
+    );
 
     // The opposite decision is refused; nothing is published.
     let bob = h.token("bob", TENANT, &[Role::Approver]);
     let err = h
         .client
-        .reject(with_token(RejectRequest { task_id: "t-crash".into(), reason: "no".into() }, &bob))
+        .reject(with_token(
+            RejectRequest {
+                task_id: "t-crash".into(),
+                reason: "no".into(),
+            },
+            &bob,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
@@ -476,18 +712,33 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
     let alice = h.token("alice", TENANT, &[Role::Approver]);
     let approval = h
         .client
-        .approve(with_token(ApproveRequest { task_id: "t-crash".into(), reason: "retry".into() }, &alice))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-crash".into(),
+                reason: "retry".into(),
+            },
+            &alice,
+        ))
         .await
         .unwrap()
         .into_inner()
         .approval
         .unwrap();
-    assert_eq!(approval.reason, "window open", "the claimed decision, not the retry's");
+    assert_eq!(
+        approval.reason, "window open",
+        "the claimed decision, not the retry's"
+    );
     let event = h.next_on(subject::TASK_APPROVED).await;
     assert_eq!(event.event_id, "t-crash.approved");
     assert!(h.decided("t-crash").await.unwrap().published);
     h.client
-        .approve(with_token(ApproveRequest { task_id: "t-crash".into(), reason: "again".into() }, &bob))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-crash".into(),
+                reason: "again".into(),
+            },
+            &bob,
+        ))
         .await
         .unwrap();
     assert_eq!(h.ids_on(subject::TASK_APPROVED).await, ["t-crash.approved"]);
@@ -505,18 +756,36 @@ async fn concurrent_approve_and_reject_decide_each_task_exactly_once() {
         h.awaiting(&task_id).await;
         // Two calls in flight at once; the server handles each in its own task.
         let (mut c1, mut c2) = (h.client.clone(), h.client.clone());
-        let approve = c1.approve(with_token(ApproveRequest { task_id: task_id.clone(), reason: "go".into() }, &alice));
-        let reject = c2.reject(with_token(RejectRequest { task_id: task_id.clone(), reason: "stop".into() }, &bob));
+        let approve = c1.approve(with_token(
+            ApproveRequest {
+                task_id: task_id.clone(),
+                reason: "go".into(),
+            },
+            &alice,
+        ));
+        let reject = c2.reject(with_token(
+            RejectRequest {
+                task_id: task_id.clone(),
+                reason: "stop".into(),
+            },
+            &bob,
+        ));
         let (approved, rejected) = tokio::join!(approve, reject);
         match (&approved, &rejected) {
             (Ok(_), Err(e)) => {
                 assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-                assert_eq!(e.message(), format!("task {task_id} was already approved by alice"));
+                assert_eq!(
+                    e.message(),
+                    format!("task {task_id} was already approved by alice")
+                );
                 winners.push((task_id, true));
             }
             (Err(e), Ok(_)) => {
                 assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-                assert_eq!(e.message(), format!("task {task_id} was already rejected by bob"));
+                assert_eq!(
+                    e.message(),
+                    format!("task {task_id} was already rejected by bob")
+                );
                 winners.push((task_id, false));
             }
             _ => panic!("{task_id}: exactly one decision must win: {approved:?} / {rejected:?}"),
@@ -525,11 +794,25 @@ async fn concurrent_approve_and_reject_decide_each_task_exactly_once() {
     let approved = h.ids_on(subject::TASK_APPROVED).await;
     let rejected = h.ids_on(subject::TASK_REJECTED).await;
     for (task_id, was_approved) in &winners {
-        let a = approved.iter().filter(|id| **id == format!("{task_id}.approved")).count();
-        let r = rejected.iter().filter(|id| **id == format!("{task_id}.rejected")).count();
-        assert_eq!((a, r), if *was_approved { (1, 0) } else { (0, 1) }, "{task_id}");
+        let a = approved
+            .iter()
+            .filter(|id| **id == format!("{task_id}.approved"))
+            .count();
+        let r = rejected
+            .iter()
+            .filter(|id| **id == format!("{task_id}.rejected"))
+            .count();
+        assert_eq!(
+            (a, r),
+            if *was_approved { (1, 0) } else { (0, 1) },
+            "{task_id}"
+        );
         let decided = h.decided(task_id).await.unwrap();
-        assert_eq!(decided.approval.unwrap().approved, *was_approved, "{task_id}");
+        assert_eq!(
+            decided.approval.unwrap().approved,
+            *was_approved,
+            "{task_id}"
+        );
     }
     assert_eq!(approved.len() + rejected.len(), TASKS);
 }
@@ -537,13 +820,26 @@ async fn concurrent_approve_and_reject_decide_each_task_exactly_once() {
 #[tokio::test]
 async fn a_human_rejection_needs_a_reason_and_publishes_the_rejection() {
     let mut h = Harness::start().await;
-    h.propose(&proposed("t-no", "production", Risk::Critical, safe_phases(), 10)).await;
+    h.propose(&proposed(
+        "t-no",
+        "production",
+        Risk::Critical,
+        safe_phases(),
+        10,
+    ))
+    .await;
     h.next_on(subject::TASK_AWAITING_APPROVAL).await;
     let approver = h.token("alice", TENANT, &[Role::Approver]);
 
     let err = h
         .client
-        .reject(with_token(RejectRequest { task_id: "t-no".into(), reason: "  ".into() }, &approver))
+        .reject(with_token(
+            RejectRequest {
+                task_id: "t-no".into(),
+                reason: "  ".into(),
+            },
+            &approver,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -552,7 +848,13 @@ async fn a_human_rejection_needs_a_reason_and_publishes_the_rejection() {
 
     let approval = h
         .client
-        .reject(with_token(RejectRequest { task_id: "t-no".into(), reason: "not during the freeze".into() }, &approver))
+        .reject(with_token(
+            RejectRequest {
+                task_id: "t-no".into(),
+                reason: "not during the freeze".into(),
+            },
+            &approver,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -562,7 +864,9 @@ async fn a_human_rejection_needs_a_reason_and_publishes_the_rejection() {
     let event = h.next_on(subject::TASK_REJECTED).await;
     assert_eq!(event.event_id, "t-no.rejected");
     assert_eq!(event.causation_id, "t-no.awaiting_approval");
-    let Some(Body::TaskRejected(r)) = event.body else { panic!("{event:?}") };
+    let Some(Body::TaskRejected(r)) = event.body else {
+        panic!("{event:?}")
+    };
     assert_eq!(r.reasons, ["not during the freeze"]);
     assert_eq!(r.approval.unwrap().approver, "alice");
     assert!(h.pending("t-no").await.is_none());
@@ -571,11 +875,24 @@ async fn a_human_rejection_needs_a_reason_and_publishes_the_rejection() {
 #[tokio::test]
 async fn a_redelivered_proposal_of_a_decided_task_does_not_reopen_it() {
     let mut h = Harness::start().await;
-    h.propose(&proposed("t-again", "production", Risk::High, safe_phases(), 10)).await;
+    h.propose(&proposed(
+        "t-again",
+        "production",
+        Risk::High,
+        safe_phases(),
+        10,
+    ))
+    .await;
     h.next_on(subject::TASK_AWAITING_APPROVAL).await;
     let approver = h.token("alice", TENANT, &[Role::Approver]);
     h.client
-        .approve(with_token(ApproveRequest { task_id: "t-again".into(), reason: "ok".into() }, &approver))
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-again".into(),
+                reason: "ok".into(),
+            },
+            &approver,
+        ))
         .await
         .unwrap();
     // The same proposal again, as a new message (another id, so the stream keeps it).
@@ -586,13 +903,20 @@ async fn a_redelivered_proposal_of_a_decided_task_does_not_reopen_it() {
     let consumer = h
         .nats
         .bus
-        .pull_consumer(&baton_bus::ConsumerSpec::new("validation", "validation", subject::TASK_PROPOSED))
+        .pull_consumer(&baton_bus::ConsumerSpec::new(
+            "validation",
+            "validation",
+            subject::TASK_PROPOSED,
+        ))
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let info = consumer.clone().info().await.unwrap().clone();
-            if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.consumer_sequence >= 2 {
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.consumer_sequence >= 2
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -600,7 +924,10 @@ async fn a_redelivered_proposal_of_a_decided_task_does_not_reopen_it() {
     })
     .await
     .expect("second proposal handled");
-    assert!(h.pending("t-again").await.is_none(), "a decided task must stay decided");
+    assert!(
+        h.pending("t-again").await.is_none(),
+        "a decided task must stay decided"
+    );
     assert_eq!(h.count_on(subject::TASK_AWAITING_APPROVAL).await, 1);
 }
 
@@ -608,14 +935,31 @@ async fn a_redelivered_proposal_of_a_decided_task_does_not_reopen_it() {
 async fn a_broken_policy_dir_fails_startup_naming_the_file() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.rego"), "package baton.bad\n\ndeny contains if {\n").unwrap();
-    let ctx = Context::new(nats.bus.clone(), Authenticator::new(&auth_config()).unwrap(), Arc::new(Metrics::default()));
-    let err = Validation::new(ctx, Config { policy_dir: Some(dir.path().into()), ..Config::default() })
-        .await
-        .err()
-        .expect("startup fails");
+    std::fs::write(
+        dir.path().join("bad.rego"),
+        "package baton.bad\n\ndeny contains if {\n",
+    )
+    .unwrap();
+    let ctx = Context::new(
+        nats.bus.clone(),
+        Authenticator::new(&auth_config()).unwrap(),
+        Arc::new(Metrics::default()),
+    );
+    let err = Validation::new(
+        ctx,
+        Config {
+            policy_dir: Some(dir.path().into()),
+            ..Config::default()
+        },
+    )
+    .await
+    .err()
+    .expect("startup fails");
     let text = err.to_string();
-    assert!(matches!(err, baton_validation::Error::Policy { .. }), "{text}");
+    assert!(
+        matches!(err, baton_validation::Error::Policy { .. }),
+        "{text}"
+    );
     assert!(text.contains("bad.rego"), "{text}");
     assert!(text.contains("fix the file"), "{text}");
 }

@@ -60,10 +60,14 @@ impl FleetSpec {
 
 /// The golden configuration of the demo's web tier.
 pub fn golden_web() -> ConfigMap {
-    [("nginx_version", "1.24.0"), ("tls_min_version", "1.2"), ("worker_processes", "8")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    [
+        ("nginx_version", "1.24.0"),
+        ("tls_min_version", "1.2"),
+        ("worker_processes", "8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// A drifted variant of `golden` (older nginx, weaker TLS), different per server index.
@@ -163,8 +167,16 @@ impl Fleet {
         let shutdown = CancellationToken::new();
         let mut servers = Vec::with_capacity(spec.count);
         for i in 0..spec.count {
-            let config = if spec.drifted.contains(&i) { drifted(&spec.golden, i) } else { spec.golden.clone() };
-            let state = Arc::new(Mutex::new(ServerState { config, healthy: true, ..Default::default() }));
+            let config = if spec.drifted.contains(&i) {
+                drifted(&spec.golden, i)
+            } else {
+                spec.golden.clone()
+            };
+            let state = Arc::new(Mutex::new(ServerState {
+                config,
+                healthy: true,
+                ..Default::default()
+            }));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let app = Router::new()
@@ -176,11 +188,21 @@ impl Fleet {
                 .with_state(state.clone());
             let sd = shutdown.clone();
             tokio::spawn(async move {
-                let _ = axum::serve(listener, app).with_graceful_shutdown(sd.cancelled_owned()).await;
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(sd.cancelled_owned())
+                    .await;
             });
-            servers.push(WebServer { id: format!("{}-{:02}", spec.prefix, i + 1), addr, state });
+            servers.push(WebServer {
+                id: format!("{}-{:02}", spec.prefix, i + 1),
+                addr,
+                state,
+            });
         }
-        Ok(Fleet { spec, servers, shutdown })
+        Ok(Fleet {
+            spec,
+            servers,
+            shutdown,
+        })
     }
 
     /// The server with this id.
@@ -190,7 +212,11 @@ impl Fleet {
 
     /// Ids of servers whose configuration differs from the golden one.
     pub fn drifted_ids(&self) -> Vec<String> {
-        self.servers.iter().filter(|s| s.config() != self.spec.golden).map(|s| s.id.clone()).collect()
+        self.servers
+            .iter()
+            .filter(|s| s.config() != self.spec.golden)
+            .map(|s| s.id.clone())
+            .collect()
     }
 
     /// The inventory (TOML) the drift runbook reads: one `[groups.<group>]` with the golden
@@ -214,7 +240,14 @@ impl Fleet {
             assets: Vec<Asset<'a>>,
         }
         let inv = Inventory {
-            groups: [(self.spec.group.as_str(), Group { kind: "web_server", golden: &self.spec.golden })].into(),
+            groups: [(
+                self.spec.group.as_str(),
+                Group {
+                    kind: "web_server",
+                    golden: &self.spec.golden,
+                },
+            )]
+            .into(),
             assets: self
                 .servers
                 .iter()
@@ -238,16 +271,25 @@ impl Fleet {
 type Shared = State<Arc<Mutex<ServerState>>>;
 
 async fn get_config(State(s): Shared) -> Json<ConfigBody> {
-    Json(ConfigBody { config: s.lock().unwrap().config.clone() })
+    Json(ConfigBody {
+        config: s.lock().unwrap().config.clone(),
+    })
 }
 
-async fn put_config(State(s): Shared, headers: HeaderMap, Json(body): Json<ConfigBody>) -> Json<serde_json::Value> {
+async fn put_config(
+    State(s): Shared,
+    headers: HeaderMap,
+    Json(body): Json<ConfigBody>,
+) -> Json<serde_json::Value> {
     let delay = s.lock().unwrap().delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let mut st = s.lock().unwrap();
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let fresh = key.map(|k| st.seen_keys.insert(k)).unwrap_or(true);
     if fresh {
         st.config = body.config;
@@ -261,7 +303,11 @@ async fn put_config(State(s): Shared, headers: HeaderMap, Json(body): Json<Confi
 }
 
 async fn health(State(s): Shared) -> (StatusCode, &'static str) {
-    if s.lock().unwrap().healthy { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n") }
+    if s.lock().unwrap().healthy {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+    }
 }
 
 async fn set_health(State(s): Shared, Json(f): Json<Flag>) -> StatusCode {

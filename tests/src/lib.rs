@@ -64,8 +64,10 @@ impl Drop for DropDatabase {
 
 /// The default test configuration: free ports, quick retries, fast redelivery.
 pub fn test_config(data: &std::path::Path) -> BatonConfig {
-    let mut c = BatonConfig::default();
-    c.data_dir = data.to_path_buf();
+    let mut c = BatonConfig {
+        data_dir: data.to_path_buf(),
+        ..BatonConfig::default()
+    };
     c.nats_server.port = 0;
     c.grpc_addr = "127.0.0.1:0".parse().unwrap();
     c.http_addr = "127.0.0.1:0".parse().unwrap();

@@ -218,7 +218,7 @@ pub(crate) async fn run(
             }
             check_shape(&exec)?;
             tracing::info!(task_id = %cause.task_id, status = ?exec.status(), "resuming execution");
-            (exec, revision)
+            (*exec, revision)
         }
     };
     let mut r = Rollout {

@@ -93,7 +93,7 @@ impl Store {
         match self.create(exec).await {
             Ok(revision) => Ok(Stored::Created(revision)),
             Err(Error::Conflict { task_id }) => match self.load(&task_id).await? {
-                Some((exec, revision)) => Ok(Stored::Existing(exec, revision)),
+                Some((exec, revision)) => Ok(Stored::Existing(Box::new(exec), revision)),
                 None => Err(Error::Conflict { task_id }),
             },
             Err(e) => Err(e),
@@ -121,7 +121,7 @@ pub enum Stored {
     /// The execution given was stored, at this revision.
     Created(u64),
     /// An execution was stored already: it and its revision.
-    Existing(Execution, u64),
+    Existing(Box<Execution>, u64),
 }
 
 /// The bucket counting each task's transient handler failures.

@@ -111,7 +111,12 @@ fn is_config_key(keys: &[String], key: &str) -> bool {
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    keys.iter().any(|k| *k == first)
+    keys.contains(&first)
+}
+
+/// Extracts the whole configuration as `T`, with a message naming the bad key.
+pub fn extract<T: DeserializeOwned>(figment: &Figment) -> Result<T, ConfigError> {
+    figment.extract().map_err(|e| ConfigError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -127,9 +132,4 @@ mod tests {
         assert!(!is_config_key(&keys, "token"));
         assert!(!is_config_key(&keys, "test_postgres_url"));
     }
-}
-
-/// Extracts the whole configuration as `T`, with a message naming the bad key.
-pub fn extract<T: DeserializeOwned>(figment: &Figment) -> Result<T, ConfigError> {
-    figment.extract().map_err(|e| ConfigError(e.to_string()))
 }

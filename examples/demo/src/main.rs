@@ -37,8 +37,10 @@ async fn main() -> anyhow::Result<()> {
         fleet.drifted_ids().join(", ")
     );
 
-    let mut config = BatonConfig::default();
-    config.data_dir = data.path().to_path_buf();
+    let mut config = BatonConfig {
+        data_dir: data.path().to_path_buf(),
+        ..BatonConfig::default()
+    };
     config.nats_server.port = 0;
     config.grpc_addr = "127.0.0.1:0".parse()?;
     config.http_addr = "127.0.0.1:0".parse()?;

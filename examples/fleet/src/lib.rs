@@ -74,7 +74,7 @@ pub fn golden_web() -> ConfigMap {
 pub fn drifted(golden: &ConfigMap, index: usize) -> ConfigMap {
     let mut c = golden.clone();
     c.insert("nginx_version".into(), "1.22.1".into());
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         c.insert("tls_min_version".into(), "1.0".into());
     }
     c

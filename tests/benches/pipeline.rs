@@ -3,7 +3,8 @@
 //! built-in no-op agent, in development (auto-approved), a no-op action, and the audit log
 //! storing every event.
 //!
-//! `cargo bench -p baton-tests --bench pipeline` (add `-- --tasks 5000` to change the load).
+//! `cargo bench -p baton-tests --bench pipeline` (add `-- --tasks 5000` to change the load,
+//! `-- --without-audit` to run the five other services only and see what the audit log costs).
 //! Prints a table: sequential latency (p50, p90, p99, max), pipelined throughput, and how
 //! long the audit log needed to catch up after the last completion.
 
@@ -21,6 +22,10 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -33,13 +38,18 @@ fn ms(d: Duration) -> String {
 async fn main() {
     let sequential = arg("--sequential", 300);
     let tasks = arg("--tasks", 3000);
+    let with_audit = !flag("--without-audit");
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.agents.noop_roles = vec!["assistant".into()];
     config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
     config.log.filter = "error".into();
     baton_runtime::telemetry::init(&config.log);
-    let baton = baton::up::Baton::start(config, &baton::up::ServiceName::ALL)
+    let services: Vec<baton::up::ServiceName> = baton::up::ServiceName::ALL
+        .into_iter()
+        .filter(|s| with_audit || *s != baton::up::ServiceName::Audit)
+        .collect();
+    let baton = baton::up::Baton::start(config, &services)
         .await
         .expect("baton starts");
     let nats = async_nats::connect(&baton.config.nats.url).await.unwrap();
@@ -89,6 +99,7 @@ async fn main() {
 
     // Pipelined: publish all, count completions.
     let nats_pid = nats_server_pid(data.path());
+    let written_0 = storage_writes();
     let (cpu_baton_0, cpu_nats_0) = (
         cpu_seconds("self"),
         nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0),
@@ -117,17 +128,24 @@ async fn main() {
     // Wait until the audit log holds every event of the run.
     let expected = audit_before + (per_task * tasks as f64).round() as u64;
     let t_audit = Instant::now();
-    while baton.ctx.metrics.audit_records.get() < expected
+    while with_audit
+        && baton.ctx.metrics.audit_records.get() < expected
         && t_audit.elapsed() < Duration::from_secs(120)
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let audit_lag = t_audit.elapsed();
+    let written = storage_writes().saturating_sub(written_0);
     let stored = baton.ctx.metrics.audit_records.get() - audit_before;
 
     println!();
     println!(
-        "Baton pipeline benchmark: 6 services in one process, nats-server (file store), SQLite audit"
+        "Baton pipeline benchmark: {} in one process, nats-server (file store)",
+        if with_audit {
+            "6 services, SQLite audit,"
+        } else {
+            "5 services (no audit)"
+        }
     );
     println!(
         "no-op agent and action, auto-approved; {} cores",
@@ -172,7 +190,11 @@ async fn main() {
         per_task
     );
     println!(
-        "| CPU, baton (6 services), pipelined  | {:>8.2} cores |",
+        "| storage writes per task (SQLite)    | {:>9.1} KB |",
+        written as f64 / tasks as f64 / 1024.0
+    );
+    println!(
+        "| CPU, baton (all services), pipelined| {:>8.2} cores |",
         cpu_baton / elapsed.as_secs_f64()
     );
     println!(
@@ -190,6 +212,17 @@ async fn main() {
         );
     }
     baton.stop().await;
+}
+
+/// Bytes this process caused to be written to storage (`write_bytes` of /proc/self/io; the
+/// SQLite audit log and its WAL — nats-server is another process).
+fn storage_writes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// User + system CPU seconds of a process (`self` or a pid), from /proc.

@@ -117,7 +117,7 @@ pub const APPROVALS_HISTORY: i64 = 5;
 pub struct Config {
     /// Directory of the Rego policies to load at startup: every `*.rego` except `*_test.rego`.
     /// Default none: the built-in policies ([`policy::BUILTIN`], the repository's `policies/`
-    /// as of the build).
+    /// as of the build). An empty path (`BATON_VALIDATION__POLICY_DIR=`) also means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_dir: Option<PathBuf>,
     /// Score thresholds for production plans (default: 80 auto-approve, 60 with approval).
@@ -146,6 +146,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The policy directory to load, `None` for the built-in policies (unset or empty).
+    pub fn policy_source(&self) -> Option<&std::path::Path> {
+        self.policy_dir
+            .as_deref()
+            .filter(|d| !d.as_os_str().is_empty())
+    }
+
     /// Checks the thresholds: each at most 100, `with_approval` ≤ `auto_approve`.
     pub fn validate(&self) -> Result<(), Error> {
         for (name, t) in [("production", self.production), ("staging", self.staging)] {
@@ -265,12 +272,12 @@ impl Validation {
     /// bucket cannot be opened.
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let policies = match &config.policy_dir {
+        let policies = match config.policy_source() {
             Some(dir) => PolicySet::load(dir)?,
             None => PolicySet::builtin()?,
         };
         info!(
-            source = %config.policy_dir.as_deref().unwrap_or(std::path::Path::new(policy::BUILTIN_ORIGIN)).display(),
+            source = %config.policy_source().unwrap_or(std::path::Path::new(policy::BUILTIN_ORIGIN)).display(),
             files = ?policies.files(),
             version = policies.version(),
             "policies loaded"

@@ -963,3 +963,23 @@ async fn a_broken_policy_dir_fails_startup_naming_the_file() {
     assert!(text.contains("bad.rego"), "{text}");
     assert!(text.contains("fix the file"), "{text}");
 }
+
+#[tokio::test]
+async fn an_empty_policy_dir_means_the_built_in_policies() {
+    // `BATON_VALIDATION__POLICY_DIR=` (set but empty) must not be read as a directory named "".
+    let config = Config {
+        policy_dir: Some("".into()),
+        ..Config::default()
+    };
+    assert_eq!(config.policy_source(), None);
+    let nats = TestNats::start().await;
+    let ctx = Context::new(
+        nats.bus.clone(),
+        Authenticator::new(&auth_config()).unwrap(),
+        Arc::new(Metrics::default()),
+    );
+    let svc = Validation::new(ctx, config)
+        .await
+        .expect("an empty policy_dir starts with the built-in policies");
+    drop(svc);
+}

@@ -25,6 +25,9 @@
 //! lock ([`store::Store::lock_writer`]) and fails with [`Error::WriterLocked`] while another
 //! writer holds it; the lock is held until [`Audit::run`] returns (or the `Audit` is dropped).
 //! After a failed batch the writer reloads the chain head from the database before the next.
+//! Before each batch the writer makes sure it still holds the lock (PostgreSQL drops it with
+//! its connection; [`store::WriterLock::ensure`] takes it again); a writer that finds another
+//! one holding it nak's the batch and stops with [`Error::WriterLocked`].
 
 pub mod chain;
 mod grpc;
@@ -199,8 +202,8 @@ pub struct Audit {
     live: broadcast::Sender<Arc<StoredRecord>>,
     /// Cancelled when [`Audit::run`] returns, ending open `WatchTask` streams.
     stopped: CancellationToken,
-    /// This process's claim to be the database's only writer.
-    lock: WriterLock,
+    /// This process's claim to be the database's only writer, checked before each batch.
+    lock: tokio::sync::Mutex<WriterLock>,
 }
 
 impl Audit {
@@ -232,7 +235,7 @@ impl Audit {
             store,
             live,
             stopped: CancellationToken::new(),
-            lock,
+            lock: tokio::sync::Mutex::new(lock),
         })
     }
 
@@ -294,22 +297,30 @@ impl Audit {
                         }
                     })
                     .collect();
-                self.handle_batch(&specs, batch).await;
+                self.handle_batch(&specs, batch).await?;
             }
             if !shutdown.is_cancelled() {
                 // A message stream ended (server gone); pull again after a pause.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        self.lock.release().await;
+        self.lock.into_inner().release().await;
         info!("audit writer stopped; writer lock released");
         Ok(())
     }
 
     /// Stores one batch, then settles every message of it.
-    async fn handle_batch(&self, specs: &[&ConsumerSpec; 2], batch: Vec<(usize, Delivery)>) {
+    ///
+    /// Errors: [`Error::WriterLocked`] when this writer lost its lock to another one (the
+    /// batch is nak'ed for the lock holder and this writer must stop); every other failure is
+    /// the batch's, which is nak'ed and redelivered.
+    async fn handle_batch(
+        &self,
+        specs: &[&ConsumerSpec; 2],
+        batch: Vec<(usize, Delivery)>,
+    ) -> Result<(), Error> {
         if batch.is_empty() {
-            return;
+            return Ok(());
         }
         let started = Instant::now();
         let mut records = Vec::with_capacity(batch.len());
@@ -339,7 +350,12 @@ impl Audit {
                 .unwrap_own_dead_letter(SERVICE),
             );
         }
-        let result = self.store.append(records).await;
+        let ensured = self.lock.lock().await.ensure(&self.store).await;
+        let lost = matches!(ensured, Err(Error::WriterLocked { .. }));
+        let result = match ensured {
+            Ok(()) => self.store.append(records).await,
+            Err(e) => Err(e),
+        };
         let secs = started.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(stored) => {
@@ -370,11 +386,16 @@ impl Audit {
         for _ in &batch {
             self.ctx.metrics.observe(SERVICE, outcome, secs);
         }
-        if let Ok(stored) = result {
-            for r in stored {
-                // No receivers is fine: nobody is watching.
-                let _ = self.live.send(Arc::new(r));
+        match result {
+            Ok(stored) => {
+                for r in stored {
+                    // No receivers is fine: nobody is watching.
+                    let _ = self.live.send(Arc::new(r));
+                }
+                Ok(())
             }
+            Err(e) if lost => Err(e),
+            Err(_) => Ok(()),
         }
     }
 }

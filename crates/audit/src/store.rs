@@ -402,6 +402,30 @@ enum LockInner {
 }
 
 impl WriterLock {
+    /// Makes sure the lock is still held; the writer calls it before each append.
+    ///
+    /// PostgreSQL holds the lock only while its connection lives: when that connection is gone
+    /// (server restart, network cut, `pg_terminate_backend`), the server has dropped the lock,
+    /// so this takes it again on a new connection (one `SELECT 1` round trip when all is well)
+    /// and reloads the chain head, since another writer may have appended meanwhile. A SQLite
+    /// lock file and an in-memory database cannot lose their lock: nothing to do.
+    ///
+    /// Errors: [`Error::WriterLocked`] when another writer took the lock meanwhile (this
+    /// writer must stop); [`Error::Connect`]/[`Error::Database`] when it cannot be re-taken
+    /// now (the batch fails and is redelivered; the next call tries again).
+    pub async fn ensure(&mut self, store: &Store) -> Result<(), Error> {
+        let LockInner::Postgres(conn) = &mut self.inner else {
+            return Ok(());
+        };
+        let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await else {
+            return Ok(());
+        };
+        warn!(error = %e, "the audit writer lock's connection is gone, and the lock with it; taking it again");
+        *self = store.lock_writer().await?;
+        info!("audit writer lock taken again; chain head reloaded");
+        Ok(())
+    }
+
     /// Releases the lock now (PostgreSQL: unlocks and closes the connection; a failure there
     /// is logged, and the server drops the lock with the connection anyway).
     pub async fn release(self) {

@@ -167,6 +167,7 @@ storage_suite!(
     list_tasks_filters_pages_and_tenants,
     a_failed_append_reloads_the_head,
     one_writer_lock_per_database,
+    a_lost_writer_lock_is_taken_again_or_reported,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -820,4 +821,103 @@ async fn one_writer_lock_per_database(db: &TestDb) {
     ));
     back.release().await;
     second.close().await;
+}
+
+/// Terminates this database's writer-lock connections from the server side, as a PostgreSQL
+/// restart or a cut network would, and waits until they are gone (and their locks with them).
+async fn kill_lock_connections(db: &TestDb) {
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'baton-audit-writer-lock' AND datname = current_database()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "no writer-lock connection to terminate");
+    tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'baton-audit-writer-lock' AND datname = current_database()",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("terminated connections go away");
+    admin.close().await.unwrap();
+}
+
+async fn a_lost_writer_lock_is_taken_again_or_reported(db: &TestDb) {
+    let mut lock = db.store.lock_writer().await.unwrap();
+    lock.ensure(&db.store).await.expect("a held lock is kept");
+    let other = Store::open(&db.url, 2).await.unwrap();
+    if db.store.backend() == "sqlite" {
+        // A lock file cannot be lost while its process lives.
+        assert!(matches!(
+            other.lock_writer().await,
+            Err(Error::WriterLocked { .. })
+        ));
+        return;
+    }
+
+    // The lock's connection dies; meanwhile another writer takes the free lock, appends and
+    // goes away. The first writer takes the lock again and continues after those records.
+    kill_lock_connections(db).await;
+    let interloper = other
+        .lock_writer()
+        .await
+        .expect("the lock died with its connection");
+    let stored = other
+        .append(vec![rec(
+            subject::TASK_RECEIVED,
+            &received("t9", "acme", 1),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    interloper.release().await;
+    assert_eq!(
+        db.store.head().await.sequence,
+        0,
+        "the first writer has not seen it yet"
+    );
+    lock.ensure(&db.store)
+        .await
+        .expect("the lock is free: taken again");
+    assert_eq!(
+        db.store.head().await.sequence,
+        1,
+        "the head is reloaded with the lock"
+    );
+    assert!(
+        matches!(other.lock_writer().await, Err(Error::WriterLocked { .. })),
+        "held again by the first writer"
+    );
+
+    // It dies again, and this time another writer keeps it: the first must stop.
+    kill_lock_connections(db).await;
+    let keeper = other
+        .lock_writer()
+        .await
+        .expect("the lock died with its connection");
+    let err = lock
+        .ensure(&db.store)
+        .await
+        .expect_err("another writer holds the lock");
+    assert!(matches!(err, Error::WriterLocked { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("run one audit replica per database"),
+        "{err}"
+    );
+    keeper.release().await;
+    other.close().await;
 }

@@ -1,6 +1,11 @@
 //! Running services in one process: all six for `baton up`, one for `baton serve <service>`.
 //! Each service runs its consumers under its own cancellation token, so a test can stop and
 //! restart one service while the others keep going, as a crashed pod would be.
+//!
+//! A service that ends on its own (an error it cannot recover from, such as losing the audit
+//! writer lock to another replica) stops the whole process: [`Baton::run_until`] returns
+//! [`UpError::Ended`], so `baton up` exits non-zero and its supervisor restarts it, instead of
+//! running on with one service silently gone.
 
 use crate::config::BatonConfig;
 use baton_bus::server::NatsServer;
@@ -11,7 +16,7 @@ use std::net::SocketAddr;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// The six services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -28,6 +33,17 @@ pub enum ServiceName {
     Execution,
     /// Every event in, the audit log and task queries.
     Audit,
+}
+
+/// The name on the command line (`baton serve agent-runner`).
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum as _;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => write!(f, "{self:?}"),
+        }
+    }
 }
 
 impl ServiceName {
@@ -57,6 +73,14 @@ pub enum UpError {
         /// Which.
         service: &'static str,
         /// Its error.
+        reason: String,
+    },
+    /// A running service ended on its own; all the others were stopped.
+    #[error("{service} stopped: {reason}; baton stopped all services")]
+    Ended {
+        /// Which.
+        service: ServiceName,
+        /// Its error, or what else ended it.
         reason: String,
     },
     /// A listener could not be bound, or the data directory is unusable.
@@ -189,11 +213,34 @@ impl Baton {
         Ok(())
     }
 
-    /// Runs until `shutdown`, then stops.
-    pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), UpError> {
-        shutdown.cancelled().await;
+    /// Runs until `shutdown`, then stops. If a service ends first (on its own, with an error
+    /// or a panic), stops the others and returns [`UpError::Ended`] naming it.
+    pub async fn run_until(mut self, shutdown: CancellationToken) -> Result<(), UpError> {
+        let ended = if self.services.is_empty() {
+            shutdown.cancelled().await;
+            None
+        } else {
+            let names: Vec<ServiceName> = self.services.keys().copied().collect();
+            let tasks = self.services.values_mut().map(|r| &mut r.task);
+            tokio::select! {
+                _ = shutdown.cancelled() => None,
+                (result, i, _) = futures::future::select_all(tasks) => Some((names[i], result)),
+            }
+        };
+        let Some((service, result)) = ended else {
+            self.stop().await;
+            return Ok(());
+        };
+        self.services.remove(&service);
+        let reason = match result {
+            Ok(Ok(())) => "it returned without being asked to stop".to_string(),
+            Ok(Err(e)) => e,
+            Err(e) if e.is_panic() => "it panicked".to_string(),
+            Err(e) => e.to_string(),
+        };
+        error!(%service, %reason, "a service ended on its own; stopping all services");
         self.stop().await;
-        Ok(())
+        Err(UpError::Ended { service, reason })
     }
 
     /// Stops the services (letting in-flight messages finish), the servers and the

@@ -107,6 +107,7 @@ pub struct Delivery {
     msg: Arc<jetstream::Message>,
     deliveries: i64,
     stream_sequence: u64,
+    stored_at_millis: u64,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -122,14 +123,22 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// Wraps a JetStream message.
     pub fn new(msg: jetstream::Message) -> Delivery {
-        let (deliveries, stream_sequence) = msg
+        let (deliveries, stream_sequence, stored_at_millis) = msg
             .info()
-            .map(|i| (i.delivered, i.stream_sequence))
-            .unwrap_or((1, 0));
+            .map(|i| {
+                let millis = i.published.unix_timestamp_nanos() / 1_000_000;
+                (
+                    i.delivered,
+                    i.stream_sequence,
+                    u64::try_from(millis).unwrap_or(0),
+                )
+            })
+            .unwrap_or((1, 0, 0));
         Delivery {
             msg: Arc::new(msg),
             deliveries,
             stream_sequence,
+            stored_at_millis,
         }
     }
     /// The subject it was published on.
@@ -155,6 +164,11 @@ impl Delivery {
     /// Its sequence in the stream: stable across redeliveries, so a usable idempotency key.
     pub fn stream_sequence(&self) -> u64 {
         self.stream_sequence
+    }
+    /// When the stream stored it, in milliseconds since the Unix epoch: like
+    /// [`Delivery::stream_sequence`], the same on every redelivery.
+    pub fn stored_at_millis(&self) -> u64 {
+        self.stored_at_millis
     }
     /// Decodes the payload as a protobuf [`Event`] with a known body.
     pub fn event(&self) -> Result<Event, DecodeError> {

@@ -34,6 +34,16 @@ pub enum BusError {
         /// The server's reason.
         reason: String,
     },
+    /// A stored message could not be read back from its stream.
+    #[error("cannot read message {sequence} of stream {stream}: {reason}")]
+    Read {
+        /// Stream name.
+        stream: String,
+        /// Its sequence.
+        sequence: u64,
+        /// Why (the server's reason, or why its payload is not an event).
+        reason: String,
+    },
     /// A consumer could not be created or read from.
     #[error("consumer {consumer} on stream {stream}: {reason}")]
     Consumer {

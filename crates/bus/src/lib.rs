@@ -164,6 +164,25 @@ impl Bus {
         .await
     }
 
+    /// [`Bus::publish`] with `msg_id` as its `Nats-Msg-Id` instead of the event id, for an
+    /// event whose duplicates are recognised by something else (e.g. an idempotency key).
+    ///
+    /// Errors: as [`Bus::publish`].
+    pub async fn publish_with_id(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        event: &Event,
+    ) -> Result<Published, BusError> {
+        self.publish_raw(
+            subject,
+            msg_id,
+            event_headers(event),
+            event.encode_to_vec().into(),
+        )
+        .await
+    }
+
     /// Publishes every `(subject, event)` in order with the headers of [`Bus::publish`], sending
     /// them all before awaiting the stream's acks (one round trip instead of one per event), and
     /// returns what the stream said about each, in the same order.
@@ -201,6 +220,28 @@ impl Bus {
     ) -> Result<Published, BusError> {
         let ack = self.send(subject, msg_id, headers, payload).await?;
         confirm(subject, msg_id, ack).await
+    }
+
+    /// The event stored at `sequence` of the main stream: e.g. the first copy that a publish
+    /// answered as [`Published::duplicate`] points at. Two round trips; not for the hot path.
+    ///
+    /// Errors: [`BusError::Read`] when the message is gone or its payload is not an event.
+    pub async fn stored_event(&self, sequence: u64) -> Result<Event, BusError> {
+        let read = |reason: String| BusError::Read {
+            stream: self.config.stream.clone(),
+            sequence,
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        decode_event(&message.payload).map_err(|e| read(e.to_string()))
     }
 
     /// Sends a message with a message id (none when empty) without waiting for the ack.

@@ -5,9 +5,7 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use baton_bus::testing::TestNats;
-use baton_ingestion::{
-    Config, DURABLE, Ingestion, rejected_task_id, task_id_for_key, task_id_for_sequence,
-};
+use baton_ingestion::{Config, DURABLE, Ingestion, rejected_task_id, task_id_for_sequence};
 use baton_proto::trigger_service_client::TriggerServiceClient;
 use baton_proto::{Event, SubmitTaskRequest, Task, Trigger, TriggerRejected, event::Body, subject};
 use baton_runtime::Context;
@@ -66,6 +64,13 @@ async fn publish_trigger(
         .await
         .unwrap()
         .sequence
+}
+
+/// When the stream stored message `seq` (Unix milliseconds): what ingestion derives ids from.
+async fn stored_at(nats: &TestNats, seq: u64) -> u64 {
+    let stream = nats.bus.jetstream().get_stream("BATON").await.unwrap();
+    let message = stream.get_raw_message(seq).await.unwrap();
+    (message.time.unix_timestamp_nanos() / 1_000_000) as u64
 }
 
 /// Reads events on `filter` from the start of the stream until one satisfies `stop`.
@@ -144,7 +149,7 @@ async fn json_trigger_becomes_a_received_task() {
 
     let event = &events[0];
     let task = task_of(event);
-    let expected_id = task_id_for_sequence("BATON", seq).to_string();
+    let expected_id = task_id_for_sequence("BATON", seq, stored_at(&nats, seq).await).to_string();
     assert_eq!(task.task_id, expected_id);
     assert_eq!(event.task_id, expected_id);
     assert_eq!(event.event_id, format!("{expected_id}.received"));
@@ -210,7 +215,7 @@ async fn malformed_json_is_rejected_with_the_parse_error() {
 
     let event = &events[0];
     let rejected = rejection_of(event);
-    let task_id = rejected_task_id("BATON", seq).to_string();
+    let task_id = rejected_task_id("BATON", seq, stored_at(&nats, seq).await).to_string();
     assert_eq!(event.task_id, task_id);
     assert_eq!(event.event_id, format!("{task_id}.rejected"));
     assert_eq!(event.tenant, "acme");
@@ -287,7 +292,7 @@ async fn redelivered_and_duplicate_triggers_make_one_task_each() {
     // First run: trigger A becomes a task.
     let (shutdown, handle) = start(&ctx, config.clone()).await;
     let seq_a = publish_trigger(&nats, "cli", Some("acme"), br#"{"text":"Fix drift"}"#).await;
-    let id_a = task_id_for_sequence("BATON", seq_a).to_string();
+    let id_a = task_id_for_sequence("BATON", seq_a, stored_at(&nats, seq_a).await).to_string();
     events_until(&nats, subject::TASK_RECEIVED, |e| e.task_id == id_a).await;
     shutdown.cancel();
     handle.await.unwrap().unwrap();
@@ -299,7 +304,7 @@ async fn redelivered_and_duplicate_triggers_make_one_task_each() {
     // Second run: A again, then C and D with the same key, then the marker B. With
     // concurrency 1 they are handled in stream order, so once B is in, the others are done.
     let (shutdown, handle) = start(&ctx, config).await;
-    publish_trigger(
+    let seq_c = publish_trigger(
         &nats,
         "cli",
         Some("acme"),
@@ -314,13 +319,14 @@ async fn redelivered_and_duplicate_triggers_make_one_task_each() {
     )
     .await;
     let seq_b = publish_trigger(&nats, "cli", Some("acme"), br#"{"text":"marker"}"#).await;
-    let id_b = task_id_for_sequence("BATON", seq_b).to_string();
+    let id_b = task_id_for_sequence("BATON", seq_b, stored_at(&nats, seq_b).await).to_string();
     let events = events_until(&nats, subject::TASK_RECEIVED, |e| e.task_id == id_b).await;
     shutdown.cancel();
     handle.await.unwrap().unwrap();
 
     let ids: Vec<&str> = events.iter().map(|e| e.task_id.as_str()).collect();
-    let id_key = task_id_for_key("acme", "k-1").to_string();
+    // The key's task is the first trigger that carried it (C); D was answered with C's id.
+    let id_key = task_id_for_sequence("BATON", seq_c, stored_at(&nats, seq_c).await).to_string();
     assert_eq!(ids, [id_a.as_str(), id_key.as_str(), id_b.as_str()]);
     assert_eq!(
         count(&nats, subject::TASK_RECEIVED).await,
@@ -467,11 +473,12 @@ async fn grpc_same_idempotency_key_gives_the_same_task() {
         .await
         .unwrap()
         .into_inner();
+    let id: uuid::Uuid = first.task_id.parse().expect("a UUID");
+    assert_eq!(id.get_version_num(), 7, "time-ordered");
     assert_eq!(
-        first.task_id,
-        task_id_for_key("acme", "deploy-42").to_string()
+        second.task_id, first.task_id,
+        "the second submission names the first's task"
     );
-    assert_eq!(second.task_id, first.task_id);
     assert!(!first.deduplicated);
     assert!(second.deduplicated);
     assert_eq!(count(&g.nats, subject::TASK_RECEIVED).await, 1);

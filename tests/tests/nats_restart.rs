@@ -59,7 +59,11 @@ async fn services_resume_after_nats_restarts() {
     .expect_err("nothing can be accepted while NATS is down");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     assert!(err.message().starts_with("nats unavailable: "), "{err}");
-    assert!(err.message().contains("retry (with the same idempotency_key"), "says what to do: {err}");
+    assert!(
+        err.message()
+            .contains("retry (with the same idempotency_key"),
+        "says what to do: {err}"
+    );
 
     // It comes back on the same port with the same store.
     let _nats = NatsServer::start("nats-server", store.path(), port)

@@ -34,6 +34,9 @@ use tracing::{info, warn};
 const ROWS_PER_STATEMENT: usize = 500;
 /// Rows read per query while verifying.
 const VERIFY_BATCH: i64 = 1_000;
+/// The `application_name` of the connection holding the PostgreSQL writer lock, to find it in
+/// `pg_stat_activity`.
+pub const WRITER_LOCK_APPLICATION_NAME: &str = "baton-audit-writer-lock";
 /// Key of the PostgreSQL advisory lock the writer holds (`"batonaud"` in ASCII). Advisory
 /// locks are per database, so writers of different databases do not contend.
 pub const WRITER_LOCK_KEY: i64 = 0x6261_746f_6e61_7564;
@@ -543,7 +546,7 @@ impl Store {
                     .connect_options()
                     .as_ref()
                     .clone()
-                    .application_name("baton-audit-writer-lock");
+                    .application_name(WRITER_LOCK_APPLICATION_NAME);
                 let mut conn =
                     sqlx::PgConnection::connect_with(&options)
                         .await

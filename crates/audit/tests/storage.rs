@@ -829,8 +829,9 @@ async fn kill_lock_connections(db: &TestDb) {
     let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = 'baton-audit-writer-lock' AND datname = current_database()",
+         WHERE application_name = $1 AND datname = current_database()",
     )
+    .bind(baton_audit::store::WRITER_LOCK_APPLICATION_NAME)
     .fetch_all(&mut admin)
     .await
     .unwrap();
@@ -839,8 +840,9 @@ async fn kill_lock_connections(db: &TestDb) {
         loop {
             let left: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = 'baton-audit-writer-lock' AND datname = current_database()",
+                 WHERE application_name = $1 AND datname = current_database()",
             )
+            .bind(baton_audit::store::WRITER_LOCK_APPLICATION_NAME)
             .fetch_one(&mut admin)
             .await
             .unwrap();

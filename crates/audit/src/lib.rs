@@ -350,9 +350,8 @@ impl Audit {
                 .unwrap_own_dead_letter(SERVICE),
             );
         }
-        let ensured = self.lock.lock().await.ensure(&self.store).await;
-        let lost = matches!(ensured, Err(Error::WriterLocked { .. }));
-        let result = match ensured {
+        // Only `ensure` can fail with WriterLocked: another writer has the lock.
+        let result = match self.lock.lock().await.ensure(&self.store).await {
             Ok(()) => self.store.append(records).await,
             Err(e) => Err(e),
         };
@@ -394,7 +393,7 @@ impl Audit {
                 }
                 Ok(())
             }
-            Err(e) if lost => Err(e),
+            Err(e @ Error::WriterLocked { .. }) => Err(e),
             Err(_) => Ok(()),
         }
     }

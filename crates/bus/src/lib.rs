@@ -155,13 +155,7 @@ impl Bus {
     /// Headers: `Nats-Msg-Id` = `event.event_id` (deduplicated by the stream), `Content-Type`,
     /// `Baton-Tenant`, `Baton-Task-Id`, and `traceparent` from the current span.
     pub async fn publish(&self, subject: &str, event: &Event) -> Result<Published, BusError> {
-        self.publish_raw(
-            subject,
-            &event.event_id,
-            event_headers(event),
-            event.encode_to_vec().into(),
-        )
-        .await
+        self.publish_with_id(subject, &event.event_id, event).await
     }
 
     /// [`Bus::publish`] with `msg_id` as its `Nats-Msg-Id` instead of the event id, for an

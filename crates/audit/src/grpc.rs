@@ -50,11 +50,9 @@ impl TaskService for TaskApi {
         let principal = self.auth.authenticate(&request)?;
         let task_id = request.into_inner().task_id;
         require_task_id(&task_id)?;
-        // Records first: a batch stores records and the view in one transaction, so a view read
-        // afterwards reflects at least every record returned (never older than its events).
-        let records = self.store.task_records(&task_id, 0).await?;
-        let task = match self.store.get_task(&task_id).await? {
-            Some(t) if principal.can_see(&t.tenant) => t,
+        // One snapshot: the view reflects exactly the records returned.
+        let (task, records) = match self.store.task_with_records(&task_id).await? {
+            Some((t, records)) if principal.can_see(&t.tenant) => (t, records),
             _ => return Err(not_found(&task_id)),
         };
         let events = records.iter().map(StoredRecord::to_proto).collect();

@@ -826,6 +826,44 @@ impl Store {
         Ok(row.map(|r| TaskRow::from(r).to_view()))
     }
 
+    /// The task view of `task_id` and all its records in sequence order, read from one snapshot
+    /// of the database (a read transaction; REPEATABLE READ on PostgreSQL), so the view reflects
+    /// exactly the records returned: a batch stores both in one transaction, and two separate
+    /// reads could straddle a commit. `None` if no event of the task is stored.
+    pub async fn task_with_records(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<(TaskView, Vec<StoredRecord>)>, Error> {
+        let db_err = |action| move |source| Error::Database { action, source };
+        let postgres = matches!(self.db, Db::Postgres(_));
+        let (row, records) = with_db!(&self.db, pool, DB => {
+            let mut tx = pool.begin().await.map_err(db_err("begin a read transaction"))?;
+            if postgres {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("begin a read transaction"))?;
+            }
+            let row: Option<TaskDbRow> = sqlx::query_as::<DB, TaskDbRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"
+            )))
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err("read a task view"))?;
+            let records: Vec<StoredRecord> = sqlx::query_as::<DB, StoredRecord>(sqlx::AssertSqlSafe(format!(
+                "SELECT {LOG_COLUMNS} FROM audit_log WHERE task_id = $1 ORDER BY sequence"
+            )))
+            .bind(task_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("read task records"))?;
+            tx.commit().await.map_err(db_err("end a read transaction"))?;
+            (row, records)
+        });
+        Ok(row.map(|r| (TaskRow::from(r).to_view(), records)))
+    }
+
     /// The records of `task_id` with sequence greater than `after`, in sequence order.
     pub async fn task_records(
         &self,

@@ -168,6 +168,7 @@ storage_suite!(
     a_failed_append_reloads_the_head,
     one_writer_lock_per_database,
     a_lost_writer_lock_is_taken_again_or_reported,
+    a_task_and_its_records_are_read_from_one_snapshot,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -922,4 +923,52 @@ async fn a_lost_writer_lock_is_taken_again_or_reported(db: &TestDb) {
     );
     keeper.release().await;
     other.close().await;
+}
+
+async fn a_task_and_its_records_are_read_from_one_snapshot(db: &TestDb) {
+    // A writer stores a task's events one commit at a time while a reader on another pool
+    // reads the view and the records: the view always counts exactly the records returned.
+    const EVENTS: i64 = 150;
+    let reader = Store::open(&db.url, 2).await.unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let write = async {
+        for i in 0..EVENTS {
+            let e = ev(
+                "t1",
+                "acme",
+                &format!("step{i}"),
+                i,
+                Body::PlanProposed(PlanProposed::default()),
+            );
+            db.store
+                .append(vec![rec(subject::TASK_PROPOSED, &e)])
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let read = async {
+        let mut seen = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Some((view, records)) = reader.task_with_records("t1").await.unwrap() {
+                assert_eq!(
+                    view.event_count as usize,
+                    records.len(),
+                    "the view and the records come from different commits"
+                );
+                seen += 1;
+            }
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(write, read);
+    assert!(seen > 10, "the reader only got {seen} reads in");
+    let (view, records) = reader.task_with_records("t1").await.unwrap().unwrap();
+    assert_eq!(
+        (view.event_count, records.len()),
+        (EVENTS as u64, EVENTS as usize)
+    );
+    assert!(reader.task_with_records("nope").await.unwrap().is_none());
+    reader.close().await;
 }

@@ -38,6 +38,23 @@ async fn approve(h: &Harness, task_id: &str) {
     assert_eq!(r.approval.unwrap().approver, "alice");
 }
 
+/// Submits the scenario in production over gRPC as `c`; returns the task id.
+async fn submit_scenario(c: &mut baton::client::Clients) -> String {
+    let trigger = Trigger {
+        text: SCENARIO.into(),
+        environment: "production".into(),
+        ..Default::default()
+    };
+    c.triggers
+        .submit_task(SubmitTaskRequest {
+            trigger: Some(trigger),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id
+}
+
 async fn verify(h: &Harness) -> baton_proto::VerifyAuditResponse {
     let mut ops = h.clients("ops", &[Role::Operator]).await;
     ops.tasks
@@ -156,20 +173,7 @@ async fn json_trigger_on_nats_runs_to_completed_with_a_verified_audit_chain() {
 async fn grpc_submit_runs_to_completed_with_the_audit_log_on_postgres() {
     let h = Harness::start(Db::Postgres).await;
     let mut c = h.clients("bob", &[Role::Submitter]).await;
-    let trigger = Trigger {
-        text: SCENARIO.into(),
-        environment: "production".into(),
-        ..Default::default()
-    };
-    let id = c
-        .triggers
-        .submit_task(SubmitTaskRequest {
-            trigger: Some(trigger),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let id = submit_scenario(&mut c).await;
 
     // A submitter may not approve its own task.
     h.wait_for(&id, TaskStatus::AwaitingApproval, T).await;
@@ -205,20 +209,7 @@ async fn failed_health_check_in_a_wave_rolls_back_the_changed_assets() {
     // Drifted: web-02 (canary), web-03, web-05 (wave 1), web-06, web-08 (wave 2), web-09 (wave 3).
     h.fleet.server("web-08").unwrap().fail_after_change(true);
     let mut c = h.clients("bob", &[Role::Submitter]).await;
-    let trigger = Trigger {
-        text: SCENARIO.into(),
-        environment: "production".into(),
-        ..Default::default()
-    };
-    let id = c
-        .triggers
-        .submit_task(SubmitTaskRequest {
-            trigger: Some(trigger),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let id = submit_scenario(&mut c).await;
     approve(&h, &id).await;
     let failed = h.wait_for(&id, TaskStatus::Failed, T).await;
 
@@ -345,20 +336,7 @@ async fn execution_killed_mid_rollout_resumes_and_no_event_is_duplicated() {
             .set_delay(Duration::from_millis(1500));
     }
     let mut c = h.clients("bob", &[Role::Submitter]).await;
-    let trigger = Trigger {
-        text: SCENARIO.into(),
-        environment: "production".into(),
-        ..Default::default()
-    };
-    let id = c
-        .triggers
-        .submit_task(SubmitTaskRequest {
-            trigger: Some(trigger),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let id = submit_scenario(&mut c).await;
     approve(&h, &id).await;
 
     // Wait until wave 1 has started, then kill execution without letting it ack.
@@ -684,20 +662,7 @@ async fn tokens_are_checked_on_every_call() {
 
     // Tenants do not see each other's tasks.
     let mut acme = h.clients_of("ann", "acme", &[Role::Submitter]).await;
-    let trigger = Trigger {
-        text: SCENARIO.into(),
-        environment: "production".into(),
-        ..Default::default()
-    };
-    let id = acme
-        .triggers
-        .submit_task(SubmitTaskRequest {
-            trigger: Some(trigger),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let id = submit_scenario(&mut acme).await;
     h.wait_for(&id, TaskStatus::AwaitingApproval, T).await;
     let mut other = h.clients_of("olga", "globex", &[Role::Submitter]).await;
     let err = other
@@ -722,20 +687,7 @@ async fn every_event_carries_traceparent_and_a_task_is_one_trace() {
     use futures::StreamExt;
     let h = Harness::start(Db::Sqlite).await;
     let mut c = h.clients("bob", &[Role::Submitter]).await;
-    let trigger = Trigger {
-        text: SCENARIO.into(),
-        environment: "production".into(),
-        ..Default::default()
-    };
-    let id = c
-        .triggers
-        .submit_task(SubmitTaskRequest {
-            trigger: Some(trigger),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let id = submit_scenario(&mut c).await;
     approve(&h, &id).await;
     h.wait_for(&id, TaskStatus::Completed, T).await;
 

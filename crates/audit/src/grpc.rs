@@ -133,7 +133,7 @@ impl TaskService for TaskApi {
             loop {
                 match tokio::time::timeout_at(deadline, live.recv()).await {
                     Err(_) => return Err(not_found(&task_id)),
-                    Ok(Ok(r)) if r.task_id == task_id => break,
+                    Ok(Ok(r)) if r.record.task_id == task_id => break,
                     Ok(Ok(_)) => {}
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
                     Ok(Err(broadcast::error::RecvError::Closed)) => {
@@ -163,7 +163,7 @@ impl TaskService for TaskApi {
                         continue;
                     }
                     *last = r.sequence as u64;
-                    if tx.send(Ok(r.to_proto())).await.is_err() || is_final_kind(&r.kind) {
+                    if tx.send(Ok(r.to_proto())).await.is_err() || is_final_kind(&r.record.kind) {
                         return false;
                     }
                 }
@@ -190,7 +190,7 @@ impl TaskService for TaskApi {
                     r = live.recv() => r,
                 };
                 let more = match received {
-                    Ok(r) if r.task_id == task_id => {
+                    Ok(r) if r.record.task_id == task_id => {
                         send_all(&tx, [StoredRecord::clone(&r)], &mut last).await
                     }
                     Ok(_) => true,

@@ -77,8 +77,9 @@ pub struct ChainHead {
     pub hash: String,
 }
 
-/// An event to append, before it has a place in the chain.
-#[derive(Debug, Clone)]
+/// An event to append, before it has a place in the chain (what a [`StoredRecord`] holds
+/// besides its place).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct NewRecord {
     /// Unique id; a second record with the same id is dropped.
     pub event_id: String,
@@ -203,24 +204,11 @@ impl NewRecord {
 pub struct StoredRecord {
     /// Position in the log, from 1.
     pub sequence: i64,
-    /// Unique event id.
-    pub event_id: String,
-    /// Task id (may be empty).
-    pub task_id: String,
-    /// Tenant (may be empty).
-    pub tenant: String,
-    /// Subject it arrived on.
-    pub subject: String,
-    /// Event kind, or `undecodable`.
-    pub kind: String,
-    /// Producing service.
-    pub producer: String,
-    /// Event time, microseconds since the Unix epoch (0 when unknown).
-    pub event_time: i64,
+    /// The event and where it came from.
+    #[sqlx(flatten)]
+    pub record: NewRecord,
     /// When it was stored, microseconds since the Unix epoch.
     pub recorded_at: i64,
-    /// Stored bytes (protobuf `Event`, or what arrived).
-    pub payload: Vec<u8>,
     /// Hash of the previous record (`""` for the first).
     pub prev_hash: String,
     /// Hash of this record (see [`crate::chain`]).
@@ -230,32 +218,32 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// The decoded event, when the payload is one.
     pub fn event(&self) -> Option<Event> {
-        Event::decode(self.payload.as_slice())
+        Event::decode(self.record.payload.as_slice())
             .ok()
-            .filter(|_| self.kind != UNDECODABLE)
+            .filter(|_| self.record.kind != UNDECODABLE)
     }
 
     /// The hash this record should have.
     pub fn compute_hash(&self) -> String {
         record_hash(&HashInput {
             sequence: self.sequence as u64,
-            event_id: &self.event_id,
-            task_id: &self.task_id,
-            tenant: &self.tenant,
-            subject: &self.subject,
-            kind: &self.kind,
-            producer: &self.producer,
-            event_time: self.event_time,
+            event_id: &self.record.event_id,
+            task_id: &self.record.task_id,
+            tenant: &self.record.tenant,
+            subject: &self.record.subject,
+            kind: &self.record.kind,
+            producer: &self.record.producer,
+            event_time: self.record.event_time,
             recorded_at: self.recorded_at,
-            payload: &self.payload,
+            payload: &self.record.payload,
             prev_hash: &self.prev_hash,
         })
     }
 
     /// Time for projections: the event's, else when it was recorded.
     pub fn effective_time(&self) -> i64 {
-        if self.event_time != 0 {
-            self.event_time
+        if self.record.event_time != 0 {
+            self.record.event_time
         } else {
             self.recorded_at
         }
@@ -265,7 +253,7 @@ impl StoredRecord {
     pub fn to_proto(&self) -> AuditRecord {
         AuditRecord {
             sequence: self.sequence as u64,
-            subject: self.subject.clone(),
+            subject: self.record.subject.clone(),
             event: self.event(),
             prev_hash: self.prev_hash.clone(),
             hash: self.hash.clone(),
@@ -713,15 +701,8 @@ impl Store {
                 .map(|r| {
                     let mut s = StoredRecord {
                         sequence: prev.sequence as i64 + 1,
-                        event_id: r.event_id,
-                        task_id: r.task_id,
-                        tenant: r.tenant,
-                        subject: r.subject,
-                        kind: r.kind,
-                        producer: r.producer,
-                        event_time: r.event_time,
+                        record: r,
                         recorded_at,
-                        payload: r.payload,
                         prev_hash: prev.hash.clone(),
                         hash: String::new(),
                     };
@@ -732,7 +713,7 @@ impl Store {
                 .collect();
             // 3. Project.
             let task_ids: Vec<String> = {
-                let mut ids: Vec<String> = stored.iter().filter(|r| !r.task_id.is_empty()).map(|r| r.task_id.clone()).collect();
+                let mut ids: Vec<String> = stored.iter().filter(|r| !r.record.task_id.is_empty()).map(|r| r.record.task_id.clone()).collect();
                 ids.sort();
                 ids.dedup();
                 ids
@@ -753,27 +734,27 @@ impl Store {
                     .map_err(db_err("read task views"))?;
                 tasks.extend(rows.into_iter().map(|r| (r.task_id.clone(), TaskRow::from(r))));
             }
-            for r in stored.iter().filter(|r| !r.task_id.is_empty()) {
+            for r in stored.iter().filter(|r| !r.record.task_id.is_empty()) {
                 let at = r.effective_time();
                 tasks
-                    .entry(r.task_id.clone())
-                    .or_insert_with(|| TaskRow::new(&r.task_id, &r.tenant, at))
-                    .apply(&r.tenant, r.event().as_ref(), at);
+                    .entry(r.record.task_id.clone())
+                    .or_insert_with(|| TaskRow::new(&r.record.task_id, &r.record.tenant, at))
+                    .apply(&r.record.tenant, r.event().as_ref(), at);
             }
             // 4. Write.
             for chunk in stored.chunks(ROWS_PER_STATEMENT) {
                 let mut q = QueryBuilder::<DB>::new(format!("INSERT INTO audit_log ({LOG_COLUMNS}) "));
                 q.push_values(chunk, |mut b, r| {
                     b.push_bind(r.sequence)
-                        .push_bind(r.event_id.clone())
-                        .push_bind(r.task_id.clone())
-                        .push_bind(r.tenant.clone())
-                        .push_bind(r.subject.clone())
-                        .push_bind(r.kind.clone())
-                        .push_bind(r.producer.clone())
-                        .push_bind(r.event_time)
+                        .push_bind(r.record.event_id.clone())
+                        .push_bind(r.record.task_id.clone())
+                        .push_bind(r.record.tenant.clone())
+                        .push_bind(r.record.subject.clone())
+                        .push_bind(r.record.kind.clone())
+                        .push_bind(r.record.producer.clone())
+                        .push_bind(r.record.event_time)
                         .push_bind(r.recorded_at)
-                        .push_bind(r.payload.clone())
+                        .push_bind(r.record.payload.clone())
                         .push_bind(r.prev_hash.clone())
                         .push_bind(r.hash.clone());
                 });

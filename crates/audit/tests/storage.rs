@@ -310,7 +310,7 @@ async fn appended_records_chain_and_verify(db: &TestDb) {
     );
     assert_eq!(t1[0].prev_hash, "");
     assert_eq!(t1[1].prev_hash, t1[0].hash);
-    assert_eq!(t1[0].kind, "task_received");
+    assert_eq!(t1[0].record.kind, "task_received");
     assert_eq!(t1[0].event().unwrap().event_id, "t1.received");
     assert_eq!(t1[3].hash, head.hash);
     let later = db.store.task_records("t1", 3).await.unwrap();

@@ -1,8 +1,8 @@
 //! The agent runner: turns routed tasks into proposed plans.
 //!
 //! - **In:** `baton.agent.<role>` ([`TaskRouted`]), one durable pull consumer `agent-<role>`
-//!   per role of [`baton_proto::ROLES`] (plus any extra role an agent is registered for), so a
-//!   task routed to any known role is always answered. Replicas share the consumers.
+//!   per role of the catalog (`[catalog] roles`, plus any extra role an agent is registered
+//!   for), so a task routed to any known role is always answered. Replicas share the consumers.
 //! - **Out:** `baton.task.proposed` ([`PlanProposed`], event id `<task_id>.proposed`), or
 //!   `baton.task.failed` ([`TaskFailed`], event id `<task_id>.failed`, stage `agent-runner`)
 //!   with code
@@ -233,8 +233,8 @@ impl AgentRunner {
             .fold(runner, |r, role| r.with_agent(role, Arc::new(NoopAgent))))
     }
 
-    /// Registers `agent` for `role`, replacing any agent that role had. A role outside
-    /// [`baton_proto::ROLES`] gets its own consumer too.
+    /// Registers `agent` for `role`, replacing any agent that role had. A role outside the
+    /// catalog gets its own consumer too.
     pub fn with_agent(mut self, role: &str, agent: Arc<dyn Agent>) -> AgentRunner {
         self.agents.insert(role.to_string(), agent);
         self
@@ -254,10 +254,9 @@ impl AgentRunner {
             .collect()
     }
 
-    /// The roles consumed: [`baton_proto::ROLES`] plus any extra registered role, sorted.
+    /// The roles consumed: the catalog's plus any extra registered role, sorted.
     pub fn roles(&self) -> Vec<String> {
-        let mut roles: BTreeSet<String> =
-            baton_proto::ROLES.iter().map(|r| r.to_string()).collect();
+        let mut roles: BTreeSet<String> = self.ctx.catalog.roles.iter().cloned().collect();
         roles.extend(self.agents.keys().cloned());
         roles.into_iter().collect()
     }

@@ -4,6 +4,7 @@
 
 use baton_bus::BusConfig;
 use baton_runtime::auth::AuthConfig;
+use baton_runtime::catalog::Catalog;
 use baton_runtime::config::{CommonConfig, LogConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ pub struct BatonConfig {
     pub http_addr: SocketAddr,
     /// Local state: audit database, nats-server store, development secret.
     pub data_dir: PathBuf,
+    /// `[catalog]`: the roles and environments tasks may use.
+    pub catalog: Catalog,
     /// What the client commands talk to.
     pub client: ClientConfig,
     /// `[ingestion]`.
@@ -54,6 +57,7 @@ impl Default for BatonConfig {
             grpc_addr: common.grpc_addr,
             http_addr: common.http_addr,
             data_dir: common.data_dir,
+            catalog: common.catalog,
             client: ClientConfig::default(),
             ingestion: Default::default(),
             decision: Default::default(),
@@ -75,6 +79,7 @@ impl BatonConfig {
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
             data_dir: self.data_dir.clone(),
+            catalog: self.catalog.clone(),
         }
     }
 

@@ -10,6 +10,8 @@
 use crate::config::BatonConfig;
 use baton_bus::server::NatsServer;
 use baton_runtime::Context;
+use baton_runtime::http::HttpRoutes;
+use baton_runtime::plugins::Plugins;
 use baton_runtime::service::{Endpoints, Service};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -115,10 +117,22 @@ pub struct Baton {
 }
 
 impl Baton {
-    /// Starts `which` services. With an empty `config.nats.url`, starts `nats-server -js` with
-    /// its store in `<data_dir>/nats` first; with an empty `auth.hs256_secret`, the services
-    /// use (or create) the development secret in `data_dir` (see `service::connect`).
-    pub async fn start(mut config: BatonConfig, which: &[ServiceName]) -> Result<Baton, UpError> {
+    /// Starts `which` services with only their built-in agents, tiers and runners. With an
+    /// empty `config.nats.url`, starts `nats-server -js` with its store in `<data_dir>/nats`
+    /// first; with an empty `auth.hs256_secret`, the services use (or create) the development
+    /// secret in `data_dir` (see `service::connect`).
+    pub async fn start(config: BatonConfig, which: &[ServiceName]) -> Result<Baton, UpError> {
+        Baton::start_with(config, which, Plugins::default()).await
+    }
+
+    /// [`Baton::start`] with extensions: each service adds the plug-ins of its type in
+    /// `plugins` to its built-ins (see `baton_runtime::plugins`), so a program embedding Baton
+    /// adds an agent, a classifier tier or an action runner without editing a service.
+    pub async fn start_with(
+        mut config: BatonConfig,
+        which: &[ServiceName],
+        plugins: Plugins,
+    ) -> Result<Baton, UpError> {
         let io = |what: String| move |source| UpError::Io { what, source };
         std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
             "cannot create data dir {}",
@@ -134,13 +148,23 @@ impl Baton {
             config.nats.url = server.url().to_string();
             nats_server = Some(server);
         }
-        let ctx = baton_runtime::service::connect(&config.common()).await?;
+        let ctx = baton_runtime::service::connect(&config.common())
+            .await?
+            .with_plugins(plugins.shared());
 
         let mut routes = RoutesBuilder::default();
+        let mut http_routes = HttpRoutes::default();
         let mut names: Vec<&'static str> = Vec::new();
         let mut services = BTreeMap::new();
         for &name in which {
-            let running = launch(name, &ctx, &config, Some(&mut routes), &mut names).await?;
+            let running = launch(
+                name,
+                &ctx,
+                &config,
+                Some((&mut routes, &mut http_routes)),
+                &mut names,
+            )
+            .await?;
             services.insert(name, running);
         }
 
@@ -150,6 +174,7 @@ impl Baton {
             config.grpc_addr,
             config.http_addr,
             routes,
+            http_routes,
             &names,
             servers_token.clone(),
         )
@@ -268,7 +293,7 @@ async fn launch(
     name: ServiceName,
     ctx: &Context,
     config: &BatonConfig,
-    routes: Option<&mut RoutesBuilder>,
+    routes: Option<(&mut RoutesBuilder, &mut HttpRoutes)>,
     names: &mut Vec<&'static str>,
 ) -> Result<Running, UpError> {
     match name {
@@ -332,7 +357,7 @@ async fn launch_one<S: Service>(
     ctx: &Context,
     config: &BatonConfig,
     mut section: S::Config,
-    routes: Option<&mut RoutesBuilder>,
+    routes: Option<(&mut RoutesBuilder, &mut HttpRoutes)>,
     names: &mut Vec<&'static str>,
 ) -> Result<Running, UpError> {
     S::prepare(&mut section, &config.common());
@@ -342,8 +367,9 @@ async fn launch_one<S: Service>(
             service: S::NAME,
             reason: e.to_string(),
         })?;
-    if let Some(routes) = routes {
+    if let Some((routes, http_routes)) = routes {
         svc.add_grpc(routes);
+        svc.add_http(http_routes);
         names.extend_from_slice(S::GRPC_SERVICES);
     }
     let token = CancellationToken::new();

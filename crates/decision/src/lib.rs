@@ -20,7 +20,7 @@ use baton_proto::decision_service_server::{
     DecisionService as DecisionServiceApi, DecisionServiceServer,
 };
 use baton_proto::{
-    ClassifyRequest, ClassifyResponse, ROLES, Task, TaskFailed, TaskRouted, event::Body, subject,
+    ClassifyRequest, ClassifyResponse, Task, TaskFailed, TaskRouted, event::Body, subject,
 };
 use baton_runtime::Context;
 use futures::future::BoxFuture;
@@ -86,14 +86,21 @@ pub enum Error {
     #[error("invalid decision configuration: {0}")]
     Config(String),
     /// The trigger names a role no agent has.
-    #[error("unknown role {role:?}: use one of {}, or leave it empty to let the rules decide", ROLES.join(", "))]
+    #[error("unknown role {role:?}: use one of {known}, or leave it empty to let the rules decide")]
     UnknownRole {
         /// The role as given.
         role: String,
+        /// The catalog's roles, comma-separated.
+        known: String,
     },
-    /// The trigger names an environment Baton does not know.
-    #[error("unknown environment {0:?}: use development, staging or production, or leave it empty")]
-    UnknownEnvironment(String),
+    /// The trigger names an environment the catalog does not list.
+    #[error("unknown environment {environment:?}: use {known}, or leave it empty")]
+    UnknownEnvironment {
+        /// The environment as given.
+        environment: String,
+        /// The catalog's environments, comma-separated.
+        known: String,
+    },
     /// The task or request lacks what classification needs.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -116,7 +123,7 @@ impl Error {
     pub fn failure_code(&self) -> Option<&'static str> {
         match self {
             Error::UnknownRole { .. } => Some("unknown_role"),
-            Error::UnknownEnvironment(_) => Some("unknown_environment"),
+            Error::UnknownEnvironment { .. } => Some("unknown_environment"),
             Error::InvalidRequest(_) => Some("invalid_task"),
             Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => {
                 Some("decision_misconfigured")
@@ -129,9 +136,9 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::UnknownRole { .. } | Error::UnknownEnvironment(_) | Error::InvalidRequest(_) => {
-                tonic::Code::InvalidArgument
-            }
+            Error::UnknownRole { .. }
+            | Error::UnknownEnvironment { .. }
+            | Error::InvalidRequest(_) => tonic::Code::InvalidArgument,
             Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => {
                 tonic::Code::FailedPrecondition
             }
@@ -247,7 +254,7 @@ impl Decision {
                 "decision.concurrency must be at least 1".into(),
             ));
         }
-        let rules = RuleSet::load(config.rules_path.as_deref())?;
+        let rules = RuleSet::load(config.rules_path.as_deref(), &ctx.catalog)?;
         info!(rules = %rules.source, count = rules.rules.len(), "decision rules loaded");
         Ok(Decision::with_decider(ctx, config, Decider::new(rules)))
     }
@@ -492,7 +499,10 @@ mod tests {
 
     #[test]
     fn errors_map_to_codes_and_failure_codes() {
-        let unknown = Error::UnknownRole { role: "x".into() };
+        let unknown = Error::UnknownRole {
+            role: "x".into(),
+            known: "drift".into(),
+        };
         assert_eq!(unknown.failure_code(), Some("unknown_role"));
         assert_eq!(
             tonic::Status::from(unknown).code(),

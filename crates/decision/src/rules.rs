@@ -3,7 +3,8 @@
 //! `rules.toml` ([`DEFAULT_RULES`]).
 
 use crate::Error;
-use baton_proto::{Decision, DecisionTier, ENVIRONMENTS, ROLES, Risk, Task, TaskSpec};
+use baton_proto::{Decision, DecisionTier, Risk, Task, TaskSpec};
+use baton_runtime::catalog::Catalog;
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -139,7 +140,7 @@ impl Matcher {
 pub struct Rule {
     /// Unique name; becomes `Decision.matched_by`.
     pub name: String,
-    /// Agent role it routes to (one of [`baton_proto::ROLES`]).
+    /// Agent role it routes to (one of the catalog's roles).
     pub role: String,
     /// `TaskSpec.task_type`.
     pub task_type: String,
@@ -212,35 +213,40 @@ pub struct RuleSet {
     targets: Vec<(String, Vec<Matcher>)>,
     /// The rules, in file order.
     pub rules: Vec<Rule>,
+    /// The roles and environments the rules were checked against; explicit roles and
+    /// environments on triggers are checked against it too.
+    catalog: Catalog,
 }
 
 impl RuleSet {
-    /// The built-in rules.
+    /// The built-in rules, checked against the default catalog.
     pub fn builtin() -> RuleSet {
-        RuleSet::parse(DEFAULT_RULES, DEFAULT_RULES_NAME).expect("the built-in rules.toml is valid")
+        RuleSet::parse(DEFAULT_RULES, DEFAULT_RULES_NAME, &Catalog::default())
+            .expect("the built-in rules.toml is valid")
     }
 
-    /// The rules at `path`, or the built-in ones when `None`.
+    /// The rules at `path`, or the built-in ones when `None`, checked against `catalog`.
     ///
     /// Errors: [`Error::ReadRules`] when the file cannot be read, [`Error::Rules`] naming the
-    /// file, the rule and the problem when it does not check.
-    pub fn load(path: Option<&Path>) -> Result<RuleSet, Error> {
+    /// file, the rule and the problem when it does not check (the built-in rules too, when
+    /// the catalog lacks a role or environment they name).
+    pub fn load(path: Option<&Path>, catalog: &Catalog) -> Result<RuleSet, Error> {
         match path {
-            None => Ok(RuleSet::builtin()),
+            None => RuleSet::parse(DEFAULT_RULES, DEFAULT_RULES_NAME, catalog),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| Error::ReadRules {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                RuleSet::parse(&text, &path.display().to_string())
+                RuleSet::parse(&text, &path.display().to_string(), catalog)
             }
         }
     }
 
-    /// Parses and checks rules from TOML text; `source` names it in errors.
+    /// Parses and checks rules from TOML text against `catalog`; `source` names it in errors.
     ///
     /// Errors: [`Error::Rules`] with `source`, the rule's name and what is wrong.
-    pub fn parse(text: &str, source: &str) -> Result<RuleSet, Error> {
+    pub fn parse(text: &str, source: &str, catalog: &Catalog) -> Result<RuleSet, Error> {
         let fail = |problem: String| Error::Rules {
             file: source.to_string(),
             problem,
@@ -249,11 +255,11 @@ impl RuleSet {
             toml::from_str(text).map_err(|e| fail(e.to_string().trim_end().to_string()))?;
 
         let d = &file.defaults;
-        if !ENVIRONMENTS.contains(&d.environment.as_str()) {
+        if !catalog.has_environment(&d.environment) {
             return Err(fail(format!(
                 "defaults.environment {:?} is not one of {}",
                 d.environment,
-                ENVIRONMENTS.join(", ")
+                catalog.environments_text()
             )));
         }
         if !(0.0..=1.0).contains(&d.min_confidence) {
@@ -265,10 +271,10 @@ impl RuleSet {
 
         let mut environments = Vec::new();
         for (env, phrases) in &file.environments {
-            if !ENVIRONMENTS.contains(&env.as_str()) {
+            if !catalog.has_environment(env) {
                 return Err(fail(format!(
                     "[environments] names {env:?}, which is not one of {}",
-                    ENVIRONMENTS.join(", ")
+                    catalog.environments_text()
                 )));
             }
             let matchers = phrases
@@ -313,11 +319,11 @@ impl RuleSet {
                     "the name is used twice: rule names must be unique".into(),
                 ));
             }
-            if !ROLES.contains(&r.role.as_str()) {
+            if !catalog.has_role(&r.role) {
                 return Err(rule_fail(format!(
-                    "role {:?} is not a known role (use one of {})",
+                    "role {:?} is not in [catalog] roles (use one of {}, or add it there)",
                     r.role,
-                    ROLES.join(", ")
+                    catalog.roles_text()
                 )));
             }
             if r.task_type.trim().is_empty() {
@@ -328,10 +334,10 @@ impl RuleSet {
             let risk = parse_risk(&r.risk).map_err(|e| rule_fail(format!("risk {e}")))?;
             let mut risk_by_environment = BTreeMap::new();
             for (env, risk) in &r.risk_by_environment {
-                if !ENVIRONMENTS.contains(&env.as_str()) {
+                if !catalog.has_environment(env) {
                     return Err(rule_fail(format!(
                         "risk_by_environment names {env:?}, which is not one of {}",
-                        ENVIRONMENTS.join(", ")
+                        catalog.environments_text()
                     )));
                 }
                 let risk = parse_risk(risk)
@@ -397,6 +403,7 @@ impl RuleSet {
             environments,
             targets,
             rules,
+            catalog: catalog.clone(),
         })
     }
 
@@ -473,9 +480,10 @@ impl RuleSet {
         if role.is_empty() {
             return Ok(None);
         }
-        if !ROLES.contains(&role.as_str()) {
+        if !self.catalog.has_role(&role) {
             return Err(Error::UnknownRole {
                 role: trigger.role.clone(),
+                known: self.catalog.roles_text(),
             });
         }
         let (spec, context) = match self.rule_for_role(&role) {
@@ -635,8 +643,11 @@ impl RuleSet {
         let trigger = trigger_of(task)?;
         let explicit = trigger.environment.trim().to_ascii_lowercase();
         if !explicit.is_empty() {
-            if !ENVIRONMENTS.contains(&explicit.as_str()) {
-                return Err(Error::UnknownEnvironment(trigger.environment.clone()));
+            if !self.catalog.has_environment(&explicit) {
+                return Err(Error::UnknownEnvironment {
+                    environment: trigger.environment.clone(),
+                    known: self.catalog.environments_text(),
+                });
             }
             return Ok((explicit, Found::Trigger));
         }
@@ -799,7 +810,7 @@ mod tests {
         ];
         let mut covered: Vec<&str> = examples.iter().map(|(r, _)| *r).collect();
         covered.sort();
-        let mut all = ROLES.to_vec();
+        let mut all = baton_proto::DEFAULT_ROLES.to_vec();
         all.sort();
         assert_eq!(covered, all, "one example per role");
         for (role, text) in examples {
@@ -862,7 +873,9 @@ mod tests {
         assert_eq!(spec(&d).environment, "development");
         assert_eq!(spec(&d).risk(), Risk::Low, "development override");
         let bad = with("Fix drift", |t| t.environment = "prod".into());
-        assert!(matches!(rules.decide(&bad), Err(Error::UnknownEnvironment(e)) if e == "prod"));
+        assert!(
+            matches!(rules.decide(&bad), Err(Error::UnknownEnvironment { environment: e, .. }) if e == "prod")
+        );
     }
 
     #[test]
@@ -918,7 +931,7 @@ mod tests {
     #[test]
     fn weak_matches_below_min_confidence_fall_back_and_say_so() {
         let text = DEFAULT_RULES.replace("min_confidence = 0.5", "min_confidence = 0.95");
-        let rules = RuleSet::parse(&text, "strict.toml").unwrap();
+        let rules = RuleSet::parse(&text, "strict.toml", &Catalog::default()).unwrap();
         let d = rules.decide(&task("Fix drift")).unwrap();
         assert_eq!(d.matched_by, FALLBACK_MATCHED_BY);
         assert!(
@@ -954,7 +967,7 @@ mod tests {
             "[defaults]\nenvironment = \"development\"\nfallback = \"assistant\"\n\
              [[rules]]\nname = \"assistant\"\nrole = \"assistant\"\ntask_type = \"assistance\"\nrisk = \"low\"\n{rules}"
         );
-        RuleSet::parse(&text, "custom.toml")
+        RuleSet::parse(&text, "custom.toml", &Catalog::default())
             .unwrap_err()
             .to_string()
     }
@@ -1021,7 +1034,7 @@ mod tests {
             "{e}"
         );
 
-        let e = RuleSet::parse("[defaults]\nenvironment = \"development\"\nfallback = \"nobody\"\n[[rules]]\nname = \"a\"\nrole = \"assistant\"\ntask_type = \"a\"\nrisk = \"low\"\n", "f.toml")
+        let e = RuleSet::parse("[defaults]\nenvironment = \"development\"\nfallback = \"nobody\"\n[[rules]]\nname = \"a\"\nrole = \"assistant\"\ntask_type = \"a\"\nrisk = \"low\"\n", "f.toml", &Catalog::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -1032,6 +1045,7 @@ mod tests {
         let e = RuleSet::parse(
             "[defaults]\nenvironment = \"prod\"\nfallback = \"a\"\n",
             "f.toml",
+            &Catalog::default(),
         )
         .unwrap_err()
         .to_string();
@@ -1043,9 +1057,12 @@ mod tests {
 
     #[test]
     fn missing_rules_file_names_the_path() {
-        let err = RuleSet::load(Some(Path::new("/nonexistent/rules.toml")))
-            .unwrap_err()
-            .to_string();
+        let err = RuleSet::load(
+            Some(Path::new("/nonexistent/rules.toml")),
+            &Catalog::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/nonexistent/rules.toml"), "{err}");
     }
 }

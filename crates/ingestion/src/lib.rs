@@ -318,7 +318,8 @@ impl Inner {
     ) -> Result<Submitted, Error> {
         trigger.source = source.to_string();
         validate::tenant(tenant).map_err(Error::InvalidTrigger)?;
-        validate::normalise(&mut trigger, &self.config).map_err(Error::InvalidTrigger)?;
+        validate::normalise(&mut trigger, &self.config, &self.ctx.catalog)
+            .map_err(Error::InvalidTrigger)?;
         self.accept(tenant, submitted_by, trigger, Uuid::now_v7())
             .await
     }
@@ -418,7 +419,7 @@ impl Inner {
             .and_then(|()| parse_trigger(d.payload(), d.header("Content-Type")))
             .and_then(|mut trigger| {
                 trigger.source = source.clone();
-                validate::normalise(&mut trigger, &self.config).map(|()| trigger)
+                validate::normalise(&mut trigger, &self.config, &self.ctx.catalog).map(|()| trigger)
             });
         match parsed {
             Ok(trigger) => {

@@ -2,17 +2,19 @@
 //! same trigger is accepted or refused with the same reason whichever way it came in.
 
 use crate::Config;
-use baton_proto::{ENVIRONMENTS, ROLES, Trigger};
+use baton_proto::Trigger;
+use baton_runtime::catalog::Catalog;
 
 /// Longest accepted idempotency key, in characters.
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
 
-/// Checks `trigger` against `config`'s limits and normalises it in place: surrounding whitespace
-/// is trimmed from the text, environment, role and key, and environment and role are lowercased.
+/// Checks `trigger` against `config`'s limits and the `catalog`'s roles and environments, and
+/// normalises it in place: surrounding whitespace is trimmed from the text, environment, role
+/// and key, and environment and role are lowercased.
 ///
 /// Errors: a lowercase message saying what was wrong and what to do, e.g.
 /// `unknown environment "prod": use development, staging or production`.
-pub fn normalise(trigger: &mut Trigger, config: &Config) -> Result<(), String> {
+pub fn normalise(trigger: &mut Trigger, config: &Config, catalog: &Catalog) -> Result<(), String> {
     let text = trigger.text.trim();
     if text.is_empty() {
         return Err(
@@ -30,21 +32,21 @@ pub fn normalise(trigger: &mut Trigger, config: &Config) -> Result<(), String> {
     trigger.text = text.to_string();
 
     let environment = trigger.environment.trim().to_ascii_lowercase();
-    if !environment.is_empty() && !ENVIRONMENTS.contains(&environment.as_str()) {
+    if !environment.is_empty() && !catalog.has_environment(&environment) {
         return Err(format!(
             "unknown environment {:?}: use {}, or leave it empty to let the rules decide",
             trigger.environment,
-            or_list(ENVIRONMENTS)
+            or_list(&catalog.environments)
         ));
     }
     trigger.environment = environment;
 
     let role = trigger.role.trim().to_ascii_lowercase();
-    if !role.is_empty() && !ROLES.contains(&role.as_str()) {
+    if !role.is_empty() && !catalog.has_role(&role) {
         return Err(format!(
             "unknown role {:?}: use one of {}, or leave it empty to let the rules decide",
             trigger.role,
-            ROLES.join(", ")
+            catalog.roles_text()
         ));
     }
     trigger.role = role;
@@ -112,7 +114,7 @@ pub fn tenant(tenant: &str) -> Result<(), String> {
 }
 
 /// `a, b or c`.
-fn or_list(items: &[&str]) -> String {
+fn or_list(items: &[String]) -> String {
     match items {
         [] => String::new(),
         [one] => one.to_string(),
@@ -142,7 +144,7 @@ mod tests {
 
     fn check(t: Trigger) -> Result<Trigger, String> {
         let mut t = t;
-        normalise(&mut t, &Config::default()).map(|()| t)
+        normalise(&mut t, &Config::default(), &Catalog::default()).map(|()| t)
     }
 
     #[test]

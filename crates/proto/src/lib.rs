@@ -15,9 +15,9 @@ pub use prost_types::Timestamp;
 /// Encoded `FileDescriptorSet` of `baton.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 
-/// The known agent roles. Decision rules may route only to these; agent-runner keeps one
-/// durable consumer per role.
-pub const ROLES: &[&str] = &[
+/// The twelve agent roles a deployment knows by default (`[catalog] roles` in the
+/// configuration replaces the list; see `baton_runtime::catalog`).
+pub const DEFAULT_ROLES: &[&str] = &[
     "drift",
     "patch",
     "compliance",
@@ -32,8 +32,8 @@ pub const ROLES: &[&str] = &[
     "assistant",
 ];
 
-/// The environments a task may target.
-pub const ENVIRONMENTS: &[&str] = &["development", "staging", "production"];
+/// The environments a task may target by default (`[catalog] environments`).
+pub const DEFAULT_ENVIRONMENTS: &[&str] = &["development", "staging", "production"];
 
 /// The current time as a protobuf timestamp.
 pub fn now() -> Timestamp {

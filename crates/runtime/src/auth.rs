@@ -234,12 +234,27 @@ impl Authenticator {
 
     /// Verifies the bearer token of a gRPC request.
     pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Principal, AuthError> {
-        let value = request
-            .metadata()
-            .get("authorization")
+        self.bearer(request.metadata().get("authorization").map(|v| v.to_str()))
+    }
+
+    /// Verifies the bearer token of an HTTP request (`Authorization: Bearer <jwt>`): the same
+    /// check as [`Authenticator::authenticate`], for the routes services add over HTTP.
+    pub fn authenticate_http(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Principal, AuthError> {
+        self.bearer(
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .map(|v| v.to_str()),
+        )
+    }
+
+    /// Verifies an `authorization` value (`None` when absent, `Err` when not ASCII).
+    fn bearer<E>(&self, value: Option<Result<&str, E>>) -> Result<Principal, AuthError> {
+        let value = value
             .ok_or(AuthError::MissingToken)?
-            .to_str()
-            .map_err(|_| AuthError::InvalidToken("authorization metadata is not ASCII".into()))?;
+            .map_err(|_| AuthError::InvalidToken("the authorization value is not ASCII".into()))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))

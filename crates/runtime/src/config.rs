@@ -4,6 +4,7 @@
 //! names only what it changes; unknown keys are errors.
 
 use crate::auth::AuthConfig;
+use crate::catalog::Catalog;
 use baton_bus::BusConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -28,6 +29,8 @@ pub struct CommonConfig {
     pub http_addr: SocketAddr,
     /// Where local state lives (the SQLite audit log, the nats-server store, the dev secret).
     pub data_dir: PathBuf,
+    /// The roles and environments tasks may use.
+    pub catalog: Catalog,
 }
 
 impl Default for CommonConfig {
@@ -39,6 +42,7 @@ impl Default for CommonConfig {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
             http_addr: "127.0.0.1:8080".parse().expect("valid address"),
             data_dir: PathBuf::from(".baton"),
+            catalog: Catalog::default(),
         }
     }
 }

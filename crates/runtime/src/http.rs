@@ -1,8 +1,18 @@
-//! The operational HTTP endpoints every process serves: `/health` (alive), `/ready` (connected
-//! to NATS and serving), `/metrics` (Prometheus text).
+//! The HTTP side of a process: the operational endpoints every process serves — `/health`
+//! (alive), `/ready` (connected to NATS and serving), `/metrics` (Prometheus text) — and the
+//! routes services add through [`HttpRoutes`] (webhooks, a REST front), which require the same
+//! bearer token as gRPC.
 
+use crate::auth::{AuthError, Authenticator};
 use crate::metrics::Metrics;
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::StatusCode,
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -45,14 +55,71 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Routes a service adds to the process's HTTP server ([`Service::add_http`]), beside
+/// `/health`, `/ready` and `/metrics`.
+///
+/// Every route added here is authenticated like a gRPC call: a request without a valid
+/// `Authorization: Bearer <jwt>` is answered `401` (`403` is the handler's to give, for a
+/// missing role) with the reason as text, and a handler finds the caller as
+/// `axum::Extension<Principal>`. Paths must not collide with another service's or with the
+/// operational endpoints (axum panics at start on a duplicate route, naming it).
+///
+/// [`Service::add_http`]: crate::service::Service::add_http
+/// [`Principal`]: crate::auth::Principal
+#[derive(Default)]
+pub struct HttpRoutes {
+    /// The routes added so far, not yet behind the authentication layer.
+    router: Router,
+}
+
+impl HttpRoutes {
+    /// Adds every route of `router` (which carries its own state, already applied).
+    pub fn add(&mut self, router: Router) -> &mut HttpRoutes {
+        self.router = std::mem::take(&mut self.router).merge(router);
+        self
+    }
+
+    /// The added routes behind bearer-token authentication with `auth`.
+    pub fn into_router(self, auth: Arc<Authenticator>) -> Router {
+        self.router
+            .layer(axum::middleware::from_fn_with_state(auth, require_token))
+    }
+}
+
+/// The authentication layer of [`HttpRoutes`]: verifies the bearer token and hands the
+/// principal to the handler as a request extension.
+async fn require_token(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match auth.authenticate_http(request.headers()) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(e @ (AuthError::MissingToken | AuthError::InvalidToken(_))) => {
+            (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
+    }
+}
+
 /// Binds `addr` and serves `router` until `shutdown`; returns the bound address and the task.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    use axum::serve::ListenerExt as _;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    // TCP_NODELAY, as on the gRPC listener: no Nagle delay on multi-segment responses.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
+        }
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -7,33 +7,43 @@
 //! - [`http`]: `/health`, `/ready`, `/metrics`.
 //! - [`grpc`]: one tonic server for any set of services, with gRPC health and reflection.
 //! - [`metrics`]: the Prometheus metrics, named in one place.
+//! - [`plugins`]: the registry through which extensions reach the services.
+//! - [`catalog`]: the configured roles and environments.
 //! - [`Context`]: the handles a service is built from.
 
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod plugins;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
 use std::sync::Arc;
 
-/// Handles shared by the services of one process: the NATS connection, the token verifier and
-/// the metrics registry. Cheap to clone.
+/// Handles shared by the services of one process: the NATS connection, the token verifier,
+/// the metrics registry, the catalog of roles and environments, and the plug-ins. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Context {
     /// The JetStream connection.
     pub bus: baton_bus::Bus,
-    /// Verifies bearer tokens on gRPC calls.
+    /// Verifies bearer tokens on gRPC calls and HTTP routes.
     pub auth: Arc<auth::Authenticator>,
     /// Prometheus metrics.
     pub metrics: Arc<metrics::Metrics>,
+    /// The roles and environments this deployment knows (checked when it was loaded).
+    pub catalog: Arc<catalog::Catalog>,
+    /// Extensions registered by the process (agents, classifier tiers, action runners, …);
+    /// each service adds the ones of its plug-in type to its built-ins at start.
+    pub plugins: Arc<plugins::Plugins>,
 }
 
 impl Context {
-    /// Builds a context from its parts.
+    /// Builds a context from its parts, with the default catalog and no plug-ins.
     pub fn new(
         bus: baton_bus::Bus,
         auth: auth::Authenticator,
@@ -43,6 +53,20 @@ impl Context {
             bus,
             auth: Arc::new(auth),
             metrics,
+            catalog: Arc::new(catalog::Catalog::default()),
+            plugins: Arc::new(plugins::Plugins::default()),
         }
+    }
+
+    /// The same context with `catalog` (already validated by the caller).
+    pub fn with_catalog(mut self, catalog: catalog::Catalog) -> Self {
+        self.catalog = Arc::new(catalog);
+        self
+    }
+
+    /// The same context with `plugins`.
+    pub fn with_plugins(mut self, plugins: Arc<plugins::Plugins>) -> Self {
+        self.plugins = plugins;
+        self
     }
 }

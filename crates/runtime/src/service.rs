@@ -3,6 +3,7 @@
 
 use crate::Context;
 use crate::config::CommonConfig;
+use crate::http::HttpRoutes;
 use serde::{Serialize, de::DeserializeOwned};
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,10 @@ pub trait Service: Sized + Send + 'static {
     /// Adds its gRPC services to the process's router.
     fn add_grpc(&self, routes: &mut RoutesBuilder);
 
+    /// Adds its HTTP routes (webhooks, a REST front) to the process's HTTP server; they are
+    /// authenticated like gRPC calls (see [`HttpRoutes`]). None by default.
+    fn add_http(&self, _routes: &mut HttpRoutes) {}
+
     /// Runs its consumers until `shutdown` is cancelled, then finishes in-flight work.
     fn serve(
         self,
@@ -59,6 +64,7 @@ impl Endpoints {
         grpc_addr: std::net::SocketAddr,
         http_addr: std::net::SocketAddr,
         routes: RoutesBuilder,
+        http_routes: HttpRoutes,
         names: &[&str],
         shutdown: CancellationToken,
     ) -> std::io::Result<Endpoints> {
@@ -78,7 +84,8 @@ impl Endpoints {
         });
         let (http_addr, http_task) = crate::http::serve(
             http_addr,
-            crate::http::router(ctx.metrics.clone(), ready),
+            crate::http::router(ctx.metrics.clone(), ready)
+                .merge(http_routes.into_router(ctx.auth.clone())),
             shutdown,
         )
         .await
@@ -122,11 +129,19 @@ pub enum ConnectError {
     /// NATS is unreachable or JetStream is off.
     #[error(transparent)]
     Bus(#[from] baton_bus::BusError),
+    /// The configured roles or environments are unusable.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
 }
 
-/// Connects to NATS and builds the [`Context`] from the common settings; an empty
-/// `auth.hs256_secret` uses the development secret in `data_dir`.
+/// Connects to NATS and builds the [`Context`] from the common settings (no plug-ins: add them
+/// with [`Context::with_plugins`]); an empty `auth.hs256_secret` uses the development secret
+/// in `data_dir`.
+///
+/// Errors: [`ConnectError::Catalog`] for bad `[catalog]` lists (checked before connecting),
+/// [`ConnectError::Secret`], [`ConnectError::Auth`], [`ConnectError::Bus`].
 pub async fn connect(common: &CommonConfig) -> Result<Context, ConnectError> {
+    common.catalog.validate()?;
     let mut auth = common.auth.clone();
     if auth.hs256_secret.is_empty() {
         auth.hs256_secret =
@@ -141,7 +156,8 @@ pub async fn connect(common: &CommonConfig) -> Result<Context, ConnectError> {
         bus,
         authenticator,
         std::sync::Arc::new(crate::metrics::Metrics::default()),
-    ))
+    )
+    .with_catalog(common.catalog.clone()))
 }
 
 /// `main` of a service's thin binary (`baton-<service> [--config FILE]`): the same as
@@ -210,6 +226,8 @@ async fn service_main_async<S: Service>() -> Result<(), String> {
         .map_err(|e| format!("{} did not start: {e}", S::NAME))?;
     let mut routes = RoutesBuilder::default();
     svc.add_grpc(&mut routes);
+    let mut http_routes = HttpRoutes::default();
+    svc.add_http(&mut http_routes);
     let shutdown = crate::shutdown::on_signal();
     let servers = CancellationToken::new();
     let endpoints = Endpoints::serve(
@@ -217,6 +235,7 @@ async fn service_main_async<S: Service>() -> Result<(), String> {
         common.grpc_addr,
         common.http_addr,
         routes,
+        http_routes,
         S::GRPC_SERVICES,
         servers.clone(),
     )

@@ -3,7 +3,7 @@
 //! tool-calling loop implement the same trait later and fill the plan's `agent_run` with model
 //! and tool calls.
 
-use baton_proto::{Action, Asset, Phase, PhaseKind, Plan, Step, Task, TaskSpec, action};
+use baton_proto::{Action, AgentKind, Asset, Phase, PhaseKind, Plan, Step, Task, TaskSpec, action};
 use futures::future::BoxFuture;
 
 /// Why an agent could not propose a plan. The kind decides what happens to the task.
@@ -39,17 +39,20 @@ impl AgentError {
 ///
 /// Contract: the same task and spec give the same phases and steps (agents are deterministic
 /// up to timing fields), because a redelivered message is planned again and the published
-/// event is deduplicated by id. The runner fills `plan.task_id`, `agent_run.agent`,
-/// `agent_run.kind` (when empty) and `agent_run.duration_ms`; the agent records the tool and
-/// model calls it made in `plan.agent_run`.
+/// event is deduplicated by id. The agent records the tool and model calls it made in
+/// `plan.agent_run`; the runner then overwrites `plan.task_id`, `agent_run.agent`,
+/// `agent_run.kind` and `agent_run.duration_ms` with what it knows: the name and kind are read
+/// once, when the agent is registered, and whatever the plan says about them is replaced —
+/// validation's trust in a plan (its human-review points) rests on them, so an agent cannot
+/// claim to be something else.
 pub trait Agent: Send + Sync + 'static {
-    /// Name and version, as recorded in `AgentRun.agent` (`drift-runbook@1`).
+    /// Name and version, as recorded in `AgentRun.agent` (`drift-runbook@1`). Validation's
+    /// `reviewed_agents` lists names of this form.
     fn name(&self) -> &str;
 
-    /// `runbook` for deterministic code, `llm` for model-backed agents (`AgentRun.kind`).
-    fn kind(&self) -> &str {
-        "runbook"
-    }
+    /// [`AgentKind::Runbook`] for deterministic, versioned code, [`AgentKind::Llm`] for
+    /// model-backed agents (`AgentRun.kind`). Required: there is no safe default.
+    fn kind(&self) -> AgentKind;
 
     /// Proposes a plan for `task` as the decision service specified it.
     fn plan<'a>(
@@ -68,6 +71,10 @@ pub struct NoopAgent;
 impl Agent for NoopAgent {
     fn name(&self) -> &str {
         "noop@1"
+    }
+
+    fn kind(&self) -> AgentKind {
+        AgentKind::Runbook
     }
 
     fn plan<'a>(

@@ -422,7 +422,6 @@ impl DriftRunbook {
             self.max_phase_fraction,
         );
         plan.agent_run = Some(AgentRun {
-            kind: "runbook".into(),
             agent: NAME.into(),
             tool_calls,
             ..Default::default()
@@ -434,6 +433,10 @@ impl DriftRunbook {
 impl Agent for DriftRunbook {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn kind(&self) -> baton_proto::AgentKind {
+        baton_proto::AgentKind::Runbook
     }
 
     fn plan<'a>(

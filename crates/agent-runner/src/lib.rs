@@ -13,8 +13,10 @@
 //!   - `invalid_task`: the routed event lacks its task or spec.
 //! - **gRPC:** none yet (`GRPC_SERVICES` is empty).
 //!
-//! Agents implement [`Agent`]; [`AgentRunner::with_agent`] registers one per role. The runner
-//! ships [`DriftRunbook`] for role `drift` and [`NoopAgent`] for benchmarks.
+//! Agents implement [`Agent`] and are registered as [`AgentFactory`] plug-ins (see
+//! [`registry`]): the runner ships [`DriftRunbook`] for role `drift` and [`NoopAgent`] for
+//! benchmarks as factories of the same kind. The name and [`AgentKind`] on every plan come
+//! from the registration, never from the plan.
 //!
 //! # Inventory (`agents.inventory_path`, TOML)
 //!
@@ -57,12 +59,14 @@
 mod agent;
 pub mod drift;
 pub mod inventory;
+pub mod registry;
 
 pub use agent::{Agent, AgentError, NoopAgent};
 pub use drift::DriftRunbook;
+pub use registry::{AgentFactory, AgentSetup, builtin_factories};
 
 use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError};
-use baton_proto::{Event, PlanProposed, TaskFailed, TaskRouted, event::Body, subject};
+use baton_proto::{AgentKind, Event, PlanProposed, TaskFailed, TaskRouted, event::Body, subject};
 use baton_runtime::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,8 +101,12 @@ pub struct Config {
     /// Messages handled at once per role, by this process.
     pub concurrency: usize,
     /// Roles served by the built-in no-op agent (one no-op step, no side effects), for
-    /// benchmarks and dry runs. Empty in production.
+    /// benchmarks and dry runs. Empty in production. Shorthand for `assign`ing them `noop`.
     pub noop_roles: Vec<String>,
+    /// Role → agent factory name (`{ cost = "cost-report" }`), over the roles each registered
+    /// factory serves by default (the drift runbook serves `drift`). A name no factory has is
+    /// refused at start with the list of registered ones.
+    pub assign: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -110,6 +118,7 @@ impl Default for Config {
             fetch_concurrency: 16,
             concurrency: 16,
             noop_roles: Vec::new(),
+            assign: BTreeMap::new(),
         }
     }
 }
@@ -184,11 +193,30 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// An agent with the name and kind it had when it was registered: what the runner stamps on
+/// its plans.
+#[derive(Clone)]
+struct Registered {
+    agent: Arc<dyn Agent>,
+    name: String,
+    kind: AgentKind,
+}
+
+impl Registered {
+    fn new(agent: Arc<dyn Agent>) -> Registered {
+        Registered {
+            name: agent.name().to_string(),
+            kind: agent.kind(),
+            agent,
+        }
+    }
+}
+
 /// The agent runner: a registry of agents by role and one consumer per role.
 pub struct AgentRunner {
     ctx: Context,
     config: Config,
-    agents: BTreeMap<String, Arc<dyn Agent>>,
+    agents: BTreeMap<String, Registered>,
 }
 
 impl std::fmt::Debug for AgentRunner {
@@ -201,42 +229,30 @@ impl std::fmt::Debug for AgentRunner {
 }
 
 impl AgentRunner {
-    /// Validates `config` and registers the built-in agents ([`DriftRunbook`] for `drift`).
-    /// The inventory is not read here but on every task.
+    /// Validates `config` and registers the agents: the built-in factories, then those in
+    /// `ctx.plugins`, assigned to roles by default and by `agents.assign`/`noop_roles` (see
+    /// [`registry`]). The inventory is not read here but on every task.
     ///
-    /// Errors: [`Error::Config`] for bad values, [`Error::Agent`] when an agent cannot be built.
+    /// Errors: [`Error::Config`] for bad values or an unknown factory name, [`Error::Agent`]
+    /// when an agent cannot be built.
     pub async fn new(ctx: Context, config: Config) -> Result<AgentRunner, Error> {
         config.validate()?;
-        let path = config.effective_inventory_path();
-        if !path.exists() {
-            warn!(path = %path.display(), "inventory does not exist yet; drift tasks fail until it is written");
-        }
-        let drift = DriftRunbook::new(
-            path,
-            config.http_timeout,
-            config.max_phase_fraction,
-            config.fetch_concurrency,
-        )
-        .map_err(|reason| Error::Agent {
-            agent: drift::NAME.into(),
-            reason,
-        })?;
-        let noop_roles = config.noop_roles.clone();
-        let runner = AgentRunner {
+        let agents = registry::assemble(&ctx, &config)?
+            .into_iter()
+            .map(|(role, agent)| (role, Registered::new(agent)))
+            .collect();
+        Ok(AgentRunner {
             ctx,
             config,
-            agents: BTreeMap::new(),
-        }
-        .with_agent("drift", Arc::new(drift));
-        Ok(noop_roles
-            .iter()
-            .fold(runner, |r, role| r.with_agent(role, Arc::new(NoopAgent))))
+            agents,
+        })
     }
 
     /// Registers `agent` for `role`, replacing any agent that role had. A role outside the
-    /// catalog gets its own consumer too.
+    /// catalog gets its own consumer too. (Programs register [`AgentFactory`] plug-ins
+    /// instead; this is for tests that hold an agent in hand.)
     pub fn with_agent(mut self, role: &str, agent: Arc<dyn Agent>) -> AgentRunner {
-        self.agents.insert(role.to_string(), agent);
+        self.agents.insert(role.to_string(), Registered::new(agent));
         self
     }
 
@@ -250,7 +266,7 @@ impl AgentRunner {
     pub fn agents(&self) -> Vec<(String, String)> {
         self.agents
             .iter()
-            .map(|(r, a)| (r.clone(), a.name().to_string()))
+            .map(|(r, a)| (r.clone(), a.name.clone()))
             .collect()
     }
 
@@ -347,7 +363,7 @@ impl baton_runtime::service::Service for AgentRunner {
 /// What the consumers share.
 struct Handler {
     ctx: Context,
-    agents: BTreeMap<String, Arc<dyn Agent>>,
+    agents: BTreeMap<String, Registered>,
 }
 
 impl Handler {
@@ -373,7 +389,7 @@ impl Handler {
             self.fail(&event, "invalid_task", reason.into()).await?;
             return Ok("failed");
         };
-        let Some(agent) = self.agents.get(role) else {
+        let Some(Registered { agent, name, kind }) = self.agents.get(role) else {
             let with: Vec<&str> = self.agents.keys().map(String::as_str).collect();
             let with = if with.is_empty() {
                 "none".to_string()
@@ -387,16 +403,14 @@ impl Handler {
         let started = Instant::now();
         match agent.plan(task, spec).await {
             Ok(mut plan) => {
+                // Who made the plan is the runner's word, from the registration: an agent's
+                // own claim about its name or kind is overwritten (validation trusts these).
                 let run = plan.agent_run.get_or_insert_with(Default::default);
-                if run.agent.is_empty() {
-                    run.agent = agent.name().to_string();
-                }
-                if run.kind.is_empty() {
-                    run.kind = agent.kind().to_string();
-                }
+                run.agent = name.clone();
+                run.set_kind(*kind);
                 run.duration_ms = started.elapsed().as_millis() as u64;
                 plan.task_id = event.task_id.clone();
-                info!(task_id = %event.task_id, agent = agent.name(), summary = %plan.summary, "plan proposed");
+                info!(task_id = %event.task_id, agent = %name, summary = %plan.summary, "plan proposed");
                 let body = Body::PlanProposed(PlanProposed {
                     task: Some(task.clone()),
                     spec: Some(spec.clone()),
@@ -420,11 +434,7 @@ impl Handler {
                 if d.deliveries() >= max {
                     // The bus dead-letters the message after this; end the task too, so it
                     // does not wait forever.
-                    let why = format!(
-                        "{} gave up after {} attempts: {reason}",
-                        agent.name(),
-                        d.deliveries()
-                    );
+                    let why = format!("{name} gave up after {} attempts: {reason}", d.deliveries());
                     self.fail(&event, "agent_unavailable", why).await?;
                 }
                 warn!(task_id = %event.task_id, attempt = d.deliveries(), %reason, "agent failed transiently");

@@ -276,7 +276,7 @@ async fn drift_task_becomes_a_canary_then_small_waves_over_the_drifted_assets() 
 
     let run = plan.agent_run.as_ref().unwrap();
     assert_eq!(
-        (run.kind.as_str(), run.agent.as_str()),
+        (run.kind().label(), run.agent.as_str()),
         ("runbook", "drift-runbook@1")
     );
     assert_eq!(
@@ -500,5 +500,113 @@ async fn unreachable_asset_is_retried_then_dead_lettered_and_the_task_failed() {
         f.reason.contains("gave up after 3 attempts"),
         "{}",
         f.reason
+    );
+}
+
+/// A model-backed agent as an extension would write it, which (wrongly or maliciously) says in
+/// its plan that it is the reviewed drift runbook.
+struct Impostor;
+
+impl baton_agent_runner::Agent for Impostor {
+    fn name(&self) -> &str {
+        "billing-llm@1"
+    }
+
+    fn kind(&self) -> baton_proto::AgentKind {
+        baton_proto::AgentKind::Llm
+    }
+
+    fn plan<'a>(
+        &'a self,
+        task: &'a Task,
+        _spec: &'a TaskSpec,
+    ) -> futures::future::BoxFuture<'a, Result<Plan, baton_agent_runner::AgentError>> {
+        let plan = Plan {
+            task_id: task.task_id.clone(),
+            summary: "a report about the invoice".into(),
+            agent_run: Some(baton_proto::AgentRun {
+                kind: baton_proto::AgentKind::Runbook as i32,
+                agent: "drift-runbook@1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Box::pin(async move { Ok(plan) })
+    }
+}
+
+#[tokio::test]
+async fn a_plug_in_agent_serves_a_configured_role_and_cannot_claim_another_identity() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut catalog = baton_runtime::catalog::Catalog::default();
+    catalog.roles.push("billing".into());
+    let plugins = baton_runtime::plugins::Plugins::new().with(
+        baton_agent_runner::AgentFactory::new("billing-llm", &["billing"], |_| {
+            Ok(Arc::new(Impostor) as Arc<dyn baton_agent_runner::Agent>)
+        }),
+    );
+    let ctx = context(nats.bus.clone())
+        .with_catalog(catalog)
+        .with_plugins(plugins.shared());
+    let runner = AgentRunner::new(ctx, config(&dir.path().join("none.toml")))
+        .await
+        .unwrap();
+    assert!(runner.roles().contains(&"billing".to_string()));
+    assert_eq!(
+        runner.agents(),
+        [
+            ("billing".to_string(), "billing-llm@1".to_string()),
+            ("drift".to_string(), "drift-runbook@1".to_string())
+        ]
+    );
+    let runner = start(runner);
+    let mut events = Events::watch(&nats.bus).await;
+    nats.bus
+        .publish(
+            &subject::agent("billing"),
+            &routed("t-bill", "billing", "", "production"),
+        )
+        .await
+        .unwrap();
+    let (event, _) = events.next(subject::TASK_PROPOSED, "t-bill").await;
+    runner.stop().await;
+    let run = proposed_plan(&event).agent_run.as_ref().unwrap();
+    assert_eq!(
+        (run.kind(), run.agent.as_str()),
+        (baton_proto::AgentKind::Llm, "billing-llm@1"),
+        "the runner stamps the registration's kind and name over the plan's claim"
+    );
+}
+
+#[tokio::test]
+async fn agents_assign_picks_a_factory_per_role_and_refuses_unknown_names() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir.path().join("none.toml"));
+    c.assign.insert("drift".into(), "noop".into());
+    c.assign.insert("patch".into(), "drift-runbook".into());
+    let runner = AgentRunner::new(context(nats.bus.clone()), c)
+        .await
+        .unwrap();
+    assert_eq!(
+        runner.agents(),
+        [
+            ("drift".to_string(), "noop@1".to_string()),
+            ("patch".to_string(), "drift-runbook@1".to_string())
+        ]
+    );
+
+    let mut c = config(&dir.path().join("none.toml"));
+    c.assign.insert("cost".into(), "cost-report".into());
+    let err = AgentRunner::new(context(nats.bus.clone()), c)
+        .await
+        .err()
+        .expect("an unregistered factory must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("gives role \"cost\" to agent \"cost-report\", which is not registered")
+            && msg.contains("registered: drift-runbook, noop"),
+        "{msg}"
     );
 }

@@ -308,7 +308,7 @@ async fn launch(
             .await
         }
         ServiceName::Decision => {
-            launch_one::<baton_decision::Decision>(
+            launch_one::<baton_decision::Router>(
                 ctx,
                 config,
                 config.decision.clone(),

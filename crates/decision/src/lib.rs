@@ -9,18 +9,24 @@
 //!
 //! Classification is a chain of tiers ([`Decider`]): an explicit `trigger.role` wins (tier
 //! EXPLICIT); then each [`Classifier`] in turn, the first confident one winning. Only the
-//! rules tier ([`rules::RuleSet`], a TOML file checked at startup) exists today; a trained
-//! classifier and an LLM tier plug in behind the same trait. When no tier is confident the
-//! fallback rule routes the task to the assistant.
+//! rules tier ([`rules::RuleSet`], a TOML file checked at startup) ships today; a trained
+//! classifier and an LLM tier plug in behind the same trait, registered as [`TierFactory`]
+//! plug-ins and ordered by `decision.tiers` (see [`tiers`]). When no tier is confident the
+//! fallback rule routes the task to the assistant. `DecisionService/ListRoles` reports the
+//! catalog's roles and environments.
 
 pub mod rules;
+pub mod tiers;
+
+pub use tiers::{TierFactory, TierSetup};
 
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::decision_service_server::{
     DecisionService as DecisionServiceApi, DecisionServiceServer,
 };
 use baton_proto::{
-    ClassifyRequest, ClassifyResponse, Task, TaskFailed, TaskRouted, event::Body, subject,
+    ClassifyRequest, ClassifyResponse, ListRolesRequest, ListRolesResponse, Task, TaskFailed,
+    TaskRouted, event::Body, subject,
 };
 use baton_runtime::Context;
 use futures::future::BoxFuture;
@@ -49,6 +55,11 @@ pub struct Config {
     pub rules_path: Option<PathBuf>,
     /// Tasks classified at once by this process.
     pub concurrency: usize,
+    /// The classification tiers after an explicit role, in order, by [`TierFactory`] name
+    /// (`["rules", "embedding"]`). Empty (the default) means `rules`, then every tier
+    /// registered as a plug-in, in registration order. A name nobody registered is refused at
+    /// start with the list of registered tiers.
+    pub tiers: Vec<String>,
 }
 
 impl Default for Config {
@@ -56,6 +67,7 @@ impl Default for Config {
         Config {
             rules_path: None,
             concurrency: 64,
+            tiers: Vec::new(),
         }
     }
 }
@@ -190,10 +202,18 @@ impl Decider {
     /// A chain with only the rules tier.
     pub fn new(rules: RuleSet) -> Decider {
         let rules = Arc::new(rules);
-        Decider {
-            tiers: vec![Arc::new(RulesClassifier(rules.clone()))],
-            rules,
-        }
+        Decider::with_tiers(rules.clone(), vec![Arc::new(RulesClassifier(rules))])
+    }
+
+    /// A chain of `tiers`, in order; `rules` still give the explicit role check, the
+    /// `min_confidence` every tier must reach, and the fallback.
+    pub fn with_tiers(rules: Arc<RuleSet>, tiers: Vec<Arc<dyn Classifier>>) -> Decider {
+        Decider { rules, tiers }
+    }
+
+    /// The tiers' names, in order (`["rules"]`).
+    pub fn tier_names(&self) -> Vec<String> {
+        self.tiers.iter().map(|t| t.name().to_string()).collect()
     }
 
     /// Appends a tier, tried after the existing ones.
@@ -230,10 +250,11 @@ impl Decider {
     }
 }
 
-/// The decision service: the `baton.task.received` consumer and the `DecisionService` gRPC
-/// server.
+/// The decision service (named for its job, routing tasks to agent roles, so that it does not
+/// shadow the proto [`baton_proto::Decision`] it produces): the `baton.task.received` consumer
+/// and the `DecisionService` gRPC server.
 #[derive(Clone)]
-pub struct Decision {
+pub struct Router {
     inner: Arc<Inner>,
 }
 
@@ -243,7 +264,7 @@ struct Inner {
     decider: Decider,
 }
 
-impl Decision {
+impl Router {
     /// Loads and checks the rules (from `config.rules_path`, or the built-in ones).
     ///
     /// Errors: [`Error::ReadRules`], [`Error::Rules`] (naming file, rule and problem),
@@ -254,14 +275,16 @@ impl Decision {
                 "decision.concurrency must be at least 1".into(),
             ));
         }
-        let rules = RuleSet::load(config.rules_path.as_deref(), &ctx.catalog)?;
+        let rules = Arc::new(RuleSet::load(config.rules_path.as_deref(), &ctx.catalog)?);
         info!(rules = %rules.source, count = rules.rules.len(), "decision rules loaded");
-        Ok(Decision::with_decider(ctx, config, Decider::new(rules)))
+        let decider = tiers::assemble(&ctx, &config, rules)?;
+        info!(tiers = ?decider.tier_names(), "decision tiers");
+        Ok(Router::with_decider(ctx, config, decider))
     }
 
     /// Builds the service around a ready [`Decider`] (to add classifier tiers).
     pub fn with_decider(ctx: Context, config: Config, decider: Decider) -> Self {
-        Decision {
+        Router {
             inner: Arc::new(Inner {
                 ctx,
                 config,
@@ -404,9 +427,21 @@ impl DecisionServiceApi for DecisionApi {
             decision: Some(decision),
         }))
     }
+
+    async fn list_roles(
+        &self,
+        request: tonic::Request<ListRolesRequest>,
+    ) -> Result<tonic::Response<ListRolesResponse>, tonic::Status> {
+        self.inner.ctx.auth.authenticate(&request)?;
+        let catalog = &self.inner.ctx.catalog;
+        Ok(tonic::Response::new(ListRolesResponse {
+            roles: catalog.roles.clone(),
+            environments: catalog.environments.clone(),
+        }))
+    }
 }
 
-impl baton_runtime::service::Service for Decision {
+impl baton_runtime::service::Service for Router {
     type Config = Config;
     type Error = Error;
     const NAME: &'static str = SERVICE;
@@ -417,11 +452,11 @@ impl baton_runtime::service::Service for Decision {
         ctx: Context,
         config: Config,
     ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
-        Decision::new(ctx, config)
+        Router::new(ctx, config)
     }
 
     fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        Decision::add_grpc(self, routes)
+        Router::add_grpc(self, routes)
     }
 
     fn serve(
@@ -433,9 +468,9 @@ impl baton_runtime::service::Service for Decision {
 }
 
 /// Loads the rules and consumes received tasks until `shutdown` (the design's `run(config,
-/// shutdown)`; the gRPC server is the caller's, via [`Decision::add_grpc`]).
+/// shutdown)`; the gRPC server is the caller's, via [`Router::add_grpc`]).
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    Decision::new(ctx, config).await?.run(shutdown).await
+    Router::new(ctx, config).await?.run(shutdown).await
 }
 
 #[cfg(test)]

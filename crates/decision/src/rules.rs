@@ -981,7 +981,7 @@ mod tests {
         let e = bad(&rule("role = \"wizard\"\nrisk = \"low\""));
         assert!(
             e.starts_with(
-                "rules file custom.toml: rule \"broken\": role \"wizard\" is not a known role"
+                "rules file custom.toml: rule \"broken\": role \"wizard\" is not in [catalog] roles"
             ),
             "{e}"
         );

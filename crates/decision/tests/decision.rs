@@ -3,7 +3,7 @@
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use baton_bus::testing::TestNats;
-use baton_decision::{Config, Decision, Error};
+use baton_decision::{Config, Error, Router};
 use baton_proto::decision_service_client::DecisionServiceClient;
 use baton_proto::{
     ClassifyRequest, DecisionTier, Event, Risk, Task, TaskReceived, Trigger, event::Body, subject,
@@ -87,7 +87,7 @@ async fn run_until<T>(
     config: Config,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    let svc = Decision::new(context(nats), config).await.unwrap();
+    let svc = Router::new(context(nats), config).await.unwrap();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(svc.run(shutdown.clone()));
     let out = work.await;
@@ -260,7 +260,7 @@ async fn bad_rules_file_is_a_startup_error_naming_file_and_rule() {
         rules_path: Some(path.clone()),
         ..Config::default()
     };
-    let err = Decision::new(context(&nats), config)
+    let err = Router::new(context(&nats), config)
         .await
         .err()
         .expect("must fail");
@@ -279,7 +279,7 @@ async fn bad_rules_file_is_a_startup_error_naming_file_and_rule() {
 async fn classify_over_grpc_answers_without_publishing() {
     let nats = TestNats::start().await;
     let ctx = context(&nats);
-    let svc = Decision::new(ctx.clone(), Config::default()).await.unwrap();
+    let svc = Router::new(ctx.clone(), Config::default()).await.unwrap();
     let mut routes = tonic::service::RoutesBuilder::default();
     svc.add_grpc(&mut routes);
     let shutdown = CancellationToken::new();
@@ -373,4 +373,181 @@ async fn classify_over_grpc_answers_without_publishing() {
         0,
         "classify publishes nothing"
     );
+}
+
+/// A plug-in tier, as an extension would write it: confident about one phrase, routing it to
+/// a role that only the configured catalog knows.
+struct Billing;
+impl baton_decision::Classifier for Billing {
+    fn name(&self) -> &str {
+        "billing"
+    }
+    fn classify<'a>(
+        &'a self,
+        task: &'a Task,
+    ) -> futures::future::BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
+        let text = task.trigger.as_ref().map(|t| t.text.as_str()).unwrap_or("");
+        let d = text.contains("invoice").then(|| baton_proto::Decision {
+            spec: Some(baton_proto::TaskSpec {
+                task_id: task.task_id.clone(),
+                task_type: "billing_question".into(),
+                role: "billing".into(),
+                environment: "development".into(),
+                ..Default::default()
+            }),
+            confidence: 0.95,
+            tier: DecisionTier::Classifier as i32,
+            matched_by: "billing".into(),
+            explanation: "mentions an invoice".into(),
+        });
+        Box::pin(std::future::ready(Ok(d)))
+    }
+}
+
+/// The catalog of the default roles plus `billing`.
+fn catalog_with_billing() -> baton_runtime::catalog::Catalog {
+    let mut catalog = baton_runtime::catalog::Catalog::default();
+    catalog.roles.push("billing".into());
+    catalog
+}
+
+fn with_billing_tier(ctx: Context) -> Context {
+    let plugins = baton_runtime::plugins::Plugins::new()
+        .with(baton_decision::TierFactory::new("billing", |_| {
+            Ok(Arc::new(Billing) as Arc<dyn baton_decision::Classifier>)
+        }));
+    ctx.with_catalog(catalog_with_billing())
+        .with_plugins(plugins.shared())
+}
+
+#[tokio::test]
+async fn a_plug_in_tier_routes_to_a_configured_role_without_editing_decision() {
+    let nats = TestNats::start().await;
+    let svc = Router::new(with_billing_tier(context(&nats)), Config::default())
+        .await
+        .unwrap();
+    assert_eq!(svc.decider().tier_names(), ["rules", "billing"]);
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(svc.run(shutdown.clone()));
+    nats.bus
+        .publish(
+            subject::TASK_RECEIVED,
+            &received("t-bill", text("Why is this invoice so high?")),
+        )
+        .await
+        .unwrap();
+    let event = first_event(&nats, &subject::agent("billing")).await;
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    let Some(Body::TaskRouted(routed)) = &event.body else {
+        panic!("not routed: {event:?}")
+    };
+    let decision = routed.decision.as_ref().unwrap();
+    assert_eq!(decision.tier(), DecisionTier::Classifier);
+    assert_eq!(decision.spec.as_ref().unwrap().role, "billing");
+    assert_eq!(decision.matched_by, "billing");
+}
+
+#[tokio::test]
+async fn decision_tiers_orders_tiers_and_refuses_unknown_or_repeated_ones() {
+    let nats = TestNats::start().await;
+    let only_billing = Config {
+        tiers: vec!["billing".into()],
+        ..Config::default()
+    };
+    let svc = Router::new(with_billing_tier(context(&nats)), only_billing)
+        .await
+        .unwrap();
+    assert_eq!(svc.decider().tier_names(), ["billing"]);
+
+    let unknown = Config {
+        tiers: vec!["rules".into(), "embedding".into()],
+        ..Config::default()
+    };
+    let err = Router::new(with_billing_tier(context(&nats)), unknown)
+        .await
+        .err()
+        .expect("an unknown tier must be refused");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"embedding\", which is not registered")
+            && msg.contains("registered tiers: billing, rules"),
+        "{msg}"
+    );
+
+    let twice = Config {
+        tiers: vec!["rules".into(), "rules".into()],
+        ..Config::default()
+    };
+    let err = Router::new(context(&nats), twice).await.err().unwrap();
+    assert!(err.to_string().contains("lists \"rules\" twice"), "{err}");
+}
+
+#[tokio::test]
+async fn rules_may_route_only_to_catalog_roles() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(
+        &path,
+        "[defaults]\nenvironment = \"development\"\nfallback = \"x\"\n\
+         [[rules]]\nname = \"x\"\nrole = \"billing\"\ntask_type = \"a\"\nrisk = \"low\"\n",
+    )
+    .unwrap();
+    let config = Config {
+        rules_path: Some(path.clone()),
+        ..Config::default()
+    };
+    let err = Router::new(context(&nats), config.clone())
+        .await
+        .err()
+        .expect("billing is not in the default catalog");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rule \"x\": role \"billing\" is not in [catalog] roles")
+            && msg.contains("or add it there"),
+        "{msg}"
+    );
+    // The same file loads once the catalog lists the role.
+    let ctx = context(&nats).with_catalog(catalog_with_billing());
+    Router::new(ctx, config).await.unwrap();
+}
+
+#[tokio::test]
+async fn list_roles_reports_the_configured_catalog() {
+    let nats = TestNats::start().await;
+    let ctx = context(&nats).with_catalog(catalog_with_billing());
+    let svc = Router::new(ctx.clone(), Config::default()).await.unwrap();
+    let mut routes = tonic::service::RoutesBuilder::default();
+    svc.add_grpc(&mut routes);
+    let shutdown = CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    let (addr, _task) = baton_runtime::grpc::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        routes.routes(),
+        baton_decision::GRPC_SERVICES,
+        shutdown,
+    )
+    .await
+    .unwrap();
+    let mut client = DecisionServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let err = client
+        .list_roles(baton_proto::ListRolesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let token = ctx
+        .auth
+        .mint("eve", "acme", &[Role::Submitter], Duration::from_secs(300));
+    let mut req = tonic::Request::new(baton_proto::ListRolesRequest {});
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let resp = client.list_roles(req).await.unwrap().into_inner();
+    assert_eq!(resp.roles.len(), 13);
+    assert_eq!(resp.roles.first().map(String::as_str), Some("drift"));
+    assert_eq!(resp.roles.last().map(String::as_str), Some("billing"));
+    assert_eq!(resp.environments, ["development", "staging", "production"]);
 }

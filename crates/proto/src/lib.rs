@@ -157,6 +157,17 @@ pub fn ends_task(kind: &str) -> bool {
     )
 }
 
+impl AgentKind {
+    /// Lowercase name as policies and people see it (`runbook`, `llm`; `unspecified`).
+    pub fn label(self) -> &'static str {
+        match self {
+            AgentKind::Unspecified => "unspecified",
+            AgentKind::Runbook => "runbook",
+            AgentKind::Llm => "llm",
+        }
+    }
+}
+
 impl Risk {
     /// Lowercase name as policies see it (`low`, `high`, …; `unspecified`).
     pub fn label(self) -> &'static str {

@@ -126,6 +126,12 @@ pub struct Config {
     pub staging: Thresholds,
     /// Plans validated at once by this process.
     pub concurrency: usize,
+    /// Runbook agents whose plans count as human-reviewed (20 quality points), by the name
+    /// and version the agent runner stamps on every plan (`drift-runbook@1`). A runbook not
+    /// listed here, a new version of a listed one, and every model-backed agent get 0 for
+    /// human review, so their production plans wait for a human unless a higher score says
+    /// otherwise. Default: the built-in runbooks, `drift-runbook@1` and `noop@1`.
+    pub reviewed_agents: Vec<String>,
 }
 
 impl Default for Config {
@@ -141,6 +147,7 @@ impl Default for Config {
                 with_approval: 40,
             },
             concurrency: 16,
+            reviewed_agents: vec!["drift-runbook@1".into(), "noop@1".into()],
         }
     }
 }
@@ -355,7 +362,7 @@ impl Inner {
         let input = policy::input_document(proposed);
         let outcome = self.policies.evaluate(&input);
         let plan = proposed.plan.clone().unwrap_or_default();
-        let quality = quality::score(&plan, &outcome);
+        let quality = quality::score(&plan, &outcome, &self.config.reviewed_agents);
         let environment = proposed
             .spec
             .as_ref()

@@ -398,7 +398,7 @@ pub fn input_document(proposed: &PlanProposed) -> serde_json::Value {
             "step_count": plan.phases.iter().map(|p| p.steps.len()).sum::<usize>(),
             "phases": phases,
             "artifacts": artifacts,
-            "agent": {"kind": agent.kind, "name": agent.agent},
+            "agent": {"kind": agent.kind().label(), "name": agent.agent},
         },
     })
 }
@@ -547,7 +547,7 @@ mod tests {
                     },
                 ],
                 agent_run: Some(AgentRun {
-                    kind: "llm".into(),
+                    kind: baton_proto::AgentKind::Llm as i32,
                     agent: "gpt@1".into(),
                     ..Default::default()
                 }),

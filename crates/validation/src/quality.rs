@@ -6,7 +6,7 @@
 //! ([`Thresholds`]).
 
 use crate::policy::PolicyOutcome;
-use baton_proto::{Plan, QualityScore, Verdict};
+use baton_proto::{AgentKind, Plan, QualityScore, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -116,33 +116,47 @@ pub fn operational_history(notes: &mut Vec<String>) -> u32 {
     NEUTRAL_HISTORY
 }
 
-/// **Human review** (0–20): 20 for plans made by a `runbook` agent (reviewed, versioned code);
-/// 0 for any other agent (an LLM's plan has had no human review yet).
-pub fn human_review(plan: &Plan, notes: &mut Vec<String>) -> u32 {
+/// **Human review** (0–20): 20 only for a plan made by a *reviewed runbook*: its
+/// `agent_run.kind` is [`AgentKind::Runbook`] and its `agent_run.agent` (name and version, as
+/// the agent runner stamped it from the agent's registration) is one of `reviewed_agents`
+/// (`validation.reviewed_agents`). Any other plan gets 0: a model-backed agent's plan, and a
+/// runbook nobody listed as reviewed (a new agent, or a new version of a reviewed one).
+///
+/// Neither the kind nor the name is the agent's own claim: the runner overwrites both from the
+/// registration, so an agent cannot earn these points by saying it is a runbook.
+pub fn human_review(plan: &Plan, reviewed_agents: &[String], notes: &mut Vec<String>) -> u32 {
     let run = plan.agent_run.clone().unwrap_or_default();
-    if run.kind == "runbook" {
-        DIMENSION_MAX
+    let kind = run.kind();
+    let name = if run.agent.is_empty() {
+        "an unnamed agent"
     } else {
-        let kind = if run.kind.is_empty() {
-            "unknown"
-        } else {
-            run.kind.as_str()
-        };
+        run.agent.as_str()
+    };
+    if kind != AgentKind::Runbook {
         notes.push(format!(
-            "human review: the plan comes from a {kind} agent, not a reviewed runbook (0 of 20)"
+            "human review: the plan comes from {name} (kind {}), not a reviewed runbook (0 of 20)",
+            kind.label()
         ));
         0
+    } else if !reviewed_agents.iter().any(|a| *a == run.agent) {
+        notes.push(format!(
+            "human review: runbook {name} is not in validation.reviewed_agents (0 of 20)"
+        ));
+        0
+    } else {
+        DIMENSION_MAX
     }
 }
 
-/// The quality score of `plan` given what the policies said.
-pub fn score(plan: &Plan, outcome: &PolicyOutcome) -> QualityScore {
+/// The quality score of `plan` given what the policies said; `reviewed_agents` are the
+/// runbooks whose plans count as human-reviewed (see [`human_review`]).
+pub fn score(plan: &Plan, outcome: &PolicyOutcome, reviewed_agents: &[String]) -> QualityScore {
     let mut notes = Vec::new();
     let structural = structural(plan, &mut notes);
     let policy_compliance = policy_compliance(outcome, &mut notes);
     let test_coverage = test_coverage(plan, &mut notes);
     let operational_history = operational_history(&mut notes);
-    let human_review = human_review(plan, &mut notes);
+    let human_review = human_review(plan, reviewed_agents, &mut notes);
     QualityScore {
         structural,
         policy_compliance,
@@ -233,7 +247,7 @@ pub fn verdict(
 mod tests {
     use super::*;
     use baton_proto::{
-        Action, AgentRun, Asset, HealthCheck, NoopAction, Phase, PhaseKind, Step, action,
+        Action, AgentKind, AgentRun, Asset, HealthCheck, NoopAction, Phase, PhaseKind, Step, action,
     };
 
     fn step(asset: &str, health: bool) -> Step {
@@ -252,7 +266,20 @@ mod tests {
         }
     }
 
+    /// The reviewed runbook the tests' plans name.
+    const REVIEWED: &str = "drift-runbook@1";
+
+    fn reviewed() -> Vec<String> {
+        vec![REVIEWED.to_string()]
+    }
+
+    /// A plan by `agent`: `runbook` is the reviewed runbook, `llm` a model-backed agent.
     fn plan(phases: Vec<Vec<Step>>, total: u32, agent: &str) -> Plan {
+        let kind = match agent {
+            "runbook" => AgentKind::Runbook,
+            "llm" => AgentKind::Llm,
+            other => panic!("unknown test agent {other}"),
+        };
         Plan {
             phases: phases
                 .into_iter()
@@ -265,7 +292,8 @@ mod tests {
                 .collect(),
             total_assets: total,
             agent_run: Some(AgentRun {
-                kind: agent.into(),
+                kind: kind as i32,
+                agent: REVIEWED.into(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -286,7 +314,7 @@ mod tests {
             3,
             "runbook",
         );
-        let s = score(&p, &clean());
+        let s = score(&p, &clean(), &reviewed());
         assert_eq!(
             (
                 s.structural,
@@ -378,14 +406,43 @@ mod tests {
     }
 
     #[test]
-    fn human_review_only_for_runbooks() {
+    fn human_review_only_for_reviewed_runbooks() {
         assert_eq!(
-            human_review(&plan(vec![], 0, "runbook"), &mut Vec::new()),
+            human_review(&plan(vec![], 0, "runbook"), &reviewed(), &mut Vec::new()),
             20
         );
         let mut notes = Vec::new();
-        assert_eq!(human_review(&plan(vec![], 0, "llm"), &mut notes), 0);
-        assert!(notes[0].contains("llm agent"), "{notes:?}");
+        assert_eq!(
+            human_review(&plan(vec![], 0, "llm"), &reviewed(), &mut notes),
+            0
+        );
+        assert!(notes[0].contains("(kind llm)"), "{notes:?}");
+    }
+
+    #[test]
+    fn a_runbook_not_listed_as_reviewed_gets_no_review_points() {
+        let mut p = plan(vec![], 0, "runbook");
+        p.agent_run.as_mut().unwrap().agent = "my-runbook@1".into();
+        let mut notes = Vec::new();
+        assert_eq!(human_review(&p, &reviewed(), &mut notes), 0);
+        assert!(
+            notes[0].contains("my-runbook@1 is not in validation.reviewed_agents"),
+            "{notes:?}"
+        );
+        // A new version of a reviewed runbook needs its own review.
+        p.agent_run.as_mut().unwrap().agent = "drift-runbook@2".into();
+        assert_eq!(human_review(&p, &reviewed(), &mut Vec::new()), 0);
+    }
+
+    #[test]
+    fn a_plan_without_a_kind_is_not_trusted() {
+        let mut p = plan(vec![], 0, "runbook");
+        p.agent_run.as_mut().unwrap().kind = AgentKind::Unspecified as i32;
+        let mut notes = Vec::new();
+        assert_eq!(human_review(&p, &reviewed(), &mut notes), 0);
+        assert!(notes[0].contains("(kind unspecified)"), "{notes:?}");
+        p.agent_run = None;
+        assert_eq!(human_review(&p, &reviewed(), &mut Vec::new()), 0);
     }
 
     fn v(env: &str, total: u32, outcome: &PolicyOutcome) -> (Verdict, Vec<String>) {

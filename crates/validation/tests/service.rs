@@ -295,7 +295,7 @@ fn proposed(
             total_assets,
             artifacts: vec![],
             agent_run: Some(AgentRun {
-                kind: "runbook".into(),
+                kind: baton_proto::AgentKind::Runbook as i32,
                 agent: "drift-runbook@1".into(),
                 ..Default::default()
             }),

@@ -1,0 +1,112 @@
+//! How classification tiers are registered: [`TierFactory`] is decision's plug-in type.
+//!
+//! The rules tier is a factory like any other (`rules`, [`builtin_factories`]). A program that
+//! embeds Baton adds a tier (an embedding classifier, a model) by registering a factory in the
+//! process's plug-in registry (`baton_runtime::plugins::Plugins`); `decision.tiers` orders them
+//! by name, and when it is empty the order is `rules`, then every plug-in tier in registration
+//! order. No service code changes to add a tier.
+
+use crate::rules::RuleSet;
+use crate::{Classifier, Config, Decider, Error, RulesClassifier};
+use baton_runtime::Context;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a factory may read while building its tier.
+pub struct TierSetup<'a> {
+    /// The `[decision]` section.
+    pub config: &'a Config,
+    /// The process's shared handles (bus, catalog, metrics, plug-ins).
+    pub ctx: &'a Context,
+    /// The loaded rules (for their `min_confidence`, roles and examples).
+    pub rules: &'a Arc<RuleSet>,
+}
+
+/// The build function of a [`TierFactory`].
+pub type BuildTier =
+    dyn Fn(&TierSetup<'_>) -> Result<Arc<dyn Classifier>, Error> + Send + Sync + 'static;
+
+/// A named way to build one classification tier. Register one with `Plugins::register` to add
+/// a tier without editing the decision service.
+#[derive(Clone)]
+pub struct TierFactory {
+    /// The name `decision.tiers` refers to (`rules`, `embedding`, `llm`).
+    pub name: String,
+    /// Builds the tier once, at start.
+    pub build: Arc<BuildTier>,
+}
+
+impl TierFactory {
+    /// A factory named `name`.
+    pub fn new(
+        name: &str,
+        build: impl Fn(&TierSetup<'_>) -> Result<Arc<dyn Classifier>, Error> + Send + Sync + 'static,
+    ) -> TierFactory {
+        TierFactory {
+            name: name.to_string(),
+            build: Arc::new(build),
+        }
+    }
+}
+
+impl std::fmt::Debug for TierFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierFactory")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Name of the built-in rules tier.
+pub const RULES_TIER: &str = "rules";
+
+/// The tiers that ship with Baton: the rules file.
+pub fn builtin_factories() -> Vec<TierFactory> {
+    vec![TierFactory::new(RULES_TIER, |setup| {
+        Ok(Arc::new(RulesClassifier(setup.rules.clone())) as Arc<dyn Classifier>)
+    })]
+}
+
+/// The classification chain for `config`: built-in factories, then `ctx.plugins`' (a later
+/// one with the same name replaces an earlier), in `decision.tiers` order or, when that is
+/// empty, `rules` first and the plug-ins after it in registration order.
+///
+/// Errors: [`Error::Config`] naming an unknown tier and the registered ones, or a tier listed
+/// twice; whatever a factory returns.
+pub fn assemble(ctx: &Context, config: &Config, rules: Arc<RuleSet>) -> Result<Decider, Error> {
+    let mut order: Vec<String> = Vec::new();
+    let mut factories: BTreeMap<String, TierFactory> = BTreeMap::new();
+    for f in builtin_factories()
+        .into_iter()
+        .chain(ctx.plugins.all::<TierFactory>().iter().cloned())
+    {
+        if !order.contains(&f.name) {
+            order.push(f.name.clone());
+        }
+        factories.insert(f.name.clone(), f);
+    }
+    if !config.tiers.is_empty() {
+        order = config.tiers.clone();
+    }
+    let setup = TierSetup {
+        config,
+        ctx,
+        rules: &rules,
+    };
+    let mut tiers = Vec::with_capacity(order.len());
+    for (i, name) in order.iter().enumerate() {
+        if order[..i].contains(name) {
+            return Err(Error::Config(format!(
+                "decision.tiers lists {name:?} twice: name each tier once"
+            )));
+        }
+        let factory = factories.get(name).ok_or_else(|| {
+            Error::Config(format!(
+                "decision.tiers names {name:?}, which is not registered; registered tiers: {}",
+                factories.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        tiers.push((factory.build)(&setup)?);
+    }
+    Ok(Decider::with_tiers(rules, tiers))
+}

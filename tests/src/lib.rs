@@ -8,6 +8,7 @@ use baton::up::{Baton, ServiceName};
 use baton_fleet::{Fleet, FleetSpec};
 use baton_proto::{GetTaskRequest, GetTaskResponse, TaskStatus};
 use baton_runtime::auth::Role;
+use baton_runtime::plugins::Plugins;
 use std::time::Duration;
 
 /// Where the audit log lives.
@@ -120,6 +121,16 @@ impl Harness {
 
     /// Starts everything, letting the test adjust the configuration first.
     pub async fn start_with(db: Db, adjust: impl FnOnce(&mut BatonConfig)) -> Harness {
+        Self::start_with_plugins(db, adjust, Plugins::new()).await
+    }
+
+    /// [`Harness::start_with`] with extensions (agents, tiers, runners) registered as a program
+    /// embedding Baton would register them.
+    pub async fn start_with_plugins(
+        db: Db,
+        adjust: impl FnOnce(&mut BatonConfig),
+        plugins: Plugins,
+    ) -> Harness {
         baton_runtime::telemetry::init(&test_config(std::path::Path::new(".")).log);
         let data = tempfile::tempdir().expect("temp dir");
         let fleet = Fleet::start(FleetSpec::demo_web()).await.expect("fleet");
@@ -136,7 +147,7 @@ impl Harness {
         };
         config.audit.database_url = database_url.clone();
         adjust(&mut config);
-        let baton = Baton::start(config, &ServiceName::ALL)
+        let baton = Baton::start_with(config, &ServiceName::ALL, plugins)
             .await
             .unwrap_or_else(|e| panic!("baton did not start: {e}"));
         Harness {

@@ -253,50 +253,27 @@ impl RuleSet {
         };
         let file: RulesFile =
             toml::from_str(text).map_err(|e| fail(e.to_string().trim_end().to_string()))?;
-
         let d = &file.defaults;
-        if !catalog.has_environment(&d.environment) {
-            return Err(fail(format!(
-                "defaults.environment {:?} is not one of {}",
-                d.environment,
-                catalog.environments_text()
-            )));
-        }
-        if !(0.0..=1.0).contains(&d.min_confidence) {
-            return Err(fail(format!(
-                "defaults.min_confidence {} must be between 0 and 1",
-                d.min_confidence
-            )));
-        }
-
-        let mut environments = Vec::new();
-        for (env, phrases) in &file.environments {
-            if !catalog.has_environment(env) {
-                return Err(fail(format!(
-                    "[environments] names {env:?}, which is not one of {}",
+        check_defaults(d, catalog).map_err(&fail)?;
+        let environments = phrase_table("environments", &file.environments, |env| {
+            if catalog.has_environment(env) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "names {env:?}, which is not one of {}",
                     catalog.environments_text()
-                )));
+                ))
             }
-            let matchers = phrases
-                .iter()
-                .map(|p| Matcher::phrase(p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(format!("[environments] {env} {e}")))?;
-            environments.push((env.clone(), matchers));
-        }
-
-        let mut targets = Vec::new();
-        for (target, phrases) in &file.targets {
+        })
+        .map_err(&fail)?;
+        let targets = phrase_table("targets", &file.targets, |target| {
             if target.trim().is_empty() {
-                return Err(fail("[targets] has an empty group name".into()));
+                Err("has an empty group name".into())
+            } else {
+                Ok(())
             }
-            let matchers = phrases
-                .iter()
-                .map(|p| Matcher::phrase(p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(format!("[targets] {target} {e}")))?;
-            targets.push((target.clone(), matchers));
-        }
+        })
+        .map_err(&fail)?;
 
         if file.rules.is_empty() {
             return Err(fail(
@@ -304,7 +281,7 @@ impl RuleSet {
             ));
         }
         let mut names = HashSet::new();
-        let mut rules = Vec::new();
+        let mut rules = Vec::with_capacity(file.rules.len());
         for (i, r) in file.rules.into_iter().enumerate() {
             let name = r.name.trim().to_string();
             if name.is_empty() {
@@ -313,76 +290,14 @@ impl RuleSet {
                     i + 1
                 )));
             }
-            let rule_fail = |problem: String| fail(format!("rule {name:?}: {problem}"));
             if !names.insert(name.clone()) {
-                return Err(rule_fail(
-                    "the name is used twice: rule names must be unique".into(),
-                ));
-            }
-            if !catalog.has_role(&r.role) {
-                return Err(rule_fail(format!(
-                    "role {:?} is not in [catalog] roles (use one of {}, or add it there)",
-                    r.role,
-                    catalog.roles_text()
+                return Err(fail(format!(
+                    "rule {name:?}: the name is used twice: rule names must be unique"
                 )));
             }
-            if r.task_type.trim().is_empty() {
-                return Err(rule_fail(
-                    "task_type is empty: name the kind of work".into(),
-                ));
-            }
-            let risk = parse_risk(&r.risk).map_err(|e| rule_fail(format!("risk {e}")))?;
-            let mut risk_by_environment = BTreeMap::new();
-            for (env, risk) in &r.risk_by_environment {
-                if !catalog.has_environment(env) {
-                    return Err(rule_fail(format!(
-                        "risk_by_environment names {env:?}, which is not one of {}",
-                        catalog.environments_text()
-                    )));
-                }
-                let risk = parse_risk(risk)
-                    .map_err(|e| rule_fail(format!("risk_by_environment.{env} {e}")))?;
-                risk_by_environment.insert(env.clone(), risk);
-            }
-            let confidence = r.confidence.unwrap_or(DEFAULT_HIT_CONFIDENCE);
-            if !(confidence > 0.0 && confidence <= MAX_CONFIDENCE) {
-                return Err(rule_fail(format!(
-                    "confidence {confidence} must be above 0 and at most {MAX_CONFIDENCE}"
-                )));
-            }
-            let keywords = r
-                .keywords
-                .iter()
-                .map(|k| Matcher::phrase(k))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| rule_fail(format!("keywords {e}")))?;
-            let patterns = r
-                .patterns
-                .iter()
-                .map(|p| Matcher::pattern(p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(&rule_fail)?;
-            if let Some(t) = &r.target
-                && t.trim().is_empty()
-            {
-                return Err(rule_fail(
-                    "target is empty: name an asset group or leave it out".into(),
-                ));
-            }
-            rules.push(Rule {
-                name,
-                role: r.role,
-                task_type: r.task_type.trim().to_string(),
-                risk,
-                risk_by_environment,
-                tools: r.tools,
-                target: r.target,
-                model_hints: r.model_hints,
-                parameters: r.parameters,
-                confidence,
-                keywords,
-                patterns,
-            });
+            let rule = compile_rule(name.clone(), r, catalog)
+                .map_err(|problem| fail(format!("rule {name:?}: {problem}")))?;
+            rules.push(rule);
         }
         let fallback = rules
             .iter()
@@ -671,6 +586,107 @@ fn trigger_of(task: &Task) -> Result<&baton_proto::Trigger, Error> {
     task.trigger
         .as_ref()
         .ok_or_else(|| Error::InvalidRequest("the task has no trigger".into()))
+}
+
+/// Checks `[defaults]`: a catalog environment and a `min_confidence` in 0..=1.
+fn check_defaults(d: &DefaultsFile, catalog: &Catalog) -> Result<(), String> {
+    if !catalog.has_environment(&d.environment) {
+        return Err(format!(
+            "defaults.environment {:?} is not one of {}",
+            d.environment,
+            catalog.environments_text()
+        ));
+    }
+    if !(0.0..=1.0).contains(&d.min_confidence) {
+        return Err(format!(
+            "defaults.min_confidence {} must be between 0 and 1",
+            d.min_confidence
+        ));
+    }
+    Ok(())
+}
+
+/// Compiles a `[table]` of name → phrases (`[environments]`, `[targets]`), after `check_name`
+/// accepts each name; errors start with `[table]`.
+fn phrase_table(
+    table: &str,
+    entries: &BTreeMap<String, Vec<String>>,
+    check_name: impl Fn(&str) -> Result<(), String>,
+) -> Result<Vec<(String, Vec<Matcher>)>, String> {
+    let mut compiled = Vec::with_capacity(entries.len());
+    for (name, phrases) in entries {
+        check_name(name).map_err(|e| format!("[{table}] {e}"))?;
+        let matchers = phrases
+            .iter()
+            .map(|p| Matcher::phrase(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("[{table}] {name} {e}"))?;
+        compiled.push((name.clone(), matchers));
+    }
+    Ok(compiled)
+}
+
+/// Checks and compiles one `[[rules]]` entry named `name` (already trimmed and unique); the
+/// error says what is wrong with it, without the rule's name.
+fn compile_rule(name: String, r: RuleFile, catalog: &Catalog) -> Result<Rule, String> {
+    if !catalog.has_role(&r.role) {
+        return Err(format!(
+            "role {:?} is not in [catalog] roles (use one of {}, or add it there)",
+            r.role,
+            catalog.roles_text()
+        ));
+    }
+    if r.task_type.trim().is_empty() {
+        return Err("task_type is empty: name the kind of work".into());
+    }
+    let risk = parse_risk(&r.risk).map_err(|e| format!("risk {e}"))?;
+    let mut risk_by_environment = BTreeMap::new();
+    for (env, risk) in &r.risk_by_environment {
+        if !catalog.has_environment(env) {
+            return Err(format!(
+                "risk_by_environment names {env:?}, which is not one of {}",
+                catalog.environments_text()
+            ));
+        }
+        let risk = parse_risk(risk).map_err(|e| format!("risk_by_environment.{env} {e}"))?;
+        risk_by_environment.insert(env.clone(), risk);
+    }
+    let confidence = r.confidence.unwrap_or(DEFAULT_HIT_CONFIDENCE);
+    if !(confidence > 0.0 && confidence <= MAX_CONFIDENCE) {
+        return Err(format!(
+            "confidence {confidence} must be above 0 and at most {MAX_CONFIDENCE}"
+        ));
+    }
+    let keywords = r
+        .keywords
+        .iter()
+        .map(|k| Matcher::phrase(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("keywords {e}"))?;
+    let patterns = r
+        .patterns
+        .iter()
+        .map(|p| Matcher::pattern(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(t) = &r.target
+        && t.trim().is_empty()
+    {
+        return Err("target is empty: name an asset group or leave it out".into());
+    }
+    Ok(Rule {
+        name,
+        role: r.role,
+        task_type: r.task_type.trim().to_string(),
+        risk,
+        risk_by_environment,
+        tools: r.tools,
+        target: r.target,
+        model_hints: r.model_hints,
+        parameters: r.parameters,
+        confidence,
+        keywords,
+        patterns,
+    })
 }
 
 /// Checks what every tier needs: a trigger with text.

@@ -202,3 +202,124 @@ async fn a_plug_in_tier_and_agents_run_end_to_end_and_only_a_reviewed_runbook_is
         "{notes:?}"
     );
 }
+
+/// A webhook as a program embedding Baton would add one: `POST /hooks/billing` with the
+/// question as the body becomes a JSON trigger on `baton.trigger.webhook`, in the caller's
+/// tenant. Its route sits behind the same bearer-token check as gRPC.
+fn webhook() -> baton_runtime::http::HttpPlugin {
+    use axum::{Extension, extract::State, http::StatusCode, routing::post};
+    baton_runtime::http::HttpPlugin::new("billing-webhook", |ctx| {
+        let bus = ctx.bus.clone();
+        axum::Router::new()
+            .route(
+                "/hooks/billing",
+                post(
+                    async |State(bus): State<baton_bus::Bus>,
+                           Extension(caller): Extension<baton_runtime::auth::Principal>,
+                           body: String| {
+                        let trigger = serde_json::json!({ "text": body }).to_string();
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(baton_bus::TENANT_HEADER, caller.tenant.as_str());
+                        match bus
+                            .client()
+                            .publish_with_headers(
+                                baton_proto::subject::trigger("webhook"),
+                                headers,
+                                trigger.into(),
+                            )
+                            .await
+                        {
+                            Ok(()) => (StatusCode::ACCEPTED, "accepted\n".to_string()),
+                            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                        }
+                    },
+                ),
+            )
+            .with_state(bus)
+    })
+}
+
+/// `POST path` with `body` (and a bearer token); see [`request`].
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    request(addr, "POST", path, token, body).await
+}
+
+/// `method path` with `body` (and a bearer token) over a fresh HTTP/1.1 connection; returns
+/// the status code and the body.
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plug_in_webhook_is_a_trigger_source_behind_the_grpc_authentication() {
+    let h = Harness::start_with_plugins(Db::Sqlite, configure, plugins().with(webhook())).await;
+    let addr = h.baton.http_addr;
+    let question = "Why does my statement list a refund twice?";
+
+    let (status, body) = post(addr, "/hooks/billing", None, question).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("missing"), "{body}");
+    let (status, body) = post(addr, "/hooks/billing", Some("not-a-jwt"), question).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not a well-formed JWT"), "{body}");
+    // The operational endpoints stay open to probes without a token.
+    let (status, body) = request(addr, "GET", "/health", None, "").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let token = h.baton.token("hook", "globex", &[Role::Submitter]);
+    let (status, body) = post(addr, "/hooks/billing", Some(&token), question).await;
+    assert_eq!(status, 202, "{body}");
+
+    // The trigger became a task of the caller's tenant, routed by the plug-in tier.
+    let mut admin = h.clients("test-admin", &[Role::Admin]).await;
+    let deadline = tokio::time::Instant::now() + T;
+    let task = loop {
+        let tasks = admin
+            .tasks
+            .list_tasks(baton_proto::ListTasksRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
+        if let Some(t) = tasks.into_iter().find(|t| t.tenant == "globex") {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no task from the webhook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let done = h.wait_for(&task.task_id, TaskStatus::Completed, T).await;
+    let task = done.task.unwrap();
+    assert_eq!((task.role.as_str(), task.tenant.as_str()), ("statements", "globex"));
+}

@@ -86,6 +86,32 @@ impl HttpRoutes {
     }
 }
 
+/// HTTP routes a program adds to its processes as a plug-in (a webhook that turns a POST into
+/// a trigger, a status page), without writing a service: register one in the process's
+/// [`Plugins`](crate::plugins::Plugins) and every process serving HTTP mounts its routes,
+/// built from the process's [`Context`](crate::Context), behind the same authentication as
+/// [`HttpRoutes`].
+#[derive(Clone)]
+pub struct HttpPlugin {
+    /// For logs (`billing-webhook`).
+    pub name: String,
+    /// Builds the routes (with their state applied) once, when the HTTP server starts.
+    pub routes: Arc<dyn Fn(&crate::Context) -> Router + Send + Sync>,
+}
+
+impl HttpPlugin {
+    /// A plug-in named `name` whose routes `routes` builds.
+    pub fn new(
+        name: &str,
+        routes: impl Fn(&crate::Context) -> Router + Send + Sync + 'static,
+    ) -> HttpPlugin {
+        HttpPlugin {
+            name: name.to_string(),
+            routes: Arc::new(routes),
+        }
+    }
+}
+
 /// The authentication layer of [`HttpRoutes`]: verifies the bearer token and hands the
 /// principal to the handler as a request extension.
 async fn require_token(

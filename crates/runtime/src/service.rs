@@ -58,16 +58,22 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Binds both listeners and serves until `shutdown`.
+    /// Binds both listeners and serves until `shutdown`: `routes` on gRPC; on HTTP the
+    /// operational endpoints, `http_routes` and every [`HttpPlugin`](crate::http::HttpPlugin)
+    /// of `ctx.plugins` (the last two behind bearer-token authentication).
     pub async fn serve(
         ctx: &Context,
         grpc_addr: std::net::SocketAddr,
         http_addr: std::net::SocketAddr,
         routes: RoutesBuilder,
-        http_routes: HttpRoutes,
+        mut http_routes: HttpRoutes,
         names: &[&str],
         shutdown: CancellationToken,
     ) -> std::io::Result<Endpoints> {
+        for plugin in ctx.plugins.all::<crate::http::HttpPlugin>() {
+            tracing::debug!(plugin = %plugin.name, "mounting HTTP plug-in routes");
+            http_routes.add((plugin.routes)(ctx));
+        }
         let (grpc_addr, grpc_task) =
             crate::grpc::serve(grpc_addr, routes.routes(), names, shutdown.clone())
                 .await

@@ -9,6 +9,7 @@
 //! - [`Bus::kv`]: a typed, versioned key-value bucket ([`kv::Kv`]) whose writes are
 //!   compare-and-set on the key's revision, with conflicts as [`kv::KvError::Conflict`].
 //! - [`server::NatsServer`]: a `nats-server -js` child process for `baton up` and the tests.
+//! - `testing` (cargo feature `testing`, for dev-dependencies only): the `TestNats` fixture.
 //!
 //! Delivery is at-least-once; handlers are idempotent and every publish carries a deterministic
 //! message id, so the stream's duplicate window drops the second copy of a re-done output.
@@ -18,6 +19,7 @@ mod consumer;
 mod error;
 pub mod kv;
 pub mod server;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;
 

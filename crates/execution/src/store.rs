@@ -182,7 +182,33 @@ fn kv_err(e: KvError) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_key;
+    use super::{Codec, Count, Error, KvError, kv_err, valid_key};
+
+    #[test]
+    fn bucket_errors_become_the_crate_errors_of_the_task() {
+        let conflict = kv_err(KvError::Conflict {
+            bucket: super::BUCKET.into(),
+            key: "t-1".into(),
+            revision: 4,
+        });
+        assert!(matches!(&conflict, Error::Conflict { task_id } if task_id == "t-1"));
+        let corrupt = kv_err(KvError::Decode {
+            bucket: super::BUCKET.into(),
+            key: "t-1".into(),
+            revision: 4,
+            reason: "invalid wire type".into(),
+        });
+        assert!(
+            matches!(&corrupt, Error::CorruptState { task_id, reason } if task_id == "t-1" && reason == "invalid wire type")
+        );
+    }
+
+    #[test]
+    fn counts_are_stored_in_decimal_as_before() {
+        assert_eq!(Count(12).to_bytes().as_ref(), b"12");
+        assert_eq!(Count::from_bytes(b"7"), Ok(Count(7)));
+        assert!(Count::from_bytes(b"seven").is_err());
+    }
 
     #[test]
     fn keys_follow_the_kv_alphabet() {

@@ -581,3 +581,31 @@ impl baton_runtime::service::Service for Validation {
         self.run(shutdown)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_errors_map_to_distinct_grpc_codes() {
+        let corrupt = Error::from(KvError::Decode {
+            bucket: APPROVALS_BUCKET.into(),
+            key: "t-1".into(),
+            revision: 3,
+            reason: "invalid wire type".into(),
+        });
+        assert!(
+            matches!(&corrupt, Error::Corrupt { task_id, .. } if task_id == "t-1"),
+            "{corrupt:?}"
+        );
+        assert_eq!(tonic::Status::from(corrupt).code(), tonic::Code::DataLoss);
+        let down = Error::from(KvError::Unavailable {
+            bucket: APPROVALS_BUCKET.into(),
+            key: "t-1".into(),
+            reason: "timed out".into(),
+        });
+        let message = down.to_string();
+        assert!(message.contains("timed out"), "{message}");
+        assert_eq!(tonic::Status::from(down).code(), tonic::Code::Unavailable);
+    }
+}

@@ -94,8 +94,13 @@ async fn main() {
         .await
         .unwrap();
 
-    println!("unary round trips, {calls} sequential calls each, tonic client / raw HTTP/1.1 on loopback");
-    println!("| {:<40} | {:>10} | {:>10} | {:>10} |", "call", "p50", "p99", "max");
+    println!(
+        "unary round trips, {calls} sequential calls each, tonic client / raw HTTP/1.1 on loopback"
+    );
+    println!(
+        "| {:<40} | {:>10} | {:>10} | {:>10} |",
+        "call", "p50", "p99", "max"
+    );
     println!("|{:-<42}|{:->12}|{:->12}|{:->12}|", "", "", "", "");
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     row("grpc.health.v1.Health/Check", calls, || {

@@ -316,10 +316,16 @@ async fn a_plug_in_webhook_is_a_trigger_source_behind_the_grpc_authentication() 
         if let Some(t) = tasks.into_iter().find(|t| t.tenant == "globex") {
             break t;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no task from the webhook");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no task from the webhook"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let done = h.wait_for(&task.task_id, TaskStatus::Completed, T).await;
     let task = done.task.unwrap();
-    assert_eq!((task.role.as_str(), task.tenant.as_str()), ("statements", "globex"));
+    assert_eq!(
+        (task.role.as_str(), task.tenant.as_str()),
+        ("statements", "globex")
+    );
 }

@@ -4,8 +4,8 @@
 //!   per role of the catalog (`[catalog] roles`, plus any extra role an agent is registered
 //!   for), so a task routed to any known role is always answered. Replicas share the consumers.
 //! - **Out:** `baton.task.proposed` ([`PlanProposed`], event id `<task_id>.proposed`), or
-//!   `baton.task.failed` ([`TaskFailed`], event id `<task_id>.failed`, stage `agent-runner`)
-//!   with code
+//!   `baton.task.failed` ([`Event::fail`], event id `<task_id>.failed`, stage `agent-runner`)
+//!   with [`FailureCode`]
 //!   - `no_agent_for_role`: no agent is registered for the role;
 //!   - `agent_failed`: the agent gave a permanent error (bad inventory, unknown asset group);
 //!   - `agent_unavailable`: the agent kept failing transiently until the last delivery (the
@@ -66,7 +66,7 @@ pub use drift::DriftRunbook;
 pub use registry::{AgentFactory, AgentSetup, builtin_factories};
 
 use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError};
-use baton_proto::{AgentKind, Event, PlanProposed, TaskFailed, TaskRouted, event::Body, subject};
+use baton_proto::{AgentKind, Event, FailureCode, PlanProposed, TaskRouted, event::Body, subject};
 use baton_runtime::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -375,18 +375,12 @@ impl Handler {
     }
 
     async fn handle_routed(&self, role: &str, d: &Delivery) -> Result<&'static str, HandlerError> {
-        let event = d.event()?;
-        let Some(Body::TaskRouted(TaskRouted { task, decision })) = &event.body else {
-            return Err(HandlerError::Reject(format!(
-                "expected a task_routed event on {}, got {}",
-                d.subject(),
-                baton_proto::event_kind(&event)
-            )));
-        };
+        let (event, TaskRouted { task, decision }) = d.expect::<TaskRouted>()?;
         let spec = decision.as_ref().and_then(|x| x.spec.as_ref());
-        let (Some(task), Some(spec)) = (task, spec) else {
+        let (Some(task), Some(spec)) = (&task, spec) else {
             let reason = "the task_routed event lacks its task or its decision's spec";
-            self.fail(&event, "invalid_task", reason.into()).await?;
+            self.fail(&event, FailureCode::InvalidTask, reason.into())
+                .await?;
             return Ok("failed");
         };
         let Some(Registered { agent, name, kind }) = self.agents.get(role) else {
@@ -397,7 +391,8 @@ impl Handler {
                 with.join(", ")
             };
             let reason = format!("no agent for role {role:?} yet; roles with agents: {with}");
-            self.fail(&event, "no_agent_for_role", reason).await?;
+            self.fail(&event, FailureCode::NoAgentForRole, reason)
+                .await?;
             return Ok("failed");
         };
         let started = Instant::now();
@@ -426,7 +421,7 @@ impl Handler {
                 Ok("proposed")
             }
             Err(AgentError::Permanent(reason)) => {
-                self.fail(&event, "agent_failed", reason).await?;
+                self.fail(&event, FailureCode::AgentFailed, reason).await?;
                 Ok("failed")
             }
             Err(AgentError::Transient(reason)) => {
@@ -435,7 +430,8 @@ impl Handler {
                     // The bus dead-letters the message after this; end the task too, so it
                     // does not wait forever.
                     let why = format!("{name} gave up after {} attempts: {reason}", d.deliveries());
-                    self.fail(&event, "agent_unavailable", why).await?;
+                    self.fail(&event, FailureCode::AgentUnavailable, why)
+                        .await?;
                 }
                 warn!(task_id = %event.task_id, attempt = d.deliveries(), %reason, "agent failed transiently");
                 Err(HandlerError::Retry(reason))
@@ -444,17 +440,14 @@ impl Handler {
     }
 
     /// Publishes `TaskFailed` for the task of `event`.
-    async fn fail(&self, event: &Event, code: &str, reason: String) -> Result<(), BusError> {
-        warn!(task_id = %event.task_id, code, %reason, "task failed");
-        let body = Body::TaskFailed(TaskFailed {
-            stage: SERVICE.into(),
-            code: code.into(),
-            reason,
-            execution: None,
-        });
+    async fn fail(&self, event: &Event, code: FailureCode, reason: String) -> Result<(), BusError> {
+        warn!(task_id = %event.task_id, %code, %reason, "task failed");
         self.ctx
             .bus
-            .publish(subject::TASK_FAILED, &event.follow("failed", SERVICE, body))
+            .publish(
+                subject::TASK_FAILED,
+                &event.fail(SERVICE, code, reason, None),
+            )
             .await?;
         Ok(())
     }

@@ -5,7 +5,7 @@
 use crate::{Bus, BusError, DecodeError, TASK_ID_HEADER, TENANT_HEADER};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use baton_proto::{DeadLetter, Event, event::Body, subject};
+use baton_proto::{DeadLetter, Event, EventBody, event::Body, subject};
 use futures::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
@@ -173,6 +173,32 @@ impl Delivery {
     /// Decodes the payload as a protobuf [`Event`] with a known body.
     pub fn event(&self) -> Result<Event, DecodeError> {
         crate::decode_event(self.payload())
+    }
+    /// Decodes the payload as an [`Event`] whose body is a `T`, the one kind a handler of this
+    /// subject accepts: returns the envelope (with its body moved out, so `body` is `None`)
+    /// and the body.
+    ///
+    /// Errors (each a poison message: `?` in a handler turns it into
+    /// [`HandlerError::Reject`], so it is dead-lettered with this reason):
+    /// [`DecodeError::Protobuf`], [`DecodeError::UnknownBody`], and
+    /// [`DecodeError::UnexpectedBody`] naming the subject, the kind expected and the kind
+    /// received (`expected a task_routed event on baton.agent.drift, got a plan_proposed …`).
+    pub fn expect<T: EventBody>(&self) -> Result<(Event, T), DecodeError> {
+        let mut event = self.event()?;
+        let Some(body) = event.body.take() else {
+            return Err(DecodeError::UnknownBody {
+                event_id: event.event_id,
+            });
+        };
+        match T::from_body(body) {
+            Ok(body) => Ok((event, body)),
+            Err(other) => Err(DecodeError::UnexpectedBody {
+                subject: self.subject().to_string(),
+                expected: T::KIND,
+                got: other.kind(),
+                event_id: event.event_id,
+            }),
+        }
     }
     /// Tells the server the handler is still working, resetting the ack-wait timer. Long
     /// handlers (rollouts) call it periodically.

@@ -88,4 +88,17 @@ pub enum DecodeError {
         /// The event's id.
         event_id: String,
     },
+    /// A known body, but not the one the consumer's subject carries (a producer published on
+    /// the wrong subject).
+    #[error("expected a {expected} event on {subject}, got a {got} (event {event_id:?})")]
+    UnexpectedBody {
+        /// The subject it arrived on.
+        subject: String,
+        /// The kind the consumer handles (`task_routed`).
+        expected: &'static str,
+        /// The kind it got (`plan_proposed`).
+        got: &'static str,
+        /// The event's id.
+        event_id: String,
+    },
 }

@@ -4,7 +4,12 @@
 //!   [`Bus::publish`] with a deterministic `Nats-Msg-Id` (the event id) and W3C `traceparent`.
 //! - [`Bus::consume`]: a durable pull consumer with explicit acks; the handler's result decides
 //!   between ack, nak with backoff, and terminate-plus-dead-letter (see [`HandlerError`]).
+//! - [`Delivery::expect`]: the one way a handler decodes its message: the event and the one body
+//!   kind its subject carries, else a poison message naming the subject and the kind received.
+//! - [`Bus::kv`]: a typed, versioned key-value bucket ([`kv::Kv`]) whose writes are
+//!   compare-and-set on the key's revision, with conflicts as [`kv::KvError::Conflict`].
 //! - [`server::NatsServer`]: a `nats-server -js` child process for `baton up` and the tests.
+//! - `testing` (cargo feature `testing`, for dev-dependencies only): the `TestNats` fixture.
 //!
 //! Delivery is at-least-once; handlers are idempotent and every publish carries a deterministic
 //! message id, so the stream's duplicate window drops the second copy of a re-done output.
@@ -12,13 +17,16 @@
 mod config;
 mod consumer;
 mod error;
+pub mod kv;
 pub mod server;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;
 
 pub use config::BusConfig;
 pub use consumer::{ConsumerSpec, Delivery, HandlerError};
 pub use error::{BusError, DecodeError};
+pub use kv::{Kv, KvError, Revision};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
@@ -274,7 +282,9 @@ impl Bus {
     }
 
     /// Opens (creating if needed) a key-value bucket with file storage and the configured
-    /// replicas; `history` is how many revisions per key to keep.
+    /// replicas; `history` is how many revisions per key to keep. This is the raw async-nats
+    /// store, for tools and tests that handle the stored bytes themselves; services use the
+    /// typed [`Bus::kv`], whose writes are compare-and-set.
     ///
     /// The bucket's stream is created directly (`KV_<bucket>` on `$KV.<bucket>.>`, the layout of
     /// ADR-8) rather than through `create_key_value`, which first reads account info with

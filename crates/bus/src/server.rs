@@ -60,8 +60,19 @@ impl NatsServer {
             let path = path.to_path_buf();
             move |source| ServerError::Io { path, source }
         };
-        std::fs::create_dir_all(store_dir).map_err(io(store_dir))?;
-        let ports_dir = tempfile::tempdir().map_err(io(store_dir))?;
+        // nats-server writes `<exe>_<pid>.ports` here once it listens. The directory is inside
+        // the store (nothing is created elsewhere); files of earlier servers killed before
+        // removing theirs are cleared first, and only the file of this child's pid is read.
+        let ports_dir = store_dir.join("ports");
+        std::fs::create_dir_all(&ports_dir).map_err(io(&ports_dir))?;
+        for stale in std::fs::read_dir(&ports_dir)
+            .map_err(io(&ports_dir))?
+            .flatten()
+        {
+            if stale.file_name().to_string_lossy().ends_with(".ports") {
+                let _ = std::fs::remove_file(stale.path());
+            }
+        }
         let port_arg = if port == 0 {
             "-1".to_string()
         } else {
@@ -72,7 +83,7 @@ impl NatsServer {
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(store_dir)
             .arg("--ports_file_dir")
-            .arg(ports_dir.path())
+            .arg(&ports_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -84,9 +95,10 @@ impl NatsServer {
                 },
                 _ => ServerError::Start(e.to_string()),
             })?;
+        let pid = child.id().unwrap_or_default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let port = loop {
-            if let Some(port) = read_ports_file(ports_dir.path()) {
+            if let Some(port) = read_ports_file(&ports_dir, pid) {
                 break port;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -162,16 +174,18 @@ fn resolve(binary: &str) -> PathBuf {
     PathBuf::from(binary)
 }
 
-/// Reads the port from the `<exe>_<pid>.ports` JSON file the server writes.
-fn read_ports_file(dir: &Path) -> Option<u16> {
+/// Reads the port from the `<exe>_<pid>.ports` JSON file the server with process id `pid`
+/// writes.
+fn read_ports_file(dir: &Path, pid: u32) -> Option<u16> {
     #[derive(serde::Deserialize)]
     struct Ports {
         nats: Vec<String>,
     }
+    let suffix = format!("_{pid}.ports");
     let entry = std::fs::read_dir(dir)
         .ok()?
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+        .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let ports: Ports = serde_json::from_str(&text).ok()?;
     ports.nats.first()?.rsplit(':').next()?.parse().ok()

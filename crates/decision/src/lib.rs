@@ -25,8 +25,8 @@ use baton_proto::decision_service_server::{
     DecisionService as DecisionServiceApi, DecisionServiceServer,
 };
 use baton_proto::{
-    ClassifyRequest, ClassifyResponse, ListRolesRequest, ListRolesResponse, Task, TaskFailed,
-    TaskRouted, event::Body, subject,
+    ClassifyRequest, ClassifyResponse, FailureCode, ListRolesRequest, ListRolesResponse, Task,
+    TaskReceived, TaskRouted, event::Body, subject,
 };
 use baton_runtime::Context;
 use futures::future::BoxFuture;
@@ -130,15 +130,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// Machine-readable `TaskFailed.code` of an error that fails the task; `None` for errors
-    /// that may pass on a retry.
-    pub fn failure_code(&self) -> Option<&'static str> {
+    /// The `TaskFailed` code of an error that fails the task; `None` for errors that may pass
+    /// on a retry.
+    pub fn failure_code(&self) -> Option<FailureCode> {
         match self {
-            Error::UnknownRole { .. } => Some("unknown_role"),
-            Error::UnknownEnvironment { .. } => Some("unknown_environment"),
-            Error::InvalidRequest(_) => Some("invalid_task"),
+            Error::UnknownRole { .. } => Some(FailureCode::UnknownRole),
+            Error::UnknownEnvironment { .. } => Some(FailureCode::UnknownEnvironment),
+            Error::InvalidRequest(_) => Some(FailureCode::InvalidTask),
             Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => {
-                Some("decision_misconfigured")
+                Some(FailureCode::DecisionMisconfigured)
             }
             Error::ClassifierUnavailable { .. } | Error::Bus(_) => None,
         }
@@ -337,22 +337,13 @@ impl Inner {
 
     /// Classifies and publishes; returns the metrics outcome.
     async fn route(&self, d: &Delivery) -> Result<&'static str, HandlerError> {
-        let event = d.event()?;
-        let task = match &event.body {
-            Some(Body::TaskReceived(r)) => r.task.clone().ok_or_else(|| {
-                HandlerError::Reject(format!(
-                    "event {} is a TaskReceived without a task",
-                    event.event_id
-                ))
-            })?,
-            _ => {
-                return Err(HandlerError::Reject(format!(
-                    "event {} is a {}, not a task_received",
-                    event.event_id,
-                    baton_proto::event_kind(&event)
-                )));
-            }
-        };
+        let (event, received) = d.expect::<TaskReceived>()?;
+        let task = received.task.ok_or_else(|| {
+            HandlerError::Reject(format!(
+                "event {} is a TaskReceived without a task",
+                event.event_id
+            ))
+        })?;
         match self.decider.decide(&task).await {
             Ok(decision) => {
                 let spec = decision.spec.as_ref().expect("decisions carry a spec");
@@ -381,17 +372,8 @@ impl Inner {
             Err(e) => match e.failure_code() {
                 None => Err(HandlerError::Retry(e.to_string())),
                 Some(code) => {
-                    warn!(task_id = %event.task_id, code, error = %e, "task cannot be routed");
-                    let out = event.follow(
-                        "failed",
-                        SERVICE,
-                        Body::TaskFailed(TaskFailed {
-                            stage: STAGE.into(),
-                            code: code.into(),
-                            reason: e.to_string(),
-                            execution: None,
-                        }),
-                    );
+                    warn!(task_id = %event.task_id, %code, error = %e, "task cannot be routed");
+                    let out = event.fail(STAGE, code, e.to_string(), None);
                     self.ctx.bus.publish(subject::TASK_FAILED, &out).await?;
                     Ok("failed")
                 }
@@ -538,7 +520,10 @@ mod tests {
             role: "x".into(),
             known: "drift".into(),
         };
-        assert_eq!(unknown.failure_code(), Some("unknown_role"));
+        assert_eq!(
+            unknown.failure_code().map(FailureCode::as_str),
+            Some("unknown_role")
+        );
         assert_eq!(
             tonic::Status::from(unknown).code(),
             tonic::Code::InvalidArgument

@@ -41,8 +41,7 @@ pub use rollout::{Control, Stop};
 pub use store::{Attempts, Store};
 
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
-use baton_proto::event::Body;
-use baton_proto::{TaskApproved, TaskFailed, subject};
+use baton_proto::{FailureCode, TaskApproved, subject};
 use baton_runtime::Context;
 use baton_runtime::metrics::StageLabels;
 use rollout::{Finish, Halt, Shared};
@@ -417,17 +416,7 @@ async fn handle(
     delivery: &Delivery,
     shutdown: CancellationToken,
 ) -> Result<&'static str, Halted> {
-    let event = delivery.event()?;
-    let approved: TaskApproved = match &event.body {
-        Some(Body::TaskApproved(a)) => a.clone(),
-        _ => {
-            return Err(Halted::Failed(HandlerError::Reject(format!(
-                "expected a task_approved event on {}, got {}",
-                subject::TASK_APPROVED,
-                baton_proto::event_kind(&event)
-            ))));
-        }
-    };
+    let (event, approved) = delivery.expect::<TaskApproved>()?;
     if !store::valid_key(&event.task_id) {
         return Err(Halted::Failed(HandlerError::Reject(format!(
             "task id {:?} cannot be a key-value key (letters, digits, -/_=. only)",
@@ -442,16 +431,11 @@ async fn handle(
     };
     if approved.approval.as_ref().is_some_and(|a| !a.approved) {
         // Never run a plan whose approval record says no.
-        let failed = event.follow(
-            "failed",
+        let failed = event.fail(
             SERVICE,
-            Body::TaskFailed(TaskFailed {
-                stage: SERVICE.into(),
-                code: "not_approved".into(),
-                reason: "task_approved carries an approval that is not approved; nothing was run"
-                    .into(),
-                execution: None,
-            }),
+            FailureCode::NotApproved,
+            "task_approved carries an approval that is not approved; nothing was run",
+            None,
         );
         shared.bus.publish(subject::TASK_FAILED, &failed).await?;
         return Ok("not_approved");

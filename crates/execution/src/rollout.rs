@@ -37,8 +37,8 @@ use crate::{Config, Error, SERVICE};
 use baton_proto::event::Body;
 use baton_proto::{
     AssetState, AssetStatus, AssetUpdated, Event, Execution, ExecutionStarted, ExecutionStatus,
-    Phase, PhaseCompleted, PhaseStarted, PhaseStatus, Plan, RollbackStarted, TaskCompleted,
-    TaskFailed, subject,
+    FailureCode, Phase, PhaseCompleted, PhaseStarted, PhaseStatus, Plan, RollbackStarted,
+    TaskCompleted, subject,
 };
 use futures::StreamExt;
 use std::sync::Arc;
@@ -684,20 +684,11 @@ pub(crate) fn final_event(cause: &Event, exec: &Execution) -> Event {
         );
     }
     let code = match exec.status() {
-        ExecutionStatus::RolledBack => "rolled_back",
-        ExecutionStatus::Cancelled => "cancelled",
-        _ => "rollback_failed",
+        ExecutionStatus::RolledBack => FailureCode::RolledBack,
+        ExecutionStatus::Cancelled => FailureCode::Cancelled,
+        _ => FailureCode::RollbackFailed,
     };
-    cause.follow(
-        "failed",
-        SERVICE,
-        Body::TaskFailed(TaskFailed {
-            stage: SERVICE.into(),
-            code: code.into(),
-            reason: exec.error.clone(),
-            execution: Some(exec.clone()),
-        }),
-    )
+    cause.fail(SERVICE, code, exec.error.clone(), Some(exec.clone()))
 }
 
 /// Probes `check` up to its attempts (config default when 0), pausing its interval between

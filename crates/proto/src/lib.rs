@@ -2,7 +2,8 @@
 //!
 //! The generated types are re-exported at the crate root. This crate also holds what every
 //! service needs to handle them: subject names ([`subject`]), the event-body name used by the
-//! audit log ([`event_kind`]), and timestamps ([`now`]).
+//! audit log ([`event_kind`]), typed access to an event's body ([`EventBody`]), the one way to
+//! fail a task ([`Event::fail`] with a [`FailureCode`]), and timestamps ([`now`]).
 
 #[allow(missing_docs, clippy::all)]
 mod generated {
@@ -74,6 +75,139 @@ impl Event {
             body: Some(body),
         }
     }
+
+    /// The [`TaskFailed`] that ends the task of `self` (for `baton.task.failed`): event id
+    /// `<task_id>.failed`, caused by `self`, published by `stage` (the failing service, also
+    /// `TaskFailed.stage`), with `code` both as [`TaskFailed::failure`] and as its word in
+    /// `TaskFailed.code`. `execution` is the rollout's final state when execution fails it.
+    pub fn fail(
+        &self,
+        stage: &str,
+        code: FailureCode,
+        reason: impl Into<String>,
+        execution: Option<Execution>,
+    ) -> Event {
+        self.follow(
+            "failed",
+            stage,
+            event::Body::TaskFailed(TaskFailed {
+                stage: stage.to_string(),
+                code: code.as_str().to_string(),
+                reason: reason.into(),
+                execution,
+                failure: code as i32,
+            }),
+        )
+    }
+}
+
+impl FailureCode {
+    /// The code's word: its proto name without `FAILURE_CODE_`, lowercase (`no_agent_for_role`,
+    /// `rolled_back`; `unspecified` for none). It is what `TaskFailed.code` holds.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::Unspecified => "unspecified",
+            FailureCode::InvalidTask => "invalid_task",
+            FailureCode::UnknownRole => "unknown_role",
+            FailureCode::UnknownEnvironment => "unknown_environment",
+            FailureCode::DecisionMisconfigured => "decision_misconfigured",
+            FailureCode::NoAgentForRole => "no_agent_for_role",
+            FailureCode::AgentFailed => "agent_failed",
+            FailureCode::AgentUnavailable => "agent_unavailable",
+            FailureCode::NotApproved => "not_approved",
+            FailureCode::RolledBack => "rolled_back",
+            FailureCode::RollbackFailed => "rollback_failed",
+            FailureCode::Cancelled => "cancelled",
+        }
+    }
+
+    /// The code whose word (see [`FailureCode::as_str`]) is `word`; `None` for other words.
+    pub fn parse(word: &str) -> Option<FailureCode> {
+        FailureCode::from_str_name(&format!("FAILURE_CODE_{}", word.to_ascii_uppercase()))
+            .filter(|c| c.as_str() == word)
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TaskFailed {
+    /// Why the task failed: [`TaskFailed::failure`] when set, else the word in `code` (events
+    /// from builds before the enum), else [`FailureCode::Unspecified`].
+    pub fn failure_code(&self) -> FailureCode {
+        match self.failure() {
+            FailureCode::Unspecified => {
+                FailureCode::parse(&self.code).unwrap_or(FailureCode::Unspecified)
+            }
+            code => code,
+        }
+    }
+}
+
+/// A message that is one kind of [`Event`] body (`TaskRouted`, `PlanProposed`, …): what a
+/// consumer expects on its subject. Every variant of [`event::Body`] has one.
+pub trait EventBody: Sized + Into<event::Body> {
+    /// The body's name as [`event_kind`] gives it (`task_routed`).
+    const KIND: &'static str;
+
+    /// The message inside `body` when `body` is of this kind; otherwise `body` back.
+    // Large `Err`: the body is handed back by move when it is another kind, never copied.
+    #[allow(clippy::result_large_err)]
+    fn from_body(body: event::Body) -> Result<Self, event::Body>;
+}
+
+/// Implements [`EventBody`], `From<message> for event::Body` and [`event::Body::kind`] for
+/// each variant, so the list of kinds lives in one place.
+macro_rules! event_bodies {
+    ($($variant:ident($message:ident) => $kind:literal,)*) => {
+        impl event::Body {
+            /// The body's short snake_case name (`task_received`, `dead_letter`, …), as stored
+            /// in the audit log's `kind` column.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(event::Body::$variant(_) => $kind,)*
+                }
+            }
+        }
+        $(
+            impl EventBody for $message {
+                const KIND: &'static str = $kind;
+                #[allow(clippy::result_large_err)]
+                fn from_body(body: event::Body) -> Result<Self, event::Body> {
+                    match body {
+                        event::Body::$variant(message) => Ok(message),
+                        other => Err(other),
+                    }
+                }
+            }
+            impl From<$message> for event::Body {
+                fn from(message: $message) -> Self {
+                    event::Body::$variant(message)
+                }
+            }
+        )*
+    };
+}
+
+event_bodies! {
+    TriggerRejected(TriggerRejected) => "trigger_rejected",
+    TaskReceived(TaskReceived) => "task_received",
+    TaskRouted(TaskRouted) => "task_routed",
+    PlanProposed(PlanProposed) => "plan_proposed",
+    AwaitingApproval(TaskAwaitingApproval) => "awaiting_approval",
+    TaskApproved(TaskApproved) => "task_approved",
+    TaskRejected(TaskRejected) => "task_rejected",
+    ExecutionStarted(ExecutionStarted) => "execution_started",
+    PhaseStarted(PhaseStarted) => "phase_started",
+    AssetUpdated(AssetUpdated) => "asset_updated",
+    PhaseCompleted(PhaseCompleted) => "phase_completed",
+    RollbackStarted(RollbackStarted) => "rollback_started",
+    TaskCompleted(TaskCompleted) => "task_completed",
+    TaskFailed(TaskFailed) => "task_failed",
+    DeadLetter(DeadLetter) => "dead_letter",
 }
 
 /// NATS subjects of the path. All live in stream `BATON` except dead letters (`BATON_DEAD`).
@@ -127,25 +261,7 @@ pub mod subject {
 /// Short snake_case name of an event body (`task_received`, `dead_letter`, …), as stored in the
 /// audit log's `kind` column; `unknown` for an event whose body this build does not know.
 pub fn event_kind(event: &Event) -> &'static str {
-    use event::Body;
-    match &event.body {
-        Some(Body::TriggerRejected(_)) => "trigger_rejected",
-        Some(Body::TaskReceived(_)) => "task_received",
-        Some(Body::TaskRouted(_)) => "task_routed",
-        Some(Body::PlanProposed(_)) => "plan_proposed",
-        Some(Body::AwaitingApproval(_)) => "awaiting_approval",
-        Some(Body::TaskApproved(_)) => "task_approved",
-        Some(Body::TaskRejected(_)) => "task_rejected",
-        Some(Body::ExecutionStarted(_)) => "execution_started",
-        Some(Body::PhaseStarted(_)) => "phase_started",
-        Some(Body::AssetUpdated(_)) => "asset_updated",
-        Some(Body::PhaseCompleted(_)) => "phase_completed",
-        Some(Body::RollbackStarted(_)) => "rollback_started",
-        Some(Body::TaskCompleted(_)) => "task_completed",
-        Some(Body::TaskFailed(_)) => "task_failed",
-        Some(Body::DeadLetter(_)) => "dead_letter",
-        None => "unknown",
-    }
+    event.body.as_ref().map_or("unknown", event::Body::kind)
 }
 
 /// True when an event of this kind (see [`event_kind`]) ends its task: nothing more is recorded
@@ -217,5 +333,83 @@ impl TaskStatus {
     /// Parses the lowercase name.
     pub fn parse(s: &str) -> Option<TaskStatus> {
         TaskStatus::from_str_name(&format!("TASK_STATUS_{}", s.to_ascii_uppercase()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_code_word_is_its_proto_name_and_parses_back() {
+        for n in 0.. {
+            let Ok(code) = FailureCode::try_from(n) else {
+                assert!(n > 11, "failure codes are dense from 0");
+                break;
+            };
+            let name = code.as_str_name().strip_prefix("FAILURE_CODE_").unwrap();
+            assert_eq!(code.as_str(), name.to_ascii_lowercase());
+            assert_eq!(FailureCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(FailureCode::parse("NO_AGENT_FOR_ROLE"), None);
+        assert_eq!(FailureCode::parse("health_check_failed"), None);
+    }
+
+    #[test]
+    fn fail_follows_the_cause_and_carries_the_code_twice() {
+        let cause = Event::first(
+            "t-1",
+            "acme",
+            "routed",
+            "decision",
+            TaskRouted::default().into(),
+        );
+        let failed = cause.fail(
+            "agent-runner",
+            FailureCode::NoAgentForRole,
+            "no agent",
+            None,
+        );
+        assert_eq!(failed.event_id, "t-1.failed");
+        assert_eq!(failed.causation_id, "t-1.routed");
+        assert_eq!(
+            (failed.tenant.as_str(), failed.producer.as_str()),
+            ("acme", "agent-runner")
+        );
+        let Some(event::Body::TaskFailed(f)) = failed.body else {
+            panic!("not a task_failed: {failed:?}")
+        };
+        assert_eq!(
+            (f.stage.as_str(), f.code.as_str(), f.reason.as_str()),
+            ("agent-runner", "no_agent_for_role", "no agent")
+        );
+        assert_eq!(f.failure(), FailureCode::NoAgentForRole);
+    }
+
+    #[test]
+    fn failure_code_reads_events_from_before_the_enum() {
+        let old = TaskFailed {
+            code: "rolled_back".into(),
+            ..Default::default()
+        };
+        assert_eq!(old.failure_code(), FailureCode::RolledBack);
+        let unknown = TaskFailed {
+            code: "something_new".into(),
+            ..Default::default()
+        };
+        assert_eq!(unknown.failure_code(), FailureCode::Unspecified);
+    }
+
+    #[test]
+    fn a_body_converts_to_its_message_only_for_its_own_kind() {
+        let body: event::Body = PlanProposed::default().into();
+        assert_eq!(body.kind(), PlanProposed::KIND);
+        let back = TaskRouted::from_body(body).unwrap_err();
+        assert_eq!(back.kind(), "plan_proposed");
+        assert_eq!(
+            PlanProposed::from_body(back).unwrap(),
+            PlanProposed::default()
+        );
+        assert_eq!(TaskAwaitingApproval::KIND, "awaiting_approval");
     }
 }

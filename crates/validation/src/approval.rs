@@ -33,7 +33,7 @@
 //! several approvers, timeouts and escalation.
 
 use crate::{Error, Inner, SERVICE};
-use async_nats::jetstream::kv::{EntryErrorKind, Operation, UpdateErrorKind};
+use baton_bus::kv::{Codec, KvError, Revision};
 use baton_proto::approval_service_server::ApprovalService;
 use baton_proto::{
     Approval, ApproveRequest, ApproveResponse, Event, ListPendingRequest, ListPendingResponse,
@@ -42,7 +42,6 @@ use baton_proto::{
 };
 use baton_runtime::auth::Role;
 use bytes::Bytes;
-use futures::TryStreamExt;
 use prost::Message as _;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -104,6 +103,16 @@ impl Stored {
     }
 }
 
+impl Codec for Stored {
+    fn to_bytes(&self) -> Bytes {
+        self.encode()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        Stored::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// `approved` or `rejected`.
 fn decision_label(approved: bool) -> &'static str {
     if approved { "approved" } else { "rejected" }
@@ -118,20 +127,12 @@ pub struct Approvals {
 impl Inner {
     /// The value of `task_id` and its revision; `None` when there is none (or only a delete
     /// marker, left by versions that deleted decided entries).
-    pub(crate) async fn stored(&self, task_id: &str) -> Result<Option<(u64, Stored)>, Error> {
-        let entry = match self.approvals.entry(task_id).await {
-            Ok(entry) => entry,
-            Err(e) if e.kind() == EntryErrorKind::InvalidKey => return Ok(None),
-            Err(e) => return Err(Error::Store(e.to_string())),
-        };
-        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
-            return Ok(None);
-        };
-        let stored = Stored::decode(&entry.value).map_err(|e| Error::Corrupt {
-            task_id: task_id.into(),
-            reason: e.to_string(),
-        })?;
-        Ok(Some((entry.revision, stored)))
+    pub(crate) async fn stored(&self, task_id: &str) -> Result<Option<(Revision, Stored)>, Error> {
+        match self.approvals.get(task_id).await {
+            Ok(found) => Ok(found.map(|(stored, revision)| (revision, stored))),
+            Err(KvError::InvalidKey { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Decides the pending approval of `task_id` (see the module docs): claims the decision
@@ -163,13 +164,13 @@ impl Inner {
                     };
                     match self
                         .approvals
-                        .update(task_id, Stored::Decided(decided.clone()).encode(), revision)
+                        .update(task_id, &Stored::Decided(decided.clone()), revision)
                         .await
                     {
                         Ok(revision) => (revision, decided),
                         // Another call claimed (or the entry changed) since the read: re-read.
-                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                        Err(e) => return Err(Error::Store(e.to_string())),
+                        Err(KvError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 Some((revision, Stored::Decided(decided))) => {
@@ -215,7 +216,7 @@ impl Inner {
     async fn publish_decided(
         &self,
         task_id: &str,
-        revision: u64,
+        revision: Revision,
         mut decided: Decided,
     ) -> Result<Approval, Error> {
         let corrupt = |what: &str| Error::Corrupt {
@@ -260,12 +261,12 @@ impl Inner {
         decided.published = true;
         match self
             .approvals
-            .update(task_id, Stored::Decided(decided).encode(), revision)
+            .update(task_id, &Stored::Decided(decided), revision)
             .await
         {
             Ok(_) => {}
             // A concurrent repeat of the same decision marked it first.
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            Err(KvError::Conflict { .. }) => {}
             // Published all the same; a repeat would re-publish the same id (deduplicated).
             Err(e) => {
                 warn!(task_id = %task_id, error = %e, "decision published but not marked published")
@@ -282,15 +283,7 @@ impl ApprovalService for Approvals {
         request: Request<ListPendingRequest>,
     ) -> Result<Response<ListPendingResponse>, Status> {
         let principal = self.inner.ctx.auth.authenticate(&request)?;
-        let keys: Vec<String> = self
-            .inner
-            .approvals
-            .keys()
-            .await
-            .map_err(|e| Error::Store(e.to_string()))?
-            .try_collect()
-            .await
-            .map_err(|e| Error::Store(e.to_string()))?;
+        let keys = self.inner.approvals.keys().await.map_err(Error::from)?;
         let mut pending = Vec::new();
         for key in keys {
             // A key deleted between listing and reading is simply no longer pending; a

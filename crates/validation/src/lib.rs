@@ -80,6 +80,7 @@ pub mod approval;
 pub mod policy;
 pub mod quality;
 
+use baton_bus::kv::{Entry, Kv, KvError};
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::{
     Approval, Event, PendingApproval, PlanProposed, TaskApproved, TaskAwaitingApproval,
@@ -236,6 +237,21 @@ pub enum Error {
     },
 }
 
+impl From<KvError> for Error {
+    fn from(e: KvError) -> Self {
+        match e {
+            KvError::Decode { key, reason, .. } => Error::Corrupt {
+                task_id: key,
+                reason,
+            },
+            KvError::Unavailable { reason, .. } => Error::Store(reason),
+            e @ (KvError::Conflict { .. } | KvError::InvalidKey { .. }) => {
+                Error::Store(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let msg = e.to_string();
@@ -267,8 +283,8 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     /// The prepared policies.
     pub(crate) policies: PolicySet,
-    /// Pending approvals by task id.
-    pub(crate) approvals: async_nats::jetstream::kv::Store,
+    /// Pending approvals (then decisions) by task id.
+    pub(crate) approvals: Kv<approval::Stored>,
 }
 
 impl Validation {
@@ -337,8 +353,8 @@ impl Validation {
 }
 
 /// Opens (creating if needed) the approvals bucket.
-async fn open_approvals(bus: &baton_bus::Bus) -> Result<async_nats::jetstream::kv::Store, Error> {
-    Ok(bus.key_value(APPROVALS_BUCKET, APPROVALS_HISTORY).await?)
+async fn open_approvals(bus: &baton_bus::Bus) -> Result<Kv<approval::Stored>, Error> {
+    Ok(bus.kv(APPROVALS_BUCKET, APPROVALS_HISTORY).await?)
 }
 
 /// Convenience matching the design's `run(config, shutdown)`.
@@ -391,14 +407,7 @@ impl Inner {
     }
 
     async fn handle_inner(&self, delivery: &Delivery) -> Result<&'static str, HandlerError> {
-        let event = delivery.event()?;
-        let Some(Body::PlanProposed(proposed)) = event.body.clone() else {
-            return Err(HandlerError::Reject(format!(
-                "expected a plan_proposed event on {}, got {}",
-                subject::TASK_PROPOSED,
-                baton_proto::event_kind(&event)
-            )));
-        };
+        let (event, proposed) = delivery.expect::<PlanProposed>()?;
         let missing = |what: &str| {
             HandlerError::Reject(format!(
                 "plan_proposed event {} has no {what}",
@@ -489,7 +498,6 @@ impl Inner {
         plan: baton_proto::Plan,
         validation: ValidationResult,
     ) -> Result<bool, HandlerError> {
-        use async_nats::jetstream::kv::{EntryErrorKind, Operation, UpdateErrorKind};
         let key = event.task_id.as_str();
         let store_err = |e: String| HandlerError::Retry(format!("approvals bucket: {e}"));
         let fresh = PendingApproval {
@@ -506,41 +514,36 @@ impl Inner {
         let mut attempts = 0;
         let pending = loop {
             attempts += 1;
-            let existing = self.approvals.entry(key).await.map_err(|e| {
-                if e.kind() == EntryErrorKind::InvalidKey {
+            let existing = self.approvals.entry(key).await.map_err(|e| match e {
+                KvError::InvalidKey { .. } => {
                     HandlerError::Reject(format!("task id {key:?} is not a valid key-value key"))
-                } else {
-                    store_err(e.to_string())
                 }
+                e @ KvError::Decode { .. } => {
+                    HandlerError::Reject(format!("stored pending approval {key} is corrupt: {e}"))
+                }
+                e => store_err(e.to_string()),
             })?;
             match existing {
-                Some(entry) if entry.operation != Operation::Put => {
+                Entry::Deleted { .. }
+                | Entry::Occupied {
+                    value: approval::Stored::Decided(_),
+                    ..
+                } => {
                     warn!(task_id = %key, "redelivered proposal of an already decided task; ignoring it");
                     return Ok(false);
                 }
-                Some(entry) => match approval::Stored::decode(&entry.value) {
-                    Ok(approval::Stored::Decided(_)) => {
-                        warn!(task_id = %key, "redelivered proposal of an already decided task; ignoring it");
-                        return Ok(false);
-                    }
-                    // Redelivery after the KV write: publish what was stored.
-                    Ok(approval::Stored::Pending(pending)) => break pending,
-                    Err(e) => {
-                        return Err(HandlerError::Reject(format!(
-                            "stored pending approval {key} is corrupt: {e}"
-                        )));
-                    }
-                },
-                None => {
-                    let value = approval::Stored::Pending(fresh.clone()).encode();
-                    match self.approvals.update(key, value, 0).await {
+                // Redelivery after the KV write: publish what was stored.
+                Entry::Occupied {
+                    value: approval::Stored::Pending(pending),
+                    ..
+                } => break pending,
+                // Only if the key is new (revision 0), so a decision is never overwritten.
+                Entry::Vacant => {
+                    let value = approval::Stored::Pending(fresh.clone());
+                    match self.approvals.update(key, &value, 0).await {
                         Ok(_) => break fresh,
                         // Another delivery stored it first: handle what it stored.
-                        Err(e)
-                            if e.kind() == UpdateErrorKind::WrongLastRevision && attempts < 3 =>
-                        {
-                            continue;
-                        }
+                        Err(KvError::Conflict { .. }) if attempts < 3 => continue,
                         Err(e) => return Err(store_err(e.to_string())),
                     }
                 }
@@ -583,5 +586,33 @@ impl baton_runtime::service::Service for Validation {
         shutdown: CancellationToken,
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_errors_map_to_distinct_grpc_codes() {
+        let corrupt = Error::from(KvError::Decode {
+            bucket: APPROVALS_BUCKET.into(),
+            key: "t-1".into(),
+            revision: 3,
+            reason: "invalid wire type".into(),
+        });
+        assert!(
+            matches!(&corrupt, Error::Corrupt { task_id, .. } if task_id == "t-1"),
+            "{corrupt:?}"
+        );
+        assert_eq!(tonic::Status::from(corrupt).code(), tonic::Code::DataLoss);
+        let down = Error::from(KvError::Unavailable {
+            bucket: APPROVALS_BUCKET.into(),
+            key: "t-1".into(),
+            reason: "timed out".into(),
+        });
+        let message = down.to_string();
+        assert!(message.contains("timed out"), "{message}");
+        assert_eq!(tonic::Status::from(down).code(), tonic::Code::Unavailable);
     }
 }

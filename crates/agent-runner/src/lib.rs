@@ -325,6 +325,10 @@ impl baton_runtime::service::Service for AgentRunner {
     const SECTION: &'static str = SECTION;
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
     fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
         if config.inventory_path.as_os_str().is_empty() {
             config.inventory_path = common.data_dir.join("inventory.toml");

@@ -423,6 +423,10 @@ impl baton_runtime::service::Service for Audit {
     const SECTION: &'static str = "audit";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
     fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
         if config.database_url.trim().is_empty() {
             config.database_url = Config::sqlite_url(&common.data_dir);

@@ -60,6 +60,19 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks the values; the message names the key. (The rules file is checked when it is
+    /// loaded, at start.)
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.concurrency == 0 {
+            return Err(Error::Config(
+                "decision.concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What went wrong in decision.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -249,11 +262,7 @@ impl Decision {
     /// Errors: [`Error::ReadRules`], [`Error::Rules`] (naming file, rule and problem),
     /// [`Error::Config`].
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
-        if config.concurrency == 0 {
-            return Err(Error::Config(
-                "decision.concurrency must be at least 1".into(),
-            ));
-        }
+        config.validate()?;
         let rules = RuleSet::load(config.rules_path.as_deref(), &ctx.catalog)?;
         info!(rules = %rules.source, count = rules.rules.len(), "decision rules loaded");
         Ok(Decision::with_decider(ctx, config, Decider::new(rules)))
@@ -412,6 +421,10 @@ impl baton_runtime::service::Service for Decision {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "decision";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
 
     fn start(
         ctx: Context,

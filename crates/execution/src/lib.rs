@@ -295,6 +295,10 @@ impl baton_runtime::service::Service for Execution {
     const SECTION: &'static str = "execution";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
     fn start(
         ctx: Context,
         config: Config,

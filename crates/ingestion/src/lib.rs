@@ -523,6 +523,10 @@ impl baton_runtime::service::Service for Ingestion {
     const SECTION: &'static str = "ingestion";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
     fn start(
         ctx: Context,
         config: Config,

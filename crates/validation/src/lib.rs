@@ -560,6 +560,10 @@ impl baton_runtime::service::Service for Validation {
     const SECTION: &'static str = "validation";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
 
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
+
     fn start(
         ctx: Context,
         config: Config,

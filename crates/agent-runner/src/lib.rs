@@ -154,9 +154,9 @@ pub enum Error {
     /// An agent could not be set up.
     #[error("cannot set up agent {agent}: {reason}")]
     Agent {
-        /// The agent.
+        /// The agent's name (`drift` for the drift runbook).
         agent: String,
-        /// Why.
+        /// The agent's own reason (its HTTP client could not be built, …).
         reason: String,
     },
     /// NATS failed (consumer creation).
@@ -165,9 +165,9 @@ pub enum Error {
     /// A consumer task ended abnormally.
     #[error("agent-runner consumer for role {role} stopped: {reason}")]
     Consumer {
-        /// The role.
+        /// The role whose consumer stopped (`?` when its task panicked).
         role: String,
-        /// Why.
+        /// The consumer's error, or the panic of its task.
         reason: String,
     },
 }

@@ -207,7 +207,7 @@ impl Baton {
             .mint(subject, tenant, roles, std::time::Duration::from_secs(3600))
     }
 
-    /// `http://<grpc_addr>`.
+    /// The URL clients connect to: `http://<grpc_addr>` (the bound address).
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc_addr)
     }

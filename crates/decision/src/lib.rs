@@ -92,7 +92,7 @@ pub enum Error {
     ReadRules {
         /// The configured path.
         path: PathBuf,
-        /// Why.
+        /// The file system's error (missing file, permissions).
         source: std::io::Error,
     },
     /// The configuration is unusable.
@@ -122,7 +122,7 @@ pub enum Error {
     ClassifierUnavailable {
         /// The tier's name.
         tier: String,
-        /// Why.
+        /// The tier's own reason (timeout, refused connection, 5xx).
         reason: String,
     },
     /// NATS failed.

@@ -133,7 +133,7 @@ pub enum Error {
     /// Reading or writing the rollout state failed.
     #[error("execution state of task {task_id}: {reason}; check that NATS JetStream is reachable")]
     Store {
-        /// The task.
+        /// The task whose rollout state could not be read or written.
         task_id: String,
         /// The store's reason.
         reason: String,
@@ -143,7 +143,7 @@ pub enum Error {
         "execution state of task {task_id} was changed by another process; leaving the rollout to it"
     )]
     Conflict {
-        /// The task.
+        /// The task whose rollout another process took over.
         task_id: String,
     },
     /// The stored state cannot be used.
@@ -152,7 +152,7 @@ pub enum Error {
          bucket baton_executions to run the plan again"
     )]
     CorruptState {
-        /// The task.
+        /// The task whose stored rollout state cannot be used.
         task_id: String,
         /// What is wrong.
         reason: String,

@@ -131,7 +131,7 @@ pub enum Error {
         retry_after.as_millis()
     )]
     RateLimited {
-        /// The tenant.
+        /// The tenant that is over its rate (from the caller's token).
         tenant: String,
         /// The configured sustained rate.
         per_second: u32,

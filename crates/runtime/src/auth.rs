@@ -176,7 +176,7 @@ pub enum AuthError {
     /// The token verified but lacks a role.
     #[error("{subject} lacks the {} role needed for this call", role.as_str())]
     MissingRole {
-        /// The caller.
+        /// The caller's `sub` claim.
         subject: String,
         /// The role needed.
         role: Role,

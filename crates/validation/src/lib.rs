@@ -187,9 +187,9 @@ pub enum Error {
     /// The policy directory is missing, unreadable or empty.
     #[error("policy directory {dir}: {reason}")]
     PolicyDir {
-        /// The directory.
+        /// The directory as configured (`validation.policy_dir`).
         dir: PathBuf,
-        /// Why.
+        /// What is wrong with it: missing, unreadable, or without `*.rego` files.
         reason: String,
     },
     /// The configuration is unusable.
@@ -210,7 +210,7 @@ pub enum Error {
     /// A human already took the opposite decision on this task.
     #[error("task {task_id} was already {decision} by {by}")]
     AlreadyDecided {
-        /// The task.
+        /// The task whose plan was already decided.
         task_id: String,
         /// `approved` or `rejected`.
         decision: &'static str,
@@ -222,7 +222,7 @@ pub enum Error {
         "pending approval {task_id} is corrupt: {reason}; delete it from bucket {APPROVALS_BUCKET}"
     )]
     Corrupt {
-        /// Key.
+        /// The task id the entry is stored under in the approvals bucket.
         task_id: String,
         /// Decode error.
         reason: String,

@@ -43,8 +43,8 @@ async fn main() {
     let mut config = test_config(data.path());
     config.agents.noop_roles = vec!["assistant".into()];
     config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
-    config.log.filter = "error".into();
-    baton_runtime::telemetry::init(&config.log);
+    config.common.log.filter = "error".into();
+    baton_runtime::telemetry::init(&config.common.log);
     let services: Vec<baton::up::ServiceName> = baton::up::ServiceName::ALL
         .into_iter()
         .filter(|s| with_audit || *s != baton::up::ServiceName::Audit)
@@ -52,7 +52,9 @@ async fn main() {
     let baton = baton::up::Baton::start(config, &services)
         .await
         .expect("baton starts");
-    let nats = async_nats::connect(&baton.config.nats.url).await.unwrap();
+    let nats = async_nats::connect(&baton.config.common.nats.url)
+        .await
+        .unwrap();
     let mut completed = nats.subscribe(subject::TASK_COMPLETED).await.unwrap();
     let mut failed = nats.subscribe(subject::TASK_FAILED).await.unwrap();
     nats.flush().await.unwrap();

@@ -79,8 +79,8 @@ async fn main() {
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
-    config.log.filter = "error".into();
-    baton_runtime::telemetry::init(&config.log);
+    config.common.log.filter = "error".into();
+    baton_runtime::telemetry::init(&config.common.log);
     let baton = baton::up::Baton::start(config, &baton::up::ServiceName::ALL)
         .await
         .expect("baton starts");
@@ -102,7 +102,7 @@ async fn main() {
         "call", "p50", "p99", "max"
     );
     println!("|{:-<42}|{:->12}|{:->12}|{:->12}|", "", "", "", "");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
     row("grpc.health.v1.Health/Check", calls, || {
         let mut h = health.clone();
         async move {
@@ -112,7 +112,7 @@ async fn main() {
         }
     })
     .await;
-    let mut decisions = c.decisions.clone();
+    let decisions = c.decisions.clone();
     row("DecisionService/Classify", calls, || {
         let mut d = decisions.clone();
         async move {

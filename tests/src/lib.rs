@@ -65,20 +65,18 @@ impl Drop for DropDatabase {
 
 /// The default test configuration: free ports, quick retries, fast redelivery.
 pub fn test_config(data: &std::path::Path) -> BatonConfig {
-    let mut c = BatonConfig {
-        data_dir: data.to_path_buf(),
-        ..BatonConfig::default()
-    };
+    let mut c = BatonConfig::default();
+    c.common.data_dir = data.to_path_buf();
     c.nats_server.port = 0;
-    c.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    c.http_addr = "127.0.0.1:0".parse().unwrap();
-    c.nats.ack_wait = Duration::from_secs(2);
-    c.nats.backoff = vec![Duration::from_millis(100), Duration::from_millis(300)];
-    c.nats.max_deliver = 4;
+    c.common.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    c.common.http_addr = "127.0.0.1:0".parse().unwrap();
+    c.common.nats.ack_wait = Duration::from_secs(2);
+    c.common.nats.backoff = vec![Duration::from_millis(100), Duration::from_millis(300)];
+    c.common.nats.max_deliver = 4;
     // WatchTask on a task that never appears answers NOT_FOUND after this.
     c.audit.watch_wait = Duration::from_secs(2);
     c.validation.policy_dir = Some(policies_dir());
-    c.log.filter = std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    c.common.log.filter = std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "warn".into());
     c
 }
 
@@ -131,7 +129,7 @@ impl Harness {
         adjust: impl FnOnce(&mut BatonConfig),
         plugins: Plugins,
     ) -> Harness {
-        baton_runtime::telemetry::init(&test_config(std::path::Path::new(".")).log);
+        baton_runtime::telemetry::init(&test_config(std::path::Path::new(".")).common.log);
         let data = tempfile::tempdir().expect("temp dir");
         let fleet = Fleet::start(FleetSpec::demo_web()).await.expect("fleet");
         let inventory = data.path().join("inventory.toml");
@@ -176,7 +174,7 @@ impl Harness {
 
     /// A plain NATS client (as an external publisher of triggers would use).
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(&self.baton.config.nats.url)
+        async_nats::connect(&self.baton.config.common.nats.url)
             .await
             .expect("nats connect")
     }

@@ -28,7 +28,7 @@ async fn services_resume_after_nats_restarts() {
         .expect("nats-server starts");
     let (url, port) = (nats.url().to_string(), nats.port());
     let h = Harness::start_with(Db::Sqlite, |c| {
-        c.nats.url = url.clone();
+        c.common.nats.url = url.clone();
         c.agents.noop_roles = vec!["assistant".into()];
     })
     .await;

@@ -137,7 +137,8 @@ fn plugins() -> Plugins {
 }
 
 fn configure(c: &mut BatonConfig) {
-    c.catalog
+    c.common
+        .catalog
         .roles
         .extend(["billing".into(), "statements".into()]);
     c.validation

@@ -163,9 +163,9 @@ pub enum Error {
     /// An agent could not be set up.
     #[error("cannot set up agent {agent}: {reason}")]
     Agent {
-        /// The agent.
+        /// The agent's name (`drift` for the drift runbook).
         agent: String,
-        /// Why.
+        /// The agent's own reason (its HTTP client could not be built, …).
         reason: String,
     },
     /// NATS failed (consumer creation).
@@ -174,9 +174,9 @@ pub enum Error {
     /// A consumer task ended abnormally.
     #[error("agent-runner consumer for role {role} stopped: {reason}")]
     Consumer {
-        /// The role.
+        /// The role whose consumer stopped (`?` when its task panicked).
         role: String,
-        /// Why.
+        /// The consumer's error, or the panic of its task.
         reason: String,
     },
 }
@@ -340,6 +340,10 @@ impl baton_runtime::service::Service for AgentRunner {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = SECTION;
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
 
     fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
         if config.inventory_path.as_os_str().is_empty() {

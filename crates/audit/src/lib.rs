@@ -130,7 +130,7 @@ pub enum Error {
     Connect {
         /// The URL (password redacted).
         url: String,
-        /// Why.
+        /// sqlx's error (refused connection, authentication, missing database).
         source: sqlx::Error,
     },
     /// The schema could not be migrated.
@@ -141,15 +141,15 @@ pub enum Error {
     Database {
         /// What was being done.
         action: &'static str,
-        /// Why.
+        /// sqlx's error for that query.
         source: sqlx::Error,
     },
     /// A directory for the database could not be created.
     #[error("cannot create {path}: {source}")]
     Io {
-        /// The directory.
+        /// The directory that could not be created (the SQLite file's parent).
         path: PathBuf,
-        /// Why.
+        /// The file system's error (permissions, read-only file system).
         source: std::io::Error,
     },
     /// NATS failed.
@@ -422,6 +422,10 @@ impl baton_runtime::service::Service for Audit {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "audit";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
 
     fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
         if config.database_url.trim().is_empty() {

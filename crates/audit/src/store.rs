@@ -323,7 +323,7 @@ pub struct TaskQuery {
 /// One page of tasks, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct TaskPage {
-    /// The tasks.
+    /// The tasks of this page, newest first, at most the page size asked for.
     pub tasks: Vec<TaskView>,
     /// Token of the next page; empty on the last.
     pub next_page_token: String,

@@ -19,9 +19,9 @@ pub enum BusError {
     /// The credentials file could not be read.
     #[error("cannot read NATS credentials file {path}: {source}")]
     Credentials {
-        /// The file.
+        /// The credentials file as configured (`nats.credentials_file`).
         path: PathBuf,
-        /// Why.
+        /// The file system's error (missing file, permissions).
         source: std::io::Error,
     },
     /// A stream could not be created or updated.
@@ -39,7 +39,7 @@ pub enum BusError {
     Read {
         /// Stream name.
         stream: String,
-        /// Its sequence.
+        /// The message's sequence number in that stream.
         sequence: u64,
         /// Why (the server's reason, or why its payload is not an event).
         reason: String,
@@ -57,7 +57,7 @@ pub enum BusError {
     /// A publish was not acknowledged by the stream.
     #[error("publish to {subject} failed: {reason}")]
     Publish {
-        /// Subject.
+        /// The subject the event was published on.
         subject: String,
         /// The client's or server's reason.
         reason: String,
@@ -67,7 +67,7 @@ pub enum BusError {
     KeyValue {
         /// Bucket name.
         bucket: String,
-        /// Why.
+        /// The server's or client's reason (timeout, wrong revision, missing bucket).
         reason: String,
     },
     /// The configuration is unusable.

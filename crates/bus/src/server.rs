@@ -27,7 +27,7 @@ pub enum ServerError {
     Io {
         /// Path involved.
         path: PathBuf,
-        /// Why.
+        /// The file system's error (permissions, missing directory, full disk).
         source: std::io::Error,
     },
 }

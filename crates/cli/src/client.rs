@@ -27,15 +27,15 @@ type Authed = InterceptedService<Channel, BearerToken>;
 /// Clients of all Baton gRPC services over one channel, authenticated with one token.
 #[derive(Clone)]
 pub struct Clients {
-    /// `TriggerService`.
+    /// `TriggerService` (ingestion): `SubmitTask`.
     pub triggers: TriggerServiceClient<Authed>,
-    /// `ApprovalService`.
+    /// `ApprovalService` (validation): `ListPending`, `Approve`, `Reject`.
     pub approvals: ApprovalServiceClient<Authed>,
-    /// `ExecutionService`.
+    /// `ExecutionService` (execution): `GetExecution`, a rollout's progress.
     pub executions: ExecutionServiceClient<Authed>,
-    /// `TaskService`.
+    /// `TaskService` (audit): `GetTask`, `ListTasks`, `WatchTask`, `VerifyAudit`.
     pub tasks: TaskServiceClient<Authed>,
-    /// `DecisionService`.
+    /// `DecisionService` (decision): `Classify`, the decision it would make, without publishing.
     pub decisions: baton_proto::decision_service_client::DecisionServiceClient<Authed>,
 }
 
@@ -47,9 +47,9 @@ pub enum ClientError {
         "cannot connect to baton at {url}: {reason}; is `baton up` running? (set client.url or BATON_CLIENT__URL)"
     )]
     Connect {
-        /// The URL.
+        /// The endpoint as configured (`client.url`, `--url`).
         url: String,
-        /// Why.
+        /// tonic's error and its cause (refused connection, bad URL).
         reason: String,
     },
     /// The token has characters that cannot go in a header.

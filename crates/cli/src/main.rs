@@ -1,6 +1,10 @@
 //! `baton`: run Baton (`up`, `serve`) and talk to it (`submit`, `watch`, `approve`, …).
+//!
+//! Configuration is loaded once, before any command runs, exactly as a service loads it
+//! (`baton_runtime::config`): the global flags are its last layer. Each client command is one
+//! function: it connects with a token holding the role it needs, makes its call and prints.
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use baton::client::{Clients, describe, is_final};
 use baton::config::BatonConfig;
 use baton::up::{Baton, ServiceName};
@@ -9,8 +13,10 @@ use baton_proto::{
     SubmitTaskRequest, TaskStatus, Trigger, VerifyAuditRequest, WatchTaskRequest,
 };
 use baton_runtime::auth::{Authenticator, Role};
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use baton_runtime::config::{CommonFlags, EnvVars};
+use clap::{Args, Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,103 +27,75 @@ use std::time::Duration;
     about = "Event-driven, policy-gated orchestrator for AI tasks"
 )]
 struct Cli {
-    /// Configuration file (TOML); `BATON_*` variables override it.
-    #[arg(long, short, global = true, env = "BATON_CONFIG")]
-    config: Option<PathBuf>,
-    /// gRPC endpoint for client commands.
-    #[arg(long, global = true, env = "BATON_URL")]
+    /// The configuration file and the flags every Baton process takes.
+    #[command(flatten)]
+    flags: CommonFlags,
+    /// gRPC endpoint for client commands (client.url).
+    #[arg(long, global = true, env = "BATON_URL", value_name = "URL")]
     url: Option<String>,
-    /// Bearer token for client commands (default: minted from the local development secret).
+    /// Bearer token for client commands (client.token; default: minted from the local
+    /// development secret).
     #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
+impl Cli {
+    /// The flags as the last configuration layer.
+    fn layer(&self) -> Figment {
+        let mut f = Figment::from(self.flags.clone());
+        if let Some(url) = &self.url {
+            f = f.merge(Serialized::default("client.url", url));
+        }
+        if let Some(token) = &self.token {
+            f = f.merge(Serialized::default("client.token", token));
+        }
+        f
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs all six services in this process (starting nats-server if no NATS URL is set).
-    Up {
-        /// NATS URL of a running server (else a child nats-server is started).
-        #[arg(long)]
-        nats_url: Option<String>,
-        /// gRPC listen address.
-        #[arg(long)]
-        grpc_addr: Option<std::net::SocketAddr>,
-        /// HTTP listen address (/health, /ready, /metrics).
-        #[arg(long)]
-        http_addr: Option<std::net::SocketAddr>,
-        /// Data directory.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Up,
     /// Runs one service (NATS URL required).
     Serve {
-        /// Which service.
+        /// The service to run.
         service: ServiceName,
     },
-    /// Prints the merged configuration.
+    /// Prints the configuration the services would run with (derived values filled in,
+    /// secrets redacted), or what is wrong with it.
     Config,
     /// Submits a trigger; prints the task id (and follows it with --watch).
-    Submit {
-        /// What to do, in words.
-        text: String,
-        /// development, staging or production.
-        #[arg(long, short)]
-        env: Option<String>,
-        /// Idempotency key.
-        #[arg(long)]
-        key: Option<String>,
-        /// Agent role, bypassing classification.
-        #[arg(long)]
-        role: Option<String>,
-        /// Labels, `key=value`.
-        #[arg(long = "label", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Follow the task until it ends.
-        #[arg(long, short)]
-        watch: bool,
-    },
+    Submit(SubmitArgs),
     /// Lists tasks, newest first.
-    Tasks {
-        /// Filter by status (received, routed, proposed, awaiting_approval, approved, executing, completed, failed, rejected).
-        #[arg(long)]
-        status: Option<String>,
-        /// Filter by role.
-        #[arg(long)]
-        role: Option<String>,
-        /// Filter by tenant (admins only).
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Page size.
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-    },
+    Tasks(TasksArgs),
     /// Shows a task and its events.
     Task {
-        /// Task id.
+        /// Task id (as `submit` printed it).
         id: String,
     },
     /// Follows a task's events live until it ends.
     Watch {
-        /// Task id.
+        /// Task id (as `submit` printed it).
         id: String,
     },
     /// Lists plans waiting for approval.
     Pending,
     /// Approves a plan waiting for approval (needs the approver role).
     Approve {
-        /// Task id.
+        /// Task id of the waiting plan.
         id: String,
-        /// Why.
+        /// Why it is approved, kept in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Rejects a plan waiting for approval (needs the approver role).
     Reject {
-        /// Task id.
+        /// Task id of the waiting plan.
         id: String,
-        /// Why (required).
+        /// Why it is rejected (required), kept in the audit log.
         #[arg(long)]
         reason: String,
     },
@@ -128,19 +106,58 @@ enum Command {
     },
     /// Mints a development token with the configured or local development secret.
     Token {
-        /// Subject.
+        /// Who the token speaks for (the `sub` claim).
         #[arg(long, default_value = "dev")]
         sub: String,
-        /// Tenant.
+        /// Whose tasks it acts on (the `tenant` claim).
         #[arg(long, default_value = "default")]
         tenant: String,
         /// Roles (repeat): submitter, approver, operator, admin.
         #[arg(long = "role", value_parser = parse_role, default_values = ["submitter"])]
         roles: Vec<Role>,
-        /// Lifetime.
+        /// How long the token is valid (`12h`, `30m`).
         #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+}
+
+/// `baton submit`.
+#[derive(Args)]
+struct SubmitArgs {
+    /// What to do, in words.
+    text: String,
+    /// development, staging or production.
+    #[arg(long, short)]
+    env: Option<String>,
+    /// Idempotency key: a repeat within the duplicate window answers with the first task.
+    #[arg(long)]
+    key: Option<String>,
+    /// Agent role, bypassing classification.
+    #[arg(long)]
+    role: Option<String>,
+    /// Labels, `key=value`.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Follow the task until it ends.
+    #[arg(long, short)]
+    watch: bool,
+}
+
+/// `baton tasks`.
+#[derive(Args)]
+struct TasksArgs {
+    /// Filter by status (received, routed, proposed, awaiting_approval, approved, executing, completed, failed, rejected).
+    #[arg(long)]
+    status: Option<String>,
+    /// Filter by role.
+    #[arg(long)]
+    role: Option<String>,
+    /// Filter by tenant (admins only).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Page size.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
 }
 
 #[derive(Subcommand)]
@@ -176,57 +193,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut config = BatonConfig::load(cli.config.as_deref())?;
+    let config = BatonConfig::load(
+        cli.flags.config.as_deref(),
+        &EnvVars::from_process(),
+        cli.layer(),
+    )?;
     match cli.command {
-        Command::Up {
-            nats_url,
-            grpc_addr,
-            http_addr,
-            data_dir,
-        } => {
-            if let Some(u) = nats_url {
-                config.nats.url = u;
-            }
-            if let Some(a) = grpc_addr {
-                config.grpc_addr = a;
-            }
-            if let Some(a) = http_addr {
-                config.http_addr = a;
-            }
-            if let Some(d) = data_dir {
-                config.data_dir = d;
-            }
-            baton_runtime::telemetry::init(&config.log);
-            let shutdown = baton_runtime::shutdown::on_signal();
-            let baton = Baton::start(config, &ServiceName::ALL).await?;
-            eprintln!(
-                "baton is up: gRPC {} · HTTP http://{} (/health /ready /metrics) · NATS {}\n\
-                 try: baton submit --env production --watch \"Fix drift on production web servers\"",
-                baton.grpc_addr, baton.http_addr, baton.config.nats.url
-            );
-            baton.run_until(shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Serve { service } => {
-            if config.nats.url.is_empty() {
-                bail!(
-                    "`baton serve` needs a NATS server: set nats.url (BATON_NATS__URL=nats://host:4222)"
-                );
-            }
-            baton_runtime::telemetry::init(&config.log);
-            let shutdown = baton_runtime::shutdown::on_signal();
-            let baton = Baton::start(config, &[service]).await?;
-            eprintln!(
-                "baton {service:?} is up: gRPC {} · HTTP http://{}",
-                baton.grpc_addr, baton.http_addr
-            );
-            baton.run_until(shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Up => up(config).await,
+        Command::Serve { service } => serve(config, service).await,
         Command::Config => {
             print!(
                 "{}",
-                toml::to_string_pretty(&config).context("cannot render the configuration")?
+                config
+                    .to_toml()
+                    .context("cannot render the configuration")?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -236,18 +216,65 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             roles,
             ttl,
         } => {
-            let auth = authenticator(&config)?;
-            println!("{}", auth.mint(&sub, &tenant, &roles, ttl));
+            println!(
+                "{}",
+                authenticator(&config)?.mint(&sub, &tenant, &roles, ttl)
+            );
             Ok(ExitCode::SUCCESS)
         }
-        command => client_command(cli.url, cli.token, config, command).await,
+        Command::Submit(args) => submit(&config, args).await,
+        Command::Tasks(args) => list_tasks(&config, args).await,
+        Command::Task { id } => show_task(&config, id).await,
+        Command::Watch { id } => {
+            let mut c = connect(&config, &[Role::Submitter]).await?;
+            watch_task(&mut c, &id).await
+        }
+        Command::Pending => list_pending(&config).await,
+        Command::Approve { id, reason } => approve(&config, id, reason).await,
+        Command::Reject { id, reason } => reject(&config, id, reason).await,
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => verify_audit(&config).await,
     }
 }
 
+/// `baton up`: all six services, until SIGINT/SIGTERM.
+async fn up(config: BatonConfig) -> anyhow::Result<ExitCode> {
+    baton_runtime::telemetry::init(&config.common.log);
+    let shutdown = baton_runtime::shutdown::on_signal();
+    let baton = Baton::start(config, &ServiceName::ALL).await?;
+    eprintln!(
+        "baton is up: gRPC {} · HTTP http://{} (/health /ready /metrics) · NATS {}\n\
+         try: baton submit --env production --watch \"Fix drift on production web servers\"",
+        baton.grpc_addr, baton.http_addr, baton.config.common.nats.url
+    );
+    baton.run_until(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton serve <service>`: one service against a running NATS, until SIGINT/SIGTERM.
+async fn serve(config: BatonConfig, service: ServiceName) -> anyhow::Result<ExitCode> {
+    if config.common.nats.url.is_empty() {
+        anyhow::bail!(
+            "`baton serve` needs a NATS server: set nats.url (--nats-url, BATON_NATS__URL=nats://host:4222)"
+        );
+    }
+    baton_runtime::telemetry::init(&config.common.log);
+    let shutdown = baton_runtime::shutdown::on_signal();
+    let baton = Baton::start(config, &[service]).await?;
+    eprintln!(
+        "baton {service:?} is up: gRPC {} · HTTP http://{}",
+        baton.grpc_addr, baton.http_addr
+    );
+    baton.run_until(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configured secret, or the development secret `baton up` wrote into `data_dir`.
 fn authenticator(config: &BatonConfig) -> anyhow::Result<Authenticator> {
-    let mut auth = config.auth.clone();
+    let mut auth = config.common.auth.clone();
     if auth.hs256_secret.is_empty() {
-        let path = config.data_dir.join("jwt.secret");
+        let path = config.common.data_dir.join("jwt.secret");
         auth.hs256_secret = std::fs::read_to_string(&path)
             .with_context(|| {
                 format!(
@@ -261,201 +288,195 @@ fn authenticator(config: &BatonConfig) -> anyhow::Result<Authenticator> {
     Ok(Authenticator::new(&auth)?)
 }
 
-async fn client_command(
-    url: Option<String>,
-    token: Option<String>,
-    config: BatonConfig,
-    command: Command,
-) -> anyhow::Result<ExitCode> {
-    let url = url.unwrap_or_else(|| config.client.url.clone());
-    let roles: &[Role] = match &command {
-        Command::Approve { .. } | Command::Reject { .. } => &[Role::Approver],
-        Command::Audit { .. } => &[Role::Operator],
-        _ => &[Role::Submitter],
+/// Clients of `client.url` with `client.token`, or, when there is none, a 10-minute token
+/// minted for `$USER` with `roles` (the ones the command needs).
+async fn connect(config: &BatonConfig, roles: &[Role]) -> anyhow::Result<Clients> {
+    let token = if config.client.token.is_empty() {
+        let user = std::env::var("USER").unwrap_or_else(|_| "dev".into());
+        authenticator(config)?.mint(
+            &user,
+            &config.client.tenant,
+            roles,
+            Duration::from_secs(600),
+        )
+    } else {
+        config.client.token.clone()
     };
-    let token = match token.or_else(|| Some(config.client.token.clone()).filter(|t| !t.is_empty()))
-    {
-        Some(t) => t,
-        None => {
-            let user = std::env::var("USER").unwrap_or_else(|_| "dev".into());
-            authenticator(&config)?.mint(
-                &user,
-                &config.client.tenant,
-                roles,
-                Duration::from_secs(600),
-            )
-        }
+    Ok(Clients::connect(&config.client.url, &token).await?)
+}
+
+/// `baton submit`: prints the task id, then follows it with `--watch`.
+async fn submit(config: &BatonConfig, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    let trigger = Trigger {
+        text: args.text,
+        environment: args.env.unwrap_or_default(),
+        idempotency_key: args.key.unwrap_or_default(),
+        role: args.role.unwrap_or_default(),
+        labels: args.labels.into_iter().collect(),
+        source: String::new(),
     };
-    let mut c = Clients::connect(&url, &token).await?;
-    match command {
-        Command::Submit {
-            text,
-            env,
-            key,
-            role,
-            labels,
-            watch,
-        } => {
-            let trigger = Trigger {
-                text,
-                environment: env.unwrap_or_default(),
-                idempotency_key: key.unwrap_or_default(),
-                role: role.unwrap_or_default(),
-                labels: labels.into_iter().collect(),
-                source: String::new(),
-            };
-            let r = c
-                .triggers
-                .submit_task(SubmitTaskRequest {
-                    trigger: Some(trigger),
-                })
-                .await?
-                .into_inner();
-            println!(
-                "{}{}",
-                r.task_id,
-                if r.deduplicated {
-                    " (deduplicated: an earlier trigger had this key)"
-                } else {
-                    ""
-                }
-            );
-            if watch {
-                return watch_task(&mut c, &r.task_id).await;
-            }
+    let r = c
+        .triggers
+        .submit_task(SubmitTaskRequest {
+            trigger: Some(trigger),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{}{}",
+        r.task_id,
+        if r.deduplicated {
+            " (deduplicated: an earlier trigger had this key)"
+        } else {
+            ""
         }
-        Command::Tasks {
-            status,
-            role,
-            tenant,
-            limit,
-        } => {
-            let status = match status {
-                Some(s) => {
-                    TaskStatus::parse(&s).with_context(|| format!("unknown status {s:?}"))? as i32
-                }
-                None => 0,
-            };
-            let r = c
-                .tasks
-                .list_tasks(ListTasksRequest {
-                    status,
-                    role: role.unwrap_or_default(),
-                    tenant: tenant.unwrap_or_default(),
-                    page_size: limit,
-                    page_token: String::new(),
-                })
-                .await?
-                .into_inner();
-            println!(
-                "{:<38} {:<18} {:<11} {:<11} TEXT",
-                "TASK", "STATUS", "ROLE", "ENV"
-            );
-            for t in r.tasks {
-                println!(
-                    "{:<38} {:<18} {:<11} {:<11} {}",
-                    t.task_id,
-                    t.status().label(),
-                    t.role,
-                    t.environment,
-                    t.text
-                );
-            }
-        }
-        Command::Task { id } => {
-            let r = c
-                .tasks
-                .get_task(GetTaskRequest { task_id: id })
-                .await?
-                .into_inner();
-            let t = r.task.unwrap_or_default();
-            println!(
-                "task {} [{}] tenant {} · role {} · {} · risk {}",
-                t.task_id,
-                t.status().label(),
-                t.tenant,
-                t.role,
-                t.environment,
-                t.risk().label()
-            );
-            println!(
-                "  \"{}\"{}",
-                t.text,
-                if t.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n  reason: {}", t.reason)
-                }
-            );
-            for rec in &r.events {
-                println!("{}", describe(rec));
-            }
-        }
-        Command::Watch { id } => return watch_task(&mut c, &id).await,
-        Command::Pending => {
-            let r = c
-                .approvals
-                .list_pending(ListPendingRequest {})
-                .await?
-                .into_inner();
-            for p in r.pending {
-                let reasons = p
-                    .validation
-                    .map(|v| v.reasons.join("; "))
-                    .unwrap_or_default();
-                println!(
-                    "{}  {}  {}",
-                    p.task_id,
-                    p.plan.map(|p| p.summary).unwrap_or_default(),
-                    reasons
-                );
-            }
-        }
-        Command::Approve { id, reason } => {
-            let r = c
-                .approvals
-                .approve(ApproveRequest {
-                    task_id: id,
-                    reason,
-                })
-                .await?
-                .into_inner();
-            println!("approved by {}", r.approval.unwrap_or_default().approver);
-        }
-        Command::Reject { id, reason } => {
-            let r = c
-                .approvals
-                .reject(RejectRequest {
-                    task_id: id,
-                    reason,
-                })
-                .await?
-                .into_inner();
-            println!("rejected by {}", r.approval.unwrap_or_default().approver);
-        }
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let r = c
-                .tasks
-                .verify_audit(VerifyAuditRequest {})
-                .await?
-                .into_inner();
-            if r.ok {
-                println!("audit chain verified: {} records", r.records_checked);
-            } else {
-                println!(
-                    "audit chain BROKEN at record {}: {}",
-                    r.first_bad_sequence, r.problem
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        Command::Up { .. } | Command::Serve { .. } | Command::Config | Command::Token { .. } => {
-            unreachable!("handled above")
-        }
+    );
+    if args.watch {
+        return watch_task(&mut c, &r.task_id).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `baton tasks`: one line per task.
+async fn list_tasks(config: &BatonConfig, args: TasksArgs) -> anyhow::Result<ExitCode> {
+    let status = match args.status {
+        Some(s) => TaskStatus::parse(&s).with_context(|| format!("unknown status {s:?}"))? as i32,
+        None => 0,
+    };
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    let r = c
+        .tasks
+        .list_tasks(ListTasksRequest {
+            status,
+            role: args.role.unwrap_or_default(),
+            tenant: args.tenant.unwrap_or_default(),
+            page_size: args.limit,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<38} {:<18} {:<11} {:<11} TEXT",
+        "TASK", "STATUS", "ROLE", "ENV"
+    );
+    for t in r.tasks {
+        println!(
+            "{:<38} {:<18} {:<11} {:<11} {}",
+            t.task_id,
+            t.status().label(),
+            t.role,
+            t.environment,
+            t.text
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton task <id>`: the task's view, then its events.
+async fn show_task(config: &BatonConfig, id: String) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    let r = c
+        .tasks
+        .get_task(GetTaskRequest { task_id: id })
+        .await?
+        .into_inner();
+    let t = r.task.unwrap_or_default();
+    println!(
+        "task {} [{}] tenant {} · role {} · {} · risk {}",
+        t.task_id,
+        t.status().label(),
+        t.tenant,
+        t.role,
+        t.environment,
+        t.risk().label()
+    );
+    println!(
+        "  \"{}\"{}",
+        t.text,
+        if t.reason.is_empty() {
+            String::new()
+        } else {
+            format!("\n  reason: {}", t.reason)
+        }
+    );
+    for rec in &r.events {
+        println!("{}", describe(rec));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton pending`: one line per plan waiting for an approver.
+async fn list_pending(config: &BatonConfig) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    let r = c
+        .approvals
+        .list_pending(ListPendingRequest {})
+        .await?
+        .into_inner();
+    for p in r.pending {
+        let reasons = p
+            .validation
+            .map(|v| v.reasons.join("; "))
+            .unwrap_or_default();
+        println!(
+            "{}  {}  {}",
+            p.task_id,
+            p.plan.map(|p| p.summary).unwrap_or_default(),
+            reasons
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton approve <id>` (approver role).
+async fn approve(config: &BatonConfig, id: String, reason: String) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Approver]).await?;
+    let r = c
+        .approvals
+        .approve(ApproveRequest {
+            task_id: id,
+            reason,
+        })
+        .await?
+        .into_inner();
+    println!("approved by {}", r.approval.unwrap_or_default().approver);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton reject <id> --reason …` (approver role).
+async fn reject(config: &BatonConfig, id: String, reason: String) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Approver]).await?;
+    let r = c
+        .approvals
+        .reject(RejectRequest {
+            task_id: id,
+            reason,
+        })
+        .await?
+        .into_inner();
+    println!("rejected by {}", r.approval.unwrap_or_default().approver);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton audit verify` (operator role): exit code 1 when the chain is broken.
+async fn verify_audit(config: &BatonConfig) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Operator]).await?;
+    let r = c
+        .tasks
+        .verify_audit(VerifyAuditRequest {})
+        .await?
+        .into_inner();
+    if r.ok {
+        println!("audit chain verified: {} records", r.records_checked);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "audit chain BROKEN at record {}: {}",
+            r.first_bad_sequence, r.problem
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// Prints a task's events until it ends; exit code 0 when it completed.

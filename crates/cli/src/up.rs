@@ -72,15 +72,15 @@ pub enum UpError {
     /// A service refused to start.
     #[error("{service} did not start: {reason}")]
     Service {
-        /// Which.
+        /// The service's name (`audit`, `agent-runner`).
         service: &'static str,
-        /// Its error.
+        /// Its start error, as it describes itself.
         reason: String,
     },
     /// A running service ended on its own; all the others were stopped.
     #[error("{service} stopped: {reason}; baton stopped all services")]
     Ended {
-        /// Which.
+        /// The service that ended.
         service: ServiceName,
         /// Its error, or what else ended it.
         reason: String,
@@ -134,21 +134,21 @@ impl Baton {
         plugins: Plugins,
     ) -> Result<Baton, UpError> {
         let io = |what: String| move |source| UpError::Io { what, source };
-        std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+        std::fs::create_dir_all(&config.common.data_dir).map_err(io(format!(
             "cannot create data dir {}",
-            config.data_dir.display()
+            config.common.data_dir.display()
         )))?;
         let mut nats_server = None;
-        if config.nats.url.is_empty() {
-            let store = config.data_dir.join("nats");
+        if config.common.nats.url.is_empty() {
+            let store = config.common.data_dir.join("nats");
             let server =
                 NatsServer::start(&config.nats_server.binary, &store, config.nats_server.port)
                     .await?;
             info!(url = server.url(), store = %store.display(), "started nats-server");
-            config.nats.url = server.url().to_string();
+            config.common.nats.url = server.url().to_string();
             nats_server = Some(server);
         }
-        let ctx = baton_runtime::service::connect(&config.common())
+        let ctx = baton_runtime::service::connect(&config.common)
             .await?
             .with_plugins(plugins.shared());
 
@@ -171,8 +171,8 @@ impl Baton {
         let servers_token = CancellationToken::new();
         let endpoints = Endpoints::serve(
             &ctx,
-            config.grpc_addr,
-            config.http_addr,
+            config.common.grpc_addr,
+            config.common.http_addr,
             routes,
             http_routes,
             &names,
@@ -182,7 +182,7 @@ impl Baton {
         .map_err(io("cannot serve".into()))?;
         let (grpc_addr, http_addr, servers) =
             (endpoints.grpc_addr, endpoints.http_addr, endpoints.tasks);
-        info!(%grpc_addr, %http_addr, nats = %config.nats.url, "baton is up");
+        info!(%grpc_addr, %http_addr, nats = %config.common.nats.url, "baton is up");
         Ok(Baton {
             config,
             grpc_addr,
@@ -207,7 +207,7 @@ impl Baton {
             .mint(subject, tenant, roles, std::time::Duration::from_secs(3600))
     }
 
-    /// `http://<grpc_addr>`.
+    /// The URL clients connect to: `http://<grpc_addr>` (the bound address).
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc_addr)
     }
@@ -360,7 +360,7 @@ async fn launch_one<S: Service>(
     routes: Option<(&mut RoutesBuilder, &mut HttpRoutes)>,
     names: &mut Vec<&'static str>,
 ) -> Result<Running, UpError> {
-    S::prepare(&mut section, &config.common());
+    S::prepare(&mut section, &config.common);
     let svc = S::start(ctx.clone(), section)
         .await
         .map_err(|e| UpError::Service {

@@ -100,3 +100,136 @@ fn up_without_nats_server_installed_says_how_to_install_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
 }
+
+#[test]
+fn config_prints_the_derived_values_a_service_runs_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = baton()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("config")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = format!(
+        "database_url = \"sqlite://{}/audit.db?mode=rwc\"",
+        dir.path().display()
+    );
+    assert!(stdout.contains(&db), "{db} in {stdout}");
+    let inventory = format!(
+        "inventory_path = \"{}/inventory.toml\"",
+        dir.path().display()
+    );
+    assert!(stdout.contains(&inventory), "{inventory} in {stdout}");
+    assert!(!stdout.contains("database_url = \"\""), "{stdout}");
+}
+
+#[test]
+fn flags_are_the_last_layer() {
+    let out = baton()
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:7",
+            "--nats-url",
+            "nats://flag:4222",
+        ])
+        .arg("config")
+        .env("BATON_GRPC_ADDR", "127.0.0.1:6")
+        .env("BATON_NATS__URL", "nats://env:4222")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("grpc_addr = \"127.0.0.1:7\""), "{stdout}");
+    assert!(stdout.contains("url = \"nats://flag:4222\""), "{stdout}");
+}
+
+#[test]
+fn unknown_top_level_key_in_a_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, "[audti]\nbatch_size = 5\n").unwrap();
+    let out = baton()
+        .args(["--config"])
+        .arg(&file)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing printed on error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown key `audti`"), "{stderr}");
+    assert!(stderr.contains("baton.toml"), "names the file: {stderr}");
+}
+
+#[test]
+fn unknown_section_key_in_the_environment_is_named() {
+    let out = baton()
+        .args(["config"])
+        .env("BATON_AUDIT__BATCH_SIZEE", "5")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("BATON_AUDIT__BATCH_SIZEE"), "{stderr}");
+}
+
+#[test]
+fn invalid_value_is_refused_naming_the_key() {
+    let out = baton()
+        .args(["config"])
+        .env("BATON_AGENTS__MAX_PHASE_FRACTION", "1.5")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agents.max_phase_fraction"), "{stderr}");
+}
+
+#[test]
+fn config_redacts_the_secret() {
+    let secret = "s3cr3t-0123456789abcdef0123456789abcdef";
+    let out = baton()
+        .args(["config"])
+        .env("BATON_AUTH__HS256_SECRET", secret)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("hs256_secret = \"<redacted>\""), "{stdout}");
+    assert!(!stdout.contains(secret), "{stdout}");
+}
+
+#[test]
+fn logs_written_to_a_pipe_have_no_colour_codes() {
+    // `baton up` logs while it starts its nats-server and services, then fails to bind the
+    // gRPC address this test holds, and exits.
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = baton()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr"])
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("up")
+        .env("BATON_NATS_SERVER__PORT", "0")
+        .env("BATON_LOG__FILTER", "info")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot serve"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("started nats-server"), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'),
+        "ANSI escape in output to a pipe: {stdout:?}"
+    );
+}

@@ -72,6 +72,19 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks the values; the message names the key. (The rules file is checked when it is
+    /// loaded, at start.)
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.concurrency == 0 {
+            return Err(Error::Config(
+                "decision.concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What went wrong in decision.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -91,7 +104,7 @@ pub enum Error {
     ReadRules {
         /// The configured path.
         path: PathBuf,
-        /// Why.
+        /// The file system's error (missing file, permissions).
         source: std::io::Error,
     },
     /// The configuration is unusable.
@@ -121,7 +134,7 @@ pub enum Error {
     ClassifierUnavailable {
         /// The tier's name.
         tier: String,
-        /// Why.
+        /// The tier's own reason (timeout, refused connection, 5xx).
         reason: String,
     },
     /// NATS failed.
@@ -270,11 +283,7 @@ impl Router {
     /// Errors: [`Error::ReadRules`], [`Error::Rules`] (naming file, rule and problem),
     /// [`Error::Config`].
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
-        if config.concurrency == 0 {
-            return Err(Error::Config(
-                "decision.concurrency must be at least 1".into(),
-            ));
-        }
+        config.validate()?;
         let rules = Arc::new(RuleSet::load(config.rules_path.as_deref(), &ctx.catalog)?);
         info!(rules = %rules.source, count = rules.rules.len(), "decision rules loaded");
         let decider = tiers::assemble(&ctx, &config, rules)?;
@@ -429,6 +438,10 @@ impl baton_runtime::service::Service for Router {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "decision";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
 
     fn start(
         ctx: Context,

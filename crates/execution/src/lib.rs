@@ -132,7 +132,7 @@ pub enum Error {
     /// Reading or writing the rollout state failed.
     #[error("execution state of task {task_id}: {reason}; check that NATS JetStream is reachable")]
     Store {
-        /// The task.
+        /// The task whose rollout state could not be read or written.
         task_id: String,
         /// The store's reason.
         reason: String,
@@ -142,7 +142,7 @@ pub enum Error {
         "execution state of task {task_id} was changed by another process; leaving the rollout to it"
     )]
     Conflict {
-        /// The task.
+        /// The task whose rollout another process took over.
         task_id: String,
     },
     /// The stored state cannot be used.
@@ -151,7 +151,7 @@ pub enum Error {
          bucket baton_executions to run the plan again"
     )]
     CorruptState {
-        /// The task.
+        /// The task whose stored rollout state cannot be used.
         task_id: String,
         /// What is wrong.
         reason: String,
@@ -293,6 +293,10 @@ impl baton_runtime::service::Service for Execution {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "execution";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
 
     fn start(
         ctx: Context,

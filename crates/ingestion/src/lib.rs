@@ -131,7 +131,7 @@ pub enum Error {
         retry_after.as_millis()
     )]
     RateLimited {
-        /// The tenant.
+        /// The tenant that is over its rate (from the caller's token).
         tenant: String,
         /// The configured sustained rate.
         per_second: u32,
@@ -522,6 +522,10 @@ impl baton_runtime::service::Service for Ingestion {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "ingestion";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
 
     fn start(
         ctx: Context,

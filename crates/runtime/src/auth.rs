@@ -10,16 +10,46 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Token verification settings (`[auth]`).
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 shared secret, at least 32 bytes. Empty in `baton up` means "generate one into
-    /// `<data_dir>/jwt.secret`" (development only).
+    /// `<data_dir>/jwt.secret`" (development only). Printed and logged as `<redacted>`.
     pub hs256_secret: String,
-    /// Required `iss`, if set.
+    /// The `iss` claim every token must carry, when set (the identity provider's name).
     pub issuer: Option<String>,
-    /// Required `aud`, if set.
+    /// The `aud` claim every token must carry, when set (this deployment's name at the
+    /// identity provider).
     pub audience: Option<String>,
+    /// How far the clocks of the token's issuer and of Baton may disagree: a token is still
+    /// accepted this long after its `exp` (`"60s"` by default, `"0s"` for none). Whole
+    /// seconds; fractions are dropped.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hs256_secret: String::new(),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Checks the settings before a secret is known: a non-empty `hs256_secret` must have at
+    /// least 32 bytes (an empty one means the development secret).
+    pub fn validate(&self) -> Result<(), AuthError> {
+        if !self.hs256_secret.is_empty() && self.hs256_secret.len() < 32 {
+            return Err(AuthError::Config(
+                "auth.hs256_secret must be at least 32 bytes (set BATON_AUTH__HS256_SECRET), or empty for the development secret".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for AuthConfig {
@@ -35,6 +65,7 @@ impl fmt::Debug for AuthConfig {
             )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
             .finish()
     }
 }
@@ -90,10 +121,10 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default)]
     pub iat: u64,
-    /// Issuer.
+    /// Issuer: who signed the token (checked against `auth.issuer` when that is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    /// Audience.
+    /// Audience: whom the token is for (checked against `auth.audience` when that is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
 }
@@ -101,11 +132,11 @@ pub struct Claims {
 /// A caller whose token verified.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// `sub`.
+    /// Who is calling: the token's `sub` claim.
     pub subject: String,
-    /// `tenant`.
+    /// Whose tasks the caller acts on: the token's `tenant` claim.
     pub tenant: String,
-    /// `roles`.
+    /// What the caller may do: the token's `roles` claim (`admin` implies the others).
     pub roles: Vec<Role>,
 }
 
@@ -145,7 +176,7 @@ pub enum AuthError {
     /// The token verified but lacks a role.
     #[error("{subject} lacks the {} role needed for this call", role.as_str())]
     MissingRole {
-        /// The caller.
+        /// The caller's `sub` claim.
         subject: String,
         /// The role needed.
         role: Role,
@@ -185,6 +216,7 @@ impl Authenticator {
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = config.leeway.as_secs();
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
         }
@@ -366,8 +398,68 @@ mod tests {
         assert!(err.to_string().contains("the token has expired"), "{err}");
     }
 
+    /// A token for `auth()`'s secret that expired `ago` seconds before now.
+    fn expired(ago: u64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = Claims {
+            sub: "late".into(),
+            tenant: "acme".into(),
+            roles: vec![Role::Submitter],
+            exp: now - ago,
+            iat: now - ago - 600,
+            iss: None,
+            aud: None,
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret("x".repeat(32).as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_expired_within_the_leeway_is_accepted_and_beyond_it_refused() {
+        let a = auth();
+        assert_eq!(AuthConfig::default().leeway, Duration::from_secs(60));
+        a.verify(&expired(30))
+            .expect("30 s past exp is within the default 60 s leeway");
+        let err = a.verify(&expired(120)).unwrap_err();
+        assert!(err.to_string().contains("the token has expired"), "{err}");
+
+        let strict = Authenticator::new(&AuthConfig {
+            hs256_secret: "x".repeat(32),
+            leeway: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .unwrap();
+        let err = strict.verify(&expired(30)).unwrap_err();
+        assert!(err.to_string().contains("the token has expired"), "{err}");
+        strict.verify(&expired(2)).expect("within a 5 s leeway");
+    }
+
+    #[test]
+    fn leeway_is_configuration_in_humantime() {
+        let c: AuthConfig = serde_json::from_str(r#"{"leeway": "2m"}"#).unwrap();
+        assert_eq!(c.leeway, Duration::from_secs(120));
+    }
+
     #[test]
     fn short_secret_is_a_config_error() {
+        assert!(
+            AuthConfig::default().validate().is_ok(),
+            "empty: the dev secret"
+        );
+        let short = AuthConfig {
+            hs256_secret: "short".into(),
+            ..Default::default()
+        };
+        assert!(
+            matches!(short.validate(), Err(AuthError::Config(m)) if m.contains("auth.hs256_secret"))
+        );
         let err = Authenticator::new(&AuthConfig {
             hs256_secret: "short".into(),
             ..Default::default()

@@ -1,6 +1,7 @@
 //! What every Baton service shares at run time, so each service crate holds only its own job:
 //!
-//! - [`config`]: layered configuration (defaults → TOML file → `BATON_*` env → CLI flags).
+//! - [`config`]: layered configuration (defaults → TOML file → `BATON_*` env → CLI flags →
+//!   derived values → validation), the same for every process.
 //! - [`auth`]: JWT bearer tokens (HS256 for now), roles and tenants.
 //! - [`telemetry`]: `tracing` with an OpenTelemetry layer, so spans carry W3C trace context.
 //! - [`shutdown`]: SIGINT/SIGTERM cancel a token; a second signal exits at once.

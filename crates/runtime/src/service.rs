@@ -2,7 +2,7 @@
 //! `baton up` (all six), `baton serve <service>` and each service's thin binary.
 
 use crate::Context;
-use crate::config::CommonConfig;
+use crate::config::{CommonConfig, CommonFlags, ConfigError, EnvVars, Layers};
 use crate::http::HttpRoutes;
 use serde::{Serialize, de::DeserializeOwned};
 use std::future::Future;
@@ -14,7 +14,8 @@ use tonic::service::RoutesBuilder;
 pub trait Service: Sized + Send + 'static {
     /// Its config section (`[ingestion]`, …).
     type Config: DeserializeOwned + Serialize + Default + Clone + Send + 'static;
-    /// Its error type.
+    /// What can go wrong in it: an invalid section, an unreachable dependency, a failed
+    /// handler (its crate's `Error` enum, mapped to gRPC codes there).
     type Error: std::error::Error + Send + Sync + 'static;
     /// Name: config section, producer name, metrics label (`ingestion`, `agent-runner`).
     const NAME: &'static str;
@@ -23,8 +24,13 @@ pub trait Service: Sized + Send + 'static {
     /// Fully-qualified gRPC services it serves (for gRPC health).
     const GRPC_SERVICES: &'static [&'static str];
 
-    /// Fills config values that default from the common settings (e.g. paths under `data_dir`).
+    /// Fills config values that default from the common settings (e.g. paths under
+    /// `data_dir`), so what `baton config` prints is what the service runs with.
     fn prepare(_config: &mut Self::Config, _common: &CommonConfig) {}
+
+    /// Checks its section after [`Service::prepare`]; the message names the key and what to
+    /// set. Run when the configuration is loaded, and again by `start`.
+    fn validate(config: &Self::Config) -> Result<(), Self::Error>;
 
     /// Validates the config and opens what it needs (KV buckets, database, files).
     fn start(
@@ -126,7 +132,7 @@ pub enum ConnectError {
     Secret {
         /// The data directory.
         dir: std::path::PathBuf,
-        /// Why.
+        /// The file system's error (permissions, missing parent, full disk).
         source: std::io::Error,
     },
     /// Tokens cannot be verified with this configuration.
@@ -166,15 +172,78 @@ pub async fn connect(common: &CommonConfig) -> Result<Context, ConnectError> {
     .with_catalog(common.catalog.clone()))
 }
 
-/// `main` of a service's thin binary (`baton-<service> [--config FILE]`): the same as
-/// `baton serve <service>`. Reads the common settings and the service's section from the
-/// file and `BATON_*` variables, serves gRPC and HTTP, runs until SIGINT/SIGTERM.
+/// `S`'s section of `layers` as `S` runs with it: derived values filled in
+/// ([`Service::prepare`]) and checked ([`Service::validate`]).
+///
+/// Errors: [`ConfigError::Parse`] naming the key, [`ConfigError::Invalid`] with `S`'s message.
+pub fn load_section<S: Service>(
+    layers: &Layers,
+    common: &CommonConfig,
+) -> Result<S::Config, ConfigError> {
+    let mut section: S::Config = layers.section(S::SECTION)?;
+    S::prepare(&mut section, common);
+    S::validate(&section).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    Ok(section)
+}
+
+/// The configuration of a process that runs `S` alone (`baton-<service>`): the common
+/// settings and `S`'s section, loaded defaults → `file` → `env` → `flags` → derived values →
+/// validation (see [`crate::config`]). The other services' sections may be present in the
+/// file; they are checked by name, and by the processes that run them.
+pub fn load<S: Service>(
+    file: Option<&std::path::Path>,
+    env: &EnvVars,
+    flags: impl figment::Provider,
+) -> Result<(CommonConfig, S::Config), ConfigError> {
+    #[derive(Serialize)]
+    struct Defaults<C> {
+        #[serde(flatten)]
+        common: CommonConfig,
+        #[serde(flatten)]
+        section: std::collections::BTreeMap<&'static str, C>,
+    }
+    let defaults = Defaults {
+        common: CommonConfig::default(),
+        section: [(S::SECTION, S::Config::default())].into(),
+    };
+    let layers = Layers::new(&defaults, file, env, flags)?;
+    let common = layers.common()?;
+    common.validate()?;
+    let section = load_section::<S>(&layers, &common)?;
+    Ok((common, section))
+}
+
+/// The command line of `baton-<name>`: the [`CommonFlags`] `baton serve` takes, with help
+/// and errors rendered by clap as `baton`'s are.
+pub fn command(name: &str) -> clap::Command {
+    use clap::Args as _;
+    // clap keeps names as `&'static str` (without its `string` feature); a process builds
+    // this once.
+    let bin: &'static str = Box::leak(format!("baton-{name}").into_boxed_str());
+    // `augment_args` sets the flags struct's doc as the about text: set ours after it.
+    CommonFlags::augment_args(clap::Command::new(bin))
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(format!(
+            "Runs the {name} service alone, as `baton serve {name}` does (NATS URL required)"
+        ))
+}
+
+/// `main` of a service's thin binary (`baton-<service> [--config FILE] [--nats-url URL] …`):
+/// the same as `baton serve <service>`. Loads the common settings and the service's section
+/// (see [`load`]), serves gRPC and HTTP, runs until SIGINT/SIGTERM. `--help` prints the
+/// usage and exits 0; a bad argument exits 2, as with `baton`.
 pub fn service_main<S: Service>() -> std::process::ExitCode {
+    use clap::FromArgMatches as _;
+    let matches = command(S::NAME).get_matches();
+    let flags = match CommonFlags::from_arg_matches(&matches) {
+        Ok(f) => f,
+        Err(e) => e.exit(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(service_main_async::<S>()) {
+    match runtime.block_on(service_main_async::<S>(flags)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -183,49 +252,17 @@ pub fn service_main<S: Service>() -> std::process::ExitCode {
     }
 }
 
-async fn service_main_async<S: Service>() -> Result<(), String> {
-    let mut args = std::env::args().skip(1);
-    let mut file = std::env::var_os("BATON_CONFIG").map(std::path::PathBuf::from);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" | "-c" => file = Some(args.next().ok_or("--config needs a file")?.into()),
-            "--help" | "-h" => {
-                println!(
-                    "usage: baton-{} [--config FILE]   (same as `baton serve {}`)",
-                    S::NAME,
-                    S::NAME
-                );
-                return Ok(());
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: baton-{} [--config FILE]",
-                    S::NAME
-                ));
-            }
-        }
-    }
-    let figment = crate::config::figment::<CommonConfig>(file.as_deref(), &[S::SECTION])
-        .map_err(|e| e.to_string())?;
-    let common: CommonConfig = figment
-        .clone()
-        .extract()
-        .map_err(|e: figment::Error| format!("invalid configuration: {e}"))?;
-    let mut config: S::Config = if figment.contains(S::SECTION) {
-        figment
-            .extract_inner(S::SECTION)
-            .map_err(|e| format!("invalid [{}] configuration: {e}", S::SECTION))?
-    } else {
-        S::Config::default()
-    };
+async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String> {
+    let file = flags.config.clone();
+    let (common, config) =
+        load::<S>(file.as_deref(), &EnvVars::from_process(), flags).map_err(|e| e.to_string())?;
     crate::telemetry::init(&common.log);
     if common.nats.url.is_empty() {
         return Err(format!(
-            "baton-{} needs a NATS server: set nats.url (BATON_NATS__URL=nats://host:4222)",
+            "baton-{} needs a NATS server: set nats.url (--nats-url, BATON_NATS__URL=nats://host:4222)",
             S::NAME
         ));
     }
-    S::prepare(&mut config, &common);
     let ctx = connect(&common).await.map_err(|e| e.to_string())?;
     let svc = S::start(ctx.clone(), config)
         .await
@@ -254,4 +291,133 @@ async fn service_main_async<S: Service>() -> Result<(), String> {
         let _ = t.await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thin_binary_help_and_errors_come_from_clap() {
+        let err = command("audit")
+            .try_get_matches_from(["baton-audit", "--help"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        let help = err.to_string();
+        assert!(
+            help.contains("baton serve audit") && help.contains("--config"),
+            "{help}"
+        );
+        assert!(
+            help.contains("--nats-url") && help.contains("--data-dir"),
+            "{help}"
+        );
+        let err = command("audit")
+            .try_get_matches_from(["baton-audit", "--bogus"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let m = command("audit")
+            .try_get_matches_from(["baton-audit", "--data-dir", "/d", "-c", "x.toml"])
+            .unwrap();
+        use clap::FromArgMatches as _;
+        let f = CommonFlags::from_arg_matches(&m).unwrap();
+        assert_eq!(f.data_dir.as_deref(), Some(std::path::Path::new("/d")));
+        assert_eq!(f.config.as_deref(), Some(std::path::Path::new("x.toml")));
+    }
+
+    /// A service whose section is `[audit]`, to load configuration as a thin binary does.
+    struct Probe;
+
+    #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct ProbeConfig {
+        /// Derived from `data_dir` when empty.
+        path: std::path::PathBuf,
+        /// Must be at least 1.
+        n: u32,
+    }
+
+    impl Service for Probe {
+        type Config = ProbeConfig;
+        type Error = std::io::Error;
+        const NAME: &'static str = "probe";
+        const SECTION: &'static str = "audit";
+        const GRPC_SERVICES: &'static [&'static str] = &[];
+
+        fn prepare(config: &mut ProbeConfig, common: &CommonConfig) {
+            if config.path.as_os_str().is_empty() {
+                config.path = common.data_dir.join("probe.db");
+            }
+        }
+
+        fn validate(config: &ProbeConfig) -> Result<(), std::io::Error> {
+            if config.n == 0 {
+                return Err(std::io::Error::other("audit.n must be at least 1"));
+            }
+            Ok(())
+        }
+
+        async fn start(_ctx: Context, _config: ProbeConfig) -> Result<Self, std::io::Error> {
+            Ok(Probe)
+        }
+
+        fn add_grpc(&self, _routes: &mut RoutesBuilder) {}
+
+        async fn serve(self, _shutdown: CancellationToken) -> Result<(), std::io::Error> {
+            Ok(())
+        }
+    }
+
+    fn load_probe(
+        file: &str,
+        env: &[(&str, &str)],
+        flags: CommonFlags,
+    ) -> Result<(CommonConfig, ProbeConfig), ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.toml");
+        std::fs::write(&path, file).unwrap();
+        load::<Probe>(
+            Some(&path),
+            &EnvVars::from_pairs(env.iter().copied()),
+            flags,
+        )
+    }
+
+    #[test]
+    fn a_thin_binary_loads_derives_and_validates_its_section() {
+        let flags = CommonFlags {
+            data_dir: Some("/srv/baton".into()),
+            ..Default::default()
+        };
+        let file = "[audit]\nn = 3\n[client]\ntenant = \"t\"\n[ingestion]\nwhatever = 1\n";
+        let (common, probe) =
+            load_probe(file, &[("BATON_NATS__URL", "nats://n:4222")], flags).unwrap();
+        assert_eq!(common.nats.url, "nats://n:4222");
+        assert_eq!(probe.n, 3);
+        assert_eq!(probe.path, std::path::Path::new("/srv/baton/probe.db"));
+
+        let err = load_probe("[audit]\nn = 0\n", &[], CommonFlags::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("audit.n must be at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_thin_binary_refuses_unknown_keys() {
+        let err = load_probe(
+            "[audit]\nn = 1\n[bogus]\nx = 1\n",
+            &[],
+            CommonFlags::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown key `bogus`"), "{err}");
+        let err = load_probe("[audit]\nm = 1\n", &[], CommonFlags::default()).unwrap_err();
+        assert!(err.to_string().contains("`m`"), "{err}");
+        let err = load_probe("", &[("BATON_AUDIT__NN", "1")], CommonFlags::default()).unwrap_err();
+        assert!(err.to_string().contains("BATON_AUDIT__NN"), "{err}");
+        let err =
+            load_probe("", &[("BATON_LOG__JSONN", "true")], CommonFlags::default()).unwrap_err();
+        assert!(err.to_string().contains("BATON_LOG__JSONN"), "{err}");
+    }
 }

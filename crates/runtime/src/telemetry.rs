@@ -1,10 +1,14 @@
 //! Logging and tracing: a `tracing` subscriber (text or JSON) with an OpenTelemetry layer, so
 //! every span has a W3C trace context that [`baton_bus::trace`] carries across NATS. Export over
 //! OTLP is configuration for a later release; the spans and their propagation are here now.
+//!
+//! Logs go to standard output. Text logs are coloured only when standard output is a terminal,
+//! so files, pipes and log collectors get plain text without ANSI escape codes.
 
 use crate::config::LogConfig;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
 use tracing::Level;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
@@ -25,13 +29,19 @@ pub fn init(config: &LogConfig) {
     let registry = tracing_subscriber::registry().with(otel);
     let _ = if config.json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .with_filter(filter),
+            )
             .try_init()
     } else {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
+                    .with_ansi(std::io::stdout().is_terminal())
                     .with_filter(filter),
             )
             .try_init()

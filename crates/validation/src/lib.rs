@@ -195,9 +195,9 @@ pub enum Error {
     /// The policy directory is missing, unreadable or empty.
     #[error("policy directory {dir}: {reason}")]
     PolicyDir {
-        /// The directory.
+        /// The directory as configured (`validation.policy_dir`).
         dir: PathBuf,
-        /// Why.
+        /// What is wrong with it: missing, unreadable, or without `*.rego` files.
         reason: String,
     },
     /// The configuration is unusable.
@@ -218,7 +218,7 @@ pub enum Error {
     /// A human already took the opposite decision on this task.
     #[error("task {task_id} was already {decision} by {by}")]
     AlreadyDecided {
-        /// The task.
+        /// The task whose plan was already decided.
         task_id: String,
         /// `approved` or `rejected`.
         decision: &'static str,
@@ -230,7 +230,7 @@ pub enum Error {
         "pending approval {task_id} is corrupt: {reason}; delete it from bucket {APPROVALS_BUCKET}"
     )]
     Corrupt {
-        /// Key.
+        /// The task id the entry is stored under in the approvals bucket.
         task_id: String,
         /// Decode error.
         reason: String,
@@ -569,6 +569,10 @@ impl baton_runtime::service::Service for Validation {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "validation";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        config.validate()
+    }
 
     fn start(
         ctx: Context,

@@ -72,7 +72,7 @@ struct PolicyFile {
     name: String,
     /// `<origin>/<name>`, as given to regorus, so its messages name the file.
     path: PathBuf,
-    /// Contents.
+    /// The Rego source text.
     text: String,
 }
 

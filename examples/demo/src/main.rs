@@ -37,25 +37,23 @@ async fn main() -> anyhow::Result<()> {
         fleet.drifted_ids().join(", ")
     );
 
-    let mut config = BatonConfig {
-        data_dir: data.path().to_path_buf(),
-        ..BatonConfig::default()
-    };
+    let mut config = BatonConfig::default();
+    config.common.data_dir = data.path().to_path_buf();
     config.nats_server.port = 0;
-    config.grpc_addr = "127.0.0.1:0".parse()?;
-    config.http_addr = "127.0.0.1:0".parse()?;
+    config.common.grpc_addr = "127.0.0.1:0".parse()?;
+    config.common.http_addr = "127.0.0.1:0".parse()?;
     config.agents.inventory_path = inventory.clone();
     config.validation.policy_dir =
         Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies").into());
-    config.log.filter = std::env::var("BATON_DEMO_LOG").unwrap_or_else(|_| "error".into());
-    baton_runtime::telemetry::init(&config.log);
+    config.common.log.filter = std::env::var("BATON_DEMO_LOG").unwrap_or_else(|_| "error".into());
+    baton_runtime::telemetry::init(&config.common.log);
 
     let baton = Baton::start(config, &ServiceName::ALL)
         .await
         .context("starting baton")?;
     println!(
         "== baton is up: all six services in this process · gRPC {} · HTTP http://{} · NATS {}",
-        baton.grpc_addr, baton.http_addr, baton.config.nats.url
+        baton.grpc_addr, baton.http_addr, baton.config.common.nats.url
     );
     let submitter = Clients::connect(
         &baton.grpc_url(),

@@ -5,15 +5,15 @@
 use baton_bus::testing::TestNats;
 use baton_bus::{Bus, ConsumerSpec};
 use baton_execution::{
-    ActionError, ActionOutcome, ActionRunner, Config, Execution, HttpRunner, SERVICE,
+    ActionError, ActionOutcome, ActionRunner, Config, Executor, HttpRunner, ProbeResult, SERVICE,
 };
 use baton_fleet::{Fleet, FleetSpec, WebServer};
 use baton_proto::event::Body;
 use baton_proto::execution_service_client::ExecutionServiceClient;
 use baton_proto::{
     Action, Approval, Asset, AssetState, Event, ExecutionStatus, GetExecutionRequest, HealthCheck,
-    HttpAction, NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved, action::Kind,
-    subject,
+    HttpAction, HttpProbe, NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved,
+    action::Kind, health_check, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
@@ -57,7 +57,7 @@ async fn start(
     CancellationToken,
     JoinHandle<Result<(), baton_execution::Error>>,
 ) {
-    let executor = Execution::new(ctx, test_config()).await.unwrap();
+    let executor = Executor::new(ctx, test_config()).await.unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn(executor.run(token.clone()));
     (token, task)
@@ -95,13 +95,9 @@ impl ActionRunner for Counting {
             .push(action.idempotency_key.clone());
         self.inner.run(action)
     }
-    fn probe<'a>(
-        &'a self,
-        check: &'a HealthCheck,
-        expect_status: u16,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    fn probe<'a>(&'a self, check: &'a HealthCheck) -> BoxFuture<'a, ProbeResult> {
         *self.probes.lock().unwrap() += 1;
-        self.inner.probe(check, expect_status)
+        self.inner.probe(check)
     }
 }
 
@@ -125,7 +121,7 @@ async fn start_configured(
     CancellationToken,
     JoinHandle<Result<(), baton_execution::Error>>,
 ) {
-    let executor = Execution::with_runner(ctx, config, Arc::new(runner))
+    let executor = Executor::with_runner(ctx, config, Arc::new(runner))
         .await
         .unwrap();
     let token = CancellationToken::new();
@@ -182,10 +178,12 @@ fn step(
             format!("{task}:{phase}:{}:rollback", server.id),
         )),
         health_check: Some(HealthCheck {
-            url: format!("{}/health", server.url()),
-            expect_status: 200,
             attempts,
             interval_ms: 50,
+            kind: Some(health_check::Kind::Http(HttpProbe {
+                url: format!("{}/health", server.url()),
+                expect_status: 200,
+            })),
         }),
         reason: "drifted".into(),
     }
@@ -782,7 +780,7 @@ async fn noop_and_empty_plans_complete_and_get_execution_checks_the_tenant() {
     assert!(!old.info().await.unwrap().config.backoff.is_empty());
     let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
     let ctx = context(nats.bus.clone());
-    let executor = Execution::new(ctx.clone(), test_config()).await.unwrap();
+    let executor = Executor::new(ctx.clone(), test_config()).await.unwrap();
     let token = CancellationToken::new();
     let mut routes = tonic::service::RoutesBuilder::default();
     executor.add_grpc(&mut routes);

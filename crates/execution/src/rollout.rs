@@ -457,3 +457,130 @@ async fn check_health(
     }
     Ok(Err(last))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::{Asset, Phase, Step};
+
+    fn plan() -> Plan {
+        let step = |id: &str| Step {
+            asset: Some(Asset {
+                id: id.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Plan {
+            task_id: "t1".into(),
+            phases: vec![
+                Phase {
+                    name: "canary".into(),
+                    steps: vec![step("a")],
+                    ..Default::default()
+                },
+                Phase {
+                    name: "wave 1".into(),
+                    steps: vec![step("b"), step("c")],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn cause() -> Event {
+        Event {
+            event_id: "t1.approved".into(),
+            task_id: "t1".into(),
+            tenant: "acme".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn final_event_codes_follow_the_status() {
+        let mut e = State::new("t1", "acme", plan(), baton_proto::now()).to_proto();
+        e.status = ExecutionStatus::Succeeded as i32;
+        let ev = final_event(&cause(), &e);
+        assert_eq!(ev.event_id, "t1.completed");
+        assert!(matches!(ev.body, Some(Body::TaskCompleted(_))));
+        for (status, code) in [
+            (ExecutionStatus::RolledBack, "rolled_back"),
+            (ExecutionStatus::Failed, "rollback_failed"),
+            (ExecutionStatus::Cancelled, "cancelled"),
+        ] {
+            e.status = status as i32;
+            e.error = "why".into();
+            let ev = final_event(&cause(), &e);
+            assert_eq!(ev.event_id, "t1.failed");
+            let Some(Body::TaskFailed(f)) = ev.body else {
+                panic!("not task_failed")
+            };
+            assert_eq!(
+                (f.stage.as_str(), f.code.as_str(), f.reason.as_str()),
+                ("execution", code, "why")
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn control_interrupts_checks_and_sleeps_once_shutdown_is_cancelled() {
+        let token = CancellationToken::new();
+        let control = Control::new(token.clone());
+        assert_eq!(control.check(), Ok(()));
+        assert_eq!(control.sleep(Duration::from_millis(10)).await, Ok(()));
+        let sleeper = control.clone();
+        let sleeping = tokio::spawn(async move { sleeper.sleep(Duration::from_secs(3600)).await });
+        tokio::task::yield_now().await;
+        token.cancel();
+        assert_eq!(sleeping.await.unwrap(), Err(Interrupt::Shutdown));
+        assert_eq!(control.check(), Err(Interrupt::Shutdown));
+    }
+
+    /// Answers every probe with `answer`, counting the attempts.
+    struct Probe {
+        answer: ProbeError,
+        attempts: std::sync::atomic::AtomicU32,
+    }
+
+    impl ActionRunner for Probe {
+        fn probe<'a>(
+            &'a self,
+            _: &'a HealthCheck,
+        ) -> futures::future::BoxFuture<'a, crate::runner::ProbeResult> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Err(self.answer.clone()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_is_probed_up_to_its_attempts_but_an_unsupported_kind_once() {
+        let control = Control::new(CancellationToken::new());
+        let config = Config::default();
+        let check = HealthCheck {
+            attempts: 4,
+            interval_ms: 10,
+            ..Default::default()
+        };
+        let down = Probe {
+            answer: ProbeError::Unhealthy("expected 200, got 503".into()),
+            attempts: Default::default(),
+        };
+        assert_eq!(
+            check_health(&down, &control, &config, &check).await,
+            Ok(Err("expected 200, got 503".into()))
+        );
+        assert_eq!(down.attempts.load(Ordering::SeqCst), 4);
+        let unknown = Probe {
+            answer: ProbeError::Unsupported("no runner for health-check kind \"grpc\"".into()),
+            attempts: Default::default(),
+        };
+        let verdict = check_health(&unknown, &control, &config, &check).await;
+        assert!(
+            matches!(&verdict, Ok(Err(m)) if m.starts_with("unsupported health check: no runner")),
+            "{verdict:?}"
+        );
+        assert_eq!(unknown.attempts.load(Ordering::SeqCst), 1);
+    }
+}

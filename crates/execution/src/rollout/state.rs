@@ -744,3 +744,857 @@ impl TryFrom<proto::Execution> for State {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every transition without NATS: a model of the shell ([`drive`]) runs the machine against
+    //! a scripted world and records its I/O in order, so the invariants (publish before save,
+    //! resume skips recorded steps) are checked at every save point.
+
+    use super::*;
+    use baton_proto::{Action, Asset, HealthCheck, NoopAction, Phase, Step, action};
+    use std::collections::{BTreeMap, HashSet};
+
+    fn at() -> Timestamp {
+        Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }
+    }
+
+    fn noop(key: String) -> Action {
+        Action {
+            idempotency_key: key,
+            kind: Some(action::Kind::Noop(NoopAction {})),
+            ..Default::default()
+        }
+    }
+
+    /// A step on asset `id` with an action, a rollback and (when `checked`) a health check.
+    fn step(id: &str, checked: bool) -> Step {
+        Step {
+            asset: Some(Asset {
+                id: id.into(),
+                ..Default::default()
+            }),
+            action: Some(noop(format!("{id}:apply"))),
+            rollback: Some(noop(format!("{id}:rollback"))),
+            health_check: checked.then(HealthCheck::default),
+            reason: String::new(),
+        }
+    }
+
+    /// A canary of the first group's assets, then one wave per further group; every step
+    /// checked.
+    fn plan(groups: &[&[&str]]) -> Plan {
+        let phases = groups
+            .iter()
+            .enumerate()
+            .map(|(n, ids)| Phase {
+                name: if n == 0 {
+                    "canary".into()
+                } else {
+                    format!("wave {n}")
+                },
+                kind: if n == 0 {
+                    PhaseKind::Canary
+                } else {
+                    PhaseKind::Wave
+                } as i32,
+                steps: ids.iter().map(|id| step(id, true)).collect(),
+            })
+            .collect();
+        Plan {
+            task_id: "t1".into(),
+            phases,
+            ..Default::default()
+        }
+    }
+
+    fn fresh(plan: Plan) -> State {
+        State::new("t1", "acme", plan, at())
+    }
+
+    /// How the scripted world answers, by asset id.
+    #[derive(Debug, Clone, Default)]
+    struct World {
+        /// Assets whose action fails.
+        failing: HashSet<&'static str>,
+        /// Assets whose health check fails.
+        unhealthy: HashSet<&'static str>,
+        /// Assets whose rollback action fails.
+        stuck: HashSet<&'static str>,
+    }
+
+    /// One piece of I/O the model shell did, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Io {
+        /// An event published (its stage).
+        Publish(String),
+        /// The state saved.
+        Save(Box<State>),
+        /// An action run (its idempotency key).
+        Run(String),
+        /// A health probe (the asset).
+        Probe(String),
+        /// The final event, for this status.
+        Final(Status),
+    }
+
+    /// Where the model shell crashes.
+    #[derive(Debug, Clone, Copy)]
+    enum Crash {
+        /// Never.
+        Never,
+        /// Right after the n-th save (1-based).
+        AfterSave(usize),
+        /// After publishing the events of the n-th save, before saving it.
+        BeforeSave(usize),
+    }
+
+    /// The model of the shell ([`crate::rollout`]): same loop, same queue, same order of
+    /// publish and save; actions run one at a time in step order (the shell runs them
+    /// concurrently but starts none after a failure). Returns the I/O and the outcome (`None`
+    /// when it crashed).
+    fn drive(state: &mut State, world: &World, crash: Crash) -> (Vec<Io>, Option<Outcome>) {
+        struct Model<'a> {
+            io: Vec<Io>,
+            queued: Vec<String>,
+            saves: usize,
+            crash: Crash,
+            world: &'a World,
+        }
+        impl Model<'_> {
+            fn flush(&mut self) {
+                for stage in self.queued.drain(..) {
+                    self.io.push(Io::Publish(stage));
+                }
+            }
+            /// `false` when it crashed.
+            fn save(&mut self, state: &State) -> bool {
+                self.flush();
+                self.saves += 1;
+                if matches!(self.crash, Crash::BeforeSave(n) if n == self.saves) {
+                    return false;
+                }
+                self.io.push(Io::Save(Box::new(state.clone())));
+                !matches!(self.crash, Crash::AfterSave(n) if n == self.saves)
+            }
+            fn take(&mut self, effects: Effects, state: &State) -> bool {
+                self.queued
+                    .extend(effects.events.into_iter().map(|e| e.stage));
+                !effects.save || self.save(state)
+            }
+            fn run(
+                &mut self,
+                action: &Option<Action>,
+                asset: &str,
+                fails: bool,
+            ) -> Result<String, String> {
+                let Some(action) = action else {
+                    return Err("the step has no rollback action".into());
+                };
+                self.io.push(Io::Run(action.idempotency_key.clone()));
+                let _ = self.world;
+                if fails {
+                    Err(format!("{asset} said no"))
+                } else {
+                    Ok(format!("{asset} done"))
+                }
+            }
+        }
+        let mut m = Model {
+            io: Vec::new(),
+            queued: Vec::new(),
+            saves: 0,
+            crash,
+            world,
+        };
+        if state.nothing_recorded() {
+            m.queued.push(state.announcement().stage);
+        }
+        loop {
+            match state.next() {
+                Next::Replay => {
+                    m.io.push(Io::Final(state.status));
+                    return (m.io, Some(Outcome::Replayed));
+                }
+                Next::StartPhase(i) => {
+                    let fx = state.start_phase(i);
+                    if !m.take(fx, state) {
+                        return (m.io, None);
+                    }
+                }
+                Next::Apply { phase, steps } => {
+                    m.flush();
+                    for j in steps {
+                        let id = state.phases[phase].steps[j].asset_id.clone();
+                        let action = state.plan.phases[phase].steps[j].action.clone();
+                        let result = m.run(&action, &id, world.failing.contains(id.as_str()));
+                        let failed = result.is_err();
+                        let fx = state.record_action(phase, j, result);
+                        if !m.take(fx, state) {
+                            return (m.io, None);
+                        }
+                        if failed {
+                            break;
+                        }
+                    }
+                }
+                Next::Check { phase, steps } => {
+                    m.flush();
+                    for j in steps {
+                        let id = state.phases[phase].steps[j].asset_id.clone();
+                        m.io.push(Io::Probe(id.clone()));
+                        let verdict = if world.unhealthy.contains(id.as_str()) {
+                            Err("expected 200, got 503".to_string())
+                        } else {
+                            Ok(())
+                        };
+                        let fx = state.record_check(phase, j, verdict);
+                        if !m.take(fx, state) {
+                            return (m.io, None);
+                        }
+                    }
+                }
+                Next::CompletePhase(i) => {
+                    let fx = state.complete_phase(i);
+                    if !m.take(fx, state) {
+                        return (m.io, None);
+                    }
+                }
+                Next::BeginRollback(reason) => {
+                    let fx = state.begin_rollback(reason);
+                    if !m.take(fx, state) {
+                        return (m.io, None);
+                    }
+                }
+                Next::RollBack { phase, step } => {
+                    let id = state.phases[phase].steps[step].asset_id.clone();
+                    let rollback = state.plan.phases[phase].steps[step].rollback.clone();
+                    let result = m.run(&rollback, &id, world.stuck.contains(id.as_str()));
+                    let fx = state.record_rollback(phase, step, result);
+                    if !m.take(fx, state) {
+                        return (m.io, None);
+                    }
+                }
+                Next::Succeed => {
+                    let outcome = state.succeed(at());
+                    if !m.save(state) {
+                        return (m.io, None);
+                    }
+                    m.io.push(Io::Final(state.status));
+                    return (m.io, Some(outcome));
+                }
+                Next::EndRollback => {
+                    let outcome = state.end_rollback(at());
+                    if !m.save(state) {
+                        return (m.io, None);
+                    }
+                    m.io.push(Io::Final(state.status));
+                    return (m.io, Some(outcome));
+                }
+            }
+        }
+    }
+
+    fn published(io: &[Io]) -> Vec<String> {
+        io.iter()
+            .filter_map(|e| match e {
+                Io::Publish(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn runs(io: &[Io]) -> Vec<String> {
+        io.iter()
+            .filter_map(|e| match e {
+                Io::Run(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn saves(io: &[Io]) -> Vec<State> {
+        io.iter()
+            .filter_map(|e| match e {
+                Io::Save(s) => Some((**s).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn states(state: &State) -> Vec<(&str, StepState)> {
+        state
+            .phases
+            .iter()
+            .flat_map(|p| p.steps.iter().map(|s| (s.asset_id.as_str(), s.state)))
+            .collect()
+    }
+
+    /// The scenarios the invariants are checked on.
+    fn scenarios() -> Vec<(&'static str, Plan, World)> {
+        let three = || plan(&[&["a"], &["b", "c"], &["d", "e", "f"]]);
+        vec![
+            ("healthy", three(), World::default()),
+            (
+                "unhealthy in wave 2",
+                three(),
+                World {
+                    unhealthy: ["e"].into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "action fails in wave 1",
+                three(),
+                World {
+                    failing: ["b"].into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "rollback fails",
+                three(),
+                World {
+                    unhealthy: ["c"].into(),
+                    stuck: ["a"].into(),
+                    ..Default::default()
+                },
+            ),
+            ("empty plan", Plan::default(), World::default()),
+        ]
+    }
+
+    #[test]
+    fn a_new_state_has_every_phase_and_step_pending() {
+        let s = fresh(plan(&[&["a"], &["b", "c"]]));
+        assert_eq!(s.status, Status::Running);
+        assert_eq!(s.tenant, "acme");
+        assert_eq!(
+            states(&s),
+            [
+                ("a", StepState::Pending),
+                ("b", StepState::Pending),
+                ("c", StepState::Pending)
+            ]
+        );
+        assert!(s.phases.iter().all(|p| p.status == Status::Pending));
+        assert_eq!(s.next(), Next::StartPhase(0));
+        let started = s.announcement();
+        assert_eq!(started.stage, "exec.started");
+        assert_eq!(
+            started.body,
+            Body::ExecutionStarted(ExecutionStarted {
+                phases: 2,
+                steps: 3
+            })
+        );
+    }
+
+    #[test]
+    fn only_a_running_state_with_no_phase_started_has_nothing_recorded() {
+        let mut s = fresh(plan(&[&["a"], &["b"]]));
+        assert!(s.nothing_recorded());
+        let _ = s.start_phase(0);
+        assert!(!s.nothing_recorded());
+        let mut empty = fresh(Plan::default());
+        assert!(empty.nothing_recorded());
+        let _ = empty.succeed(at());
+        assert!(!empty.nothing_recorded());
+    }
+
+    #[test]
+    fn only_ended_statuses_are_final() {
+        for s in [
+            Status::Succeeded,
+            Status::Failed,
+            Status::RolledBack,
+            Status::Cancelled,
+        ] {
+            assert!(s.is_final(), "{s:?}");
+        }
+        for s in [
+            Status::Pending,
+            Status::Running,
+            Status::Paused,
+            Status::RollingBack,
+        ] {
+            assert!(!s.is_final(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_and_bad_ones_are_corrupt() {
+        let mut s = fresh(plan(&[&["a"], &["b", "c"]]));
+        let _ = s.start_phase(0);
+        let _ = s.record_action(0, 0, Ok("a done".into()));
+        let proto = s.to_proto();
+        assert_eq!(proto.status, proto::ExecutionStatus::Running as i32);
+        assert_eq!(
+            proto.phases[0].assets[0].state,
+            proto::AssetState::Applied as i32
+        );
+        assert_eq!(State::try_from(proto.clone()).unwrap(), s);
+
+        let corrupt = |p: proto::Execution| matches!(State::try_from(p), Err(Error::CorruptState { task_id, .. }) if task_id == "t1");
+        let mut no_plan = proto.clone();
+        no_plan.plan = None;
+        assert!(corrupt(no_plan));
+        let mut short = proto.clone();
+        short.phases[1].assets.pop();
+        assert!(corrupt(short));
+        let mut unknown = proto.clone();
+        unknown.status = 0;
+        assert!(corrupt(unknown));
+        let mut bad_asset = proto;
+        bad_asset.phases[0].assets[0].state = 42;
+        assert!(corrupt(bad_asset));
+    }
+
+    #[test]
+    fn an_empty_plan_announces_itself_and_succeeds() {
+        let mut s = fresh(Plan::default());
+        assert_eq!(s.next(), Next::Succeed);
+        let (io, outcome) = drive(&mut s, &World::default(), Crash::Never);
+        assert_eq!(outcome, Some(Outcome::Succeeded));
+        assert_eq!(
+            io,
+            [
+                Io::Publish("exec.started".into()),
+                Io::Save(Box::new(s.clone())),
+                Io::Final(Status::Succeeded)
+            ]
+        );
+        assert_eq!(s.finished_at, Some(at()));
+    }
+
+    #[test]
+    fn a_healthy_canary_leads_to_the_waves_and_success() {
+        let mut s = fresh(plan(&[&["a"], &["b", "c"]]));
+        let (io, outcome) = drive(&mut s, &World::default(), Crash::Never);
+        assert_eq!(outcome, Some(Outcome::Succeeded));
+        assert_eq!(
+            published(&io),
+            [
+                "exec.started",
+                "exec.p0.started",
+                "exec.p0.a.applied",
+                "exec.p0.a.healthy",
+                "exec.p0.completed",
+                "exec.p1.started",
+                "exec.p1.b.applied",
+                "exec.p1.c.applied",
+                "exec.p1.b.healthy",
+                "exec.p1.c.healthy",
+                "exec.p1.completed",
+            ]
+        );
+        assert_eq!(runs(&io), ["a:apply", "b:apply", "c:apply"]);
+        assert_eq!(s.status, Status::Succeeded);
+        assert!(s.phases.iter().all(|p| p.status == Status::Succeeded));
+        assert!(states(&s).iter().all(|(_, st)| *st == StepState::Healthy));
+        assert_eq!(s.current_phase, 1);
+        // Ended: a redelivery only replays the final event.
+        assert_eq!(s.next(), Next::Replay);
+        let (io, outcome) = drive(&mut s, &World::default(), Crash::Never);
+        assert_eq!(
+            (io, outcome),
+            (vec![Io::Final(Status::Succeeded)], Some(Outcome::Replayed))
+        );
+    }
+
+    #[test]
+    fn the_phase_transitions_report_themselves_and_save_only_results() {
+        let mut s = fresh(plan(&[&["a"]]));
+        let started = s.start_phase(0);
+        assert!(!started.save);
+        assert_eq!(
+            started.events[0].body,
+            Body::PhaseStarted(PhaseStarted {
+                index: 0,
+                name: "canary".into(),
+                kind: PhaseKind::Canary as i32,
+                asset_ids: vec!["a".into()],
+            })
+        );
+        assert_eq!(s.phases[0].status, Status::Running);
+        assert_eq!(
+            s.next(),
+            Next::Apply {
+                phase: 0,
+                steps: vec![0]
+            }
+        );
+        let applied = s.record_action(0, 0, Ok("PUT /config: 200".into()));
+        assert!(applied.save);
+        assert_eq!(applied.events[0].event, "asset_updated");
+        assert_eq!(applied.events[0].stage, "exec.p0.a.applied");
+        assert_eq!(
+            s.next(),
+            Next::Check {
+                phase: 0,
+                steps: vec![0]
+            }
+        );
+        let checked = s.record_check(0, 0, Ok(()));
+        assert!(checked.save);
+        assert_eq!(s.phases[0].steps[0].state, StepState::Healthy);
+        assert_eq!(s.next(), Next::CompletePhase(0));
+        let completed = s.complete_phase(0);
+        assert!(!completed.save);
+        assert_eq!(
+            completed.events[0].body,
+            Body::PhaseCompleted(PhaseCompleted {
+                index: 0,
+                name: "canary".into(),
+                healthy: true,
+            })
+        );
+        assert_eq!(s.next(), Next::Succeed);
+    }
+
+    #[test]
+    fn steps_without_a_health_check_stay_applied_and_are_not_probed() {
+        let mut p = plan(&[&["a", "b"]]);
+        p.phases[0].steps[1].health_check = None;
+        let mut s = fresh(p);
+        let (io, outcome) = drive(&mut s, &World::default(), Crash::Never);
+        assert_eq!(outcome, Some(Outcome::Succeeded));
+        assert_eq!(
+            states(&s),
+            [("a", StepState::Healthy), ("b", StepState::Applied)]
+        );
+        assert!(!io.contains(&Io::Probe("b".into())));
+    }
+
+    #[test]
+    fn an_unhealthy_step_rolls_back_every_changed_step_newest_first() {
+        let mut s = fresh(plan(&[&["a"], &["b", "c"], &["d", "e", "f"]]));
+        let world = World {
+            unhealthy: ["e"].into(),
+            ..Default::default()
+        };
+        let (io, outcome) = drive(&mut s, &world, Crash::Never);
+        assert_eq!(outcome, Some(Outcome::RolledBack));
+        let rollbacks: Vec<String> = runs(&io)
+            .into_iter()
+            .filter(|k| k.ends_with(":rollback"))
+            .collect();
+        assert_eq!(
+            rollbacks,
+            [
+                "f:rollback",
+                "e:rollback",
+                "d:rollback",
+                "c:rollback",
+                "b:rollback",
+                "a:rollback"
+            ]
+        );
+        let events = published(&io);
+        let rb = events.iter().position(|e| e == "exec.rollback").unwrap();
+        assert_eq!(events[rb - 1], "exec.p2.completed");
+        assert_eq!(events[rb + 1], "exec.rb.p2.f");
+        assert_eq!(events.last().unwrap(), "exec.rb.p0.a");
+        assert_eq!(s.status, Status::RolledBack);
+        assert_eq!(
+            s.error,
+            "health check failed on e in wave 2: expected 200, got 503; rolled back 6 assets"
+        );
+        assert_eq!(
+            s.phases.iter().map(|p| p.status).collect::<Vec<_>>(),
+            [Status::RolledBack, Status::RolledBack, Status::Failed]
+        );
+        assert!(
+            states(&s)
+                .iter()
+                .all(|(_, st)| *st == StepState::RolledBack)
+        );
+        assert_eq!(io.last(), Some(&Io::Final(Status::RolledBack)));
+    }
+
+    #[test]
+    fn begin_rollback_names_the_changed_assets_newest_first_and_saves() {
+        let mut s = fresh(plan(&[&["a"], &["b", "c"]]));
+        let _ = s.start_phase(0);
+        let _ = s.record_action(0, 0, Ok(String::new()));
+        let _ = s.record_check(0, 0, Ok(()));
+        let _ = s.complete_phase(0);
+        let _ = s.start_phase(1);
+        let _ = s.record_action(1, 0, Err("boom".into()));
+        assert_eq!(
+            s.next(),
+            Next::CompletePhase(1),
+            "no new action after a failure"
+        );
+        let _ = s.complete_phase(1);
+        assert_eq!(s.phases[1].status, Status::Failed);
+        let reason = "action failed on b in wave 1: boom".to_string();
+        assert_eq!(s.next(), Next::BeginRollback(reason.clone()));
+        let fx = s.begin_rollback(reason.clone());
+        assert!(fx.save);
+        assert_eq!(
+            fx.events[0].body,
+            Body::RollbackStarted(RollbackStarted {
+                reason,
+                asset_ids: vec!["a".into()],
+            })
+        );
+        assert_eq!(s.status, Status::RollingBack);
+        assert_eq!(s.next(), Next::RollBack { phase: 0, step: 0 });
+        let fx = s.record_rollback(0, 0, Ok("restored".into()));
+        assert_eq!(fx.events[0].stage, "exec.rb.p0.a");
+        assert_eq!(s.next(), Next::EndRollback);
+    }
+
+    #[test]
+    fn a_failed_action_stops_its_phase_skips_its_checks_and_rolls_back_what_changed() {
+        let mut s = fresh(plan(&[&["a"], &["b", "c"], &["d"]]));
+        let world = World {
+            failing: ["b"].into(),
+            ..Default::default()
+        };
+        let (io, outcome) = drive(&mut s, &world, Crash::Never);
+        assert_eq!(outcome, Some(Outcome::RolledBack));
+        assert_eq!(runs(&io), ["a:apply", "b:apply", "a:rollback"]);
+        assert!(!io.contains(&Io::Probe("b".into())) && !io.contains(&Io::Probe("c".into())));
+        assert_eq!(
+            states(&s),
+            [
+                ("a", StepState::RolledBack),
+                ("b", StepState::Failed),
+                ("c", StepState::Pending),
+                ("d", StepState::Pending)
+            ]
+        );
+        assert_eq!(
+            s.error,
+            "action failed on b in wave 1: b said no; rolled back 1 asset"
+        );
+        assert!(!published(&io).iter().any(|e| e.starts_with("exec.p2.")));
+    }
+
+    #[test]
+    fn a_failed_rollback_ends_failed_and_says_what_was_undone() {
+        let mut s = fresh(plan(&[&["a"], &["b", "c"]]));
+        let world = World {
+            unhealthy: ["c"].into(),
+            stuck: ["a", "b"].into(),
+            ..Default::default()
+        };
+        let (_, outcome) = drive(&mut s, &world, Crash::Never);
+        assert_eq!(outcome, Some(Outcome::RollbackFailed));
+        assert_eq!(s.status, Status::Failed);
+        assert_eq!(
+            s.error,
+            "health check failed on c in wave 1: expected 200, got 503; rollback failed on b \
+             (and 1 more): b said no; rolled back 1 of 3 assets"
+        );
+        // The canary's only step could not be undone: it stays succeeded.
+        assert_eq!(s.phases[0].status, Status::Succeeded);
+
+        // A step without a rollback action cannot be undone either.
+        let mut p = plan(&[&["a"], &["b"]]);
+        p.phases[0].steps[0].rollback = None;
+        let mut s = fresh(p);
+        let world = World {
+            unhealthy: ["b"].into(),
+            ..Default::default()
+        };
+        let (_, outcome) = drive(&mut s, &world, Crash::Never);
+        assert_eq!(outcome, Some(Outcome::RollbackFailed));
+        assert!(
+            s.error.contains(
+                "rollback failed on a: the step has no rollback action; rolled back 1 of 2 assets"
+            ),
+            "{}",
+            s.error
+        );
+    }
+
+    #[test]
+    fn outcome_labels_are_the_metrics_ones() {
+        assert_eq!(
+            [
+                Outcome::Succeeded,
+                Outcome::RolledBack,
+                Outcome::RollbackFailed,
+                Outcome::Replayed
+            ]
+            .map(Outcome::label),
+            ["succeeded", "rolled_back", "rollback_failed", "replayed"]
+        );
+    }
+
+    /// The events that report what `state` holds.
+    fn reported_by(state: &State) -> Vec<String> {
+        let mut out = vec!["exec.started".to_string()];
+        for (i, p) in state.phases.iter().enumerate() {
+            if p.status != Status::Pending {
+                out.push(format!("exec.p{i}.started"));
+            }
+            if matches!(
+                p.status,
+                Status::Succeeded | Status::Failed | Status::RolledBack
+            ) {
+                out.push(format!("exec.p{i}.completed"));
+            }
+            for s in &p.steps {
+                let id = &s.asset_id;
+                match s.state {
+                    StepState::Pending => {}
+                    StepState::Applied => out.push(format!("exec.p{i}.{id}.applied")),
+                    StepState::Failed => out.push(format!("exec.p{i}.{id}.failed")),
+                    StepState::Healthy | StepState::Unhealthy => {
+                        out.push(format!("exec.p{i}.{id}.applied"));
+                        out.push(format!("exec.p{i}.{id}.{}", s.state.name()));
+                    }
+                    StepState::RolledBack | StepState::RollbackFailed => {
+                        out.push(format!("exec.p{i}.{id}.applied"));
+                        out.push(format!("exec.rb.p{i}.{id}"));
+                    }
+                }
+            }
+        }
+        if !state.error.is_empty() {
+            out.push("exec.rollback".into());
+        }
+        out
+    }
+
+    #[test]
+    fn every_saved_change_was_published_before_the_save() {
+        for (name, plan, world) in scenarios() {
+            let mut s = fresh(plan);
+            let (io, outcome) = drive(&mut s, &world, Crash::Never);
+            assert!(outcome.is_some(), "{name}");
+            let mut seen = HashSet::new();
+            for e in &io {
+                match e {
+                    Io::Publish(stage) => {
+                        assert!(
+                            seen.insert(stage.clone()),
+                            "{name}: {stage} published twice"
+                        );
+                    }
+                    Io::Save(saved) => {
+                        for stage in reported_by(saved) {
+                            assert!(
+                                seen.contains(&stage),
+                                "{name}: saved before {stage} went out"
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                matches!(io.last(), Some(Io::Final(_))),
+                "{name}: the final event goes out after the last save"
+            );
+        }
+    }
+
+    #[test]
+    fn a_resume_from_any_save_point_skips_recorded_steps_and_ends_the_same() {
+        for (name, plan, world) in scenarios() {
+            let mut whole = fresh(plan.clone());
+            let (full, outcome) = drive(&mut whole, &world, Crash::Never);
+            let save_count = saves(&full).len();
+            let mut all_ids: Vec<String> = published(&full);
+            all_ids.sort();
+            for k in 1..=save_count {
+                for crash in [Crash::AfterSave(k), Crash::BeforeSave(k)] {
+                    let mut s = fresh(plan.clone());
+                    let (before, ended) = drive(&mut s, &world, crash);
+                    assert_eq!(ended, None, "{name} {crash:?}");
+                    // What the store holds: the last save, or the created state.
+                    let stored = saves(&before).pop().unwrap_or_else(|| fresh(plan.clone()));
+                    let mut resumed = State::try_from(stored.to_proto()).unwrap();
+                    let (after, again) = drive(&mut resumed, &world, Crash::Never);
+                    // A crash after the last save (the end) leaves only the final event to
+                    // publish again.
+                    let expected = match crash {
+                        Crash::AfterSave(n) if n == save_count => Some(Outcome::Replayed),
+                        _ => outcome,
+                    };
+                    assert_eq!(again, expected, "{name} {crash:?}");
+                    assert_eq!(resumed, whole, "{name} {crash:?}: same end state");
+
+                    // Recorded steps are not run again: an action runs twice only when it
+                    // ran and its result was lost (the crash before its save).
+                    let mut ran: BTreeMap<String, usize> = BTreeMap::new();
+                    for k in runs(&before).into_iter().chain(runs(&after)) {
+                        *ran.entry(k).or_default() += 1;
+                    }
+                    let redone: Vec<_> = ran.iter().filter(|(_, n)| **n > 1).collect();
+                    let expected: Vec<String> = runs(&full);
+                    assert_eq!(
+                        ran.keys().cloned().collect::<HashSet<_>>(),
+                        expected.iter().cloned().collect::<HashSet<_>>(),
+                        "{name} {crash:?}"
+                    );
+                    match crash {
+                        Crash::AfterSave(_) => {
+                            assert!(redone.is_empty(), "{name} {crash:?}: {redone:?}")
+                        }
+                        _ => assert!(redone.len() <= 1, "{name} {crash:?}: {redone:?}"),
+                    }
+                    // Nor are recorded health checks probed again.
+                    for e in &after {
+                        if let Io::Probe(id) = e {
+                            let recorded = stored
+                                .phases
+                                .iter()
+                                .flat_map(|p| &p.steps)
+                                .find(|s| &s.asset_id == id)
+                                .map(|s| s.state);
+                            assert!(
+                                matches!(recorded, Some(StepState::Pending | StepState::Applied)),
+                                "{name} {crash:?}: {id} probed again though {recorded:?}"
+                            );
+                        }
+                    }
+
+                    // The same event ids, none new; a re-published one is a step redone.
+                    let mut ids: Vec<String> = published(&before)
+                        .into_iter()
+                        .chain(published(&after))
+                        .collect::<HashSet<_>>()
+                        .into_iter()
+                        .collect();
+                    ids.sort();
+                    assert_eq!(ids, all_ids, "{name} {crash:?}");
+                    let recorded = reported_by(&stored);
+                    for stage in published(&after) {
+                        assert!(
+                            !recorded.contains(&stage)
+                                || stage == "exec.started"
+                                || stage.ends_with(".started")
+                                || stage.ends_with(".completed"),
+                            "{name} {crash:?}: {stage} re-published though its change was saved"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn next_treats_a_stored_failed_phase_as_the_start_of_a_rollback() {
+        // A failed phase is saved only with the rollback's start, but a state that holds one
+        // while running (written by hand, or an older version) still rolls back, not on.
+        let mut s = fresh(plan(&[&["a"], &["b"]]));
+        let _ = s.start_phase(0);
+        let _ = s.record_action(0, 0, Ok(String::new()));
+        let _ = s.record_check(0, 0, Err("down".into()));
+        let _ = s.complete_phase(0);
+        let stored = State::try_from(s.to_proto()).unwrap();
+        assert_eq!(
+            stored.next(),
+            Next::BeginRollback("health check failed on a in canary: down".into())
+        );
+    }
+}

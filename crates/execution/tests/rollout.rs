@@ -18,6 +18,7 @@ use baton_proto::{
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::metrics::Metrics;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -1274,6 +1275,97 @@ async fn restarts_do_not_use_up_deliveries_before_a_real_failure() {
         attempts.get("t-flaky").await.unwrap().is_none(),
         "the count is reset once the rollout ends"
     );
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// The event stages (`exec.p1.web-02.applied`) that report what `exec` holds.
+fn stages_reporting(exec: &baton_proto::Execution) -> Vec<String> {
+    let mut out = vec!["exec.started".to_string()];
+    for (i, p) in exec.phases.iter().enumerate() {
+        if p.status() != ExecutionStatus::Pending {
+            out.push(format!("exec.p{i}.started"));
+        }
+        if matches!(
+            p.status(),
+            ExecutionStatus::Succeeded | ExecutionStatus::Failed | ExecutionStatus::RolledBack
+        ) {
+            out.push(format!("exec.p{i}.completed"));
+        }
+        for a in &p.assets {
+            let id = &a.asset_id;
+            let applied = format!("exec.p{i}.{id}.applied");
+            match a.state() {
+                AssetState::Applied => out.push(applied),
+                AssetState::Healthy => out.extend([applied, format!("exec.p{i}.{id}.healthy")]),
+                AssetState::Unhealthy => out.extend([applied, format!("exec.p{i}.{id}.unhealthy")]),
+                AssetState::Failed => out.push(format!("exec.p{i}.{id}.failed")),
+                AssetState::RolledBack | AssetState::RollbackFailed => {
+                    out.extend([applied, format!("exec.rb.p{i}.{id}")])
+                }
+                _ => {}
+            }
+        }
+    }
+    if !exec.error.is_empty() {
+        out.push("exec.rollback".into());
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_saved_state_was_reported_by_events_already_in_the_stream() {
+    // The shell's side of publish-before-save: watch every revision the service writes and
+    // check, when it arrives, that the stream already holds the events reporting it.
+    let nats = TestNats::start().await;
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let (token, service) = start(context(nats.bus.clone())).await;
+    fleet.server("web-03").unwrap().fail_after_change(true);
+    let kv = nats.bus.key_value("baton_executions", 5).await.unwrap();
+    let mut watch = kv.watch("t-watch").await.unwrap();
+
+    let plan = fleet_plan("t-watch", &fleet, std::slice::from_ref(&(1..4)), 2);
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-watch", TENANT, plan))
+        .await
+        .unwrap();
+    let mut revisions = 0;
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.unwrap();
+            let exec =
+                <baton_proto::Execution as prost::Message>::decode(entry.value.as_ref()).unwrap();
+            revisions += 1;
+            let published: HashSet<String> = task_events(&nats.bus, "t-watch")
+                .await
+                .into_iter()
+                .map(|s| s.event.event_id)
+                .collect();
+            for stage in stages_reporting(&exec) {
+                // The first revision is the new rollout, stored before it is announced.
+                if revisions == 1 {
+                    break;
+                }
+                let id = format!("t-watch.{stage}");
+                assert!(
+                    published.contains(&id),
+                    "revision {}: saved before {id} was published",
+                    entry.revision
+                );
+            }
+            if exec.status() == ExecutionStatus::RolledBack {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the rollout ends rolled back");
+    // Created, canary applied and healthy, three wave results and three checks, rollback
+    // started, four rollbacks, the end.
+    assert!(revisions >= 12, "{revisions} revisions watched");
+    let done = final_event(&nats.bus, "t-watch").await;
+    assert!(matches!(done.body, Some(Body::TaskFailed(_))), "{done:?}");
 
     token.cancel();
     service.await.unwrap().unwrap();

@@ -6,9 +6,9 @@
 //! - Out: `baton.execution.started`, `.phase_started`, `.asset_updated`, `.phase_completed`,
 //!   `.rollback_started`; finally `baton.task.completed` or `baton.task.failed`
 //!   (stage `execution`, code `rolled_back` or `rollback_failed`).
-//! - State: one protobuf [`Execution`](baton_proto::Execution) per task in the JetStream key-value bucket
-//!   `baton_executions`, written after every step, so a restarted service resumes a rollout
-//!   where it stopped (see [`rollout`](crate::rollout) for the invariants).
+//! - State: one protobuf [`Execution`](baton_proto::Execution) per task in the JetStream
+//!   key-value bucket `baton_executions`, written after every step, so a restarted service
+//!   resumes a rollout where it stopped (see [`rollout`] for the invariants).
 //! - gRPC: `baton.v1.ExecutionService` (`GetExecution`).
 //!
 //! Actions and health checks run through one [`Dispatcher`], which picks the [`ActionRunner`]
@@ -607,5 +607,10 @@ mod tests {
             reason: "timeout".into(),
         };
         assert_eq!(tonic::Status::from(store).code(), tonic::Code::Unavailable);
+        let runner = Error::Runner {
+            kinds: "docker".into(),
+            reason: "no socket".into(),
+        };
+        assert_eq!(tonic::Status::from(runner).code(), tonic::Code::Internal);
     }
 }

@@ -40,7 +40,7 @@
 //!
 //! The names of how a rollout run returns, one per idea:
 //! - [`Interrupt`]: a request to stop before the next step (shutdown), from the [`Control`].
-//! - [`Halt`]: why [`run`] returned without an ending — interrupted, or failed on NATS or the
+//! - `Halt`: why `run` returned without an ending — interrupted, or failed on NATS or the
 //!   store; the rollout resumes from its saved state either way.
 //! - [`Outcome`]: how a rollout ended (succeeded, rolled back, rollback failed, replayed).
 

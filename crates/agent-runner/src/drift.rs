@@ -8,8 +8,8 @@
 use crate::agent::{Agent, AgentError};
 use crate::inventory::{Group, Inventory, InventoryAsset};
 use baton_proto::{
-    Action, AgentRun, Asset, HealthCheck, HttpAction, Phase, PhaseKind, Plan, Step, Task, TaskSpec,
-    ToolCall, action,
+    Action, AgentRun, Asset, HealthCheck, HttpAction, HttpProbe, Phase, PhaseKind, Plan, Step,
+    Task, TaskSpec, ToolCall, action, health_check,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -170,10 +170,12 @@ fn step(task_id: &str, group: &Group, f: &Finding) -> Step {
             ),
         )),
         health_check: Some(HealthCheck {
-            url: join_url(&a.address, &group.health_path),
-            expect_status: 200,
             attempts: HEALTH_ATTEMPTS,
             interval_ms: HEALTH_INTERVAL_MS,
+            kind: Some(health_check::Kind::Http(HttpProbe {
+                url: join_url(&a.address, &group.health_path),
+                expect_status: 200,
+            })),
         }),
         reason: describe_drift(&f.drift),
     }
@@ -545,10 +547,10 @@ mod tests {
         let body: Value = serde_json::from_slice(&put.body).unwrap();
         assert_eq!(body["config"]["nginx_version"], "1.22.1");
         assert_eq!(put.url, "http://web-02.invalid/config");
-        assert_eq!(
-            s.health_check.as_ref().unwrap().url,
-            "http://web-02.invalid/health"
-        );
+        let Some(health_check::Kind::Http(probe)) = &s.health_check.as_ref().unwrap().kind else {
+            panic!("not an http health check")
+        };
+        assert_eq!(probe.url, "http://web-02.invalid/health");
     }
 
     #[test]

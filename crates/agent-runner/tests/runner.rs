@@ -7,7 +7,7 @@ use baton_bus::{Bus, BusConfig};
 use baton_fleet::{Fleet, FleetSpec, golden_web};
 use baton_proto::{
     Decision, Event, PhaseKind, Plan, Task, TaskFailed, TaskRouted, TaskSpec, Trigger, action,
-    event::Body, subject,
+    event::Body, health_check, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator};
@@ -258,10 +258,13 @@ async fn drift_task_becomes_a_canary_then_small_waves_over_the_drifted_assets() 
             format!("t-drift:{}:rollback", asset.id)
         );
         let hc = s.health_check.as_ref().unwrap();
+        let Some(health_check::Kind::Http(probe)) = &hc.kind else {
+            panic!("not an http health check: {hc:?}")
+        };
         assert_eq!(
             (
-                hc.url.clone(),
-                hc.expect_status,
+                probe.url.clone(),
+                probe.expect_status,
                 hc.attempts,
                 hc.interval_ms
             ),

@@ -60,7 +60,7 @@ impl BatonConfig {
             decision: load_section::<baton_decision::Router>(&layers, &common)?,
             agents: load_section::<baton_agent_runner::AgentRunner>(&layers, &common)?,
             validation: load_section::<baton_validation::Validation>(&layers, &common)?,
-            execution: load_section::<baton_execution::Execution>(&layers, &common)?,
+            execution: load_section::<baton_execution::Executor>(&layers, &common)?,
             audit: load_section::<baton_audit::Audit>(&layers, &common)?,
             common,
         })

@@ -338,7 +338,7 @@ async fn launch(
             .await
         }
         ServiceName::Execution => {
-            launch_one::<baton_execution::Execution>(
+            launch_one::<baton_execution::Executor>(
                 ctx,
                 config,
                 config.execution.clone(),

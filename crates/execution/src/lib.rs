@@ -6,12 +6,15 @@
 //! - Out: `baton.execution.started`, `.phase_started`, `.asset_updated`, `.phase_completed`,
 //!   `.rollback_started`; finally `baton.task.completed` or `baton.task.failed`
 //!   (stage `execution`, code `rolled_back` or `rollback_failed`).
-//! - State: one protobuf [`Execution`] per task in the JetStream key-value bucket
-//!   `baton_executions`, written after every step, so a restarted service resumes a rollout
-//!   where it stopped (see [`rollout`](crate::rollout) for the invariants).
+//! - State: one protobuf [`Execution`](baton_proto::Execution) per task in the JetStream
+//!   key-value bucket `baton_executions`, written after every step, so a restarted service
+//!   resumes a rollout where it stopped (see [`rollout`] for the invariants).
 //! - gRPC: `baton.v1.ExecutionService` (`GetExecution`).
 //!
-//! Actions run through an [`ActionRunner`]; [`HttpRunner`] handles `http` and `noop` actions.
+//! Actions and health checks run through one [`Dispatcher`], which picks the [`ActionRunner`]
+//! registered for the kind (`http`, `noop`, `tcp`, or a plug-in kind). The built-in runners
+//! ([`builtin_runners`]) and the plug-ins in `ctx.plugins` are both [`RunnerFactory`] values,
+//! combined in that order when the service starts (see [`runner`]).
 //!
 //! Delivery and redelivery:
 //! - While a rollout runs, the handler sends JetStream an in-progress ack every
@@ -31,20 +34,27 @@
 
 #![forbid(unsafe_code)]
 
-pub mod action;
 mod grpc;
+pub mod http;
 pub mod rollout;
+pub mod runner;
 pub mod store;
+pub mod tcp;
 
-pub use action::{ActionError, ActionOutcome, ActionRunner, HttpRunner};
-pub use rollout::{Control, Stop};
+pub use http::HttpRunner;
+pub use rollout::{Control, Interrupt, Outcome};
+pub use runner::{
+    ActionError, ActionOutcome, ActionRunner, Dispatcher, NoopRunner, ProbeError, ProbeResult,
+    RunnerFactory, builtin_runners,
+};
 pub use store::{Attempts, Store};
+pub use tcp::TcpRunner;
 
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::{FailureCode, TaskApproved, subject};
 use baton_runtime::Context;
 use baton_runtime::metrics::StageLabels;
-use rollout::{Finish, Halt, Shared};
+use rollout::{Halt, Shared};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,7 +70,8 @@ pub const GRPC_SERVICES: &[&str] = &["baton.v1.ExecutionService"];
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Timeout of one action or health probe request (connect included).
+    /// Timeout of one action or health probe request (connect included). The built-in runners
+    /// use it; the dispatcher cuts off any runner a second after it.
     #[serde(with = "humantime_serde")]
     pub action_timeout: Duration,
     /// Health-check attempts when a check does not say (`attempts = 0`).
@@ -68,7 +79,7 @@ pub struct Config {
     /// Pause between health-check attempts when a check does not say (`interval_ms = 0`).
     #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
-    /// HTTP status meaning healthy when a check does not say (`expect_status = 0`).
+    /// HTTP status meaning healthy when an `http` check does not say (`expect_status = 0`).
     pub health_check_expect_status: u16,
     /// Steps (actions, and health checks) run at once within one phase.
     pub max_concurrent_steps: usize,
@@ -161,9 +172,14 @@ pub enum Error {
         "no execution for task {0:?}: check the id (an execution starts once its plan is approved)"
     )]
     NotFound(String),
-    /// The HTTP client could not be built.
-    #[error("cannot build the http client for actions: {0}")]
-    Http(String),
+    /// A registered runner could not be built when the service started.
+    #[error("cannot build the runner for kinds {kinds}: {reason}")]
+    Runner {
+        /// The action and probe kinds it was to serve (`http, tcp`).
+        kinds: String,
+        /// The factory's reason.
+        reason: String,
+    },
     /// The caller is not authenticated.
     #[error(transparent)]
     Auth(#[from] baton_runtime::auth::AuthError),
@@ -178,33 +194,46 @@ impl From<Error> for tonic::Status {
             Error::Conflict { .. } => tonic::Status::aborted(msg),
             Error::CorruptState { .. } => tonic::Status::data_loss(msg),
             Error::NotFound(_) => tonic::Status::not_found(msg),
-            Error::Http(_) => tonic::Status::internal(msg),
+            Error::Runner { .. } => tonic::Status::internal(msg),
             Error::Auth(a) => a.into(),
         }
     }
 }
 
 /// The execution service: the `baton.task.approved` consumer and the `ExecutionService` gRPC
-/// server.
-pub struct Execution {
+/// server. (Named for what it does, so it does not shadow the proto [`Execution`] it stores.)
+///
+/// [`Execution`]: baton_proto::Execution
+pub struct Executor {
     /// Bus, auth and metrics.
     ctx: Context,
     /// What rollouts share (store, runner, config).
     shared: Arc<Shared>,
 }
 
-impl Execution {
-    /// Validates `config`, opens the `baton_executions` bucket and builds the HTTP runner.
+impl Executor {
+    /// Validates `config`, opens the `baton_executions` bucket and builds the runners: the
+    /// built-ins ([`builtin_runners`]), then every [`RunnerFactory`] in `ctx.plugins` (a later
+    /// one serving a kind replaces the earlier for that kind).
     ///
     /// Errors: [`Error::Config`], [`Error::Bus`] when the bucket cannot be opened,
-    /// [`Error::Http`].
+    /// [`Error::Runner`] when a runner cannot be built.
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
-        let runner =
-            HttpRunner::new(config.action_timeout).map_err(|e| Error::Http(e.to_string()))?;
-        Self::with_runner(ctx, config, Arc::new(runner)).await
+        config.validate()?;
+        let builtins = builtin_runners();
+        let plugins = ctx.plugins.all::<RunnerFactory>();
+        let dispatcher = Dispatcher::build(&config, builtins.iter().chain(plugins))?;
+        tracing::info!(
+            actions = ?dispatcher.action_kinds(),
+            probes = ?dispatcher.probe_kinds(),
+            plugins = plugins.len(),
+            "execution runners"
+        );
+        Self::with_runner(ctx, config, Arc::new(dispatcher)).await
     }
 
-    /// Like [`Execution::new`] with another [`ActionRunner`] (more action kinds).
+    /// Like [`Executor::new`], with `runner` running every action and probe instead of the
+    /// registered runners (tests that wrap or count runs).
     pub async fn with_runner(
         ctx: Context,
         config: Config,
@@ -222,7 +251,7 @@ impl Execution {
             attempts,
             progress_interval,
         });
-        Ok(Execution { ctx, shared })
+        Ok(Executor { ctx, shared })
     }
 
     /// Adds the `baton.v1.ExecutionService` server to `routes`.
@@ -262,23 +291,15 @@ impl Execution {
                 // Keep the message ours while it is handled (a rollout may outlast ack_wait).
                 let _progress = keep_in_progress(&delivery, shared.progress_interval);
                 let started = Instant::now();
-                let result = handle(&shared, &ctx, &delivery, stop.clone()).await;
-                let label = match &result {
-                    Ok(label) => label,
-                    Err(Halted::Stopped) => "stopped",
-                    Err(Halted::Failed(e)) => e.outcome(),
-                };
+                let Handled { outcome, settle } =
+                    handle(&shared, &ctx, &delivery, stop.clone()).await;
                 ctx.metrics
-                    .observe(SERVICE, label, started.elapsed().as_secs_f64());
-                match result {
-                    Ok(_) => Ok(()),
-                    Err(Halted::Stopped) => Err(HandlerError::Interrupted(
-                        "stopped early; resumes from saved state".into(),
-                    )),
-                    Err(Halted::Failed(HandlerError::Retry(reason))) => {
+                    .observe(SERVICE, outcome, started.elapsed().as_secs_f64());
+                match settle {
+                    Err(HandlerError::Retry(reason)) => {
                         Err(transient_failure(&shared, &delivery, reason, &stop).await)
                     }
-                    Err(Halted::Failed(e)) => Err(e),
+                    other => other,
                 }
             }
         })
@@ -287,7 +308,7 @@ impl Execution {
     }
 }
 
-impl baton_runtime::service::Service for Execution {
+impl baton_runtime::service::Service for Executor {
     type Config = Config;
     type Error = Error;
     const NAME: &'static str = SERVICE;
@@ -302,11 +323,11 @@ impl baton_runtime::service::Service for Execution {
         ctx: Context,
         config: Config,
     ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
-        Execution::new(ctx, config)
+        Executor::new(ctx, config)
     }
 
     fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
-        Execution::add_grpc(self, routes)
+        Executor::add_grpc(self, routes)
     }
 
     fn serve(
@@ -319,7 +340,7 @@ impl baton_runtime::service::Service for Execution {
 
 /// Convenience matching the design's `run(config, shutdown)`.
 pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    Execution::new(ctx, config).await?.run(shutdown).await
+    Executor::new(ctx, config).await?.run(shutdown).await
 }
 
 /// The in-progress ack period: `config.progress_interval`, or a third of `ack_wait` when that
@@ -399,39 +420,55 @@ async fn transient_failure(
     ))
 }
 
-/// Why [`handle`] did not finish a delivery.
-enum Halted {
-    /// Told to stop; the rollout resumes from its saved state on redelivery.
-    Stopped,
-    /// Failed; settle accordingly.
-    Failed(HandlerError),
+/// How [`handle`] dealt with one delivery: the metrics outcome and how to settle it.
+struct Handled {
+    /// Metrics label: a rollout [`Outcome`], `not_approved`, `stopped`, or the settling error's.
+    outcome: &'static str,
+    /// `Ok` to ack; a [`HandlerError::Retry`] goes through [`transient_failure`] first.
+    settle: Result<(), HandlerError>,
 }
 
-impl<E: Into<HandlerError>> From<E> for Halted {
-    fn from(e: E) -> Self {
-        Halted::Failed(e.into())
+impl Handled {
+    /// Settled with `e`, counted under its own label.
+    fn failed(e: impl Into<HandlerError>) -> Handled {
+        let e = e.into();
+        Handled {
+            outcome: e.outcome(),
+            settle: Err(e),
+        }
+    }
+
+    /// Acked, counted under `outcome`.
+    fn done(outcome: &'static str) -> Handled {
+        Handled {
+            outcome,
+            settle: Ok(()),
+        }
     }
 }
 
-/// Handles one `task_approved` delivery; `Ok` carries the metrics outcome.
+/// Handles one `task_approved` delivery.
 async fn handle(
     shared: &Shared,
     ctx: &Context,
     delivery: &Delivery,
     shutdown: CancellationToken,
-) -> Result<&'static str, Halted> {
-    let (event, approved) = delivery.expect::<TaskApproved>()?;
+) -> Handled {
+    let (event, approved) = match delivery.expect::<TaskApproved>() {
+        Ok(expected) => expected,
+        Err(e) => return Handled::failed(e),
+    };
     if !store::valid_key(&event.task_id) {
-        return Err(Halted::Failed(HandlerError::Reject(format!(
+        return Handled::failed(HandlerError::Reject(format!(
             "task id {:?} cannot be a key-value key (letters, digits, -/_=. only)",
             event.task_id
-        ))));
+        )));
     }
     let Some(plan) = approved.plan else {
-        return Err(Halted::Failed(HandlerError::Reject(format!(
+        return Handled::failed(HandlerError::Reject(format!(
             "task_approved {} carries no plan",
             event.event_id
-        ))));
+        )));
     };
     if approved.approval.as_ref().is_some_and(|a| !a.approved) {
         // Never run a plan whose approval record says no.
@@ -441,16 +478,18 @@ async fn handle(
             "task_approved carries an approval that is not approved; nothing was run",
             None,
         );
-        shared.bus.publish(subject::TASK_FAILED, &failed).await?;
-        return Ok("not_approved");
+        if let Err(e) = shared.bus.publish(subject::TASK_FAILED, &failed).await {
+            return Handled::failed(e);
+        }
+        return Handled::done("not_approved");
     }
 
     match rollout::run(shared, &event, plan, Control::new(shutdown)).await {
-        Ok(finish) => {
-            if finish != Finish::Replayed {
+        Ok(outcome) => {
+            if outcome != Outcome::Replayed {
                 let labels = StageLabels {
                     service: SERVICE.into(),
-                    outcome: finish.label().into(),
+                    outcome: outcome.label().into(),
                 };
                 ctx.metrics.executions.get_or_create(&labels).inc();
             }
@@ -461,20 +500,25 @@ async fn handle(
             {
                 tracing::warn!(task_id = %event.task_id, error = %e, "cannot reset the failure count");
             }
-            Ok(finish.label())
+            Handled::done(outcome.label())
         }
-        Err(Halt::Stopped(stop)) => {
-            tracing::info!(task_id = %event.task_id, ?stop, "rollout stopped; it resumes on redelivery");
-            Err(Halted::Stopped)
+        Err(Halt::Interrupted(interrupt)) => {
+            tracing::info!(task_id = %event.task_id, ?interrupt, "rollout stopped; it resumes on redelivery");
+            Handled {
+                outcome: "stopped",
+                settle: Err(HandlerError::Interrupted(
+                    "stopped early; resumes from saved state".into(),
+                )),
+            }
         }
-        Err(Halt::Error(e @ Error::Conflict { .. })) => {
+        Err(Halt::Failed(e @ Error::Conflict { .. })) => {
             // Not a failure: another handler (a redelivery) advanced the rollout meanwhile.
             tracing::debug!(task_id = %event.task_id, error = %e, "rollout owned by another handler");
-            Err(Halted::Failed(HandlerError::Interrupted(e.to_string())))
+            Handled::failed(HandlerError::Interrupted(e.to_string()))
         }
-        Err(Halt::Error(e)) => {
+        Err(Halt::Failed(e)) => {
             tracing::warn!(task_id = %event.task_id, error = %e, "rollout interrupted; will retry");
-            Err(Halted::Failed(HandlerError::Retry(e.to_string())))
+            Handled::failed(HandlerError::Retry(e.to_string()))
         }
     }
 }
@@ -551,5 +595,10 @@ mod tests {
             reason: "timeout".into(),
         };
         assert_eq!(tonic::Status::from(store).code(), tonic::Code::Unavailable);
+        let runner = Error::Runner {
+            kinds: "docker".into(),
+            reason: "no socket".into(),
+        };
+        assert_eq!(tonic::Status::from(runner).code(), tonic::Code::Internal);
     }
 }

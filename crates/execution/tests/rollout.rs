@@ -5,19 +5,20 @@
 use baton_bus::testing::TestNats;
 use baton_bus::{Bus, ConsumerSpec};
 use baton_execution::{
-    ActionError, ActionOutcome, ActionRunner, Config, Execution, HttpRunner, SERVICE,
+    ActionError, ActionOutcome, ActionRunner, Config, Executor, HttpRunner, ProbeResult, SERVICE,
 };
 use baton_fleet::{Fleet, FleetSpec, WebServer};
 use baton_proto::event::Body;
 use baton_proto::execution_service_client::ExecutionServiceClient;
 use baton_proto::{
     Action, Approval, Asset, AssetState, Event, ExecutionStatus, GetExecutionRequest, HealthCheck,
-    HttpAction, NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved, action::Kind,
-    subject,
+    HttpAction, HttpProbe, NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved,
+    action::Kind, health_check, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::metrics::Metrics;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -57,7 +58,7 @@ async fn start(
     CancellationToken,
     JoinHandle<Result<(), baton_execution::Error>>,
 ) {
-    let executor = Execution::new(ctx, test_config()).await.unwrap();
+    let executor = Executor::new(ctx, test_config()).await.unwrap();
     let token = CancellationToken::new();
     let task = tokio::spawn(executor.run(token.clone()));
     (token, task)
@@ -95,13 +96,9 @@ impl ActionRunner for Counting {
             .push(action.idempotency_key.clone());
         self.inner.run(action)
     }
-    fn probe<'a>(
-        &'a self,
-        check: &'a HealthCheck,
-        expect_status: u16,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    fn probe<'a>(&'a self, check: &'a HealthCheck) -> BoxFuture<'a, ProbeResult> {
         *self.probes.lock().unwrap() += 1;
-        self.inner.probe(check, expect_status)
+        self.inner.probe(check)
     }
 }
 
@@ -125,7 +122,7 @@ async fn start_configured(
     CancellationToken,
     JoinHandle<Result<(), baton_execution::Error>>,
 ) {
-    let executor = Execution::with_runner(ctx, config, Arc::new(runner))
+    let executor = Executor::with_runner(ctx, config, Arc::new(runner))
         .await
         .unwrap();
     let token = CancellationToken::new();
@@ -182,10 +179,12 @@ fn step(
             format!("{task}:{phase}:{}:rollback", server.id),
         )),
         health_check: Some(HealthCheck {
-            url: format!("{}/health", server.url()),
-            expect_status: 200,
             attempts,
             interval_ms: 50,
+            kind: Some(health_check::Kind::Http(HttpProbe {
+                url: format!("{}/health", server.url()),
+                expect_status: 200,
+            })),
         }),
         reason: "drifted".into(),
     }
@@ -782,7 +781,7 @@ async fn noop_and_empty_plans_complete_and_get_execution_checks_the_tenant() {
     assert!(!old.info().await.unwrap().config.backoff.is_empty());
     let spec = ConsumerSpec::new(SERVICE, SERVICE, subject::TASK_APPROVED);
     let ctx = context(nats.bus.clone());
-    let executor = Execution::new(ctx.clone(), test_config()).await.unwrap();
+    let executor = Executor::new(ctx.clone(), test_config()).await.unwrap();
     let token = CancellationToken::new();
     let mut routes = tonic::service::RoutesBuilder::default();
     executor.add_grpc(&mut routes);
@@ -1276,6 +1275,97 @@ async fn restarts_do_not_use_up_deliveries_before_a_real_failure() {
         attempts.get("t-flaky").await.unwrap().is_none(),
         "the count is reset once the rollout ends"
     );
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// The event stages (`exec.p1.web-02.applied`) that report what `exec` holds.
+fn stages_reporting(exec: &baton_proto::Execution) -> Vec<String> {
+    let mut out = vec!["exec.started".to_string()];
+    for (i, p) in exec.phases.iter().enumerate() {
+        if p.status() != ExecutionStatus::Pending {
+            out.push(format!("exec.p{i}.started"));
+        }
+        if matches!(
+            p.status(),
+            ExecutionStatus::Succeeded | ExecutionStatus::Failed | ExecutionStatus::RolledBack
+        ) {
+            out.push(format!("exec.p{i}.completed"));
+        }
+        for a in &p.assets {
+            let id = &a.asset_id;
+            let applied = format!("exec.p{i}.{id}.applied");
+            match a.state() {
+                AssetState::Applied => out.push(applied),
+                AssetState::Healthy => out.extend([applied, format!("exec.p{i}.{id}.healthy")]),
+                AssetState::Unhealthy => out.extend([applied, format!("exec.p{i}.{id}.unhealthy")]),
+                AssetState::Failed => out.push(format!("exec.p{i}.{id}.failed")),
+                AssetState::RolledBack | AssetState::RollbackFailed => {
+                    out.extend([applied, format!("exec.rb.p{i}.{id}")])
+                }
+                _ => {}
+            }
+        }
+    }
+    if !exec.error.is_empty() {
+        out.push("exec.rollback".into());
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_saved_state_was_reported_by_events_already_in_the_stream() {
+    // The shell's side of publish-before-save: watch every revision the service writes and
+    // check, when it arrives, that the stream already holds the events reporting it.
+    let nats = TestNats::start().await;
+    let fleet = Fleet::start(FleetSpec::demo_web()).await.unwrap();
+    let (token, service) = start(context(nats.bus.clone())).await;
+    fleet.server("web-03").unwrap().fail_after_change(true);
+    let kv = nats.bus.key_value("baton_executions", 5).await.unwrap();
+    let mut watch = kv.watch("t-watch").await.unwrap();
+
+    let plan = fleet_plan("t-watch", &fleet, std::slice::from_ref(&(1..4)), 2);
+    nats.bus
+        .publish(subject::TASK_APPROVED, &approved("t-watch", TENANT, plan))
+        .await
+        .unwrap();
+    let mut revisions = 0;
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.unwrap();
+            let exec =
+                <baton_proto::Execution as prost::Message>::decode(entry.value.as_ref()).unwrap();
+            revisions += 1;
+            let published: HashSet<String> = task_events(&nats.bus, "t-watch")
+                .await
+                .into_iter()
+                .map(|s| s.event.event_id)
+                .collect();
+            for stage in stages_reporting(&exec) {
+                // The first revision is the new rollout, stored before it is announced.
+                if revisions == 1 {
+                    break;
+                }
+                let id = format!("t-watch.{stage}");
+                assert!(
+                    published.contains(&id),
+                    "revision {}: saved before {id} was published",
+                    entry.revision
+                );
+            }
+            if exec.status() == ExecutionStatus::RolledBack {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the rollout ends rolled back");
+    // Created, canary applied and healthy, three wave results and three checks, rollback
+    // started, four rollbacks, the end.
+    assert!(revisions >= 12, "{revisions} revisions watched");
+    let done = final_event(&nats.bus, "t-watch").await;
+    assert!(matches!(done.body, Some(Body::TaskFailed(_))), "{done:?}");
 
     token.cancel();
     service.await.unwrap().unwrap();

@@ -61,8 +61,8 @@
 //! - `spec.risk`: `low|medium|high|critical|unspecified`; `spec.environment` as the decision
 //!   service set it (policies reject unknown ones).
 //! - `phases[].kind`: `canary|wave|unspecified`; `phases[].assets`: the distinct asset ids of
-//!   the phase's steps, in order; `steps[].action`: `http|noop|none`; `has_rollback`: the step
-//!   has a rollback action.
+//!   the phase's steps, in order; `steps[].action`: `http|noop|none`, or a plug-in action's
+//!   kind name (`PluginAction.kind`); `has_rollback`: the step has a rollback action.
 //! - `artifacts[].sandbox_exit_code`: `null` when the artifact was not run in the sandbox.
 //! - `plan.total_assets`: assets in scope (changed or not), the base of phase-size rules.
 //!

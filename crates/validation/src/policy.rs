@@ -404,10 +404,12 @@ pub fn input_document(proposed: &PlanProposed) -> serde_json::Value {
 }
 
 /// `http`, `noop`, or `none` for a step without an action.
-pub(crate) fn action_kind(action: Option<&baton_proto::Action>) -> &'static str {
+pub(crate) fn action_kind(action: Option<&baton_proto::Action>) -> &str {
     match action.and_then(|a| a.kind.as_ref()) {
         Some(action::Kind::Http(_)) => "http",
         Some(action::Kind::Noop(_)) => "noop",
+        // A plug-in kind is named as its runner registered it (`echo`, `docker`).
+        Some(action::Kind::Plugin(p)) => p.kind.as_str(),
         None => "none",
     }
 }
@@ -575,6 +577,20 @@ mod tests {
             doc["plan"]["agent"],
             json!({"kind": "llm", "name": "gpt@1"})
         );
+    }
+
+    #[test]
+    fn a_plugin_action_is_named_by_its_kind() {
+        let echo = Action {
+            kind: Some(action::Kind::Plugin(baton_proto::PluginAction {
+                kind: "echo".into(),
+                spec_json: "{}".into(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(action_kind(Some(&echo)), "echo");
+        assert_eq!(action_kind(Some(&Action::default())), "none");
+        assert_eq!(action_kind(None), "none");
     }
 
     #[test]

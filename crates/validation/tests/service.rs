@@ -5,9 +5,10 @@ use async_nats::jetstream::consumer::pull;
 use baton_bus::testing::TestNats;
 use baton_proto::approval_service_client::ApprovalServiceClient;
 use baton_proto::{
-    Action, AgentRun, Approval, ApproveRequest, Asset, Event, HealthCheck, HttpAction,
+    Action, AgentRun, Approval, ApproveRequest, Asset, Event, HealthCheck, HttpAction, HttpProbe,
     ListPendingRequest, NoopAction, PendingApproval, Phase, PhaseKind, Plan, PlanProposed,
-    RejectRequest, Risk, Step, Task, TaskSpec, Trigger, Verdict, action, event::Body, subject,
+    RejectRequest, Risk, Step, Task, TaskSpec, Trigger, Verdict, action, event::Body, health_check,
+    subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
@@ -245,7 +246,10 @@ fn http_step(asset: &str) -> Step {
         action: Some(action("apply")),
         rollback: Some(action("rollback")),
         health_check: Some(HealthCheck {
-            url: format!("http://127.0.0.1:1/{asset}/health"),
+            kind: Some(health_check::Kind::Http(HttpProbe {
+                url: format!("http://127.0.0.1:1/{asset}/health"),
+                ..Default::default()
+            })),
             ..Default::default()
         }),
         reason: "drifted".into(),

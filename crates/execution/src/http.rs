@@ -1,9 +1,10 @@
-//! What a step does to an asset, behind [`ActionRunner`]: run an [`Action`] (apply or roll
-//! back) and probe an asset's [`HealthCheck`] once. [`HttpRunner`] handles the kinds the plan
-//! format has today (`http`, `noop`); later kinds (sandbox runs, container exec) are further
-//! implementations, or a runner that dispatches on the kind and delegates.
+//! The built-in runner of the `http` kind: [`HttpRunner`] sends an [`HttpAction`] (apply or
+//! roll back) and probes an [`HttpProbe`] (a GET expecting a status), over one pooled client.
 
-use baton_proto::{Action, HealthCheck, HttpAction, action::Kind};
+use crate::runner::{
+    ActionError, ActionOutcome, ActionRunner, ProbeError, ProbeResult, action_kind,
+};
+use baton_proto::{Action, HealthCheck, HttpAction, HttpProbe, action::Kind, health_check};
 use futures::future::BoxFuture;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use std::time::Duration;
@@ -15,73 +16,20 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Largest part of a response body quoted in an error detail, in bytes.
 const BODY_EXCERPT_MAX: usize = 200;
 
-/// What a successful action reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionOutcome {
-    /// One line for humans (`PUT http://…/config: 200`), stored as the asset's detail.
-    pub detail: String,
-}
-
-/// Why an action did not succeed. The message is stored as the asset's detail and quoted in
-/// the task's failure reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ActionError {
-    /// This runner cannot run this kind of action (or the action has no kind).
-    #[error("unsupported action: {0}")]
-    Unsupported(String),
-    /// The action is malformed (bad method, URL or header).
-    #[error("invalid action: {0}")]
-    Invalid(String),
-    /// The request could not be made or timed out; it may or may not have reached the asset.
-    #[error("{0}")]
-    Transport(String),
-    /// The asset answered with a status the action does not accept.
-    #[error("{method} {url}: expected {expected}, got {status}{body}")]
-    Status {
-        /// Request method.
-        method: String,
-        /// Request URL.
-        url: String,
-        /// Accepted statuses, as text (`2xx`, `200 or 204`).
-        expected: String,
-        /// The status received.
-        status: u16,
-        /// `: <excerpt of the body>` or empty.
-        body: String,
-    },
-}
-
-/// Result of one health probe: `Ok` when healthy, else what was seen
-/// (`expected 200, got 503`).
-pub type ProbeResult = Result<(), String>;
-
-/// Runs actions and health probes against assets.
-///
-/// Implementations must be safe to call again with the same action after a crash: pass the
-/// action's idempotency key to the receiver where it supports one.
-pub trait ActionRunner: Send + Sync + 'static {
-    /// Runs `action` once.
-    fn run<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<ActionOutcome, ActionError>>;
-
-    /// Probes `check` once (one attempt; the caller retries), expecting `expect_status`
-    /// (the check's own, with defaults already applied).
-    fn probe<'a>(
-        &'a self,
-        check: &'a HealthCheck,
-        expect_status: u16,
-    ) -> BoxFuture<'a, ProbeResult>;
-}
-
-/// The runner for `http` and `noop` actions and HTTP health checks, over one pooled
+/// The runner for `http` actions and `http` health checks, over one pooled
 /// [`reqwest::Client`].
 #[derive(Debug, Clone)]
 pub struct HttpRunner {
     /// Shared connection pool; its timeout bounds every request.
     client: reqwest::Client,
+    /// Status meaning healthy for a probe whose `expect_status` is 0
+    /// (`execution.health_check_expect_status`).
+    expect_status: u16,
 }
 
 impl HttpRunner {
-    /// A runner whose requests (actions and probes) time out after `timeout`.
+    /// A runner whose requests (actions and probes) time out after `timeout`, and whose
+    /// probes expect 200 unless they say otherwise.
     pub fn new(timeout: Duration) -> Result<HttpRunner, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -89,7 +37,16 @@ impl HttpRunner {
             // Actions name their endpoint exactly; following redirects could change the target.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(HttpRunner { client })
+        Ok(HttpRunner {
+            client,
+            expect_status: 200,
+        })
+    }
+
+    /// The same runner with `status` meaning healthy for probes that name none.
+    pub fn with_expect_status(mut self, status: u16) -> HttpRunner {
+        self.expect_status = status;
+        self
     }
 
     async fn http(&self, action: &Action, http: &HttpAction) -> Result<ActionOutcome, ActionError> {
@@ -155,32 +112,51 @@ impl ActionRunner for HttpRunner {
         Box::pin(async move {
             match &action.kind {
                 Some(Kind::Http(http)) => self.http(action, http).await,
-                Some(Kind::Noop(_)) => Ok(ActionOutcome {
-                    detail: "noop".into(),
-                }),
-                None => Err(ActionError::Unsupported("the action has no kind".into())),
+                _ => Err(ActionError::Unsupported(format!(
+                    "the http runner runs http actions, not {}",
+                    action_kind(action).unwrap_or("an action without a kind")
+                ))),
             }
         })
     }
 
-    fn probe<'a>(
-        &'a self,
-        check: &'a HealthCheck,
-        expect_status: u16,
-    ) -> BoxFuture<'a, ProbeResult> {
+    fn probe<'a>(&'a self, check: &'a HealthCheck) -> BoxFuture<'a, ProbeResult> {
         Box::pin(async move {
-            match self.client.get(&check.url).send().await {
-                Ok(r) if r.status().as_u16() == expect_status => Ok(()),
-                Ok(r) => Err(format!(
-                    "expected {expect_status}, got {}",
-                    r.status().as_u16()
-                )),
-                Err(e) => Err(format!(
-                    "expected {expect_status}, got error: {}",
-                    error_chain(&e)
-                )),
+            match &check.kind {
+                Some(health_check::Kind::Http(http)) => self.get(http).await,
+                _ => Err(ProbeError::Unsupported(format!(
+                    "the http runner probes http health checks, not {}",
+                    crate::runner::probe_kind(check).unwrap_or("a check without a kind")
+                ))),
             }
         })
+    }
+}
+
+impl HttpRunner {
+    /// One GET of `probe.url`: healthy when it answers the expected status.
+    async fn get(&self, probe: &HttpProbe) -> ProbeResult {
+        let expect = match u16::try_from(probe.expect_status) {
+            Ok(0) => self.expect_status,
+            Ok(status) => status,
+            Err(_) => {
+                return Err(ProbeError::Unhealthy(format!(
+                    "expect_status {} is not an http status",
+                    probe.expect_status
+                )));
+            }
+        };
+        match self.client.get(&probe.url).send().await {
+            Ok(r) if r.status().as_u16() == expect => Ok(()),
+            Ok(r) => Err(ProbeError::Unhealthy(format!(
+                "expected {expect}, got {}",
+                r.status().as_u16()
+            ))),
+            Err(e) => Err(ProbeError::Unhealthy(format!(
+                "expected {expect}, got error: {}",
+                error_chain(&e)
+            ))),
+        }
     }
 }
 
@@ -252,17 +228,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn noop_succeeds_and_missing_kind_is_unsupported() {
+    async fn other_kinds_are_unsupported() {
         let runner = HttpRunner::new(Duration::from_secs(1)).unwrap();
         let noop = Action {
             kind: Some(Kind::Noop(Default::default())),
             ..Default::default()
         };
-        assert_eq!(runner.run(&noop).await.unwrap().detail, "noop");
-        let none = Action::default();
+        assert!(
+            matches!(runner.run(&noop).await, Err(ActionError::Unsupported(m)) if m.ends_with("not noop"))
+        );
         assert!(matches!(
-            runner.run(&none).await,
-            Err(ActionError::Unsupported(_))
+            runner.probe(&HealthCheck::default()).await,
+            Err(ProbeError::Unsupported(_))
         ));
     }
 

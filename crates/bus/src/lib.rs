@@ -4,11 +4,14 @@
 //!   [`Bus::publish`] with a deterministic `Nats-Msg-Id` (the event id) and W3C `traceparent`.
 //! - [`Bus::consume`]: a durable pull consumer with explicit acks; the handler's result decides
 //!   between ack, nak with backoff, and terminate-plus-dead-letter (see [`HandlerError`]).
+//! - [`Bus::consume_batch`]: the same guards for a handler of batches, over one or more
+//!   consumers merged (see [`BatchSpec`]).
 //! - [`server::NatsServer`]: a `nats-server -js` child process for `baton up` and the tests.
 //!
 //! Delivery is at-least-once; handlers are idempotent and every publish carries a deterministic
 //! message id, so the stream's duplicate window drops the second copy of a re-done output.
 
+mod batch;
 mod config;
 mod consumer;
 mod error;
@@ -16,6 +19,7 @@ pub mod server;
 pub mod testing;
 pub mod trace;
 
+pub use batch::{BatchResult, BatchSpec};
 pub use config::BusConfig;
 pub use consumer::{ConsumerSpec, Delivery, HandlerError};
 pub use error::{BusError, DecodeError};

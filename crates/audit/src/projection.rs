@@ -8,14 +8,16 @@
 
 use baton_proto::{Event, Risk, TaskStatus, TaskView, event::Body};
 
-/// One task's projected row (the `tasks` table).
-#[derive(Debug, Clone, PartialEq)]
+/// One task's projected row (the `tasks` table; read with the derived `sqlx::FromRow`, written
+/// by `store::rows`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TaskRow {
     /// Task id (primary key).
     pub task_id: String,
     /// Owning tenant.
     pub tenant: String,
-    /// Current status.
+    /// Current status (stored as its label).
+    #[sqlx(try_from = "crate::store::Label")]
     pub status: TaskStatus,
     /// Agent role, once routed.
     pub role: String,
@@ -23,7 +25,8 @@ pub struct TaskRow {
     pub task_type: String,
     /// Target environment (from the trigger, then from the decision).
     pub environment: String,
-    /// Risk, once routed.
+    /// Risk, once routed (stored as its label).
+    #[sqlx(try_from = "crate::store::Label")]
     pub risk: Risk,
     /// The trigger's text.
     pub text: String,

@@ -8,17 +8,22 @@
 //! dead letter of stream `BATON_DEAD` (`baton.dead.>`, durable `audit-dead`). Out: nothing on
 //! NATS; records are pushed to `WatchTask` streams after they are stored.
 //!
-//! The hot path never makes a database round trip per event: both consumers feed one writer
-//! loop that takes whatever messages are ready (up to [`Config::batch_size`]), drops event ids
-//! already stored (one query) or repeated in the batch, appends the rest and updates their task
-//! views in one transaction, commits, then acks. On a database error the whole batch is nak'ed
-//! and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
+//! The hot path never makes a database round trip per event: both consumers feed one writer,
+//! a [`Bus::consume_batch`](baton_bus::Bus::consume_batch) loop that hands it whatever messages
+//! are ready (up to [`Config::batch_size`]); the writer drops event ids already stored (one
+//! query) or repeated in the batch, appends the rest and updates their task views in one
+//! transaction, commits, then the batch is acked. On a database error the whole batch is
+//! nak'ed and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
 //! `undecodable` with its raw bytes, so nothing that reached the stream is missing from the log.
 //!
-//! A batch that cannot be stored is nak'ed; once the stream gives up redelivering it, the bus
-//! dead-letters it to `baton.dead.audit`, and audit stores the carried event under its own id
-//! when that dead letter comes back (see [`store::NewRecord::unwrap_own_dead_letter`]), so a
-//! database outage loses nothing and fails no task.
+//! The bus's guards hold for audit as for every consumer: a redelivered message is stored in a
+//! batch of its own (so a message that makes the writer fail, panic or hang cannot take the
+//! rest of its batch with it), and a message delivered more than `max_deliver` times without
+//! being settled is dead-lettered. A batch that cannot be stored is nak'ed; once its messages
+//! used up their deliveries, the bus dead-letters each to `baton.dead.audit`, and audit stores
+//! the carried event under its own id when that dead letter comes back (see
+//! [`store::NewRecord::unwrap_own_dead_letter`]), so a database outage loses nothing and fails
+//! no task.
 //!
 //! One writer: the chain head (last sequence and hash) lives in the writer's memory, so run
 //! one audit replica per database. [`Audit::new`] enforces it by taking the database's writer

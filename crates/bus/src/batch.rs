@@ -76,12 +76,19 @@ pub enum BatchResult {
 impl Bus {
     /// Runs `handler` on batches of the messages of every consumer in `spec.sources` until
     /// `shutdown` is cancelled, one batch at a time; then stops pulling and returns once the
-    /// batch in hand is settled. See the [module documentation](self) for the guards: ack after
-    /// output, dead letters after `max_deliver` failed or unsettled deliveries, redelivered
-    /// messages handled alone, in-progress acks and a timeout per batch.
+    /// batch in hand is settled.
     ///
-    /// The handler gets the batch's deliveries (never empty) and returns a [`BatchResult`].
-    /// When a message stream ends (NATS restarted), all are pulled again after half a second.
+    /// The handler gets the batch's deliveries (never empty) and returns a [`BatchResult`];
+    /// each message is then settled as [`Bus::settle`] does for [`Bus::consume`] (ack, nak with
+    /// backoff, dead letter after `max_deliver` failed deliveries or at once on
+    /// [`HandlerError::Reject`]). Besides, as in `consume`, a message delivered more than
+    /// `max_deliver` times without being settled is dead-lettered without reaching the
+    /// handler. A redelivered message is handed over in a batch of its own, so a message that
+    /// fails, panics or hangs its batch cannot take the others with it. While the handler
+    /// works, its messages get in-progress acks every `ack_wait / 3`; after
+    /// [`BatchSpec::timeout`] it is cancelled, and a panic is caught: both count as a failed
+    /// delivery of the whole batch. When a message stream ends (NATS restarted), all are
+    /// pulled again after half a second.
     ///
     /// Errors: [`BusError::Consumer`] when a consumer cannot be created or pulled from.
     pub async fn consume_batch<F, Fut>(

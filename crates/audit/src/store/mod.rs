@@ -12,7 +12,7 @@
 //! writer reusing taken sequence numbers.
 //!
 //! Both backends share the SQL: statements use `$n` placeholders (which SQLite accepts too),
-//! and [`with_db!`] instantiates a body once per backend.
+//! and `with_db!` instantiates a body once per backend.
 //!
 //! By job:
 //! - `record`: what a log row holds ([`NewRecord`], [`StoredRecord`], [`ChainHead`]);

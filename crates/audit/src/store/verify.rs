@@ -21,7 +21,7 @@ pub struct Verification {
 }
 
 impl Store {
-    /// Recomputes the hash chain in sequence order, reading [`VERIFY_BATCH`] rows at a time.
+    /// Recomputes the hash chain in sequence order, reading 1,000 rows at a time.
     ///
     /// Checks, per record: the sequence follows the previous one without a gap (record 1
     /// first), `prev_hash` equals the previous record's stored hash, and the stored hash equals

@@ -8,17 +8,22 @@
 //! dead letter of stream `BATON_DEAD` (`baton.dead.>`, durable `audit-dead`). Out: nothing on
 //! NATS; records are pushed to `WatchTask` streams after they are stored.
 //!
-//! The hot path never makes a database round trip per event: both consumers feed one writer
-//! loop that takes whatever messages are ready (up to [`Config::batch_size`]), drops event ids
-//! already stored (one query) or repeated in the batch, appends the rest and updates their task
-//! views in one transaction, commits, then acks. On a database error the whole batch is nak'ed
-//! and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
+//! The hot path never makes a database round trip per event: both consumers feed one writer,
+//! a [`Bus::consume_batch`](baton_bus::Bus::consume_batch) loop that hands it whatever messages
+//! are ready (up to [`Config::batch_size`]); the writer drops event ids already stored (one
+//! query) or repeated in the batch, appends the rest and updates their task views in one
+//! transaction, commits, then the batch is acked. On a database error the whole batch is
+//! nak'ed and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
 //! `undecodable` with its raw bytes, so nothing that reached the stream is missing from the log.
 //!
-//! A batch that cannot be stored is nak'ed; once the stream gives up redelivering it, the bus
-//! dead-letters it to `baton.dead.audit`, and audit stores the carried event under its own id
-//! when that dead letter comes back (see [`store::NewRecord::unwrap_own_dead_letter`]), so a
-//! database outage loses nothing and fails no task.
+//! The bus's guards hold for audit as for every consumer: a redelivered message is stored in a
+//! batch of its own (so a message that makes the writer fail, panic or hang cannot take the
+//! rest of its batch with it), and a message delivered more than `max_deliver` times without
+//! being settled is dead-lettered. A batch that cannot be stored is nak'ed; once its messages
+//! used up their deliveries, the bus dead-letters each to `baton.dead.audit`, and audit stores
+//! the carried event under its own id when that dead letter comes back (see
+//! [`store::NewRecord::unwrap_own_dead_letter`]), so a database outage loses nothing and fails
+//! no task.
 //!
 //! One writer: the chain head (last sequence and hash) lives in the writer's memory, so run
 //! one audit replica per database. [`Audit::new`] enforces it by taking the database's writer
@@ -34,10 +39,12 @@ mod grpc;
 pub mod projection;
 pub mod store;
 
-use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError, TASK_ID_HEADER, TENANT_HEADER};
+use baton_bus::{
+    BatchResult, BatchSpec, BusError, ConsumerSpec, Delivery, HandlerError, TASK_ID_HEADER,
+    TENANT_HEADER,
+};
 use baton_proto::subject;
 use baton_runtime::Context;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,7 +52,7 @@ use std::time::{Duration, Instant};
 use store::{MessageMeta, NewRecord, Store, StoredRecord, WriterLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 pub use store::{ChainHead, TaskPage, TaskQuery, Verification};
 
@@ -258,6 +265,11 @@ impl Audit {
     }
 
     /// Stores messages from both streams until `shutdown`; finishes the batch in hand first.
+    ///
+    /// Both consumers feed one [`Bus::consume_batch`](baton_bus::Bus::consume_batch) loop, so
+    /// audit has the bus's guards: a message delivered more than `max_deliver` times without
+    /// being settled is dead-lettered, and a redelivered message is stored in a batch of its
+    /// own. Errors: [`Error::WriterLocked`] when another writer took the database's lock.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let _stopped = self.stopped.clone().drop_guard();
         let bus = &self.ctx.bus;
@@ -266,76 +278,42 @@ impl Audit {
             stream: bus.config().dead_stream.clone(),
             ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>")
         };
-        let main_consumer = bus.pull_consumer(&main).await?;
-        let dead_consumer = bus.pull_consumer(&dead).await?;
-        let specs = [&main, &dead];
-        while !shutdown.is_cancelled() {
-            // Each source ends with a `None`, so the merged stream ends as soon as either
-            // message stream does (then both are pulled again).
-            let m = pull(&main_consumer, &main)
-                .await?
-                .map(|m| Some((0usize, m)))
-                .chain(futures::stream::iter([None]));
-            let d = pull(&dead_consumer, &dead)
-                .await?
-                .map(|m| Some((1usize, m)))
-                .chain(futures::stream::iter([None]));
-            let batches = futures::stream::select(m, d)
-                .take_while(|item| std::future::ready(item.is_some()))
-                .filter_map(std::future::ready)
-                .take_until(shutdown.cancelled())
-                .ready_chunks(self.config.batch_size);
-            let mut batches = std::pin::pin!(batches);
-            while let Some(batch) = batches.next().await {
-                let batch: Vec<(usize, Delivery)> = batch
-                    .into_iter()
-                    .filter_map(|(source, item)| match item {
-                        Ok(msg) => Some((source, Delivery::new(msg))),
-                        Err(e) => {
-                            warn!(error = %e, consumer = specs[source].durable, "pull consumer error");
-                            None
-                        }
-                    })
-                    .collect();
-                self.handle_batch(&specs, batch).await?;
+        let spec = BatchSpec::new(vec![main, dead], self.config.batch_size);
+        // Cancelled by shutdown, or by the handler when another writer took the lock.
+        let stop = shutdown.child_token();
+        let lost: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+        bus.consume_batch(spec, stop.clone(), |batch| async {
+            let (result, fatal) = self.handle_batch(batch).await;
+            if let Some(e) = fatal {
+                *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                stop.cancel();
             }
-            if !shutdown.is_cancelled() {
-                // A message stream ended (server gone); pull again after a pause.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            result
+        })
+        .await?;
+        if let Some(e) = lost.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
         }
         self.lock.into_inner().release().await;
         info!("audit writer stopped; writer lock released");
         Ok(())
     }
 
-    /// Stores one batch, then settles every message of it.
+    /// Stores one batch; its messages are settled by the returned result (all ack'ed, or all
+    /// nak'ed and redelivered).
     ///
-    /// Errors: [`Error::WriterLocked`] when this writer lost its lock to another one (the
-    /// batch is nak'ed for the lock holder and this writer must stop); every other failure is
-    /// the batch's, which is nak'ed and redelivered.
-    async fn handle_batch(
-        &self,
-        specs: &[&ConsumerSpec; 2],
-        batch: Vec<(usize, Delivery)>,
-    ) -> Result<(), Error> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    /// The second value is [`Error::WriterLocked`] when this writer lost its lock to another
+    /// one (the batch is nak'ed for the lock holder and this writer must stop).
+    async fn handle_batch(&self, batch: Vec<Delivery>) -> (BatchResult, Option<Error>) {
         let started = Instant::now();
         let mut records = Vec::with_capacity(batch.len());
         let mut skipped = 0usize;
         let triggers = format!("{}.", subject::TRIGGER_PREFIX);
-        for (source, d) in &batch {
+        for d in &batch {
             if d.subject().starts_with(&triggers) {
                 skipped += 1;
                 continue;
             }
-            let stream = if specs[*source].stream.is_empty() {
-                &self.ctx.bus.config().stream
-            } else {
-                &specs[*source].stream
-            };
             records.push(
                 NewRecord::from_message(
                     d.subject(),
@@ -344,7 +322,7 @@ impl Audit {
                         msg_id: d.header("Nats-Msg-Id"),
                         task_id: d.header(TASK_ID_HEADER),
                         tenant: d.header(TENANT_HEADER),
-                        fallback_id: format!("{stream}.{}", d.stream_sequence()),
+                        fallback_id: format!("{}.{}", d.stream(), d.stream_sequence()),
                     },
                 )
                 .unwrap_own_dead_letter(SERVICE),
@@ -372,16 +350,6 @@ impl Audit {
                 "retry"
             }
         };
-        let settle = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| HandlerError::Retry(e.to_string()));
-        futures::future::join_all(
-            batch
-                .iter()
-                .map(|(source, d)| self.ctx.bus.settle(specs[*source], d, settle.clone())),
-        )
-        .await;
         for _ in &batch {
             self.ctx.metrics.observe(SERVICE, outcome, secs);
         }
@@ -391,24 +359,17 @@ impl Audit {
                     // No receivers is fine: nobody is watching.
                     let _ = self.live.send(Arc::new(r));
                 }
-                Ok(())
+                (BatchResult::All(Ok(())), None)
             }
-            Err(e @ Error::WriterLocked { .. }) => Err(e),
-            Err(_) => Ok(()),
+            Err(e) => {
+                let settle = BatchResult::All(Err(HandlerError::Retry(e.to_string())));
+                match e {
+                    e @ Error::WriterLocked { .. } => (settle, Some(e)),
+                    _ => (settle, None),
+                }
+            }
         }
     }
-}
-
-/// Starts pulling from `consumer`.
-async fn pull(
-    consumer: &async_nats::jetstream::consumer::PullConsumer,
-    spec: &ConsumerSpec,
-) -> Result<async_nats::jetstream::consumer::pull::Stream, BusError> {
-    consumer.messages().await.map_err(|e| BusError::Consumer {
-        stream: spec.stream.clone(),
-        consumer: spec.durable.clone(),
-        reason: e.to_string(),
-    })
 }
 
 /// Convenience matching the design's `run(config, shutdown)`.

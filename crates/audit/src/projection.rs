@@ -5,17 +5,24 @@
 //! (after a redelivery) never moves a task back, and a final status (completed, failed,
 //! rejected) never changes again. Descriptive fields (role, text, …) are filled in whenever an
 //! event carries them.
+//!
+//! A trigger ingestion rejected has no task, only its raw payload: its view shows what can be
+//! shown of it ([`rejected_trigger_text`]): the trigger's text when the payload decodes far
+//! enough to have one, else a bounded, printable excerpt of the payload; the reason is the
+//! view's `reason`.
 
 use baton_proto::{Event, Risk, TaskStatus, TaskView, event::Body};
 
-/// One task's projected row (the `tasks` table).
-#[derive(Debug, Clone, PartialEq)]
+/// One task's projected row (the `tasks` table; read with the derived `sqlx::FromRow`, written
+/// by `store::rows`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TaskRow {
     /// Task id (primary key).
     pub task_id: String,
     /// Owning tenant.
     pub tenant: String,
-    /// Current status.
+    /// Current status (stored as its label).
+    #[sqlx(try_from = "crate::store::Label")]
     pub status: TaskStatus,
     /// Agent role, once routed.
     pub role: String,
@@ -23,7 +30,8 @@ pub struct TaskRow {
     pub task_type: String,
     /// Target environment (from the trigger, then from the decision).
     pub environment: String,
-    /// Risk, once routed.
+    /// Risk, once routed (stored as its label).
+    #[sqlx(try_from = "crate::store::Label")]
     pub risk: Risk,
     /// The trigger's text.
     pub text: String,
@@ -91,7 +99,12 @@ impl TaskRow {
             return;
         };
         let (status, reason) = match body {
-            Body::TriggerRejected(r) => (TaskStatus::Rejected, Some(r.reason.clone())),
+            Body::TriggerRejected(r) => {
+                if self.text.is_empty() {
+                    self.text = rejected_trigger_text(&r.payload);
+                }
+                (TaskStatus::Rejected, Some(r.reason.clone()))
+            }
             Body::TaskReceived(r) => {
                 if let Some(task) = &r.task {
                     self.fill_task(task);
@@ -154,6 +167,88 @@ impl TaskRow {
                 set(&mut self.environment, &trigger.environment);
             }
         }
+    }
+}
+
+/// Longest text shown for a rejected trigger, in characters (an ellipsis marks a cut).
+pub const REJECTED_TEXT_MAX: usize = 200;
+
+/// What a task view shows as the text of a trigger ingestion rejected, from the payload it
+/// carried (JSON or protobuf `Trigger`, at most 64 KiB, possibly cut):
+/// - the trigger's `text`, trimmed, when the payload decodes far enough to have a non-empty one
+///   (a JSON object with a string `text`, whatever else is wrong with it; or a protobuf
+///   `Trigger`);
+/// - else an excerpt of the payload as text, with control characters escaped (`\n`, `\u{1b}`)
+///   so it prints on one line;
+/// - else, for a payload that is not text, `binary payload, <n> bytes: <hex of its start>`;
+/// - `empty payload` when there was nothing.
+///
+/// At most [`REJECTED_TEXT_MAX`] characters of text (the hex shows at most 32 bytes).
+pub fn rejected_trigger_text(payload: &[u8]) -> String {
+    if payload.is_empty() {
+        return "empty payload".into();
+    }
+    if let Some(text) = decoded_trigger_text(payload) {
+        return bounded(&printable(&text));
+    }
+    // The payload may have been cut inside a character: judge the valid start.
+    let text = match std::str::from_utf8(payload) {
+        Ok(s) => s,
+        Err(e) if e.valid_up_to() > 0 && payload.len() - e.valid_up_to() < 4 => {
+            std::str::from_utf8(&payload[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => "",
+    };
+    let controls = text
+        .chars()
+        .filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        .count();
+    if !text.is_empty() && controls * 10 <= text.chars().count() {
+        return bounded(&printable(text.trim()));
+    }
+    const HEX_MAX: usize = 32;
+    let start = &payload[..payload.len().min(HEX_MAX)];
+    format!(
+        "binary payload, {} bytes: {}{}",
+        payload.len(),
+        hex::encode(start),
+        if payload.len() > HEX_MAX { "…" } else { "" }
+    )
+}
+
+/// The `text` of a trigger payload, when it has a non-empty one.
+fn decoded_trigger_text(payload: &[u8]) -> Option<String> {
+    let looks_json = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let text = if looks_json {
+        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        value.get("text")?.as_str()?.to_string()
+    } else {
+        use prost::Message as _;
+        baton_proto::Trigger::decode(payload).ok()?.text
+    };
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// `s` on one line: control characters escaped (`\n`, `\u{1b}`).
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// `s` cut to [`REJECTED_TEXT_MAX`] characters, with `…` when cut.
+fn bounded(s: &str) -> String {
+    match s.char_indices().nth(REJECTED_TEXT_MAX) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
     }
 }
 
@@ -358,6 +453,85 @@ mod tests {
             TaskStatus::Unspecified,
             "audit's own dead letters fail no task"
         );
+    }
+
+    #[test]
+    fn rejected_triggers_show_their_text_or_an_excerpt_and_their_reason() {
+        let rejected = |payload: &[u8]| {
+            let mut row = TaskRow::new("t1", "acme", 0);
+            row.apply(
+                "acme",
+                Some(&ev(Body::TriggerRejected(baton_proto::TriggerRejected {
+                    subject: "baton.trigger.cli".into(),
+                    reason: "unknown environment \"prod\"".into(),
+                    payload: payload.to_vec(),
+                }))),
+                1,
+            );
+            assert_eq!(
+                (row.status, row.reason.as_str()),
+                (TaskStatus::Rejected, "unknown environment \"prod\"")
+            );
+            row.text
+        };
+        // Decoded: the text, whatever else was wrong.
+        assert_eq!(
+            rejected(br#"{"text":"  fix drift ","environment":"prod"}"#),
+            "fix drift"
+        );
+        let proto = Trigger {
+            text: "restart web".into(),
+            environment: "prod".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            rejected(&prost::Message::encode_to_vec(&proto)),
+            "restart web"
+        );
+        // Not decodable, or no text: the payload itself, on one line.
+        assert_eq!(rejected(br#"{"text":""}"#), r#"{"text":""}"#);
+        assert_eq!(
+            rejected(b"{\"text\": \"fix\nit\",}"),
+            r#"{"text": "fix\nit",}"#
+        );
+        assert_eq!(rejected(b"fix drift\x1b[31m"), r"fix drift\u{1b}[31m");
+        // Cut inside a character (ingestion truncates at 64 KiB): still text.
+        assert_eq!(
+            rejected("caf\u{e9}".as_bytes().split_last().unwrap().1),
+            "caf"
+        );
+        // Not text: its size and the start of its bytes.
+        assert_eq!(
+            rejected(b"\xff\x00\x01\x02"),
+            "binary payload, 4 bytes: ff000102"
+        );
+        let binary = rejected(&[0u8; 100]);
+        assert_eq!(
+            binary,
+            format!("binary payload, 100 bytes: {}…", "00".repeat(32))
+        );
+        assert_eq!(rejected(b""), "empty payload");
+        // Bounded.
+        let long = rejected(format!(r#"{{"text":"{}"}}"#, "é".repeat(5_000)).as_bytes());
+        assert_eq!(long.chars().count(), REJECTED_TEXT_MAX + 1);
+        assert!(long.ends_with('…'));
+        let long = rejected("x".repeat(70_000).as_bytes());
+        assert_eq!(long.chars().count(), REJECTED_TEXT_MAX + 1);
+    }
+
+    #[test]
+    fn a_rejection_keeps_a_text_the_task_already_has() {
+        let mut row = TaskRow::new("t1", "acme", 0);
+        row.apply("acme", Some(&received()), 1);
+        row.apply(
+            "acme",
+            Some(&ev(Body::TriggerRejected(baton_proto::TriggerRejected {
+                payload: b"other".to_vec(),
+                ..Default::default()
+            }))),
+            2,
+        );
+        assert_eq!(row.text, "fix drift");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use baton_proto::{
 };
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::{Context, metrics::Metrics};
+use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,12 @@ struct Harness {
 impl Harness {
     async fn start() -> Harness {
         let nats = TestNats::start().await;
+        let bus = nats.bus.clone();
+        Harness::start_on(nats, bus).await
+    }
+
+    /// Audit on `bus` (connected to `nats` with settings of the test's own).
+    async fn start_on(nats: TestNats, bus: baton_bus::Bus) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let auth = Authenticator::new(&AuthConfig {
             hs256_secret: "x".repeat(32),
@@ -40,7 +47,7 @@ impl Harness {
         })
         .unwrap();
         let metrics = Arc::new(Metrics::default());
-        let ctx = Context::new(nats.bus.clone(), auth, metrics.clone());
+        let ctx = Context::new(bus, auth, metrics.clone());
         let auth = ctx.auth.clone();
         let config = Config {
             database_url: Config::sqlite_url(dir.path()),
@@ -444,6 +451,66 @@ async fn dead_letters_and_redeliveries_are_audited_once() {
         .unwrap()
         .into_inner();
     assert!(v.ok && v.records_checked == 3, "{v:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_never_settled_is_dead_lettered_and_then_stored_from_its_dead_letter() {
+    let nats = TestNats::start().await;
+    // Quick redeliveries, and few: the audit writers before this one "crashed" holding it.
+    let config = baton_bus::BusConfig {
+        ack_wait: Duration::from_secs(1),
+        max_deliver: 2,
+        ..nats.config.clone()
+    };
+    let bus = baton_bus::Bus::connect(config).await.unwrap();
+    let consumer = bus
+        .pull_consumer(&baton_bus::ConsumerSpec::new(
+            baton_audit::SERVICE,
+            baton_audit::DURABLE,
+            "baton.>",
+        ))
+        .await
+        .unwrap();
+    bus.publish(subject::TASK_RECEIVED, &received("t9"))
+        .await
+        .unwrap();
+    // Delivered twice (max_deliver) and never settled.
+    for delivery in 1..=2 {
+        let msg = tokio::time::timeout(WAIT, async {
+            loop {
+                let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+                if let Some(msg) = batch.next().await {
+                    return msg.unwrap();
+                }
+            }
+        })
+        .await
+        .expect("the message is delivered");
+        assert_eq!(msg.info().unwrap().delivered, delivery);
+    }
+    let h = Harness::start_on(nats, bus).await;
+    // The third delivery goes to the dead letters, not to the writer; audit's own dead letter
+    // then stands for the event it carries, which is stored under its own id.
+    let got = h.wait_for("t9", 1).await;
+    assert_eq!(ids(&got.events), ["t9.received"]);
+    assert_eq!(got.events[0].subject, subject::TASK_RECEIVED);
+    assert_eq!(got.task.unwrap().status(), TaskStatus::Received);
+    let dead = h
+        .nats
+        .bus
+        .jetstream()
+        .get_stream("BATON_DEAD")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&subject::dead(baton_audit::SERVICE))
+        .await
+        .expect("a dead letter of audit");
+    let Some(Body::DeadLetter(dl)) = baton_bus::decode_event(&dead.payload).unwrap().body else {
+        panic!("not a dead letter")
+    };
+    assert!(dl.reason.contains("without being settled"), "{}", dl.reason);
+    assert_eq!(dl.deliveries, 3);
     h.stop().await;
 }
 

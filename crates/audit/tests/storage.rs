@@ -169,6 +169,7 @@ storage_suite!(
     one_writer_lock_per_database,
     a_lost_writer_lock_is_taken_again_or_reported,
     a_task_and_its_records_are_read_from_one_snapshot,
+    rejected_triggers_show_what_can_be_shown_of_them,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -614,6 +615,75 @@ async fn dead_letters_and_trigger_rejections_end_tasks(db: &TestDb) {
     assert_eq!(
         (t2.status(), t2.reason.as_str()),
         (TaskStatus::Rejected, "text is empty")
+    );
+}
+
+async fn rejected_triggers_show_what_can_be_shown_of_them(db: &TestDb) {
+    // (task, payload, reason, text the views show)
+    let cases: [(&str, &[u8], &str, &str); 3] = [
+        (
+            "r1",
+            br#"{"text":"fix drift","environment":"prod"}"#,
+            "unknown environment \"prod\"",
+            "fix drift",
+        ),
+        (
+            "r2",
+            b"{\"text\": \"fix\ndrift\"",
+            "malformed JSON trigger: EOF while parsing",
+            r#"{"text": "fix\ndrift""#,
+        ),
+        (
+            "r3",
+            b"\xff\xfe\x00",
+            "payload is neither JSON nor a baton.v1.Trigger protobuf",
+            "binary payload, 3 bytes: fffe00",
+        ),
+    ];
+    let records = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (task, payload, reason, _))| {
+            rec(
+                subject::TRIGGER_REJECTED,
+                &ev(
+                    task,
+                    "acme",
+                    "rejected",
+                    i as i64,
+                    Body::TriggerRejected(TriggerRejected {
+                        subject: "baton.trigger.cli".into(),
+                        reason: reason.to_string(),
+                        payload: payload.to_vec(),
+                    }),
+                ),
+            )
+        })
+        .collect();
+    db.store.append(records).await.unwrap();
+    let page = db
+        .store
+        .list_tasks(&TaskQuery {
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut listed: Vec<(String, String, String)> = page
+        .tasks
+        .iter()
+        .map(|t| (t.task_id.clone(), t.text.clone(), t.reason.clone()))
+        .collect();
+    listed.sort();
+    let expected: Vec<(String, String, String)> = cases
+        .iter()
+        .map(|(task, _, reason, text)| (task.to_string(), text.to_string(), reason.to_string()))
+        .collect();
+    assert_eq!(listed, expected);
+    let r1 = db.store.get_task("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (r1.status(), r1.text.as_str()),
+        (TaskStatus::Rejected, "fix drift")
     );
 }
 

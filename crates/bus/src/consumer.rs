@@ -161,6 +161,10 @@ impl Delivery {
     pub fn deliveries(&self) -> i64 {
         self.deliveries
     }
+    /// The stream it was delivered from (`BATON`, `BATON_DEAD`; empty when unknown).
+    pub fn stream(&self) -> &str {
+        self.msg.info().map(|i| i.stream).unwrap_or("")
+    }
     /// Its sequence in the stream: stable across redeliveries, so a usable idempotency key.
     pub fn stream_sequence(&self) -> u64 {
         self.stream_sequence
@@ -296,19 +300,17 @@ impl Bus {
                                     attempt = delivery.deliveries(),
                                 );
                                 crate::trace::set_parent(&span, delivery.headers());
-                                let max = self.config().max_deliver;
-                                let result = if !spec.resumable && delivery.deliveries() > max {
-                                    Err(HandlerError::Reject(format!(
-                                        "delivered {} times without being settled (the handler crashed or \
-                                         outlived ack_wait each time)",
-                                        delivery.deliveries() - 1
-                                    )))
-                                } else {
-                                    handler(delivery.clone()).instrument(span.clone()).await
+                                let result = match self.redelivery_guard(spec, &delivery) {
+                                    Ok(()) => {
+                                        handler(delivery.clone()).instrument(span.clone()).await
+                                    }
+                                    Err(e) => Err(e),
                                 };
                                 self.settle(spec, &delivery, result).instrument(span).await;
                             }
-                            Err(e) => warn!(error = %e, consumer = %spec.durable, "pull consumer error"),
+                            Err(e) => {
+                                warn!(error = %e, consumer = %spec.durable, "pull consumer error")
+                            }
                         }
                     }
                 })
@@ -319,6 +321,25 @@ impl Bus {
             }
         }
         Ok(())
+    }
+
+    /// The guard against messages that keep coming back unsettled: `Err(Reject)` when
+    /// `delivery` has been delivered more than `max_deliver` times (the handler crashed, hung or
+    /// outlived `ack_wait` each time, so no result ever counted), which dead-letters it instead
+    /// of handing it to the handler again. Always `Ok` for a [`ConsumerSpec::resumable`] consumer.
+    pub(crate) fn redelivery_guard(
+        &self,
+        spec: &ConsumerSpec,
+        delivery: &Delivery,
+    ) -> Result<(), HandlerError> {
+        if spec.resumable || delivery.deliveries() <= self.config().max_deliver {
+            return Ok(());
+        }
+        Err(HandlerError::Reject(format!(
+            "delivered {} times without being settled (the handler crashed or outlived ack_wait \
+             each time)",
+            delivery.deliveries() - 1
+        )))
     }
 
     /// Acks, naks or dead-letters `delivery` according to `result` (see [`Bus::consume`]).

@@ -8,12 +8,15 @@
 //!   kind its subject carries, else a poison message naming the subject and the kind received.
 //! - [`Bus::kv`]: a typed, versioned key-value bucket ([`kv::Kv`]) whose writes are
 //!   compare-and-set on the key's revision, with conflicts as [`kv::KvError::Conflict`].
+//! - [`Bus::consume_batch`]: the same guards for a handler of batches, over one or more
+//!   consumers merged (see [`BatchSpec`]).
 //! - [`server::NatsServer`]: a `nats-server -js` child process for `baton up` and the tests.
 //! - `testing` (cargo feature `testing`, for dev-dependencies only): the `TestNats` fixture.
 //!
 //! Delivery is at-least-once; handlers are idempotent and every publish carries a deterministic
 //! message id, so the stream's duplicate window drops the second copy of a re-done output.
 
+mod batch;
 mod config;
 mod consumer;
 mod error;
@@ -23,6 +26,7 @@ pub mod server;
 pub mod testing;
 pub mod trace;
 
+pub use batch::{BatchResult, BatchSpec};
 pub use config::BusConfig;
 pub use consumer::{ConsumerSpec, Delivery, HandlerError};
 pub use error::{BusError, DecodeError};

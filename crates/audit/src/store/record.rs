@@ -1,0 +1,291 @@
+//! What a log row holds: an event to append ([`NewRecord`], built from a NATS message), the
+//! same with its place in the chain ([`StoredRecord`]), and the chain's end ([`ChainHead`]).
+
+use crate::chain::{HashInput, record_hash};
+use crate::projection::{micros_to_timestamp, timestamp_to_micros};
+use baton_proto::{AuditRecord, Event};
+use prost::Message as _;
+use sqlx::query_builder::Separated;
+
+/// Kind stored for a payload that is not a protobuf `Event`.
+pub const UNDECODABLE: &str = "undecodable";
+
+/// Columns of `audit_log`, in the order [`push_record`] binds them ([`StoredRecord`] is read
+/// with its derived `sqlx::FromRow`).
+pub(super) const LOG_COLUMNS: &str = "sequence, event_id, task_id, tenant, subject, kind, producer, \
+                                      event_time, recorded_at, payload, prev_hash, hash";
+
+/// Binds `r`'s values in the order of [`LOG_COLUMNS`] (one `VALUES` tuple).
+pub(super) fn push_record<DB>(b: &mut Separated<'_, DB, &'static str>, r: &StoredRecord)
+where
+    DB: sqlx::Database,
+    String: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    i64: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    Vec<u8>: for<'t> sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    b.push_bind(r.sequence)
+        .push_bind(r.record.event_id.clone())
+        .push_bind(r.record.task_id.clone())
+        .push_bind(r.record.tenant.clone())
+        .push_bind(r.record.subject.clone())
+        .push_bind(r.record.kind.clone())
+        .push_bind(r.record.producer.clone())
+        .push_bind(r.record.event_time)
+        .push_bind(r.recorded_at)
+        .push_bind(r.record.payload.clone())
+        .push_bind(r.prev_hash.clone())
+        .push_bind(r.hash.clone());
+}
+
+/// The last record of the chain: what the next record links to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Sequence of the last record (0 for an empty log).
+    pub sequence: u64,
+    /// Its hash (`""` for an empty log).
+    pub hash: String,
+}
+
+/// An event to append, before it has a place in the chain (what a [`StoredRecord`] holds
+/// besides its place).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct NewRecord {
+    /// Unique id; a second record with the same id is dropped.
+    pub event_id: String,
+    /// Task id (empty when unknown).
+    pub task_id: String,
+    /// Tenant (empty when unknown).
+    pub tenant: String,
+    /// NATS subject it arrived on.
+    pub subject: String,
+    /// `baton_proto::event_kind` of the event, or [`UNDECODABLE`].
+    pub kind: String,
+    /// Producing service (empty when unknown).
+    pub producer: String,
+    /// Event time, microseconds since the Unix epoch (0 when unknown).
+    pub event_time: i64,
+    /// The bytes as received.
+    pub payload: Vec<u8>,
+}
+
+/// What a message carried besides its payload, for records that cannot be decoded.
+#[derive(Debug, Clone, Default)]
+pub struct MessageMeta<'a> {
+    /// `Nats-Msg-Id`.
+    pub msg_id: Option<&'a str>,
+    /// `Baton-Task-Id`.
+    pub task_id: Option<&'a str>,
+    /// `Baton-Tenant`.
+    pub tenant: Option<&'a str>,
+    /// Unique id to use when neither the event nor the message has one
+    /// (`<stream>.<stream sequence>`).
+    pub fallback_id: String,
+}
+
+impl NewRecord {
+    /// A record of a decoded event.
+    pub fn from_event(subject: &str, event: &Event) -> NewRecord {
+        NewRecord {
+            event_id: event.event_id.clone(),
+            task_id: event.task_id.clone(),
+            tenant: event.tenant.clone(),
+            subject: subject.to_string(),
+            kind: baton_proto::event_kind(event).to_string(),
+            producer: event.producer.clone(),
+            event_time: event.time.as_ref().map(timestamp_to_micros).unwrap_or(0),
+            payload: event.encode_to_vec(),
+        }
+    }
+
+    /// A record of a message as received. A payload that is not a protobuf `Event` is kept as
+    /// kind [`UNDECODABLE`] (its ids come from the headers), so nothing is lost; an event whose
+    /// body this build does not know is kept as kind `unknown`. The stored payload is always
+    /// the received bytes.
+    pub fn from_message(subject: &str, payload: &[u8], meta: MessageMeta<'_>) -> NewRecord {
+        let or = |a: &str, b: Option<&str>| {
+            if a.is_empty() {
+                b.unwrap_or("").to_string()
+            } else {
+                a.to_string()
+            }
+        };
+        let mut record = match Event::decode(payload) {
+            Ok(event) => {
+                let mut r = NewRecord::from_event(subject, &event);
+                r.task_id = or(&r.task_id, meta.task_id);
+                r.tenant = or(&r.tenant, meta.tenant);
+                r.event_id = or(&r.event_id, meta.msg_id);
+                r
+            }
+            Err(_) => NewRecord {
+                event_id: meta.msg_id.unwrap_or("").to_string(),
+                task_id: meta.task_id.unwrap_or("").to_string(),
+                tenant: meta.tenant.unwrap_or("").to_string(),
+                subject: subject.to_string(),
+                kind: UNDECODABLE.to_string(),
+                producer: String::new(),
+                event_time: 0,
+                payload: Vec::new(),
+            },
+        };
+        if record.event_id.is_empty() {
+            record.event_id = meta.fallback_id;
+        }
+        record.payload = payload.to_vec();
+        record
+    }
+}
+
+impl NewRecord {
+    /// A dead letter that audit itself produced (it could not store a message before the
+    /// stream gave up redelivering it) stands for the message it carries: returns the record
+    /// of that message (unwrapping nested dead letters), so the original event is stored under
+    /// its own id and the task is not marked failed by audit's own outage. A carried payload
+    /// that was truncated or is not an event leaves the dead letter as it is.
+    pub fn unwrap_own_dead_letter(self, service: &str) -> NewRecord {
+        let mut record = self;
+        while record.kind == "dead_letter" {
+            let Ok(event) = Event::decode(record.payload.as_slice()) else {
+                break;
+            };
+            let Some(baton_proto::event::Body::DeadLetter(dl)) = event.body else {
+                break;
+            };
+            if dl.service != service {
+                break;
+            }
+            match baton_bus::decode_event(&dl.payload) {
+                Ok(inner) => {
+                    let mut r = NewRecord::from_event(&dl.subject, &inner);
+                    // Keep the bytes as they were published.
+                    r.payload = dl.payload;
+                    record = r;
+                }
+                Err(_) => break,
+            }
+        }
+        record
+    }
+}
+
+/// A record as stored: a place in the chain.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredRecord {
+    /// Position in the log, from 1.
+    pub sequence: i64,
+    /// The event and where it came from.
+    #[sqlx(flatten)]
+    pub record: NewRecord,
+    /// When it was stored, microseconds since the Unix epoch.
+    pub recorded_at: i64,
+    /// Hash of the previous record (`""` for the first).
+    pub prev_hash: String,
+    /// Hash of this record (see [`crate::chain`]).
+    pub hash: String,
+}
+
+impl StoredRecord {
+    /// The decoded event, when the payload is one.
+    pub fn event(&self) -> Option<Event> {
+        Event::decode(self.record.payload.as_slice())
+            .ok()
+            .filter(|_| self.record.kind != UNDECODABLE)
+    }
+
+    /// The hash this record should have.
+    pub fn compute_hash(&self) -> String {
+        record_hash(&HashInput {
+            sequence: self.sequence as u64,
+            event_id: &self.record.event_id,
+            task_id: &self.record.task_id,
+            tenant: &self.record.tenant,
+            subject: &self.record.subject,
+            kind: &self.record.kind,
+            producer: &self.record.producer,
+            event_time: self.record.event_time,
+            recorded_at: self.recorded_at,
+            payload: &self.record.payload,
+            prev_hash: &self.prev_hash,
+        })
+    }
+
+    /// Time for projections: the event's, else when it was recorded.
+    pub fn effective_time(&self) -> i64 {
+        if self.record.event_time != 0 {
+            self.record.event_time
+        } else {
+            self.recorded_at
+        }
+    }
+
+    /// The protobuf record (`event` is unset for undecodable payloads).
+    pub fn to_proto(&self) -> AuditRecord {
+        AuditRecord {
+            sequence: self.sequence as u64,
+            subject: self.record.subject.clone(),
+            event: self.event(),
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+            recorded_at: Some(micros_to_timestamp(self.recorded_at)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_messages_keep_their_bytes_and_header_ids() {
+        let r = NewRecord::from_message(
+            "baton.task.received",
+            b"\xff\xffjunk",
+            MessageMeta {
+                msg_id: None,
+                task_id: Some("t9"),
+                tenant: Some("acme"),
+                fallback_id: "BATON.7".into(),
+            },
+        );
+        assert_eq!(
+            (r.kind.as_str(), r.event_id.as_str(), r.task_id.as_str()),
+            (UNDECODABLE, "BATON.7", "t9")
+        );
+        assert_eq!(r.payload, b"\xff\xffjunk");
+    }
+
+    #[test]
+    fn own_dead_letters_unwrap_to_the_original_event() {
+        use baton_proto::{DeadLetter, TaskCompleted, event::Body};
+        let original = Event::first(
+            "t1",
+            "acme",
+            "completed",
+            "execution",
+            Body::TaskCompleted(TaskCompleted::default()),
+        );
+        let wrap = |service: &str, subject: &str, inner: &Event| Event {
+            event_id: format!("dead.{service}.{}", inner.event_id),
+            task_id: "t1".into(),
+            body: Some(Body::DeadLetter(DeadLetter {
+                service: service.into(),
+                subject: subject.into(),
+                payload: inner.encode_to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let once = wrap("audit", "baton.task.completed", &original);
+        let twice = wrap("audit", "baton.dead.audit", &once);
+        let r = NewRecord::from_event("baton.dead.audit", &twice).unwrap_own_dead_letter("audit");
+        assert_eq!(
+            (r.event_id.as_str(), r.subject.as_str(), r.kind.as_str()),
+            ("t1.completed", "baton.task.completed", "task_completed")
+        );
+        assert_eq!(r.payload, original.encode_to_vec());
+        let other = wrap("decision", "baton.task.received", &original);
+        let r =
+            NewRecord::from_event("baton.dead.decision", &other).unwrap_own_dead_letter("audit");
+        assert_eq!(r.kind, "dead_letter", "other services' dead letters stay");
+    }
+}

@@ -1,0 +1,239 @@
+//! Batch consumers: one or more durable pull consumers merged into one stream of batches for a
+//! handler that works best on many messages at once (audit: one database transaction per
+//! batch), with the same guarantees as [`Bus::consume`].
+//!
+//! Guards, and why each exists:
+//! - **Ack after output.** A message is settled only after the handler returned its result:
+//!   ack on `Ok`, nak with backoff on [`HandlerError::Retry`] (dead letter once `max_deliver`
+//!   deliveries failed), dead letter now on [`HandlerError::Reject`], nak soon on
+//!   [`HandlerError::Interrupted`] — exactly [`Bus::settle`].
+//! - **Unsettled redeliveries.** A message delivered more than `max_deliver` times without
+//!   being settled (the handler crashed or hung on it each time) is dead-lettered before the
+//!   handler sees it again: the guard [`Bus::consume`] uses.
+//! - **One bad message cannot sink its batch.** A message delivered before (`deliveries > 1`)
+//!   is handed to the handler in a batch of its own. So when a batch fails as a whole — the
+//!   handler returns one error for all, panics, runs past its timeout, or the process dies —
+//!   its messages come back one by one: the good ones are handled and acked, and only the
+//!   message that keeps failing uses up its deliveries and is dead-lettered. Redeliveries are
+//!   rare (at most `max_ack_pending` messages are ever out), so the hot path stays batched.
+//! - **Ack wait.** While the handler works, every message of the batch gets an in-progress ack
+//!   each `ack_wait / 3`, so a slow batch is not redelivered under its feet; a handler still
+//!   running after [`BatchSpec::timeout`] is cancelled (its future dropped) and its batch is
+//!   nak'ed as a failed delivery. A handler that panics is treated the same way.
+
+use crate::consumer::{ConsumerSpec, Delivery, HandlerError};
+use crate::{Bus, BusError};
+use futures::{FutureExt as _, StreamExt as _};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, error, info_span, warn};
+
+/// What a batch consumer reads and how big its batches are.
+#[derive(Debug, Clone)]
+pub struct BatchSpec {
+    /// The consumers whose messages are merged into one stream of batches (audit: `BATON` and
+    /// `BATON_DEAD`). Each message is settled through its own: its dead letter names that
+    /// consumer's stream and goes to `baton.dead.<service>` of that consumer.
+    pub sources: Vec<ConsumerSpec>,
+    /// Most messages handed to the handler at once; a batch holds whatever is ready, up to
+    /// this many (at least 1).
+    pub max_messages: usize,
+    /// Longest the handler may work on one batch before it is cancelled and the batch is
+    /// nak'ed as a failed delivery. `None` means the bus's `ack_wait`.
+    pub timeout: Option<Duration>,
+}
+
+impl BatchSpec {
+    /// A batch consumer of `sources`, at most `max_messages` per batch, timeout `ack_wait`.
+    pub fn new(sources: Vec<ConsumerSpec>, max_messages: usize) -> BatchSpec {
+        BatchSpec {
+            sources,
+            max_messages: max_messages.max(1),
+            timeout: None,
+        }
+    }
+
+    /// Sets how long the handler may work on one batch (see [`BatchSpec::timeout`]).
+    pub fn timeout(mut self, timeout: Duration) -> BatchSpec {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// What a batch handler made of its batch, which decides how each message is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchResult {
+    /// One result for every message of the batch (a database transaction that committed or
+    /// did not).
+    All(Result<(), HandlerError>),
+    /// One result per message, in the order of the batch handed to the handler. A list of the
+    /// wrong length is a bug in the handler: messages without a result are retried.
+    Each(Vec<Result<(), HandlerError>>),
+}
+
+impl Bus {
+    /// Runs `handler` on batches of the messages of every consumer in `spec.sources` until
+    /// `shutdown` is cancelled, one batch at a time; then stops pulling and returns once the
+    /// batch in hand is settled.
+    ///
+    /// The handler gets the batch's deliveries (never empty) and returns a [`BatchResult`];
+    /// each message is then settled as [`Bus::settle`] does for [`Bus::consume`] (ack, nak with
+    /// backoff, dead letter after `max_deliver` failed deliveries or at once on
+    /// [`HandlerError::Reject`]). Besides, as in `consume`, a message delivered more than
+    /// `max_deliver` times without being settled is dead-lettered without reaching the
+    /// handler. A redelivered message is handed over in a batch of its own, so a message that
+    /// fails, panics or hangs its batch cannot take the others with it. While the handler
+    /// works, its messages get in-progress acks every `ack_wait / 3`; after
+    /// [`BatchSpec::timeout`] it is cancelled, and a panic is caught: both count as a failed
+    /// delivery of the whole batch. When a message stream ends (NATS restarted), all are
+    /// pulled again after half a second.
+    ///
+    /// Errors: [`BusError::Consumer`] when a consumer cannot be created or pulled from.
+    pub async fn consume_batch<F, Fut>(
+        &self,
+        spec: BatchSpec,
+        shutdown: CancellationToken,
+        mut handler: F,
+    ) -> Result<(), BusError>
+    where
+        F: FnMut(Vec<Delivery>) -> Fut,
+        Fut: Future<Output = BatchResult>,
+    {
+        let mut consumers = Vec::with_capacity(spec.sources.len());
+        for source in &spec.sources {
+            consumers.push(self.pull_consumer(source).await?);
+        }
+        while !shutdown.is_cancelled() {
+            let mut streams = Vec::with_capacity(consumers.len());
+            for (i, consumer) in consumers.iter().enumerate() {
+                let source = &spec.sources[i];
+                let messages = consumer.messages().await.map_err(|e| BusError::Consumer {
+                    stream: source.stream.clone(),
+                    consumer: source.durable.clone(),
+                    reason: e.to_string(),
+                })?;
+                // Each source ends with a `None`, so the merged stream ends as soon as any
+                // message stream does (then all are pulled again).
+                streams.push(
+                    messages
+                        .map(move |m| Some((i, m)))
+                        .chain(futures::stream::iter([None]))
+                        .boxed(),
+                );
+            }
+            let batches = futures::stream::select_all(streams)
+                .take_while(|item| std::future::ready(item.is_some()))
+                .filter_map(std::future::ready)
+                .take_until(shutdown.cancelled())
+                .ready_chunks(spec.max_messages);
+            let mut batches = std::pin::pin!(batches);
+            while let Some(chunk) = batches.next().await {
+                let mut fresh = Vec::with_capacity(chunk.len());
+                let mut again = Vec::new();
+                for (i, item) in chunk {
+                    let source = &spec.sources[i];
+                    let msg = match item {
+                        Ok(msg) => msg,
+                        Err(e) => {
+                            warn!(error = %e, consumer = %source.durable, "pull consumer error");
+                            continue;
+                        }
+                    };
+                    let delivery = Delivery::new(msg);
+                    if let Err(e) = self.redelivery_guard(source, &delivery) {
+                        self.settle(source, &delivery, Err(e)).await;
+                    } else if delivery.deliveries() > 1 {
+                        again.push((i, delivery));
+                    } else {
+                        fresh.push((i, delivery));
+                    }
+                }
+                if !fresh.is_empty() {
+                    self.handle_batch(&spec, fresh, &mut handler).await;
+                }
+                for one in again {
+                    self.handle_batch(&spec, vec![one], &mut handler).await;
+                }
+            }
+            if !shutdown.is_cancelled() {
+                // A message stream ended (server gone); pull again after a pause.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `handler` on one batch (sending in-progress acks while it works, cancelling it at
+    /// the timeout, catching a panic), then settles every message by its result.
+    async fn handle_batch<F, Fut>(
+        &self,
+        spec: &BatchSpec,
+        batch: Vec<(usize, Delivery)>,
+        handler: &mut F,
+    ) where
+        F: FnMut(Vec<Delivery>) -> Fut,
+        Fut: Future<Output = BatchResult>,
+    {
+        let n = batch.len();
+        let service = &spec.sources[batch[0].0].service;
+        let span = info_span!("handle_batch", service = %service, messages = n);
+        let deliveries: Vec<Delivery> = batch.iter().map(|(_, d)| d.clone()).collect();
+        let ack_wait = self.config().ack_wait;
+        let timeout = spec.timeout.unwrap_or(ack_wait);
+        let work = AssertUnwindSafe(async { handler(deliveries).await })
+            .catch_unwind()
+            .instrument(span.clone());
+        let mut work = std::pin::pin!(tokio::time::timeout(timeout, work));
+        let every = (ack_wait / 3).max(Duration::from_millis(10));
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                _ = progress.tick() => {
+                    futures::future::join_all(batch.iter().map(|(_, d)| d.in_progress())).await;
+                }
+            }
+        };
+        let all = |e: HandlerError| vec![Err(e); n];
+        let results = match outcome {
+            Err(_) => all(HandlerError::Retry(format!(
+                "the batch handler did not finish within {timeout:?}; it was cancelled"
+            ))),
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!(parent: &span, panic = %what, "batch handler panicked");
+                all(HandlerError::Retry(format!(
+                    "the batch handler panicked: {what}"
+                )))
+            }
+            Ok(Ok(BatchResult::All(result))) => vec![result; n],
+            Ok(Ok(BatchResult::Each(mut results))) => {
+                if results.len() != n {
+                    error!(parent: &span, results = results.len(), messages = n,
+                        "batch handler returned the wrong number of results; retrying the rest");
+                    results.resize(
+                        n,
+                        Err(HandlerError::Retry(
+                            "the batch handler returned no result for this message".into(),
+                        )),
+                    );
+                }
+                results
+            }
+        };
+        futures::future::join_all(
+            batch
+                .iter()
+                .zip(results)
+                .map(|((i, d), result)| self.settle(&spec.sources[*i], d, result)),
+        )
+        .instrument(span)
+        .await;
+    }
+}

@@ -83,6 +83,9 @@ enum Command {
     },
     /// Lists plans waiting for approval.
     Pending,
+    /// Lists the roles tasks may be routed to and the environments they may target (the
+    /// `[catalog]` the services run with).
+    Roles,
     /// Approves a plan waiting for approval (needs the approver role).
     Approve {
         /// Task id of the waiting plan.
@@ -230,6 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             watch_task(&mut c, &id).await
         }
         Command::Pending => list_pending(&config).await,
+        Command::Roles => list_roles(&config).await,
         Command::Approve { id, reason } => approve(&config, id, reason).await,
         Command::Reject { id, reason } => reject(&config, id, reason).await,
         Command::Audit {
@@ -426,6 +430,19 @@ async fn list_pending(config: &BatonConfig) -> anyhow::Result<ExitCode> {
             reasons
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton roles`: the catalog as `DecisionService/ListRoles` reports it.
+async fn list_roles(config: &BatonConfig) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    let r = c
+        .decisions
+        .list_roles(baton_proto::ListRolesRequest {})
+        .await?
+        .into_inner();
+    println!("roles: {}", r.roles.join(", "));
+    println!("environments: {}", r.environments.join(", "));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,22 +9,10 @@
 
 use baton_proto::{ClassifyRequest, ListRolesRequest, ListTasksRequest, Trigger};
 use baton_runtime::auth::Role;
+use baton_tests::bench::{arg, pct};
 use baton_tests::test_config;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// Times `calls` sequential calls of `call` (after 20 unmeasured ones) and prints a row.
 async fn row<F, Fut>(name: &str, calls: usize, mut call: F)

@@ -216,3 +216,28 @@ impl Harness {
         }
     }
 }
+
+/// What the bench binaries share: their command-line options and percentiles.
+pub mod bench {
+    use std::time::Duration;
+
+    /// The number after `name` on the command line (`--tasks 5000`), else `default`.
+    pub fn arg(name: &str, default: usize) -> usize {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// True when `name` is on the command line (`--without-audit`).
+    pub fn flag(name: &str) -> bool {
+        std::env::args().any(|a| a == name)
+    }
+
+    /// The `p` quantile (0..=1, nearest rank) of `sorted`, which must not be empty.
+    pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+}

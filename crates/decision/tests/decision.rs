@@ -82,6 +82,33 @@ async fn count(nats: &TestNats, filter: &str) -> u64 {
     n
 }
 
+/// Serves the decision service's gRPC API of `ctx` on a free loopback port (default config)
+/// and connects a client; the server stops when the guard is dropped.
+async fn serve_grpc(
+    ctx: &Context,
+) -> (
+    DecisionServiceClient<tonic::transport::Channel>,
+    tokio_util::sync::DropGuard,
+) {
+    let svc = Router::new(ctx.clone(), Config::default()).await.unwrap();
+    let mut routes = tonic::service::RoutesBuilder::default();
+    svc.add_grpc(&mut routes);
+    let shutdown = CancellationToken::new();
+    let guard = shutdown.clone().drop_guard();
+    let (addr, _task) = baton_runtime::grpc::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        routes.routes(),
+        baton_decision::GRPC_SERVICES,
+        shutdown,
+    )
+    .await
+    .unwrap();
+    let client = DecisionServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    (client, guard)
+}
+
 async fn run_until<T>(
     nats: &TestNats,
     config: Config,
@@ -279,22 +306,7 @@ async fn bad_rules_file_is_a_startup_error_naming_file_and_rule() {
 async fn classify_over_grpc_answers_without_publishing() {
     let nats = TestNats::start().await;
     let ctx = context(&nats);
-    let svc = Router::new(ctx.clone(), Config::default()).await.unwrap();
-    let mut routes = tonic::service::RoutesBuilder::default();
-    svc.add_grpc(&mut routes);
-    let shutdown = CancellationToken::new();
-    let _guard = shutdown.clone().drop_guard();
-    let (addr, _task) = baton_runtime::grpc::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        routes.routes(),
-        baton_decision::GRPC_SERVICES,
-        shutdown,
-    )
-    .await
-    .unwrap();
-    let mut client = DecisionServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let (mut client, _server) = serve_grpc(&ctx).await;
     // Any role may classify.
     let token = ctx
         .auth
@@ -518,22 +530,7 @@ async fn rules_may_route_only_to_catalog_roles() {
 async fn list_roles_reports_the_configured_catalog() {
     let nats = TestNats::start().await;
     let ctx = context(&nats).with_catalog(catalog_with_billing());
-    let svc = Router::new(ctx.clone(), Config::default()).await.unwrap();
-    let mut routes = tonic::service::RoutesBuilder::default();
-    svc.add_grpc(&mut routes);
-    let shutdown = CancellationToken::new();
-    let _guard = shutdown.clone().drop_guard();
-    let (addr, _task) = baton_runtime::grpc::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        routes.routes(),
-        baton_decision::GRPC_SERVICES,
-        shutdown,
-    )
-    .await
-    .unwrap();
-    let mut client = DecisionServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let (mut client, _server) = serve_grpc(&ctx).await;
     let err = client
         .list_roles(baton_proto::ListRolesRequest {})
         .await

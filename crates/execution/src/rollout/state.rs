@@ -219,7 +219,7 @@ impl PhaseProgress {
 /// One rollout's state: what is saved after every change (as the proto `Execution`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
-    /// The task.
+    /// The task this rollout carries out (the key of its saved state).
     pub task_id: String,
     /// The task's tenant.
     pub tenant: String,

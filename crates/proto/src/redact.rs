@@ -62,9 +62,12 @@ pub fn is_secret_name(name: &str) -> bool {
 /// `_` between words).
 const NAME_RE: &str = r"authorization|cookie|password|passwd|secret|token|api[_\-]?key|private[_\-]?key|access[_\-]?key|credential";
 
+/// How a pattern's match is replaced.
+type Replace = fn(&Captures<'_>) -> String;
+
 /// The value patterns, in the order they are applied, each with how a match is replaced.
-static PATTERNS: LazyLock<Vec<(Regex, fn(&Captures<'_>) -> String)>> = LazyLock::new(|| {
-    let whole: fn(&Captures<'_>) -> String = |_| REDACTED.to_string();
+static PATTERNS: LazyLock<Vec<(Regex, Replace)>> = LazyLock::new(|| {
+    let whole: Replace = |_| REDACTED.to_string();
     vec![
         // A PEM private key, to its end or to the end of a cut text.
         (
@@ -81,7 +84,7 @@ static PATTERNS: LazyLock<Vec<(Regex, fn(&Captures<'_>) -> String)>> = LazyLock:
         // authorization scheme (`Basic …`) goes with its value.
         (
             Regex::new(&format!(
-                r#"(?i)(["']?[a-z0-9_\-]*(?:{NAME_RE})[a-z0-9_\-]*["']?\s*[:=]\s*)(?:"[^"]*"|'[^']*'|"[^"]*\z|(?:(?:bearer|basic|digest|token)\s+)?[^\s"'&,;}}\]]+)"#
+                r#"(?i)(["']?[a-z0-9_\-]*(?:{NAME_RE})[a-z0-9_\-]*["']?\s*[:=]\s*)(?:"[^"]*"|'[^']*'|"[^"]*\z|(?:(?:bearer|basic|digest|token)\s+)?[^\s"'&,;)}}\]]+)"#
             ))
             .expect("valid regex"),
             |c| {
@@ -215,14 +218,14 @@ fn json_string(s: &mut String) -> bool {
 /// [`text`]; anything else is left alone. True when it changed.
 pub fn bytes(b: &mut Vec<u8>) -> bool {
     let first = b.iter().find(|c| !c.is_ascii_whitespace());
-    if matches!(first, Some(b'{' | b'[')) {
-        if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(b) {
-            if json(&mut value) {
-                *b = serde_json::to_vec(&value).unwrap_or_default();
-                return true;
-            }
-            return false;
+    if matches!(first, Some(b'{' | b'['))
+        && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(b)
+    {
+        if json(&mut value) {
+            *b = serde_json::to_vec(&value).unwrap_or_default();
+            return true;
         }
+        return false;
     }
     let valid = match std::str::from_utf8(b) {
         Ok(_) => b.len(),
@@ -508,6 +511,7 @@ mod tests {
             "curl -H 'Authorization: <redacted>' x"
         );
         assert_eq!(t("use bearer abcdefgh12345"), "use bearer <redacted>");
+        assert_eq!(t("(token: abc) done"), "(token: <redacted>) done");
         assert_eq!(t("key AKIAIOSFODNN7EXAMPLE here"), "key <redacted> here");
         assert_eq!(
             t("k=-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY----- done"),

@@ -66,7 +66,9 @@ pub use drift::DriftRunbook;
 pub use registry::{AgentFactory, AgentSetup, builtin_factories};
 
 use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError};
-use baton_proto::{AgentKind, Event, FailureCode, PlanProposed, TaskRouted, event::Body, subject};
+use baton_proto::{
+    AgentKind, Event, FailureCode, PlanProposed, TaskRouted, event::Body, redact, subject,
+};
 use baton_runtime::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -409,7 +411,7 @@ impl Handler {
                 run.set_kind(*kind);
                 run.duration_ms = started.elapsed().as_millis() as u64;
                 plan.task_id = event.task_id.clone();
-                info!(task_id = %event.task_id, agent = %name, summary = %plan.summary, "plan proposed");
+                info!(task_id = %event.task_id, agent = %name, summary = %redact::for_log(&plan.summary), "plan proposed");
                 let body = Body::PlanProposed(PlanProposed {
                     task: Some(task.clone()),
                     spec: Some(spec.clone()),
@@ -437,7 +439,7 @@ impl Handler {
                     self.fail(&event, FailureCode::AgentUnavailable, why)
                         .await?;
                 }
-                warn!(task_id = %event.task_id, attempt = d.deliveries(), %reason, "agent failed transiently");
+                warn!(task_id = %event.task_id, attempt = d.deliveries(), reason = %redact::for_log(&reason), "agent failed transiently");
                 Err(HandlerError::Retry(reason))
             }
         }
@@ -445,7 +447,7 @@ impl Handler {
 
     /// Publishes `TaskFailed` for the task of `event`.
     async fn fail(&self, event: &Event, code: FailureCode, reason: String) -> Result<(), BusError> {
-        warn!(task_id = %event.task_id, %code, %reason, "task failed");
+        warn!(task_id = %event.task_id, %code, reason = %redact::for_log(&reason), "task failed");
         self.ctx
             .bus
             .publish(

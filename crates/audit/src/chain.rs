@@ -15,7 +15,7 @@
 //! | 7 | `producer`    | UTF-8                                                          |
 //! | 8 | `event_time`  | 8 bytes, big-endian `i64` (microseconds since the Unix epoch)  |
 //! | 9 | `recorded_at` | 8 bytes, big-endian `i64` (microseconds since the Unix epoch)  |
-//! | 10| `payload`     | the stored bytes (the protobuf-encoded `Event`, or raw bytes)  |
+//! | 10| `payload`     | the stored bytes (the protobuf-encoded `Event`, secrets redacted, or raw bytes) |
 //! | 11| `prev_hash`   | ASCII of the previous row's lowercase hex hash (`""` for row 1) |
 //!
 //! So the length prefix of fields 1, 8 and 9 is always 8. The hex digest is lowercase, 64

@@ -6,10 +6,11 @@
 //! rejected) never changes again. Descriptive fields (role, text, …) are filled in whenever an
 //! event carries them.
 //!
-//! A trigger ingestion rejected has no task, only its raw payload: its view shows what can be
-//! shown of it ([`rejected_trigger_text`]): the trigger's text when the payload decodes far
-//! enough to have one, else a bounded, printable excerpt of the payload; the reason is the
-//! view's `reason`.
+//! A trigger ingestion rejected has no task, only the start of its raw payload (at most
+//! [`baton_proto::TRIGGER_REJECTED_PREFIX_MAX`] bytes, with the whole payload's size and
+//! SHA-256): its view shows what can be shown of it ([`rejected_trigger_text`]): the trigger's
+//! text when that start decodes far enough to have one, else a bounded, printable excerpt of
+//! it; the reason is the view's `reason`.
 
 use baton_proto::{Event, Risk, TaskStatus, TaskView, event::Body};
 
@@ -101,7 +102,8 @@ impl TaskRow {
         let (status, reason) = match body {
             Body::TriggerRejected(r) => {
                 if self.text.is_empty() {
-                    self.text = rejected_trigger_text(&r.payload);
+                    let (start, size) = r.shown_payload();
+                    self.text = rejected_trigger_text(start, size);
                 }
                 (TaskStatus::Rejected, Some(r.reason.clone()))
             }
@@ -173,21 +175,28 @@ impl TaskRow {
 /// Longest text shown for a rejected trigger, in characters (an ellipsis marks a cut).
 pub const REJECTED_TEXT_MAX: usize = 200;
 
-/// What a task view shows as the text of a trigger ingestion rejected, from the payload it
-/// carried (JSON or protobuf `Trigger`, at most 64 KiB, possibly cut):
-/// - the trigger's `text`, trimmed, when the payload decodes far enough to have a non-empty one
-///   (a JSON object with a string `text`, whatever else is wrong with it; or a protobuf
-///   `Trigger`);
+/// What a task view shows as the text of a trigger ingestion rejected, from the start of the
+/// payload its `TriggerRejected` carried (`start`: the prefix, at most
+/// [`baton_proto::TRIGGER_REJECTED_PREFIX_MAX`] bytes, or the whole payload of an event from an
+/// older build; `size`: the whole payload's size in bytes):
+/// - the trigger's `text`, trimmed, when `start` is the whole payload and it decodes far enough
+///   to have a non-empty one (a JSON object with a string `text`, whatever else is wrong with
+///   it; or a protobuf `Trigger`);
 /// - else an excerpt of the payload as text, with control characters escaped (`\n`, `\u{1b}`)
 ///   so it prints on one line;
-/// - else, for a payload that is not text, `binary payload, <n> bytes: <hex of its start>`;
+/// - else, for a payload that is not text, `binary payload, <size> bytes: <hex of its start>`;
 /// - `empty payload` when there was nothing.
 ///
-/// At most [`REJECTED_TEXT_MAX`] characters of text (the hex shows at most 32 bytes).
-pub fn rejected_trigger_text(payload: &[u8]) -> String {
+/// At most [`REJECTED_TEXT_MAX`] characters of text (the hex shows at most 32 bytes); an
+/// excerpt of a payload larger than `start` ends with `…`.
+pub fn rejected_trigger_text(start: &[u8], size: u64) -> String {
+    let payload = start;
     if payload.is_empty() {
         return "empty payload".into();
     }
+    // A cut JSON document never parses; a protobuf cut at a field boundary decodes to the
+    // fields it has, and its text is then whole.
+    let whole = size <= payload.len() as u64;
     if let Some(text) = decoded_trigger_text(payload) {
         return bounded(&printable(&text));
     }
@@ -204,15 +213,24 @@ pub fn rejected_trigger_text(payload: &[u8]) -> String {
         .filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
         .count();
     if !text.is_empty() && controls * 10 <= text.chars().count() {
-        return bounded(&printable(text.trim()));
+        let excerpt = bounded(&printable(text.trim()));
+        return if whole || excerpt.ends_with('…') {
+            excerpt
+        } else {
+            format!("{excerpt}…")
+        };
     }
     const HEX_MAX: usize = 32;
     let start = &payload[..payload.len().min(HEX_MAX)];
     format!(
         "binary payload, {} bytes: {}{}",
-        payload.len(),
+        size.max(payload.len() as u64),
         hex::encode(start),
-        if payload.len() > HEX_MAX { "…" } else { "" }
+        if size.max(payload.len() as u64) > HEX_MAX as u64 {
+            "…"
+        } else {
+            ""
+        }
     )
 }
 
@@ -457,15 +475,18 @@ mod tests {
 
     #[test]
     fn rejected_triggers_show_their_text_or_an_excerpt_and_their_reason() {
+        // As ingestion records it: hash, size and a bounded prefix.
         let rejected = |payload: &[u8]| {
             let mut row = TaskRow::new("t1", "acme", 0);
             row.apply(
                 "acme",
-                Some(&ev(Body::TriggerRejected(baton_proto::TriggerRejected {
-                    subject: "baton.trigger.cli".into(),
-                    reason: "unknown environment \"prod\"".into(),
-                    payload: payload.to_vec(),
-                }))),
+                Some(&ev(Body::TriggerRejected(
+                    baton_proto::TriggerRejected::for_payload(
+                        "baton.trigger.cli",
+                        "unknown environment \"prod\"",
+                        payload,
+                    ),
+                ))),
                 1,
             );
             assert_eq!(
@@ -495,11 +516,15 @@ mod tests {
             r#"{"text": "fix\nit",}"#
         );
         assert_eq!(rejected(b"fix drift\x1b[31m"), r"fix drift\u{1b}[31m");
-        // Cut inside a character (ingestion truncates at 64 KiB): still text.
+        // Cut inside a character (by the sender, or by ingestion keeping only a prefix): still
+        // text, and an excerpt of a payload larger than its prefix says so.
         assert_eq!(
             rejected("caf\u{e9}".as_bytes().split_last().unwrap().1),
             "caf"
         );
+        let mut cut = b" ".repeat(baton_proto::TRIGGER_REJECTED_PREFIX_MAX - 5);
+        cut.extend_from_slice("fix \u{e9}t\u{e9} and more".as_bytes());
+        assert_eq!(rejected(&cut), "fix…");
         // Not text: its size and the start of its bytes.
         assert_eq!(
             rejected(b"\xff\x00\x01\x02"),
@@ -510,6 +535,11 @@ mod tests {
             binary,
             format!("binary payload, 100 bytes: {}…", "00".repeat(32))
         );
+        // The size is the whole payload's, not the prefix's.
+        assert_eq!(
+            rejected(&vec![0u8; 1 << 20]),
+            format!("binary payload, 1048576 bytes: {}…", "00".repeat(32))
+        );
         assert_eq!(rejected(b""), "empty payload");
         // Bounded.
         let long = rejected(format!(r#"{{"text":"{}"}}"#, "é".repeat(5_000)).as_bytes());
@@ -517,6 +547,29 @@ mod tests {
         assert!(long.ends_with('…'));
         let long = rejected("x".repeat(70_000).as_bytes());
         assert_eq!(long.chars().count(), REJECTED_TEXT_MAX + 1);
+    }
+
+    #[test]
+    fn rejections_stored_by_older_builds_show_their_payload() {
+        // Before the hash, size and prefix, the payload itself was carried (cut at 64 KiB).
+        let mut row = TaskRow::new("t1", "acme", 0);
+        row.apply(
+            "acme",
+            Some(&ev(Body::TriggerRejected(baton_proto::TriggerRejected {
+                reason: "unknown environment \"prod\"".into(),
+                payload: br#"{"text":"fix drift","environment":"prod"}"#.to_vec(),
+                ..Default::default()
+            }))),
+            1,
+        );
+        assert_eq!(
+            (row.status, row.text.as_str(), row.reason.as_str()),
+            (
+                TaskStatus::Rejected,
+                "fix drift",
+                "unknown environment \"prod\""
+            )
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use baton_proto::{
     TaskCompleted, TaskFailed, TaskReceived, TaskRouted, TaskSpec, TaskStatus, Trigger,
     TriggerRejected, event::Body, subject,
 };
+use prost::Message as _;
 use sqlx::Connection as _;
 
 /// Environment variable naming a PostgreSQL server (any database; the role must be able to
@@ -170,6 +171,7 @@ storage_suite!(
     a_lost_writer_lock_is_taken_again_or_reported,
     a_task_and_its_records_are_read_from_one_snapshot,
     rejected_triggers_show_what_can_be_shown_of_them,
+    secrets_are_redacted_before_they_are_hashed_and_stored,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -651,11 +653,11 @@ async fn rejected_triggers_show_what_can_be_shown_of_them(db: &TestDb) {
                     "acme",
                     "rejected",
                     i as i64,
-                    Body::TriggerRejected(TriggerRejected {
-                        subject: "baton.trigger.cli".into(),
-                        reason: reason.to_string(),
-                        payload: payload.to_vec(),
-                    }),
+                    Body::TriggerRejected(TriggerRejected::for_payload(
+                        "baton.trigger.cli",
+                        reason,
+                        payload,
+                    )),
                 ),
             )
         })
@@ -1041,4 +1043,89 @@ async fn a_task_and_its_records_are_read_from_one_snapshot(db: &TestDb) {
     );
     assert!(reader.task_with_records("nope").await.unwrap().is_none());
     reader.close().await;
+}
+
+async fn secrets_are_redacted_before_they_are_hashed_and_stored(db: &TestDb) {
+    use baton_proto::{Action, HttpAction, Phase, Plan, Step, action};
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+    const BEARER: &str = "s3cr3t-bearer-t0ken";
+    let mut received = received("s1", "acme", 1);
+    if let Some(Body::TaskReceived(r)) = &mut received.body {
+        r.task.as_mut().unwrap().trigger.as_mut().unwrap().text = format!("rotate with {JWT}");
+    }
+    let plan = Plan {
+        phases: vec![Phase {
+            steps: vec![Step {
+                action: Some(Action {
+                    kind: Some(action::Kind::Http(HttpAction {
+                        method: "PUT".into(),
+                        url: "http://127.0.0.1:9/config".into(),
+                        headers: [("Authorization".to_string(), format!("Bearer {BEARER}"))].into(),
+                        body: br#"{"password":"hunter2"}"#.to_vec(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let approved = ev(
+        "s1",
+        "acme",
+        "approved",
+        2,
+        Body::TaskApproved(TaskApproved {
+            plan: Some(plan),
+            ..Default::default()
+        }),
+    );
+    db.store
+        .append(vec![
+            rec(subject::TASK_RECEIVED, &received),
+            rec(subject::TASK_APPROVED, &approved),
+        ])
+        .await
+        .unwrap();
+
+    // The stored rows, read past the store: no secret in any payload.
+    let payloads: Vec<Vec<u8>> = if db.url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar("SELECT payload FROM audit_log ORDER BY sequence")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    } else {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar("SELECT payload FROM audit_log ORDER BY sequence")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    };
+    assert_eq!(payloads.len(), 2);
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for p in &payloads {
+        for secret in [JWT, BEARER, "hunter2"] {
+            assert!(!contains(p, secret), "{secret} stored in the clear");
+        }
+    }
+    // What is kept still reads as the events, redacted; the view shows the redacted text; and
+    // the chain verifies over what is kept.
+    let view = db.store.get_task("s1").await.unwrap().unwrap();
+    assert_eq!(view.text, "rotate with <redacted>");
+    let approved = Event::decode(payloads[1].as_slice()).unwrap();
+    let Some(Body::TaskApproved(a)) = approved.body else {
+        panic!("not approved: {approved:?}")
+    };
+    let step = &a.plan.unwrap().phases[0].steps[0];
+    let Some(action::Kind::Http(h)) = &step.action.as_ref().unwrap().kind else {
+        panic!("not http")
+    };
+    assert_eq!(h.headers["Authorization"], "<redacted>");
+    assert_eq!(h.body, br#"{"password":"<redacted>"}"#);
+    let v = db.store.verify(Some(&db.store.head().await)).await.unwrap();
+    assert!(v.ok && v.records_checked == 2, "{v:?}");
 }

@@ -359,7 +359,7 @@ impl Bus {
                 if delivery.deliveries() < self.config().max_deliver =>
             {
                 let delay = self.config().backoff_for(delivery.deliveries());
-                warn!(%reason, attempt = delivery.deliveries(), ?delay, "handler failed, will retry");
+                warn!(reason = %baton_proto::redact::for_log(&reason), attempt = delivery.deliveries(), ?delay, "handler failed, will retry");
                 AckKind::Nak(Some(delay))
             }
             Err(HandlerError::Retry(reason)) => {
@@ -384,7 +384,7 @@ impl Bus {
         d: &Delivery,
         reason: String,
     ) -> AckKind {
-        error!(%reason, subject = d.subject(), service = %spec.service, "dead-lettering message");
+        error!(reason = %baton_proto::redact::for_log(&reason), subject = d.subject(), service = %spec.service, "dead-lettering message");
         match self.dead_letter(spec, d, &reason).await {
             Ok(()) => AckKind::Term,
             Err(e) => {

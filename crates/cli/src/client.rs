@@ -99,7 +99,15 @@ pub fn describe(record: &AuditRecord) -> String {
     };
     let detail = match &event.body {
         Some(Body::TriggerRejected(r)) => {
-            format!("trigger on {} rejected: {}", r.subject, r.reason)
+            let (_, size) = r.shown_payload();
+            if r.payload_sha256.is_empty() {
+                format!("trigger on {} rejected: {}", r.subject, r.reason)
+            } else {
+                format!(
+                    "trigger on {} rejected ({size} bytes, sha256 {}): {}",
+                    r.subject, r.payload_sha256, r.reason
+                )
+            }
         }
         Some(Body::TaskReceived(r)) => {
             let t = r.task.clone().unwrap_or_default();

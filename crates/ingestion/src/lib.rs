@@ -3,7 +3,9 @@
 //! In: `baton.trigger.<source>` (durable consumer `ingestion`; JSON or protobuf
 //! `baton.v1.Trigger`), and gRPC `baton.v1.TriggerService/SubmitTask`.
 //! Out: `baton.task.received` (`TaskReceived`, event id `<task_id>.received`) for an accepted
-//! trigger, `baton.ingestion.rejected` (`TriggerRejected`) for a NATS trigger it refuses.
+//! trigger, `baton.ingestion.rejected` (`TriggerRejected`) for a NATS trigger it refuses:
+//! the payload's SHA-256, size and first [`REJECTED_PREFIX_MAX`] bytes with the (bounded)
+//! reason, never the payload itself (see [`TriggerRejected::for_payload`]).
 //!
 //! Every trigger is validated the same way whichever way it came ([`validate::normalise`]).
 //!
@@ -28,7 +30,7 @@ use baton_bus::{ConsumerSpec, Delivery, HandlerError, TENANT_HEADER};
 use baton_proto::trigger_service_server::{TriggerService, TriggerServiceServer};
 use baton_proto::{
     Event, SubmitTaskRequest, SubmitTaskResponse, Task, TaskReceived, Trigger, TriggerRejected,
-    event::Body, subject,
+    event::Body, redact, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::Role;
@@ -51,8 +53,9 @@ pub const GRPC_SERVICES: &[&str] = &["baton.v1.TriggerService"];
 pub const DURABLE: &str = "ingestion";
 /// Namespace of the UUID v5 task ids ingestion derives.
 pub const TASK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1c_07a2_4e3d_5f68_9a0b_c1d2_e3f4_a5b6);
-/// Largest payload copied into a `TriggerRejected` event, in bytes.
-pub const REJECTED_PAYLOAD_MAX: usize = 64 * 1024;
+/// Most payload bytes a `TriggerRejected` event keeps (its prefix; the event also carries the
+/// payload's SHA-256 and size): see [`baton_proto::TRIGGER_REJECTED_PREFIX_MAX`] for why.
+pub const REJECTED_PREFIX_MAX: usize = baton_proto::TRIGGER_REJECTED_PREFIX_MAX;
 /// Longest accepted tenant name (from the `Baton-Tenant` header), in bytes.
 pub const MAX_TENANT_BYTES: usize = 128;
 
@@ -432,18 +435,25 @@ impl Inner {
             }
             Err(reason) => {
                 let task_id = rejected_task_id(&stream, sequence, d.stored_at_millis()).to_string();
-                warn!(task_id = %task_id, tenant, subject = d.subject(), %reason, "trigger rejected");
-                let payload = &d.payload()[..d.payload().len().min(REJECTED_PAYLOAD_MAX)];
+                // The payload is not kept, only its hash, size and a bounded prefix, and the
+                // reason (which may quote the payload) is bounded too: a flood of large
+                // malformed triggers must not grow the audit log by their size.
+                let rejected = TriggerRejected::for_payload(d.subject(), &reason, d.payload());
+                warn!(
+                    task_id = %task_id,
+                    tenant,
+                    subject = d.subject(),
+                    size = rejected.payload_size,
+                    sha256 = %rejected.payload_sha256,
+                    reason = %redact::for_log(&rejected.reason),
+                    "trigger rejected"
+                );
                 let event = Event::first(
                     &task_id,
                     &tenant,
                     "rejected",
                     SERVICE,
-                    Body::TriggerRejected(TriggerRejected {
-                        subject: d.subject().to_string(),
-                        reason,
-                        payload: payload.to_vec(),
-                    }),
+                    Body::TriggerRejected(rejected),
                 );
                 self.ctx
                     .bus

@@ -230,7 +230,15 @@ async fn malformed_json_is_rejected_with_the_parse_error() {
         rejected.reason
     );
     assert_eq!(rejected.subject, "baton.trigger.cli");
-    assert_eq!(rejected.payload, payload);
+    // A payload this small is kept whole as the prefix, with its size and SHA-256
+    // (`printf '%s' '<payload>' | sha256sum`); the payload field of older builds stays empty.
+    assert_eq!(rejected.payload_prefix, payload);
+    assert_eq!(rejected.payload_size, payload.len() as u64);
+    assert_eq!(
+        rejected.payload_sha256,
+        "337585d726b3095f27d11b5f2435f55766bc565fdebe5c94b6cfb10322062a00"
+    );
+    assert!(rejected.payload.is_empty());
     // The consumer handled (and acked) the trigger: nothing became a task.
     assert_eq!(count(&nats, subject::TASK_RECEIVED).await, 0);
     let info = nats
@@ -251,6 +259,43 @@ async fn malformed_json_is_rejected_with_the_parse_error() {
         (0, 0),
         "the rejected trigger was acked"
     );
+}
+
+#[tokio::test]
+async fn a_large_malformed_trigger_leaves_a_bounded_rejection() {
+    let nats = TestNats::start().await;
+    let ctx = context(&nats);
+    let (shutdown, handle) = start(&ctx, Config::default()).await;
+
+    // Close to NATS's default max_payload (1 MiB); the JSON parser's error quotes the whole
+    // string of the wrong type, so the reason would be as large as the payload if not cut.
+    let payload = format!(r#"{{"labels": "{}"}}"#, "x".repeat(1_000_000)).into_bytes();
+    publish_trigger(&nats, "cli", Some("acme"), &payload).await;
+    let events = events_until(&nats, subject::TRIGGER_REJECTED, |_| true).await;
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+
+    let rejected = rejection_of(&events[0]);
+    assert_eq!(rejected.payload_size, payload.len() as u64);
+    assert_eq!(
+        rejected.payload_prefix,
+        &payload[..baton_ingestion::REJECTED_PREFIX_MAX]
+    );
+    assert_eq!(rejected.payload_sha256.len(), 64);
+    assert!(rejected.payload.is_empty());
+    assert!(
+        rejected
+            .reason
+            .starts_with("malformed JSON trigger: invalid type: string"),
+        "{}",
+        &rejected.reason[..100]
+    );
+    assert!(
+        rejected.reason.len() <= baton_proto::TRIGGER_REJECTED_REASON_MAX,
+        "the reason is bounded: {} bytes",
+        rejected.reason.len()
+    );
+    assert!(rejected.reason.ends_with('…'));
 }
 
 #[tokio::test]

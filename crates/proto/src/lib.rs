@@ -3,15 +3,21 @@
 //! The generated types are re-exported at the crate root. This crate also holds what every
 //! service needs to handle them: subject names ([`subject`]), the event-body name used by the
 //! audit log ([`event_kind`]), typed access to an event's body ([`EventBody`]), the one way to
-//! fail a task ([`Event::fail`] with a [`FailureCode`]), and timestamps ([`now`]).
+//! fail a task ([`Event::fail`] with a [`FailureCode`]), timestamps ([`now`]), the bounded
+//! record of a refused trigger ([`TriggerRejected::for_payload`]) and the redaction of secrets
+//! from what is stored or logged ([`redact`]).
 
 #[allow(missing_docs, clippy::all)]
 mod generated {
     tonic::include_proto!("baton.v1");
 }
 
+pub mod redact;
+mod rejected;
+
 pub use generated::*;
 pub use prost_types::Timestamp;
+pub use rejected::{TRIGGER_REJECTED_PREFIX_MAX, TRIGGER_REJECTED_REASON_MAX};
 
 /// Encoded `FileDescriptorSet` of `baton.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");

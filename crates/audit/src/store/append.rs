@@ -26,6 +26,7 @@ pub(super) struct HeadState {
 
 impl Store {
     /// Appends `records` in one transaction and returns what was stored, in sequence order.
+    /// Each is stored [`NewRecord::redacted`]: secrets are replaced before the record is hashed.
     ///
     /// Records whose event id is already stored, or repeated within `records`, are dropped
     /// (one query for the batch). The `tasks` rows of the stored records' tasks are updated in
@@ -35,9 +36,11 @@ impl Store {
     /// later append reuse a taken sequence number.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<StoredRecord>, Error> {
         let mut seen = HashSet::new();
+        // Secrets never reach the log: each record is redacted before it is hashed.
         let records: Vec<NewRecord> = records
             .into_iter()
             .filter(|r| seen.insert(r.event_id.clone()))
+            .map(NewRecord::redacted)
             .collect();
         if records.is_empty() {
             return Ok(Vec::new());

@@ -1,8 +1,13 @@
 //! What a log row holds: an event to append ([`NewRecord`], built from a NATS message), the
 //! same with its place in the chain ([`StoredRecord`]), and the chain's end ([`ChainHead`]).
+//!
+//! A record's payload is stored with its secrets redacted ([`NewRecord::redacted`], applied by
+//! [`Store::append`](super::Store::append) before the record is hashed): the chain covers what
+//! is kept, and nothing kept holds a credential (see [`baton_proto::redact`]).
 
 use crate::chain::{HashInput, record_hash};
 use crate::projection::{micros_to_timestamp, timestamp_to_micros};
+use baton_proto::redact::{self, Redact as _};
 use baton_proto::{AuditRecord, Event};
 use prost::Message as _;
 use sqlx::query_builder::Separated;
@@ -64,7 +69,8 @@ pub struct NewRecord {
     pub producer: String,
     /// Event time, microseconds since the Unix epoch (0 when unknown).
     pub event_time: i64,
-    /// The bytes as received.
+    /// The bytes as received; once [`NewRecord::redacted`] (as stored), the same bytes, or the
+    /// re-encoded event when it carried secrets.
     pub payload: Vec<u8>,
 }
 
@@ -99,8 +105,8 @@ impl NewRecord {
 
     /// A record of a message as received. A payload that is not a protobuf `Event` is kept as
     /// kind [`UNDECODABLE`] (its ids come from the headers), so nothing is lost; an event whose
-    /// body this build does not know is kept as kind `unknown`. The stored payload is always
-    /// the received bytes.
+    /// body this build does not know is kept as kind `unknown`. The payload is the received
+    /// bytes (until [`NewRecord::redacted`]).
     pub fn from_message(subject: &str, payload: &[u8], meta: MessageMeta<'_>) -> NewRecord {
         let or = |a: &str, b: Option<&str>| {
             if a.is_empty() {
@@ -137,6 +143,24 @@ impl NewRecord {
 }
 
 impl NewRecord {
+    /// This record as it may be stored: secrets in its payload replaced by
+    /// [`redact::REDACTED`]. An event that carries none keeps its received bytes (so fields
+    /// this build does not know survive); one that does is re-encoded after
+    /// [`Redact::redact`](baton_proto::redact::Redact::redact). An undecodable payload is
+    /// redacted as bytes (JSON or text; binary is left as it is).
+    pub fn redacted(mut self) -> NewRecord {
+        if self.kind == UNDECODABLE {
+            redact::bytes(&mut self.payload);
+            return self;
+        }
+        if let Ok(mut event) = Event::decode(self.payload.as_slice())
+            && event.redact()
+        {
+            self.payload = event.encode_to_vec();
+        }
+        self
+    }
+
     /// A dead letter that audit itself produced (it could not store a message before the
     /// stream gave up redelivering it) stands for the message it carries: returns the record
     /// of that message (unwrapping nested dead letters), so the original event is stored under
@@ -252,6 +276,48 @@ mod tests {
             (UNDECODABLE, "BATON.7", "t9")
         );
         assert_eq!(r.payload, b"\xff\xffjunk");
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_an_event_without_any_keeps_its_bytes() {
+        use baton_proto::{Task, TaskReceived, Trigger, event::Body};
+        let event = |text: &str| {
+            Event::first(
+                "t1",
+                "acme",
+                "received",
+                "ingestion",
+                Body::TaskReceived(TaskReceived {
+                    task: Some(Task {
+                        trigger: Some(Trigger {
+                            text: text.into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                }),
+            )
+        };
+        let meta = || MessageMeta::default();
+        let secret = event("deploy with password=hunter2");
+        let r = NewRecord::from_message("baton.task.received", &secret.encode_to_vec(), meta())
+            .redacted();
+        let stored = format!("{:?}", Event::decode(r.payload.as_slice()).unwrap());
+        assert!(!stored.contains("hunter2"), "{stored}");
+        assert!(stored.contains("password=<redacted>"), "{stored}");
+        // Nothing to redact: the received bytes, even ones this build would encode differently
+        // (an unknown field 99 here).
+        let mut bytes = event("fix drift").encode_to_vec();
+        bytes.extend_from_slice(&[0x98, 0x06, 0x01]);
+        let r = NewRecord::from_message("baton.task.received", &bytes, meta()).redacted();
+        assert_eq!(r.payload, bytes);
+        // Undecodable text is redacted as text.
+        let r = NewRecord::from_message("baton.task.received", b"\xffjunk token=abc", meta())
+            .redacted();
+        assert_eq!(r.kind, UNDECODABLE);
+        assert_eq!(r.payload, b"\xffjunk token=abc", "binary is left alone");
+        let r = NewRecord::from_message("baton.task.received", b"{\"token\":1}", meta()).redacted();
+        assert_eq!(r.payload, br#"{"token":"<redacted>"}"#);
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! Protobuf encodings are not canonical in general (fields may come in any order, maps in any
 //! order, unknown fields are kept by some decoders). Baton therefore never signs received bytes:
 //! it signs the encoding that prost writes for the *decoded* value. prost writes the fields of a
-//! message in field-number order, omits proto3 defaults, drops unknown fields, and — because
+//! message in one fixed order (the generated struct's), omits proto3 defaults, drops unknown fields, and — because
 //! baton-proto generates every `map<>` as a `BTreeMap` — writes map entries in key order. So two
 //! encodings of the same content (reordered fields, reordered map entries) decode to equal values
 //! and re-encode to the same bytes. A field this build does not know is dropped before hashing,

@@ -23,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     tonic_prost_build::configure()
+        // Maps as `BTreeMap`, so encoding a message writes map entries in key order: the
+        // encoding of a value is then a function of its content, which the signed approval's
+        // digest relies on (`baton_runtime::signing`).
+        .btree_map(".")
         .file_descriptor_set_path(out.join("baton_descriptor.bin"))
         .type_attribute(
             ".baton.v1.Trigger",

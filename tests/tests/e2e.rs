@@ -31,6 +31,7 @@ async fn approve(h: &Harness, task_id: &str) {
         .approve(ApproveRequest {
             task_id: task_id.into(),
             reason: "looks right".into(),
+            plan_hash: String::new(),
         })
         .await
         .expect("an approver may approve")
@@ -182,6 +183,7 @@ async fn grpc_submit_runs_to_completed_with_the_audit_log_on_postgres() {
         .approve(ApproveRequest {
             task_id: id.clone(),
             reason: String::new(),
+            plan_hash: String::new(),
         })
         .await
         .expect_err("a submitter token must not approve");
@@ -543,6 +545,7 @@ async fn call_every_rpc(mut c: baton::client::Clients) -> Vec<(&'static str, ton
                     .approve(ApproveRequest {
                         task_id: task(),
                         reason: String::new(),
+                        plan_hash: String::new(),
                     })
                     .await
                     .map(ok),

@@ -2,6 +2,7 @@
 //! writer's broadcast.
 
 use crate::projection::is_final_kind;
+use crate::store::Witness;
 use crate::store::{Store, StoredRecord, TaskQuery};
 use baton_proto::{
     AuditRecord, GetTaskRequest, GetTaskResponse, ListTasksRequest, ListTasksResponse, TaskStatus,
@@ -28,6 +29,8 @@ pub(crate) struct TaskApi {
     pub(crate) live: broadcast::Sender<Arc<StoredRecord>>,
     pub(crate) watch_wait: Duration,
     pub(crate) stopped: CancellationToken,
+    /// The head anchored outside the database, which `VerifyAudit` checks too.
+    pub(crate) anchor: Arc<crate::anchor::Anchor>,
 }
 
 fn not_found(task_id: &str) -> Status {
@@ -227,8 +230,26 @@ impl TaskService for TaskApi {
     ) -> Result<Response<VerifyAuditResponse>, Status> {
         let principal = self.auth.authenticate(&request)?;
         principal.require(Role::Operator)?;
-        let head = self.store.head().await;
-        let v = self.store.verify(Some(&head)).await.map_err(Status::from)?;
+        let mut expected = vec![(Witness::Writer, self.store.head().await)];
+        match self.anchor.read().await {
+            Ok(Some(anchored)) => expected.push((Witness::Anchor, anchored)),
+            Ok(None) => {}
+            Err(e @ crate::Error::AnchorForged(_)) => {
+                return Ok(Response::new(VerifyAuditResponse {
+                    ok: false,
+                    records_checked: 0,
+                    first_bad_sequence: 0,
+                    problem: e.to_string(),
+                    verified_at: Some(baton_proto::now()),
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let v = self
+            .store
+            .verify_with(&expected)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(VerifyAuditResponse {
             ok: v.ok,
             records_checked: v.records_checked,

@@ -33,7 +33,15 @@
 //! Before each batch the writer makes sure it still holds the lock (PostgreSQL drops it with
 //! its connection; [`store::WriterLock::ensure`] takes it again); a writer that finds another
 //! one holding it nak's the batch and stops with [`Error::WriterLocked`].
+//!
+//! The log's end is anchored outside the database ([`anchor`]): after each stored batch the
+//! writer puts the chain head (sequence and hash), signed with audit's key (`signing_key`),
+//! into the JetStream KV bucket [`anchor::ANCHOR_BUCKET`] — one KV write per batch, not per
+//! event. On start a database that stops short of the anchor, or holds another record at the
+//! anchored sequence, is refused ([`Error::AnchorAhead`], [`Error::AnchorMismatch`]), and
+//! `VerifyAudit` names records missing against the anchor.
 
+pub mod anchor;
 pub mod chain;
 mod grpc;
 pub mod projection;
@@ -83,6 +91,16 @@ pub struct Config {
     /// How long `WatchTask` waits for a task that has no record yet before NOT_FOUND.
     #[serde(with = "humantime_serde")]
     pub watch_wait: Duration,
+    /// File of the Ed25519 private key that signs the anchored head of the log (64 hex
+    /// characters of seed, readable by its owner only; created when missing — only audit uses
+    /// it). Empty: `<data_dir>/audit.key`, filled in when the service is started by `baton`.
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub signing_key: PathBuf,
+}
+
+/// True for an unset path (serde `skip_serializing_if`).
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 impl Default for Config {
@@ -93,6 +111,7 @@ impl Default for Config {
             batch_size: 500,
             watch_buffer: 4096,
             watch_wait: Duration::from_secs(60),
+            signing_key: PathBuf::new(),
         }
     }
 }
@@ -118,6 +137,13 @@ impl Config {
         if self.watch_buffer == 0 {
             return Err(Error::Config(
                 "audit.watch_buffer must be at least 1".into(),
+            ));
+        }
+        if self.signing_key.as_os_str().is_empty() {
+            return Err(Error::Config(
+                "audit.signing_key is empty: set it to the file of audit's anchor key (created \
+                 when missing)"
+                    .into(),
             ));
         }
         Ok(())
@@ -165,6 +191,40 @@ pub enum Error {
     /// A request argument is invalid.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The database stops short of the head anchored outside it: its newest records were
+    /// removed.
+    #[error(
+        "{}: the database ends at {database_end}, the anchor at {anchor}; restore the audit \
+         database from a backup, or to accept the loss delete key head of bucket \
+         baton_audit_anchor (nats kv del baton_audit_anchor head)",
+        store::missing_records(database_end + 1, *anchor)
+    )]
+    AnchorAhead {
+        /// The database's last sequence.
+        database_end: u64,
+        /// The anchored sequence.
+        anchor: u64,
+    },
+    /// The record at the anchored sequence is not the anchored one.
+    #[error(
+        "record {sequence}, which the anchor names, {problem}; restore the audit database from a \
+         backup (VerifyAudit names the first bad record)"
+    )]
+    AnchorMismatch {
+        /// The anchored sequence.
+        sequence: u64,
+        /// What is wrong with the record there.
+        problem: String,
+    },
+    /// The anchor cannot be read or written.
+    #[error("audit anchor (bucket baton_audit_anchor): {0}")]
+    Anchor(String),
+    /// The anchor is not signed by audit's key.
+    #[error("audit anchor (bucket baton_audit_anchor): {0}")]
+    AnchorForged(String),
+    /// Audit's signing key cannot be used.
+    #[error("audit.signing_key: {0}")]
+    Key(#[from] baton_runtime::signing::KeyError),
     /// Another audit writer holds the database's writer lock.
     #[error(
         "another audit writer holds the lock on {database}; run one audit replica per database"
@@ -196,6 +256,11 @@ impl From<Error> for tonic::Status {
             Error::Io { .. } => Status::internal(e.to_string()),
             Error::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
             Error::WriterLocked { .. } => Status::failed_precondition(e.to_string()),
+            Error::AnchorAhead { .. } | Error::AnchorMismatch { .. } | Error::AnchorForged(_) => {
+                Status::data_loss(e.to_string())
+            }
+            Error::Anchor(_) => Status::unavailable(e.to_string()),
+            Error::Key(_) => Status::failed_precondition(e.to_string()),
         }
     }
 }
@@ -211,6 +276,8 @@ pub struct Audit {
     stopped: CancellationToken,
     /// This process's claim to be the database's only writer, checked before each batch.
     lock: tokio::sync::Mutex<WriterLock>,
+    /// The head anchored outside the database, written after each stored batch.
+    anchor: Arc<anchor::Anchor>,
 }
 
 impl Audit {
@@ -230,10 +297,29 @@ impl Audit {
             }
         };
         let head = store.head().await;
+        let anchor = match anchor::Anchor::open(&ctx.bus, &config.signing_key).await {
+            Ok(a) => a,
+            Err(e) => {
+                store.close().await;
+                return Err(e);
+            }
+        };
+        // A database that stops short of (or differs at) the anchored head is refused before
+        // anything is appended to it.
+        if let Err(e) = anchor.check(&store).await {
+            error!(error = %e, "audit database does not reach its anchored head");
+            store.close().await;
+            return Err(e);
+        }
+        // Anchor the head as found (a crash may have left the anchor behind the database).
+        if let Err(e) = anchor.publish(&head).await {
+            error!(error = %e, "cannot anchor the audit head; will retry after the next batch");
+        }
         info!(
             backend = store.backend(),
             last_sequence = head.sequence,
-            "audit log opened; writer lock taken"
+            anchor_key_id = anchor.key_id(),
+            "audit log opened; writer lock taken; head anchored"
         );
         let (live, _) = broadcast::channel(config.watch_buffer);
         Ok(Audit {
@@ -243,6 +329,7 @@ impl Audit {
             live,
             stopped: CancellationToken::new(),
             lock: tokio::sync::Mutex::new(lock),
+            anchor: Arc::new(anchor),
         })
     }
 
@@ -260,6 +347,7 @@ impl Audit {
                 live: self.live.clone(),
                 watch_wait: self.config.watch_wait,
                 stopped: self.stopped.clone(),
+                anchor: self.anchor.clone(),
             },
         ));
     }
@@ -355,6 +443,14 @@ impl Audit {
         }
         match result {
             Ok(stored) => {
+                // One KV write per stored batch. The batch is committed either way; an anchor
+                // that could not be written lags until the next batch writes it.
+                if !stored.is_empty() {
+                    let head = self.store.head().await;
+                    if let Err(e) = self.anchor.publish(&head).await {
+                        error!(error = %e, sequence = head.sequence, "cannot anchor the audit head; the next batch retries");
+                    }
+                }
                 for r in stored {
                     // No receivers is fine: nobody is watching.
                     let _ = self.live.send(Arc::new(r));
@@ -391,6 +487,9 @@ impl baton_runtime::service::Service for Audit {
     fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
         if config.database_url.trim().is_empty() {
             config.database_url = Config::sqlite_url(&common.data_dir);
+        }
+        if config.signing_key.as_os_str().is_empty() {
+            config.signing_key = common.data_dir.join(baton_runtime::signing::AUDIT_KEY_FILE);
         }
     }
 

@@ -51,6 +51,7 @@ impl Harness {
         let auth = ctx.auth.clone();
         let config = Config {
             database_url: Config::sqlite_url(dir.path()),
+            signing_key: dir.path().join("audit.key"),
             ..Config::default()
         };
         let audit = Audit::new(ctx, config).await.unwrap();
@@ -520,6 +521,7 @@ async fn a_second_writer_is_refused_while_the_first_lives() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         database_url: Config::sqlite_url(dir.path()),
+        signing_key: dir.path().join("audit.key"),
         ..Config::default()
     };
     let ctx = || {
@@ -569,4 +571,139 @@ async fn a_second_writer_is_refused_while_the_first_lives() {
         .await
         .expect("a stopped writer released the lock");
     drop((third, routes));
+}
+
+#[tokio::test]
+async fn newest_records_removed_while_audit_is_stopped_are_named_against_the_anchor() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        database_url: Config::sqlite_url(dir.path()),
+        signing_key: dir.path().join("audit.key"),
+        ..Config::default()
+    };
+    let auth = || {
+        Authenticator::new(&AuthConfig {
+            hs256_secret: "x".repeat(32),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let ctx = || Context::new(nats.bus.clone(), auth(), Arc::new(Metrics::default()));
+    let audit = Audit::new(ctx(), config.clone()).await.unwrap();
+    let store = audit.store();
+    let mut routes = tonic::service::RoutesBuilder::default();
+    audit.add_grpc(&mut routes);
+    let shutdown = CancellationToken::new();
+    let (addr, _server) = baton_runtime::grpc::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        routes.routes(),
+        baton_audit::GRPC_SERVICES,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let writer = tokio::spawn(audit.run(shutdown.clone()));
+
+    let r = received("t-anchor");
+    let p = proposed(&r);
+    let c = completed(&p);
+    for (subject, e) in [
+        (subject::TASK_RECEIVED, &r),
+        (subject::TASK_PROPOSED, &p),
+        (subject::TASK_COMPLETED, &c),
+    ] {
+        nats.bus.publish(subject, e).await.unwrap();
+    }
+    tokio::time::timeout(WAIT, async {
+        while store.head().await.sequence < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("three records stored");
+    // The anchor follows the stored batches: wait until it names record 3.
+    let kv = nats
+        .bus
+        .kv::<baton_audit::anchor::AnchoredHead>(baton_audit::anchor::ANCHOR_BUCKET, 5)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some((a, _)) = kv.get(baton_audit::anchor::ANCHOR_KEY).await.unwrap()
+                && a.sequence == 3
+            {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the head is anchored");
+
+    // Removed behind audit's back: VerifyAudit names them against the anchor.
+    let db_url = config.database_url.clone();
+    let delete_newest = || async {
+        use sqlx::Connection as _;
+        let mut c = sqlx::SqliteConnection::connect(&db_url).await.unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE sequence >= 2")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    };
+    let token = auth().mint("ops", "acme", &[Role::Operator], Duration::from_secs(60));
+    let mut client = TaskServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut verify = Request::new(VerifyAuditRequest {});
+    verify
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    delete_newest().await;
+    let v = client.verify_audit(verify).await.unwrap().into_inner();
+    assert!(!v.ok, "{v:?}");
+    assert_eq!(
+        v.problem,
+        "records 2–3 are missing: the database ends at 1, the anchor at 3 (the newest records were removed)"
+    );
+    assert_eq!(v.first_bad_sequence, 2);
+    shutdown.cancel();
+    writer.await.unwrap().unwrap();
+    drop(client);
+
+    // Missing while audit is stopped: the restarted writer reloads the shortened head from the
+    // database, but refuses it against the anchor, naming the records.
+    let refused = Audit::new(ctx(), config.clone())
+        .await
+        .err()
+        .expect("a database behind its anchor is refused");
+    assert!(
+        matches!(
+            refused,
+            baton_audit::Error::AnchorAhead {
+                database_end: 1,
+                anchor: 3
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .starts_with("records 2–3 are missing: the database ends at 1, the anchor at 3"),
+        "{refused}"
+    );
+
+    // The operator accepts the loss by deleting the anchor: audit starts, and anchors anew.
+    kv.purge(baton_audit::anchor::ANCHOR_KEY).await.unwrap();
+    let accepted = Audit::new(ctx(), config)
+        .await
+        .expect("starts without an anchor");
+    let (a, _) = kv
+        .get(baton_audit::anchor::ANCHOR_KEY)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.sequence, 1);
+    drop(accepted);
 }

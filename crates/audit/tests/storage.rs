@@ -3,7 +3,7 @@
 //! README, which starts PostgreSQL and sets it).
 
 use baton_audit::Error;
-use baton_audit::store::{NewRecord, Store, TaskQuery, WriterLock};
+use baton_audit::store::{NewRecord, Store, TaskQuery, Witness, WriterLock};
 use baton_proto::{
     DeadLetter, Decision, Event, PlanProposed, Risk, Task, TaskApproved, TaskAwaitingApproval,
     TaskCompleted, TaskFailed, TaskReceived, TaskRouted, TaskSpec, TaskStatus, Trigger,
@@ -162,6 +162,7 @@ storage_suite!(
     edited_row_is_named,
     deleted_row_is_named,
     removed_newest_rows_are_named,
+    newest_rows_removed_behind_the_anchor_are_named,
     duplicate_event_ids_are_stored_once,
     projection_follows_the_pipeline_and_never_leaves_a_final_status,
     dead_letters_and_trigger_rejections_end_tasks,
@@ -400,6 +401,86 @@ async fn removed_newest_rows_are_named(db: &TestDb) {
         "{}",
         v.problem
     );
+}
+
+async fn newest_rows_removed_behind_the_anchor_are_named(db: &TestDb) {
+    five(db).await;
+    let anchored = db.store.head().await;
+    assert_eq!(anchored.sequence, 5);
+    db.store.check_anchor(&anchored).await.unwrap();
+    // Removed while Baton is stopped: a store opened afresh reloads the shortened head.
+    db.side("DELETE FROM audit_log WHERE sequence >= 3", None)
+        .await;
+    let reopened = Store::open(&db.url, 2).await.unwrap();
+    assert_eq!(reopened.head().await.sequence, 2);
+    assert!(
+        reopened.verify(None).await.unwrap().ok,
+        "the chain alone cannot see a cut tail"
+    );
+    let v = reopened
+        .verify_with(&[
+            (Witness::Writer, reopened.head().await),
+            (Witness::Anchor, anchored.clone()),
+        ])
+        .await
+        .unwrap();
+    assert!(!v.ok);
+    assert_eq!(v.first_bad_sequence, 3, "{v:?}");
+    assert_eq!(
+        v.problem,
+        "records 3–5 are missing: the database ends at 2, the anchor at 5 (the newest records were removed)"
+    );
+    let refused = reopened.check_anchor(&anchored).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            Error::AnchorAhead {
+                database_end: 2,
+                anchor: 5
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().starts_with(
+            "records 3–5 are missing: the database ends at 2, the anchor at 5; restore"
+        ),
+        "{refused}"
+    );
+    assert_eq!(tonic::Status::from(refused).code(), tonic::Code::DataLoss);
+    // One record short: named alone.
+    let one_short = baton_audit::ChainHead {
+        sequence: 3,
+        hash: "x".into(),
+    };
+    let v = reopened
+        .verify_with(&[(Witness::Anchor, one_short)])
+        .await
+        .unwrap();
+    assert!(
+        v.problem
+            .starts_with("record 3 is missing: the database ends at 2, the anchor at 3"),
+        "{}",
+        v.problem
+    );
+    // A record replaced at the anchored sequence.
+    let stale = baton_audit::ChainHead {
+        sequence: 2,
+        hash: "0".repeat(64),
+    };
+    let v = reopened
+        .verify_with(&[(Witness::Anchor, stale.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        v.problem,
+        "record 2 is not the record the anchor names (it was replaced)"
+    );
+    assert!(matches!(
+        reopened.check_anchor(&stale).await,
+        Err(Error::AnchorMismatch { sequence: 2, .. })
+    ));
+    reopened.close().await;
 }
 
 async fn duplicate_event_ids_are_stored_once(db: &TestDb) {

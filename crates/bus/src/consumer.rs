@@ -419,11 +419,20 @@ impl Bus {
             })
             .unwrap_or_default();
         let payload = &d.payload()[..d.payload().len().min(DEAD_PAYLOAD_MAX)];
+        // A message published without Baton's headers (by hand, or forged) still names its
+        // task in its envelope, so its dead letter is found under that task.
+        let carried = d.event().ok();
+        let or_carried = |header: &str, field: fn(&Event) -> &str| {
+            d.header(header)
+                .or_else(|| carried.as_ref().map(field))
+                .unwrap_or_default()
+                .to_string()
+        };
         let event = Event {
             event_id: format!("dead.{}.{}.{}", spec.service, stream, d.stream_sequence()),
-            task_id: d.header(TASK_ID_HEADER).unwrap_or_default().to_string(),
+            task_id: or_carried(TASK_ID_HEADER, |e| &e.task_id),
             causation_id: String::new(),
-            tenant: d.header(TENANT_HEADER).unwrap_or_default().to_string(),
+            tenant: or_carried(TENANT_HEADER, |e| &e.tenant),
             producer: spec.service.clone(),
             time: Some(baton_proto::now()),
             body: Some(Body::DeadLetter(DeadLetter {

@@ -178,7 +178,7 @@ pub fn describe(record: &AuditRecord) -> String {
             let ap = a.approval.clone().unwrap_or_default();
             let v = a.validation.clone().unwrap_or_default();
             format!(
-                "approved by {}{} (quality {}/100, policy {})",
+                "approved by {}{} (quality {}/100, policy {}; {})",
                 ap.approver,
                 if ap.reason.is_empty() {
                     String::new()
@@ -188,7 +188,15 @@ pub fn describe(record: &AuditRecord) -> String {
                 v.quality.map(|q| q.total).unwrap_or(0),
                 v.policy
                     .map(|p| p.policy_version.chars().take(12).collect::<String>())
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                match &a.signature {
+                    Some(sig) => format!(
+                        "signed by key {}, plan {}",
+                        sig.key_id,
+                        sig.plan_hash.chars().take(12).collect::<String>()
+                    ),
+                    None => "unsigned".to_string(),
+                }
             )
         }
         Some(Body::TaskRejected(r)) => format!("rejected: {}", r.reasons.join("; ")),

@@ -93,6 +93,10 @@ enum Command {
         /// Why it is approved, kept in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
+        /// The plan hash `baton pending` showed: the approval is refused unless the plan
+        /// waiting is exactly that plan. Without it, the plan validation holds is approved.
+        #[arg(long, default_value = "")]
+        plan_hash: String,
     },
     /// Rejects a plan waiting for approval (needs the approver role).
     Reject {
@@ -234,7 +238,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pending => list_pending(&config).await,
         Command::Roles => list_roles(&config).await,
-        Command::Approve { id, reason } => approve(&config, id, reason).await,
+        Command::Approve {
+            id,
+            reason,
+            plan_hash,
+        } => approve(&config, id, reason, plan_hash).await,
         Command::Reject { id, reason } => reject(&config, id, reason).await,
         Command::Audit {
             command: AuditCommand::Verify,
@@ -410,7 +418,8 @@ async fn show_task(config: &BatonConfig, id: String) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// `baton pending`: one line per plan waiting for an approver.
+/// `baton pending`: one line per plan waiting for an approver, ending with the plan's hash
+/// (pass it to `baton approve --plan-hash` to approve exactly that plan).
 async fn list_pending(config: &BatonConfig) -> anyhow::Result<ExitCode> {
     let mut c = connect(config, &[Role::Submitter]).await?;
     let r = c
@@ -424,10 +433,11 @@ async fn list_pending(config: &BatonConfig) -> anyhow::Result<ExitCode> {
             .map(|v| v.reasons.join("; "))
             .unwrap_or_default();
         println!(
-            "{}  {}  {}",
+            "{}  {}  {}  plan {}",
             p.task_id,
             p.plan.map(|p| p.summary).unwrap_or_default(),
-            reasons
+            reasons,
+            p.plan_hash
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -446,18 +456,28 @@ async fn list_roles(config: &BatonConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `baton approve <id>` (approver role).
-async fn approve(config: &BatonConfig, id: String, reason: String) -> anyhow::Result<ExitCode> {
+/// `baton approve <id> [--plan-hash <hash>]` (approver role).
+async fn approve(
+    config: &BatonConfig,
+    id: String,
+    reason: String,
+    plan_hash: String,
+) -> anyhow::Result<ExitCode> {
     let mut c = connect(config, &[Role::Approver]).await?;
     let r = c
         .approvals
         .approve(ApproveRequest {
             task_id: id,
             reason,
+            plan_hash,
         })
         .await?
         .into_inner();
-    println!("approved by {}", r.approval.unwrap_or_default().approver);
+    let approval = r.approval.unwrap_or_default();
+    println!(
+        "approved by {} (plan {})",
+        approval.approver, approval.plan_hash
+    );
     Ok(ExitCode::SUCCESS)
 }
 

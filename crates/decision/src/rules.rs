@@ -524,7 +524,7 @@ impl RuleSet {
         let (environment, env_from) = self.environment(task)?;
         let (target, target_from) = self.target(rule.target.as_deref(), &trigger.text);
         let risk = rule.risk_for(&environment);
-        let mut parameters: std::collections::HashMap<String, String> = rule
+        let mut parameters: std::collections::BTreeMap<String, String> = rule
             .parameters
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))

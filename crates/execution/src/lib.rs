@@ -2,7 +2,12 @@
 //! the health of every changed asset after each phase, and rolls every change back when an
 //! action fails or an asset stays unhealthy.
 //!
-//! - In: `baton.task.approved` ([`TaskApproved`]), durable consumer `execution`.
+//! - In: `baton.task.approved` ([`TaskApproved`]), durable consumer `execution`. Before the
+//!   first action, the message must verify ([`baton_runtime::signing::verify_approved`]):
+//!   signed by one of `trusted_keys` over its task, spec, plan, validation result and approval,
+//!   the plan's hash the one approved and signed, the envelope's task and tenant the signed
+//!   ones. Anything else runs nothing: it is dead-lettered on `baton.dead.execution` with the
+//!   reason (`unverified approval: …`), which audit records as a security event.
 //! - Out: `baton.execution.started`, `.phase_started`, `.asset_updated`, `.phase_completed`,
 //!   `.rollback_started`; finally `baton.task.completed` or `baton.task.failed`
 //!   (stage `execution`, code `rolled_back` or `rollback_failed`).
@@ -54,6 +59,7 @@ use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::{FailureCode, TaskApproved, subject};
 use baton_runtime::Context;
 use baton_runtime::metrics::StageLabels;
+use baton_runtime::signing::{self, TrustedKeys, VerifyError};
 use rollout::{Halt, Shared};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -89,6 +95,11 @@ pub struct Config {
     pub progress_interval: Duration,
     /// Rollouts run at once by this process (consumer concurrency).
     pub max_concurrent_rollouts: usize,
+    /// Public keys (64 hex characters each) whose signatures on `task_approved` are trusted:
+    /// validation's key, and during a rotation its next one too. At least one. Empty: the
+    /// public key of the development key `<data_dir>/validation.key` (what `baton up`
+    /// generates), filled in when the configuration is loaded.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -101,6 +112,7 @@ impl Default for Config {
             max_concurrent_steps: 8,
             progress_interval: Duration::from_secs(5),
             max_concurrent_rollouts: 32,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -127,7 +139,19 @@ impl Config {
         if self.max_concurrent_rollouts == 0 {
             return bad("execution.max_concurrent_rollouts must be at least 1");
         }
+        if self.trusted()?.is_empty() {
+            return bad(
+                "execution.trusted_keys is empty: list validation's public key (it is logged by \
+                 validation at start as public_key)",
+            );
+        }
         Ok(())
+    }
+
+    /// The parsed `trusted_keys`. Errors: [`Error::Config`] naming the malformed entry.
+    pub fn trusted(&self) -> Result<TrustedKeys, Error> {
+        TrustedKeys::parse("execution.trusted_keys", &self.trusted_keys)
+            .map_err(|e| Error::Config(e.to_string()))
     }
 }
 
@@ -241,9 +265,12 @@ impl Executor {
     ) -> Result<Self, Error> {
         config.validate()?;
         let progress_interval = progress_interval(&config, ctx.bus.config().ack_wait)?;
+        let trusted = config.trusted()?;
+        tracing::info!(trusted_keys = ?trusted.ids(), "execution runs approvals signed by these keys");
         let store = Store::open(&ctx.bus).await?;
         let attempts = Attempts::open(&ctx.bus).await?;
         let shared = Arc::new(Shared {
+            trusted,
             bus: ctx.bus.clone(),
             store,
             runner,
@@ -314,6 +341,19 @@ impl baton_runtime::service::Service for Executor {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "execution";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    /// Empty `trusted_keys`: the public key of the development key `<data_dir>/validation.key`
+    /// (created when missing, as validation's `prepare` does), so `baton up` trusts the key it
+    /// generated.
+    fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
+        if config.trusted_keys.is_empty() {
+            match signing::dev_key(&common.data_dir, signing::VALIDATION_KEY_FILE) {
+                Ok(key) => config.trusted_keys = vec![key.public_key().to_string()],
+                // `validate` then says that no key is trusted.
+                Err(e) => tracing::warn!(error = %e, "cannot read the development signing key"),
+            }
+        }
+    }
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()
@@ -422,7 +462,8 @@ async fn transient_failure(
 
 /// How [`handle`] dealt with one delivery: the metrics outcome and how to settle it.
 struct Handled {
-    /// Metrics label: a rollout [`Outcome`], `not_approved`, `stopped`, or the settling error's.
+    /// Metrics label: a rollout [`Outcome`], `not_approved`, `unverified`, `stopped`, or the
+    /// settling error's.
     outcome: &'static str,
     /// `Ok` to ack; a [`HandlerError::Retry`] goes through [`transient_failure`] first.
     settle: Result<(), HandlerError>,
@@ -458,6 +499,31 @@ async fn handle(
         Ok(expected) => expected,
         Err(e) => return Handled::failed(e),
     };
+    // Before anything else: only a decision validation signed runs.
+    let refused = match signing::verify_approved(&shared.trusted, &event, &approved) {
+        Ok(key_id) => {
+            tracing::debug!(task_id = %event.task_id, %key_id, "approval verified");
+            None
+        }
+        // Signed, but a no: reported below as a failed task.
+        Err(VerifyError::NotApproved) => None,
+        Err(e) => Some(e),
+    };
+    if let Some(e) = refused {
+        tracing::warn!(
+            task_id = %event.task_id,
+            tenant = %event.tenant,
+            producer = %event.producer,
+            reason = %e,
+            "security: refused an unverified approval; nothing was run"
+        );
+        return Handled {
+            outcome: "unverified",
+            settle: Err(HandlerError::Reject(format!(
+                "unverified approval: {e}; nothing was run"
+            ))),
+        };
+    }
     if !store::valid_key(&event.task_id) {
         return Handled::failed(HandlerError::Reject(format!(
             "task id {:?} cannot be a key-value key (letters, digits, -/_=. only)",
@@ -529,8 +595,26 @@ mod tests {
 
     #[test]
     fn default_config_is_valid_and_round_trips() {
-        let c = Config::default();
+        // Valid once it trusts a key (filled in from the development key by `prepare`).
+        let c = Config {
+            trusted_keys: vec![
+                signing::SigningKey::from_seed([1; 32])
+                    .public_key()
+                    .to_string(),
+            ],
+            ..Config::default()
+        };
         c.validate().unwrap();
+        assert!(
+            matches!(Config::default().validate(), Err(Error::Config(m)) if m.contains("execution.trusted_keys is empty"))
+        );
+        let bad = Config {
+            trusted_keys: vec!["zz".into()],
+            ..c.clone()
+        };
+        assert!(
+            matches!(bad.validate(), Err(Error::Config(m)) if m.contains("execution.trusted_keys[0]"))
+        );
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"action_timeout\":\"10s\""), "{json}");
         let back: Config = serde_json::from_str(&json).unwrap();

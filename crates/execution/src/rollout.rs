@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     /// How often a running rollout sends an in-progress ack: `config.progress_interval`, or a
     /// third of `nats.ack_wait` when that is shorter.
     pub progress_interval: Duration,
+    /// Keys whose signature on `task_approved` is trusted (`execution.trusted_keys`).
+    pub trusted: baton_runtime::signing::TrustedKeys,
 }
 
 /// A request to stop a rollout before its next step, without failing it. Checked between

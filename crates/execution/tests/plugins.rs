@@ -19,6 +19,7 @@ use baton_runtime::auth::{AuthConfig, Authenticator};
 use baton_runtime::metrics::Metrics;
 use baton_runtime::plugins::Plugins;
 use baton_runtime::service::Service;
+use baton_runtime::signing::{SigningKey, sign_approved};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -171,13 +172,34 @@ fn plan(task: &str, canary: Vec<Step>, wave: Vec<Step>) -> Plan {
     }
 }
 
+/// The key validation signs with in these tests; the executor trusts it ([`trusting`]).
+fn validation_key() -> SigningKey {
+    SigningKey::from_seed([7; 32])
+}
+
+/// The default configuration, trusting [`validation_key`].
+fn trusting() -> Config {
+    Config {
+        trusted_keys: vec![validation_key().public_key().to_string()],
+        ..Config::default()
+    }
+}
+
+/// `approved` as validation publishes it: every part present, signed with [`validation_key`].
+fn signed(mut approved: TaskApproved) -> TaskApproved {
+    approved.spec.get_or_insert_default();
+    approved.validation.get_or_insert_default();
+    sign_approved(&validation_key(), &mut approved).expect("signable");
+    approved
+}
+
 fn approved(task_id: &str, plan: Plan) -> Event {
     Event::first(
         task_id,
         TENANT,
         "approved",
         "validation",
-        Body::TaskApproved(TaskApproved {
+        Body::TaskApproved(signed(TaskApproved {
             task: Some(Task {
                 task_id: task_id.into(),
                 tenant: TENANT.into(),
@@ -191,7 +213,7 @@ fn approved(task_id: &str, plan: Plan) -> Event {
                 ..Default::default()
             }),
             ..Default::default()
-        }),
+        })),
     )
 }
 
@@ -281,7 +303,7 @@ async fn a_plugin_action_kind_and_probe_kind_run_end_to_end_through_the_plugin_r
         .with_plugins(plugins.shared());
     let config = Config {
         health_check_interval: Duration::from_millis(20),
-        ..Config::default()
+        ..trusting()
     };
     // Started the way `baton up` starts it (Service::start), not with a test-only runner.
     let executor = <Executor as Service>::start(ctx, config).await.unwrap();
@@ -461,7 +483,7 @@ async fn a_plugin_replaces_a_builtin_kind_and_a_runner_that_cannot_build_stops_t
     );
     let ctx = Context::new(nats.bus.clone(), auth(), Arc::new(Metrics::default()))
         .with_plugins(picky.shared());
-    let err = match <Executor as Service>::start(ctx, Config::default()).await {
+    let err = match <Executor as Service>::start(ctx, trusting()).await {
         Ok(_) => panic!("started with a runner that cannot be built"),
         Err(e) => e.to_string(),
     };
@@ -488,9 +510,7 @@ async fn a_plugin_replaces_a_builtin_kind_and_a_runner_that_cannot_build_stops_t
     let plugins = Plugins::new().with(RunnerFactory::of(recorder.clone()).actions(["noop"]));
     let ctx = Context::new(nats.bus.clone(), auth(), Arc::new(Metrics::default()))
         .with_plugins(plugins.shared());
-    let executor = <Executor as Service>::start(ctx, Config::default())
-        .await
-        .unwrap();
+    let executor = <Executor as Service>::start(ctx, trusting()).await.unwrap();
     let token = tokio_util::sync::CancellationToken::new();
     let service = tokio::spawn(executor.serve(token.clone()));
     let noop = Step {

@@ -18,6 +18,7 @@ use baton_proto::{
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::metrics::Metrics;
+use baton_runtime::signing::{SigningKey, sign_approved};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -47,7 +48,7 @@ fn test_config() -> Config {
         action_timeout: Duration::from_secs(5),
         health_check_interval: Duration::from_millis(50),
         progress_interval: Duration::from_millis(500),
-        ..Config::default()
+        ..trusting()
     }
 }
 
@@ -218,13 +219,34 @@ fn fleet_plan(task: &str, fleet: &Fleet, waves: &[std::ops::Range<usize>], attem
     }
 }
 
+/// The key validation signs with in these tests; the executor trusts it ([`trusting`]).
+fn validation_key() -> SigningKey {
+    SigningKey::from_seed([7; 32])
+}
+
+/// The default configuration, trusting [`validation_key`].
+fn trusting() -> Config {
+    Config {
+        trusted_keys: vec![validation_key().public_key().to_string()],
+        ..Config::default()
+    }
+}
+
+/// `approved` as validation publishes it: every part present, signed with [`validation_key`].
+fn signed(mut approved: TaskApproved) -> TaskApproved {
+    approved.spec.get_or_insert_default();
+    approved.validation.get_or_insert_default();
+    sign_approved(&validation_key(), &mut approved).expect("signable");
+    approved
+}
+
 fn approved(task_id: &str, tenant: &str, plan: Plan) -> Event {
     Event::first(
         task_id,
         tenant,
         "approved",
         "validation",
-        Body::TaskApproved(TaskApproved {
+        Body::TaskApproved(signed(TaskApproved {
             task: Some(Task {
                 task_id: task_id.into(),
                 tenant: tenant.into(),
@@ -238,7 +260,7 @@ fn approved(task_id: &str, tenant: &str, plan: Plan) -> Event {
                 ..Default::default()
             }),
             ..Default::default()
-        }),
+        })),
     )
 }
 
@@ -1367,6 +1389,224 @@ async fn every_saved_state_was_reported_by_events_already_in_the_stream() {
     let done = final_event(&nats.bus, "t-watch").await;
     assert!(matches!(done.body, Some(Body::TaskFailed(_))), "{done:?}");
 
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// The dead letters execution published: `(task id, reason)`, in order.
+async fn execution_dead_letters(bus: &Bus) -> Vec<(String, String)> {
+    let mut stream = bus.jetstream().get_stream("BATON_DEAD").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let event = baton_bus::decode_event(&msg.payload).unwrap();
+        if let Some(Body::DeadLetter(dl)) = event.body
+            && dl.service == SERVICE
+        {
+            out.push((event.task_id, dl.reason));
+        }
+    }
+    out
+}
+
+/// A plan of one no-op step.
+fn one_noop_plan() -> Plan {
+    Plan {
+        phases: vec![Phase {
+            name: "canary".into(),
+            kind: PhaseKind::Canary as i32,
+            steps: vec![Step {
+                asset: Some(Asset {
+                    id: "n-1".into(),
+                    ..Default::default()
+                }),
+                action: Some(Action {
+                    kind: Some(Kind::Noop(NoopAction {})),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        }],
+        ..Default::default()
+    }
+}
+
+/// Replaces the body of `event` (an approved event) by `approved`.
+fn with_body(mut event: Event, approved: TaskApproved) -> Event {
+    event.body = Some(Body::TaskApproved(approved));
+    event
+}
+
+/// The `TaskApproved` of an `approved(...)` event.
+fn body_of(event: &Event) -> TaskApproved {
+    match event.body.clone() {
+        Some(Body::TaskApproved(a)) => a,
+        other => panic!("not approved: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn only_approvals_signed_by_a_trusted_key_over_the_plan_run() {
+    let nats = TestNats::start().await;
+    let next = SigningKey::from_seed([8; 32]);
+    let stranger = SigningKey::from_seed([9; 32]);
+    // Rotation: the current and the next key are both trusted.
+    let config = Config {
+        trusted_keys: vec![
+            validation_key().public_key().to_string(),
+            next.public_key().to_string(),
+        ],
+        ..test_config()
+    };
+    let executor = Executor::new(context(nats.bus.clone()), config)
+        .await
+        .unwrap();
+    let token = CancellationToken::new();
+    let service = tokio::spawn(executor.run(token.clone()));
+
+    // Forged: what anyone on NATS could publish, with no signature.
+    let mut forged = body_of(&approved("t-forged", TENANT, one_noop_plan()));
+    forged.signature = None;
+    let forged = with_body(approved("t-forged", TENANT, one_noop_plan()), forged);
+    // Signed by a key nobody trusts.
+    let mut by_stranger = body_of(&approved("t-stranger", TENANT, one_noop_plan()));
+    by_stranger.signature = None;
+    by_stranger.approval.as_mut().unwrap().plan_hash.clear();
+    sign_approved(&stranger, &mut by_stranger).unwrap();
+    let by_stranger = with_body(approved("t-stranger", TENANT, one_noop_plan()), by_stranger);
+    // Signed, then the plan swapped between approval and execution.
+    let mut tampered = body_of(&approved("t-tampered", TENANT, one_noop_plan()));
+    tampered.plan.as_mut().unwrap().phases[0].steps[0]
+        .asset
+        .as_mut()
+        .unwrap()
+        .id = "n-evil".into();
+    let tampered = with_body(approved("t-tampered", TENANT, one_noop_plan()), tampered);
+    // A genuine signed approval replayed under another task's envelope.
+    let mut replayed = approved("t-current", TENANT, one_noop_plan());
+    replayed.task_id = "t-replayed".into();
+    replayed.event_id = "t-replayed.approved".into();
+    // Signed by the next key of the rotation.
+    let mut by_next = body_of(&approved("t-next", TENANT, one_noop_plan()));
+    by_next.signature = None;
+    sign_approved(&next, &mut by_next).unwrap();
+    let by_next = with_body(approved("t-next", TENANT, one_noop_plan()), by_next);
+
+    for event in [
+        &forged,
+        &by_stranger,
+        &tampered,
+        &replayed,
+        &approved("t-current", TENANT, one_noop_plan()),
+        &by_next,
+    ] {
+        nats.bus
+            .publish(subject::TASK_APPROVED, event)
+            .await
+            .unwrap();
+    }
+    for task in ["t-current", "t-next"] {
+        let done = final_event(&nats.bus, task).await;
+        assert!(
+            matches!(done.body, Some(Body::TaskCompleted(_))),
+            "{task}: {done:?}"
+        );
+    }
+    let dead = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let dead = execution_dead_letters(&nats.bus).await;
+            if dead.len() >= 4 {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("four dead letters");
+    let reason_of = |task: &str| {
+        dead.iter()
+            .find(|(t, _)| t == task)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("no dead letter for {task}: {dead:?}"))
+    };
+    assert_eq!(
+        reason_of("t-forged"),
+        "unverified approval: no signature; nothing was run"
+    );
+    assert!(
+        reason_of("t-stranger").contains(&format!("key \"{}\" is not trusted", stranger.key_id())),
+        "{dead:?}"
+    );
+    assert!(
+        reason_of("t-tampered").contains("does not match the approved"),
+        "{dead:?}"
+    );
+    assert!(
+        reason_of("t-replayed").contains("the signed task is t-current@acme"),
+        "{dead:?}"
+    );
+    for task in ["t-forged", "t-stranger", "t-tampered", "t-replayed"] {
+        assert!(
+            task_events(&nats.bus, task).await.is_empty(),
+            "{task}: nothing may run"
+        );
+        assert!(
+            baton_execution::Store::open(&nats.bus)
+                .await
+                .unwrap()
+                .load(task)
+                .await
+                .unwrap()
+                .is_none(),
+            "{task}: no rollout state"
+        );
+    }
+    token.cancel();
+    service.await.unwrap().unwrap();
+
+    // The rotation ends: the old key removed, its signatures run nothing any more.
+    let rotated = Config {
+        trusted_keys: vec![next.public_key().to_string()],
+        ..test_config()
+    };
+    let executor = Executor::new(context(nats.bus.clone()), rotated)
+        .await
+        .unwrap();
+    let token = CancellationToken::new();
+    let service = tokio::spawn(executor.run(token.clone()));
+    nats.bus
+        .publish(
+            subject::TASK_APPROVED,
+            &approved("t-old-key", TENANT, one_noop_plan()),
+        )
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some((_, r)) = execution_dead_letters(&nats.bus)
+                .await
+                .into_iter()
+                .find(|(t, _)| t == "t-old-key")
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the old key's approval is dead-lettered");
+    assert!(
+        reason.contains(&format!(
+            "key \"{}\" is not trusted (trusted: {})",
+            validation_key().key_id(),
+            next.key_id()
+        )),
+        "{reason}"
+    );
+    assert!(task_events(&nats.bus, "t-old-key").await.is_empty());
     token.cancel();
     service.await.unwrap().unwrap();
 }

@@ -28,7 +28,7 @@
 //! pattern to find in them).
 
 use regex::{Captures, Regex, RegexSet};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use crate::*;
@@ -160,7 +160,7 @@ fn string(s: &mut String) -> bool {
 
 /// Redacts a map of named values (headers, labels, parameters) in place: a secret name's value
 /// becomes [`REDACTED`], the other values go through [`text`]. True when anything changed.
-pub fn map(m: &mut HashMap<String, String>) -> bool {
+pub fn map(m: &mut BTreeMap<String, String>) -> bool {
     let mut changed = false;
     for (k, v) in m.iter_mut() {
         if is_secret_name(k) {
@@ -551,7 +551,7 @@ mod tests {
 
     #[test]
     fn maps_json_and_bytes_redact_by_name_and_by_value() {
-        let mut headers: HashMap<String, String> = [
+        let mut headers: BTreeMap<String, String> = [
             ("Authorization", "Bearer abcdefgh12345"),
             ("X-Api-Key", "k1"),
             ("Content-Type", "application/json"),

@@ -10,6 +10,8 @@
 //! - [`metrics`]: the Prometheus metrics, named in one place.
 //! - [`plugins`]: the registry through which extensions reach the services.
 //! - [`catalog`]: the configured roles and environments.
+//! - [`signing`]: Ed25519 keys, the signed approval and its verification, the audit anchor's
+//!   signature.
 //! - [`Context`]: the handles a service is built from.
 
 pub mod auth;
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod service;
 pub mod shutdown;
+pub mod signing;
 pub mod telemetry;
 
 use std::sync::Arc;

@@ -3,7 +3,10 @@
 //! - `ListPending`: any authenticated caller; the caller's tenant (admin: all tenants); plans
 //!   already decided are not listed.
 //! - `Approve`: role approver; publishes `TaskApproved` (approver = the token's `sub`) on
-//!   `baton.task.approved`, stage `approved`.
+//!   `baton.task.approved`, stage `approved`, signed by validation's key. The approval binds
+//!   the hash of the plan held (`Approval.plan_hash`); when the request names a `plan_hash`
+//!   (what `ListPending` showed the approver) it must be that hash, else FAILED_PRECONDITION and
+//!   nothing is decided.
 //! - `Reject`: role approver, reason required; publishes `TaskRejected` on
 //!   `baton.task.rejected`, stage `rejected`.
 //!
@@ -41,6 +44,7 @@ use baton_proto::{
     subject,
 };
 use baton_runtime::auth::Role;
+use baton_runtime::signing;
 use bytes::Bytes;
 use prost::Message as _;
 use std::sync::Arc;
@@ -145,7 +149,7 @@ impl Inner {
         &self,
         task_id: &str,
         can_see: impl Fn(&str) -> bool,
-        decision: Approval,
+        mut decision: Approval,
     ) -> Result<Approval, Error> {
         if task_id.is_empty() {
             return Err(Error::InvalidArgument("task_id is required".into()));
@@ -157,6 +161,20 @@ impl Inner {
                     return Err(Error::NotFound(task_id.into()));
                 }
                 Some((revision, Stored::Pending(pending))) => {
+                    // Bind the hash of the plan held here; an approver who names the hash of
+                    // the plan they saw must have seen this one.
+                    let held = signing::plan_hash(&pending.plan.clone().unwrap_or_default());
+                    if decision.approved
+                        && !decision.plan_hash.is_empty()
+                        && decision.plan_hash != held
+                    {
+                        return Err(Error::PlanChanged {
+                            task_id: task_id.into(),
+                            given: decision.plan_hash,
+                            held,
+                        });
+                    }
+                    decision.plan_hash = held;
                     let decided = Decided {
                         approval: Some(decision.clone()),
                         pending: Some(pending),
@@ -198,6 +216,16 @@ impl Inner {
                             by: prior.approver,
                         });
                     }
+                    if decision.approved
+                        && !decision.plan_hash.is_empty()
+                        && decision.plan_hash != prior.plan_hash
+                    {
+                        return Err(Error::PlanChanged {
+                            task_id: task_id.into(),
+                            given: decision.plan_hash,
+                            held: prior.plan_hash,
+                        });
+                    }
                     if decided.published {
                         return Ok(prior);
                     }
@@ -232,14 +260,25 @@ impl Inner {
             .clone()
             .ok_or_else(|| corrupt("pending approval"))?;
         let (stage, subject, body) = if approval.approved {
-            let body = Body::TaskApproved(TaskApproved {
+            let mut approved = TaskApproved {
                 task: pending.task.clone(),
                 spec: pending.spec.clone(),
                 plan: pending.plan.clone(),
                 validation: pending.validation.clone(),
                 approval: Some(approval.clone()),
-            });
-            ("approved", subject::TASK_APPROVED, body)
+                signature: None,
+            };
+            // The claim holds the approval with the plan hash bound when it was claimed, so a
+            // re-publication signs the same content (Ed25519 is deterministic: same bytes).
+            signing::sign_approved(&self.key, &mut approved).map_err(|e| Error::Corrupt {
+                task_id: task_id.into(),
+                reason: format!("cannot sign the claimed approval: {e}"),
+            })?;
+            (
+                "approved",
+                subject::TASK_APPROVED,
+                Body::TaskApproved(approved),
+            )
         } else {
             let body = Body::TaskRejected(TaskRejected {
                 validation: pending.validation.clone(),
@@ -318,12 +357,13 @@ impl ApprovalService for Approvals {
             approved: true,
             reason: req.reason,
             decided_at: Some(baton_proto::now()),
+            plan_hash: req.plan_hash.trim().to_ascii_lowercase(),
         };
         let approval = self
             .inner
             .decide(&req.task_id, |t| principal.can_see(t), decision)
             .await?;
-        info!(task_id = %approval.task_id, approver = %approval.approver, "plan approved by a human");
+        info!(task_id = %approval.task_id, approver = %approval.approver, plan_hash = %approval.plan_hash, "plan approved by a human");
         Ok(Response::new(ApproveResponse {
             approval: Some(approval),
         }))
@@ -345,6 +385,7 @@ impl ApprovalService for Approvals {
             approved: false,
             reason: req.reason,
             decided_at: Some(baton_proto::now()),
+            plan_hash: String::new(),
         };
         let approval = self
             .inner

@@ -14,6 +14,11 @@
 //!      `baton.task.awaiting_approval`, stage `awaiting_approval`;
 //!    - rejected → `TaskRejected` on `baton.task.rejected`, stage `rejected`.
 //!
+//! Every `TaskApproved` is signed (Ed25519, [`baton_runtime::signing`]) with the key of
+//! `signing_key` over the task, spec, plan, validation result and approval, and the approval
+//! names the hash of the plan approved; execution runs nothing that does not verify against
+//! its trusted keys.
+//!
 //! It also serves `baton.v1.ApprovalService` ([`approval`]): `ListPending`, `Approve`,
 //! `Reject` over the KV bucket. A decision is claimed in the bucket with a compare-and-set
 //! before it is published, so concurrent `Approve` and `Reject` calls on one task (on any
@@ -88,6 +93,7 @@ use baton_proto::{
 };
 use baton_runtime::Context;
 use baton_runtime::metrics::VerdictLabels;
+use baton_runtime::signing::{self, SigningKey};
 use policy::PolicySet;
 use quality::Thresholds;
 use serde::{Deserialize, Serialize};
@@ -133,6 +139,19 @@ pub struct Config {
     /// human review, so their production plans wait for a human unless a higher score says
     /// otherwise. Default: the built-in runbooks, `drift-runbook@1` and `noop@1`.
     pub reviewed_agents: Vec<String>,
+    /// File of the Ed25519 private key that signs every approved task (64 hex characters of
+    /// seed, readable by its owner only). Execution must list its public key in
+    /// `execution.trusted_keys`. Empty: `<data_dir>/validation.key`, created on first start
+    /// (development; in production mount a secret here). A service built without
+    /// [`Service::prepare`](baton_runtime::service::Service::prepare) and with this empty signs
+    /// with a new in-memory key that no execution trusts, so nothing it approves runs.
+    #[serde(skip_serializing_if = "is_empty_path")]
+    pub signing_key: PathBuf,
+}
+
+/// True for an unset path (serde `skip_serializing_if`).
+fn is_empty_path(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 impl Default for Config {
@@ -149,6 +168,7 @@ impl Default for Config {
             },
             concurrency: 16,
             reviewed_agents: vec!["drift-runbook@1".into(), "noop@1".into()],
+            signing_key: PathBuf::new(),
         }
     }
 }
@@ -212,6 +232,22 @@ pub enum Error {
     /// No plan awaits approval under this id (or it belongs to another tenant).
     #[error("no plan awaiting approval for task {0}")]
     NotFound(String),
+    /// The approver saw another plan than the one validation holds.
+    #[error(
+        "task {task_id}: the plan hash given ({given}) is not the hash of the plan awaiting \
+         approval ({held}); list the pending plans again and approve the plan shown"
+    )]
+    PlanChanged {
+        /// The task.
+        task_id: String,
+        /// `ApproveRequest.plan_hash`.
+        given: String,
+        /// The hash of the plan validation holds.
+        held: String,
+    },
+    /// The signing key cannot be used.
+    #[error("validation.signing_key: {0}")]
+    Key(#[from] baton_runtime::signing::KeyError),
     /// A request is malformed.
     #[error("{0}")]
     InvalidArgument(String),
@@ -258,10 +294,12 @@ impl From<Error> for tonic::Status {
         match e {
             Error::NotFound(_) => tonic::Status::not_found(msg),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-            Error::AlreadyDecided { .. } => tonic::Status::failed_precondition(msg),
+            Error::AlreadyDecided { .. } | Error::PlanChanged { .. } => {
+                tonic::Status::failed_precondition(msg)
+            }
             Error::Bus(_) | Error::Store(_) => tonic::Status::unavailable(msg),
             Error::Corrupt { .. } => tonic::Status::data_loss(msg),
-            Error::Policy { .. } | Error::PolicyDir { .. } | Error::Config(_) => {
+            Error::Policy { .. } | Error::PolicyDir { .. } | Error::Config(_) | Error::Key(_) => {
                 tonic::Status::failed_precondition(msg)
             }
         }
@@ -285,16 +323,34 @@ pub(crate) struct Inner {
     pub(crate) policies: PolicySet,
     /// Pending approvals (then decisions) by task id.
     pub(crate) approvals: Kv<approval::Stored>,
+    /// Signs every approved task.
+    pub(crate) key: SigningKey,
 }
 
 impl Validation {
-    /// Validates `config`, loads the policies and opens the approvals bucket.
+    /// Validates `config`, loads the signing key and the policies and opens the approvals
+    /// bucket.
     ///
-    /// Errors: [`Error::Config`]; [`Error::Policy`]/[`Error::PolicyDir`] when a policy does
+    /// Errors: [`Error::Config`]; [`Error::Key`] when `signing_key` cannot be read (missing,
+    /// readable by others, malformed); [`Error::Policy`]/[`Error::PolicyDir`] when a policy does
     /// not load (the message names the file and says what to fix); [`Error::Bus`] when the
     /// bucket cannot be opened.
     pub async fn new(ctx: Context, config: Config) -> Result<Self, Error> {
+        let key = if config.signing_key.as_os_str().is_empty() {
+            warn!(
+                "validation.signing_key is empty: signing with a new in-memory key that no execution trusts"
+            );
+            SigningKey::generate()?
+        } else {
+            SigningKey::load(&config.signing_key)?
+        };
+        Self::with_key(ctx, config, key).await
+    }
+
+    /// [`Validation::new`] signing with `key` instead of the key file (tests, embedders).
+    pub async fn with_key(ctx: Context, config: Config, key: SigningKey) -> Result<Self, Error> {
         config.validate()?;
+        info!(key_id = key.key_id(), public_key = %key.public_key(), "validation signs approvals with this key");
         let policies = match config.policy_source() {
             Some(dir) => PolicySet::load(dir)?,
             None => PolicySet::builtin()?,
@@ -312,8 +368,14 @@ impl Validation {
                 config,
                 policies,
                 approvals,
+                key,
             }),
         })
+    }
+
+    /// The public key of the signing key (for `execution.trusted_keys`).
+    pub fn public_key(&self) -> baton_runtime::signing::PublicKey {
+        self.inner.key.public_key()
     }
 
     /// The loaded policies (file names and version).
@@ -436,14 +498,19 @@ impl Inner {
                     approved: true,
                     reason: validation.reasons.join("; "),
                     decided_at: Some(baton_proto::now()),
+                    plan_hash: signing::plan_hash(&plan),
                 };
-                let body = Body::TaskApproved(TaskApproved {
+                let mut approved = TaskApproved {
                     task: Some(task),
                     spec: Some(spec),
                     plan: Some(plan),
                     validation: Some(validation),
                     approval: Some(approval),
-                });
+                    signature: None,
+                };
+                signing::sign_approved(&self.key, &mut approved)
+                    .map_err(|e| HandlerError::Reject(format!("cannot sign the approval: {e}")))?;
+                let body = Body::TaskApproved(approved);
                 self.ctx
                     .bus
                     .publish(
@@ -501,6 +568,7 @@ impl Inner {
         let key = event.task_id.as_str();
         let store_err = |e: String| HandlerError::Retry(format!("approvals bucket: {e}"));
         let fresh = PendingApproval {
+            plan_hash: signing::plan_hash(&plan),
             task_id: event.task_id.clone(),
             tenant: event.tenant.clone(),
             submitted_by: task.submitted_by.clone(),
@@ -569,6 +637,18 @@ impl baton_runtime::service::Service for Validation {
     const NAME: &'static str = SERVICE;
     const SECTION: &'static str = "validation";
     const GRPC_SERVICES: &'static [&'static str] = GRPC_SERVICES;
+
+    /// An empty `signing_key` becomes `<data_dir>/validation.key`, created when missing (the
+    /// development key `baton up` generates on first start, which execution trusts by default).
+    fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
+        if config.signing_key.as_os_str().is_empty() {
+            config.signing_key = common.data_dir.join(signing::VALIDATION_KEY_FILE);
+            if let Err(e) = signing::dev_key(&common.data_dir, signing::VALIDATION_KEY_FILE) {
+                // Reported by `start`, which cannot read the file either.
+                warn!(error = %e, "cannot create the development signing key");
+            }
+        }
+    }
 
     fn validate(config: &Config) -> Result<(), Error> {
         config.validate()

@@ -13,6 +13,7 @@ use baton_proto::{
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
 use baton_runtime::metrics::Metrics;
+use baton_runtime::signing::{TrustedKeys, plan_hash, verify_approved};
 use baton_validation::approval::{Decided, Stored};
 use baton_validation::{APPROVALS_BUCKET, Config, Validation};
 use futures::StreamExt;
@@ -42,6 +43,8 @@ struct Harness {
     metrics: Arc<Metrics>,
     client: ApprovalServiceClient<Channel>,
     shutdown: CancellationToken,
+    /// The public key validation signs approvals with.
+    trusted: TrustedKeys,
 }
 
 impl Harness {
@@ -56,6 +59,7 @@ impl Harness {
         let svc = Validation::new(ctx, config())
             .await
             .expect("validation starts");
+        let trusted = TrustedKeys::of([svc.public_key()]);
         let shutdown = CancellationToken::new();
         let mut routes = tonic::service::RoutesBuilder::default();
         svc.add_grpc(&mut routes);
@@ -80,6 +84,7 @@ impl Harness {
             metrics,
             client,
             shutdown,
+            trusted,
         }
     }
 
@@ -409,12 +414,14 @@ async fn development_low_risk_noop_plan_is_approved_by_policy() {
     let event = h.next_on(subject::TASK_APPROVED).await;
     assert_eq!(event.event_id, "t-dev.approved");
     assert_eq!(event.causation_id, "t-dev.proposed");
-    let Some(Body::TaskApproved(a)) = event.body else {
+    let Some(Body::TaskApproved(a)) = event.body.clone() else {
         panic!("not approved: {event:?}")
     };
+    verify_approved(&h.trusted, &event, &a).expect("the policy's approval is signed");
     let approval = a.approval.unwrap();
     assert_eq!(approval.approver, "policy");
     assert!(approval.approved);
+    assert_eq!(approval.plan_hash, plan_hash(a.plan.as_ref().unwrap()));
     let quality = a.validation.as_ref().unwrap().quality.clone().unwrap();
     // No health check: test coverage 0; the rest full, history neutral.
     assert_eq!(quality.total, 70, "{quality:?}");
@@ -500,6 +507,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
             ApproveRequest {
                 task_id: "t-gate".into(),
                 reason: "lgtm".into(),
+                plan_hash: String::new(),
             },
             &submitter,
         ))
@@ -517,6 +525,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
             ApproveRequest {
                 task_id: "t-gate".into(),
                 reason: "".into(),
+                plan_hash: String::new(),
             },
             &other,
         ))
@@ -531,6 +540,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
         .approve(ApproveRequest {
             task_id: "t-gate".into(),
             reason: "".into(),
+            plan_hash: String::new(),
         })
         .await
         .unwrap_err();
@@ -543,6 +553,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
             ApproveRequest {
                 task_id: "t-gate".into(),
                 reason: "change window open".into(),
+                plan_hash: String::new(),
             },
             &approver,
         ))
@@ -616,6 +627,84 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
 }
 
 #[tokio::test]
+async fn approval_binds_the_plan_hash_the_approver_saw_and_is_signed() {
+    let mut h = Harness::start().await;
+    h.awaiting("t-hash").await;
+    let alice = h.token("alice", TENANT, &[Role::Approver]);
+    let listed = h
+        .client
+        .list_pending(with_token(ListPendingRequest {}, &alice))
+        .await
+        .unwrap()
+        .into_inner()
+        .pending;
+    let shown = listed[0].plan_hash.clone();
+    assert_eq!(shown, plan_hash(listed[0].plan.as_ref().unwrap()));
+    assert_eq!(shown.len(), 64);
+
+    // The approver saw another plan: refused, nothing decided or published.
+    let other = "0".repeat(64);
+    let err = h
+        .client
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-hash".into(),
+                reason: "ok".into(),
+                plan_hash: other.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&other), "{}", err.message());
+    assert!(err.message().contains(&shown), "{}", err.message());
+    assert!(h.pending("t-hash").await.is_some());
+    assert_eq!(h.count_on(subject::TASK_APPROVED).await, 0);
+
+    // The hash shown: approved, bound to it, and signed by validation's key.
+    let approval = h
+        .client
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-hash".into(),
+                reason: "ok".into(),
+                plan_hash: shown.to_uppercase(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert_eq!(approval.plan_hash, shown);
+    let event = h.next_on(subject::TASK_APPROVED).await;
+    let Some(Body::TaskApproved(a)) = event.body.clone() else {
+        panic!("not approved: {event:?}")
+    };
+    assert_eq!(a.approval.as_ref().unwrap().plan_hash, shown);
+    assert_eq!(a.signature.as_ref().unwrap().plan_hash, shown);
+    let key_id = verify_approved(&h.trusted, &event, &a).expect("the approval verifies");
+    assert_eq!(key_id, h.trusted.ids()[0]);
+    // A repeat naming another plan is refused too.
+    let err = h
+        .client
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-hash".into(),
+                reason: "again".into(),
+                plan_hash: other,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    h.shutdown.cancel();
+}
+
+#[tokio::test]
 async fn approve_after_approve_is_idempotent() {
     let mut h = Harness::start().await;
     h.awaiting("t-twice").await;
@@ -627,6 +716,7 @@ async fn approve_after_approve_is_idempotent() {
             ApproveRequest {
                 task_id: "t-twice".into(),
                 reason: "ok".into(),
+                plan_hash: String::new(),
             },
             &alice,
         ))
@@ -641,6 +731,7 @@ async fn approve_after_approve_is_idempotent() {
             ApproveRequest {
                 task_id: "t-twice".into(),
                 reason: "me too".into(),
+                plan_hash: String::new(),
             },
             &bob,
         ))
@@ -674,6 +765,7 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
             approved: true,
             reason: "window open".into(),
             decided_at: Some(baton_proto::now()),
+            plan_hash: String::new(),
         }),
         pending: Some(pending),
         published: false,
@@ -720,6 +812,7 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
             ApproveRequest {
                 task_id: "t-crash".into(),
                 reason: "retry".into(),
+                plan_hash: String::new(),
             },
             &alice,
         ))
@@ -740,6 +833,7 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
             ApproveRequest {
                 task_id: "t-crash".into(),
                 reason: "again".into(),
+                plan_hash: String::new(),
             },
             &bob,
         ))
@@ -764,6 +858,7 @@ async fn concurrent_approve_and_reject_decide_each_task_exactly_once() {
             ApproveRequest {
                 task_id: task_id.clone(),
                 reason: "go".into(),
+                plan_hash: String::new(),
             },
             &alice,
         ));
@@ -894,6 +989,7 @@ async fn a_redelivered_proposal_of_a_decided_task_does_not_reopen_it() {
             ApproveRequest {
                 task_id: "t-again".into(),
                 reason: "ok".into(),
+                plan_hash: String::new(),
             },
             &approver,
         ))

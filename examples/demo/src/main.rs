@@ -252,6 +252,7 @@ async fn run_scenario(submitter: &Clients, approver: &Clients) -> anyhow::Result
                 .approve(ApproveRequest {
                     task_id: r.task_id.clone(),
                     reason: "canary first, waves of 2: looks right".into(),
+                    plan_hash: String::new(),
                 })
                 .await?;
         }

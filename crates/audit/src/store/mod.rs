@@ -61,7 +61,7 @@ pub use lock::{WRITER_LOCK_APPLICATION_NAME, WRITER_LOCK_KEY, WriterLock};
 pub use query::{TaskPage, TaskQuery};
 pub use record::{ChainHead, MessageMeta, NewRecord, StoredRecord, UNDECODABLE};
 pub use rows::Label;
-pub use verify::Verification;
+pub use verify::{Verification, Witness, missing_records};
 
 use crate::Error;
 use append::HeadState;

@@ -1,4 +1,6 @@
-//! [`Store::verify`]: the hash chain recomputed from the first record, in batches.
+//! [`Store::verify`]: the hash chain recomputed from the first record, in batches, and
+//! compared with the heads vouched for outside the chain: the writer's (in memory) and the
+//! anchor's (signed, in JetStream KV; see [`crate::anchor`]).
 
 use super::record::LOG_COLUMNS;
 use super::{ChainHead, Db, Store, StoredRecord};
@@ -6,6 +8,24 @@ use crate::Error;
 
 /// Rows read per query while verifying.
 const VERIFY_BATCH: i64 = 1_000;
+
+/// Who vouches for a chain head the log must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Witness {
+    /// The running writer's head, in its memory.
+    Writer,
+    /// The signed head audit anchors outside the database after each batch.
+    Anchor,
+}
+
+/// `record 4 is missing` or `records 4–6 are missing`.
+pub fn missing_records(from: u64, to: u64) -> String {
+    if from == to {
+        format!("record {from} is missing")
+    } else {
+        format!("records {from}–{to} are missing")
+    }
+}
 
 /// Outcome of [`Store::verify`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +49,21 @@ impl Store {
     /// carry `expected.hash` (this catches removal of the newest records, which the chain
     /// alone cannot see). Stops at the first problem.
     pub async fn verify(&self, expected: Option<&ChainHead>) -> Result<Verification, Error> {
+        let expected: Vec<(Witness, ChainHead)> = expected
+            .map(|h| (Witness::Writer, h.clone()))
+            .into_iter()
+            .collect();
+        self.verify_with(&expected).await
+    }
+
+    /// [`Store::verify`] against any number of heads that the log must reach, each with who
+    /// vouches for it. A head the log stops short of is named: for the anchor, "records 41–43
+    /// are missing: the database ends at 40, the anchor at 43". The furthest head is checked
+    /// for a cut tail (the anchor first on a tie); every head's record must carry its hash.
+    pub async fn verify_with(
+        &self,
+        expected: &[(Witness, ChainHead)],
+    ) -> Result<Verification, Error> {
         let mut prev = ChainHead::default();
         let mut checked = 0u64;
         let bad = |checked, sequence, problem: String| {
@@ -90,16 +125,21 @@ impl Store {
                         format!("hash mismatch: record {seq} was changed"),
                     );
                 }
-                if let Some(e) = expected
-                    && e.sequence == seq
-                    && e.hash != r.hash
+                if let Some((who, _)) = expected
+                    .iter()
+                    .find(|(_, e)| e.sequence == seq && e.hash != r.hash)
                 {
                     return bad(
                         checked,
                         seq,
-                        format!(
-                            "record {seq} is not the record the writer stored (it was replaced)"
-                        ),
+                        match who {
+                            Witness::Writer => format!(
+                                "record {seq} is not the record the writer stored (it was replaced)"
+                            ),
+                            Witness::Anchor => format!(
+                                "record {seq} is not the record the anchor names (it was replaced)"
+                            ),
+                        },
                     );
                 }
                 prev = ChainHead {
@@ -108,16 +148,28 @@ impl Store {
                 };
             }
         }
-        if let Some(e) = expected
+        let furthest = expected.iter().max_by_key(|(who, e)| {
+            let anchor_first = matches!(who, Witness::Anchor);
+            (e.sequence, anchor_first)
+        });
+        if let Some((who, e)) = furthest
             && e.sequence > prev.sequence
         {
             return bad(
                 checked,
                 prev.sequence + 1,
-                format!(
-                    "records after {} are missing: the writer stored up to record {} (the newest records were removed)",
-                    prev.sequence, e.sequence
-                ),
+                match who {
+                    Witness::Writer => format!(
+                        "records after {} are missing: the writer stored up to record {} (the newest records were removed)",
+                        prev.sequence, e.sequence
+                    ),
+                    Witness::Anchor => format!(
+                        "{}: the database ends at {}, the anchor at {} (the newest records were removed)",
+                        missing_records(prev.sequence + 1, e.sequence),
+                        prev.sequence,
+                        e.sequence
+                    ),
+                },
             );
         }
         Ok(Verification {
@@ -126,5 +178,47 @@ impl Store {
             first_bad_sequence: 0,
             problem: String::new(),
         })
+    }
+}
+
+impl Store {
+    /// Checks the database against the anchored head before the writer appends: the database
+    /// must reach `anchor.sequence` and hold `anchor.hash` there. A database ahead of the anchor
+    /// is fine (the process died after a commit, before anchoring it).
+    ///
+    /// Errors: [`Error::AnchorAhead`] naming the missing records, [`Error::AnchorMismatch`],
+    /// [`Error::Database`].
+    pub async fn check_anchor(&self, anchor: &ChainHead) -> Result<(), Error> {
+        let head = super::load_head(&self.db).await?;
+        if head.sequence < anchor.sequence {
+            return Err(Error::AnchorAhead {
+                database_end: head.sequence,
+                anchor: anchor.sequence,
+            });
+        }
+        if anchor.sequence == 0 {
+            return Ok(());
+        }
+        let hash: Option<String> = with_db!(&self.db, pool, DB => {
+            sqlx::query_scalar::<DB, String>("SELECT hash FROM audit_log WHERE sequence = $1")
+                .bind(anchor.sequence as i64)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|source| Error::Database {
+            action: "read the anchored record",
+            source,
+        })?;
+        match hash {
+            Some(h) if h == anchor.hash => Ok(()),
+            Some(_) => Err(Error::AnchorMismatch {
+                sequence: anchor.sequence,
+                problem: "it was replaced".into(),
+            }),
+            None => Err(Error::AnchorMismatch {
+                sequence: anchor.sequence,
+                problem: "it is missing (a record was removed)".into(),
+            }),
+        }
     }
 }

@@ -42,16 +42,16 @@ if [ ! -s "$tarball" ]; then
   command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || {
     echo "sandbox-images.sh: debootstrap is not installed; run: bash deploy/setup.sh --docker" >&2; exit 1; }
   m="$(mirror)"
+  mkdir -p "$cache"
   root="$(mktemp -d "${TMPDIR:-/tmp}/baton-sandbox-root.XXXXXX")"
   trap 'sudo_ rm -rf "$root"' EXIT
   echo "sandbox-images.sh: debootstrap bookworm (minbase + python3-minimal) from $m (about a minute)" >&2
   sudo_ env PATH="$PATH:/usr/sbin:/sbin" debootstrap --variant=minbase --include=python3-minimal \
-    bookworm "$root" "$m" >"${cache}.debootstrap.log" 2>&1 || {
-      mkdir -p "$cache"; echo "sandbox-images.sh: debootstrap failed; see $cache.debootstrap.log" >&2; exit 1; }
+    bookworm "$root" "$m" >"$cache/debootstrap.log" 2>&1 || {
+      echo "sandbox-images.sh: debootstrap failed; see $cache/debootstrap.log" >&2; exit 1; }
   # Trim what a sandbox never needs: apt's lists and caches, docs and man pages.
   sudo_ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc \
     "$root"/usr/share/man "$root"/usr/share/locale
-  mkdir -p "$cache"
   sudo_ tar -C "$root" -c . >"$tarball.partial"
   mv "$tarball.partial" "$tarball"
 fi

@@ -9,7 +9,8 @@
 //! whether the kernel OOM-killed it, and the container is removed.
 //!
 //! Removal, always: on the normal path `run` removes the container before returning; if the
-//! caller drops the future mid-run, the guard's `Drop` removes it on a background task; on
+//! caller drops the future mid-run, the guard's `Drop` removes it on a background task (and a
+//! container still being created for a dropped run is removed once created); on
 //! [`Sandbox::shutdown`] every run stops with [`Error::ShutDown`] and every container with this
 //! sandbox's owner label (runs and pool alike) is removed.
 
@@ -205,16 +206,7 @@ impl Sandbox {
         let warm = pooled.is_some();
         let id = match pooled {
             Some(id) => id,
-            None => {
-                docker::create(
-                    &shared.docker,
-                    &shared.config,
-                    &shared.owner,
-                    &image,
-                    network,
-                )
-                .await?
-            }
+            None => create_owned(shared, &image, network).await?,
         };
         let guard = Guard {
             shared: shared.clone(),
@@ -268,6 +260,22 @@ impl Drop for Sandbox {
             });
         }
     }
+}
+
+/// Creates a container for a run on a tracked task that hands it over, or removes it when the run
+/// was dropped meanwhile (nobody left to receive it): a container is never created for nobody.
+async fn create_owned(shared: &Arc<Shared>, image: &str, network: bool) -> Result<String, Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_shared = shared.clone();
+    let image = image.to_string();
+    shared.tasks.spawn(async move {
+        let s = &task_shared;
+        let created = docker::create(&s.docker, &s.config, &s.owner, &image, network).await;
+        if let Err(Ok(id)) = tx.send(created) {
+            let _ = docker::remove(&s.docker, &id).await;
+        }
+    });
+    rx.await.unwrap_or(Err(Error::ShutDown))
 }
 
 /// Removes every container labelled with this sandbox's owner id.

@@ -210,7 +210,7 @@ async fn a_fork_bomb_is_contained_by_the_pids_limit() {
         .await
         .unwrap();
     assert_eq!(r.ended_by, EndedBy::Pids, "{r:?}");
-    assert!(r.duration < Duration::from_secs(6), "{r:?}");
+    assert!(r.duration < Duration::from_secs(8), "{r:?}");
     assert_gone(&sb).await;
     sb.shutdown().await;
 }
@@ -225,7 +225,8 @@ async fn an_infinite_loop_is_killed_at_the_timeout() {
     assert_eq!(r.ended_by, EndedBy::Timeout, "{r:?}");
     assert_eq!(r.exit_code, 137);
     assert!(r.duration >= Duration::from_secs(1), "{r:?}");
-    assert!(r.duration < Duration::from_secs(4), "{r:?}");
+    // Killed at the timeout, not left to run (bounds loose for a loaded CI machine).
+    assert!(r.duration < Duration::from_secs(6), "{r:?}");
     // A timeout above the configured one is refused.
     let long = python("pass").timeout(Duration::from_secs(60));
     assert!(matches!(sb.run(long).await, Err(Error::InvalidRequest(_))));
@@ -266,6 +267,7 @@ async fn output_past_the_cap_is_truncated_and_says_so() {
     assert!(r.stdout_truncated && !r.stderr_truncated);
     assert_eq!(r.stdout.len(), 4096);
     assert!(r.stdout.bytes().all(|b| b == b'y'));
+    // Killed at the cap, long before the 5 s timeout.
     assert!(r.duration < Duration::from_secs(4), "{r:?}");
     assert_gone(&sb).await;
     sb.shutdown().await;
@@ -282,7 +284,16 @@ async fn a_dropped_run_has_its_container_removed() {
             .await
             .is_err()
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_gone(&sb).await;
+    // Dropped while its container is still being created: removed once created.
+    let run = sb.run(RunRequest::new("shell", &["sleep", "30"]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(5), run)
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_gone(&sb).await;
     sb.shutdown().await;
 }

@@ -8,8 +8,8 @@
 //! covers everything from start to exit. Then the container's state gives the exit code and
 //! whether the kernel OOM-killed it, and the container is removed.
 //!
-//! Removal, always: on the normal path `run` removes the container before returning; if the
-//! caller drops the future mid-run, the guard's `Drop` removes it on a background task (and a
+//! Removal, always: when a run ends, or the caller drops its future mid-run, the guard's `Drop`
+//! removes the container on a background task that shutdown waits for (and a
 //! container still being created for a dropped run is removed once created); on
 //! [`Sandbox::shutdown`] every run stops with [`Error::ShutDown`] and every container with this
 //! sandbox's owner label (runs and pool alike) is removed.
@@ -216,7 +216,9 @@ impl Sandbox {
             _ = shared.shutdown.cancelled() => Err(Error::ShutDown),
             r = execute(shared, &id, archive, &nonce, timeout) => r,
         };
-        guard.remove().await;
+        // Removal goes on in the background (tracked: shutdown waits for it), off the caller's
+        // latency; the report is complete without it.
+        drop(guard);
         let outcome = outcome?;
         Ok(Report {
             image,
@@ -303,35 +305,24 @@ async fn remove_owned(shared: &Shared) {
     }
 }
 
-/// Removes its container when dropped without [`Guard::remove`] (the run's future was dropped).
+/// Removes its container when dropped: at the end of a run, or when the run's future is dropped.
 struct Guard {
     shared: Arc<Shared>,
     id: Option<String>,
-}
-
-impl Guard {
-    /// Removes the container now.
-    async fn remove(mut self) {
-        if let Some(id) = self.id.take()
-            && let Err(e) = docker::remove(&self.shared.docker, &id).await
-        {
-            tracing::error!(container = %id, error = %e, "sandbox: could not remove a run's container");
-        }
-    }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let Some(id) = self.id.take() else { return };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(container = %id, "sandbox: run dropped outside a tokio runtime; its container is left to shutdown");
+            tracing::error!(container = %id, "sandbox: run ended outside a tokio runtime; its container is left to shutdown");
             return;
         };
         let shared = self.shared.clone();
         // Tracked, so shutdown waits for it; spawned even after close (the tracker only counts).
         handle.spawn(self.shared.tasks.track_future(async move {
             if let Err(e) = docker::remove(&shared.docker, &id).await {
-                tracing::error!(container = %id, error = %e, "sandbox: could not remove a dropped run's container");
+                tracing::error!(container = %id, error = %e, "sandbox: could not remove a run's container");
             }
         }));
     }

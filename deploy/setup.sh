@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what Baton needs to build and run, when missing: nats-server and protoc (always),
-# PostgreSQL (with --postgres, for the tests) and cargo-nextest (with --nextest).
+# PostgreSQL (with --postgres, for the tests), cargo-nextest (with --nextest), and Docker's daemon
+# and debootstrap (with --docker, for the sandbox: deploy/docker.sh starts the daemon,
+# deploy/sandbox-images.sh builds the images).
 # Debian/Ubuntu; uses sudo when not root. Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-want_pg=0; want_nextest=0
+want_pg=0; want_nextest=0; want_docker=0
 for a in "$@"; do
   case "$a" in
     --postgres) want_pg=1 ;;
     --nextest) want_nextest=1 ;;
-    *) echo "usage: $0 [--postgres] [--nextest]" >&2; exit 2 ;;
+    --docker) want_docker=1 ;;
+    *) echo "usage: $0 [--postgres] [--nextest] [--docker]" >&2; exit 2 ;;
   esac
 done
 
@@ -19,6 +22,11 @@ pkgs=()
 command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
 if [ "$want_pg" = 1 ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   pkgs+=(postgresql)
+fi
+if [ "$want_docker" = 1 ]; then
+  # A docker CLI alone (e.g. /usr/local/bin/docker) is not a daemon: look for dockerd.
+  { command -v dockerd || [ -x /usr/sbin/dockerd ]; } >/dev/null || pkgs+=(docker.io)
+  { command -v debootstrap || [ -x /usr/sbin/debootstrap ]; } >/dev/null || pkgs+=(debootstrap)
 fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   echo "setup: installing ${pkgs[*]}" >&2

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs all tests: installs what is missing (nats-server, protoc, PostgreSQL, cargo-nextest),
-# starts PostgreSQL on loopback, then runs the workspace's tests. Each test starts its own
+# Runs all tests: installs what is missing (nats-server, protoc, PostgreSQL, cargo-nextest, Docker,
+# debootstrap), starts PostgreSQL on loopback and the Docker daemon, builds the sandbox images
+# when missing (cached under ~/.cache/baton-sandbox), then runs the workspace's tests. Each test starts its own
 # nats-server on a free port and uses its own SQLite file or PostgreSQL database.
 # Extra arguments go to `cargo nextest run` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/setup.sh --postgres --nextest
+bash deploy/setup.sh --postgres --nextest --docker
+bash deploy/docker.sh
+bash deploy/sandbox-images.sh
 BATON_TEST_POSTGRES_URL="$(bash deploy/postgres.sh)"
 case "$BATON_TEST_POSTGRES_URL" in
   postgres://*) export BATON_TEST_POSTGRES_URL ;;

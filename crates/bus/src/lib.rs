@@ -168,22 +168,11 @@ impl Bus {
         };
         for cfg in [main, dead] {
             let name = cfg.name.clone();
-            if let Ok(mut existing) = self.js.get_stream(&name).await {
-                if let Ok(info) = existing.info().await {
-                    let have = &info.config;
-                    let mut subjects = have.subjects.clone();
-                    subjects.sort();
-                    let mut want = cfg.subjects.clone();
-                    want.sort();
-                    if subjects == want
-                        && have.storage == cfg.storage
-                        && have.num_replicas == cfg.num_replicas
-                        && have.duplicate_window == cfg.duplicate_window
-                        && have.max_age == cfg.max_age
-                    {
-                        continue;
-                    }
-                }
+            if let Ok(mut existing) = self.js.get_stream(&name).await
+                && let Ok(info) = existing.info().await
+                && same_settings(&info.config, &cfg)
+            {
+                continue;
             }
             self.js
                 .create_or_update_stream(cfg)
@@ -375,6 +364,21 @@ impl Bus {
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+}
+
+/// Whether an existing stream has the settings Baton configures (subjects in any order,
+/// storage, replicas, duplicate window, age): then [`Bus::ensure_streams`] leaves it alone.
+fn same_settings(have: &stream::Config, want: &stream::Config) -> bool {
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    sorted(&have.subjects) == sorted(&want.subjects)
+        && have.storage == want.storage
+        && have.num_replicas == want.num_replicas
+        && have.duplicate_window == want.duplicate_window
+        && have.max_age == want.max_age
 }
 
 /// The headers of an event publish (all but `Nats-Msg-Id`): `Content-Type`, `Baton-Tenant`,

@@ -257,3 +257,120 @@ async fn a_trigger_publisher_cannot_pick_its_tenant() {
         .tasks;
     assert!(theirs.is_empty(), "{theirs:?}");
 }
+
+/// The same with one process per service (`baton serve`) against an external nats-server
+/// configured with what `baton nats-config` prints: the services work with their own narrow
+/// identities, and the forgery is refused from a trigger publisher and from a service's own
+/// identity (a compromised ingestion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separately_started_services_with_their_own_identities_refuse_the_forgery() {
+    use baton::nats_auth::Identities;
+    use baton::up::{Baton, ServiceName};
+    let data = tempfile::tempdir().unwrap();
+    let mut config = baton_tests::test_config(data.path());
+    config.agents.noop_roles = vec!["assistant".into()];
+    config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
+    let plugins = baton_runtime::plugins::Plugins::default();
+    let ids = Identities::prepare(&config, &plugins, &data.path().join("keys")).unwrap();
+    let server_conf = data.path().join("auth.conf");
+    ids.write_server_config(&server_conf).unwrap();
+    let store = data.path().join("store");
+    let server = baton_bus::server::NatsServer::start_with_config(
+        "nats-server",
+        &store,
+        0,
+        Some(&server_conf),
+    )
+    .await
+    .unwrap();
+    config.common.nats.url = server.url().to_string();
+    // `baton nats-config --create-streams`: the admin makes the streams, once.
+    baton_bus::Bus::connect(ids.bus_config(&config.common.nats, baton_bus::identity::ADMIN))
+        .await
+        .unwrap();
+
+    let mut running = Vec::new();
+    for service in ServiceName::ALL {
+        let mut c = config.clone();
+        c.common.nats = ids.bus_config(&config.common.nats, &service.to_string());
+        let b = Baton::start(c, &[service])
+            .await
+            .unwrap_or_else(|e| panic!("{service} did not start with its own identity: {e}"));
+        running.push(b);
+    }
+    let audit = running.last().unwrap();
+    let url = audit.grpc_url();
+    let token = audit.token("test-admin", "default", &[Role::Admin]);
+    let mut admin = baton::client::Clients::connect(&url, &token).await.unwrap();
+
+    let (target, hits) = counting_server().await;
+    let forged = forged_approval(&target).encode_to_vec();
+    for user in ["trigger-default", "ingestion"] {
+        let client = baton_bus::identity::client_as(
+            &config.common.nats.url,
+            user,
+            ids.seed_file(user).unwrap(),
+        )
+        .await
+        .unwrap();
+        client
+            .publish(subject::TASK_APPROVED, forged.clone().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+
+    // A real trigger still runs to completion through the six narrow identities.
+    let publisher = baton_bus::identity::client_as(
+        &config.common.nats.url,
+        "trigger-default",
+        ids.seed_file("trigger-default").unwrap(),
+    )
+    .await
+    .unwrap();
+    publisher
+        .publish(
+            subject::trigger("default", "cli"),
+            r#"{"text":"separate","role":"assistant","environment":"development"}"#.into(),
+        )
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let tasks = admin
+            .tasks
+            .list_tasks(ListTasksRequest {
+                status: baton_proto::TaskStatus::Completed as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks;
+        if tasks.iter().any(|t| t.text == "separate") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trigger did not complete within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the forged PUT was performed"
+    );
+    let got = admin
+        .tasks
+        .get_task(GetTaskRequest {
+            task_id: "forged-1".into(),
+        })
+        .await;
+    assert_eq!(got.unwrap_err().code(), tonic::Code::NotFound);
+    for b in running {
+        b.stop().await;
+    }
+    server.stop().await;
+}

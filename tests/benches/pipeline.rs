@@ -36,7 +36,13 @@ async fn main() {
     let baton = baton::up::Baton::start(config, &services)
         .await
         .expect("baton starts");
-    let nats = async_nats::connect(&baton.config.common.nats.url)
+    let admin = baton_bus::identity::ADMIN;
+    let seed = baton
+        .identities
+        .as_ref()
+        .and_then(|i| i.seed_file(admin))
+        .unwrap();
+    let nats = baton_bus::identity::client_as(&baton.config.common.nats.url, admin, seed)
         .await
         .unwrap();
     let mut completed = nats.subscribe(subject::TASK_COMPLETED).await.unwrap();
@@ -58,7 +64,7 @@ async fn main() {
 
     // Warm up (connections, consumers, SQLite pages).
     for i in 0..50 {
-        nats.publish(subject::trigger("bench"), trigger(i).into())
+        nats.publish(subject::trigger("default", "bench"), trigger(i).into())
             .await
             .unwrap();
         wait_one(&mut completed, &mut failed).await;
@@ -69,9 +75,12 @@ async fn main() {
     let mut lat = Vec::with_capacity(sequential);
     for i in 0..sequential {
         let t = Instant::now();
-        nats.publish(subject::trigger("bench"), trigger(1_000_000 + i).into())
-            .await
-            .unwrap();
+        nats.publish(
+            subject::trigger("default", "bench"),
+            trigger(1_000_000 + i).into(),
+        )
+        .await
+        .unwrap();
         wait_one(&mut completed, &mut failed).await;
         lat.push(t.elapsed());
     }
@@ -95,9 +104,12 @@ async fn main() {
         let nats = nats.clone();
         tokio::spawn(async move {
             for i in 0..tasks {
-                nats.publish(subject::trigger("bench"), trigger(2_000_000 + i).into())
-                    .await
-                    .unwrap();
+                nats.publish(
+                    subject::trigger("default", "bench"),
+                    trigger(2_000_000 + i).into(),
+                )
+                .await
+                .unwrap();
             }
             nats.flush().await.unwrap();
         })

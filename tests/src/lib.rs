@@ -172,9 +172,30 @@ impl Harness {
         .expect("connect")
     }
 
-    /// A plain NATS client (as an external publisher of triggers would use).
+    /// A plain NATS client as an external publisher of triggers would use: the trigger
+    /// publisher of tenant `default`, allowed to publish only on `baton.trigger.default.>`.
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(&self.baton.config.common.nats.url)
+        self.nats_as("trigger-default").await
+    }
+
+    /// A plain NATS client as the admin identity (any subject), for tests that play a part
+    /// of Baton itself.
+    pub async fn nats_admin(&self) -> async_nats::Client {
+        self.nats_as(baton_bus::identity::ADMIN).await
+    }
+
+    /// A plain NATS client as `user` (`ingestion`, `trigger-acme`, …), one of the identities
+    /// `baton up` made.
+    pub async fn nats_as(&self, user: &str) -> async_nats::Client {
+        let ids = self
+            .baton
+            .identities
+            .as_ref()
+            .expect("the harness starts its own nats-server, with identities");
+        let seed = ids
+            .seed_file(user)
+            .unwrap_or_else(|| panic!("no NATS identity {user}"));
+        baton_bus::identity::client_as(&self.baton.config.common.nats.url, user, seed)
             .await
             .expect("nats connect")
     }

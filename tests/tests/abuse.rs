@@ -83,9 +83,12 @@ async fn a_flood_of_large_malformed_triggers_grows_the_audit_log_by_bounded_reco
             _ => format!(r#"{{"text": "{i}{}"}}"#, filler(size - 20)).into_bytes(),
         };
         sent.insert(hex_sha256(&payload), payload.len() as u64);
-        nats.publish(baton_proto::subject::trigger("flood"), payload.into())
-            .await
-            .unwrap();
+        nats.publish(
+            baton_proto::subject::trigger("default", "flood"),
+            payload.into(),
+        )
+        .await
+        .unwrap();
     }
     nats.flush().await.unwrap();
     assert_eq!(sent.len(), N, "distinct payloads");
@@ -176,7 +179,10 @@ async fn nats_refuses_a_trigger_larger_than_its_max_payload() {
     );
     let too_large = vec![b'x'; max + 1];
     let err = nats
-        .publish(baton_proto::subject::trigger("big"), too_large.into())
+        .publish(
+            baton_proto::subject::trigger("default", "big"),
+            too_large.into(),
+        )
         .await
         .expect_err("a payload over max_payload is refused");
     assert!(err.to_string().contains("payload"), "{err}");

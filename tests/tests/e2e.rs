@@ -69,7 +69,7 @@ async fn verify(h: &Harness) -> baton_proto::VerifyAuditResponse {
 async fn publish_json_trigger(h: &Harness, json: &str) -> String {
     let nats = h.nats().await;
     let before = list_ids(h).await;
-    nats.publish(subject::trigger("cli"), json.to_string().into())
+    nats.publish(subject::trigger("default", "cli"), json.to_string().into())
         .await
         .unwrap();
     nats.flush().await.unwrap();
@@ -411,7 +411,8 @@ async fn execution_killed_mid_rollout_resumes_and_no_event_is_duplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_message_is_dead_lettered_and_audited() {
     let h = Harness::start(Db::Sqlite).await;
-    let nats = h.nats().await;
+    // Only ingestion (or the admin) may publish on task.received.
+    let nats = h.nats_admin().await;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(baton_bus::TASK_ID_HEADER, "poison-1");
     headers.insert(baton_bus::TENANT_HEADER, "default");

@@ -3,6 +3,11 @@
 //! task, a plan with one HTTP PUT to a loopback server of the test, an "approval" by nobody.
 //! Against `baton up` (the harness) and against separately started services: the PUT never
 //! arrives, and the attempt is in the audit log with the reason.
+//!
+//! NATS itself refuses that publish from every identity but validation's
+//! (`tests/nats_auth.rs`), so the attacker here holds the one credential NATS lets through —
+//! validation's NATS seed, stolen — but not validation's signing key: what stops it is
+//! execution's signature check.
 
 use baton::client::Clients;
 use baton::config::BatonConfig;
@@ -95,9 +100,9 @@ fn forged(task_id: &str, url: &str) -> (Event, TaskApproved) {
     (event, approved)
 }
 
-/// Publishes `event` as an attacker would: a plain NATS client, core publish, no Baton code.
-async fn publish_raw(nats_url: &str, event: &Event) {
-    let nats = async_nats::connect(nats_url).await.unwrap();
+/// Publishes `event` as an attacker would: a plain NATS client (`nats`, connected with a
+/// stolen credential), core publish, no Baton code.
+async fn publish_raw(nats: &async_nats::Client, event: &Event) {
     nats.publish(subject::TASK_APPROVED, event.encode_to_vec().into())
         .await
         .unwrap();
@@ -137,17 +142,17 @@ async fn audited_failure(clients: &mut Clients, task_id: &str) -> (String, Vec<S
 
 /// Publishes the forgery (unsigned) and a signed variant by a key nobody trusts; asserts that
 /// no request reached the server and that both attempts are audited with their reason.
-async fn probe(nats_url: &str, clients: &mut Clients) {
+async fn probe(nats: &async_nats::Client, clients: &mut Clients) {
     let (url, hits) = counting_server().await;
 
     let (unsigned, _) = forged("forged-1", &url);
-    publish_raw(nats_url, &unsigned).await;
+    publish_raw(nats, &unsigned).await;
 
     let stranger = SigningKey::generate().unwrap();
     let (mut signed, mut body) = forged("forged-2", &url);
     sign_approved(&stranger, &mut body).unwrap();
     signed.body = Some(Body::TaskApproved(body));
-    publish_raw(nats_url, &signed).await;
+    publish_raw(nats, &signed).await;
 
     let (reason, kinds) = audited_failure(clients, "forged-1").await;
     assert_eq!(
@@ -172,7 +177,7 @@ async fn probe(nats_url: &str, clients: &mut Clients) {
 async fn a_forged_approval_runs_nothing_under_baton_up_and_is_audited() {
     let h = Harness::start(Db::Sqlite).await;
     let mut admin = h.clients("test-admin", &[Role::Admin]).await;
-    probe(&h.baton.config.common.nats.url, &mut admin).await;
+    probe(&h.nats_as("validation").await, &mut admin).await;
 }
 
 /// The services as separate processes would run them (`baton serve <service>`): each its own
@@ -188,9 +193,9 @@ async fn a_forged_approval_runs_nothing_with_separately_started_services() {
         .await
         .unwrap();
 
-    let config_for = |i: usize, nats_url: &str| -> BatonConfig {
+    let config_for = |i: usize, nats: &baton_bus::BusConfig| -> BatonConfig {
         let mut c = baton_tests::test_config(dirs[i].path());
-        c.common.nats.url = nats_url.to_string();
+        c.common.nats = nats.clone();
         c.common.auth.hs256_secret = "s".repeat(32);
         c.validation.signing_key = key_path.clone();
         c.execution.trusted_keys = vec![key.public_key().to_string()];
@@ -199,10 +204,22 @@ async fn a_forged_approval_runs_nothing_with_separately_started_services() {
         c
     };
     // Audit first, with the nats-server child; the others connect to it.
-    let audit = Baton::start(config_for(0, ""), &[ServiceName::Audit])
-        .await
-        .unwrap();
+    let audit = Baton::start(
+        config_for(0, &baton_bus::BusConfig::default()),
+        &[ServiceName::Audit],
+    )
+    .await
+    .unwrap();
     let nats_url = audit.config.common.nats.url.clone();
+    // Each service connects with its own NATS identity, as `baton nats-config` prints them.
+    let ids = audit
+        .identities
+        .as_ref()
+        .expect("audit's baton started the nats-server, with identities");
+    let base = baton_bus::BusConfig {
+        url: nats_url.clone(),
+        ..baton_bus::BusConfig::default()
+    };
     let mut others = Vec::new();
     for (i, name) in [
         ServiceName::Ingestion,
@@ -215,9 +232,12 @@ async fn a_forged_approval_runs_nothing_with_separately_started_services() {
     .enumerate()
     {
         others.push(
-            Baton::start(config_for(i + 1, &nats_url), &[name])
-                .await
-                .unwrap_or_else(|e| panic!("{name:?} did not start: {e}")),
+            Baton::start(
+                config_for(i + 1, &ids.bus_config(&base, &name.to_string())),
+                &[name],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name:?} did not start: {e}")),
         );
     }
     // No development key was made anywhere: execution trusts only the configured key.
@@ -227,12 +247,25 @@ async fn a_forged_approval_runs_nothing_with_separately_started_services() {
 
     let token = audit.token("test-admin", "default", &[Role::Admin]);
     let mut admin = Clients::connect(&audit.grpc_url(), &token).await.unwrap();
-    probe(&nats_url, &mut admin).await;
+    let stolen = baton_bus::identity::client_as(
+        &nats_url,
+        "validation",
+        ids.seed_file("validation").unwrap(),
+    )
+    .await
+    .unwrap();
+    probe(&stolen, &mut admin).await;
 
     // A genuine task still runs end to end, its approval signed by the configured key.
-    let nats = async_nats::connect(&nats_url).await.unwrap();
+    let nats = baton_bus::identity::client_as(
+        &nats_url,
+        "trigger-default",
+        ids.seed_file("trigger-default").unwrap(),
+    )
+    .await
+    .unwrap();
     nats.publish(
-        subject::trigger("cli"),
+        subject::trigger("default", "cli"),
         r#"{"text":"Fix drift on production web servers","environment":"production"}"#.into(),
     )
     .await

@@ -205,8 +205,8 @@ async fn a_plug_in_tier_and_agents_run_end_to_end_and_only_a_reviewed_runbook_is
 }
 
 /// A webhook as a program embedding Baton would add one: `POST /hooks/billing` with the
-/// question as the body becomes a JSON trigger on `baton.trigger.webhook`, in the caller's
-/// tenant. Its route sits behind the same bearer-token check as gRPC.
+/// question as the body becomes a JSON trigger on `baton.trigger.<tenant>.webhook`, in the
+/// caller's tenant. Its route sits behind the same bearer-token check as gRPC.
 fn webhook() -> baton_runtime::http::HttpPlugin {
     use axum::{Extension, extract::State, http::StatusCode, routing::post};
     baton_runtime::http::HttpPlugin::new("billing-webhook", |ctx| {
@@ -219,13 +219,10 @@ fn webhook() -> baton_runtime::http::HttpPlugin {
                            Extension(caller): Extension<baton_runtime::auth::Principal>,
                            body: String| {
                         let trigger = serde_json::json!({ "text": body }).to_string();
-                        let mut headers = async_nats::HeaderMap::new();
-                        headers.insert(baton_bus::TENANT_HEADER, caller.tenant.as_str());
                         match bus
                             .client()
-                            .publish_with_headers(
-                                baton_proto::subject::trigger("webhook"),
-                                headers,
+                            .publish(
+                                baton_proto::subject::trigger(&caller.tenant, "webhook"),
                                 trigger.into(),
                             )
                             .await

@@ -59,7 +59,7 @@ async fn an_audit_writer_that_loses_its_lock_to_another_replica_stops_baton() {
     // The trigger's events reach the first writer, which checks its lock before storing them.
     let nats = h.nats().await;
     nats.publish(
-        subject::trigger("cli"),
+        subject::trigger("default", "cli"),
         r#"{"text":"Fix drift on production web servers","environment":"production"}"#.into(),
     )
     .await

@@ -187,7 +187,7 @@ async fn published_events_are_stored_in_order_and_tenants_are_isolated() {
     h.nats
         .bus
         .publish_raw(
-            &subject::trigger("cli"),
+            &subject::trigger("default", "cli"),
             "",
             Default::default(),
             b"{\"text\":\"hi\"}".to_vec().into(),

@@ -23,8 +23,16 @@ pub struct BusConfig {
     pub url: String,
     /// Client name shown by the server's monitoring.
     pub client_name: String,
-    /// NATS credentials file (`.creds`), when the server requires auth.
+    /// NATS credentials file (`.creds`, a user JWT and its seed), for a server with
+    /// decentralized (operator/account) auth.
     pub credentials_file: Option<PathBuf>,
+    /// File holding this process's nkey user seed (`SU…`), for a server whose
+    /// `authorization` block lists nkey users (what `baton up` and `baton nats-config` set up;
+    /// see `baton_bus::identity`). The seed itself never appears in the configuration.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// Prefix of this client's reply subjects. A Baton identity may receive replies only under
+    /// `_INBOX_<user>` (so no user reads another's), so set it with `nkey_seed_file`.
+    pub inbox_prefix: String,
     /// CA certificate (PEM) to verify the server's TLS certificate; setting it requires TLS.
     pub tls_ca_file: Option<PathBuf>,
     /// Main stream name.
@@ -66,6 +74,8 @@ impl Default for BusConfig {
             url: String::new(),
             client_name: "baton".into(),
             credentials_file: None,
+            nkey_seed_file: None,
+            inbox_prefix: "_INBOX".into(),
             tls_ca_file: None,
             stream: "BATON".into(),
             dead_stream: "BATON_DEAD".into(),
@@ -94,6 +104,16 @@ impl BusConfig {
         let bad = |m: &str| Err(crate::BusError::Config(m.to_string()));
         if self.url.trim().is_empty() {
             return bad("nats.url is empty: set it to the server URL (nats://host:4222)");
+        }
+        if self.credentials_file.is_some() && self.nkey_seed_file.is_some() {
+            return bad(
+                "nats.credentials_file and nats.nkey_seed_file are both set: use one way to authenticate",
+            );
+        }
+        if self.inbox_prefix.is_empty() || self.inbox_prefix.contains(['.', '*', '>', ' ']) {
+            return bad(
+                "nats.inbox_prefix must be one subject token without wildcards (_INBOX_ingestion)",
+            );
         }
         if self.max_deliver < 1 {
             return bad("nats.max_deliver must be at least 1");

@@ -11,6 +11,8 @@
 //! - [`Bus::consume_batch`]: the same guards for a handler of batches, over one or more
 //!   consumers merged (see [`BatchSpec`]).
 //! - [`server::NatsServer`]: a `nats-server -js` child process for `baton up` and the tests.
+//! - [`identity`]: the NATS users (one per service, admin, trigger publishers per tenant), their
+//!   permissions, their seed files and the server's `authorization` block.
 //! - `testing` (cargo feature `testing`, for dev-dependencies only): the `TestNats` fixture.
 //!
 //! Delivery is at-least-once; handlers are idempotent and every publish carries a deterministic
@@ -20,6 +22,7 @@ mod batch;
 mod config;
 mod consumer;
 mod error;
+pub mod identity;
 pub mod kv;
 pub mod server;
 #[cfg(feature = "testing")]
@@ -88,6 +91,14 @@ impl Bus {
                         source,
                     })?;
         }
+        if let Some(file) = &config.nkey_seed_file {
+            let seed = std::fs::read_to_string(file).map_err(|e| BusError::Connect {
+                url: config.url.clone(),
+                reason: format!("cannot read nats.nkey_seed_file {}: {e}", file.display()),
+            })?;
+            options = options.nkey(seed.trim().to_string());
+        }
+        options = options.custom_inbox_prefix(&config.inbox_prefix);
         if let Some(ca) = &config.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
@@ -125,6 +136,12 @@ impl Bus {
     }
 
     /// Creates or updates the `BATON` and `BATON_DEAD` streams to match the configuration.
+    /// A stream that already has the configured subjects, storage, replicas, duplicate window
+    /// and age is left alone (one read), so a service's identity, which may read stream info
+    /// but not change streams, connects once the admin has set them up.
+    ///
+    /// Errors: [`BusError::Stream`]; for a missing or different stream and an identity that
+    /// may not change it, the reason says so.
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
         let c = &self.config;
         let main = stream::Config {
@@ -151,12 +168,28 @@ impl Bus {
         };
         for cfg in [main, dead] {
             let name = cfg.name.clone();
+            if let Ok(mut existing) = self.js.get_stream(&name).await
+                && let Ok(info) = existing.info().await
+                && same_settings(&info.config, &cfg)
+            {
+                continue;
+            }
             self.js
                 .create_or_update_stream(cfg)
                 .await
                 .map_err(|e| BusError::Stream {
+                    reason: if e.to_string().to_lowercase().contains("timed out")
+                        || e.to_string().to_lowercase().contains("permission")
+                    {
+                        format!(
+                            "{e} (is the stream missing or configured differently, and this \
+                             identity not allowed to change it? start `baton up`, or connect \
+                             once with the admin seed: see `baton nats-config`)"
+                        )
+                    } else {
+                        e.to_string()
+                    },
                     stream: name,
-                    reason: e.to_string(),
                 })?;
         }
         Ok(())
@@ -331,6 +364,21 @@ impl Bus {
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+}
+
+/// Whether an existing stream has the settings Baton configures (subjects in any order,
+/// storage, replicas, duplicate window, age): then [`Bus::ensure_streams`] leaves it alone.
+fn same_settings(have: &stream::Config, want: &stream::Config) -> bool {
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    sorted(&have.subjects) == sorted(&want.subjects)
+        && have.storage == want.storage
+        && have.num_replicas == want.num_replicas
+        && have.duplicate_window == want.duplicate_window
+        && have.max_age == want.max_age
 }
 
 /// The headers of an event publish (all but `Nats-Msg-Id`): `Content-Type`, `Baton-Tenant`,

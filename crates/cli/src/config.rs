@@ -90,6 +90,9 @@ pub struct NatsServerConfig {
     pub binary: String,
     /// Port on 127.0.0.1 (0 = any free port).
     pub port: u16,
+    /// Tenants that get a trigger publisher identity (`<data_dir>/nats/keys/trigger-<tenant>.nk`),
+    /// allowed to publish only on `baton.trigger.<tenant>.>`.
+    pub trigger_tenants: Vec<String>,
 }
 
 impl Default for NatsServerConfig {
@@ -97,6 +100,7 @@ impl Default for NatsServerConfig {
         NatsServerConfig {
             binary: "nats-server".into(),
             port: 4222,
+            trigger_tenants: vec!["default".into()],
         }
     }
 }

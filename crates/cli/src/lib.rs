@@ -4,9 +4,12 @@
 //! - [`config`]: the whole `baton.toml` ([`config::BatonConfig`]), layered with `BATON_*` env.
 //! - [`up`]: runs any set of services in one process ([`up::Baton`]), starting a `nats-server`
 //!   child when no NATS URL is configured.
+//! - [`nats_auth`]: the NATS identities (admin, one per service, trigger publishers), their
+//!   seed files and the server's authorization block, for `baton up` and `baton nats-config`.
 //! - [`client`]: gRPC clients with bearer tokens, and [`client::describe`], the one-line
 //!   rendering of an event that `baton watch` and the demo print.
 
 pub mod client;
 pub mod config;
+pub mod nats_auth;
 pub mod up;

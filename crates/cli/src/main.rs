@@ -67,6 +67,18 @@ enum Command {
     /// Prints the configuration the services would run with (derived values filled in,
     /// secrets redacted), or what is wrong with it.
     Config,
+    /// For an external nats-server: makes (or reuses) one nkey seed per identity (admin, each
+    /// service, a trigger publisher per `nats_server.trigger_tenants`) and prints the
+    /// server's authorization block and how to start each service with its seed.
+    NatsConfig {
+        /// Where the seed files are kept (mode 0600). Default: `<data_dir>/nats/keys`.
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<std::path::PathBuf>,
+        /// Instead of printing: connect to nats.url as the admin (its seed in the keys
+        /// directory) and create or update the streams, once, before the services start.
+        #[arg(long)]
+        create_streams: bool,
+    },
     /// Submits a trigger; prints the task id (and follows it with --watch).
     Submit(SubmitArgs),
     /// Lists tasks, newest first.
@@ -217,6 +229,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::NatsConfig {
+            keys_dir,
+            create_streams,
+        } => nats_config(&config, keys_dir, create_streams).await,
         Command::Token {
             sub,
             tenant,
@@ -261,6 +277,71 @@ async fn up(config: BatonConfig) -> anyhow::Result<ExitCode> {
         baton.grpc_addr, baton.http_addr, baton.config.common.nats.url
     );
     baton.run_until(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton nats-config`: the identities of an external nats-server.
+async fn nats_config(
+    config: &BatonConfig,
+    keys_dir: Option<std::path::PathBuf>,
+    create_streams: bool,
+) -> anyhow::Result<ExitCode> {
+    use baton::nats_auth::Identities;
+    use baton_bus::identity::{ADMIN, inbox_prefix};
+    let dir = keys_dir.unwrap_or_else(|| config.common.data_dir.join("nats").join("keys"));
+    let ids = Identities::prepare(config, &baton_runtime::plugins::Plugins::default(), &dir)?;
+    if create_streams {
+        if config.common.nats.url.is_empty() {
+            anyhow::bail!("--create-streams needs nats.url (--nats-url, BATON_NATS__URL)");
+        }
+        let bus = baton_bus::Bus::connect(ids.bus_config(&config.common.nats, ADMIN))
+            .await
+            .context("cannot set up the streams as the admin")?;
+        println!(
+            "streams {} and {} are ready on {}",
+            bus.config().stream,
+            bus.config().dead_stream,
+            config.common.nats.url
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "# Baton's NATS identities: include this block in the nats-server configuration\n\
+         # (e.g. `include baton-auth.conf`). Seeds (keep them secret): {}\n",
+        dir.display()
+    );
+    print!("{}", ids.authorization_block());
+    println!(
+        "
+# 1. Once, create the streams as the admin:"
+    );
+    println!(
+        "#    BATON_NATS__URL=<url> baton nats-config --keys-dir {} --create-streams",
+        dir.display()
+    );
+    println!("# 2. Start each service with its own seed and inbox prefix:");
+    for service in ServiceName::ALL {
+        let user = baton::nats_auth::user_of(service);
+        if let Some(seed) = ids.seed_file(&user) {
+            println!(
+                "#    BATON_NATS__URL=<url> BATON_NATS__NKEY_SEED_FILE={} BATON_NATS__INBOX_PREFIX={} baton serve {service}",
+                seed.display(),
+                inbox_prefix(&user)
+            );
+        }
+    }
+    println!(
+        "# 3. Give each tenant's trigger publisher its seed; it may publish only on baton.trigger.<tenant>.>:"
+    );
+    for tenant in &config.nats_server.trigger_tenants {
+        let user = baton_bus::identity::trigger_user_name(tenant);
+        if let Some(seed) = ids.seed_file(&user) {
+            println!(
+                "#    nats --nkey {} pub baton.trigger.{tenant}.cli '{{\"text\":\"…\"}}'",
+                seed.display()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

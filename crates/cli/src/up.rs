@@ -66,6 +66,9 @@ pub enum UpError {
     /// The nats-server child did not start.
     #[error(transparent)]
     NatsServer(#[from] baton_bus::server::ServerError),
+    /// The NATS identities of the nats-server child could not be written or read.
+    #[error(transparent)]
+    NatsKeys(#[from] baton_bus::identity::KeyError),
     /// NATS, the token secret or the data directory is unusable.
     #[error(transparent)]
     Connect(#[from] baton_runtime::service::ConnectError),
@@ -108,9 +111,14 @@ pub struct Baton {
     pub grpc_addr: SocketAddr,
     /// Where `/health`, `/ready`, `/metrics` listen.
     pub http_addr: SocketAddr,
-    /// The shared handles.
+    /// The shared handles; its bus is the admin identity's when Baton started nats-server
+    /// (tests and tools use it), the configured one otherwise.
     pub ctx: Context,
+    /// The NATS identities, when Baton started nats-server (each service connects as its own).
+    pub identities: Option<crate::nats_auth::Identities>,
     nats_server: Option<NatsServer>,
+    /// Each service's context (its own NATS identity), kept to restart it.
+    contexts: BTreeMap<ServiceName, Context>,
     services: BTreeMap<ServiceName, Running>,
     servers_token: CancellationToken,
     servers: Vec<JoinHandle<()>>,
@@ -119,7 +127,9 @@ pub struct Baton {
 impl Baton {
     /// Starts `which` services with only their built-in agents, tiers and runners. With an
     /// empty `config.nats.url`, starts `nats-server -js` with its store in `<data_dir>/nats`
-    /// first; with an empty `auth.hs256_secret`, the services use (or create) the development
+    /// first, with authentication: one nkey user per service, an admin and the trigger
+    /// publishers (see [`crate::nats_auth`]); each service connects as its own user, and
+    /// `config.common.nats` becomes the admin's connection; with an empty `auth.hs256_secret`, the services use (or create) the development
     /// secret in `data_dir` (see `service::connect`).
     pub async fn start(config: BatonConfig, which: &[ServiceName]) -> Result<Baton, UpError> {
         Baton::start_with(config, which, Plugins::default()).await
@@ -139,14 +149,25 @@ impl Baton {
             config.common.data_dir.display()
         )))?;
         let mut nats_server = None;
+        let mut identities = None;
         if config.common.nats.url.is_empty() {
             let store = config.common.data_dir.join("nats");
-            let server =
-                NatsServer::start(&config.nats_server.binary, &store, config.nats_server.port)
-                    .await?;
+            let ids =
+                crate::nats_auth::Identities::prepare(&config, &plugins, &store.join("keys"))?;
+            let server_config = store.join("server.conf");
+            ids.write_server_config(&server_config)?;
+            let server = NatsServer::start_with_config(
+                &config.nats_server.binary,
+                &store,
+                config.nats_server.port,
+                Some(&server_config),
+            )
+            .await?;
             info!(url = server.url(), store = %store.display(), "started nats-server");
             config.common.nats.url = server.url().to_string();
+            config.common.nats = ids.bus_config(&config.common.nats, baton_bus::identity::ADMIN);
             nats_server = Some(server);
+            identities = Some(ids);
         }
         let ctx = baton_runtime::service::connect(&config.common)
             .await?
@@ -156,10 +177,13 @@ impl Baton {
         let mut http_routes = HttpRoutes::default();
         let mut names: Vec<&'static str> = Vec::new();
         let mut services = BTreeMap::new();
+        let mut contexts = BTreeMap::new();
         for &name in which {
+            let service_ctx = service_context(&ctx, &config, identities.as_ref(), name).await?;
+            contexts.insert(name, service_ctx.clone());
             let running = launch(
                 name,
-                &ctx,
+                &service_ctx,
                 &config,
                 Some((&mut routes, &mut http_routes)),
                 &mut names,
@@ -188,6 +212,8 @@ impl Baton {
             grpc_addr,
             http_addr,
             ctx,
+            identities,
+            contexts,
             nats_server,
             services,
             servers_token,
@@ -233,7 +259,16 @@ impl Baton {
     /// consumer left off).
     pub async fn start_service(&mut self, name: ServiceName) -> Result<(), UpError> {
         let mut names = Vec::new();
-        let running = launch(name, &self.ctx, &self.config, None, &mut names).await?;
+        let ctx = match self.contexts.get(&name) {
+            Some(ctx) => ctx.clone(),
+            None => {
+                let ctx = service_context(&self.ctx, &self.config, self.identities.as_ref(), name)
+                    .await?;
+                self.contexts.insert(name, ctx.clone());
+                ctx
+            }
+        };
+        let running = launch(name, &ctx, &self.config, None, &mut names).await?;
         self.services.insert(name, running);
         Ok(())
     }
@@ -287,6 +322,27 @@ impl Baton {
             n.stop().await;
         }
     }
+}
+
+/// The context `name` runs with: `shared` with a bus of the service's own NATS identity when
+/// Baton started nats-server, else `shared` itself (one configured identity for the process).
+async fn service_context(
+    shared: &Context,
+    config: &BatonConfig,
+    identities: Option<&crate::nats_auth::Identities>,
+    name: ServiceName,
+) -> Result<Context, UpError> {
+    let Some(ids) = identities else {
+        return Ok(shared.clone());
+    };
+    let bus_config = ids.bus_config(&config.common.nats, &crate::nats_auth::user_of(name));
+    let bus = baton_bus::Bus::connect(bus_config)
+        .await
+        .map_err(|e| UpError::Connect(e.into()))?;
+    Ok(Context {
+        bus,
+        ..shared.clone()
+    })
 }
 
 async fn launch(

@@ -1,7 +1,12 @@
 //! The ingestion service: Baton's front door. It turns triggers into tasks.
 //!
-//! In: `baton.trigger.<source>` (durable consumer `ingestion`; JSON or protobuf
+//! In: `baton.trigger.<tenant>.<source…>` (durable consumer `ingestion`; JSON or protobuf
 //! `baton.v1.Trigger`), and gRPC `baton.v1.TriggerService/SubmitTask`.
+//!
+//! A NATS trigger's tenant is the subject's first token after `baton.trigger`: the NATS server
+//! lets a trigger publisher publish only under its own tenant (see `baton_bus::identity`), so
+//! the tenant is the one its credential was allowed, whatever `Baton-Tenant` header it sets
+//! (the header is ignored). A gRPC submission is its caller's tenant (the token's).
 //! Out: `baton.task.received` (`TaskReceived`, event id `<task_id>.received`) for an accepted
 //! trigger, `baton.ingestion.rejected` (`TriggerRejected`) for a NATS trigger it refuses:
 //! the payload's SHA-256, size and first [`REJECTED_PREFIX_MAX`] bytes with the (bounded)
@@ -26,7 +31,7 @@
 
 pub mod validate;
 
-use baton_bus::{ConsumerSpec, Delivery, HandlerError, TENANT_HEADER};
+use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::trigger_service_server::{TriggerService, TriggerServiceServer};
 use baton_proto::{
     Event, SubmitTaskRequest, SubmitTaskResponse, Task, TaskReceived, Trigger, TriggerRejected,
@@ -56,15 +61,13 @@ pub const TASK_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1c_07a2_4e3d_5f68_9a0b_c
 /// Most payload bytes a `TriggerRejected` event keeps (its prefix; the event also carries the
 /// payload's SHA-256 and size): see [`baton_proto::TRIGGER_REJECTED_PREFIX_MAX`] for why.
 pub const REJECTED_PREFIX_MAX: usize = baton_proto::TRIGGER_REJECTED_PREFIX_MAX;
-/// Longest accepted tenant name (from the `Baton-Tenant` header), in bytes.
+/// Longest accepted tenant name (a trigger subject's tenant token), in bytes.
 pub const MAX_TENANT_BYTES: usize = 128;
 
 /// Settings of the ingestion service (`[ingestion]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Tenant of NATS triggers without a `Baton-Tenant` header.
-    pub default_tenant: String,
     /// Longest accepted trigger text, in bytes (after trimming whitespace).
     pub max_text_bytes: usize,
     /// Most labels one trigger may carry.
@@ -85,7 +88,6 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            default_tenant: "default".into(),
             max_text_bytes: 16 * 1024,
             max_labels: 32,
             max_label_key_bytes: 64,
@@ -101,11 +103,6 @@ impl Config {
     /// Checks the settings; the message names the key to fix.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
-        if self.default_tenant.trim().is_empty() {
-            return bad(
-                "ingestion.default_tenant is empty: name the tenant of NATS triggers without a Baton-Tenant header",
-            );
-        }
         if self.max_text_bytes == 0 {
             return bad("ingestion.max_text_bytes must be at least 1");
         }
@@ -403,22 +400,14 @@ impl Inner {
     async fn handle_trigger(&self, d: &Delivery) -> Result<Outcome, HandlerError> {
         let stream = self.ctx.bus.config().stream.clone();
         let sequence = d.stream_sequence();
-        let source = d
-            .subject()
-            .strip_prefix(subject::TRIGGER_PREFIX)
-            .and_then(|s| s.strip_prefix('.'))
-            .filter(|s| !s.is_empty())
-            .unwrap_or("nats")
-            .to_string();
-        let tenant = d
-            .header(TENANT_HEADER)
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .unwrap_or(&self.config.default_tenant)
-            .to_string();
+        // The tenant is the subject's, which the publisher's NATS identity was allowed to
+        // publish on; a `Baton-Tenant` header on a trigger is the publisher's claim and ignored.
+        // The consumer's filter is `baton.trigger.>`, so the subject has at least one token.
+        let (tenant, source) = subject::parse_trigger(d.subject()).unwrap_or(("", "nats"));
+        let (tenant, source) = (tenant.to_string(), source.to_string());
 
         let parsed = validate::tenant(&tenant)
-            .map_err(|e| format!("{TENANT_HEADER} header: {e}"))
+            .map_err(|e| format!("the trigger subject's tenant: {e}"))
             .and_then(|()| parse_trigger(d.payload(), d.header("Content-Type")))
             .and_then(|mut trigger| {
                 trigger.source = source.clone();

@@ -95,7 +95,7 @@ pub fn normalise(trigger: &mut Trigger, config: &Config, catalog: &Catalog) -> R
 pub fn tenant(tenant: &str) -> Result<(), String> {
     if tenant.is_empty() {
         return Err(
-            "the tenant is empty: set the Baton-Tenant header or ingestion.default_tenant".into(),
+            "the tenant is empty: publish triggers on baton.trigger.<tenant>.<source>".into(),
         );
     }
     if tenant.len() > crate::MAX_TENANT_BYTES {

@@ -43,24 +43,27 @@ async fn start(
     (shutdown, handle)
 }
 
-/// Publishes a raw trigger; returns its stream sequence.
+/// Publishes a raw trigger of `tenant` (`default` when `None`) on
+/// `baton.trigger.<tenant>.<source>`; returns its stream sequence.
 async fn publish_trigger(
     nats: &TestNats,
     source: &str,
     tenant: Option<&str>,
     payload: &[u8],
 ) -> u64 {
-    let mut headers = HeaderMap::new();
-    if let Some(t) = tenant {
-        headers.insert(baton_bus::TENANT_HEADER, t);
-    }
+    publish_on(
+        nats,
+        &subject::trigger(tenant.unwrap_or("default"), source),
+        HeaderMap::new(),
+        payload,
+    )
+    .await
+}
+
+/// Publishes a raw payload on `subject` with `headers`; returns its stream sequence.
+async fn publish_on(nats: &TestNats, subject: &str, headers: HeaderMap, payload: &[u8]) -> u64 {
     nats.bus
-        .publish_raw(
-            &subject::trigger(source),
-            "",
-            headers,
-            payload.to_vec().into(),
-        )
+        .publish_raw(subject, "", headers, payload.to_vec().into())
         .await
         .unwrap()
         .sequence
@@ -170,35 +173,56 @@ async fn json_trigger_becomes_a_received_task() {
 }
 
 #[tokio::test]
-async fn protobuf_trigger_without_tenant_header_gets_the_default_tenant() {
+async fn a_triggers_tenant_is_its_subjects_whatever_header_it_sets() {
     let nats = TestNats::start().await;
     let ctx = context(&nats);
-    let config = Config {
-        default_tenant: "ops".into(),
-        ..Config::default()
-    };
-    let (shutdown, handle) = start(&ctx, config).await;
+    let (shutdown, handle) = start(&ctx, Config::default()).await;
 
     let trigger = Trigger {
         text: "Patch the staging db".into(),
         role: "patch".into(),
         ..Default::default()
     };
-    publish_trigger(
+    // The publisher may publish only under `ops` (its NATS identity); it claims `acme`.
+    let mut headers = HeaderMap::new();
+    headers.insert(baton_bus::TENANT_HEADER, "acme");
+    publish_on(
         &nats,
-        "webhook",
-        None,
+        &subject::trigger("ops", "webhook"),
+        headers,
         &prost::Message::encode_to_vec(&trigger),
     )
     .await;
-    let events = events_until(&nats, subject::TASK_RECEIVED, |_| true).await;
+    // A subject with a tenant and no source is the source `nats`.
+    publish_on(
+        &nats,
+        "baton.trigger.ops",
+        HeaderMap::new(),
+        br#"{"text":"Fix drift"}"#,
+    )
+    .await;
+    // Both tasks, in whichever order ingestion handled them.
+    let n = std::cell::Cell::new(0);
+    let seen: std::collections::BTreeMap<String, Event> =
+        events_until(&nats, subject::TASK_RECEIVED, |_| {
+            n.set(n.get() + 1);
+            n.get() == 2
+        })
+        .await
+        .into_iter()
+        .map(|e| (task_of(&e).submitted_by.clone(), e))
+        .collect();
     shutdown.cancel();
     handle.await.unwrap().unwrap();
 
-    let task = task_of(&events[0]);
-    assert_eq!(task.tenant, "ops");
-    assert_eq!(task.submitted_by, "nats:webhook");
+    let event = &seen["nats:webhook"];
+    let task = task_of(event);
+    assert_eq!(
+        (event.tenant.as_str(), task.tenant.as_str()),
+        ("ops", "ops")
+    );
     assert_eq!(task.trigger.as_ref().unwrap().role, "patch");
+    assert_eq!(task_of(&seen["nats:nats"]).tenant, "ops");
 }
 
 #[tokio::test]
@@ -229,7 +253,7 @@ async fn malformed_json_is_rejected_with_the_parse_error() {
         "{}",
         rejected.reason
     );
-    assert_eq!(rejected.subject, "baton.trigger.cli");
+    assert_eq!(rejected.subject, "baton.trigger.acme.cli");
     // A payload this small is kept whole as the prefix, with its size and SHA-256
     // (`printf '%s' '<payload>' | sha256sum`); the payload field of older builds stays empty.
     assert_eq!(rejected.payload_prefix, payload);

@@ -218,10 +218,12 @@ event_bodies! {
 
 /// NATS subjects of the path. All live in stream `BATON` except dead letters (`BATON_DEAD`).
 pub mod subject {
-    /// Prefix of trigger subjects: `baton.trigger.<source>`.
+    /// Prefix of trigger subjects: `baton.trigger.<tenant>.<source…>`. The tenant token is the
+    /// task's tenant: a trigger publisher's NATS identity may publish only under its own
+    /// tenant's token, so the tenant comes from what the server allowed, never from a header.
     pub const TRIGGER_PREFIX: &str = "baton.trigger";
-    /// Wildcard over all trigger sources (a source may have several tokens:
-    /// `baton.trigger.webhook.github`).
+    /// Wildcard over all trigger subjects (a source may have several tokens:
+    /// `baton.trigger.acme.webhook.github`).
     pub const TRIGGERS: &str = "baton.trigger.>";
     /// Ingestion → decision.
     pub const TASK_RECEIVED: &str = "baton.task.received";
@@ -250,9 +252,19 @@ pub mod subject {
     pub fn agent(role: &str) -> String {
         format!("{AGENT_PREFIX}.{role}")
     }
-    /// `baton.trigger.<source>`.
-    pub fn trigger(source: &str) -> String {
-        format!("{TRIGGER_PREFIX}.{source}")
+    /// `baton.trigger.<tenant>.<source>`: where a trigger of `tenant` from `source` is
+    /// published (`source` may have several tokens).
+    pub fn trigger(tenant: &str, source: &str) -> String {
+        format!("{TRIGGER_PREFIX}.{tenant}.{source}")
+    }
+
+    /// The tenant and source of a trigger subject `baton.trigger.<tenant>[.<source…>]`
+    /// (`nats` when no source follows the tenant), or `None` for a subject outside
+    /// `baton.trigger.>`.
+    pub fn parse_trigger(subject: &str) -> Option<(&str, &str)> {
+        let rest = subject.strip_prefix(TRIGGER_PREFIX)?.strip_prefix('.')?;
+        let (tenant, source) = rest.split_once('.').unwrap_or((rest, "nats"));
+        (!tenant.is_empty() && !source.is_empty()).then_some((tenant, source))
     }
     /// `baton.execution.<event>`.
     pub fn execution(event: &str) -> String {

@@ -47,7 +47,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         let task_id = request.into_inner().task_id;
         require_task_id(&task_id)?;
         // One snapshot: the view reflects exactly the records returned.
@@ -66,7 +66,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         let r = request.into_inner();
         let page_size = match r.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -119,7 +119,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         let task_id = request.into_inner().task_id;
         require_task_id(&task_id)?;
         // Subscribe before reading, so no record falls between the read and the live feed.
@@ -225,7 +225,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         principal.require(Role::Operator)?;
         let head = self.store.head().await;
         let v = self.store.verify(Some(&head)).await.map_err(Status::from)?;

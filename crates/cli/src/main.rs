@@ -218,7 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             println!(
                 "{}",
-                authenticator(&config)?.mint(&sub, &tenant, &roles, ttl)
+                authenticator(&config)?.try_mint(&sub, &tenant, &roles, ttl)?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -273,7 +273,7 @@ async fn serve(config: BatonConfig, service: ServiceName) -> anyhow::Result<Exit
 /// The configured secret, or the development secret `baton up` wrote into `data_dir`.
 fn authenticator(config: &BatonConfig) -> anyhow::Result<Authenticator> {
     let mut auth = config.common.auth.clone();
-    if auth.hs256_secret.is_empty() {
+    if auth.wants_dev_secret() {
         let path = config.common.data_dir.join("jwt.secret");
         auth.hs256_secret = std::fs::read_to_string(&path)
             .with_context(|| {
@@ -293,12 +293,12 @@ fn authenticator(config: &BatonConfig) -> anyhow::Result<Authenticator> {
 async fn connect(config: &BatonConfig, roles: &[Role]) -> anyhow::Result<Clients> {
     let token = if config.client.token.is_empty() {
         let user = std::env::var("USER").unwrap_or_else(|_| "dev".into());
-        authenticator(config)?.mint(
+        authenticator(config)?.try_mint(
             &user,
             &config.client.tenant,
             roles,
             Duration::from_secs(600),
-        )
+        )?
     } else {
         config.client.token.clone()
     };

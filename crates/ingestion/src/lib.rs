@@ -488,7 +488,7 @@ impl TriggerService for TriggerApi {
         request: tonic::Request<SubmitTaskRequest>,
     ) -> Result<tonic::Response<SubmitTaskResponse>, tonic::Status> {
         let started = Instant::now();
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         principal.require(Role::Submitter)?;
         self.inner.check_rate(&principal.tenant)?;
         let trigger = request.into_inner().trigger.ok_or_else(|| {

@@ -119,7 +119,7 @@ async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match auth.authenticate_http(request.headers()) {
+    match auth.authenticate_http(request.headers()).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await

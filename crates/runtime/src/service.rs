@@ -148,14 +148,15 @@ pub enum ConnectError {
 
 /// Connects to NATS and builds the [`Context`] from the common settings (no plug-ins: add them
 /// with [`Context::with_plugins`]); an empty `auth.hs256_secret` uses the development secret
-/// in `data_dir`.
+/// in `data_dir`, unless `auth.jwks_url` is set (then only the identity provider's tokens are
+/// accepted).
 ///
 /// Errors: [`ConnectError::Catalog`] for bad `[catalog]` lists (checked before connecting),
 /// [`ConnectError::Secret`], [`ConnectError::Auth`], [`ConnectError::Bus`].
 pub async fn connect(common: &CommonConfig) -> Result<Context, ConnectError> {
     common.catalog.validate()?;
     let mut auth = common.auth.clone();
-    if auth.hs256_secret.is_empty() {
+    if auth.wants_dev_secret() {
         auth.hs256_secret =
             crate::auth::dev_secret(&common.data_dir).map_err(|source| ConnectError::Secret {
                 dir: common.data_dir.clone(),

@@ -282,7 +282,7 @@ impl ApprovalService for Approvals {
         &self,
         request: Request<ListPendingRequest>,
     ) -> Result<Response<ListPendingResponse>, Status> {
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         let keys = self.inner.approvals.keys().await.map_err(Error::from)?;
         let mut pending = Vec::new();
         for key in keys {
@@ -309,7 +309,7 @@ impl ApprovalService for Approvals {
         &self,
         request: Request<ApproveRequest>,
     ) -> Result<Response<ApproveResponse>, Status> {
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
         let decision = Approval {
@@ -333,7 +333,7 @@ impl ApprovalService for Approvals {
         &self,
         request: Request<RejectRequest>,
     ) -> Result<Response<RejectResponse>, Status> {
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
         if req.reason.trim().is_empty() {

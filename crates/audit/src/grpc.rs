@@ -145,6 +145,9 @@ impl TaskService for TaskApi {
             }
         };
         if !principal.can_see(&task.tenant) {
+            // Answer no sooner than for a task that does not exist, so the delay does not tell
+            // another tenant's caller that the id is taken.
+            tokio::time::sleep_until(deadline).await;
             return Err(not_found(&task_id));
         }
         let (tx, rx) = mpsc::channel(64);

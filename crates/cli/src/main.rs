@@ -302,7 +302,19 @@ async fn connect(config: &BatonConfig, roles: &[Role]) -> anyhow::Result<Clients
     } else {
         config.client.token.clone()
     };
-    Ok(Clients::connect(&config.client.url, &token).await?)
+    let read = |key: &'static str, path: &std::path::Path| {
+        baton_runtime::tls::read(key, path).context("cannot set up TLS to baton")
+    };
+    let c = &config.client;
+    let tls = baton::client::ClientTls {
+        ca: c.ca.as_deref().map(|p| read("client.ca", p)).transpose()?,
+        identity: match (&c.cert, &c.key) {
+            (Some(cert), Some(key)) => Some((read("client.cert", cert)?, read("client.key", key)?)),
+            (None, None) => None,
+            _ => anyhow::bail!("set both client.cert and client.key (PEM files), or neither"),
+        },
+    };
+    Ok(Clients::connect_tls(&config.client.url, &token, &tls).await?)
 }
 
 /// `baton submit`: prints the task id, then follows it with `--watch`.

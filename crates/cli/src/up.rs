@@ -172,6 +172,7 @@ impl Baton {
         let endpoints = Endpoints::serve(
             &ctx,
             config.common.grpc_addr,
+            &config.common.grpc_tls,
             config.common.http_addr,
             routes,
             http_routes,

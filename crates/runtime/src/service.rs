@@ -64,12 +64,14 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Binds both listeners and serves until `shutdown`: `routes` on gRPC; on HTTP the
+    /// Binds both listeners and serves until `shutdown`: `routes` on gRPC (over TLS with
+    /// `grpc_tls`'s certificate when it has one); on HTTP the
     /// operational endpoints, `http_routes` and every [`HttpPlugin`](crate::http::HttpPlugin)
     /// of `ctx.plugins` (the last two behind bearer-token authentication).
     pub async fn serve(
         ctx: &Context,
         grpc_addr: std::net::SocketAddr,
+        grpc_tls: &crate::tls::GrpcTlsConfig,
         http_addr: std::net::SocketAddr,
         routes: RoutesBuilder,
         mut http_routes: HttpRoutes,
@@ -80,8 +82,11 @@ impl Endpoints {
             tracing::debug!(plugin = %plugin.name, "mounting HTTP plug-in routes");
             http_routes.add((plugin.routes)(ctx));
         }
+        let tls = grpc_tls
+            .server_config()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let (grpc_addr, grpc_task) =
-            crate::grpc::serve(grpc_addr, routes.routes(), names, shutdown.clone())
+            crate::grpc::serve_tls(grpc_addr, routes.routes(), names, tls, shutdown.clone())
                 .await
                 .map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot serve gRPC on {grpc_addr}: {e}"))
@@ -277,6 +282,7 @@ async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String
     let endpoints = Endpoints::serve(
         &ctx,
         common.grpc_addr,
+        &common.grpc_tls,
         common.http_addr,
         routes,
         http_routes,

@@ -171,9 +171,7 @@ impl Baton {
         let servers_token = CancellationToken::new();
         let endpoints = Endpoints::serve(
             &ctx,
-            config.common.grpc_addr,
-            &config.common.grpc_tls,
-            config.common.http_addr,
+            &config.common,
             routes,
             http_routes,
             &names,

@@ -64,15 +64,14 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Binds both listeners and serves until `shutdown`: `routes` on gRPC (over TLS with
-    /// `grpc_tls`'s certificate when it has one); on HTTP the
+    /// Binds both listeners (`common.grpc_addr`, `common.http_addr`) and serves until
+    /// `shutdown`: `routes` on gRPC (over TLS with `common.grpc_tls`'s certificate when it has
+    /// one); on HTTP the
     /// operational endpoints, `http_routes` and every [`HttpPlugin`](crate::http::HttpPlugin)
     /// of `ctx.plugins` (the last two behind bearer-token authentication).
     pub async fn serve(
         ctx: &Context,
-        grpc_addr: std::net::SocketAddr,
-        grpc_tls: &crate::tls::GrpcTlsConfig,
-        http_addr: std::net::SocketAddr,
+        common: &CommonConfig,
         routes: RoutesBuilder,
         mut http_routes: HttpRoutes,
         names: &[&str],
@@ -82,7 +81,9 @@ impl Endpoints {
             tracing::debug!(plugin = %plugin.name, "mounting HTTP plug-in routes");
             http_routes.add((plugin.routes)(ctx));
         }
-        let tls = grpc_tls
+        let (grpc_addr, http_addr) = (common.grpc_addr, common.http_addr);
+        let tls = common
+            .grpc_tls
             .server_config()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let (grpc_addr, grpc_task) =
@@ -281,9 +282,7 @@ async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String
     let servers = CancellationToken::new();
     let endpoints = Endpoints::serve(
         &ctx,
-        common.grpc_addr,
-        &common.grpc_tls,
-        common.http_addr,
+        &common,
         routes,
         http_routes,
         S::GRPC_SERVICES,

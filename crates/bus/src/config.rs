@@ -27,6 +27,11 @@ pub struct BusConfig {
     pub credentials_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the server's TLS certificate; setting it requires TLS.
     pub tls_ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that verifies clients (`tls { verify:
+    /// true }`, mutual TLS); needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Main stream name.
     pub stream: String,
     /// Dead-letter stream name.
@@ -67,6 +72,8 @@ impl Default for BusConfig {
             client_name: "baton".into(),
             credentials_file: None,
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             stream: "BATON".into(),
             dead_stream: "BATON_DEAD".into(),
             replicas: 1,
@@ -103,6 +110,11 @@ impl BusConfig {
         }
         if self.stream.is_empty() || self.stream.contains('.') || self.dead_stream.contains('.') {
             return bad("stream names must be non-empty and contain no '.'");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad(
+                "set both nats.tls_cert_file and nats.tls_key_file (PEM files), or neither",
+            );
         }
         Ok(())
     }

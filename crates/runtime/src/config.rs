@@ -53,7 +53,8 @@ pub struct CommonConfig {
     /// `[nats]`: how to reach NATS and how the streams and consumers are set up. An empty
     /// `url` makes `baton up` start a nats-server child; other processes need one.
     pub nats: BusConfig,
-    /// `[auth]`: how bearer tokens are verified (secret, issuer, audience, clock leeway).
+    /// `[auth]`: how bearer tokens are verified (HS256 secret, identity provider's JWKS URL,
+    /// issuer, audience, clock leeway, tenant and role claims).
     pub auth: AuthConfig,
     /// `[log]`: what is logged and in which format.
     pub log: LogConfig,

@@ -127,6 +127,9 @@ async fn require_token(
         Err(e @ (AuthError::MissingToken | AuthError::InvalidToken(_))) => {
             (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response()
         }
+        Err(e @ AuthError::KeysUnavailable { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
         Err(e) => (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
     }
 }

@@ -314,7 +314,7 @@ impl DriftRunbook {
         max_phase_fraction: f64,
         fetch_concurrency: usize,
     ) -> Result<DriftRunbook, String> {
-        let client = reqwest::Client::builder()
+        let client = baton_runtime::tls::http_client()
             .timeout(http_timeout)
             .connect_timeout(http_timeout)
             .user_agent(concat!("baton-agent-runner/", env!("CARGO_PKG_VERSION")))

@@ -50,7 +50,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         let task_id = request.into_inner().task_id;
         require_task_id(&task_id)?;
         // One snapshot: the view reflects exactly the records returned.
@@ -69,7 +69,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         let r = request.into_inner();
         let page_size = match r.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -122,7 +122,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         let task_id = request.into_inner().task_id;
         require_task_id(&task_id)?;
         // Subscribe before reading, so no record falls between the read and the live feed.
@@ -148,6 +148,9 @@ impl TaskService for TaskApi {
             }
         };
         if !principal.can_see(&task.tenant) {
+            // Answer no sooner than for a task that does not exist, so the delay does not tell
+            // another tenant's caller that the id is taken.
+            tokio::time::sleep_until(deadline).await;
             return Err(not_found(&task_id));
         }
         let (tx, rx) = mpsc::channel(64);
@@ -228,7 +231,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         principal.require(Role::Operator)?;
         let mut expected = vec![(Witness::Writer, self.store.head().await)];
         match self.anchor.read().await {

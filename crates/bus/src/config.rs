@@ -35,6 +35,11 @@ pub struct BusConfig {
     pub inbox_prefix: String,
     /// CA certificate (PEM) to verify the server's TLS certificate; setting it requires TLS.
     pub tls_ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that verifies clients (`tls { verify:
+    /// true }`, mutual TLS); needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Main stream name.
     pub stream: String,
     /// Dead-letter stream name.
@@ -77,6 +82,8 @@ impl Default for BusConfig {
             nkey_seed_file: None,
             inbox_prefix: "_INBOX".into(),
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             stream: "BATON".into(),
             dead_stream: "BATON_DEAD".into(),
             replicas: 1,
@@ -123,6 +130,11 @@ impl BusConfig {
         }
         if self.stream.is_empty() || self.stream.contains('.') || self.dead_stream.contains('.') {
             return bad("stream names must be non-empty and contain no '.'");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad(
+                "set both nats.tls_cert_file and nats.tls_key_file (PEM files), or neither",
+            );
         }
         Ok(())
     }

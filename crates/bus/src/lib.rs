@@ -102,6 +102,11 @@ impl Bus {
         if let Some(ca) = &config.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
+        if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
         // retry_on_initial_connect makes connect() return at once; wait for the first
         // connection ourselves so a wrong URL fails clearly instead of hanging later.
         let client = options

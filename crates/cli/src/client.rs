@@ -57,25 +57,58 @@ pub enum ClientError {
     BadToken,
 }
 
+/// TLS settings of a client for an `https://` URL: the CA that issued the server's
+/// certificate (without one, the system's trusted CAs) and, for a server that asks for client
+/// certificates (mutual TLS), the client's certificate and key. PEM contents, not paths.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// The CA certificate(s) to trust, PEM.
+    pub ca: Option<Vec<u8>>,
+    /// The client's certificate chain and private key, PEM.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 impl Clients {
-    /// Connects to `url` (`http://127.0.0.1:50051`) with `token`.
+    /// Connects to `url` (`http://127.0.0.1:50051`) with `token`; an `https://` URL is
+    /// verified against the system's trusted CAs.
     pub async fn connect(url: &str, token: &str) -> Result<Clients, ClientError> {
+        Self::connect_tls(url, token, &ClientTls::default()).await
+    }
+
+    /// Connects to `url` with `token`; for an `https://` URL, over TLS with `tls` (ignored for
+    /// `http://`).
+    pub async fn connect_tls(
+        url: &str,
+        token: &str,
+        tls: &ClientTls,
+    ) -> Result<Clients, ClientError> {
         let err = |reason: String| ClientError::Connect {
             url: url.to_string(),
             reason,
         };
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|e| err(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| {
-                err(format!(
-                    "{e} ({})",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                ))
-            })?;
+        let mut endpoint = Channel::from_shared(url.to_string()).map_err(|e| err(e.to_string()))?;
+        if url.starts_with("https://") {
+            baton_runtime::tls::install_crypto_provider();
+            let mut config = tonic::transport::ClientTlsConfig::new();
+            config = match &tls.ca {
+                Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                None => config.with_native_roots(),
+            };
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| err(format!("unusable TLS settings: {e}")))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            err(format!(
+                "{e} ({})",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
         let bearer = BearerToken(
             format!("Bearer {token}")
                 .parse()

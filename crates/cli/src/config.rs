@@ -117,6 +117,14 @@ pub struct ClientConfig {
     pub token: String,
     /// Tenant of minted development tokens.
     pub tenant: String,
+    /// For an `https://` url: the CA certificate (PEM file) that issued the server's
+    /// certificate; empty trusts the system's CAs.
+    pub ca: Option<std::path::PathBuf>,
+    /// For a server with mutual TLS (`grpc_tls.client_ca`): this client's certificate (PEM
+    /// file); needs `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key (PEM file) of `cert`.
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -125,6 +133,9 @@ impl Default for ClientConfig {
             url: "http://127.0.0.1:50051".into(),
             token: String::new(),
             tenant: "default".into(),
+            ca: None,
+            cert: None,
+            key: None,
         }
     }
 }

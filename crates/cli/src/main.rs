@@ -241,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             println!(
                 "{}",
-                authenticator(&config)?.mint(&sub, &tenant, &roles, ttl)
+                authenticator(&config)?.try_mint(&sub, &tenant, &roles, ttl)?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -366,7 +366,7 @@ async fn serve(config: BatonConfig, service: ServiceName) -> anyhow::Result<Exit
 /// The configured secret, or the development secret `baton up` wrote into `data_dir`.
 fn authenticator(config: &BatonConfig) -> anyhow::Result<Authenticator> {
     let mut auth = config.common.auth.clone();
-    if auth.hs256_secret.is_empty() {
+    if auth.wants_dev_secret() {
         let path = config.common.data_dir.join("jwt.secret");
         auth.hs256_secret = std::fs::read_to_string(&path)
             .with_context(|| {
@@ -386,16 +386,28 @@ fn authenticator(config: &BatonConfig) -> anyhow::Result<Authenticator> {
 async fn connect(config: &BatonConfig, roles: &[Role]) -> anyhow::Result<Clients> {
     let token = if config.client.token.is_empty() {
         let user = std::env::var("USER").unwrap_or_else(|_| "dev".into());
-        authenticator(config)?.mint(
+        authenticator(config)?.try_mint(
             &user,
             &config.client.tenant,
             roles,
             Duration::from_secs(600),
-        )
+        )?
     } else {
         config.client.token.clone()
     };
-    Ok(Clients::connect(&config.client.url, &token).await?)
+    let read = |key: &'static str, path: &std::path::Path| {
+        baton_runtime::tls::read(key, path).context("cannot set up TLS to baton")
+    };
+    let c = &config.client;
+    let tls = baton::client::ClientTls {
+        ca: c.ca.as_deref().map(|p| read("client.ca", p)).transpose()?,
+        identity: match (&c.cert, &c.key) {
+            (Some(cert), Some(key)) => Some((read("client.cert", cert)?, read("client.key", key)?)),
+            (None, None) => None,
+            _ => anyhow::bail!("set both client.cert and client.key (PEM files), or neither"),
+        },
+    };
+    Ok(Clients::connect_tls(&config.client.url, &token, &tls).await?)
 }
 
 /// `baton submit`: prints the task id, then follows it with `--watch`.

@@ -195,8 +195,7 @@ impl Baton {
         let servers_token = CancellationToken::new();
         let endpoints = Endpoints::serve(
             &ctx,
-            config.common.grpc_addr,
-            config.common.http_addr,
+            &config.common,
             routes,
             http_routes,
             &names,

@@ -402,7 +402,7 @@ impl DecisionServiceApi for DecisionApi {
         &self,
         request: tonic::Request<ClassifyRequest>,
     ) -> Result<tonic::Response<ClassifyResponse>, tonic::Status> {
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         let trigger = request.into_inner().trigger.ok_or_else(|| {
             Error::InvalidRequest("trigger is missing: set ClassifyRequest.trigger".into())
         })?;
@@ -423,7 +423,7 @@ impl DecisionServiceApi for DecisionApi {
         &self,
         request: tonic::Request<ListRolesRequest>,
     ) -> Result<tonic::Response<ListRolesResponse>, tonic::Status> {
-        self.inner.ctx.auth.authenticate(&request)?;
+        self.inner.ctx.auth.authenticate(&request).await?;
         let catalog = &self.inner.ctx.catalog;
         Ok(tonic::Response::new(ListRolesResponse {
             roles: catalog.roles.clone(),

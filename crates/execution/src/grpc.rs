@@ -31,7 +31,7 @@ impl ExecutionService for Service {
         &self,
         request: Request<GetExecutionRequest>,
     ) -> Result<Response<GetExecutionResponse>, Status> {
-        let principal = self.auth.authenticate(&request)?;
+        let principal = self.auth.authenticate(&request).await?;
         let task_id = request.into_inner().task_id;
         match self.store.load(&task_id).await? {
             Some((execution, _)) if principal.can_see(&execution.tenant) => {

@@ -31,7 +31,7 @@ impl HttpRunner {
     /// A runner whose requests (actions and probes) time out after `timeout`, and whose
     /// probes expect 200 unless they say otherwise.
     pub fn new(timeout: Duration) -> Result<HttpRunner, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let client = baton_runtime::tls::http_client()
             .timeout(timeout)
             .connect_timeout(timeout)
             // Actions name their endpoint exactly; following redirects could change the target.

@@ -53,12 +53,16 @@ pub struct CommonConfig {
     /// `[nats]`: how to reach NATS and how the streams and consumers are set up. An empty
     /// `url` makes `baton up` start a nats-server child; other processes need one.
     pub nats: BusConfig,
-    /// `[auth]`: how bearer tokens are verified (secret, issuer, audience, clock leeway).
+    /// `[auth]`: how bearer tokens are verified (HS256 secret, identity provider's JWKS URL,
+    /// issuer, audience, clock leeway, tenant and role claims).
     pub auth: AuthConfig,
     /// `[log]`: what is logged and in which format.
     pub log: LogConfig,
     /// gRPC listen address (port 0 picks a free port).
     pub grpc_addr: SocketAddr,
+    /// `[grpc_tls]`: the gRPC server's certificate and key (TLS), and optionally the CA of
+    /// client certificates (mutual TLS). Empty: plain gRPC.
+    pub grpc_tls: crate::tls::GrpcTlsConfig,
     /// HTTP listen address for `/health`, `/ready`, `/metrics`.
     pub http_addr: SocketAddr,
     /// Where local state lives (the SQLite audit log, the nats-server store, the dev secret).
@@ -74,6 +78,7 @@ impl Default for CommonConfig {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
+            grpc_tls: crate::tls::GrpcTlsConfig::default(),
             http_addr: "127.0.0.1:8080".parse().expect("valid address"),
             data_dir: PathBuf::from(".baton"),
             catalog: Catalog::default(),
@@ -97,6 +102,9 @@ impl CommonConfig {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.log.validate()?;
+        self.grpc_tls
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.catalog
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-/// Serves `routes` on `addr` until `shutdown`. `names` are the fully-qualified service names
-/// to report as SERVING (`baton.v1.TriggerService`, …). Returns the bound address and the
-/// server task.
+/// Serves `routes` on `addr` in plain HTTP/2 until `shutdown`. `names` are the
+/// fully-qualified service names to report as SERVING (`baton.v1.TriggerService`, …).
+/// Returns the bound address and the server task.
 pub async fn serve(
     addr: SocketAddr,
     routes: Routes,
@@ -18,6 +18,30 @@ pub async fn serve(
     SocketAddr,
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 )> {
+    serve_tls(addr, routes, names, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given (see [`crate::tls::GrpcTlsConfig::server_config`];
+/// with a client CA, mutual TLS).
+pub async fn serve_tls(
+    addr: SocketAddr,
+    routes: Routes,
+    names: &[&str],
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+)> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("grpc_tls: the certificate or key is unusable: {e}"),
+            )
+        })?;
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in names {
         reporter
@@ -36,7 +60,7 @@ pub async fn serve(
     // delayed ACK (Nagle's algorithm): ~40 ms per unary call on Linux loopback.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .trace_fn(request_span)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

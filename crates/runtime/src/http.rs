@@ -119,13 +119,16 @@ async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match auth.authenticate_http(request.headers()) {
+    match auth.authenticate_http(request.headers()).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(e @ (AuthError::MissingToken | AuthError::InvalidToken(_))) => {
             (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response()
+        }
+        Err(e @ AuthError::KeysUnavailable { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
         }
         Err(e) => (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
     }

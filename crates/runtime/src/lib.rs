@@ -2,7 +2,9 @@
 //!
 //! - [`config`]: layered configuration (defaults → TOML file → `BATON_*` env → CLI flags →
 //!   derived values → validation), the same for every process.
-//! - [`auth`]: JWT bearer tokens (HS256 for now), roles and tenants.
+//! - [`auth`]: JWT bearer tokens (HS256 for development, RS256/ES256 from an identity provider's
+//!   JWKS), roles and tenants.
+//! - [`tls`]: the rustls crypto provider and the HTTPS-ready HTTP client builder.
 //! - [`telemetry`]: `tracing` with an OpenTelemetry layer, so spans carry W3C trace context.
 //! - [`shutdown`]: SIGINT/SIGTERM cancel a token; a second signal exits at once.
 //! - [`http`]: `/health`, `/ready`, `/metrics`.
@@ -19,12 +21,14 @@ pub mod catalog;
 pub mod config;
 pub mod grpc;
 pub mod http;
+mod jwks;
 pub mod metrics;
 pub mod plugins;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -64,13 +64,14 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Binds both listeners and serves until `shutdown`: `routes` on gRPC; on HTTP the
+    /// Binds both listeners (`common.grpc_addr`, `common.http_addr`) and serves until
+    /// `shutdown`: `routes` on gRPC (over TLS with `common.grpc_tls`'s certificate when it has
+    /// one); on HTTP the
     /// operational endpoints, `http_routes` and every [`HttpPlugin`](crate::http::HttpPlugin)
     /// of `ctx.plugins` (the last two behind bearer-token authentication).
     pub async fn serve(
         ctx: &Context,
-        grpc_addr: std::net::SocketAddr,
-        http_addr: std::net::SocketAddr,
+        common: &CommonConfig,
         routes: RoutesBuilder,
         mut http_routes: HttpRoutes,
         names: &[&str],
@@ -80,8 +81,13 @@ impl Endpoints {
             tracing::debug!(plugin = %plugin.name, "mounting HTTP plug-in routes");
             http_routes.add((plugin.routes)(ctx));
         }
+        let (grpc_addr, http_addr) = (common.grpc_addr, common.http_addr);
+        let tls = common
+            .grpc_tls
+            .server_config()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let (grpc_addr, grpc_task) =
-            crate::grpc::serve(grpc_addr, routes.routes(), names, shutdown.clone())
+            crate::grpc::serve_tls(grpc_addr, routes.routes(), names, tls, shutdown.clone())
                 .await
                 .map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot serve gRPC on {grpc_addr}: {e}"))
@@ -148,14 +154,15 @@ pub enum ConnectError {
 
 /// Connects to NATS and builds the [`Context`] from the common settings (no plug-ins: add them
 /// with [`Context::with_plugins`]); an empty `auth.hs256_secret` uses the development secret
-/// in `data_dir`.
+/// in `data_dir`, unless `auth.jwks_url` is set (then only the identity provider's tokens are
+/// accepted).
 ///
 /// Errors: [`ConnectError::Catalog`] for bad `[catalog]` lists (checked before connecting),
 /// [`ConnectError::Secret`], [`ConnectError::Auth`], [`ConnectError::Bus`].
 pub async fn connect(common: &CommonConfig) -> Result<Context, ConnectError> {
     common.catalog.validate()?;
     let mut auth = common.auth.clone();
-    if auth.hs256_secret.is_empty() {
+    if auth.wants_dev_secret() {
         auth.hs256_secret =
             crate::auth::dev_secret(&common.data_dir).map_err(|source| ConnectError::Secret {
                 dir: common.data_dir.clone(),
@@ -275,8 +282,7 @@ async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String
     let servers = CancellationToken::new();
     let endpoints = Endpoints::serve(
         &ctx,
-        common.grpc_addr,
-        common.http_addr,
+        &common,
         routes,
         http_routes,
         S::GRPC_SERVICES,

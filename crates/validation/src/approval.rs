@@ -321,7 +321,7 @@ impl ApprovalService for Approvals {
         &self,
         request: Request<ListPendingRequest>,
     ) -> Result<Response<ListPendingResponse>, Status> {
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         let keys = self.inner.approvals.keys().await.map_err(Error::from)?;
         let mut pending = Vec::new();
         for key in keys {
@@ -348,7 +348,7 @@ impl ApprovalService for Approvals {
         &self,
         request: Request<ApproveRequest>,
     ) -> Result<Response<ApproveResponse>, Status> {
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
         let decision = Approval {
@@ -373,7 +373,7 @@ impl ApprovalService for Approvals {
         &self,
         request: Request<RejectRequest>,
     ) -> Result<Response<RejectResponse>, Status> {
-        let principal = self.inner.ctx.auth.authenticate(&request)?;
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
         if req.reason.trim().is_empty() {

@@ -262,3 +262,25 @@ pub mod bench {
         sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
     }
 }
+
+/// A loopback HTTP server that counts every request it gets, whatever the method and path:
+/// the target of a forged plan, which must never be reached. Returns a URL on it
+/// (`http://127.0.0.1:<port>/config`) and the count; it serves until the runtime ends.
+pub async fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("bound address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/config"), hits)
+}

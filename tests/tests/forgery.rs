@@ -18,30 +18,12 @@ use baton_proto::{
 };
 use baton_runtime::auth::Role;
 use baton_runtime::signing::{SigningKey, sign_approved};
-use baton_tests::{Db, Harness};
+use baton_tests::{Db, Harness, counting_server};
 use prost::Message as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
-
-/// A loopback HTTP server that counts every request it gets, whatever the method and path.
-async fn counting_server() -> (String, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    let app = axum::Router::new().fallback(move || {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/config"), hits)
-}
 
 /// The forged event: a made-up task of tenant `default`, one HTTP PUT to `url`, approved by
 /// nobody, claiming to come from validation.

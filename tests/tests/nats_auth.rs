@@ -9,30 +9,12 @@ use baton_proto::{
     TaskApproved, action, subject,
 };
 use baton_runtime::auth::Role;
-use baton_tests::{Db, Harness};
+use baton_tests::{Db, Harness, counting_server};
 use prost::Message as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
-
-/// A loopback HTTP server counting the requests it gets (the forged plan's target).
-async fn counting_server() -> (String, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let app = axum::Router::new().fallback(move || {
-        let h = h.clone();
-        async move {
-            h.fetch_add(1, Ordering::SeqCst);
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/config"), hits)
-}
 
 /// The forgery: a made-up task, a plan of one HTTP PUT to `url`, approved by nobody.
 fn forged_approval(url: &str) -> Event {

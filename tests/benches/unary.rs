@@ -131,14 +131,15 @@ async fn main() {
     })
     .await;
     let host = baton.http_addr.to_string();
-    let mut conn = BufReader::new(tokio::net::TcpStream::connect(&host).await.unwrap());
-    let conn = std::cell::RefCell::new(&mut conn);
+    let conn = tokio::sync::Mutex::new(BufReader::new(
+        tokio::net::TcpStream::connect(&host).await.unwrap(),
+    ));
     for path in ["/ready", "/metrics"] {
         row(&format!("HTTP GET {path} (keep-alive)"), calls, || {
             let host = host.clone();
             let conn = &conn;
             async move {
-                let mut c = conn.borrow_mut();
+                let mut c = conn.lock().await;
                 http_get(&mut c, &host, path).await;
             }
         })

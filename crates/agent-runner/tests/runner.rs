@@ -604,8 +604,7 @@ async fn agents_assign_picks_a_factory_per_role_and_refuses_unknown_names() {
     c.assign.insert("cost".into(), "cost-report".into());
     let err = AgentRunner::new(context(nats.bus.clone()), c)
         .await
-        .err()
-        .expect("an unregistered factory must be refused");
+        .expect_err("an unregistered factory must be refused");
     let msg = err.to_string();
     assert!(
         msg.contains("gives role \"cost\" to agent \"cost-report\", which is not registered")

@@ -138,7 +138,7 @@ pub fn human_review(plan: &Plan, reviewed_agents: &[String], notes: &mut Vec<Str
             kind.label()
         ));
         0
-    } else if !reviewed_agents.iter().any(|a| *a == run.agent) {
+    } else if !reviewed_agents.contains(&run.agent) {
         notes.push(format!(
             "human review: runbook {name} is not in validation.reviewed_agents (0 of 20)"
         ));

@@ -408,6 +408,7 @@ pub(crate) fn action_kind(action: Option<&baton_proto::Action>) -> &str {
     match action.and_then(|a| a.kind.as_ref()) {
         Some(action::Kind::Http(_)) => "http",
         Some(action::Kind::Noop(_)) => "noop",
+        Some(action::Kind::Sandbox(_)) => "sandbox",
         // A plug-in kind is named as its runner registered it (`echo`, `docker`).
         Some(action::Kind::Plugin(p)) => p.kind.as_str(),
         None => "none",

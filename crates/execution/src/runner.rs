@@ -1,7 +1,7 @@
 //! What carries out a step: an [`ActionRunner`] runs an [`Action`] (apply or roll back) and
 //! probes a [`HealthCheck`] once, for the kinds it declares.
 //!
-//! Both kinds are open. An action's kind name is `http`, `noop` or a [`PluginAction`]'s
+//! Both kinds are open. An action's kind name is `http`, `noop`, `sandbox` or a [`PluginAction`]'s
 //! `kind`; a health check's is `http`, `tcp` or a [`PluginProbe`]'s `kind` (see
 //! [`action_kind`], [`probe_kind`]). The service runs every action and probe through one
 //! [`Dispatcher`], which picks the runner registered for the kind name and answers
@@ -28,6 +28,10 @@ use std::time::Duration;
 pub const HTTP: &str = "http";
 /// Kind name of [`baton_proto::NoopAction`].
 pub const NOOP: &str = "noop";
+/// Kind name of [`baton_proto::SandboxAction`]. No built-in runner serves it: baton-sandbox's
+/// `execution` feature provides the runner (`baton_sandbox::action`), so this crate does not
+/// depend on Docker.
+pub const SANDBOX: &str = "sandbox";
 /// Kind name of [`baton_proto::TcpProbe`].
 pub const TCP: &str = "tcp";
 
@@ -55,6 +59,10 @@ pub enum ActionError {
     /// The request could not be made or timed out; it may or may not have reached the asset.
     #[error("{0}")]
     Transport(String),
+    /// The action ran and did not succeed: what it reported (a sandbox script's exit code, the
+    /// limit that ended it).
+    #[error("{0}")]
+    Failed(String),
     /// The asset answered with a status the action does not accept.
     #[error("{method} {url}: expected {expected}, got {status}{body}")]
     Status {
@@ -122,6 +130,7 @@ pub fn action_kind(action: &Action) -> Option<&str> {
     match action.kind.as_ref()? {
         action::Kind::Http(_) => Some(HTTP),
         action::Kind::Noop(_) => Some(NOOP),
+        action::Kind::Sandbox(_) => Some(SANDBOX),
         action::Kind::Plugin(p) => Some(p.kind.as_str()),
     }
 }

@@ -371,6 +371,11 @@ impl Redact for Action {
         let kind = match &mut self.kind {
             Some(action::Kind::Http(h)) => h.redact(),
             Some(action::Kind::Plugin(p)) => json_string(&mut p.spec_json),
+            // A script may quote a token: its text and arguments go through `text`.
+            Some(action::Kind::Sandbox(s)) => {
+                let files = s.files.values_mut().fold(false, |c, v| string(v) | c);
+                s.command.iter_mut().fold(files, |c, v| string(v) | c)
+            }
             Some(action::Kind::Noop(_)) | None => false,
         };
         kind | self.description.redact()
@@ -498,6 +503,32 @@ mod tests {
         for name in ["Content-Type", "Idempotency-Key", "team", "environment"] {
             assert!(!is_secret_name(name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_sandbox_actions_script_and_arguments_are_redacted() {
+        let mut a = Action {
+            kind: Some(action::Kind::Sandbox(crate::SandboxAction {
+                language: "python".into(),
+                command: vec!["python3".into(), "main.py".into(), format!("--jwt={JWT}")],
+                files: [(
+                    "main.py".to_string(),
+                    format!("TOKEN = '{JWT}'\nprint(1)\n"),
+                )]
+                .into(),
+                timeout_ms: 0,
+            })),
+            ..Default::default()
+        };
+        assert!(a.redact());
+        let Some(action::Kind::Sandbox(s)) = &a.kind else {
+            unreachable!()
+        };
+        assert!(!s.files["main.py"].contains(JWT), "{:?}", s.files);
+        assert!(s.files["main.py"].contains("print(1)"));
+        assert!(!s.command[2].contains(JWT), "{:?}", s.command);
+        assert_eq!(s.command[..2], ["python3", "main.py"]);
+        assert!(!a.redact(), "idempotent");
     }
 
     #[test]

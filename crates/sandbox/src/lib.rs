@@ -12,10 +12,15 @@
 //! A warm pool ([`pool`]) keeps containers created ahead per image, so a run pays only for start
 //! and exit; a pooled container serves one run and is then removed.
 //!
+//! With the `execution` feature, [`action`] runs the execution service's `sandbox` action kind
+//! (a rollout step that runs a script in a container).
+//!
 //! Where Docker is not available, [`Sandbox::connect`] fails with [`Error::DockerUnavailable`] or
 //! [`Error::ImageMissing`], naming what is missing and the command that fixes it. There is no
 //! fallback that runs code on the host.
 
+#[cfg(feature = "execution")]
+pub mod action;
 pub mod config;
 mod docker;
 pub mod pool;

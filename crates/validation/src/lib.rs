@@ -57,7 +57,8 @@
 //!        "steps": [{"asset": "web-01", "action": "http", "has_rollback": true,
 //!                   "has_health_check": true}]}
 //!     ],
-//!     "artifacts": [{"name": "fix.py", "media_type": "text/x-python", "sandbox_exit_code": 0}],
+//!     "artifacts": [{"name": "fix.py", "media_type": "text/x-python", "sandbox_exit_code": 0,
+//!                    "sandbox_ended_by": "exited", "sandbox_network": false}],
 //!     "agent": {"kind": "runbook", "name": "drift-runbook@1"}
 //!   }
 //! }
@@ -66,9 +67,14 @@
 //! - `spec.risk`: `low|medium|high|critical|unspecified`; `spec.environment` as the decision
 //!   service set it (policies reject unknown ones).
 //! - `phases[].kind`: `canary|wave|unspecified`; `phases[].assets`: the distinct asset ids of
-//!   the phase's steps, in order; `steps[].action`: `http|noop|none`, or a plug-in action's
-//!   kind name (`PluginAction.kind`); `has_rollback`: the step has a rollback action.
-//! - `artifacts[].sandbox_exit_code`: `null` when the artifact was not run in the sandbox.
+//!   the phase's steps, in order; `steps[].action`: `http|noop|sandbox|none`, or a plug-in
+//!   action's kind name (`PluginAction.kind`); `has_rollback`: the step has a rollback action.
+//! - `artifacts[]`: the plan's artifacts (generated code, reports). `sandbox_exit_code` (the
+//!   program's exit code, 137 when killed), `sandbox_ended_by` (`exited`, or the limit that
+//!   ended the run: `timeout|memory|pids|output`; `unspecified` when the report does not say)
+//!   and `sandbox_network` (the run had network access) come from the artifact's `SandboxRun`;
+//!   all three are `null` when the artifact was not run in the sandbox. `policies/sandbox.rego`
+//!   denies code-generation plans whose code did not run there, failed or hit a limit.
 //! - `plan.total_assets`: assets in scope (changed or not), the base of phase-size rules.
 //!
 //! # Quality score and verdict

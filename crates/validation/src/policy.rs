@@ -12,7 +12,7 @@
 //! policies, like `opa test`.
 
 use crate::Error;
-use baton_proto::{PhaseKind, PlanProposed, PolicyDecision, action};
+use baton_proto::{PhaseKind, PlanProposed, PolicyDecision, SandboxEnd, action};
 use regorus::{Engine, Value};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -373,6 +373,8 @@ pub fn input_document(proposed: &PlanProposed) -> serde_json::Value {
                 "name": a.name,
                 "media_type": a.media_type,
                 "sandbox_exit_code": a.sandbox_run.as_ref().map(|r| r.exit_code),
+                "sandbox_ended_by": a.sandbox_run.as_ref().map(|r| sandbox_end(r.ended_by())),
+                "sandbox_network": a.sandbox_run.as_ref().map(|r| r.network),
             })
         })
         .collect();
@@ -403,14 +405,28 @@ pub fn input_document(proposed: &PlanProposed) -> serde_json::Value {
     })
 }
 
-/// `http`, `noop`, or `none` for a step without an action.
+/// `http`, `noop`, `sandbox`, a plug-in action's kind, or `none` for a step without an action.
 pub(crate) fn action_kind(action: Option<&baton_proto::Action>) -> &str {
     match action.and_then(|a| a.kind.as_ref()) {
         Some(action::Kind::Http(_)) => "http",
         Some(action::Kind::Noop(_)) => "noop",
+        Some(action::Kind::Sandbox(_)) => "sandbox",
         // A plug-in kind is named as its runner registered it (`echo`, `docker`).
         Some(action::Kind::Plugin(p)) => p.kind.as_str(),
         None => "none",
+    }
+}
+
+/// What ended a sandbox run: `exited`, or the limit (`timeout`, `memory`, `pids`, `output`);
+/// `unspecified` when the report does not say.
+fn sandbox_end(end: SandboxEnd) -> &'static str {
+    match end {
+        SandboxEnd::Exited => "exited",
+        SandboxEnd::Timeout => "timeout",
+        SandboxEnd::Memory => "memory",
+        SandboxEnd::Pids => "pids",
+        SandboxEnd::Output => "output",
+        SandboxEnd::Unspecified => "unspecified",
     }
 }
 
@@ -539,6 +555,8 @@ mod tests {
                         name: "x.py".into(),
                         sandbox_run: Some(SandboxRun {
                             exit_code: 2,
+                            ended_by: baton_proto::SandboxEnd::Exited as i32,
+                            network: true,
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -573,6 +591,10 @@ mod tests {
         assert_eq!(phase["steps"][1]["has_rollback"], false);
         assert_eq!(doc["plan"]["artifacts"][0]["sandbox_exit_code"], 2);
         assert!(doc["plan"]["artifacts"][1]["sandbox_exit_code"].is_null());
+        assert_eq!(doc["plan"]["artifacts"][0]["sandbox_ended_by"], "exited");
+        assert_eq!(doc["plan"]["artifacts"][0]["sandbox_network"], true);
+        assert!(doc["plan"]["artifacts"][1]["sandbox_ended_by"].is_null());
+        assert!(doc["plan"]["artifacts"][1]["sandbox_network"].is_null());
         assert_eq!(
             doc["plan"]["agent"],
             json!({"kind": "llm", "name": "gpt@1"})

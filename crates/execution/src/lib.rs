@@ -45,6 +45,8 @@ pub mod rollout;
 pub mod runner;
 pub mod store;
 pub mod tcp;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use http::HttpRunner;
 pub use rollout::{Control, Interrupt, Outcome};

@@ -3,23 +3,23 @@
 //! over a real nats-server — with no change to any service crate. Also the built-in TCP probe
 //! against real loopback listeners, and the answer for a kind nobody registered.
 
+use baton_bus::ConsumerSpec;
 use baton_bus::testing::TestNats;
-use baton_bus::{Bus, ConsumerSpec};
+use baton_execution::testing::{approved, final_event, task_events, trusting};
 use baton_execution::{
     ActionError, ActionOutcome, ActionRunner, Config, Executor, ProbeError, ProbeResult,
     RunnerFactory, SERVICE,
 };
 use baton_proto::event::Body;
 use baton_proto::{
-    Action, Approval, Asset, AssetState, Event, HealthCheck, Phase, PhaseKind, Plan, PluginAction,
-    PluginProbe, Step, Task, TaskApproved, TaskFailed, TcpProbe, action, health_check, subject,
+    Action, Asset, AssetState, Event, HealthCheck, Phase, PhaseKind, Plan, PluginAction,
+    PluginProbe, Step, TaskFailed, TcpProbe, action, health_check, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator};
 use baton_runtime::metrics::Metrics;
 use baton_runtime::plugins::Plugins;
 use baton_runtime::service::Service;
-use baton_runtime::signing::{SigningKey, sign_approved};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -172,88 +172,6 @@ fn plan(task: &str, canary: Vec<Step>, wave: Vec<Step>) -> Plan {
     }
 }
 
-/// The key validation signs with in these tests; the executor trusts it ([`trusting`]).
-fn validation_key() -> SigningKey {
-    SigningKey::from_seed([7; 32])
-}
-
-/// The default configuration, trusting [`validation_key`].
-fn trusting() -> Config {
-    Config {
-        trusted_keys: vec![validation_key().public_key().to_string()],
-        ..Config::default()
-    }
-}
-
-/// `approved` as validation publishes it: every part present, signed with [`validation_key`].
-fn signed(mut approved: TaskApproved) -> TaskApproved {
-    approved.spec.get_or_insert_default();
-    approved.validation.get_or_insert_default();
-    sign_approved(&validation_key(), &mut approved).expect("signable");
-    approved
-}
-
-fn approved(task_id: &str, plan: Plan) -> Event {
-    Event::first(
-        task_id,
-        TENANT,
-        "approved",
-        "validation",
-        Body::TaskApproved(signed(TaskApproved {
-            task: Some(Task {
-                task_id: task_id.into(),
-                tenant: TENANT.into(),
-                ..Default::default()
-            }),
-            plan: Some(plan),
-            approval: Some(Approval {
-                task_id: task_id.into(),
-                approver: "policy".into(),
-                approved: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    )
-}
-
-/// The task's events from the execution service, in stream order.
-async fn task_events(bus: &Bus, task_id: &str) -> Vec<Event> {
-    let mut stream = bus.jetstream().get_stream("BATON").await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        let Ok(m) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        let event = baton_bus::decode_event(&m.payload).unwrap();
-        if event.task_id == task_id && event.producer == SERVICE {
-            out.push(event);
-        }
-    }
-    out
-}
-
-/// Waits for the task's `task_completed` or `task_failed`.
-async fn final_event(bus: &Bus, task_id: &str) -> Event {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let found = task_events(bus, task_id).await.into_iter().find(|e| {
-                matches!(
-                    e.body,
-                    Some(Body::TaskCompleted(_)) | Some(Body::TaskFailed(_))
-                )
-            });
-            if let Some(e) = found {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the rollout ends")
-}
-
 /// `asset:state` of every asset_updated event, in order.
 fn asset_updates(events: &[Event]) -> Vec<String> {
     events
@@ -328,10 +246,10 @@ async fn a_plugin_action_kind_and_probe_kind_run_end_to_end_through_the_plugin_r
         ],
     );
     nats.bus
-        .publish(subject::TASK_APPROVED, &approved("t-plug", ok))
+        .publish(subject::TASK_APPROVED, &approved("t-plug", TENANT, ok))
         .await
         .unwrap();
-    let done = final_event(&nats.bus, "t-plug").await;
+    let done = final_event(&nats.bus, "t-plug", PATIENCE).await;
     assert!(
         matches!(done.body, Some(Body::TaskCompleted(_))),
         "{done:?}"
@@ -368,10 +286,13 @@ async fn a_plugin_action_kind_and_probe_kind_run_end_to_end_through_the_plugin_r
         vec![counter_step("t-plug-sick", "s-2", counter_check("s-2", 5))],
     );
     nats.bus
-        .publish(subject::TASK_APPROVED, &approved("t-plug-sick", sick))
+        .publish(
+            subject::TASK_APPROVED,
+            &approved("t-plug-sick", TENANT, sick),
+        )
         .await
         .unwrap();
-    let done = final_event(&nats.bus, "t-plug-sick").await;
+    let done = final_event(&nats.bus, "t-plug-sick", PATIENCE).await;
     let f = failed(&done);
     assert_eq!(f.code, "rolled_back");
     assert_eq!(
@@ -404,10 +325,10 @@ async fn a_plugin_action_kind_and_probe_kind_run_end_to_end_through_the_plugin_r
         vec![],
     );
     nats.bus
-        .publish(subject::TASK_APPROVED, &approved("t-tcp", refused))
+        .publish(subject::TASK_APPROVED, &approved("t-tcp", TENANT, refused))
         .await
         .unwrap();
-    let f = failed(&final_event(&nats.bus, "t-tcp").await).clone();
+    let f = failed(&final_event(&nats.bus, "t-tcp", PATIENCE).await).clone();
     assert_eq!(f.code, "rolled_back");
     assert!(
         f.reason.starts_with(&format!(
@@ -432,10 +353,13 @@ async fn a_plugin_action_kind_and_probe_kind_run_end_to_end_through_the_plugin_r
         serde_json::json!({"image": "nginx:1.27"}),
     ));
     nats.bus
-        .publish(subject::TASK_APPROVED, &approved("t-docker", unknown))
+        .publish(
+            subject::TASK_APPROVED,
+            &approved("t-docker", TENANT, unknown),
+        )
         .await
         .unwrap();
-    let f = failed(&final_event(&nats.bus, "t-docker").await).clone();
+    let f = failed(&final_event(&nats.bus, "t-docker", PATIENCE).await).clone();
     assert_eq!(
         f.reason,
         "action failed on d-2 in wave 1: unsupported action: no runner for action kind \
@@ -528,11 +452,11 @@ async fn a_plugin_replaces_a_builtin_kind_and_a_runner_that_cannot_build_stops_t
     nats.bus
         .publish(
             subject::TASK_APPROVED,
-            &approved("t-noop", plan("t-noop", vec![noop], vec![])),
+            &approved("t-noop", TENANT, plan("t-noop", vec![noop], vec![])),
         )
         .await
         .unwrap();
-    let done = final_event(&nats.bus, "t-noop").await;
+    let done = final_event(&nats.bus, "t-noop", PATIENCE).await;
     let Some(Body::TaskCompleted(c)) = &done.body else {
         panic!("{done:?}")
     };

@@ -4,6 +4,7 @@
 
 use baton_bus::testing::TestNats;
 use baton_bus::{Bus, ConsumerSpec};
+use baton_execution::testing::{approved, trusting, validation_key};
 use baton_execution::{
     ActionError, ActionOutcome, ActionRunner, Config, Executor, HttpRunner, ProbeResult, SERVICE,
 };
@@ -11,9 +12,9 @@ use baton_fleet::{Fleet, FleetSpec, WebServer};
 use baton_proto::event::Body;
 use baton_proto::execution_service_client::ExecutionServiceClient;
 use baton_proto::{
-    Action, Approval, Asset, AssetState, Event, ExecutionStatus, GetExecutionRequest, HealthCheck,
-    HttpAction, HttpProbe, NoopAction, Phase, PhaseKind, Plan, Step, Task, TaskApproved,
-    action::Kind, health_check, subject,
+    Action, Asset, AssetState, Event, ExecutionStatus, GetExecutionRequest, HealthCheck,
+    HttpAction, HttpProbe, NoopAction, Phase, PhaseKind, Plan, Step, TaskApproved, action::Kind,
+    health_check, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator, Role};
@@ -217,51 +218,6 @@ fn fleet_plan(task: &str, fleet: &Fleet, waves: &[std::ops::Range<usize>], attem
         total_assets: fleet.servers.len() as u32,
         ..Default::default()
     }
-}
-
-/// The key validation signs with in these tests; the executor trusts it ([`trusting`]).
-fn validation_key() -> SigningKey {
-    SigningKey::from_seed([7; 32])
-}
-
-/// The default configuration, trusting [`validation_key`].
-fn trusting() -> Config {
-    Config {
-        trusted_keys: vec![validation_key().public_key().to_string()],
-        ..Config::default()
-    }
-}
-
-/// `approved` as validation publishes it: every part present, signed with [`validation_key`].
-fn signed(mut approved: TaskApproved) -> TaskApproved {
-    approved.spec.get_or_insert_default();
-    approved.validation.get_or_insert_default();
-    sign_approved(&validation_key(), &mut approved).expect("signable");
-    approved
-}
-
-fn approved(task_id: &str, tenant: &str, plan: Plan) -> Event {
-    Event::first(
-        task_id,
-        tenant,
-        "approved",
-        "validation",
-        Body::TaskApproved(signed(TaskApproved {
-            task: Some(Task {
-                task_id: task_id.into(),
-                tenant: tenant.into(),
-                ..Default::default()
-            }),
-            plan: Some(plan),
-            approval: Some(Approval {
-                task_id: task_id.into(),
-                approver: "policy".into(),
-                approved: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    )
 }
 
 /// One stored message of the main stream.

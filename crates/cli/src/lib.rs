@@ -8,8 +8,11 @@
 //!   seed files and the server's authorization block, for `baton up` and `baton nats-config`.
 //! - [`client`]: gRPC clients with bearer tokens, and [`client::describe`], the one-line
 //!   rendering of an event that `baton watch` and the demo print.
+//! - [`inspect`]: what `baton task` (a task, its report and artifacts, `--artifact`) and
+//!   `baton watch` (events and the agent's live progress) print.
 
 pub mod client;
 pub mod config;
+pub mod inspect;
 pub mod nats_auth;
 pub mod up;

@@ -5,12 +5,12 @@
 //! function: it connects with a token holding the role it needs, makes its call and prints.
 
 use anyhow::Context as _;
-use baton::client::{Clients, describe, is_final};
+use baton::client::Clients;
 use baton::config::BatonConfig;
 use baton::up::{Baton, ServiceName};
 use baton_proto::{
-    ApproveRequest, GetTaskRequest, ListPendingRequest, ListTasksRequest, RejectRequest,
-    SubmitTaskRequest, TaskStatus, Trigger, VerifyAuditRequest, WatchTaskRequest,
+    ApproveRequest, ListPendingRequest, ListTasksRequest, RejectRequest, SubmitTaskRequest,
+    TaskStatus, Trigger, VerifyAuditRequest,
 };
 use baton_runtime::auth::{Authenticator, Role};
 use baton_runtime::config::{CommonFlags, EnvVars};
@@ -83,12 +83,20 @@ enum Command {
     Submit(SubmitArgs),
     /// Lists tasks, newest first.
     Tasks(TasksArgs),
-    /// Shows a task and its events.
+    /// Shows a task, its events and what it delivered (report, artifacts, sandbox runs), or
+    /// writes one artifact's raw content with --artifact.
     Task {
         /// Task id (as `submit` printed it).
         id: String,
+        /// Writes this artifact's raw content (`report`, `main.py`, …) to stdout instead.
+        #[arg(long, value_name = "NAME")]
+        artifact: Option<String>,
+        /// With --artifact: write to this file instead of stdout.
+        #[arg(long, short, value_name = "FILE", requires = "artifact")]
+        output: Option<std::path::PathBuf>,
     },
-    /// Follows a task's events live until it ends.
+    /// Follows a task's events live until it ends, with each model and tool call of its agent
+    /// as it happens.
     Watch {
         /// Task id (as `submit` printed it).
         id: String,
@@ -247,7 +255,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Submit(args) => submit(&config, args).await,
         Command::Tasks(args) => list_tasks(&config, args).await,
-        Command::Task { id } => show_task(&config, id).await,
+        Command::Task {
+            id,
+            artifact,
+            output,
+        } => match artifact {
+            Some(name) => write_artifact(&config, id, name, output).await,
+            None => show_task(&config, id).await,
+        },
         Command::Watch { id } => {
             let mut c = connect(&config, &[Role::Submitter]).await?;
             watch_task(&mut c, &id).await
@@ -478,35 +493,45 @@ async fn list_tasks(config: &BatonConfig, args: TasksArgs) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// `baton task <id>`: the task's view, then its events.
+/// `baton task <id>`: the task's view, its events, then what it delivered.
 async fn show_task(config: &BatonConfig, id: String) -> anyhow::Result<ExitCode> {
     let mut c = connect(config, &[Role::Submitter]).await?;
-    let r = c
-        .tasks
-        .get_task(GetTaskRequest { task_id: id })
-        .await?
-        .into_inner();
-    let t = r.task.unwrap_or_default();
-    println!(
-        "task {} [{}] tenant {} · role {} · {} · risk {}",
-        t.task_id,
-        t.status().label(),
-        t.tenant,
-        t.role,
-        t.environment,
-        t.risk().label()
-    );
-    println!(
-        "  \"{}\"{}",
-        t.text,
-        if t.reason.is_empty() {
-            String::new()
-        } else {
-            format!("\n  reason: {}", t.reason)
+    baton::inspect::show_task(&mut c, &id, &mut std::io::stdout()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton task <id> --artifact NAME [-o FILE]`: the artifact's raw content.
+async fn write_artifact(
+    config: &BatonConfig,
+    id: String,
+    name: String,
+    output: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    match output {
+        None => {
+            baton::inspect::write_artifact(&mut c, &id, &name, &mut std::io::stdout()).await?;
         }
-    );
-    for rec in &r.events {
-        println!("{}", describe(rec));
+        Some(path) => {
+            // Written beside the target and renamed, so a failed call leaves no partial file.
+            let mut partial = path.clone().into_os_string();
+            partial.push(format!(".partial-{}", std::process::id()));
+            let partial = std::path::PathBuf::from(partial);
+            let mut file = std::fs::File::create(&partial)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            let written = baton::inspect::write_artifact(&mut c, &id, &name, &mut file).await;
+            drop(file);
+            let size = match written {
+                Ok(size) => size,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e.into());
+                }
+            };
+            std::fs::rename(&partial, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {size} bytes of {name} to {}", path.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -609,26 +634,10 @@ async fn verify_audit(config: &BatonConfig) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints a task's events until it ends; exit code 0 when it completed.
+/// Prints a task's events and its agent's progress until it ends; exit code 0 when it
+/// completed.
 async fn watch_task(c: &mut Clients, id: &str) -> anyhow::Result<ExitCode> {
-    let mut stream = c
-        .tasks
-        .watch_task(WatchTaskRequest {
-            task_id: id.to_string(),
-        })
-        .await?
-        .into_inner();
-    let mut last = None;
-    while let Some(rec) = stream.message().await? {
-        println!("{}", describe(&rec));
-        if is_final(&rec) {
-            last = Some(rec);
-            break;
-        }
-    }
-    let completed = last
-        .and_then(|r| r.event)
-        .is_some_and(|e| matches!(e.body, Some(baton_proto::event::Body::TaskCompleted(_))));
+    let completed = baton::inspect::watch(c, id, &mut std::io::stdout()).await?;
     Ok(if completed {
         ExitCode::SUCCESS
     } else {

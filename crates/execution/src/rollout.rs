@@ -397,9 +397,9 @@ impl Shell<'_> {
     }
 }
 
-/// The `<task>.completed` event of a report-only plan (see the crate docs): an `Execution`
-/// that succeeded at once, with no phases, carrying the plan (and so its report).
-pub(crate) fn report_only_completion(cause: &Event, plan: Plan) -> Event {
+/// The `<task>.completed` event of a delivery-only plan (see the crate docs): an `Execution`
+/// that succeeded at once, with no phases, carrying the plan (and so its artifacts).
+pub(crate) fn delivery_only_completion(cause: &Event, plan: Plan) -> Event {
     let now = baton_proto::now();
     let exec = Execution {
         task_id: cause.task_id.clone(),

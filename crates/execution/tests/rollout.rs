@@ -1567,10 +1567,10 @@ async fn only_approvals_signed_by_a_trusted_key_over_the_plan_run() {
     service.await.unwrap().unwrap();
 }
 
-/// A report-only plan (no steps, a report) completes at once: one `completed` event carrying
+/// A delivery-only plan (no steps, a report) completes at once: one `completed` event carrying
 /// the plan and its report, no rollout events, no state in KV; a redelivery adds nothing.
 #[tokio::test]
-async fn a_report_only_plan_completes_without_a_rollout() {
+async fn a_delivery_only_plan_completes_without_a_rollout() {
     let nats = TestNats::start().await;
     let (token, service) = start(context(nats.bus.clone())).await;
     let report = baton_proto::report::Report {
@@ -1620,7 +1620,7 @@ async fn a_report_only_plan_completes_without_a_rollout() {
         .unwrap();
     assert!(
         store.get("t-report").await.unwrap().is_none(),
-        "a report-only plan keeps no rollout state"
+        "a delivery-only plan keeps no rollout state"
     );
     token.cancel();
     service.await.unwrap().unwrap();

@@ -15,8 +15,10 @@
 //! `description` is what [`item_text`] shows); other fields are kept and ignored. A plan whose
 //! report does not parse is refused by validation, naming what is wrong ([`ReportError`]).
 //!
-//! A plan with no steps and a report is *report-only*: validation checks it like any plan
-//! (policies see the parsed report), and execution completes it at once, without a rollout.
+//! A plan with no steps that carries artifacts (a report, generated code with its sandbox run)
+//! is *delivery-only*: validation checks it like any plan (policies see the parsed report), and
+//! execution completes it at once, without a rollout. A plan with no steps and no artifacts has
+//! nothing to run and nothing to deliver, and validation refuses it.
 
 use crate::{Artifact, Plan};
 use serde::{Deserialize, Serialize};
@@ -146,9 +148,10 @@ impl Plan {
         self.artifacts.iter().find(|a| a.name == REPORT_ARTIFACT)
     }
 
-    /// True for a report-only plan: no steps, and a report artifact (parsed or not).
-    pub fn is_report_only(&self) -> bool {
-        self.step_count() == 0 && self.report_artifact().is_some()
+    /// True for a delivery-only plan: no steps, and at least one artifact (a report,
+    /// generated code): what it delivers is its artifacts.
+    pub fn is_delivery_only(&self) -> bool {
+        self.step_count() == 0 && !self.artifacts.is_empty()
     }
 }
 
@@ -224,16 +227,16 @@ mod tests {
     }
 
     #[test]
-    fn report_only_means_no_steps_and_a_report() {
+    fn delivery_only_means_no_steps_and_an_artifact() {
         let mut plan = Plan::default();
-        assert!(!plan.is_report_only());
+        assert!(!plan.is_delivery_only());
         plan.artifacts.push(artifact("application/json", "{}"));
-        assert!(plan.is_report_only());
+        assert!(plan.is_delivery_only());
         plan.phases.push(crate::Phase {
             steps: vec![crate::Step::default()],
             ..Default::default()
         });
         assert_eq!(plan.step_count(), 1);
-        assert!(!plan.is_report_only());
+        assert!(!plan.is_delivery_only());
     }
 }

@@ -57,7 +57,7 @@
 //!        "steps": [{"asset": "web-01", "action": "http", "has_rollback": true,
 //!                   "has_health_check": true}]}
 //!     ],
-//!     "report_only": false,
+//!     "delivery_only": false,
 //!     "artifacts": [{"name": "fix.py", "media_type": "text/x-python", "size": 812,
 //!                    "report": null, "sandbox_exit_code": 0,
 //!                    "sandbox_ended_by": "exited", "sandbox_network": false},
@@ -85,16 +85,17 @@
 //!   named `report`, its content parsed ([`baton_proto::report::Report`]: `answer`,
 //!   `findings`, `recommendations`, each item a string or an object as the agent wrote it), so
 //!   a policy can read what a report says (`some f in a.report.findings`); `null` for every
-//!   other artifact. `plan.report_only`: the plan has no steps and a report.
+//!   other artifact. `plan.delivery_only`: the plan has no steps and delivers artifacts (a
+//!   report, generated code).
 //! - `plan.total_assets`: assets in scope (changed or not), the base of phase-size rules.
 //!
 //! # Built-in checks
 //!
 //! Before the score, [`refusals`] adds deny reasons no policy directory can remove: a plan with
-//! no steps and no report (nothing to run, nothing to deliver: the agent must attach its
+//! no steps and no artifacts (nothing to run, nothing to deliver: the agent must attach its
 //! answer as a report), and a report artifact that is not a report (not `application/json`,
-//! not JSON, no answer). A *report-only* plan (no steps, a valid report) is validated like any
-//! other — policies, score and thresholds apply (it changes nothing, but a model-backed agent
+//! not JSON, no answer). A *delivery-only* plan (no steps; a report, or generated code with
+//! its sandbox run) is validated like any other — policies, score and thresholds apply (it changes nothing, but a model-backed agent
 //! earns no human-review points, so in production it waits for an approver) — and execution
 //! completes it without a rollout.
 //!
@@ -453,9 +454,9 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> R
 
 /// Why `plan` cannot be accepted whatever the policies say (the built-in checks, which a
 /// `policy_dir` cannot replace); empty when there is nothing against it:
-/// - a plan with no steps and no report artifact: it has nothing to run and nothing to deliver
-///   (an agent that has only an answer attaches it as a report,
-///   [`baton_proto::report::Report::to_artifact`]);
+/// - a plan with no steps and no artifacts: it has nothing to run and nothing to deliver (an
+///   agent that has only an answer attaches it as a report,
+///   [`baton_proto::report::Report::to_artifact`]; generated code comes as artifacts too);
 /// - a report artifact that is not a report ([`baton_proto::report::ReportError`]).
 ///
 /// Each reason says what is wrong and what the agent must do instead.
@@ -463,8 +464,8 @@ pub fn refusals(plan: &baton_proto::Plan) -> Vec<String> {
     use baton_proto::report::{REPORT_ARTIFACT, REPORT_MEDIA_TYPE, Report};
     let mut reasons = Vec::new();
     match plan.report_artifact() {
-        None if plan.step_count() == 0 => reasons.push(format!(
-            "the plan has no steps and no report: nothing to run and nothing to deliver; \
+        None if plan.step_count() == 0 && plan.artifacts.is_empty() => reasons.push(format!(
+            "the plan has no steps and no artifacts: nothing to run and nothing to deliver; \
              an agent with only an answer must attach it as an artifact named \"{REPORT_ARTIFACT}\" \
              ({REPORT_MEDIA_TYPE} with an answer, findings and recommendations)"
         )),
@@ -747,7 +748,7 @@ mod tests {
         let reasons = refusals(&empty);
         assert_eq!(reasons.len(), 1, "{reasons:?}");
         assert!(
-            reasons[0].contains("no steps and no report") && reasons[0].contains("\"report\""),
+            reasons[0].contains("no steps and no artifacts") && reasons[0].contains("\"report\""),
             "{reasons:?}"
         );
         let report = Report {

@@ -407,7 +407,7 @@ pub fn input_document(proposed: &PlanProposed) -> serde_json::Value {
             "summary": plan.summary,
             "total_assets": plan.total_assets,
             "step_count": plan.step_count(),
-            "report_only": plan.is_report_only(),
+            "delivery_only": plan.is_delivery_only(),
             "phases": phases,
             "artifacts": artifacts,
             "agent": {"kind": agent.kind().label(), "name": agent.agent},
@@ -644,7 +644,7 @@ mod tests {
             a[1]["report"].is_null(),
             "only the artifact named report is a report"
         );
-        assert_eq!(doc["plan"]["report_only"], true);
+        assert_eq!(doc["plan"]["delivery_only"], true);
         assert_eq!(doc["plan"]["step_count"], 0);
     }
 

@@ -80,7 +80,7 @@ fn code_artifacts(exit_code: i32, with_report: bool) -> Vec<Artifact> {
 /// permit (so a test can watch before it starts) and publishes progress for three calls.
 struct Scripted {
     name: &'static str,
-    plan: fn(&Task) -> Plan,
+    plan: MakePlan,
     progress: ProgressPublisher,
     gate: Option<Arc<Semaphore>>,
 }
@@ -173,8 +173,11 @@ fn failing_code_plan(task: &Task) -> Plan {
     }
 }
 
+/// How a scripted agent makes its plan.
+type MakePlan = fn(&Task) -> Plan;
+
 /// The roles of this test, each with its agent's plan.
-const AGENTS: &[(&str, fn(&Task) -> Plan)] = &[
+const AGENTS: &[(&str, MakePlan)] = &[
     ("reporter", report_plan),
     ("silent", empty_plan),
     ("coder", passing_code_plan),
@@ -185,7 +188,7 @@ fn plugins(gate: Arc<Semaphore>) -> Plugins {
     let mut plugins = Plugins::new();
     for &(role, plan) in AGENTS
         .iter()
-        .chain([("watched", report_plan as fn(&Task) -> Plan)].iter())
+        .chain([("watched", report_plan as MakePlan)].iter())
     {
         let gate = (role == "watched").then(|| gate.clone());
         let name: &'static str = Box::leak(format!("{role}@1").into_boxed_str());

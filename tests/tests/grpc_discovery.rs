@@ -24,7 +24,13 @@ fn expected() -> BTreeMap<&'static str, Vec<&'static str>> {
         ("baton.v1.ExecutionService", vec!["GetExecution"]),
         (
             "baton.v1.TaskService",
-            vec!["GetTask", "ListTasks", "WatchTask", "VerifyAudit"],
+            vec![
+                "GetTask",
+                "ListTasks",
+                "WatchTask",
+                "WatchProgress",
+                "VerifyAudit",
+            ],
         ),
     ])
 }

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 project="${BATON_CLUSTER_PROJECT:-baton-cluster-test}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
-export BATON_FLEET_PUT_DELAY_MS="${BATON_FLEET_PUT_DELAY_MS:-1500}" BATON_NATS_ACK_WAIT=10s
+export BATON_FLEET_PUT_DELAY_MS="${BATON_FLEET_PUT_DELAY_MS:-2000}" BATON_NATS_ACK_WAIT=10s
 unset BATON_IMAGE BATON_NATS_IMAGE BATON_POSTGRES_IMAGE
 say() { echo "cluster-test: $*" >&2; }
 fail() { say "FAILED: $*"; exit 1; }
@@ -124,13 +124,12 @@ say "task $id from the NATS trigger"
 wait_status "$id" awaiting_approval 60
 cli 50054 approve "$id" --reason "cluster test" >&2
 
-# 4. Mid-rollout: kill execution and stop one NATS node.
-limit=$((SECONDS + 60))
-until fleet_applies | awk '$2 > 0 { found = 1 } END { exit !found }'; do
-  [ "$SECONDS" -lt "$limit" ] || fail "the rollout never started"
-  sleep 0.2
-done
-docker kill "$(compose ps -q execution)" >/dev/null
+# 4. Mid-rollout (the canary's change applied, the first wave's in flight: each change takes
+# BATON_FLEET_PUT_DELAY_MS), kill execution and stop one NATS node.
+execution_id="$(compose ps -q execution)"
+wait_status "$id" executing 60
+sleep "$(awk -v ms="$BATON_FLEET_PUT_DELAY_MS" 'BEGIN { printf "%.1f", ms / 1000 + 0.5 }')"
+docker kill "$execution_id" >/dev/null
 compose stop nats-2 >/dev/null 2>&1
 mid="$(status_of "$id")"
 applied_mid="$(fleet_applies | awk '$2 > 0' | wc -l)"

@@ -86,4 +86,4 @@ EOF
 chown -R 10001:10001 "$out/admin"
 chmod 0700 "$out/admin"
 for s in $services; do chown -R 10001:10001 "$out/$s"; done
-echo "baton-cluster-init: secrets written; execution trusts validation key $(printf '%s' "$pub" | cut -c1-16)…"
+echo "baton-cluster-init: secrets written; execution trusts validation's public key $(printf '%s' "$pub" | cut -c1-16)…"

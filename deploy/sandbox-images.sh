@@ -20,40 +20,9 @@ has_image() { docker_ image inspect "$1" >/dev/null 2>&1; }
 
 if has_image "$PYTHON_IMAGE" && has_image "$SHELL_IMAGE"; then exit 0; fi
 
-# The Debian mirror this machine's apt uses (deb822 .sources first, then sources.list).
-mirror() {
-  local f uri
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    # The first stanza that offers bookworm from a debian (not -security) archive.
-    uri="$(awk 'BEGIN{RS=""; FS="\n"} /Suites:[^\n]*bookworm([ \n]|$)/ {
-             for (i=1;i<=NF;i++) if ($i ~ /^URIs:/) { sub(/^URIs:[ \t]*/, "", $i); split($i, u, " ");
-               if (u[1] !~ /security/) { print u[1]; exit } } }' "$f")"
-    if [ -n "$uri" ]; then echo "$uri"; return; fi
-  done
-  if [ -f /etc/apt/sources.list ]; then
-    uri="$(awk '$1=="deb" && $0 ~ / bookworm / && $0 !~ /security/ { for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list)"
-    if [ -n "$uri" ]; then echo "$uri"; return; fi
-  fi
-  echo "http://deb.debian.org/debian"
-}
-
 if [ ! -s "$tarball" ]; then
-  command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || {
-    echo "sandbox-images.sh: debootstrap is not installed; run: bash deploy/setup.sh --docker" >&2; exit 1; }
-  m="$(mirror)"
-  mkdir -p "$cache"
-  root="$(mktemp -d "${TMPDIR:-/tmp}/baton-sandbox-root.XXXXXX")"
-  trap 'sudo_ rm -rf "$root"' EXIT
-  echo "sandbox-images.sh: debootstrap bookworm (minbase + python3-minimal) from $m (about a minute)" >&2
-  sudo_ env PATH="$PATH:/usr/sbin:/sbin" debootstrap --variant=minbase --include=python3-minimal \
-    bookworm "$root" "$m" >"$cache/debootstrap.log" 2>&1 || {
-      echo "sandbox-images.sh: debootstrap failed; see $cache/debootstrap.log" >&2; exit 1; }
-  # Trim what a sandbox never needs: apt's lists and caches, docs and man pages.
-  sudo_ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc \
-    "$root"/usr/share/man "$root"/usr/share/locale
-  sudo_ tar -C "$root" -c . >"$tarball.partial"
-  mv "$tarball.partial" "$tarball"
+  # The debootstrap root, shared with deploy/local-images.sh (the cluster's base image).
+  bash "$(dirname "$0")/debian-root.sh" "$tarball" python3-minimal
 fi
 
 for image in "$PYTHON_IMAGE" "$SHELL_IMAGE"; do

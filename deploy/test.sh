@@ -16,3 +16,9 @@ case "$BATON_TEST_POSTGRES_URL" in
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 cargo nextest run --workspace --no-fail-fast "$@"
+# The deployments, when no nextest arguments narrow the run: the Kubernetes manifests against
+# the schemas, then the docker-compose cluster test.
+if [ "$#" = 0 ]; then
+  bash deploy/k8s/validate.sh
+  bash deploy/cluster-test.sh
+fi

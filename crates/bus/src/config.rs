@@ -44,7 +44,10 @@ pub struct BusConfig {
     pub stream: String,
     /// Dead-letter stream name.
     pub dead_stream: String,
-    /// Stream replicas (1 for a single server, 3 in a cluster).
+    /// Copies JetStream keeps of each stream (`BATON` and `BATON_DEAD`) and of each KV bucket
+    /// the services create: 1 for a single server (`baton up`), 3 in a cluster of three
+    /// servers (docker-compose, Kubernetes: `BATON_NATS__REPLICAS=3`), so losing one server
+    /// loses nothing. At most 5 (JetStream's limit) and at most the cluster's size.
     pub replicas: usize,
     /// How long the stream remembers message ids for deduplication (also the horizon of
     /// trigger idempotency keys).
@@ -122,6 +125,11 @@ impl BusConfig {
                 "nats.inbox_prefix must be one subject token without wildcards (_INBOX_ingestion)",
             );
         }
+        if !(1..=5).contains(&self.replicas) {
+            return bad(
+                "nats.replicas must be 1 to 5: 1 for a single nats-server, 3 for a cluster of three",
+            );
+        }
         if self.max_deliver < 1 {
             return bad("nats.max_deliver must be at least 1");
         }
@@ -139,10 +147,77 @@ impl BusConfig {
         Ok(())
     }
 
+    /// The servers of `url`, split at commas (`nats://nats-1:4222,nats://nats-2:4222`): the
+    /// client connects to one and fails over to the others (and to those the cluster
+    /// announces). Errors: [`crate::BusError::Config`] naming the URL that does not parse.
+    pub fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, crate::BusError> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    crate::BusError::Config(format!(
+                        "nats.url {u:?} is not a NATS URL ({e}): use nats://host:4222, several separated by commas"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// Redelivery delay before attempt `delivered + 1`.
     pub fn backoff_for(&self, delivered: i64) -> Duration {
         let i = (delivered.max(1) as usize - 1).min(self.backoff.len() - 1);
         self.backoff[i]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_url_is_several_servers() {
+        let c = BusConfig {
+            url: "nats://nats-1:4222, nats://nats-2:4222,nats://nats-3:4223".into(),
+            ..BusConfig::default()
+        };
+        let servers = c.server_addrs().unwrap();
+        let hosts: Vec<(String, u16)> = servers
+            .iter()
+            .map(|s| (s.host().to_string(), s.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("nats-1".to_string(), 4222),
+                ("nats-2".to_string(), 4222),
+                ("nats-3".to_string(), 4223)
+            ]
+        );
+        let bad = BusConfig {
+            url: "nats://a:4222,nats://b:notaport".into(),
+            ..BusConfig::default()
+        };
+        let err = bad.server_addrs().unwrap_err().to_string();
+        assert!(err.contains("nats://b:notaport"), "{err}");
+    }
+
+    #[test]
+    fn replicas_outside_one_to_five_are_refused_with_the_key() {
+        let with = |replicas| BusConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas,
+            ..BusConfig::default()
+        };
+        assert_eq!(BusConfig::default().replicas, 1, "baton up runs one server");
+        for ok in [1, 3, 5] {
+            assert!(with(ok).validate().is_ok(), "replicas {ok}");
+        }
+        for bad in [0, 6] {
+            let err = with(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("nats.replicas must be 1 to 5"), "{bad}: {err}");
+        }
     }
 }
 

@@ -109,8 +109,9 @@ impl Bus {
         }
         // retry_on_initial_connect makes connect() return at once; wait for the first
         // connection ourselves so a wrong URL fails clearly instead of hanging later.
+        let servers = config.server_addrs()?;
         let client = options
-            .connect(&config.url)
+            .connect(servers.as_slice())
             .await
             .map_err(|e| BusError::Connect {
                 url: config.url.clone(),

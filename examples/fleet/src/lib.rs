@@ -97,13 +97,16 @@ pub struct WebServer {
     pub id: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The host name in [`WebServer::url`] (the listening IP unless advertised otherwise).
+    host: String,
     state: Arc<Mutex<ServerState>>,
 }
 
 impl WebServer {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `http://<advertised host>:<port>` (see
+    /// [`Fleet::start_on`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}:{}", self.host, self.addr.port())
     }
     /// Its current configuration.
     pub fn config(&self) -> ConfigMap {
@@ -164,6 +167,22 @@ struct Flag {
 impl Fleet {
     /// Starts `spec.count` servers on free loopback ports.
     pub async fn start(spec: FleetSpec) -> std::io::Result<Fleet> {
+        Fleet::start_on(spec, std::net::Ipv4Addr::LOCALHOST.into(), None).await
+    }
+
+    /// Starts `spec.count` servers on free ports of `ip`; the inventory names them by
+    /// `advertise` (a host name other machines resolve, such as a container's service name)
+    /// instead of `ip` when given. Errors: the listeners' (an address not of this machine).
+    pub async fn start_on(
+        spec: FleetSpec,
+        ip: std::net::IpAddr,
+        advertise: Option<String>,
+    ) -> std::io::Result<Fleet> {
+        let host = match (&advertise, ip) {
+            (Some(h), _) => h.clone(),
+            (None, std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            (None, v4) => v4.to_string(),
+        };
         let shutdown = CancellationToken::new();
         let mut servers = Vec::with_capacity(spec.count);
         for i in 0..spec.count {
@@ -177,7 +196,7 @@ impl Fleet {
                 healthy: true,
                 ..Default::default()
             }));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
             let addr = listener.local_addr()?;
             let app = Router::new()
                 .route("/config", get(get_config).put(put_config))
@@ -195,6 +214,7 @@ impl Fleet {
             servers.push(WebServer {
                 id: format!("{}-{:02}", spec.prefix, i + 1),
                 addr,
+                host: host.clone(),
                 state,
             });
         }

@@ -18,12 +18,27 @@ struct Cli {
     /// reads `<data_dir>/inventory.toml`.
     #[arg(default_value = ".baton/inventory.toml", value_name = "INVENTORY")]
     inventory: PathBuf,
+    /// The IP address the servers listen on (`0.0.0.0` in a container).
+    #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
+    bind: std::net::IpAddr,
+    /// The host name the inventory gives for the servers, when it is not `--bind`'s address
+    /// (in docker-compose: the fleet service's name, `fleet`).
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
+    /// Milliseconds every `PUT /config` waits before applying (a slow fleet, so a test can
+    /// stop a service in the middle of a rollout).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    put_delay_ms: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
-    let path = Cli::parse().inventory;
-    let fleet = Fleet::start(FleetSpec::demo_web()).await?;
+    let cli = Cli::parse();
+    let path = cli.inventory;
+    let fleet = Fleet::start_on(FleetSpec::demo_web(), cli.bind, cli.advertise).await?;
+    for s in &fleet.servers {
+        s.set_delay(std::time::Duration::from_millis(cli.put_delay_ms));
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -44,5 +59,15 @@ async fn main() -> std::io::Result<()> {
         "inventory written to {}; Ctrl-C stops the fleet",
         path.display()
     );
+    // Ctrl-C, or SIGTERM as `docker stop` sends it.
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
     tokio::signal::ctrl_c().await
 }

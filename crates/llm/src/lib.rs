@@ -11,6 +11,15 @@
 //! The types here are the seam between the agent loop and the providers: keep them
 //! provider-neutral (no field that only one wire format has).
 
+mod http;
+pub mod openai;
+pub mod provider;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use openai::OpenAiProvider;
+pub use provider::{ApiKey, Price, ProviderSettings};
+
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 

@@ -22,8 +22,10 @@
 //!
 //! With an empty queue the server answers HTTP 500 `no scripted reply left`, so a test that
 //! makes one call too many fails loudly. The builders of each format's replies are in
-//! [`openai`].
+//! [`openai`], [`anthropic`] and [`ollama`].
 
+pub mod anthropic;
+pub mod ollama;
 pub mod openai;
 
 use axum::Router;
@@ -43,6 +45,10 @@ pub enum Wire {
     /// OpenAI chat completions: `POST /v1/chat/completions`; [`FakeServer::base_url`] ends in
     /// `/v1`.
     OpenAi,
+    /// Anthropic Messages: `POST /v1/messages`; [`FakeServer::base_url`] is the bare origin.
+    Anthropic,
+    /// Ollama's native chat: `POST /api/chat`; [`FakeServer::base_url`] is the bare origin.
+    Ollama,
 }
 
 /// The body of a scripted reply.
@@ -56,6 +62,8 @@ pub enum FakeBody {
     /// Newline-delimited JSON: one document per line, one write per line
     /// (`content-type: application/x-ndjson`).
     Ndjson(Vec<Value>),
+    /// Server-sent events already framed (`event: …\ndata: …\n\n`), one write per item.
+    RawSse(Vec<String>),
     /// Plain text (an HTML error page, a proxy's answer).
     Text(String),
 }
@@ -161,6 +169,16 @@ impl FakeServer {
         FakeServer::start(Wire::OpenAi).await
     }
 
+    /// A fake Anthropic Messages server.
+    pub async fn anthropic() -> FakeServer {
+        FakeServer::start(Wire::Anthropic).await
+    }
+
+    /// A fake Ollama server.
+    pub async fn ollama() -> FakeServer {
+        FakeServer::start(Wire::Ollama).await
+    }
+
     /// A fake server speaking `wire` on `127.0.0.1:<free port>`.
     pub async fn start(wire: Wire) -> FakeServer {
         let state = Arc::new(AppState {
@@ -187,6 +205,7 @@ impl FakeServer {
     pub fn base_url(&self) -> String {
         match self.wire {
             Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::Anthropic | Wire::Ollama => format!("http://{}", self.addr),
         }
     }
 
@@ -195,7 +214,8 @@ impl FakeServer {
         self.addr
     }
 
-    /// Requires this API key (`Authorization: Bearer` for OpenAI); other requests get 401.
+    /// Requires this API key (`Authorization: Bearer` for OpenAI and Ollama, `x-api-key` for
+    /// Anthropic); other requests get 401.
     pub fn require_api_key(&self, key: &str) {
         self.shared().api_key = Some(key.to_string());
     }
@@ -277,6 +297,8 @@ async fn handle(
 fn check(wire: Wire, req: &RecordedRequest, api_key: Option<&str>) -> Result<(), FakeReply> {
     match wire {
         Wire::OpenAi => openai::check(req, api_key),
+        Wire::Anthropic => anthropic::check(req, api_key),
+        Wire::Ollama => ollama::check(req, api_key),
     }
 }
 
@@ -306,6 +328,10 @@ async fn respond(reply: FakeReply) -> Response {
                     .map(|e| format!("data: {e}\n\n"))
                     .collect(),
             )
+        }
+        FakeBody::RawSse(events) => {
+            builder = builder.header("content-type", "text/event-stream");
+            stream_body(events)
         }
         FakeBody::Ndjson(lines) => {
             builder = builder.header("content-type", "application/x-ndjson");

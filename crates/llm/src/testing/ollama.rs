@@ -68,7 +68,7 @@ pub(super) fn check(req: &RecordedRequest, api_key: Option<&str>) -> Result<(), 
         return Err(error(401, "unauthorized"));
     }
     let body = &req.body;
-    if !body["model"].as_str().is_some_and(|m| !m.is_empty()) {
+    if body["model"].as_str().is_none_or(|m| m.is_empty()) {
         return Err(error(400, "model is required"));
     }
     for m in body["messages"].as_array().into_iter().flatten() {

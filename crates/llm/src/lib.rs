@@ -11,6 +11,7 @@
 //! The types here are the seam between the agent loop and the providers: keep them
 //! provider-neutral (no field that only one wire format has).
 
+pub mod accounting;
 pub mod anthropic;
 pub mod chain;
 pub mod config;

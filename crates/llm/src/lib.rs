@@ -16,6 +16,7 @@ pub mod anthropic;
 pub mod chain;
 pub mod config;
 mod http;
+pub mod local;
 pub mod ollama;
 pub mod openai;
 pub mod provider;

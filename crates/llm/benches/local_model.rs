@@ -49,10 +49,16 @@ async fn main() {
     let mut rates = Vec::with_capacity(calls);
     let mut tokens = 0u64;
     let started = Instant::now();
-    for _ in 0..calls {
+    for i in 0..calls {
         let t = Instant::now();
         let resp = model.chat(&request).await.expect("model call");
         let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "call {}/{calls}: {:.0} ms, {} output tokens",
+            i + 1,
+            secs * 1000.0,
+            resp.usage.output_tokens
+        );
         latencies.push(secs * 1000.0);
         rates.push(f64::from(resp.usage.output_tokens) / secs);
         tokens += u64::from(resp.usage.output_tokens);

@@ -132,6 +132,7 @@ async fn a_forced_tool_call_from_the_local_model() {
         r#"{"temp_c": 21, "sky": "clear"}"#,
     ));
     req.tool_choice = ToolChoice::None;
+    req.max_tokens = Some(48);
     let answer = local.provider().chat(&req).await.unwrap();
     assert!(answer.message.tool_calls.is_empty());
     assert!(

@@ -10,6 +10,35 @@
 //!
 //! The types here are the seam between the agent loop and the providers: keep them
 //! provider-neutral (no field that only one wire format has).
+//!
+//! - [`openai`], [`anthropic`], [`ollama`]: the providers, one per wire format;
+//! - [`chain`]: [`FailoverChain`], retries, `Retry-After`, circuit breaker, limits;
+//! - [`config`]: the `[llm]` section and the [`ProviderRegistry`] agents get chains from;
+//! - [`accounting`]: a call as a `baton_proto::ModelCall`;
+//! - [`structured`]: [`chat_structured`], a final answer checked against its JSON schema;
+//! - [`local`]: the llama-server child `baton up` starts for `[llm.local]`;
+//! - `testing` (feature `testing`): fake servers of the three formats, the local model fixture.
+
+pub mod accounting;
+pub mod anthropic;
+pub mod chain;
+pub mod config;
+mod http;
+pub mod local;
+pub mod ollama;
+pub mod openai;
+pub mod provider;
+pub mod structured;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use anthropic::AnthropicProvider;
+pub use chain::{Circuit, FailoverChain, GuardedProvider, ProviderLimits};
+pub use config::{LlmConfig, ProviderRegistry};
+pub use ollama::OllamaProvider;
+pub use openai::OpenAiProvider;
+pub use provider::{ApiKey, Price, ProviderSettings};
+pub use structured::{OutputSchema, StructuredAnswer, StructuredError, chat_structured};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};

@@ -298,8 +298,12 @@ impl Bus {
                                     subject = delivery.subject(),
                                     task_id = delivery.header(TASK_ID_HEADER).unwrap_or(""),
                                     attempt = delivery.deliveries(),
+                                    otel.name = tracing::field::Empty,
+                                    otel.kind = tracing::field::Empty,
+                                    trace_id = tracing::field::Empty,
                                 );
                                 crate::trace::set_parent(&span, delivery.headers());
+                                crate::trace::label_consumer_span(&span, &spec.service);
                                 let result = match self.redelivery_guard(spec, &delivery) {
                                     Ok(()) => {
                                         handler(delivery.clone()).instrument(span.clone()).await

@@ -261,8 +261,9 @@ pub fn service_main<S: Service>() -> std::process::ExitCode {
 
 async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String> {
     let file = flags.config.clone();
-    let (common, config) =
+    let (mut common, config) =
         load::<S>(file.as_deref(), &EnvVars::from_process(), flags).map_err(|e| e.to_string())?;
+    common.log.otlp = crate::telemetry::with_default_service_name(common.log.otlp, &[S::NAME]);
     crate::telemetry::init(&common.log);
     if common.nats.url.is_empty() {
         return Err(format!(
@@ -296,6 +297,7 @@ async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String
     for t in endpoints.tasks {
         let _ = t.await;
     }
+    crate::telemetry::shutdown().await;
     result
 }
 

@@ -425,6 +425,13 @@ impl Audit {
         let outcome = match &result {
             Ok(stored) => {
                 self.ctx.metrics.audit_records.inc_by(stored.len() as u64);
+                for r in stored {
+                    self.ctx.metrics.count_final(&r.record.subject);
+                    if r.record.event_time > 0 {
+                        let lag = (r.recorded_at - r.record.event_time).max(0) as f64 / 1e6;
+                        self.ctx.metrics.audit_lag_seconds.observe(lag);
+                    }
+                }
                 debug!(
                     messages = batch.len(),
                     stored = stored.len(),
@@ -434,6 +441,7 @@ impl Audit {
                 "ok"
             }
             Err(e) => {
+                self.ctx.metrics.audit_write_errors.inc();
                 error!(error = %e, messages = batch.len(), "cannot store batch; will redeliver");
                 "retry"
             }

@@ -59,7 +59,8 @@ pub struct Endpoints {
     pub grpc_addr: std::net::SocketAddr,
     /// Bound HTTP address.
     pub http_addr: std::net::SocketAddr,
-    /// The two server tasks; they end when the token passed to [`Endpoints::serve`] is cancelled.
+    /// The two server tasks and the consumer metrics poller; they end when the token passed to
+    /// [`Endpoints::serve`] is cancelled.
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -104,13 +105,19 @@ impl Endpoints {
             http_addr,
             crate::http::router(ctx.metrics.clone(), ready)
                 .merge(http_routes.into_router(ctx.auth.clone())),
-            shutdown,
+            shutdown.clone(),
         )
         .await
         .map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot serve HTTP on {http_addr}: {e}"))
         })?;
+        let poller = ctx.metrics.clone().spawn_consumer_poller(
+            ctx.bus.clone(),
+            crate::metrics::CONSUMER_POLL,
+            shutdown.clone(),
+        );
         let tasks = vec![
+            poller,
             tokio::spawn(async move {
                 if let Ok(Err(e)) = grpc_task.await {
                     tracing::warn!(error = %e, "grpc server failed");

@@ -297,3 +297,50 @@ fn the_alert_rules_use_only_exposed_metrics_and_pass_promtool() {
         Err(e) => eprintln!("promtool not run ({e}): only the names were checked"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_nats_connected_and_the_audit_database_answering() {
+    use sqlx::Connection;
+    let h = Harness::start(Db::Postgres).await;
+    let addr = h.baton.http_addr;
+    assert_eq!(get(addr, "/ready").await, (200, "ready\n".to_string()));
+
+    // The audit database stops answering: no new connections, the open ones terminated.
+    let db = h.database_url.rsplit('/').next().unwrap().to_string();
+    let admin_url = std::env::var("BATON_TEST_POSTGRES_URL").unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    // The name is the harness's generated one, never user input.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    let body = loop {
+        let (status, body) = get(addr, "/ready").await;
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready stayed ready with the database gone"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.starts_with("not ready: audit database: "), "{body}");
+    // Let the harness drop the database.
+    // The name is the harness's generated one, never user input.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}

@@ -208,7 +208,16 @@ impl Baton {
         if identities.is_some() {
             // Each service has its own connection, which knows its consumers: poll each for
             // the consumer metrics (the endpoints' poller has the shared connection's).
-            for c in contexts.values() {
+            for (name, c) in &contexts {
+                let bus = c.bus.clone();
+                c.readiness.add(
+                    format!("{name} NATS connection"),
+                    std::sync::Arc::new(move || {
+                        bus.is_connected()
+                            .then_some(())
+                            .ok_or_else(|| "not connected".to_string())
+                    }),
+                );
                 servers.push(c.metrics.clone().spawn_consumer_poller(
                     c.bus.clone(),
                     baton_runtime::metrics::CONSUMER_POLL,

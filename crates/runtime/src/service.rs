@@ -94,9 +94,10 @@ impl Endpoints {
                     std::io::Error::new(e.kind(), format!("cannot serve gRPC on {grpc_addr}: {e}"))
                 })?;
         let bus = ctx.bus.clone();
+        let readiness = ctx.readiness.clone();
         let ready: crate::http::ReadyCheck = std::sync::Arc::new(move || {
             if bus.is_connected() {
-                Ok(())
+                readiness.check()
             } else {
                 Err("not connected to NATS".into())
             }

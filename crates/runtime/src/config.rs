@@ -270,7 +270,7 @@ impl OtlpConfig {
             ),
         ] {
             let url = url.trim();
-            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
                     "log.otlp.{key} {url:?} is not a URL: use http://host:4317 (grpc) or \
                      http://host:4318 (http/protobuf)"

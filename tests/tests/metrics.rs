@@ -82,7 +82,8 @@ async fn a_task_shows_up_in_every_metric_with_real_values() {
     h.wait_for(&id, TaskStatus::Completed, T).await;
 
     // The consumer gauges come from a poll every few seconds; the rest is counted as it
-    // happens. Wait until the audit log stored the final event and the poll saw it settled.
+    // happens. Wait until the audit log stored the final event and a poll saw every consumer
+    // caught up and settled.
     let addr = h.baton.http_addr;
     let deadline = tokio::time::Instant::now() + T;
     let text = loop {
@@ -95,7 +96,8 @@ async fn a_task_shows_up_in_every_metric_with_real_values() {
                 &[("consumer", "execution")],
             )
             .is_some_and(|v| v > 0.0)
-            && value(&text, names::CONSUMER_PENDING, &[("consumer", "audit")]) == Some(0.0);
+            && value(&text, names::CONSUMER_PENDING, &[("consumer", "audit")]) == Some(0.0)
+            && value(&text, names::CONSUMER_ACK_PENDING, &[]) == Some(0.0);
         if done {
             break text;
         }

@@ -238,6 +238,8 @@ impl Harness {
     }
 }
 
+pub mod otlp;
+
 /// What the bench binaries share: their command-line options and percentiles.
 pub mod bench {
     use std::time::Duration;

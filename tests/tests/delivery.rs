@@ -116,6 +116,7 @@ impl baton_agent_runner::Agent for Scripted {
                         output_tokens: 37,
                         latency_ms: 1250,
                         cost_micros: 0,
+                        ..Default::default()
                     })
                     .await;
                 let call = |tool: &str| ToolCall {

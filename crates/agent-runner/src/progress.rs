@@ -244,6 +244,7 @@ mod tests {
             output_tokens: 40,
             latency_ms: 900,
             cost_micros: 0,
+            ..Default::default()
         };
         let tool = ToolCall {
             tool: "query_assets".into(),

@@ -84,6 +84,9 @@ pub const SERVICE: &str = "audit";
 pub const GRPC_SERVICES: &[&str] = &["baton.v1.TaskService"];
 /// Durable consumer of the main stream.
 pub const DURABLE: &str = "audit";
+
+/// How often the database is pinged for the `/ready` probe.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Durable consumer of the dead-letter stream.
 pub const DURABLE_DEAD: &str = "audit-dead";
 
@@ -382,6 +385,7 @@ impl Audit {
             ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>")
         };
         let spec = BatchSpec::new(vec![main, dead], self.config.batch_size);
+        self.watch_database(shutdown.clone());
         // Cancelled by shutdown, or by the handler when another writer took the lock.
         let stop = shutdown.child_token();
         let lost: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
@@ -400,6 +404,31 @@ impl Audit {
         self.lock.into_inner().release().await;
         info!("audit writer stopped; writer lock released");
         Ok(())
+    }
+
+    /// Adds the `audit database` readiness probe, kept current by pinging the database every
+    /// [`PING_EVERY`] until `shutdown` (the probe itself does no I/O).
+    fn watch_database(&self, shutdown: CancellationToken) {
+        let state: Arc<std::sync::Mutex<Result<(), String>>> =
+            Arc::new(std::sync::Mutex::new(Ok(())));
+        let probe = state.clone();
+        self.ctx.readiness.add(
+            "audit database",
+            Arc::new(move || probe.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        );
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PING_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        let result = store.ping().await;
+                        *state.lock().unwrap_or_else(|p| p.into_inner()) = result;
+                    }
+                }
+            }
+        });
     }
 
     /// Stores one batch; its messages are settled by the returned result (all ack'ed, or all
@@ -440,6 +469,13 @@ impl Audit {
         let outcome = match &result {
             Ok(stored) => {
                 self.ctx.metrics.audit_records.inc_by(stored.len() as u64);
+                for r in stored {
+                    self.ctx.metrics.count_final(&r.record.subject);
+                    if r.record.event_time > 0 {
+                        let lag = (r.recorded_at - r.record.event_time).max(0) as f64 / 1e6;
+                        self.ctx.metrics.audit_lag_seconds.observe(lag);
+                    }
+                }
                 debug!(
                     messages = batch.len(),
                     stored = stored.len(),
@@ -449,6 +485,7 @@ impl Audit {
                 "ok"
             }
             Err(e) => {
+                self.ctx.metrics.audit_write_errors.inc();
                 error!(error = %e, messages = batch.len(), "cannot store batch; will redeliver");
                 "retry"
             }

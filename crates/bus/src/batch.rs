@@ -179,6 +179,30 @@ impl Bus {
         let n = batch.len();
         let service = &spec.sources[batch[0].0].service;
         let span = info_span!("handle_batch", service = %service, messages = n);
+        // Exported traces get one `handle` span per message in its task's trace (the batch
+        // span belongs to no task), linked to the batch span, ended once the message is settled.
+        let _message_spans: Vec<tracing::Span> = if crate::trace::exporting() {
+            batch
+                .iter()
+                .map(|(_, d)| {
+                    let s = info_span!(
+                        "handle",
+                        service = %service,
+                        subject = d.subject(),
+                        task_id = d.header(crate::TASK_ID_HEADER).unwrap_or(""),
+                        otel.name = tracing::field::Empty,
+                        otel.kind = tracing::field::Empty,
+                        trace_id = tracing::field::Empty,
+                    );
+                    crate::trace::set_parent(&s, d.headers());
+                    crate::trace::label_consumer_span(&s, service);
+                    s.follows_from(&span);
+                    s
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let deliveries: Vec<Delivery> = batch.iter().map(|(_, d)| d.clone()).collect();
         let ack_wait = self.config().ack_wait;
         let timeout = spec.timeout.unwrap_or(ack_wait);

@@ -252,10 +252,43 @@ impl Bus {
         };
         // Create, or update an existing durable to this configuration (settings of an earlier
         // version must not linger).
-        stream
+        let consumer = stream
             .create_consumer(config)
             .await
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(e.to_string()))?;
+        let key = (stream_name.clone(), spec.durable.clone());
+        let mut known = self.consumers.lock().expect("consumers lock");
+        if !known.contains(&key) {
+            known.push(key);
+        }
+        Ok(consumer)
+    }
+
+    /// `(stream, durable)` of every consumer this process created with
+    /// [`Bus::pull_consumer`] (directly or through `consume`/`consume_batch`), in creation order.
+    pub fn consumers(&self) -> Vec<(String, String)> {
+        self.consumers.lock().expect("consumers lock").clone()
+    }
+
+    /// JetStream's info of the durable consumer `durable` of `stream` (one request: pending,
+    /// ack-pending and redelivered counts, ack floor).
+    ///
+    /// Errors: [`BusError::Consumer`] when the consumer does not exist or NATS does not answer.
+    pub async fn consumer_info(
+        &self,
+        stream: &str,
+        durable: &str,
+    ) -> Result<jetstream::consumer::Info, BusError> {
+        let consumer: jetstream::consumer::Consumer<pull::Config> = self
+            .js
+            .get_consumer_from_stream(durable, stream)
+            .await
+            .map_err(|e| BusError::Consumer {
+                stream: stream.to_string(),
+                consumer: durable.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(consumer.cached_info().clone())
     }
 
     /// Runs `handler` on every message of the consumer until `shutdown` is cancelled, up to
@@ -298,8 +331,12 @@ impl Bus {
                                     subject = delivery.subject(),
                                     task_id = delivery.header(TASK_ID_HEADER).unwrap_or(""),
                                     attempt = delivery.deliveries(),
+                                    otel.name = tracing::field::Empty,
+                                    otel.kind = tracing::field::Empty,
+                                    trace_id = tracing::field::Empty,
                                 );
                                 crate::trace::set_parent(&span, delivery.headers());
+                                crate::trace::label_consumer_span(&span, &spec.service);
                                 let result = match self.redelivery_guard(spec, &delivery) {
                                     Ok(()) => {
                                         handler(delivery.clone()).instrument(span.clone()).await

@@ -58,6 +58,8 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: Arc<BusConfig>,
+    /// `(stream, durable)` of every consumer this process created, for the consumer metrics.
+    consumers: Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 /// What the stream said about a publish.
@@ -136,6 +138,7 @@ impl Bus {
             client,
             js,
             config: Arc::new(config),
+            consumers: Arc::default(),
         };
         bus.ensure_streams().await?;
         Ok(bus)

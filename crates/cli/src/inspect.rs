@@ -442,6 +442,7 @@ mod tests {
                 output_tokens: 88,
                 latency_ms: 1920,
                 cost_micros: 0,
+                ..Default::default()
             })),
             ..Default::default()
         };

@@ -282,7 +282,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `baton up`: all six services, until SIGINT/SIGTERM.
-async fn up(config: BatonConfig) -> anyhow::Result<ExitCode> {
+async fn up(mut config: BatonConfig) -> anyhow::Result<ExitCode> {
+    config.common.log.otlp =
+        baton_runtime::telemetry::with_default_service_name(config.common.log.otlp, &[]);
     baton_runtime::telemetry::init(&config.common.log);
     let shutdown = baton_runtime::shutdown::on_signal();
     let baton = Baton::start(config, &ServiceName::ALL).await?;
@@ -291,7 +293,9 @@ async fn up(config: BatonConfig) -> anyhow::Result<ExitCode> {
          try: baton submit --env production --watch \"Fix drift on production web servers\"",
         baton.grpc_addr, baton.http_addr, baton.config.common.nats.url
     );
-    baton.run_until(shutdown).await?;
+    let result = baton.run_until(shutdown).await;
+    baton_runtime::telemetry::shutdown().await;
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -361,12 +365,16 @@ async fn nats_config(
 }
 
 /// `baton serve <service>`: one service against a running NATS, until SIGINT/SIGTERM.
-async fn serve(config: BatonConfig, service: ServiceName) -> anyhow::Result<ExitCode> {
+async fn serve(mut config: BatonConfig, service: ServiceName) -> anyhow::Result<ExitCode> {
     if config.common.nats.url.is_empty() {
         anyhow::bail!(
             "`baton serve` needs a NATS server: set nats.url (--nats-url, BATON_NATS__URL=nats://host:4222)"
         );
     }
+    config.common.log.otlp = baton_runtime::telemetry::with_default_service_name(
+        config.common.log.otlp,
+        &[service.to_string().as_str()],
+    );
     baton_runtime::telemetry::init(&config.common.log);
     let shutdown = baton_runtime::shutdown::on_signal();
     let baton = Baton::start(config, &[service]).await?;
@@ -374,7 +382,9 @@ async fn serve(config: BatonConfig, service: ServiceName) -> anyhow::Result<Exit
         "baton {service:?} is up: gRPC {} · HTTP http://{}",
         baton.grpc_addr, baton.http_addr
     );
-    baton.run_until(shutdown).await?;
+    let result = baton.run_until(shutdown).await;
+    baton_runtime::telemetry::shutdown().await;
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -217,8 +217,28 @@ impl Baton {
         )
         .await
         .map_err(io("cannot serve".into()))?;
-        let (grpc_addr, http_addr, servers) =
+        let (grpc_addr, http_addr, mut servers) =
             (endpoints.grpc_addr, endpoints.http_addr, endpoints.tasks);
+        if identities.is_some() {
+            // Each service has its own connection, which knows its consumers: poll each for
+            // the consumer metrics (the endpoints' poller has the shared connection's).
+            for (name, c) in &contexts {
+                let bus = c.bus.clone();
+                c.readiness.add(
+                    format!("{name} NATS connection"),
+                    std::sync::Arc::new(move || {
+                        bus.is_connected()
+                            .then_some(())
+                            .ok_or_else(|| "not connected".to_string())
+                    }),
+                );
+                servers.push(c.metrics.clone().spawn_consumer_poller(
+                    c.bus.clone(),
+                    baton_runtime::metrics::CONSUMER_POLL,
+                    servers_token.clone(),
+                ));
+            }
+        }
         info!(%grpc_addr, %http_addr, nats = %config.common.nats.url, "baton is up");
         Ok(Baton {
             config,

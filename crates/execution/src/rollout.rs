@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// What every rollout of a process shares.
 pub(crate) struct Shared {
@@ -202,6 +203,8 @@ impl Shell<'_> {
     /// Does what the state says next until the rollout ends.
     async fn drive(&mut self) -> Result<Outcome, Halt> {
         let task_id = self.cause.task_id.as_str();
+        // `rollout.phase`, for exported traces only: from a phase's start to its completion.
+        let mut phase_span = tracing::Span::none();
         loop {
             match self.state.next() {
                 Next::Replay => {
@@ -211,6 +214,13 @@ impl Shell<'_> {
                 Next::StartPhase(i) => {
                     self.control.check()?;
                     tracing::info!(%task_id, phase = %self.state.phases[i].name, index = i, "phase started");
+                    phase_span = baton_bus::exported_span!(
+                        "rollout.phase",
+                        task_id,
+                        phase = %self.state.phases[i].name,
+                        index = i,
+                        healthy = tracing::field::Empty,
+                    );
                     let effects = self.state.start_phase(i);
                     self.take(effects).await?;
                 }
@@ -218,18 +228,22 @@ impl Shell<'_> {
                     self.control.check()?;
                     // Announce what is queued (the phase's start) before its actions run.
                     self.flush().await?;
-                    self.apply(phase, steps).await?;
+                    let span = phase_span.clone();
+                    self.apply(phase, steps).instrument(span).await?;
                 }
                 Next::Check { phase, steps } => {
                     self.control.check()?;
                     self.flush().await?;
-                    self.check(phase, steps).await?;
+                    let span = phase_span.clone();
+                    self.check(phase, steps).instrument(span).await?;
                 }
                 Next::CompletePhase(i) => {
                     self.control.check()?;
                     let effects = self.state.complete_phase(i);
                     let healthy = self.state.phases[i].status == state::Status::Succeeded;
                     tracing::info!(%task_id, phase = %self.state.phases[i].name, index = i, healthy, "phase completed");
+                    phase_span.record("healthy", healthy);
+                    phase_span = tracing::Span::none();
                     self.take(effects).await?;
                 }
                 Next::BeginRollback(reason) => {
@@ -329,6 +343,16 @@ impl Shell<'_> {
             .map(move |j| {
                 let (runner, control, failed) = (runner.clone(), control.clone(), failed.clone());
                 let action = plan_steps[j].action.clone();
+                let span = baton_bus::exported_span!(
+                    "rollout.action",
+                    step = j,
+                    asset = plan_steps[j]
+                        .asset
+                        .as_ref()
+                        .map(|a| a.name.as_str())
+                        .unwrap_or(""),
+                    ok = tracing::field::Empty,
+                );
                 async move {
                     if control.check().is_err() || failed.load(Ordering::SeqCst) {
                         return (j, None);
@@ -340,8 +364,10 @@ impl Shell<'_> {
                     if result.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
+                    tracing::Span::current().record("ok", result.is_ok());
                     (j, Some(result))
                 }
+                .instrument(span)
             })
             .buffer_unordered(self.shared.config.max_concurrent_steps);
         while let Some((j, result)) = results.next().await {
@@ -364,7 +390,17 @@ impl Shell<'_> {
             .map(move |j| {
                 let (runner, control, config) = (runner.clone(), control.clone(), config.clone());
                 let check = plan_steps[j].health_check.clone().unwrap_or_default();
+                let span = baton_bus::exported_span!(
+                    "rollout.health_check",
+                    step = j,
+                    asset = plan_steps[j]
+                        .asset
+                        .as_ref()
+                        .map(|a| a.name.as_str())
+                        .unwrap_or(""),
+                );
                 async move { (j, check_health(&*runner, &control, &config, &check).await) }
+                    .instrument(span)
             })
             .buffer_unordered(self.shared.config.max_concurrent_steps);
         let mut interrupted = None;

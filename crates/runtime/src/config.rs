@@ -162,6 +162,10 @@ pub struct LogConfig {
     pub filter: String,
     /// JSON lines instead of human-readable text (text is coloured only on a terminal).
     pub json: bool,
+    /// `[log.otlp]`: where traces are exported over OTLP; nothing is exported when no endpoint
+    /// is set. The standard `OTEL_EXPORTER_OTLP_*`, `OTEL_SERVICE_NAME` and
+    /// `OTEL_RESOURCE_ATTRIBUTES` variables set it (see [`OtlpConfig`]).
+    pub otlp: OtlpConfig,
 }
 
 impl Default for LogConfig {
@@ -169,7 +173,152 @@ impl Default for LogConfig {
         LogConfig {
             filter: "info,async_nats=warn,sqlx=warn".into(),
             json: false,
+            otlp: OtlpConfig::default(),
         }
+    }
+}
+
+/// OTLP trace export (`[log.otlp]`), set by the OpenTelemetry SDK's standard variables in the
+/// environment layer, or by `BATON_LOG__OTLP__*` and the file like any other key:
+///
+/// | key | variable |
+/// |---|---|
+/// | `endpoint` | `OTEL_EXPORTER_OTLP_ENDPOINT` |
+/// | `traces_endpoint` | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` |
+/// | `protocol` | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` |
+/// | `service_name` | `OTEL_SERVICE_NAME` |
+/// | `resource_attributes` | `OTEL_RESOURCE_ATTRIBUTES` |
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Base URL of the collector (`http://127.0.0.1:4317` for gRPC, `http://127.0.0.1:4318`
+    /// for HTTP, where `/v1/traces` is appended). Empty, with `traces_endpoint` empty too: no
+    /// export, and no span is recorded (trace context still propagates).
+    pub endpoint: String,
+    /// The full URL of the traces endpoint, used as is; wins over `endpoint`.
+    pub traces_endpoint: String,
+    /// `grpc` or `http/protobuf` (the OpenTelemetry default).
+    pub protocol: OtlpProtocol,
+    /// The `service.name` resource attribute. Empty: `baton` for `baton up` (all services in
+    /// one process; each span's `service` attribute names the stage), `baton-<service>` for a
+    /// process that runs one service.
+    pub service_name: String,
+    /// More resource attributes, `key=value` pairs separated by commas
+    /// (`deployment.environment=prod,service.namespace=ops`).
+    pub resource_attributes: String,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP protobuf over HTTP POST (port 4318 by convention).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpConfig {
+    /// Whether traces are exported (an endpoint is set).
+    pub fn enabled(&self) -> bool {
+        !self.endpoint.trim().is_empty() || !self.traces_endpoint.trim().is_empty()
+    }
+
+    /// The URL spans are sent to: `traces_endpoint` as is, else `endpoint` (with `/v1/traces`
+    /// appended for HTTP, as the OpenTelemetry specification says). `None` when disabled.
+    pub fn traces_url(&self) -> Option<String> {
+        let traces = self.traces_endpoint.trim();
+        if !traces.is_empty() {
+            return Some(traces.to_string());
+        }
+        let base = self.endpoint.trim();
+        if base.is_empty() {
+            return None;
+        }
+        Some(match self.protocol {
+            OtlpProtocol::Grpc => base.to_string(),
+            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        })
+    }
+
+    /// `resource_attributes` as `(key, value)` pairs; errors name the bad pair.
+    pub fn resource_pairs(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.resource_attributes
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    Ok((k.trim().to_string(), v.trim().to_string()))
+                }
+                _ => Err(ConfigError::Invalid(format!(
+                    "log.otlp.resource_attributes (OTEL_RESOURCE_ATTRIBUTES) has {pair:?}: \
+                     write key=value pairs separated by commas"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Checks that the endpoints are http(s) URLs and the resource attributes parse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [
+            ("endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)", &self.endpoint),
+            (
+                "traces_endpoint (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)",
+                &self.traces_endpoint,
+            ),
+        ] {
+            let url = url.trim();
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "log.otlp.{key} {url:?} is not a URL: use http://host:4317 (grpc) or \
+                     http://host:4318 (http/protobuf)"
+                )));
+            }
+        }
+        self.resource_pairs().map(|_| ())
+    }
+}
+
+/// The OpenTelemetry SDK's standard variables, as keys of `[log.otlp]`; they form a layer below
+/// the `BATON_*` variables.
+const OTEL_VARS: &[(&str, &str)] = &[
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "log.otlp.endpoint"),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "log.otlp.traces_endpoint",
+    ),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "log.otlp.protocol"),
+    // After the general one, so that it wins.
+    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "log.otlp.protocol"),
+    ("OTEL_SERVICE_NAME", "log.otlp.service_name"),
+    ("OTEL_RESOURCE_ATTRIBUTES", "log.otlp.resource_attributes"),
+];
+
+/// [`OTEL_VARS`] of an [`EnvVars`] as a figment layer (values as strings, never parsed).
+struct OtelEnvLayer {
+    vars: EnvVars,
+}
+
+impl Provider for OtelEnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`OTEL_*` environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (var, key) in OTEL_VARS {
+            let Some((_, value)) = self.vars.0.iter().rev().find(|(n, _)| n.trim() == *var) else {
+                continue;
+            };
+            let value = figment::value::Value::from(value.trim().to_string());
+            if let Some(nested) = figment::util::nest(key, value).into_dict() {
+                dict = merge(dict, nested);
+            }
+        }
+        Ok(Profile::Default.collect(dict))
     }
 }
 
@@ -182,7 +331,7 @@ impl LogConfig {
                 self.filter
             ))
         })?;
-        Ok(())
+        self.otlp.validate()
     }
 }
 
@@ -411,6 +560,9 @@ impl Layers {
             }
             figment = figment.merge(Dotted(Toml::file_exact(path)));
         }
+        if keys.iter().any(|k| k == "log") {
+            figment = figment.merge(OtelEnvLayer { vars: env.clone() });
+        }
         let figment = figment
             .merge(EnvLayer {
                 vars: env.clone(),
@@ -499,6 +651,72 @@ mod tests {
         let common = layers.common()?;
         common.validate()?;
         Ok(common)
+    }
+
+    #[test]
+    fn standard_otel_variables_configure_the_otlp_export() {
+        let off = load(None, &[]).unwrap();
+        assert!(!off.log.otlp.enabled(), "nothing exported by default");
+        assert_eq!(off.log.otlp.traces_url(), None);
+        let c = load(
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_SERVICE_NAME", "baton-edge"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=prod, team=ops",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.log.otlp.protocol,
+            OtlpProtocol::HttpProtobuf,
+            "traces' own wins"
+        );
+        assert_eq!(
+            c.log.otlp.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces"),
+            "HTTP appends the signal path"
+        );
+        assert_eq!(c.log.otlp.service_name, "baton-edge");
+        assert_eq!(
+            c.log.otlp.resource_pairs().unwrap(),
+            vec![
+                ("deployment.environment".to_string(), "prod".to_string()),
+                ("team".to_string(), "ops".to_string())
+            ]
+        );
+        let grpc = load(
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("BATON_LOG__OTLP__SERVICE_NAME", "from-baton"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            grpc.log.otlp.traces_url().as_deref(),
+            Some("http://traces:4317")
+        );
+        assert_eq!(
+            grpc.log.otlp.service_name, "from-baton",
+            "BATON_ over OTEL_"
+        );
+        let bad = load(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]).unwrap_err();
+        assert!(
+            bad.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{bad}"
+        );
+        let bad = load(None, &[("OTEL_RESOURCE_ATTRIBUTES", "novalue")]).unwrap_err();
+        assert!(bad.to_string().contains("novalue"), "{bad}");
+        let bad = load(None, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err();
+        assert!(bad.to_string().contains("http/json"), "{bad}");
     }
 
     #[test]

@@ -72,9 +72,15 @@ pub async fn serve_tls(
 /// The span of one gRPC request: `grpc{path}`, a child of the caller's W3C `traceparent`
 /// metadata when it sends one, so events published while handling the call continue its trace.
 fn request_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc", path = %req.uri().path());
+    let span = tracing::info_span!(
+        "grpc",
+        path = %req.uri().path(),
+        otel.kind = "server",
+        trace_id = tracing::field::Empty,
+    );
     baton_bus::trace::set_parent_from(&span, &|k| {
         req.headers().get(k).and_then(|v| v.to_str().ok())
     });
+    baton_bus::trace::record_trace_id(&span);
     span
 }

@@ -1,5 +1,6 @@
 //! The HTTP side of a process: the operational endpoints every process serves — `/health`
-//! (alive), `/ready` (connected to NATS and serving), `/metrics` (Prometheus text) — and the
+//! (alive), `/ready` (connected to NATS, every service started, and every [`Readiness`] probe
+//! a service added passing), `/metrics` (Prometheus text) — and the
 //! routes services add through [`HttpRoutes`] (webhooks, a REST front), which require the same
 //! bearer token as gRPC.
 
@@ -19,6 +20,41 @@ use tokio_util::sync::CancellationToken;
 
 /// A readiness probe: returns `Err(reason)` when not ready.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The readiness probes the services of a process add at start (`ctx.readiness`), checked by
+/// `/ready` after the NATS connection: the audit log's database answering, each service's own
+/// NATS connection under `baton up`. A probe must be cheap and must not block: one that needs
+/// I/O reads a state a background task keeps up to date.
+#[derive(Default)]
+pub struct Readiness {
+    probes: std::sync::Mutex<Vec<(String, ReadyCheck)>>,
+}
+
+impl Readiness {
+    /// Adds the probe `name` (`audit database`), reported as `<name>: <reason>` when it fails.
+    pub fn add(&self, name: impl Into<String>, probe: ReadyCheck) {
+        self.probes
+            .lock()
+            .expect("readiness lock")
+            .push((name.into(), probe));
+    }
+
+    /// `Ok` when every probe passes, else the failures, `; `-separated.
+    pub fn check(&self) -> Result<(), String> {
+        let failures: Vec<String> = self
+            .probes
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .filter_map(|(name, probe)| probe().err().map(|r| format!("{name}: {r}")))
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+}
 
 #[derive(Clone)]
 struct AppState {

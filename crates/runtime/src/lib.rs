@@ -48,6 +48,8 @@ pub struct Context {
     /// Extensions registered by the process (agents, classifier tiers, action runners, …);
     /// each service adds the ones of its plug-in type to its built-ins at start.
     pub plugins: Arc<plugins::Plugins>,
+    /// Readiness probes the services add at start, checked by `/ready`.
+    pub readiness: Arc<http::Readiness>,
 }
 
 impl Context {
@@ -63,6 +65,7 @@ impl Context {
             metrics,
             catalog: Arc::new(catalog::Catalog::default()),
             plugins: Arc::new(plugins::Plugins::default()),
+            readiness: Arc::default(),
         }
     }
 

@@ -59,7 +59,8 @@ pub struct Endpoints {
     pub grpc_addr: std::net::SocketAddr,
     /// Bound HTTP address.
     pub http_addr: std::net::SocketAddr,
-    /// The two server tasks; they end when the token passed to [`Endpoints::serve`] is cancelled.
+    /// The two server tasks and the consumer metrics poller; they end when the token passed to
+    /// [`Endpoints::serve`] is cancelled.
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -93,9 +94,10 @@ impl Endpoints {
                     std::io::Error::new(e.kind(), format!("cannot serve gRPC on {grpc_addr}: {e}"))
                 })?;
         let bus = ctx.bus.clone();
+        let readiness = ctx.readiness.clone();
         let ready: crate::http::ReadyCheck = std::sync::Arc::new(move || {
             if bus.is_connected() {
-                Ok(())
+                readiness.check()
             } else {
                 Err("not connected to NATS".into())
             }
@@ -104,13 +106,19 @@ impl Endpoints {
             http_addr,
             crate::http::router(ctx.metrics.clone(), ready)
                 .merge(http_routes.into_router(ctx.auth.clone())),
-            shutdown,
+            shutdown.clone(),
         )
         .await
         .map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot serve HTTP on {http_addr}: {e}"))
         })?;
+        let poller = ctx.metrics.clone().spawn_consumer_poller(
+            ctx.bus.clone(),
+            crate::metrics::CONSUMER_POLL,
+            shutdown.clone(),
+        );
         let tasks = vec![
+            poller,
             tokio::spawn(async move {
                 if let Ok(Err(e)) = grpc_task.await {
                     tracing::warn!(error = %e, "grpc server failed");
@@ -261,8 +269,9 @@ pub fn service_main<S: Service>() -> std::process::ExitCode {
 
 async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String> {
     let file = flags.config.clone();
-    let (common, config) =
+    let (mut common, config) =
         load::<S>(file.as_deref(), &EnvVars::from_process(), flags).map_err(|e| e.to_string())?;
+    common.log.otlp = crate::telemetry::with_default_service_name(common.log.otlp, &[S::NAME]);
     crate::telemetry::init(&common.log);
     if common.nats.url.is_empty() {
         return Err(format!(
@@ -296,6 +305,7 @@ async fn service_main_async<S: Service>(flags: CommonFlags) -> Result<(), String
     for t in endpoints.tasks {
         let _ = t.await;
     }
+    crate::telemetry::shutdown().await;
     result
 }
 

@@ -495,7 +495,14 @@ impl Inner {
     /// Policies, score and verdict of one plan.
     pub(crate) fn validate(&self, proposed: &PlanProposed) -> ValidationResult {
         let input = policy::input_document(proposed);
-        let mut outcome = self.policies.evaluate(&input);
+        let span = baton_bus::exported_span!(
+            "policy.evaluate",
+            deny = tracing::field::Empty,
+            require_approval = tracing::field::Empty,
+        );
+        let mut outcome = span.in_scope(|| self.policies.evaluate(&input));
+        span.record("deny", outcome.deny.len());
+        span.record("require_approval", outcome.require_approval.len());
         let plan = proposed.plan.clone().unwrap_or_default();
         let refusals = refusals(&plan);
         if !refusals.is_empty() {

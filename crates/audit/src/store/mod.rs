@@ -152,6 +152,12 @@ impl Store {
         self.head.lock().await.head.clone()
     }
 
+    /// Whether the database answers `SELECT 1` (for `/ready`); the error says why not.
+    pub async fn ping(&self) -> Result<(), String> {
+        with_db!(&self.db, pool, DB => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+            .map_err(|e| format!("{} does not answer: {e}", self.url))
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         with_db!(&self.db, pool, DB => pool.close().await)

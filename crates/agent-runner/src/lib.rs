@@ -59,11 +59,19 @@
 mod agent;
 pub mod drift;
 pub mod inventory;
+pub mod journal;
+pub mod llm_agent;
 pub mod registry;
+pub mod schema;
+pub mod spec;
+pub mod tool_policy;
+pub mod tools;
 
 pub use agent::{Agent, AgentError, NoopAgent};
 pub use drift::DriftRunbook;
+pub use llm_agent::{LlmAgent, ModelProvider};
 pub use registry::{AgentFactory, AgentSetup, builtin_factories};
+pub use tools::{Tool, ToolFactory, ToolInfo, ToolRegistry};
 
 use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError};
 use baton_proto::{
@@ -109,6 +117,24 @@ pub struct Config {
     /// factory serves by default (the drift runbook serves `drift`). A name no factory has is
     /// refused at start with the list of registered ones.
     pub assign: BTreeMap<String, String>,
+    /// Directory of agent files (`<role>.toml`, see [`spec`]), read at start; empty: none (only
+    /// the built-in and plug-in factories serve). `baton up` in a checkout uses `agents`.
+    pub dir: PathBuf,
+    /// The tool policy (Rego, package `baton.tools`); empty: the built-in `policies/tools.rego`.
+    pub tool_policy: PathBuf,
+    /// Parent of the tasks' work directories (`read_file`/`write_file` stay inside
+    /// `<work_dir>/<task_id>`). Empty means `<data_dir>/agent-work`.
+    pub work_dir: PathBuf,
+    /// Hosts (`example.com` or `example.com:8443`) the `http_request` tool may reach; empty:
+    /// none.
+    pub http_allow_hosts: Vec<String>,
+    /// Bytes of one tool output the model sees; longer output is cut with a note and kept
+    /// whole as an artifact.
+    pub tool_output_limit: usize,
+    /// Cap on the output tokens of one model call.
+    pub max_output_tokens: u32,
+    /// The sandbox the `run_code` tool runs code in (`[agents.sandbox]`, see baton-sandbox).
+    pub sandbox: baton_sandbox::Config,
 }
 
 impl Default for Config {
@@ -121,6 +147,13 @@ impl Default for Config {
             concurrency: 16,
             noop_roles: Vec::new(),
             assign: BTreeMap::new(),
+            dir: PathBuf::new(),
+            tool_policy: PathBuf::new(),
+            work_dir: PathBuf::new(),
+            http_allow_hosts: Vec::new(),
+            tool_output_limit: 16 * 1024,
+            max_output_tokens: 1024,
+            sandbox: baton_sandbox::Config::default(),
         }
     }
 }
@@ -143,7 +176,28 @@ impl Config {
                 "agents.fetch_concurrency and agents.concurrency must be at least 1".into(),
             );
         }
+        if self.tool_output_limit < 256 {
+            return bad(format!(
+                "agents.tool_output_limit is {}: set at least 256 bytes, e.g. 16384",
+                self.tool_output_limit
+            ));
+        }
+        if self.max_output_tokens == 0 {
+            return bad("agents.max_output_tokens is 0: set a cap such as 1024".into());
+        }
+        self.sandbox
+            .validate()
+            .map_err(|e| Error::Config(format!("agents.sandbox: {e}")))?;
         Ok(())
+    }
+
+    /// The work directory in effect (the default when `work_dir` is empty).
+    pub fn effective_work_dir(&self) -> PathBuf {
+        if self.work_dir.as_os_str().is_empty() {
+            PathBuf::from(".baton").join("agent-work")
+        } else {
+            self.work_dir.clone()
+        }
     }
 
     /// The inventory path in effect (the default when `inventory_path` is empty).
@@ -170,6 +224,17 @@ pub enum Error {
         /// The agent's own reason (its HTTP client could not be built, …).
         reason: String,
     },
+    /// An agent file is unusable: `<file>:<line>: <what is wrong>`.
+    #[error("invalid agent file {0}")]
+    AgentFile(#[from] spec::FileError),
+    /// A tool could not be set up, or the tool policy does not load.
+    #[error("cannot set up tool {tool}: {reason}")]
+    Tool {
+        /// The tool's name (`policy` for the tool policy).
+        tool: String,
+        /// Why.
+        reason: String,
+    },
     /// NATS failed (consumer creation).
     #[error("agent-runner: {0}")]
     Bus(#[from] BusError),
@@ -187,7 +252,9 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let code = match &e {
             // A server-side setting, not the caller's argument.
-            Error::Config(_) | Error::Agent { .. } => tonic::Code::FailedPrecondition,
+            Error::Config(_) | Error::Agent { .. } | Error::AgentFile(_) | Error::Tool { .. } => {
+                tonic::Code::FailedPrecondition
+            }
             Error::Bus(_) => tonic::Code::Unavailable,
             Error::Consumer { .. } => tonic::Code::Internal,
         };
@@ -219,6 +286,10 @@ pub struct AgentRunner {
     ctx: Context,
     config: Config,
     agents: BTreeMap<String, Registered>,
+    /// The tools LLM agents may call.
+    tools: ToolRegistry,
+    /// The agent files read at start.
+    files: Vec<spec::AgentSpec>,
 }
 
 impl std::fmt::Debug for AgentRunner {
@@ -239,7 +310,9 @@ impl AgentRunner {
     /// when an agent cannot be built.
     pub async fn new(ctx: Context, config: Config) -> Result<AgentRunner, Error> {
         config.validate()?;
-        let agents = registry::assemble(&ctx, &config)?
+        let assembly = registry::assemble(&ctx, &config)?;
+        let agents = assembly
+            .agents
             .into_iter()
             .map(|(role, agent)| (role, Registered::new(agent)))
             .collect();
@@ -247,6 +320,8 @@ impl AgentRunner {
             ctx,
             config,
             agents,
+            tools: assembly.tools,
+            files: assembly.files,
         })
     }
 
@@ -270,6 +345,16 @@ impl AgentRunner {
             .iter()
             .map(|(r, a)| (r.clone(), a.name.clone()))
             .collect()
+    }
+
+    /// The tools LLM agents may call (built-ins and plug-ins).
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.tools
+    }
+
+    /// The agent files read at start (`agents.dir`), sorted by file name.
+    pub fn files(&self) -> &[spec::AgentSpec] {
+        &self.files
     }
 
     /// The roles consumed: the catalog's plus any extra registered role, sorted.
@@ -350,6 +435,9 @@ impl baton_runtime::service::Service for AgentRunner {
     fn prepare(config: &mut Config, common: &baton_runtime::config::CommonConfig) {
         if config.inventory_path.as_os_str().is_empty() {
             config.inventory_path = common.data_dir.join("inventory.toml");
+        }
+        if config.work_dir.as_os_str().is_empty() {
+            config.work_dir = common.data_dir.join("agent-work");
         }
     }
 

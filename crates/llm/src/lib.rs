@@ -11,6 +11,21 @@
 //! The types here are the seam between the agent loop and the providers: keep them
 //! provider-neutral (no field that only one wire format has).
 
+pub mod anthropic;
+pub mod chain;
+mod http;
+pub mod ollama;
+pub mod openai;
+pub mod provider;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use anthropic::AnthropicProvider;
+pub use chain::{Circuit, FailoverChain, ProviderLimits};
+pub use ollama::OllamaProvider;
+pub use openai::OpenAiProvider;
+pub use provider::{ApiKey, Price, ProviderSettings};
+
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 

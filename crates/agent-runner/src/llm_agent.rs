@@ -54,8 +54,8 @@ use crate::tool_policy::{CallInput, ToolPolicy, Verdict};
 use crate::tools::{ToolContext, ToolOutput, ToolRegistry};
 use crate::{Agent, AgentError, schema};
 use baton_llm::{
-    ChatModel, ChatRequest, ChatResponse, Message, Role, ToolCallRequest, ToolChoice,
-    ToolDefinition,
+    ChatModel, ChatRequest, ChatResponse, FailoverChain, Message, ProviderLimits, Role,
+    ToolCallRequest, ToolChoice, ToolDefinition,
 };
 use baton_proto::redact::{self, Redact};
 use baton_proto::{
@@ -131,33 +131,46 @@ pub struct LlmAgent {
 }
 
 impl LlmAgent {
-    /// The agent of `file` (which must be a model agent), with the first of its `models` that
-    /// `providers` has (the rest are the failover chain's business once providers are
-    /// configured; today the first registered name serves).
+    /// The agent of `file` (which must be a model agent). Its `models` that `providers` has
+    /// serve in the file's order: one directly, several as a [`FailoverChain`] (default
+    /// retries, breaker and limits per provider). Names no provider has are skipped; when none
+    /// is left, every task of the agent fails with a reason listing the configured providers.
     pub fn new(
         file: &AgentSpec,
         spec: ModelSpec,
         providers: &[ModelProvider],
         shared: Shared,
     ) -> LlmAgent {
-        let model = spec
+        let found: Vec<&ModelProvider> = spec
             .models
             .iter()
-            .find_map(|m| providers.iter().rev().find(|p| &p.name == m))
-            .map(|p| p.model.clone())
-            .ok_or_else(|| {
-                format!(
-                    "agent {} ({}) lists models {:?}, but no model provider of those names is configured; configured: {}",
-                    file.role,
-                    file.file.display(),
-                    spec.models,
-                    if providers.is_empty() {
-                        "none".to_string()
-                    } else {
-                        providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
-                    }
-                )
-            });
+            .filter_map(|m| providers.iter().rev().find(|p| &p.name == m))
+            .collect();
+        let model: Result<Arc<dyn ChatModel>, String> = match found.as_slice() {
+            [] => Err(format!(
+                "agent {} ({}) lists models {:?}, but no model provider of those names is configured; configured: {}",
+                file.role,
+                file.file.display(),
+                spec.models,
+                if providers.is_empty() {
+                    "none".to_string()
+                } else {
+                    providers
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )),
+            [one] => Ok(one.model.clone()),
+            several => {
+                let mut chain = FailoverChain::new();
+                for p in several {
+                    chain.push(p.name.clone(), p.model.clone(), ProviderLimits::default());
+                }
+                Ok(Arc::new(chain))
+            }
+        };
         LlmAgent {
             name: format!("{}-llm@1", file.role),
             role: file.role.clone(),

@@ -11,7 +11,8 @@
 //!   - `agent_unavailable`: the agent kept failing transiently until the last delivery (the
 //!     message is then also dead-lettered on `baton.dead.agent-runner`);
 //!   - `invalid_task`: the routed event lacks its task or spec.
-//! - **gRPC:** none yet (`GRPC_SERVICES` is empty).
+//! - **gRPC:** `AgentService`: `ListAgents` (the agent of each role, with what its file
+//!   declares) and `ListTools` (the tool registry); any authenticated caller.
 //!
 //! Agents implement [`Agent`] and are registered as [`AgentFactory`] plug-ins (see
 //! [`registry`]): the runner ships [`DriftRunbook`] for role `drift` and [`NoopAgent`] for
@@ -88,8 +89,8 @@ use tracing::{info, warn};
 
 /// Producer name, metrics label and dead-letter service name.
 pub const SERVICE: &str = "agent-runner";
-/// gRPC services served (none yet; `AgentService` is on the roadmap).
-pub const GRPC_SERVICES: &[&str] = &[];
+/// gRPC services served.
+pub const GRPC_SERVICES: &[&str] = &["baton.v1.AgentService"];
 /// Config section in `baton.toml`.
 pub const SECTION: &str = "agents";
 
@@ -364,8 +365,61 @@ impl AgentRunner {
         roles.into_iter().collect()
     }
 
-    /// Adds this crate's gRPC services: none yet.
-    pub fn add_grpc(&self, _routes: &mut tonic::service::RoutesBuilder) {}
+    /// What `AgentService/ListAgents` answers: the agent of each role, sorted by role.
+    pub fn describe_agents(&self) -> Vec<baton_proto::AgentDescription> {
+        self.agents
+            .iter()
+            .map(|(role, a)| {
+                let mut d = baton_proto::AgentDescription {
+                    role: role.clone(),
+                    name: a.name.clone(),
+                    kind: a.kind as i32,
+                    ..Default::default()
+                };
+                if let Some(file) = self.files.iter().find(|f| &f.role == role) {
+                    d.description = file.description.clone();
+                    d.file = file.file.display().to_string();
+                    if let spec::Engine::Model(m) = &file.engine
+                        && a.name == llm_agent::agent_name(role)
+                    {
+                        d.models = m.models.clone();
+                        d.tools = m.tools.clone();
+                        d.output = m.output.as_str().into();
+                        d.max_steps = m.budget.steps;
+                        d.max_tokens = m.budget.tokens;
+                        d.max_wall_time_ms = m.budget.wall_time.as_millis() as u64;
+                        d.max_cost_usd = m.budget.max_cost_usd;
+                    }
+                }
+                d
+            })
+            .collect()
+    }
+
+    /// What `AgentService/ListTools` answers: the tool registry, sorted by name.
+    pub fn describe_tools(&self) -> Vec<baton_proto::ToolDescription> {
+        self.tools
+            .infos()
+            .into_iter()
+            .map(|t| baton_proto::ToolDescription {
+                name: t.name,
+                description: t.description,
+                parameters_schema: t.parameters.to_string(),
+                side_effects: t.side_effects,
+            })
+            .collect()
+    }
+
+    /// Adds `AgentService` (`ListAgents`, `ListTools`) to `routes`.
+    pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(baton_proto::agent_service_server::AgentServiceServer::new(
+            AgentApi {
+                ctx: self.ctx.clone(),
+                agents: Arc::new(self.describe_agents()),
+                tools: Arc::new(self.describe_tools()),
+            },
+        ));
+    }
 
     /// Runs one consumer per role until `shutdown` is cancelled, then waits for in-flight
     /// messages. If one consumer fails, the others are stopped and its error is returned.
@@ -451,6 +505,36 @@ impl baton_runtime::service::Service for AgentRunner {
 
     fn serve(self, shutdown: CancellationToken) -> impl Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
+    }
+}
+
+/// `AgentService`: what the runner registered at start (it does not change while it runs).
+struct AgentApi {
+    ctx: Context,
+    agents: Arc<Vec<baton_proto::AgentDescription>>,
+    tools: Arc<Vec<baton_proto::ToolDescription>>,
+}
+
+#[tonic::async_trait]
+impl baton_proto::agent_service_server::AgentService for AgentApi {
+    async fn list_agents(
+        &self,
+        request: tonic::Request<baton_proto::ListAgentsRequest>,
+    ) -> Result<tonic::Response<baton_proto::ListAgentsResponse>, tonic::Status> {
+        self.ctx.auth.authenticate(&request).await?;
+        Ok(tonic::Response::new(baton_proto::ListAgentsResponse {
+            agents: self.agents.as_ref().clone(),
+        }))
+    }
+
+    async fn list_tools(
+        &self,
+        request: tonic::Request<baton_proto::ListToolsRequest>,
+    ) -> Result<tonic::Response<baton_proto::ListToolsResponse>, tonic::Status> {
+        self.ctx.auth.authenticate(&request).await?;
+        Ok(tonic::Response::new(baton_proto::ListToolsResponse {
+            tools: self.tools.as_ref().clone(),
+        }))
     }
 }
 

@@ -70,6 +70,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
+/// The name an agent file of `role` is registered under: `<role>-llm@1`.
+pub fn agent_name(role: &str) -> String {
+    format!("{role}-llm@1")
+}
+
 /// Name of the tool the model calls with its final answer.
 pub const FINAL_ANSWER: &str = "final_answer";
 
@@ -172,7 +177,7 @@ impl LlmAgent {
             }
         };
         LlmAgent {
-            name: format!("{}-llm@1", file.role),
+            name: agent_name(&file.role),
             role: file.role.clone(),
             description: file.description.clone(),
             spec,

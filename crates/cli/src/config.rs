@@ -36,6 +36,9 @@ pub struct BatonConfig {
     pub execution: baton_execution::Config,
     /// `[audit]`: the log's database and batching.
     pub audit: baton_audit::Config,
+    /// `[llm]`: model providers by name (agents list them in failover order) and the local
+    /// model server `baton up` starts.
+    pub llm: baton_llm::LlmConfig,
 }
 
 impl BatonConfig {
@@ -62,6 +65,11 @@ impl BatonConfig {
             validation: load_section::<baton_validation::Validation>(&layers, &common)?,
             execution: load_section::<baton_execution::Executor>(&layers, &common)?,
             audit: load_section::<baton_audit::Audit>(&layers, &common)?,
+            llm: {
+                let llm: baton_llm::LlmConfig = layers.section("llm")?;
+                llm.validate().map_err(ConfigError::Invalid)?;
+                llm
+            },
             common,
         })
     }
@@ -167,6 +175,27 @@ mod tests {
             sections, known,
             "keep baton_runtime::config::SECTIONS in step"
         );
+    }
+
+    #[test]
+    fn the_llm_section_loads_from_the_environment_and_is_validated() {
+        let env = EnvVars::from_pairs([
+            (
+                "BATON_LLM__PROVIDERS__GROQ__BASE_URL",
+                "https://api.groq.com/openai/v1",
+            ),
+            ("BATON_LLM__PROVIDERS__GROQ__MODEL", "llama-3.1-8b-instant"),
+            ("BATON_LLM__PROVIDERS__GROQ__API_KEY_ENV", "GROQ_API_KEY"),
+        ]);
+        let c = BatonConfig::load(None, &env, CommonFlags::default()).unwrap();
+        let groq = &c.llm.providers["groq"];
+        assert_eq!(groq.model, "llama-3.1-8b-instant");
+        assert_eq!(groq.api_key_env.as_deref(), Some("GROQ_API_KEY"));
+        let env = EnvVars::from_pairs([("BATON_LLM__PROVIDERS__GROQ__BASE_URL", "groq")]);
+        let err = BatonConfig::load(None, &env, CommonFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("llm.providers.groq.base_url"), "{err}");
     }
 
     #[test]

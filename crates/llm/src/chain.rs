@@ -129,7 +129,10 @@ impl Breaker {
     }
 }
 
-struct Link {
+/// A provider with its [`ProviderLimits`] and their state: retry policy, circuit breaker,
+/// concurrency permits and rate limiter. Shared (`Arc`) by every chain that lists the
+/// provider, so its limits hold for the whole process, not per chain.
+pub struct GuardedProvider {
     name: String,
     model: Arc<dyn ChatModel>,
     limits: ProviderLimits,
@@ -138,7 +141,50 @@ struct Link {
     breaker: Mutex<Breaker>,
 }
 
-impl Link {
+impl std::fmt::Debug for GuardedProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedProvider")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedProvider {
+    /// Provider `name` serving through `model`, guarded by `limits`.
+    pub fn new(
+        name: impl Into<String>,
+        model: Arc<dyn ChatModel>,
+        limits: ProviderLimits,
+    ) -> Arc<GuardedProvider> {
+        let limiter = limits
+            .requests_per_minute
+            .map(|rpm| RateLimiter::direct(Quota::per_minute(rpm).allow_burst(NonZeroU32::MIN)));
+        Arc::new(GuardedProvider {
+            name: name.into(),
+            model,
+            permits: Semaphore::new(limits.max_concurrency.max(1)),
+            limiter,
+            limits,
+            breaker: Mutex::new(Breaker::default()),
+        })
+    }
+
+    /// Its configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &ProviderLimits {
+        &self.limits
+    }
+
+    /// The state of its circuit now.
+    pub fn circuit(&self) -> Circuit {
+        self.breaker().state(Instant::now())
+    }
+
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -148,7 +194,7 @@ impl Link {
 /// (see the module docs for the rules).
 #[derive(Default)]
 pub struct FailoverChain {
-    links: Vec<Link>,
+    links: Vec<Arc<GuardedProvider>>,
 }
 
 impl std::fmt::Debug for FailoverChain {
@@ -165,24 +211,25 @@ impl FailoverChain {
         FailoverChain::default()
     }
 
-    /// Appends provider `name` (its index is the current length) with `limits`.
+    /// A chain over `providers`, in this order (index 0 is the first choice).
+    pub fn from_providers(providers: Vec<Arc<GuardedProvider>>) -> FailoverChain {
+        FailoverChain { links: providers }
+    }
+
+    /// Appends provider `name` (its index is the current length) with `limits`, guarded for
+    /// this chain alone.
     pub fn push(
         &mut self,
         name: impl Into<String>,
         model: Arc<dyn ChatModel>,
         limits: ProviderLimits,
     ) {
-        let limiter = limits
-            .requests_per_minute
-            .map(|rpm| RateLimiter::direct(Quota::per_minute(rpm).allow_burst(NonZeroU32::MIN)));
-        self.links.push(Link {
-            name: name.into(),
-            model,
-            permits: Semaphore::new(limits.max_concurrency.max(1)),
-            limiter,
-            limits,
-            breaker: Mutex::new(Breaker::default()),
-        });
+        self.links.push(GuardedProvider::new(name, model, limits));
+    }
+
+    /// Appends a provider shared with other chains (its limits and circuit are shared too).
+    pub fn push_shared(&mut self, provider: Arc<GuardedProvider>) {
+        self.links.push(provider);
     }
 
     /// [`FailoverChain::push`], builder style.
@@ -245,7 +292,7 @@ impl FailoverChain {
     /// Calls one provider with its retries; pushes a line per failed attempt.
     async fn try_link(
         &self,
-        link: &Link,
+        link: &GuardedProvider,
         request: &ChatRequest,
         progress: Option<&(dyn Fn(StreamEvent) + Send + Sync)>,
         attempts: &mut Vec<String>,

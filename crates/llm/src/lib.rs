@@ -11,8 +11,10 @@
 //! The types here are the seam between the agent loop and the providers: keep them
 //! provider-neutral (no field that only one wire format has).
 
+pub mod accounting;
 pub mod anthropic;
 pub mod chain;
+pub mod config;
 mod http;
 pub mod ollama;
 pub mod openai;
@@ -21,7 +23,8 @@ pub mod provider;
 pub mod testing;
 
 pub use anthropic::AnthropicProvider;
-pub use chain::{Circuit, FailoverChain, ProviderLimits};
+pub use chain::{Circuit, FailoverChain, GuardedProvider, ProviderLimits};
+pub use config::{LlmConfig, ProviderRegistry};
 pub use ollama::OllamaProvider;
 pub use openai::OpenAiProvider;
 pub use provider::{ApiKey, Price, ProviderSettings};

@@ -43,6 +43,7 @@ pub const SECTIONS: &[&str] = &[
     "validation",
     "execution",
     "audit",
+    "llm",
 ];
 
 /// Settings shared by all services of a process: the top-level keys of `baton.toml` that are

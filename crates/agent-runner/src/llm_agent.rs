@@ -53,14 +53,15 @@ use crate::spec::{AgentSpec, ModelSpec, OutputKind, ToolMode};
 use crate::tool_policy::{CallInput, ToolPolicy, Verdict};
 use crate::tools::{ToolContext, ToolOutput, ToolRegistry};
 use crate::{Agent, AgentError, schema};
+use baton_llm::chain::GuardedProvider;
 use baton_llm::{
-    ChatModel, ChatRequest, ChatResponse, FailoverChain, Message, ProviderLimits, Role,
-    ToolCallRequest, ToolChoice, ToolDefinition,
+    ChatModel, ChatRequest, ChatResponse, FailoverChain, Message, ProviderLimits, ProviderRegistry,
+    Role, ToolCallRequest, ToolChoice, ToolDefinition,
 };
 use baton_proto::redact::{self, Redact};
 use baton_proto::{
-    Action, AgentKind, AgentRun, Artifact, Asset, HttpAction, ModelCall, NoopAction, Phase,
-    PhaseKind, Plan, SandboxRun, Step, Task, TaskSpec, ToolCall, action,
+    Action, AgentKind, AgentRun, Artifact, Asset, HttpAction, NoopAction, Phase, PhaseKind, Plan,
+    SandboxRun, Step, Task, TaskSpec, ToolCall, action,
 };
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -136,42 +137,62 @@ pub struct LlmAgent {
 }
 
 impl LlmAgent {
-    /// The agent of `file` (which must be a model agent). Its `models` that `providers` has
-    /// serve in the file's order: one directly, several as a [`FailoverChain`] (default
-    /// retries, breaker and limits per provider). Names no provider has are skipped; when none
-    /// is left, every task of the agent fails with a reason listing the configured providers.
+    /// The agent of `file` (which must be a model agent). Each of its `models` is looked up
+    /// first among the [`ModelProvider`] plug-ins, then in `registry` (the `[llm]` providers);
+    /// the ones found serve in the file's order as a [`FailoverChain`] (a single plug-in model
+    /// serves directly). `[llm]` providers keep their configured retries, limits and circuit,
+    /// shared with every other agent. Names found nowhere are skipped; when none is left, every
+    /// task of the agent fails with a reason listing the configured providers.
     pub fn new(
         file: &AgentSpec,
         spec: ModelSpec,
         providers: &[ModelProvider],
+        registry: Option<&ProviderRegistry>,
         shared: Shared,
     ) -> LlmAgent {
-        let found: Vec<&ModelProvider> = spec
+        enum Found {
+            Plugin(String, Arc<dyn ChatModel>),
+            Guarded(Arc<GuardedProvider>),
+        }
+        let found: Vec<Found> = spec
             .models
             .iter()
-            .filter_map(|m| providers.iter().rev().find(|p| &p.name == m))
+            .filter_map(|m| {
+                if let Some(p) = providers.iter().rev().find(|p| &p.name == m) {
+                    return Some(Found::Plugin(p.name.clone(), p.model.clone()));
+                }
+                registry.and_then(|r| r.get(m)).cloned().map(Found::Guarded)
+            })
             .collect();
         let model: Result<Arc<dyn ChatModel>, String> = match found.as_slice() {
-            [] => Err(format!(
-                "agent {} ({}) lists models {:?}, but no model provider of those names is configured; configured: {}",
-                file.role,
-                file.file.display(),
-                spec.models,
-                if providers.is_empty() {
-                    "none".to_string()
-                } else {
-                    providers
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+            [] => {
+                let mut configured: Vec<String> =
+                    providers.iter().map(|p| p.name.clone()).collect();
+                if let Some(r) = registry {
+                    configured.extend(r.names().into_iter().map(String::from));
                 }
-            )),
-            [one] => Ok(one.model.clone()),
+                Err(format!(
+                    "agent {} ({}) lists models {:?}, but no model provider of those names is configured ([llm.providers.<name>]); configured: {}",
+                    file.role,
+                    file.file.display(),
+                    spec.models,
+                    if configured.is_empty() {
+                        "none".to_string()
+                    } else {
+                        configured.join(", ")
+                    }
+                ))
+            }
+            [Found::Plugin(_, model)] => Ok(model.clone()),
             several => {
                 let mut chain = FailoverChain::new();
-                for p in several {
-                    chain.push(p.name.clone(), p.model.clone(), ProviderLimits::default());
+                for f in several {
+                    match f {
+                        Found::Plugin(name, model) => {
+                            chain.push(name.clone(), model.clone(), ProviderLimits::default())
+                        }
+                        Found::Guarded(g) => chain.push_shared(g.clone()),
+                    }
                 }
                 Ok(Arc::new(chain))
             }
@@ -295,6 +316,7 @@ impl LlmAgent {
             seen: HashMap::new(),
             schema_errors: Vec::new(),
             last_output: None,
+            last_response: None,
             messages: self.first_messages(task, spec),
         };
         let tools = self.tool_definitions();
@@ -420,6 +442,8 @@ struct Loop<'a> {
     schema_errors: Vec<String>,
     /// The output of the last tool call (for the codegen workflow's sandbox run).
     last_output: Option<ToolOutput>,
+    /// The last model answer (its record is marked invalid when its final answer is).
+    last_response: Option<ChatResponse>,
     messages: Vec<Message>,
 }
 
@@ -535,14 +559,10 @@ impl Loop<'_> {
         self.tokens +=
             u64::from(response.usage.input_tokens) + u64::from(response.usage.output_tokens);
         self.cost_micros += response.cost_micros;
-        self.run.model_calls.push(ModelCall {
-            provider: response.provider.clone(),
-            model: response.model.clone(),
-            input_tokens: response.usage.input_tokens,
-            output_tokens: response.usage.output_tokens,
-            latency_ms: response.latency_ms,
-            cost_micros: response.cost_micros,
-        });
+        self.run
+            .model_calls
+            .push(baton_llm::accounting::model_call(&response, false));
+        self.last_response = Some(response.clone());
         Ok(response)
     }
 
@@ -749,6 +769,10 @@ impl Loop<'_> {
         });
         if let Err(e) = checked {
             self.schema_errors.push(e.clone());
+            if let (Some(resp), Some(last)) = (&self.last_response, self.run.model_calls.last_mut())
+            {
+                *last = baton_llm::accounting::invalid_model_call(resp, false, &e);
+            }
             if self.schema_errors.len() >= 2 {
                 return Err(AgentError::permanent(format!(
                     "agent {}'s final answer did not match its schema twice: first {}; then {}",

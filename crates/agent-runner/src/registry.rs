@@ -20,6 +20,7 @@ use crate::spec::{self, AgentSpec, Engine};
 use crate::tool_policy::ToolPolicy;
 use crate::tools::{ToolFactory, ToolRegistry};
 use crate::{Agent, Config, DriftRunbook, Error, NoopAgent};
+use baton_llm::ProviderRegistry;
 use baton_runtime::Context;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,7 +120,9 @@ pub fn file_factory_name(role: &str) -> String {
 }
 
 /// The agent of each role: built-ins, then `ctx.plugins`' factories, then the agent files of
-/// `agents.dir` (a model agent file becomes the factory `<role>-llm`; a runbook file assigns
+/// `agents.dir` (a model agent file becomes the factory `<role>-llm`, its models looked up among
+/// the [`ModelProvider`] plug-ins and the last registered [`ProviderRegistry`] plug-in, which
+/// `baton up` builds from `[llm]`; a runbook file assigns
 /// its role to the named factory), then the configuration's assignments, each factory built
 /// once.
 ///
@@ -162,6 +165,7 @@ pub fn assemble(ctx: &Context, config: &Config) -> Result<Assembly, Error> {
             max_output_tokens: config.max_output_tokens,
         };
         let providers: Vec<ModelProvider> = ctx.plugins.all::<ModelProvider>().to_vec();
+        let llm = ctx.plugins.all::<ProviderRegistry>().last().cloned();
         for file in &files {
             match &file.engine {
                 Engine::Runbook(name) => {
@@ -170,14 +174,21 @@ pub fn assemble(ctx: &Context, config: &Config) -> Result<Assembly, Error> {
                 Engine::Model(model) => {
                     let name = file_factory_name(&file.role);
                     let role = file.role.clone();
-                    let (file, model, providers, shared) = (
+                    let (file, model, providers, shared, llm) = (
                         file.clone(),
                         model.clone(),
                         providers.clone(),
                         shared.clone(),
+                        llm.clone(),
                     );
                     let factory = AgentFactory::new(&name, &[role.as_str()], move |_| {
-                        let agent = LlmAgent::new(&file, model.clone(), &providers, shared.clone());
+                        let agent = LlmAgent::new(
+                            &file,
+                            model.clone(),
+                            &providers,
+                            llm.as_ref(),
+                            shared.clone(),
+                        );
                         Ok(Arc::new(agent) as Arc<dyn Agent>)
                     });
                     assignment.insert(factory.roles[0].clone(), name.clone());

@@ -91,7 +91,7 @@ fn setup(fake: &FakeServer, file: &str, bus: Option<baton_bus::Bus>, output_limi
     Setup {
         work_dir: config.work_dir.clone(),
         _dir: dir,
-        agent: LlmAgent::new(&spec, model, &providers, shared),
+        agent: LlmAgent::new(&spec, model, &providers, None, shared),
     }
 }
 
@@ -282,6 +282,10 @@ async fn a_bad_final_answer_is_repaired_once_then_fails_with_both_errors() {
     let s = setup(&fake, &agent_file("\"query_assets\"", ""), None, 16 * 1024);
     let plan1 = plan(&s, "t-repair").await.unwrap();
     assert_eq!(plan1.summary, "storage grew");
+    let calls = plan1.agent_run.unwrap().model_calls;
+    assert_eq!(calls[0].outcome(), baton_proto::ModelCallOutcome::Invalid);
+    assert!(calls[0].error.contains("findings"), "{}", calls[0].error);
+    assert_eq!(calls[1].outcome(), baton_proto::ModelCallOutcome::Ok);
     assert!(tool_messages(&fake, 1)[0].contains("missing required field \"findings\""));
 
     let fake = FakeServer::openai().await;

@@ -3,8 +3,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files =
-        ["types.proto", "events.proto", "services.proto"].map(|f| root.join("baton/v1").join(f));
+    let files = [
+        "types.proto",
+        "events.proto",
+        "progress.proto",
+        "services.proto",
+    ]
+    .map(|f| root.join("baton/v1").join(f));
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     // The .proto files live outside this crate, so cargo would not notice their changes.
     for f in &files {

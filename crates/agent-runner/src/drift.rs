@@ -229,12 +229,27 @@ pub fn build_plan(
             )
         }
     };
+    // Nothing to change is an answer, not an empty plan: it is delivered as a report (a plan
+    // with no steps and no report is refused by validation).
+    let artifacts = if drifted.is_empty() {
+        let report = baton_proto::report::Report {
+            answer: summary.clone(),
+            findings: findings
+                .iter()
+                .map(|f| format!("{} matches its golden configuration", f.asset.id).into())
+                .collect(),
+            recommendations: Vec::new(),
+        };
+        vec![report.to_artifact()]
+    } else {
+        Vec::new()
+    };
     Plan {
         task_id: task_id.to_string(),
         summary,
         phases,
         total_assets: total as u32,
-        artifacts: Vec::new(),
+        artifacts,
         agent_run: None,
     }
 }
@@ -587,6 +602,11 @@ mod tests {
             "{}",
             plan.summary
         );
+        // Delivered as a report, so validation accepts it as report-only.
+        let report = baton_proto::report::Report::parse(plan.report_artifact().unwrap()).unwrap();
+        assert_eq!(report.answer, plan.summary);
+        assert_eq!(report.findings.len(), 4);
+        assert!(plan.is_report_only());
     }
 
     #[test]

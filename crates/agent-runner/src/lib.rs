@@ -54,14 +54,16 @@
 //! `{"config": <golden>}` (a full replace) with idempotency key `<task_id>:<asset_id>:apply`,
 //! rolls back by PUTting the reported configuration (`<task_id>:<asset_id>:rollback`), and
 //! checks `GET <address><health_path>` for 200 (3 attempts, 200 ms apart). No drift gives a
-//! plan without phases. Unreachable assets, timeouts and 5xx answers are transient (the task
-//! is retried); 4xx and malformed answers are permanent.
+//! plan without phases whose report (artifact `report`) says so. Unreachable assets, timeouts
+//! and 5xx answers are transient (the task is retried); 4xx and malformed answers are
+//! permanent.
 
 mod agent;
 pub mod drift;
 pub mod inventory;
 pub mod journal;
 pub mod llm_agent;
+pub mod progress;
 pub mod registry;
 pub mod schema;
 pub mod spec;

@@ -49,6 +49,7 @@
 //! whole output is kept as the artifact `tool-output-<step>` (text/plain).
 
 use crate::journal::{Entry, Journal};
+use crate::progress::{Progress, ProgressPublisher};
 use crate::spec::{AgentSpec, ModelSpec, OutputKind, ToolMode};
 use crate::tool_policy::{CallInput, ToolPolicy, Verdict};
 use crate::tools::{ToolContext, ToolOutput, ToolRegistry};
@@ -122,6 +123,8 @@ pub struct Shared {
     pub tool_output_limit: usize,
     /// Cap on output tokens of one model call.
     pub max_output_tokens: u32,
+    /// Where each model and tool call is announced as it happens (`baton watch`).
+    pub progress: ProgressPublisher,
 }
 
 /// An agent from a file, planning with a model and tools.
@@ -318,6 +321,7 @@ impl LlmAgent {
             last_output: None,
             last_response: None,
             messages: self.first_messages(task, spec),
+            progress: self.shared.progress.start(task, &self.name),
         };
         let tools = self.tool_definitions();
         loop {
@@ -444,6 +448,8 @@ struct Loop<'a> {
     last_output: Option<ToolOutput>,
     /// The last model answer (its record is marked invalid when its final answer is).
     last_response: Option<ChatResponse>,
+    /// Announces each call as it happens.
+    progress: Progress,
     messages: Vec<Message>,
 }
 
@@ -559,9 +565,9 @@ impl Loop<'_> {
         self.tokens +=
             u64::from(response.usage.input_tokens) + u64::from(response.usage.output_tokens);
         self.cost_micros += response.cost_micros;
-        self.run
-            .model_calls
-            .push(baton_llm::accounting::model_call(&response, false));
+        let record = baton_llm::accounting::model_call(&response, false);
+        self.progress.model_call(&record).await;
+        self.run.model_calls.push(record);
         self.last_response = Some(response.clone());
         Ok(response)
     }
@@ -631,7 +637,18 @@ impl Loop<'_> {
                 }
             }
         };
-        Ok(self.note_tool_call(call, decision, output, latency_ms))
+        let shown = self.note_tool_call(call, decision, output, latency_ms);
+        let record = self.run.tool_calls.last().cloned().unwrap_or_default();
+        match record.decision.as_str() {
+            "allowed" => self.progress.tool_call(&record).await,
+            "require_approval" => {
+                self.progress
+                    .tool_awaiting_approval(&record, &record.reason)
+                    .await
+            }
+            _ => self.progress.tool_denied(&record, &record.reason).await,
+        }
+        Ok(shown)
     }
 
     /// Existence, offer, schema and policy checks, then the call.
@@ -860,6 +877,19 @@ impl Loop<'_> {
                         sandbox_run: run.clone(),
                     });
                 }
+                let ran = run.clone().unwrap_or_default();
+                // What the task delivers: a report naming the code, with the code artifacts.
+                let report = baton_proto::report::Report {
+                    answer: plan.summary.clone(),
+                    findings: vec![json!(format!(
+                        "solution.py and test_solution.py ran in the sandbox ({}): exit code {} in {} ms",
+                        ran.image, ran.exit_code, ran.duration_ms
+                    ))],
+                    recommendations: vec![json!(
+                        "read solution.py (artifact) before using it; its tests are in test_solution.py"
+                    )],
+                };
+                plan.artifacts.push(report.to_artifact());
                 plan.artifacts.push(Artifact {
                     name: "sandbox-report".into(),
                     media_type: "application/json".into(),

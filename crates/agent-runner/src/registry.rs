@@ -163,6 +163,7 @@ pub fn assemble(ctx: &Context, config: &Config) -> Result<Assembly, Error> {
             work_dir: config.effective_work_dir(),
             tool_output_limit: config.tool_output_limit,
             max_output_tokens: config.max_output_tokens,
+            progress: crate::progress::ProgressPublisher::new(&ctx.bus),
         };
         let providers: Vec<ModelProvider> = ctx.plugins.all::<ModelProvider>().to_vec();
         let llm = ctx.plugins.all::<ProviderRegistry>().last().cloned();

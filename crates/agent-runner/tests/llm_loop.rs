@@ -87,6 +87,7 @@ fn setup(fake: &FakeServer, file: &str, bus: Option<baton_bus::Bus>, output_limi
         work_dir: config.work_dir.clone(),
         tool_output_limit: output_limit,
         max_output_tokens: 512,
+        progress: baton_agent_runner::progress::ProgressPublisher::disabled(),
     };
     Setup {
         work_dir: config.work_dir.clone(),

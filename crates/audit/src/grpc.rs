@@ -1,14 +1,17 @@
-//! `baton.v1.TaskService`: task views and records from the store, live records from the
-//! writer's broadcast.
+//! `baton.v1.TaskService`: task views, records and artifacts from the store, live records from
+//! the writer's broadcast, and an agent's live progress from core NATS (`WatchProgress`).
 
 use crate::projection::is_final_kind;
 use crate::store::Witness;
 use crate::store::{Store, StoredRecord, TaskQuery};
 use baton_proto::{
-    AuditRecord, GetTaskRequest, GetTaskResponse, ListTasksRequest, ListTasksResponse, TaskStatus,
-    VerifyAuditRequest, VerifyAuditResponse, WatchTaskRequest, task_service_server::TaskService,
+    AuditRecord, GetTaskRequest, GetTaskResponse, ListTasksRequest, ListTasksResponse, Progress,
+    TaskStatus, TaskView, VerifyAuditRequest, VerifyAuditResponse, WatchTaskRequest, subject,
+    task_service_server::TaskService,
 };
 use baton_runtime::auth::{Authenticator, Role};
+use futures::StreamExt;
+use prost::Message as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -31,6 +34,8 @@ pub(crate) struct TaskApi {
     pub(crate) stopped: CancellationToken,
     /// The head anchored outside the database, which `VerifyAudit` checks too.
     pub(crate) anchor: Arc<crate::anchor::Anchor>,
+    /// Core NATS, for `WatchProgress`'s subscription to `baton.progress.*.<task>`.
+    pub(crate) nats: async_nats::Client,
 }
 
 fn not_found(task_id: &str) -> Status {
@@ -42,6 +47,70 @@ fn require_task_id(task_id: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument("task_id is required"));
     }
     Ok(())
+}
+
+/// Sends `message` to a `WatchProgress` caller when it is the task's progress (published on
+/// `wanted`, the subject of the task's own tenant, and naming the task); false when the caller
+/// went away.
+async fn forward_progress(
+    tx: &mpsc::Sender<Result<Progress, Status>>,
+    wanted: &str,
+    task_id: &str,
+    message: async_nats::Message,
+) -> bool {
+    if message.subject.as_str() != wanted {
+        return true;
+    }
+    match Progress::decode(message.payload.as_ref()) {
+        Ok(p) if p.task_id == task_id => tx.send(Ok(p)).await.is_ok(),
+        Ok(_) => true,
+        Err(e) => {
+            debug!(%task_id, error = %e, "undecodable progress message; skipped");
+            true
+        }
+    }
+}
+
+/// How long `WatchProgress` still forwards progress after the task's plan was recorded.
+const PROGRESS_GRACE: Duration = Duration::from_millis(250);
+
+/// True while the task's agent may still be working: before its plan is proposed and before
+/// the task ended.
+fn agent_running(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::Unspecified | TaskStatus::Received | TaskStatus::Routed
+    )
+}
+
+impl TaskApi {
+    /// The view of `task_id`; when it has no record yet (a client may watch right after
+    /// submitting), waits for its first one on `live` until `deadline`, then NOT_FOUND.
+    async fn await_task(
+        &self,
+        task_id: &str,
+        live: &mut broadcast::Receiver<Arc<StoredRecord>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<TaskView, Status> {
+        loop {
+            if let Some(t) = self.store.get_task(task_id).await? {
+                return Ok(t);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, live.recv()).await {
+                    Err(_) => return Err(not_found(task_id)),
+                    Ok(Ok(r)) if r.record.task_id == task_id => break,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => {
+                        return Err(Status::unavailable(
+                            "the audit service is shutting down; watch again",
+                        ));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -58,10 +127,12 @@ impl TaskService for TaskApi {
             Some((t, records)) if principal.can_see(&t.tenant) => (t, records),
             _ => return Err(not_found(&task_id)),
         };
-        let events = records.iter().map(StoredRecord::to_proto).collect();
+        let events: Vec<AuditRecord> = records.iter().map(StoredRecord::to_proto).collect();
+        let artifacts = crate::projection::task_artifacts(&events);
         Ok(Response::new(GetTaskResponse {
             task: Some(task),
             events,
+            artifacts,
         }))
     }
 
@@ -128,25 +199,7 @@ impl TaskService for TaskApi {
         // Subscribe before reading, so no record falls between the read and the live feed.
         let mut live = self.live.subscribe();
         let deadline = tokio::time::Instant::now() + self.watch_wait;
-        let task = loop {
-            if let Some(t) = self.store.get_task(&task_id).await? {
-                break t;
-            }
-            // Not recorded yet (the client may watch right after submitting): wait for it.
-            loop {
-                match tokio::time::timeout_at(deadline, live.recv()).await {
-                    Err(_) => return Err(not_found(&task_id)),
-                    Ok(Ok(r)) if r.record.task_id == task_id => break,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => {
-                        return Err(Status::unavailable(
-                            "the audit service is shutting down; watch again",
-                        ));
-                    }
-                }
-            }
-        };
+        let task = self.await_task(&task_id, &mut live, deadline).await?;
         if !principal.can_see(&task.tenant) {
             // Answer no sooner than for a task that does not exist, so the delay does not tell
             // another tenant's caller that the id is taken.
@@ -221,6 +274,103 @@ impl TaskService for TaskApi {
                 };
                 if !more {
                     return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchProgressStream = ReceiverStream<Result<Progress, Status>>;
+
+    async fn watch_progress(
+        &self,
+        request: Request<WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        let principal = self.auth.authenticate(&request).await?;
+        let task_id = request.into_inner().task_id;
+        require_task_id(&task_id)?;
+        // The id becomes a subject token: refuse what would widen the subscription.
+        if task_id
+            .chars()
+            .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+        {
+            return Err(Status::invalid_argument(format!(
+                "task id {task_id:?} is not a task id (no dots, wildcards or spaces)"
+            )));
+        }
+        // Subscribe before looking the task up, so no progress falls in between.
+        let mut progress = self
+            .nats
+            .subscribe(subject::progress("*", &task_id))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot subscribe to the agent's progress ({e}); is NATS up?"
+                ))
+            })?;
+        let mut live = self.live.subscribe();
+        let deadline = tokio::time::Instant::now() + self.watch_wait;
+        let task = self.await_task(&task_id, &mut live, deadline).await?;
+        if !principal.can_see(&task.tenant) {
+            tokio::time::sleep_until(deadline).await;
+            return Err(not_found(&task_id));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        if !agent_running(task.status()) {
+            // The agent is done: there is no progress to come.
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        let (store, stopped, tenant) = (self.store.clone(), self.stopped.clone(), task.tenant);
+        tokio::spawn(async move {
+            let wanted = subject::progress(&tenant, &task_id);
+            let forward = |m| forward_progress(&tx, &wanted, &task_id, m);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = stopped.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the audit service is shutting down; watch again"))).await;
+                        return;
+                    }
+                    message = progress.next() => match message {
+                        Some(m) => if !forward(m).await { return },
+                        None => {
+                            let _ = tx.send(Err(Status::unavailable("the progress subscription ended; watch again"))).await;
+                            return;
+                        }
+                    },
+                    record = live.recv() => {
+                        let over = match record {
+                            Ok(r) => r.record.task_id == task_id
+                                && (r.record.kind == "plan_proposed" || is_final_kind(&r.record.kind)),
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                match store.get_task(&task_id).await {
+                                    Ok(Some(t)) => !agent_running(t.status()),
+                                    Ok(None) => false,
+                                    Err(e) => {
+                                        let _ = tx.send(Err(e.into())).await;
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Closed) => true,
+                        };
+                        if over {
+                            // Progress travels on core NATS and the plan through the stream
+                            // and the database, so the last calls are normally here already;
+                            // give stragglers a moment.
+                            let grace = tokio::time::sleep(PROGRESS_GRACE);
+                            tokio::pin!(grace);
+                            loop {
+                                tokio::select! {
+                                    _ = &mut grace => return,
+                                    message = progress.next() => match message {
+                                        Some(m) => if !forward(m).await { return },
+                                        None => return,
+                                    },
+                                }
+                            }
+                        }
+                    }
                 }
             }
         });

@@ -1,7 +1,13 @@
 //! Audit: the system of record. Stores every event of the path in an append-only,
 //! hash-chained log (SQLite by default, PostgreSQL when the URL says so), keeps a `tasks`
 //! projection of them, and answers `baton.v1.TaskService` (`GetTask`, `ListTasks`,
-//! `WatchTask`, `VerifyAudit`).
+//! `WatchTask`, `WatchProgress`, `VerifyAudit`).
+//!
+//! `GetTask` also returns the artifacts of the task's plan (a report, generated code, a
+//! sandbox report), read from the task's recorded plan ([`projection::task_artifacts`]; content
+//! up to [`ARTIFACT_CONTENT_MAX`]). `WatchProgress` forwards the agent's progress messages
+//! (core NATS `baton.progress.<tenant>.<task>`, not stored: the plan's `agent_run` is the
+//! record) until the task's plan is recorded.
 //!
 //! In: every subject of stream `BATON` (`baton.>`, durable `audit`) except raw triggers
 //! (`baton.trigger.>`, which ingestion's `task_received`/`trigger_rejected` carry), and every
@@ -63,6 +69,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 pub use store::{ChainHead, TaskPage, TaskQuery, Verification};
+
+/// Most bytes of an artifact's content that `GetTask` returns inline (256 KiB): a report,
+/// generated code and its tests fit easily, while a response holding several copies of one
+/// large artifact (the plan's events are returned too) stays well under gRPC's default 4 MiB
+/// message limit. A larger artifact is listed with its size and `content_omitted`; its whole
+/// content is in the plan's event among the response's events (NATS's `max_payload`, 1 MiB
+/// by default, bounds a plan and so every artifact).
+pub const ARTIFACT_CONTENT_MAX: usize = 256 * 1024;
 
 /// Producer name and metrics label.
 pub const SERVICE: &str = "audit";
@@ -348,6 +362,7 @@ impl Audit {
                 watch_wait: self.config.watch_wait,
                 stopped: self.stopped.clone(),
                 anchor: self.anchor.clone(),
+                nats: self.ctx.bus.client().clone(),
             },
         ));
     }

@@ -270,6 +270,47 @@ fn bounded(s: &str) -> String {
     }
 }
 
+/// The artifacts of a task's plan as `GetTask` returns them, from the task's records (in
+/// sequence order): the plan of the latest record that carries one (`plan_proposed`, then the
+/// same plan in `awaiting_approval`, `task_approved` and `task_completed`), so what is returned
+/// is what the audit log holds — redacted like every stored event. An artifact's content is
+/// included up to [`crate::ARTIFACT_CONTENT_MAX`] bytes; a larger one comes with its size and
+/// `content_omitted`, its content staying in the plan's event. Empty before a plan is recorded.
+pub fn task_artifacts(records: &[baton_proto::AuditRecord]) -> Vec<baton_proto::TaskArtifact> {
+    let plan = records
+        .iter()
+        .rev()
+        .filter_map(|r| r.event.as_ref()?.body.as_ref())
+        .find_map(|body| match body {
+            Body::PlanProposed(p) => p.plan.as_ref(),
+            Body::AwaitingApproval(a) => a.pending.as_ref()?.plan.as_ref(),
+            Body::TaskApproved(a) => a.plan.as_ref(),
+            Body::TaskCompleted(c) => c.execution.as_ref()?.plan.as_ref(),
+            _ => None,
+        });
+    let Some(plan) = plan else {
+        return Vec::new();
+    };
+    plan.artifacts
+        .iter()
+        .map(|a| {
+            let omitted = a.content.len() > crate::ARTIFACT_CONTENT_MAX;
+            baton_proto::TaskArtifact {
+                name: a.name.clone(),
+                media_type: a.media_type.clone(),
+                size: a.content.len() as u64,
+                content: if omitted {
+                    Vec::new()
+                } else {
+                    a.content.clone()
+                },
+                content_omitted: omitted,
+                sandbox_run: a.sandbox_run.clone(),
+            }
+        })
+        .collect()
+}
+
 /// True when a record of this kind ends its task (nothing more will be recorded for it).
 pub fn is_final_kind(kind: &str) -> bool {
     baton_proto::ends_task(kind)
@@ -606,5 +647,53 @@ mod tests {
         assert_eq!(micros_to_timestamp(timestamp_to_micros(&t)), t);
         let neg = micros_to_timestamp(-1);
         assert_eq!((neg.seconds, neg.nanos), (-1, 999_999_000));
+    }
+
+    #[test]
+    fn artifacts_come_from_the_recorded_plan_and_big_content_is_omitted() {
+        use baton_proto::{Artifact, AuditRecord, Plan, SandboxRun, TaskApproved};
+        let record = |body| AuditRecord {
+            event: Some(ev(body)),
+            ..Default::default()
+        };
+        let report = baton_proto::report::Report {
+            answer: "a".into(),
+            ..Default::default()
+        }
+        .to_artifact();
+        let big = Artifact {
+            name: "dump.txt".into(),
+            media_type: "text/plain".into(),
+            content: vec![b'x'; crate::ARTIFACT_CONTENT_MAX + 1],
+            sandbox_run: Some(SandboxRun {
+                exit_code: 0,
+                ..Default::default()
+            }),
+        };
+        let plan = Plan {
+            artifacts: vec![report.clone(), big],
+            ..Default::default()
+        };
+        assert!(task_artifacts(&[record(received().body.unwrap())]).is_empty());
+        let records = [
+            record(received().body.unwrap()),
+            record(Body::PlanProposed(PlanProposed {
+                plan: Some(plan.clone()),
+                ..Default::default()
+            })),
+            record(Body::TaskApproved(TaskApproved {
+                plan: Some(plan),
+                ..Default::default()
+            })),
+        ];
+        let artifacts = task_artifacts(&records);
+        assert_eq!(artifacts.len(), 2);
+        assert_eq!(artifacts[0].name, "report");
+        assert_eq!(artifacts[0].content, report.content);
+        assert_eq!(artifacts[0].size, report.content.len() as u64);
+        assert!(!artifacts[0].content_omitted);
+        assert_eq!(artifacts[1].size, crate::ARTIFACT_CONTENT_MAX as u64 + 1);
+        assert!(artifacts[1].content.is_empty() && artifacts[1].content_omitted);
+        assert!(artifacts[1].sandbox_run.is_some());
     }
 }

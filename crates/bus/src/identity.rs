@@ -11,10 +11,10 @@
 //! | `admin` | everything | everything | everything: creates and updates the streams |
 //! | `ingestion` | `baton.task.received`, `baton.ingestion.rejected` | `ingestion` | reads `BATON` by sequence |
 //! | `decision` | `baton.agent.*`, `baton.task.failed` | `decision` | |
-//! | `agent-runner` | `baton.task.proposed`, `baton.task.failed` | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay) |
+//! | `agent-runner` | `baton.task.proposed`, `baton.task.failed`, `baton.progress.>` (core NATS) | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay) |
 //! | `validation` | `baton.task.{approved,rejected,awaiting_approval}` | `validation` | KV `baton_approvals` |
 //! | `execution` | `baton.execution.>`, `baton.task.{completed,failed}` | `execution` | KV `baton_executions`, `baton_execution_attempts` |
-//! | `audit` | nothing on the path | `audit` (BATON), `audit-dead` (BATON_DEAD) | KV `baton_audit_anchor` (the signed head of the log; only audit may write it) |
+//! | `audit` | nothing on the path; subscribes to `baton.progress.>` (core NATS) | `audit` (BATON), `audit-dead` (BATON_DEAD) | KV `baton_audit_anchor` (the signed head of the log; only audit may write it) |
 //! | `trigger-<tenant>` | `baton.trigger.<tenant>.>` | nothing | nothing |
 //!
 //! Every service also publishes its own dead letters (`baton.dead.<service>`), reads the info of
@@ -131,6 +131,16 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
         format!("$JS.API.DIRECT.GET.{main}"),
         format!("$JS.API.DIRECT.GET.{main}.>"),
     ]);
+    // Agent progress (core NATS, no stream): the agent runner publishes, audit relays it to
+    // `WatchProgress` callers.
+    let progress = format!("{}.>", s::PROGRESS_PREFIX);
+    let mut audit = svc(
+        "audit",
+        &[],
+        &[(main, "audit"), (dead, "audit-dead")],
+        AUDIT_BUCKETS,
+    );
+    audit.permissions.subscribe.push(progress.clone());
     let agent_consumers: Vec<String> = agent_roles.iter().map(|r| format!("agent-{r}")).collect();
     let agent_consumers: Vec<(&str, &str)> =
         agent_consumers.iter().map(|d| (main, d.as_str())).collect();
@@ -144,7 +154,7 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
         ),
         svc(
             "agent-runner",
-            &[s::TASK_PROPOSED, s::TASK_FAILED],
+            &[s::TASK_PROPOSED, s::TASK_FAILED, &progress],
             &agent_consumers,
             AGENT_RUNNER_BUCKETS,
         ),
@@ -168,12 +178,7 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
             &[(main, "execution")],
             EXECUTION_BUCKETS,
         ),
-        svc(
-            "audit",
-            &[],
-            &[(main, "audit"), (dead, "audit-dead")],
-            AUDIT_BUCKETS,
-        ),
+        audit,
     ]
 }
 
@@ -389,6 +394,13 @@ mod tests {
                 .all(|p| !p.starts_with("baton.") || p == "baton.dead.audit"),
             "{:?}",
             audit.permissions.publish
+        );
+        assert_eq!(may("baton.progress.>"), ["agent-runner"]);
+        assert!(
+            audit
+                .permissions
+                .subscribe
+                .contains(&"baton.progress.>".to_string())
         );
         let t = trigger_publisher("acme");
         assert_eq!(t.permissions.publish, ["baton.trigger.acme.>"]);

@@ -14,6 +14,13 @@
 //! - State: one protobuf [`Execution`](baton_proto::Execution) per task in the JetStream
 //!   key-value bucket `baton_executions`, written after every step, so a restarted service
 //!   resumes a rollout where it stopped (see [`rollout`] for the invariants).
+//! - A *report-only* plan (no steps and a report artifact, [`baton_proto::Plan::is_report_only`])
+//!   has nothing to run: once its approval verifies, it is completed at once — one
+//!   `baton.task.completed` (`<task>.completed`, carrying an `Execution` that succeeded with no
+//!   phases and the plan, so the report travels with it), no `execution_started`, no state in
+//!   KV (`GetExecution` answers NOT_FOUND: there is no rollout). A redelivery publishes the same
+//!   event id, which the stream drops. A plan with no steps and no report never gets here
+//!   (validation refuses it); if a signed one did, it would run as an empty rollout.
 //! - gRPC: `baton.v1.ExecutionService` (`GetExecution`).
 //!
 //! Actions and health checks run through one [`Dispatcher`], which picks the [`ActionRunner`]
@@ -70,6 +77,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Producer name on events, durable consumer name, metrics label.
 pub const SERVICE: &str = "execution";
+
+/// Outcome label (metrics) of a report-only plan, completed without a rollout.
+pub const REPORT_ONLY: &str = "report_only";
 
 /// gRPC services this crate serves, for gRPC health.
 pub const GRPC_SERVICES: &[&str] = &["baton.v1.ExecutionService"];
@@ -550,6 +560,25 @@ async fn handle(
             return Handled::failed(e);
         }
         return Handled::done("not_approved");
+    }
+
+    if plan.is_report_only() {
+        // Nothing to run: the report is the delivery. Completed at once, without a rollout.
+        let completed = rollout::report_only_completion(&event, plan);
+        if let Err(e) = shared
+            .bus
+            .publish(subject::TASK_COMPLETED, &completed)
+            .await
+        {
+            return Handled::failed(e);
+        }
+        tracing::info!(task_id = %event.task_id, "report-only plan completed without a rollout");
+        let labels = StageLabels {
+            service: SERVICE.into(),
+            outcome: REPORT_ONLY.into(),
+        };
+        ctx.metrics.executions.get_or_create(&labels).inc();
+        return Handled::done(REPORT_ONLY);
     }
 
     match rollout::run(shared, &event, plan, Control::new(shutdown)).await {

@@ -397,6 +397,24 @@ impl Shell<'_> {
     }
 }
 
+/// The `<task>.completed` event of a report-only plan (see the crate docs): an `Execution`
+/// that succeeded at once, with no phases, carrying the plan (and so its report).
+pub(crate) fn report_only_completion(cause: &Event, plan: Plan) -> Event {
+    let now = baton_proto::now();
+    let exec = Execution {
+        task_id: cause.task_id.clone(),
+        tenant: cause.tenant.clone(),
+        status: ExecutionStatus::Succeeded as i32,
+        phases: Vec::new(),
+        current_phase: 0,
+        error: String::new(),
+        started_at: Some(now),
+        finished_at: Some(now),
+        plan: Some(plan),
+    };
+    final_event(cause, &exec)
+}
+
 /// The final event of a finished execution (`<task>.completed` or `<task>.failed`).
 pub(crate) fn final_event(cause: &Event, exec: &Execution) -> Event {
     if exec.status() == ExecutionStatus::Succeeded {

@@ -1566,3 +1566,62 @@ async fn only_approvals_signed_by_a_trusted_key_over_the_plan_run() {
     token.cancel();
     service.await.unwrap().unwrap();
 }
+
+/// A report-only plan (no steps, a report) completes at once: one `completed` event carrying
+/// the plan and its report, no rollout events, no state in KV; a redelivery adds nothing.
+#[tokio::test]
+async fn a_report_only_plan_completes_without_a_rollout() {
+    let nats = TestNats::start().await;
+    let (token, service) = start(context(nats.bus.clone())).await;
+    let report = baton_proto::report::Report {
+        answer: "the bill grew with storage egress".into(),
+        findings: vec!["egress tripled".into()],
+        recommendations: vec!["cache the exports".into()],
+    };
+    let plan = Plan {
+        task_id: "t-report".into(),
+        summary: "why the bill jumped".into(),
+        artifacts: vec![report.to_artifact()],
+        ..Default::default()
+    };
+    let event = approved("t-report", TENANT, plan);
+    nats.bus
+        .publish(subject::TASK_APPROVED, &event)
+        .await
+        .unwrap();
+    let done = final_event(&nats.bus, "t-report").await;
+    let Some(Body::TaskCompleted(completed)) = done.body else {
+        panic!("not completed: {done:?}");
+    };
+    let exec = completed.execution.unwrap();
+    assert_eq!(exec.status(), ExecutionStatus::Succeeded);
+    assert!(exec.phases.is_empty());
+    let carried = exec.plan.unwrap();
+    let parsed = baton_proto::report::Report::parse(carried.report_artifact().unwrap()).unwrap();
+    assert_eq!(parsed, report);
+    // Redelivered (published again under a new message id): the same event id, dropped.
+    nats.bus
+        .publish_with_id(subject::TASK_APPROVED, "t-report.approved.again", &event)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        shape(&task_events(&nats.bus, "t-report").await),
+        ["completed"],
+        "no rollout events, one completion"
+    );
+    let store = nats
+        .bus
+        .key_value(
+            baton_execution::store::BUCKET,
+            baton_execution::store::HISTORY,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.get("t-report").await.unwrap().is_none(),
+        "a report-only plan keeps no rollout state"
+    );
+    token.cancel();
+    service.await.unwrap().unwrap();
+}

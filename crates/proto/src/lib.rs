@@ -5,7 +5,7 @@
 //! audit log ([`event_kind`]), typed access to an event's body ([`EventBody`]), the one way to
 //! fail a task ([`Event::fail`] with a [`FailureCode`]), timestamps ([`now`]), the bounded
 //! record of a refused trigger ([`TriggerRejected::for_payload`]) and the redaction of secrets
-//! from what is stored or logged ([`redact`]).
+//! from what is stored or logged ([`redact`]) and the shape of an agent's report ([`report`]).
 
 #[allow(missing_docs, clippy::all)]
 mod generated {
@@ -14,6 +14,7 @@ mod generated {
 
 pub mod redact;
 mod rejected;
+pub mod report;
 
 pub use generated::*;
 pub use prost_types::Timestamp;
@@ -247,6 +248,8 @@ pub mod subject {
     pub const TASK_FAILED: &str = "baton.task.failed";
     /// Prefix of dead letters: `baton.dead.<service>`.
     pub const DEAD_PREFIX: &str = "baton.dead";
+    /// Prefix of agent progress on core NATS (no stream): `baton.progress.<tenant>.<task_id>`.
+    pub const PROGRESS_PREFIX: &str = "baton.progress";
 
     /// `baton.agent.<role>`.
     pub fn agent(role: &str) -> String {
@@ -273,6 +276,11 @@ pub mod subject {
     /// `baton.dead.<service>`.
     pub fn dead(service: &str) -> String {
         format!("{DEAD_PREFIX}.{service}")
+    }
+    /// `baton.progress.<tenant>.<task_id>`: where the agent runner publishes a task's
+    /// [`Progress`](crate::Progress); `tenant` `*` subscribes to every tenant's.
+    pub fn progress(tenant: &str, task_id: &str) -> String {
+        format!("{PROGRESS_PREFIX}.{tenant}.{task_id}")
     }
 }
 

@@ -57,8 +57,14 @@
 //!        "steps": [{"asset": "web-01", "action": "http", "has_rollback": true,
 //!                   "has_health_check": true}]}
 //!     ],
-//!     "artifacts": [{"name": "fix.py", "media_type": "text/x-python", "sandbox_exit_code": 0,
-//!                    "sandbox_ended_by": "exited", "sandbox_network": false}],
+//!     "report_only": false,
+//!     "artifacts": [{"name": "fix.py", "media_type": "text/x-python", "size": 812,
+//!                    "report": null, "sandbox_exit_code": 0,
+//!                    "sandbox_ended_by": "exited", "sandbox_network": false},
+//!                   {"name": "report", "media_type": "application/json", "size": 230,
+//!                    "report": {"answer": "…", "findings": ["…"], "recommendations": ["…"]},
+//!                    "sandbox_exit_code": null, "sandbox_ended_by": null,
+//!                    "sandbox_network": null}],
 //!     "agent": {"kind": "runbook", "name": "drift-runbook@1"}
 //!   }
 //! }
@@ -75,7 +81,22 @@
 //!   and `sandbox_network` (the run had network access) come from the artifact's `SandboxRun`;
 //!   all three are `null` when the artifact was not run in the sandbox. `policies/sandbox.rego`
 //!   denies code-generation plans whose code did not run there, failed or hit a limit.
+//! - `artifacts[].size`: the content's size in bytes. `artifacts[].report`: for the artifact
+//!   named `report`, its content parsed ([`baton_proto::report::Report`]: `answer`,
+//!   `findings`, `recommendations`, each item a string or an object as the agent wrote it), so
+//!   a policy can read what a report says (`some f in a.report.findings`); `null` for every
+//!   other artifact. `plan.report_only`: the plan has no steps and a report.
 //! - `plan.total_assets`: assets in scope (changed or not), the base of phase-size rules.
+//!
+//! # Built-in checks
+//!
+//! Before the score, [`refusals`] adds deny reasons no policy directory can remove: a plan with
+//! no steps and no report (nothing to run, nothing to deliver: the agent must attach its
+//! answer as a report), and a report artifact that is not a report (not `application/json`,
+//! not JSON, no answer). A *report-only* plan (no steps, a valid report) is validated like any
+//! other — policies, score and thresholds apply (it changes nothing, but a model-backed agent
+//! earns no human-review points, so in production it waits for an approver) — and execution
+//! completes it without a rollout.
 //!
 //! # Quality score and verdict
 //!
@@ -430,6 +451,35 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> R
     Validation::new(ctx, config).await?.run(shutdown).await
 }
 
+/// Why `plan` cannot be accepted whatever the policies say (the built-in checks, which a
+/// `policy_dir` cannot replace); empty when there is nothing against it:
+/// - a plan with no steps and no report artifact: it has nothing to run and nothing to deliver
+///   (an agent that has only an answer attaches it as a report,
+///   [`baton_proto::report::Report::to_artifact`]);
+/// - a report artifact that is not a report ([`baton_proto::report::ReportError`]).
+///
+/// Each reason says what is wrong and what the agent must do instead.
+pub fn refusals(plan: &baton_proto::Plan) -> Vec<String> {
+    use baton_proto::report::{REPORT_ARTIFACT, REPORT_MEDIA_TYPE, Report};
+    let mut reasons = Vec::new();
+    match plan.report_artifact() {
+        None if plan.step_count() == 0 => reasons.push(format!(
+            "the plan has no steps and no report: nothing to run and nothing to deliver; \
+             an agent with only an answer must attach it as an artifact named \"{REPORT_ARTIFACT}\" \
+             ({REPORT_MEDIA_TYPE} with an answer, findings and recommendations)"
+        )),
+        None => {}
+        Some(artifact) => {
+            if let Err(e) = Report::parse(artifact) {
+                reasons.push(format!(
+                    "{e}; a report is {{\"answer\": \"…\", \"findings\": [..], \"recommendations\": [..]}} as {REPORT_MEDIA_TYPE}"
+                ));
+            }
+        }
+    }
+    reasons
+}
+
 /// Label of a verdict for metrics and logs.
 fn verdict_label(v: Verdict) -> &'static str {
     match v {
@@ -444,8 +494,14 @@ impl Inner {
     /// Policies, score and verdict of one plan.
     pub(crate) fn validate(&self, proposed: &PlanProposed) -> ValidationResult {
         let input = policy::input_document(proposed);
-        let outcome = self.policies.evaluate(&input);
+        let mut outcome = self.policies.evaluate(&input);
         let plan = proposed.plan.clone().unwrap_or_default();
+        let refusals = refusals(&plan);
+        if !refusals.is_empty() {
+            outcome.deny.extend(refusals);
+            outcome.deny.sort();
+            outcome.deny.dedup();
+        }
         let quality = quality::score(&plan, &outcome, &self.config.reviewed_agents);
         let environment = proposed
             .spec
@@ -682,6 +738,53 @@ impl baton_runtime::service::Service for Validation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_proto::report::Report;
+    use baton_proto::{Artifact, Phase, Plan, Step};
+
+    #[test]
+    fn an_empty_plan_needs_a_valid_report() {
+        let empty = Plan::default();
+        let reasons = refusals(&empty);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].contains("no steps and no report") && reasons[0].contains("\"report\""),
+            "{reasons:?}"
+        );
+        let report = Report {
+            answer: "the bill grew with egress".into(),
+            ..Default::default()
+        };
+        let report_only = Plan {
+            artifacts: vec![report.to_artifact()],
+            ..Default::default()
+        };
+        assert!(refusals(&report_only).is_empty());
+        let broken = Plan {
+            artifacts: vec![Artifact {
+                name: "report".into(),
+                media_type: "application/json".into(),
+                content: b"{\"findings\": []}".to_vec(),
+                sandbox_run: None,
+            }],
+            ..Default::default()
+        };
+        let reasons = refusals(&broken);
+        assert!(
+            reasons.len() == 1 && reasons[0].contains("missing field `answer`"),
+            "{reasons:?}"
+        );
+        // A plan with steps needs no report; one it carries must still be a report.
+        let mut with_steps = Plan {
+            phases: vec![Phase {
+                steps: vec![Step::default()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(refusals(&with_steps).is_empty());
+        with_steps.artifacts = broken.artifacts.clone();
+        assert_eq!(refusals(&with_steps).len(), 1);
+    }
 
     #[test]
     fn bucket_errors_map_to_distinct_grpc_codes() {

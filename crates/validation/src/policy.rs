@@ -12,6 +12,7 @@
 //! policies, like `opa test`.
 
 use crate::Error;
+use baton_proto::report::{REPORT_ARTIFACT, Report};
 use baton_proto::{PhaseKind, PlanProposed, PolicyDecision, SandboxEnd, action};
 use regorus::{Engine, Value};
 use serde_json::json;
@@ -369,9 +370,17 @@ pub fn input_document(proposed: &PlanProposed) -> serde_json::Value {
         .artifacts
         .iter()
         .map(|a| {
+            // The report, parsed, for policies to read; null for other artifacts and for a
+            // report that does not parse (which validation refuses anyway).
+            let report = (a.name == REPORT_ARTIFACT)
+                .then(|| Report::parse(a).ok())
+                .flatten()
+                .and_then(|r| serde_json::to_value(r).ok());
             json!({
                 "name": a.name,
                 "media_type": a.media_type,
+                "size": a.content.len(),
+                "report": report,
                 "sandbox_exit_code": a.sandbox_run.as_ref().map(|r| r.exit_code),
                 "sandbox_ended_by": a.sandbox_run.as_ref().map(|r| sandbox_end(r.ended_by())),
                 "sandbox_network": a.sandbox_run.as_ref().map(|r| r.network),
@@ -397,7 +406,8 @@ pub fn input_document(proposed: &PlanProposed) -> serde_json::Value {
         "plan": {
             "summary": plan.summary,
             "total_assets": plan.total_assets,
-            "step_count": plan.phases.iter().map(|p| p.steps.len()).sum::<usize>(),
+            "step_count": plan.step_count(),
+            "report_only": plan.is_report_only(),
             "phases": phases,
             "artifacts": artifacts,
             "agent": {"kind": agent.kind().label(), "name": agent.agent},
@@ -599,6 +609,43 @@ mod tests {
             doc["plan"]["agent"],
             json!({"kind": "llm", "name": "gpt@1"})
         );
+    }
+
+    #[test]
+    fn a_report_is_parsed_for_policies() {
+        let report = baton_proto::report::Report {
+            answer: "egress tripled".into(),
+            findings: vec![json!({"title": "logs-eu is public", "severity": "high"})],
+            recommendations: vec![json!("make logs-eu private")],
+        };
+        let broken = Artifact {
+            name: "notes".into(),
+            media_type: "application/json".into(),
+            content: b"{\"answer\": \"not a report by name\"}".to_vec(),
+            sandbox_run: None,
+        };
+        let proposed = PlanProposed {
+            plan: Some(Plan {
+                artifacts: vec![report.to_artifact(), broken],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let doc = input_document(&proposed);
+        let a = &doc["plan"]["artifacts"];
+        assert_eq!(a[0]["report"]["answer"], "egress tripled");
+        assert_eq!(a[0]["report"]["findings"][0]["severity"], "high");
+        assert_eq!(
+            a[0]["report"]["recommendations"],
+            json!(["make logs-eu private"])
+        );
+        assert_eq!(a[0]["size"], report.to_artifact().content.len());
+        assert!(
+            a[1]["report"].is_null(),
+            "only the artifact named report is a report"
+        );
+        assert_eq!(doc["plan"]["report_only"], true);
+        assert_eq!(doc["plan"]["step_count"], 0);
     }
 
     #[test]

@@ -576,7 +576,20 @@ impl Handler {
             return Ok("failed");
         };
         let started = Instant::now();
-        match agent.plan(task, spec).await {
+        // A model-backed agent may think for longer than the consumer's ack_wait: tell
+        // JetStream the message is in progress, a third of ack_wait apart, so it is not
+        // redelivered to another runner while this one works on it.
+        let work = agent.plan(task, spec);
+        tokio::pin!(work);
+        let every = (self.ctx.bus.config().ack_wait / 3).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let planned = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tick.tick() => d.in_progress().await,
+            }
+        };
+        match planned {
             Ok(mut plan) => {
                 // Who made the plan is the runner's word, from the registration: an agent's
                 // own claim about its name or kind is overwritten (validation trusts these).

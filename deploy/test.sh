@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Runs all tests: installs what is missing (nats-server, protoc, PostgreSQL, cargo-nextest, Docker,
 # debootstrap), starts PostgreSQL on loopback and the Docker daemon, builds the sandbox images
-# when missing (cached under ~/.cache/baton-sandbox), then runs the workspace's tests. Each test starts its own
+# when missing (cached under ~/.cache/baton-sandbox), prepares the local model and llama-server
+# (deploy/local-model.sh, from cache when present; the tests on the real model read
+# BATON_LLAMA_SERVER and BATON_LOCAL_MODEL), then runs the workspace's tests. Each test starts its own
 # nats-server on a free port and uses its own SQLite file or PostgreSQL database.
 # Extra arguments go to `cargo nextest run` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/setup.sh --postgres --nextest --docker
+bash deploy/setup.sh --postgres --nextest --docker --model
+# BATON_LLAMA_SERVER=… and BATON_LOCAL_MODEL=…, exported for the tests on the real local model.
+model_env="$(bash deploy/local-model.sh --env)"
+for kv in $model_env; do
+  case "$kv" in
+    BATON_LLAMA_SERVER=*|BATON_LOCAL_MODEL=*) export "${kv?}" ;;
+    *) echo "test.sh: deploy/local-model.sh --env printed '$kv'" >&2; exit 1 ;;
+  esac
+done
 bash deploy/docker.sh
 bash deploy/sandbox-images.sh
 BATON_TEST_POSTGRES_URL="$(bash deploy/postgres.sh)"

@@ -12,6 +12,7 @@
 //!   other `nats-server` serving this store is refused with its pid, rather than have two
 //!   servers write one JetStream store.
 
+pub use guard::die_with_parent;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -368,7 +369,7 @@ mod guard {
     /// server from its main task, whose thread lives as long as the process.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    pub(super) fn die_with_parent(command: &mut tokio::process::Command) {
+    pub fn die_with_parent(command: &mut tokio::process::Command) {
         use rustix::process::{Signal, getppid, set_parent_process_death_signal};
         let parent = getppid_of_self();
         // SAFETY: the closure runs in the forked child before exec, where only
@@ -396,5 +397,5 @@ mod guard {
     /// Elsewhere the child outlives a killed parent; the store guard stops it at the next
     /// start.
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn die_with_parent(_command: &mut tokio::process::Command) {}
+    pub fn die_with_parent(_command: &mut tokio::process::Command) {}
 }

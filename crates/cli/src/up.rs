@@ -69,6 +69,10 @@ pub enum UpError {
     /// The NATS identities of the nats-server child could not be written or read.
     #[error(transparent)]
     NatsKeys(#[from] baton_bus::identity::KeyError),
+    /// The local model server (`[llm.local]`) did not start: a missing binary or model file
+    /// (the message names it and `bash deploy/local-model.sh`), or it exited or stayed unhealthy.
+    #[error(transparent)]
+    LocalModel(#[from] baton_llm::local::LocalModelError),
     /// NATS, the token secret or the data directory is unusable.
     #[error(transparent)]
     Connect(#[from] baton_runtime::service::ConnectError),
@@ -117,6 +121,9 @@ pub struct Baton {
     /// The NATS identities, when Baton started nats-server (each service connects as its own).
     pub identities: Option<crate::nats_auth::Identities>,
     nats_server: Option<NatsServer>,
+    /// The llama-server child, when `[llm.local]` names a model and no URL is configured for
+    /// provider `local`.
+    llama_server: Option<baton_llm::local::LlamaServer>,
     /// Each service's context (its own NATS identity), kept to restart it.
     contexts: BTreeMap<ServiceName, Context>,
     services: BTreeMap<ServiceName, Running>,
@@ -168,6 +175,13 @@ impl Baton {
             config.common.nats = ids.bus_config(&config.common.nats, baton_bus::identity::ADMIN);
             nats_server = Some(server);
             identities = Some(ids);
+        }
+        let mut llama_server = None;
+        if config.llm.starts_local_server() {
+            let server = baton_llm::local::LlamaServer::start(&config.llm.local).await?;
+            info!(url = server.base_url(), model = %config.llm.local.model.display(), "started llama-server as model provider local");
+            config.llm.set_local_url(server.base_url().to_string());
+            llama_server = Some(server);
         }
         // The `[llm]` providers, for the agents declared in files: the agent runner looks up
         // each agent's models by name in this registry (a plug-in like any other).
@@ -227,6 +241,7 @@ impl Baton {
             identities,
             contexts,
             nats_server,
+            llama_server,
             services,
             servers_token,
             servers,
@@ -315,8 +330,8 @@ impl Baton {
         Err(UpError::Ended { service, reason })
     }
 
-    /// Stops the services (letting in-flight messages finish), the servers and the
-    /// nats-server child.
+    /// Stops the services (letting in-flight messages finish), the servers, the nats-server
+    /// child and the llama-server child.
     pub async fn stop(mut self) {
         for (name, r) in std::mem::take(&mut self.services) {
             r.token.cancel();
@@ -332,6 +347,9 @@ impl Baton {
         }
         if let Some(n) = self.nats_server.take() {
             n.stop().await;
+        }
+        if let Some(l) = self.llama_server.take() {
+            l.stop().await;
         }
     }
 }

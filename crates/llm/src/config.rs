@@ -135,7 +135,10 @@ pub struct LocalModelConfig {
     pub port: u16,
     /// Context window in tokens (`-c`), shared by the server's parallel slots.
     pub context_size: u32,
-    /// More `llama-server` arguments (`["--parallel", "2"]`).
+    /// More `llama-server` arguments (`["--parallel", "2"]`). The default, `--no-repack`,
+    /// keeps weights in their file layout: llama.cpp repacks them for Intel AMX on CPUs that
+    /// advertise it, and crashes (SIGSEGV at `ldtilecfg`) in a VM that does not grant the AMX
+    /// tile state, as seen here.
     pub extra_args: Vec<String>,
     /// How long to wait for `/health` to answer 200 (loading the model) before giving up.
     #[serde(with = "humantime_serde")]
@@ -149,7 +152,7 @@ impl Default for LocalModelConfig {
             model: PathBuf::new(),
             port: 0,
             context_size: 8192,
-            extra_args: Vec::new(),
+            extra_args: vec!["--no-repack".into()],
             startup_timeout: Duration::from_secs(120),
         }
     }

@@ -16,9 +16,11 @@ pub mod anthropic;
 pub mod chain;
 pub mod config;
 mod http;
+pub mod local;
 pub mod ollama;
 pub mod openai;
 pub mod provider;
+pub mod structured;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -28,6 +30,7 @@ pub use config::{LlmConfig, ProviderRegistry};
 pub use ollama::OllamaProvider;
 pub use openai::OpenAiProvider;
 pub use provider::{ApiKey, Price, ProviderSettings};
+pub use structured::{OutputSchema, StructuredAnswer, StructuredError, chat_structured};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};

@@ -23,10 +23,16 @@
 //! With an empty queue the server answers HTTP 500 `no scripted reply left`, so a test that
 //! makes one call too many fails loudly. The builders of each format's replies are in
 //! [`openai`], [`anthropic`] and [`ollama`].
+//!
+//! [`LocalModel`] starts the real local model (llama-server) for a test, or says the test is
+//! skipped when the environment does not name it.
 
 pub mod anthropic;
+mod local;
 pub mod ollama;
 pub mod openai;
+
+pub use local::LocalModel;
 
 use axum::Router;
 use axum::body::Body;

@@ -566,6 +566,16 @@ impl Loop<'_> {
             u64::from(response.usage.input_tokens) + u64::from(response.usage.output_tokens);
         self.cost_micros += response.cost_micros;
         let record = baton_llm::accounting::model_call(&response, false);
+        tracing::debug!(
+            task_id = %self.task.task_id,
+            step = self.step,
+            provider = %record.provider,
+            input_tokens = record.input_tokens,
+            output_tokens = record.output_tokens,
+            latency_ms = record.latency_ms,
+            tool_calls = response.message.tool_calls.len(),
+            "model call"
+        );
         self.progress.model_call(&record).await;
         self.run.model_calls.push(record);
         self.last_response = Some(response.clone());
@@ -639,6 +649,14 @@ impl Loop<'_> {
         };
         let shown = self.note_tool_call(call, decision, output, latency_ms);
         let record = self.run.tool_calls.last().cloned().unwrap_or_default();
+        tracing::debug!(
+            task_id = %self.task.task_id,
+            step = self.step,
+            tool = %record.tool,
+            decision = %record.decision,
+            ok = record.ok,
+            "tool call"
+        );
         match record.decision.as_str() {
             "allowed" => self.progress.tool_call(&record).await,
             "require_approval" => {

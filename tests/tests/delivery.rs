@@ -125,6 +125,7 @@ impl baton_agent_runner::Agent for Scripted {
                     result: "[]".into(),
                     ok: true,
                     latency_ms: 8,
+                    ..Default::default()
                 };
                 progress.tool_call(&call("query_assets")).await;
                 progress

@@ -22,6 +22,7 @@ fn expected() -> BTreeMap<&'static str, Vec<&'static str>> {
             vec!["ListPending", "Approve", "Reject"],
         ),
         ("baton.v1.ExecutionService", vec!["GetExecution"]),
+        ("baton.v1.AgentService", vec!["ListAgents", "ListTools"]),
         (
             "baton.v1.TaskService",
             vec![

@@ -423,6 +423,8 @@ impl DriftRunbook {
                     .to_string(),
                 ok: true,
                 latency_ms,
+                decision: "allowed".into(),
+                ..Default::default()
             });
             findings.push(Finding {
                 asset: asset.clone(),

@@ -11,7 +11,8 @@
 //!   - `agent_unavailable`: the agent kept failing transiently until the last delivery (the
 //!     message is then also dead-lettered on `baton.dead.agent-runner`);
 //!   - `invalid_task`: the routed event lacks its task or spec.
-//! - **gRPC:** none yet (`GRPC_SERVICES` is empty).
+//! - **gRPC:** `AgentService`: `ListAgents` (the agent of each role, with what its file
+//!   declares) and `ListTools` (the tool registry); any authenticated caller.
 //!
 //! Agents implement [`Agent`] and are registered as [`AgentFactory`] plug-ins (see
 //! [`registry`]): the runner ships [`DriftRunbook`] for role `drift` and [`NoopAgent`] for
@@ -60,12 +61,20 @@
 mod agent;
 pub mod drift;
 pub mod inventory;
+pub mod journal;
+pub mod llm_agent;
 pub mod progress;
 pub mod registry;
+pub mod schema;
+pub mod spec;
+pub mod tool_policy;
+pub mod tools;
 
 pub use agent::{Agent, AgentError, NoopAgent};
 pub use drift::DriftRunbook;
+pub use llm_agent::{LlmAgent, ModelProvider};
 pub use registry::{AgentFactory, AgentSetup, builtin_factories};
+pub use tools::{Tool, ToolFactory, ToolInfo, ToolRegistry};
 
 use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError};
 use baton_proto::{
@@ -82,8 +91,8 @@ use tracing::{info, warn};
 
 /// Producer name, metrics label and dead-letter service name.
 pub const SERVICE: &str = "agent-runner";
-/// gRPC services served (none yet; `AgentService` is on the roadmap).
-pub const GRPC_SERVICES: &[&str] = &[];
+/// gRPC services served.
+pub const GRPC_SERVICES: &[&str] = &["baton.v1.AgentService"];
 /// Config section in `baton.toml`.
 pub const SECTION: &str = "agents";
 
@@ -111,6 +120,24 @@ pub struct Config {
     /// factory serves by default (the drift runbook serves `drift`). A name no factory has is
     /// refused at start with the list of registered ones.
     pub assign: BTreeMap<String, String>,
+    /// Directory of agent files (`<role>.toml`, see [`spec`]), read at start; empty: none (only
+    /// the built-in and plug-in factories serve). `baton up` in a checkout uses `agents`.
+    pub dir: PathBuf,
+    /// The tool policy (Rego, package `baton.tools`); empty: the built-in `policies/tools.rego`.
+    pub tool_policy: PathBuf,
+    /// Parent of the tasks' work directories (`read_file`/`write_file` stay inside
+    /// `<work_dir>/<task_id>`). Empty means `<data_dir>/agent-work`.
+    pub work_dir: PathBuf,
+    /// Hosts (`example.com` or `example.com:8443`) the `http_request` tool may reach; empty:
+    /// none.
+    pub http_allow_hosts: Vec<String>,
+    /// Bytes of one tool output the model sees; longer output is cut with a note and kept
+    /// whole as an artifact.
+    pub tool_output_limit: usize,
+    /// Cap on the output tokens of one model call.
+    pub max_output_tokens: u32,
+    /// The sandbox the `run_code` tool runs code in (`[agents.sandbox]`, see baton-sandbox).
+    pub sandbox: baton_sandbox::Config,
 }
 
 impl Default for Config {
@@ -123,6 +150,13 @@ impl Default for Config {
             concurrency: 16,
             noop_roles: Vec::new(),
             assign: BTreeMap::new(),
+            dir: PathBuf::new(),
+            tool_policy: PathBuf::new(),
+            work_dir: PathBuf::new(),
+            http_allow_hosts: Vec::new(),
+            tool_output_limit: 16 * 1024,
+            max_output_tokens: 1024,
+            sandbox: baton_sandbox::Config::default(),
         }
     }
 }
@@ -145,7 +179,28 @@ impl Config {
                 "agents.fetch_concurrency and agents.concurrency must be at least 1".into(),
             );
         }
+        if self.tool_output_limit < 256 {
+            return bad(format!(
+                "agents.tool_output_limit is {}: set at least 256 bytes, e.g. 16384",
+                self.tool_output_limit
+            ));
+        }
+        if self.max_output_tokens == 0 {
+            return bad("agents.max_output_tokens is 0: set a cap such as 1024".into());
+        }
+        self.sandbox
+            .validate()
+            .map_err(|e| Error::Config(format!("agents.sandbox: {e}")))?;
         Ok(())
+    }
+
+    /// The work directory in effect (the default when `work_dir` is empty).
+    pub fn effective_work_dir(&self) -> PathBuf {
+        if self.work_dir.as_os_str().is_empty() {
+            PathBuf::from(".baton").join("agent-work")
+        } else {
+            self.work_dir.clone()
+        }
     }
 
     /// The inventory path in effect (the default when `inventory_path` is empty).
@@ -172,6 +227,17 @@ pub enum Error {
         /// The agent's own reason (its HTTP client could not be built, …).
         reason: String,
     },
+    /// An agent file is unusable: `<file>:<line>: <what is wrong>`.
+    #[error("invalid agent file {0}")]
+    AgentFile(#[from] spec::FileError),
+    /// A tool could not be set up, or the tool policy does not load.
+    #[error("cannot set up tool {tool}: {reason}")]
+    Tool {
+        /// The tool's name (`policy` for the tool policy).
+        tool: String,
+        /// Why.
+        reason: String,
+    },
     /// NATS failed (consumer creation).
     #[error("agent-runner: {0}")]
     Bus(#[from] BusError),
@@ -189,7 +255,9 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let code = match &e {
             // A server-side setting, not the caller's argument.
-            Error::Config(_) | Error::Agent { .. } => tonic::Code::FailedPrecondition,
+            Error::Config(_) | Error::Agent { .. } | Error::AgentFile(_) | Error::Tool { .. } => {
+                tonic::Code::FailedPrecondition
+            }
             Error::Bus(_) => tonic::Code::Unavailable,
             Error::Consumer { .. } => tonic::Code::Internal,
         };
@@ -221,6 +289,10 @@ pub struct AgentRunner {
     ctx: Context,
     config: Config,
     agents: BTreeMap<String, Registered>,
+    /// The tools LLM agents may call.
+    tools: ToolRegistry,
+    /// The agent files read at start.
+    files: Vec<spec::AgentSpec>,
 }
 
 impl std::fmt::Debug for AgentRunner {
@@ -241,7 +313,9 @@ impl AgentRunner {
     /// when an agent cannot be built.
     pub async fn new(ctx: Context, config: Config) -> Result<AgentRunner, Error> {
         config.validate()?;
-        let agents = registry::assemble(&ctx, &config)?
+        let assembly = registry::assemble(&ctx, &config)?;
+        let agents = assembly
+            .agents
             .into_iter()
             .map(|(role, agent)| (role, Registered::new(agent)))
             .collect();
@@ -249,6 +323,8 @@ impl AgentRunner {
             ctx,
             config,
             agents,
+            tools: assembly.tools,
+            files: assembly.files,
         })
     }
 
@@ -274,6 +350,16 @@ impl AgentRunner {
             .collect()
     }
 
+    /// The tools LLM agents may call (built-ins and plug-ins).
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.tools
+    }
+
+    /// The agent files read at start (`agents.dir`), sorted by file name.
+    pub fn files(&self) -> &[spec::AgentSpec] {
+        &self.files
+    }
+
     /// The roles consumed: the catalog's plus any extra registered role, sorted.
     pub fn roles(&self) -> Vec<String> {
         let mut roles: BTreeSet<String> = self.ctx.catalog.roles.iter().cloned().collect();
@@ -281,8 +367,61 @@ impl AgentRunner {
         roles.into_iter().collect()
     }
 
-    /// Adds this crate's gRPC services: none yet.
-    pub fn add_grpc(&self, _routes: &mut tonic::service::RoutesBuilder) {}
+    /// What `AgentService/ListAgents` answers: the agent of each role, sorted by role.
+    pub fn describe_agents(&self) -> Vec<baton_proto::AgentDescription> {
+        self.agents
+            .iter()
+            .map(|(role, a)| {
+                let mut d = baton_proto::AgentDescription {
+                    role: role.clone(),
+                    name: a.name.clone(),
+                    kind: a.kind as i32,
+                    ..Default::default()
+                };
+                if let Some(file) = self.files.iter().find(|f| &f.role == role) {
+                    d.description = file.description.clone();
+                    d.file = file.file.display().to_string();
+                    if let spec::Engine::Model(m) = &file.engine
+                        && a.name == llm_agent::agent_name(role)
+                    {
+                        d.models = m.models.clone();
+                        d.tools = m.tools.clone();
+                        d.output = m.output.as_str().into();
+                        d.max_steps = m.budget.steps;
+                        d.max_tokens = m.budget.tokens;
+                        d.max_wall_time_ms = m.budget.wall_time.as_millis() as u64;
+                        d.max_cost_usd = m.budget.max_cost_usd;
+                    }
+                }
+                d
+            })
+            .collect()
+    }
+
+    /// What `AgentService/ListTools` answers: the tool registry, sorted by name.
+    pub fn describe_tools(&self) -> Vec<baton_proto::ToolDescription> {
+        self.tools
+            .infos()
+            .into_iter()
+            .map(|t| baton_proto::ToolDescription {
+                name: t.name,
+                description: t.description,
+                parameters_schema: t.parameters.to_string(),
+                side_effects: t.side_effects,
+            })
+            .collect()
+    }
+
+    /// Adds `AgentService` (`ListAgents`, `ListTools`) to `routes`.
+    pub fn add_grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        routes.add_service(baton_proto::agent_service_server::AgentServiceServer::new(
+            AgentApi {
+                ctx: self.ctx.clone(),
+                agents: Arc::new(self.describe_agents()),
+                tools: Arc::new(self.describe_tools()),
+            },
+        ));
+    }
 
     /// Runs one consumer per role until `shutdown` is cancelled, then waits for in-flight
     /// messages. If one consumer fails, the others are stopped and its error is returned.
@@ -353,6 +492,9 @@ impl baton_runtime::service::Service for AgentRunner {
         if config.inventory_path.as_os_str().is_empty() {
             config.inventory_path = common.data_dir.join("inventory.toml");
         }
+        if config.work_dir.as_os_str().is_empty() {
+            config.work_dir = common.data_dir.join("agent-work");
+        }
     }
 
     fn start(ctx: Context, config: Config) -> impl Future<Output = Result<Self, Error>> + Send {
@@ -365,6 +507,36 @@ impl baton_runtime::service::Service for AgentRunner {
 
     fn serve(self, shutdown: CancellationToken) -> impl Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
+    }
+}
+
+/// `AgentService`: what the runner registered at start (it does not change while it runs).
+struct AgentApi {
+    ctx: Context,
+    agents: Arc<Vec<baton_proto::AgentDescription>>,
+    tools: Arc<Vec<baton_proto::ToolDescription>>,
+}
+
+#[tonic::async_trait]
+impl baton_proto::agent_service_server::AgentService for AgentApi {
+    async fn list_agents(
+        &self,
+        request: tonic::Request<baton_proto::ListAgentsRequest>,
+    ) -> Result<tonic::Response<baton_proto::ListAgentsResponse>, tonic::Status> {
+        self.ctx.auth.authenticate(&request).await?;
+        Ok(tonic::Response::new(baton_proto::ListAgentsResponse {
+            agents: self.agents.as_ref().clone(),
+        }))
+    }
+
+    async fn list_tools(
+        &self,
+        request: tonic::Request<baton_proto::ListToolsRequest>,
+    ) -> Result<tonic::Response<baton_proto::ListToolsResponse>, tonic::Status> {
+        self.ctx.auth.authenticate(&request).await?;
+        Ok(tonic::Response::new(baton_proto::ListToolsResponse {
+            tools: self.tools.as_ref().clone(),
+        }))
     }
 }
 
@@ -404,7 +576,20 @@ impl Handler {
             return Ok("failed");
         };
         let started = Instant::now();
-        match agent.plan(task, spec).await {
+        // A model-backed agent may think for longer than the consumer's ack_wait: tell
+        // JetStream the message is in progress, a third of ack_wait apart, so it is not
+        // redelivered to another runner while this one works on it.
+        let work = agent.plan(task, spec);
+        tokio::pin!(work);
+        let every = (self.ctx.bus.config().ack_wait / 3).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let planned = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tick.tick() => d.in_progress().await,
+            }
+        };
+        match planned {
             Ok(mut plan) => {
                 // Who made the plan is the runner's word, from the registration: an agent's
                 // own claim about its name or kind is overwritten (validation trusts these).

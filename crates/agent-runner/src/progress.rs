@@ -209,6 +209,7 @@ mod tests {
             result: "secret data".into(),
             ok: true,
             latency_ms: 12,
+            ..Default::default()
         };
         let s = shown(&call);
         assert!(!s.arguments.contains("hunter2"), "{}", s.arguments);

@@ -15,7 +15,12 @@
 //! `agents.assign` (role → factory name) and `agents.noop_roles` from the configuration, and
 //! builds one agent per factory in use. No service code changes to add an agent.
 
+use crate::llm_agent::{LlmAgent, ModelProvider, Shared};
+use crate::spec::{self, AgentSpec, Engine};
+use crate::tool_policy::ToolPolicy;
+use crate::tools::{ToolFactory, ToolRegistry};
 use crate::{Agent, Config, DriftRunbook, Error, NoopAgent};
+use baton_llm::ProviderRegistry;
 use baton_runtime::Context;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,12 +104,33 @@ pub fn builtin_factories() -> Vec<AgentFactory> {
     ]
 }
 
-/// The agent of each role: built-ins, then `ctx.plugins`' factories, then the configuration's
-/// assignments, each factory built once.
+/// What [`assemble`] built: the agent of each role, the tools, and the agent files read.
+pub struct Assembly {
+    /// Role → agent.
+    pub agents: BTreeMap<String, Arc<dyn Agent>>,
+    /// The tool registry (built-ins and [`ToolFactory`] plug-ins).
+    pub tools: ToolRegistry,
+    /// The agent files of `agents.dir`, sorted by file name.
+    pub files: Vec<AgentSpec>,
+}
+
+/// Name of the factory an agent file of `role` becomes: `<role>-llm`.
+pub fn file_factory_name(role: &str) -> String {
+    format!("{role}-llm")
+}
+
+/// The agent of each role: built-ins, then `ctx.plugins`' factories, then the agent files of
+/// `agents.dir` (a model agent file becomes the factory `<role>-llm`, its models looked up among
+/// the [`ModelProvider`] plug-ins and the last registered [`ProviderRegistry`] plug-in, which
+/// `baton up` builds from `[llm]`; a runbook file assigns
+/// its role to the named factory), then the configuration's assignments, each factory built
+/// once.
 ///
-/// Errors: [`Error::Config`] when `agents.assign` names a factory nobody registered (the
-/// message lists the registered ones); [`Error::Agent`] when a factory fails.
-pub fn assemble(ctx: &Context, config: &Config) -> Result<BTreeMap<String, Arc<dyn Agent>>, Error> {
+/// Errors: [`Error::AgentFile`] naming the file and line of a bad agent file;
+/// [`Error::Tool`] when a tool or the tool policy cannot be set up; [`Error::Config`] when
+/// `agents.assign` names a factory nobody registered (the message lists the registered ones);
+/// [`Error::Agent`] when a factory fails.
+pub fn assemble(ctx: &Context, config: &Config) -> Result<Assembly, Error> {
     let mut factories: BTreeMap<String, AgentFactory> = BTreeMap::new();
     let mut assignment: BTreeMap<String, String> = BTreeMap::new();
     for f in builtin_factories()
@@ -115,6 +141,62 @@ pub fn assemble(ctx: &Context, config: &Config) -> Result<BTreeMap<String, Arc<d
             assignment.insert(role.clone(), f.name.clone());
         }
         factories.insert(f.name.clone(), f);
+    }
+    let tools = ToolRegistry::build(config, ctx.plugins.all::<ToolFactory>())?;
+    let mut files = Vec::new();
+    if !config.dir.as_os_str().is_empty() {
+        let runbooks: Vec<String> = factories.keys().cloned().collect();
+        files = spec::load_dir(&config.dir, &tools.names(), &runbooks)?;
+        let policy = if config.tool_policy.as_os_str().is_empty() {
+            ToolPolicy::builtin()
+        } else {
+            ToolPolicy::load(&config.tool_policy)
+        }
+        .map_err(|reason| Error::Tool {
+            tool: "policy".into(),
+            reason,
+        })?;
+        let shared = Shared {
+            tools: tools.clone(),
+            policy,
+            bus: Some(ctx.bus.clone()),
+            work_dir: config.effective_work_dir(),
+            tool_output_limit: config.tool_output_limit,
+            max_output_tokens: config.max_output_tokens,
+            progress: crate::progress::ProgressPublisher::new(&ctx.bus),
+        };
+        let providers: Vec<ModelProvider> = ctx.plugins.all::<ModelProvider>().to_vec();
+        let llm = ctx.plugins.all::<ProviderRegistry>().last().cloned();
+        for file in &files {
+            match &file.engine {
+                Engine::Runbook(name) => {
+                    assignment.insert(file.role.clone(), name.clone());
+                }
+                Engine::Model(model) => {
+                    let name = file_factory_name(&file.role);
+                    let role = file.role.clone();
+                    let (file, model, providers, shared, llm) = (
+                        file.clone(),
+                        model.clone(),
+                        providers.clone(),
+                        shared.clone(),
+                        llm.clone(),
+                    );
+                    let factory = AgentFactory::new(&name, &[role.as_str()], move |_| {
+                        let agent = LlmAgent::new(
+                            &file,
+                            model.clone(),
+                            &providers,
+                            llm.as_ref(),
+                            shared.clone(),
+                        );
+                        Ok(Arc::new(agent) as Arc<dyn Agent>)
+                    });
+                    assignment.insert(factory.roles[0].clone(), name.clone());
+                    factories.insert(name, factory);
+                }
+            }
+        }
     }
     for (role, name) in &config.assign {
         assignment.insert(role.clone(), name.clone());
@@ -145,5 +227,9 @@ pub fn assemble(ctx: &Context, config: &Config) -> Result<BTreeMap<String, Arc<d
         };
         agents.insert(role, agent);
     }
-    Ok(agents)
+    Ok(Assembly {
+        agents,
+        tools,
+        files,
+    })
 }

@@ -11,7 +11,7 @@
 //! | `admin` | everything | everything | everything: creates and updates the streams |
 //! | `ingestion` | `baton.task.received`, `baton.ingestion.rejected` | `ingestion` | reads `BATON` by sequence |
 //! | `decision` | `baton.agent.*`, `baton.task.failed` | `decision` | |
-//! | `agent-runner` | `baton.task.proposed`, `baton.task.failed`, `baton.progress.>` (core NATS) | `agent-<role>` per role | |
+//! | `agent-runner` | `baton.task.proposed`, `baton.task.failed`, `baton.progress.>` (core NATS) | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay) |
 //! | `validation` | `baton.task.{approved,rejected,awaiting_approval}` | `validation` | KV `baton_approvals` |
 //! | `execution` | `baton.execution.>`, `baton.task.{completed,failed}` | `execution` | KV `baton_executions`, `baton_execution_attempts` |
 //! | `audit` | nothing on the path; subscribes to `baton.progress.>` (core NATS) | `audit` (BATON), `audit-dead` (BATON_DEAD) | KV `baton_audit_anchor` (the signed head of the log; only audit may write it) |
@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 
 /// Name of the identity that creates the streams (`baton up` and tools).
 pub const ADMIN: &str = "admin";
+/// KV buckets of the agent runner: the journal of its agents' model and tool calls.
+const AGENT_RUNNER_BUCKETS: &[&str] = &["baton_agent_journal"];
 /// KV buckets of validation.
 const VALIDATION_BUCKETS: &[&str] = &["baton_approvals"];
 /// KV buckets of execution.
@@ -154,7 +156,7 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
             "agent-runner",
             &[s::TASK_PROPOSED, s::TASK_FAILED, &progress],
             &agent_consumers,
-            &[],
+            AGENT_RUNNER_BUCKETS,
         ),
         svc(
             "validation",
@@ -382,6 +384,7 @@ mod tests {
         assert_eq!(may("baton.execution.>"), ["execution"]);
         assert_eq!(may("$KV.baton_audit_anchor.>"), ["audit"]);
         assert_eq!(may("$KV.baton_approvals.>"), ["validation"]);
+        assert_eq!(may("$KV.baton_agent_journal.>"), ["agent-runner"]);
         let audit = users.iter().find(|u| u.name == "audit").unwrap();
         assert!(
             audit

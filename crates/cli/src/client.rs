@@ -37,6 +37,8 @@ pub struct Clients {
     pub tasks: TaskServiceClient<Authed>,
     /// `DecisionService` (decision): `Classify`, the decision it would make, without publishing.
     pub decisions: baton_proto::decision_service_client::DecisionServiceClient<Authed>,
+    /// `AgentService` (agent runner): `ListAgents`, `ListTools`.
+    pub agents: baton_proto::agent_service_client::AgentServiceClient<Authed>,
 }
 
 /// Why a client could not be made.
@@ -120,7 +122,10 @@ impl Clients {
             approvals: ApprovalServiceClient::new(i(channel.clone())),
             executions: ExecutionServiceClient::new(i(channel.clone())),
             tasks: TaskServiceClient::new(i(channel.clone())),
-            decisions: baton_proto::decision_service_client::DecisionServiceClient::new(i(channel)),
+            decisions: baton_proto::decision_service_client::DecisionServiceClient::new(i(
+                channel.clone()
+            )),
+            agents: baton_proto::agent_service_client::AgentServiceClient::new(i(channel)),
         })
     }
 }

@@ -106,6 +106,11 @@ enum Command {
     /// Lists the roles tasks may be routed to and the environments they may target (the
     /// `[catalog]` the services run with).
     Roles,
+    /// Lists the agent of each role: name, kind, and what its agent file declares (models,
+    /// tools, output, budgets).
+    Agents,
+    /// Lists the tools LLM agents may call: name, side effects, description.
+    Tools,
     /// Approves a plan waiting for approval (needs the approver role).
     Approve {
         /// Task id of the waiting plan.
@@ -269,6 +274,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pending => list_pending(&config).await,
         Command::Roles => list_roles(&config).await,
+        Command::Agents => list_agents(&config).await,
+        Command::Tools => list_tools(&config).await,
         Command::Approve {
             id,
             reason,
@@ -581,6 +588,70 @@ async fn list_roles(config: &BatonConfig) -> anyhow::Result<ExitCode> {
         .into_inner();
     println!("roles: {}", r.roles.join(", "));
     println!("environments: {}", r.environments.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton agents`: `AgentService/ListAgents`, one block per role.
+async fn list_agents(config: &BatonConfig) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    let r = c
+        .agents
+        .list_agents(baton_proto::ListAgentsRequest {})
+        .await?
+        .into_inner();
+    for a in r.agents {
+        let kind = match a.kind() {
+            baton_proto::AgentKind::Llm => "llm",
+            baton_proto::AgentKind::Runbook => "runbook",
+            baton_proto::AgentKind::Unspecified => "unspecified",
+        };
+        println!("{:<12} {} ({kind})", a.role, a.name);
+        if !a.description.is_empty() {
+            println!("             {}", a.description);
+        }
+        if !a.models.is_empty() {
+            println!(
+                "             models: {}; output: {}; tools: {}",
+                a.models.join(", "),
+                a.output,
+                if a.tools.is_empty() {
+                    "none".to_string()
+                } else {
+                    a.tools.join(", ")
+                }
+            );
+            println!(
+                "             budget: {} steps, {} tokens, {} s{}",
+                a.max_steps,
+                a.max_tokens,
+                a.max_wall_time_ms / 1000,
+                if a.max_cost_usd > 0.0 {
+                    format!(", ${:.2}", a.max_cost_usd)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton tools`: `AgentService/ListTools`, one line per tool.
+async fn list_tools(config: &BatonConfig) -> anyhow::Result<ExitCode> {
+    let mut c = connect(config, &[Role::Submitter]).await?;
+    let r = c
+        .agents
+        .list_tools(baton_proto::ListToolsRequest {})
+        .await?
+        .into_inner();
+    for t in r.tools {
+        let effects = if t.side_effects {
+            "side effects"
+        } else {
+            "read-only"
+        };
+        println!("{:<18} {effects:<12} {}", t.name, t.description);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -183,6 +183,19 @@ impl Baton {
             config.llm.set_local_url(server.base_url().to_string());
             llama_server = Some(server);
         }
+        // The `[llm]` providers, for the agents declared in files: the agent runner looks up
+        // each agent's models by name in this registry (a plug-in like any other).
+        let mut plugins = plugins;
+        if !config.llm.providers.is_empty() {
+            let registry = config
+                .llm
+                .registry(|var| std::env::var(var).ok())
+                .map_err(|e| UpError::Service {
+                    service: "agent-runner",
+                    reason: e.to_string(),
+                })?;
+            plugins.register(registry);
+        }
         let ctx = baton_runtime::service::connect(&config.common)
             .await?
             .with_plugins(plugins.shared());

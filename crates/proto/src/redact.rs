@@ -421,7 +421,7 @@ impl Redact for Artifact {
 
 impl Redact for ToolCall {
     fn redact(&mut self) -> bool {
-        json_string(&mut self.arguments) | json_string(&mut self.result)
+        json_string(&mut self.arguments) | json_string(&mut self.result) | self.reason.redact()
     }
 }
 

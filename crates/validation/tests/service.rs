@@ -351,7 +351,10 @@ async fn production_plan_without_canary_is_rejected_with_the_policy_message() {
     };
     let policy = r.validation.as_ref().unwrap().policy.as_ref().unwrap();
     assert!(!policy.allowed);
-    assert_eq!(policy.policies, ["production_safety.rego", "sandbox.rego"]);
+    assert_eq!(
+        policy.policies,
+        ["production_safety.rego", "sandbox.rego", "tools.rego"]
+    );
     assert_eq!(policy.policy_version.len(), 64);
     assert_eq!(
         r.validation

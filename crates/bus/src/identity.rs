@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | `admin` | everything | everything | everything: creates and updates the streams |
 //! | `ingestion` | `baton.task.received`, `baton.ingestion.rejected` | `ingestion` | reads `BATON` by sequence |
-//! | `decision` | `baton.agent.*`, `baton.task.failed` | `decision` | |
+//! | `decision` | `baton.agent.*`, `baton.task.{failed,awaiting_clarification,rejected}` | `decision` | KV `baton_clarifications` |
 //! | `agent-runner` | `baton.task.proposed`, `baton.task.failed` | `agent-<role>` per role | |
 //! | `validation` | `baton.task.{approved,rejected,awaiting_approval}` | `validation` | KV `baton_approvals` |
 //! | `execution` | `baton.execution.>`, `baton.task.{completed,failed}` | `execution` | KV `baton_executions`, `baton_execution_attempts` |
@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 
 /// Name of the identity that creates the streams (`baton up` and tools).
 pub const ADMIN: &str = "admin";
+/// KV buckets of decision: the tasks waiting for an operator to choose their role.
+const DECISION_BUCKETS: &[&str] = &["baton_clarifications"];
 /// KV buckets of validation.
 const VALIDATION_BUCKETS: &[&str] = &["baton_approvals"];
 /// KV buckets of execution.
@@ -136,9 +138,14 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
         ingestion,
         svc(
             "decision",
-            &[&format!("{}.*", s::AGENT_PREFIX), s::TASK_FAILED],
+            &[
+                &format!("{}.*", s::AGENT_PREFIX),
+                s::TASK_FAILED,
+                s::TASK_AWAITING_CLARIFICATION,
+                s::TASK_REJECTED,
+            ],
             &[(main, "decision")],
-            &[],
+            DECISION_BUCKETS,
         ),
         svc(
             "agent-runner",

@@ -8,8 +8,10 @@
 //!   seed files and the server's authorization block, for `baton up` and `baton nats-config`.
 //! - [`client`]: gRPC clients with bearer tokens, and [`client::describe`], the one-line
 //!   rendering of an event that `baton watch` and the demo print.
+//! - [`routing`]: `baton eval-routing`, `baton classify`, `baton route` and `baton shadow`.
 
 pub mod client;
 pub mod config;
 pub mod nats_auth;
+pub mod routing;
 pub mod up;

@@ -24,6 +24,8 @@ case "$BATON_TEST_POSTGRES_URL" in
   postgres://*) export BATON_TEST_POSTGRES_URL ;;
   *) echo "test.sh: deploy/postgres.sh printed '$BATON_TEST_POSTGRES_URL', not a postgres:// URL" >&2; exit 1 ;;
 esac
+# The decision classifier's MiniLM weights (cached after the first run).
+export "$(bash deploy/minilm.sh --env)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
 cargo nextest run --workspace --no-fail-fast "$@"
 # The deployments, when no nextest arguments narrow the run: the Kubernetes manifests against

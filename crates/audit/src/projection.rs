@@ -127,6 +127,12 @@ impl TaskRow {
                 }
                 (TaskStatus::Routed, None)
             }
+            Body::AwaitingClarification(a) => {
+                if let Some(task) = &a.task {
+                    self.fill_task(task);
+                }
+                (TaskStatus::AwaitingClarification, None)
+            }
             Body::PlanProposed(_) => (TaskStatus::Proposed, None),
             Body::AwaitingApproval(_) => (TaskStatus::AwaitingApproval, None),
             Body::TaskApproved(_) => (TaskStatus::Approved, None),
@@ -328,12 +334,13 @@ fn rank(s: TaskStatus) -> u8 {
     match s {
         TaskStatus::Unspecified => 0,
         TaskStatus::Received => 1,
-        TaskStatus::Routed => 2,
-        TaskStatus::Proposed => 3,
-        TaskStatus::AwaitingApproval => 4,
-        TaskStatus::Approved => 5,
-        TaskStatus::Executing => 6,
-        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Rejected => 7,
+        TaskStatus::AwaitingClarification => 2,
+        TaskStatus::Routed => 3,
+        TaskStatus::Proposed => 4,
+        TaskStatus::AwaitingApproval => 5,
+        TaskStatus::Approved => 6,
+        TaskStatus::Executing => 7,
+        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Rejected => 8,
     }
 }
 

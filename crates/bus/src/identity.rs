@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | `admin` | everything | everything | everything: creates and updates the streams |
 //! | `ingestion` | `baton.task.received`, `baton.ingestion.rejected` | `ingestion` | reads `BATON` by sequence |
-//! | `decision` | `baton.agent.*`, `baton.task.failed` | `decision` | |
+//! | `decision` | `baton.agent.*`, `baton.task.{failed,awaiting_clarification,rejected}` | `decision` | KV `baton_clarifications` |
 //! | `agent-runner` | `baton.task.proposed`, `baton.task.failed`, `baton.progress.>` (core NATS) | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay) |
 //! | `validation` | `baton.task.{approved,rejected,awaiting_approval}` | `validation` | KV `baton_approvals` |
 //! | `execution` | `baton.execution.>`, `baton.task.{completed,failed}` | `execution` | KV `baton_executions`, `baton_execution_attempts` |
@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 pub const ADMIN: &str = "admin";
 /// KV buckets of the agent runner: the journal of its agents' model and tool calls.
 const AGENT_RUNNER_BUCKETS: &[&str] = &["baton_agent_journal"];
+/// KV buckets of decision: the tasks waiting for an operator to choose their role.
+const DECISION_BUCKETS: &[&str] = &["baton_clarifications"];
 /// KV buckets of validation.
 const VALIDATION_BUCKETS: &[&str] = &["baton_approvals"];
 /// KV buckets of execution.
@@ -148,9 +150,14 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
         ingestion,
         svc(
             "decision",
-            &[&format!("{}.*", s::AGENT_PREFIX), s::TASK_FAILED],
+            &[
+                &format!("{}.*", s::AGENT_PREFIX),
+                s::TASK_FAILED,
+                s::TASK_AWAITING_CLARIFICATION,
+                s::TASK_REJECTED,
+            ],
             &[(main, "decision")],
-            &[],
+            DECISION_BUCKETS,
         ),
         svc(
             "agent-runner",

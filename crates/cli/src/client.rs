@@ -200,6 +200,13 @@ pub fn describe(record: &AuditRecord) -> String {
                 }
             )
         }
+        Some(Body::AwaitingClarification(a)) => {
+            let d = a.decision.clone().unwrap_or_default();
+            format!(
+                "waiting for an operator to choose the role (`baton route`): {}",
+                d.explanation
+            )
+        }
         Some(Body::AwaitingApproval(a)) => {
             let v = a
                 .pending

@@ -10,9 +10,11 @@
 //!   rendering of an event that `baton watch` and the demo print.
 //! - [`inspect`]: what `baton task` (a task, its report and artifacts, `--artifact`) and
 //!   `baton watch` (events and the agent's live progress) print.
+//! - [`routing`]: `baton eval-routing`, `baton classify`, `baton route` and `baton shadow`.
 
 pub mod client;
 pub mod config;
 pub mod inspect;
 pub mod nats_auth;
+pub mod routing;
 pub mod up;

@@ -101,7 +101,8 @@ enum Command {
         /// Task id (as `submit` printed it).
         id: String,
     },
-    /// Lists plans waiting for approval.
+    /// Lists plans waiting for approval, and tasks waiting for an operator to choose their
+    /// role (`awaiting_clarification`; answer with `baton route`).
     Pending,
     /// Lists the roles tasks may be routed to and the environments they may target (the
     /// `[catalog]` the services run with).
@@ -131,6 +132,17 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Measures the decision chain over a labelled file: accuracy, per-tier figures, a
+    /// confusion matrix and classify latency (in process; nothing is published).
+    EvalRouting(baton::routing::EvalArgs),
+    /// Shows the decision the decision service would make for a request, with every tier's
+    /// candidate and explanation (nothing is published).
+    Classify(baton::routing::ClassifyArgs),
+    /// Routes a task awaiting clarification to a role, or rejects it (needs the operator role).
+    Route(baton::routing::RouteArgs),
+    /// Replays the decisions recorded in the audit log through candidate rules and examples
+    /// and lists the tasks whose role would change (routes nothing).
+    Shadow(baton::routing::ShadowArgs),
     /// Audit log commands.
     Audit {
         #[command(subcommand)]
@@ -285,6 +297,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => verify_audit(&config).await,
+        Command::EvalRouting(args) => baton::routing::eval_routing(&config, args).await,
+        Command::Classify(args) => {
+            baton::routing::classify(connect(&config, &[Role::Submitter]).await?, args).await
+        }
+        Command::Route(args) => {
+            baton::routing::route(connect(&config, &[Role::Operator]).await?, args).await
+        }
+        Command::Shadow(args) => {
+            let c = connect(&config, &[Role::Operator]).await?;
+            baton::routing::shadow(&config, c, args).await
+        }
     }
 }
 
@@ -575,6 +598,7 @@ async fn list_pending(config: &BatonConfig) -> anyhow::Result<ExitCode> {
             p.plan_hash
         );
     }
+    baton::routing::print_awaiting(&mut c).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,18 +15,24 @@
 //! fallback rule routes the task to the assistant. `DecisionService/ListRoles` reports the
 //! catalog's roles and environments.
 
+pub mod embedding;
+pub mod eval;
 pub mod rules;
+pub mod shadow;
 pub mod tiers;
 
 pub use tiers::{TierFactory, TierSetup};
 
+use baton_bus::kv::Kv;
 use baton_bus::{ConsumerSpec, Delivery, HandlerError};
 use baton_proto::decision_service_server::{
     DecisionService as DecisionServiceApi, DecisionServiceServer,
 };
 use baton_proto::{
-    ClassifyRequest, ClassifyResponse, FailureCode, ListRolesRequest, ListRolesResponse, Task,
-    TaskReceived, TaskRouted, event::Body, subject,
+    ClassifyRequest, ClassifyResponse, DecisionTier, FailureCode, ListAwaitingRequest,
+    ListAwaitingResponse, ListRolesRequest, ListRolesResponse, RejectTaskRequest,
+    RejectTaskResponse, RouteRequest, RouteResponse, Task, TaskAwaitingClarification, TaskReceived,
+    TaskRouted, event::Body, subject,
 };
 use baton_runtime::Context;
 use futures::future::BoxFuture;
@@ -60,6 +66,25 @@ pub struct Config {
     /// registered as a plug-in, in registration order. A name nobody registered is refused at
     /// start with the list of registered tiers.
     pub tiers: Vec<String>,
+    /// `[decision.embedding]`: the in-process embedding classifier (model directory, examples,
+    /// thresholds). Without `model_dir` there is no embedding tier.
+    pub embedding: embedding::EmbeddingConfig,
+    /// What happens when no tier is confident: `clarify` (the task waits as
+    /// `awaiting_clarification` until an operator routes or rejects it) or `fallback` (the
+    /// rules file's fallback rule, the assistant). `clarify` takes effect only when a tier
+    /// besides the rules is active: routing by keywords alone keeps the fallback.
+    pub when_unsure: WhenUnsure,
+}
+
+/// What the decision service does with a task no tier is confident about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenUnsure {
+    /// Ask a human: publish `TaskAwaitingClarification` and wait for `baton route`.
+    #[default]
+    Clarify,
+    /// Route by the rules file's fallback rule.
+    Fallback,
 }
 
 impl Default for Config {
@@ -68,6 +93,8 @@ impl Default for Config {
             rules_path: None,
             concurrency: 64,
             tiers: Vec::new(),
+            embedding: embedding::EmbeddingConfig::default(),
+            when_unsure: WhenUnsure::default(),
         }
     }
 }
@@ -81,7 +108,7 @@ impl Config {
                 "decision.concurrency must be at least 1".into(),
             ));
         }
-        Ok(())
+        self.embedding.validate()
     }
 }
 
@@ -137,9 +164,42 @@ pub enum Error {
         /// The tier's own reason (timeout, refused connection, 5xx).
         reason: String,
     },
+    /// A file of the embedding model is missing or does not load.
+    #[error(
+        "embedding model file {}: {problem}; run `{}` and set decision.embedding.model_dir to the directory it prints",
+        file.display(), embedding::FETCH_COMMAND
+    )]
+    Model {
+        /// The file at fault.
+        file: PathBuf,
+        /// What is wrong (no such file, not valid safetensors, a tensor missing).
+        problem: String,
+    },
+    /// The labelled examples do not check.
+    #[error("examples file {file} line {line}: {problem}")]
+    Examples {
+        /// The file (or `<built-in examples.jsonl>`).
+        file: String,
+        /// 1-based line number (0: the file as a whole).
+        line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The embedding forward pass failed.
+    #[error("embedding failed: {0}")]
+    Embedding(String),
+    /// No task with that id awaits clarification (for this tenant).
+    #[error("no task {0:?} awaits clarification: list them with `baton pending`")]
+    NotAwaiting(String),
+    /// The caller may not route or reject tasks.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// NATS failed.
     #[error(transparent)]
     Bus(#[from] baton_bus::BusError),
+    /// The bucket of tasks awaiting clarification failed.
+    #[error(transparent)]
+    Kv(#[from] baton_bus::KvError),
 }
 
 impl Error {
@@ -150,10 +210,17 @@ impl Error {
             Error::UnknownRole { .. } => Some(FailureCode::UnknownRole),
             Error::UnknownEnvironment { .. } => Some(FailureCode::UnknownEnvironment),
             Error::InvalidRequest(_) => Some(FailureCode::InvalidTask),
-            Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => {
-                Some(FailureCode::DecisionMisconfigured)
-            }
-            Error::ClassifierUnavailable { .. } | Error::Bus(_) => None,
+            Error::Rules { .. }
+            | Error::ReadRules { .. }
+            | Error::Config(_)
+            | Error::Model { .. }
+            | Error::Examples { .. } => Some(FailureCode::DecisionMisconfigured),
+            Error::ClassifierUnavailable { .. }
+            | Error::Embedding(_)
+            | Error::Bus(_)
+            | Error::Kv(_)
+            | Error::NotAwaiting(_)
+            | Error::PermissionDenied(_) => None,
         }
     }
 }
@@ -164,10 +231,17 @@ impl From<Error> for tonic::Status {
             Error::UnknownRole { .. }
             | Error::UnknownEnvironment { .. }
             | Error::InvalidRequest(_) => tonic::Code::InvalidArgument,
-            Error::Rules { .. } | Error::ReadRules { .. } | Error::Config(_) => {
-                tonic::Code::FailedPrecondition
+            Error::Rules { .. }
+            | Error::ReadRules { .. }
+            | Error::Config(_)
+            | Error::Model { .. }
+            | Error::Examples { .. } => tonic::Code::FailedPrecondition,
+            Error::ClassifierUnavailable { .. } | Error::Bus(_) | Error::Kv(_) => {
+                tonic::Code::Unavailable
             }
-            Error::ClassifierUnavailable { .. } | Error::Bus(_) => tonic::Code::Unavailable,
+            Error::Embedding(_) => tonic::Code::Internal,
+            Error::NotAwaiting(_) => tonic::Code::NotFound,
+            Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -177,8 +251,13 @@ impl From<Error> for tonic::Status {
 /// confidence), or `None` when it has no opinion; the [`Decider`] accepts the first decision at
 /// or above the rules' `min_confidence`. Async so that model-backed tiers fit.
 pub trait Classifier: Send + Sync {
-    /// Short name for logs (`rules`, `classifier`, `llm`).
+    /// Short name for logs (`rules`, `embedding`, `llm`).
     fn name(&self) -> &str;
+    /// The confidence this tier's decisions must reach to be taken; `None` (the default) uses
+    /// the rules file's `defaults.min_confidence`.
+    fn min_confidence(&self) -> Option<f64> {
+        None
+    }
     /// Classifies `task`.
     ///
     /// Errors: [`Error::ClassifierUnavailable`] for a transient failure (the task is retried),
@@ -204,11 +283,33 @@ impl Classifier for RulesClassifier {
     }
 }
 
-/// The classification chain: explicit role, then the tiers in order, then the fallback rule.
+/// `Decision.matched_by` of a task left for a human (tier HUMAN, no role chosen yet).
+pub const AWAITING_CLARIFICATION: &str = "awaiting_clarification";
+
+/// A decision with what every tier thought on the way to it.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    /// The decision taken: a route, or (tier HUMAN, matched_by [`AWAITING_CLARIFICATION`]) a
+    /// task left for an operator, whose spec is the best candidate's (a guess, not a route).
+    pub decision: baton_proto::Decision,
+    /// Each tier's candidate, in the order asked (tiers with no opinion are left out).
+    pub candidates: Vec<baton_proto::Decision>,
+}
+
+impl Explained {
+    /// Whether the task waits for an operator.
+    pub fn awaits_clarification(&self) -> bool {
+        self.decision.tier() == DecisionTier::Human
+    }
+}
+
+/// The classification chain: explicit role, then the tiers in order, then a human (or the
+/// fallback rule).
 #[derive(Clone)]
 pub struct Decider {
     rules: Arc<RuleSet>,
     tiers: Vec<Arc<dyn Classifier>>,
+    when_unsure: WhenUnsure,
 }
 
 impl Decider {
@@ -219,14 +320,36 @@ impl Decider {
     }
 
     /// A chain of `tiers`, in order; `rules` still give the explicit role check, the
-    /// `min_confidence` every tier must reach, and the fallback.
+    /// `min_confidence` of tiers that set none, and the fallback. When no tier is confident,
+    /// the fallback rule routes the task unless [`Decider::when_unsure`] says `clarify`.
     pub fn with_tiers(rules: Arc<RuleSet>, tiers: Vec<Arc<dyn Classifier>>) -> Decider {
-        Decider { rules, tiers }
+        Decider {
+            rules,
+            tiers,
+            when_unsure: WhenUnsure::Fallback,
+        }
+    }
+
+    /// Sets what happens when no tier is confident.
+    pub fn when_unsure(mut self, when_unsure: WhenUnsure) -> Decider {
+        self.when_unsure = when_unsure;
+        self
+    }
+
+    /// Whether an unsure task waits for a human: `clarify` and a tier other than the rules.
+    pub fn clarifies(&self) -> bool {
+        self.when_unsure == WhenUnsure::Clarify
+            && self.tiers.iter().any(|t| t.name() != tiers::RULES_TIER)
     }
 
     /// The tiers' names, in order (`["rules"]`).
     pub fn tier_names(&self) -> Vec<String> {
         self.tiers.iter().map(|t| t.name().to_string()).collect()
+    }
+
+    /// The tiers, in order.
+    pub fn tiers(&self) -> &[Arc<dyn Classifier>] {
+        &self.tiers
     }
 
     /// Appends a tier, tried after the existing ones.
@@ -240,26 +363,76 @@ impl Decider {
         &self.rules
     }
 
+    /// The rules in use, shared.
+    pub fn rules_arc(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
     /// Classifies `task`.
     ///
     /// Errors: [`Error::UnknownRole`], [`Error::UnknownEnvironment`], [`Error::InvalidRequest`]
     /// for a task that cannot be routed; [`Error::ClassifierUnavailable`] from a tier.
     pub async fn decide(&self, task: &Task) -> Result<baton_proto::Decision, Error> {
+        Ok(self.explain(task).await?.decision)
+    }
+
+    /// Classifies `task` and keeps every tier's candidate.
+    ///
+    /// Errors: as [`Decider::decide`].
+    pub async fn explain(&self, task: &Task) -> Result<Explained, Error> {
         rules::check_task(task)?;
         if let Some(d) = self.rules.explicit(task)? {
-            return Ok(d);
+            return Ok(Explained {
+                decision: d,
+                candidates: Vec::new(),
+            });
         }
+        let mut candidates: Vec<baton_proto::Decision> = Vec::new();
         let mut best: Option<baton_proto::Decision> = None;
         for tier in &self.tiers {
-            match tier.classify(task).await? {
-                Some(d) if d.confidence >= self.rules.min_confidence => return Ok(d),
-                Some(d) if best.as_ref().is_none_or(|b| d.confidence > b.confidence) => {
-                    best = Some(d)
-                }
-                _ => {}
+            let threshold = tier.min_confidence().unwrap_or(self.rules.min_confidence);
+            let Some(d) = tier.classify(task).await? else {
+                continue;
+            };
+            candidates.push(d.clone());
+            if d.confidence >= threshold {
+                return Ok(Explained {
+                    decision: d,
+                    candidates,
+                });
+            }
+            if best.as_ref().is_none_or(|b| d.confidence > b.confidence) {
+                best = Some(d);
             }
         }
-        self.rules.fallback(task, best.as_ref())
+        if self.clarifies() {
+            let mut decision = match &best {
+                Some(b) => b.clone(),
+                None => self.rules.fallback(task, None)?,
+            };
+            decision.explanation = format!(
+                "no tier was confident ({}); waiting for an operator: `baton route <task-id> --role <role>`",
+                if candidates.is_empty() {
+                    "none had an opinion".to_string()
+                } else {
+                    candidates
+                        .iter()
+                        .map(|c| format!("{} {:.2}", c.matched_by, c.confidence))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+            decision.tier = DecisionTier::Human.into();
+            decision.matched_by = AWAITING_CLARIFICATION.to_string();
+            return Ok(Explained {
+                decision,
+                candidates,
+            });
+        }
+        Ok(Explained {
+            decision: self.rules.fallback(task, best.as_ref())?,
+            candidates,
+        })
     }
 }
 
@@ -275,7 +448,16 @@ struct Inner {
     ctx: Context,
     config: Config,
     decider: Decider,
+    /// Tasks waiting for an operator, by task id (bucket [`AWAITING_BUCKET`]); opened on the
+    /// first use.
+    awaiting: tokio::sync::OnceCell<Kv<TaskAwaitingClarification>>,
 }
+
+/// KV bucket of the tasks awaiting clarification (key: task id; a routed or rejected task's
+/// key is purged).
+pub const AWAITING_BUCKET: &str = "baton_clarifications";
+/// Revisions kept per key of [`AWAITING_BUCKET`].
+pub const AWAITING_HISTORY: i64 = 1;
 
 impl Router {
     /// Loads and checks the rules (from `config.rules_path`, or the built-in ones).
@@ -298,6 +480,7 @@ impl Router {
                 ctx,
                 config,
                 decider,
+                awaiting: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -353,8 +536,41 @@ impl Inner {
                 event.event_id
             ))
         })?;
-        match self.decider.decide(&task).await {
-            Ok(decision) => {
+        match self.decider.explain(&task).await {
+            Ok(explained) if explained.awaits_clarification() => {
+                info!(
+                    task_id = %event.task_id,
+                    candidates = ?explained.candidates.iter().map(|c| (&c.matched_by, c.confidence)).collect::<Vec<_>>(),
+                    "no tier is confident: task awaits clarification"
+                );
+                let waiting = TaskAwaitingClarification {
+                    task: Some(task),
+                    decision: Some(explained.decision),
+                    candidates: explained.candidates,
+                };
+                // Saved before it is announced, so that `baton route` finds every task `baton
+                // pending` lists; a redelivery finds the key taken and announces again (the
+                // event id makes the second publish a duplicate).
+                let kv = self
+                    .awaiting()
+                    .await
+                    .map_err(|e| HandlerError::Retry(e.to_string()))?;
+                match kv.create(&event.task_id, &waiting).await {
+                    Ok(_) | Err(baton_bus::KvError::Conflict { .. }) => {}
+                    Err(e) => return Err(HandlerError::Retry(e.to_string())),
+                }
+                let out = event.follow(
+                    "awaiting_clarification",
+                    SERVICE,
+                    Body::AwaitingClarification(waiting),
+                );
+                self.ctx
+                    .bus
+                    .publish(subject::TASK_AWAITING_CLARIFICATION, &out)
+                    .await?;
+                Ok("awaiting_clarification")
+            }
+            Ok(Explained { decision, .. }) => {
                 let spec = decision.spec.as_ref().expect("decisions carry a spec");
                 let subject = subject::agent(&spec.role);
                 info!(
@@ -391,6 +607,51 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The bucket of tasks awaiting clarification.
+    async fn awaiting(&self) -> Result<&Kv<TaskAwaitingClarification>, Error> {
+        self.awaiting
+            .get_or_try_init(|| self.ctx.bus.kv(AWAITING_BUCKET, AWAITING_HISTORY))
+            .await
+            .map_err(Error::from)
+    }
+
+    /// The waiting task `task_id`, if `principal` may see it.
+    async fn waiting(
+        &self,
+        principal: &baton_runtime::auth::Principal,
+        task_id: &str,
+    ) -> Result<TaskAwaitingClarification, Error> {
+        let not_found = || Error::NotAwaiting(task_id.to_string());
+        if task_id.is_empty() || task_id.contains(['.', '*', '>', ' ']) {
+            return Err(not_found());
+        }
+        let (w, _) = self
+            .awaiting()
+            .await?
+            .get(task_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let tenant = w
+            .task
+            .as_ref()
+            .map(|t| t.tenant.as_str())
+            .unwrap_or_default();
+        if !principal.can_see(tenant) {
+            return Err(not_found());
+        }
+        Ok(w)
+    }
+
+    /// The first event of an operator's answer to waiting task `w`.
+    fn answer(w: &TaskAwaitingClarification, stage: &str, body: Body) -> baton_proto::Event {
+        let task = w.task.clone().unwrap_or_default();
+        let mut e = baton_proto::Event::first(&task.task_id, &task.tenant, stage, SERVICE, body);
+        e.causation_id = format!("{}.awaiting_clarification", task.task_id);
+        e
+    }
+}
+
 /// The `DecisionService` gRPC server.
 struct DecisionApi {
     inner: Arc<Inner>,
@@ -413,9 +674,158 @@ impl DecisionServiceApi for DecisionApi {
             trigger: Some(trigger),
             received_at: Some(baton_proto::now()),
         };
-        let decision = self.inner.decider.decide(&task).await?;
+        let explained = self.inner.decider.explain(&task).await?;
         Ok(tonic::Response::new(ClassifyResponse {
+            decision: Some(explained.decision),
+            candidates: explained.candidates,
+        }))
+    }
+
+    async fn list_awaiting(
+        &self,
+        request: tonic::Request<ListAwaitingRequest>,
+    ) -> Result<tonic::Response<ListAwaitingResponse>, tonic::Status> {
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
+        let kv = self.inner.awaiting().await?;
+        let mut awaiting = Vec::new();
+        for key in kv.keys().await.map_err(Error::from)? {
+            // A key purged between listing and reading has been answered meanwhile.
+            if let Some((w, _)) = kv.get(&key).await.map_err(Error::from)?
+                && principal.can_see(
+                    w.task
+                        .as_ref()
+                        .map(|t| t.tenant.as_str())
+                        .unwrap_or_default(),
+                )
+            {
+                awaiting.push(w);
+            }
+        }
+        let received = |w: &TaskAwaitingClarification| {
+            w.task
+                .as_ref()
+                .and_then(|t| t.received_at)
+                .map(|t| (t.seconds, t.nanos))
+                .unwrap_or_default()
+        };
+        awaiting.sort_by_key(|w| (received(w), w.task.as_ref().map(|t| t.task_id.clone())));
+        Ok(tonic::Response::new(ListAwaitingResponse { awaiting }))
+    }
+
+    async fn route(
+        &self,
+        request: tonic::Request<RouteRequest>,
+    ) -> Result<tonic::Response<RouteResponse>, tonic::Status> {
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
+        principal.require(baton_runtime::auth::Role::Operator)?;
+        let req = request.into_inner();
+        let w = self.inner.waiting(&principal, &req.task_id).await?;
+        let task = w.task.clone().unwrap_or_default();
+        let role = req.role.trim().to_ascii_lowercase();
+        if !self.inner.ctx.catalog.has_role(&role) {
+            return Err(Error::UnknownRole {
+                role: req.role,
+                known: self.inner.ctx.catalog.roles_text(),
+            }
+            .into());
+        }
+        let (spec, context) = self.inner.decider.rules().spec_for_role(&task, &role)?;
+        let reason = if req.reason.trim().is_empty() {
+            String::new()
+        } else {
+            format!(": {}", req.reason.trim())
+        };
+        let decision = baton_proto::Decision {
+            spec: Some(spec),
+            confidence: 1.0,
+            tier: DecisionTier::Human.into(),
+            matched_by: format!("operator:{}", principal.subject),
+            explanation: format!(
+                "routed to {role} by {}{reason}; {context}",
+                principal.subject
+            ),
+        };
+        let out = Inner::answer(
+            &w,
+            "routed",
+            Body::TaskRouted(TaskRouted {
+                task: Some(task.clone()),
+                decision: Some(decision.clone()),
+            }),
+        );
+        self.inner
+            .ctx
+            .bus
+            .publish(&subject::agent(&role), &out)
+            .await
+            .map_err(Error::from)?;
+        self.inner
+            .awaiting()
+            .await?
+            .purge(&task.task_id)
+            .await
+            .map_err(Error::from)?;
+        info!(task_id = %task.task_id, %role, operator = %principal.subject, "task routed by an operator");
+        Ok(tonic::Response::new(RouteResponse {
             decision: Some(decision),
+        }))
+    }
+
+    async fn reject_task(
+        &self,
+        request: tonic::Request<RejectTaskRequest>,
+    ) -> Result<tonic::Response<RejectTaskResponse>, tonic::Status> {
+        let principal = self.inner.ctx.auth.authenticate(&request).await?;
+        principal.require(baton_runtime::auth::Role::Operator)?;
+        let req = request.into_inner();
+        if req.reason.trim().is_empty() {
+            return Err(Error::InvalidRequest(
+                "reason is required: say why the task is rejected".into(),
+            )
+            .into());
+        }
+        let w = self.inner.waiting(&principal, &req.task_id).await?;
+        let task_id = w
+            .task
+            .as_ref()
+            .map(|t| t.task_id.clone())
+            .unwrap_or_default();
+        let approval = baton_proto::Approval {
+            task_id: task_id.clone(),
+            approver: principal.subject.clone(),
+            approved: false,
+            reason: req.reason.trim().to_string(),
+            decided_at: Some(baton_proto::now()),
+            plan_hash: String::new(),
+        };
+        let out = Inner::answer(
+            &w,
+            "rejected",
+            Body::TaskRejected(baton_proto::TaskRejected {
+                validation: None,
+                approval: Some(approval.clone()),
+                reasons: vec![format!(
+                    "rejected by {} while awaiting clarification: {}",
+                    principal.subject,
+                    req.reason.trim()
+                )],
+            }),
+        );
+        self.inner
+            .ctx
+            .bus
+            .publish(subject::TASK_REJECTED, &out)
+            .await
+            .map_err(Error::from)?;
+        self.inner
+            .awaiting()
+            .await?
+            .purge(&task_id)
+            .await
+            .map_err(Error::from)?;
+        info!(task_id = %task_id, operator = %principal.subject, "waiting task rejected by an operator");
+        Ok(tonic::Response::new(RejectTaskResponse {
+            approval: Some(approval),
         }))
     }
 
@@ -471,7 +881,7 @@ pub async fn run(ctx: Context, config: Config, shutdown: CancellationToken) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_proto::{DecisionTier, Trigger};
+    use baton_proto::Trigger;
 
     fn task(text: &str) -> Task {
         Task {

@@ -225,6 +225,11 @@ impl RuleSet {
             .expect("the built-in rules.toml is valid")
     }
 
+    /// The text of the built-in rules file (to derive variants from in tests and tools).
+    pub fn builtin_text() -> &'static str {
+        DEFAULT_RULES
+    }
+
     /// The rules at `path`, or the built-in ones when `None`, checked against `catalog`.
     ///
     /// Errors: [`Error::ReadRules`] when the file cannot be read, [`Error::Rules`] naming the
@@ -401,6 +406,32 @@ impl RuleSet {
                 known: self.catalog.roles_text(),
             });
         }
+        let (spec, context) = self.spec_for_role(task, &role)?;
+        let matched_by = self
+            .rule_for_role(&role)
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| role.clone());
+        Ok(Some(Decision {
+            spec: Some(TaskSpec {
+                role: role.clone(),
+                ..spec
+            }),
+            confidence: 1.0,
+            tier: DecisionTier::Explicit.into(),
+            matched_by,
+            explanation: format!("role {role:?} requested by the trigger; {context}"),
+        }))
+    }
+
+    /// The TaskSpec for routing `task` to `role` (a catalog role), and a description of where
+    /// its values came from: the role's first rule supplies task type, tools and risk; a role
+    /// no rule names gets no tools and medium risk. Used by the tiers that choose a role
+    /// without a rule (the embedding classifier, a model, an operator).
+    ///
+    /// Errors: [`Error::UnknownEnvironment`], [`Error::InvalidRequest`].
+    pub fn spec_for_role(&self, task: &Task, role: &str) -> Result<(TaskSpec, String), Error> {
+        let trigger = trigger_of(task)?;
+        let role = role.to_string();
         let (spec, context) = match self.rule_for_role(&role) {
             Some(rule) => {
                 let (spec, context) = self.spec(rule, task)?;
@@ -421,7 +452,7 @@ impl RuleSet {
                     task_type: role.clone(),
                     role: role.clone(),
                     tools: Vec::new(),
-                    risk: Risk::Medium as i32,
+                    risk: Risk::Medium.into(),
                     environment: environment.clone(),
                     target: target.clone(),
                     intent: trigger.text.clone(),
@@ -435,20 +466,13 @@ impl RuleSet {
                 (spec, context)
             }
         };
-        let matched_by = self
-            .rule_for_role(&role)
-            .map(|r| r.name.clone())
-            .unwrap_or_else(|| role.clone());
-        Ok(Some(Decision {
-            spec: Some(TaskSpec {
+        Ok((
+            TaskSpec {
                 role: role.clone(),
                 ..spec
-            }),
-            confidence: 1.0,
-            tier: DecisionTier::Explicit as i32,
-            matched_by,
-            explanation: format!("role {role:?} requested by the trigger; {context}"),
-        }))
+            },
+            context,
+        ))
     }
 
     /// The best rule match as a decision (tier RULES), whatever its confidence; `None` when no

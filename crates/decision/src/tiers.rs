@@ -60,11 +60,32 @@ impl std::fmt::Debug for TierFactory {
 /// Name of the built-in rules tier.
 pub const RULES_TIER: &str = "rules";
 
-/// The tiers that ship with Baton: the rules file.
+/// Name of the built-in embedding tier ([`crate::embedding`]).
+pub const EMBEDDING_TIER: &str = "embedding";
+
+/// The tiers that ship with Baton: the rules file and (feature `embedding`) the embedding
+/// classifier. The embedding tier joins the default order only when
+/// `decision.embedding.model_dir` is set.
 pub fn builtin_factories() -> Vec<TierFactory> {
-    vec![TierFactory::new(RULES_TIER, |setup| {
+    #[allow(unused_mut)]
+    let mut factories = vec![TierFactory::new(RULES_TIER, |setup| {
         Ok(Arc::new(RulesClassifier(setup.rules.clone())) as Arc<dyn Classifier>)
-    })]
+    })];
+    #[cfg(feature = "embedding")]
+    factories.push(TierFactory::new(EMBEDDING_TIER, |setup| {
+        let tier = crate::embedding::EmbeddingClassifier::load(
+            &setup.config.embedding,
+            &setup.ctx.catalog,
+            setup.rules.clone(),
+        )?;
+        tracing::info!(
+            examples = tier.example_count(),
+            model_dir = ?setup.config.embedding.model_dir,
+            "embedding classifier ready"
+        );
+        Ok(Arc::new(tier) as Arc<dyn Classifier>)
+    }));
+    factories
 }
 
 /// The classification chain for `config`: built-in factories, then `ctx.plugins`' (a later
@@ -87,6 +108,13 @@ pub fn assemble(ctx: &Context, config: &Config, rules: Arc<RuleSet>) -> Result<D
     }
     if !config.tiers.is_empty() {
         order = config.tiers.clone();
+    } else if cfg!(feature = "embedding") && config.embedding.model_dir.is_none() {
+        // No weights configured: route by rules (and plug-ins) only, and say so once.
+        order.retain(|n| n != EMBEDDING_TIER);
+        tracing::warn!(
+            "decision routes by rules only: no embedding model configured; run `{}` and set decision.embedding.model_dir to the directory it prints",
+            crate::embedding::FETCH_COMMAND
+        );
     }
     let setup = TierSetup {
         config,
@@ -108,5 +136,40 @@ pub fn assemble(ctx: &Context, config: &Config, rules: Arc<RuleSet>) -> Result<D
         })?;
         tiers.push((factory.build)(&setup)?);
     }
-    Ok(Decider::with_tiers(rules, tiers))
+    Ok(Decider::with_tiers(rules, tiers).when_unsure(config.when_unsure))
+}
+
+/// A classification chain built without a running service (no bus, no plug-ins), for tools
+/// that classify in process (`baton eval-routing`, `baton shadow`): the rules from
+/// `config.rules_path`, then the built-in tiers named in `names` (`rules`, `embedding` or its
+/// alias `classifier`), in that order, ending with `config.when_unsure`.
+///
+/// Errors: [`Error::Config`] for a name that is not a built-in tier (or the embedding tier in
+/// a build without the `embedding` feature), and whatever loading the rules or a tier returns.
+pub fn offline(
+    config: &Config,
+    catalog: &baton_runtime::catalog::Catalog,
+    names: &[String],
+) -> Result<Decider, Error> {
+    let rules = Arc::new(RuleSet::load(config.rules_path.as_deref(), catalog)?);
+    let mut tiers: Vec<Arc<dyn Classifier>> = Vec::new();
+    for name in names {
+        match name.as_str() {
+            RULES_TIER => tiers.push(Arc::new(RulesClassifier(rules.clone()))),
+            #[cfg(feature = "embedding")]
+            EMBEDDING_TIER | "classifier" => {
+                tiers.push(Arc::new(crate::embedding::EmbeddingClassifier::load(
+                    &config.embedding,
+                    catalog,
+                    rules.clone(),
+                )?))
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "tier {other:?} cannot run here: use rules or embedding"
+                )));
+            }
+        }
+    }
+    Ok(Decider::with_tiers(rules, tiers).when_unsure(config.when_unsure))
 }

@@ -215,6 +215,7 @@ event_bodies! {
     TaskCompleted(TaskCompleted) => "task_completed",
     TaskFailed(TaskFailed) => "task_failed",
     DeadLetter(DeadLetter) => "dead_letter",
+    AwaitingClarification(TaskAwaitingClarification) => "awaiting_clarification",
 }
 
 /// NATS subjects of the path. All live in stream `BATON` except dead letters (`BATON_DEAD`).
@@ -236,6 +237,8 @@ pub mod subject {
     pub const TASK_PROPOSED: &str = "baton.task.proposed";
     /// Validation → operators (HITL gate).
     pub const TASK_AWAITING_APPROVAL: &str = "baton.task.awaiting_approval";
+    /// Decision → operators: no tier was confident about the task's role.
+    pub const TASK_AWAITING_CLARIFICATION: &str = "baton.task.awaiting_clarification";
     /// Validation/approval → execution.
     pub const TASK_APPROVED: &str = "baton.task.approved";
     /// Validation/approval: the plan will not run.
@@ -354,6 +357,7 @@ impl TaskStatus {
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
             TaskStatus::Rejected => "rejected",
+            TaskStatus::AwaitingClarification => "awaiting_clarification",
         }
     }
     /// Parses the lowercase name.

@@ -300,6 +300,9 @@ impl Redact for event::Body {
             Body::TaskCompleted(c) => c.execution.redact(),
             Body::TaskFailed(f) => f.reason.redact() | f.execution.redact(),
             Body::DeadLetter(d) => d.redact(),
+            Body::AwaitingClarification(a) => {
+                a.task.redact() | a.decision.redact() | a.candidates.redact()
+            }
         }
     }
 }

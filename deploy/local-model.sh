@@ -140,6 +140,6 @@ The local model is ready. Baton starts the server itself when configured:
 
 or start it by hand (OpenAI-compatible API on http://127.0.0.1:8089/v1):
 
-  $SERVER -m $MODEL --host 127.0.0.1 --port 8089 --jinja -c 8192
+  $SERVER -m $MODEL --host 127.0.0.1 --port 8089 --jinja -c 8192 --no-repack   # --no-repack: see ARCHITECTURE.md (AMX)
 EOF
 fi

@@ -16,7 +16,16 @@ use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse
 fn expected() -> BTreeMap<&'static str, Vec<&'static str>> {
     BTreeMap::from([
         ("baton.v1.TriggerService", vec!["SubmitTask"]),
-        ("baton.v1.DecisionService", vec!["Classify", "ListAwaiting", "Route", "RejectTask", "ListRoles"]),
+        (
+            "baton.v1.DecisionService",
+            vec![
+                "Classify",
+                "ListAwaiting",
+                "Route",
+                "RejectTask",
+                "ListRoles",
+            ],
+        ),
         (
             "baton.v1.ApprovalService",
             vec!["ListPending", "Approve", "Reject"],

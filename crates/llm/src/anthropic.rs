@@ -16,7 +16,7 @@
 //!   `content_block_delta` (`text_delta`, `input_json_delta`), `content_block_stop`,
 //!   `message_delta` (`stop_reason`, output usage), `message_stop`, `ping`, `error`.
 
-use crate::http::{Transport, elapsed_ms, sse_data};
+use crate::http::{Transport, sse_data};
 use crate::openai::{bare_tool_call, parse_arguments};
 use crate::provider::ProviderSettings;
 use crate::{
@@ -74,11 +74,8 @@ impl AnthropicProvider {
             None => self.http.json::<WireMessage>(resp).await?,
             Some(p) => self.read_stream(resp, p).await?,
         };
-        let mut out = parse_response(wire, request, &self.http.settings.model)?;
-        out.provider = self.http.settings.name.clone();
-        out.latency_ms = elapsed_ms(started);
-        out.cost_micros = self.http.settings.price.cost_micros(out.usage);
-        Ok(out)
+        let out = parse_response(wire, request, &self.http.settings.model)?;
+        Ok(self.http.account(out, started))
     }
 
     async fn read_stream(

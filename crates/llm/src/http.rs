@@ -18,6 +18,20 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
+    /// Stamps a provider's parsed answer with what the transport knows: the configured
+    /// provider name, the call's latency since `started` (ms) and its cost at the configured
+    /// price. Every provider ends its call with it, so the accounting is done in one place.
+    pub(crate) fn account(
+        &self,
+        mut out: crate::ChatResponse,
+        started: Instant,
+    ) -> crate::ChatResponse {
+        out.provider = self.settings.name.clone();
+        out.latency_ms = elapsed_ms(started);
+        out.cost_micros = self.settings.price.cost_micros(out.usage);
+        out
+    }
+
     /// A client for `settings` (rustls with the ring provider, no proxy from the environment,
     /// the settings' timeout on every call).
     pub(crate) fn new(settings: ProviderSettings) -> Result<Transport, LlmError> {

@@ -14,7 +14,7 @@
 //! [`ToolChoice::Tool`] offers only that tool. Its tool calls have no ids: Baton numbers them
 //! `call_0`, `call_1`, …. The bare-JSON tool call quirk is handled as for OpenAI.
 
-use crate::http::{Transport, elapsed_ms};
+use crate::http::Transport;
 use crate::openai::{bare_tool_call, parse_arguments};
 use crate::provider::ProviderSettings;
 use crate::{
@@ -96,11 +96,8 @@ impl OllamaProvider {
                 acc
             }
         };
-        let mut out = parse_response(wire, request, &self.http.settings.model)?;
-        out.provider = self.http.settings.name.clone();
-        out.latency_ms = elapsed_ms(started);
-        out.cost_micros = self.http.settings.price.cost_micros(out.usage);
-        Ok(out)
+        let out = parse_response(wire, request, &self.http.settings.model)?;
+        Ok(self.http.account(out, started))
     }
 }
 

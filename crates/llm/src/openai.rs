@@ -21,7 +21,7 @@
 //!   name is one of the offered tools; its id is made up as `call_0`;
 //! - `arguments` that arrive as a JSON string are parsed (an empty string is `{}`).
 
-use crate::http::{Transport, elapsed_ms, sse_data};
+use crate::http::{Transport, sse_data};
 use crate::provider::ProviderSettings;
 use crate::{
     ChatModel, ChatRequest, ChatResponse, FinishReason, LlmError, Message, Role, StreamEvent,
@@ -76,11 +76,8 @@ impl OpenAiProvider {
             None => self.http.json::<WireResponse>(resp).await?,
             Some(progress) => self.read_stream(resp, progress).await?,
         };
-        let mut out = parse_response(wire, request, &self.http.settings.model)?;
-        out.provider = self.http.settings.name.clone();
-        out.latency_ms = elapsed_ms(started);
-        out.cost_micros = self.http.settings.price.cost_micros(out.usage);
-        Ok(out)
+        let out = parse_response(wire, request, &self.http.settings.model)?;
+        Ok(self.http.account(out, started))
     }
 
     /// Folds a stream of chunks into one response, reporting text pieces as they come.

@@ -4,38 +4,64 @@
 //! storing every event.
 //!
 //! `cargo bench -p baton-tests --bench pipeline` (add `-- --tasks 5000` to change the load,
-//! `-- --without-audit` to run the five other services only and see what the audit log costs).
-//! Prints a table: sequential latency (p50, p90, p99, max), pipelined throughput, and how
-//! long the audit log needed to catch up after the last completion.
+//! `-- --sequential 300` the sequential run, `-- --without-audit` to run the five other
+//! services only and see what the audit log costs, `-- --without-bare` to skip the reference,
+//! `-- --split` to run each service as its own `baton serve <service>` process — build the
+//! binary first with `cargo build --release -p baton`).
+//! First runs the bare 6-stage JetStream chain (`common::bare_chain`, the `bare_chain` bench)
+//! with the same load, then Baton, and prints them side by side with the ratios — on a shared
+//! machine whose speed varies from run to run, the ratio is the figure to compare. Then
+//! Baton's own table: sequential latency (p50, p90, p99, max), pipelined throughput, how long
+//! the audit log needed to catch up after the last completion, CPU, the JetStream operations
+//! per task (per stream and consumer) and the time in each service's handler.
+
+mod common;
 
 use baton_proto::subject;
 use baton_tests::bench::{arg, flag, pct};
 use baton_tests::test_config;
+use common::ms;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
 
 #[tokio::main]
 async fn main() {
     let sequential = arg("--sequential", 300);
     let tasks = arg("--tasks", 3000);
     let with_audit = !flag("--without-audit");
+    let split = flag("--split");
+    let bare = if flag("--without-bare") {
+        None
+    } else {
+        Some(common::bare_chain(sequential, tasks).await)
+    };
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.agents.noop_roles = vec!["assistant".into()];
     config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
     config.common.log.filter = "error".into();
+    // The default, not the tests' 2 s: on a loaded machine a burst's messages can wait longer
+    // than 2 s in a consumer's buffer, and their redeliveries would be counted as the path's cost.
+    config.common.nats.ack_wait = baton_bus::BusConfig::default().ack_wait;
     baton_runtime::telemetry::init(&config.common.log);
     let services: Vec<baton::up::ServiceName> = baton::up::ServiceName::ALL
         .into_iter()
         .filter(|s| with_audit || *s != baton::up::ServiceName::Audit)
         .collect();
-    let baton = baton::up::Baton::start(config, &services)
-        .await
-        .expect("baton starts");
+    // In-process: all services in this process. Split: this process runs nats-server only,
+    // and each service is a `baton serve <service>` child with its own NATS identity.
+    let (baton, children) = if split {
+        let baton = baton::up::Baton::start(config, &[])
+            .await
+            .expect("nats-server starts");
+        let children = spawn_services(&baton, &services, data.path());
+        (baton, children)
+    } else {
+        let baton = baton::up::Baton::start(config, &services)
+            .await
+            .expect("baton starts");
+        (baton, Vec::new())
+    };
     let admin = baton_bus::identity::ADMIN;
     let seed = baton
         .identities
@@ -45,6 +71,7 @@ async fn main() {
     let nats = baton_bus::identity::client_as(&baton.config.common.nats.url, admin, seed)
         .await
         .unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
     let mut completed = nats.subscribe(subject::TASK_COMPLETED).await.unwrap();
     let mut failed = nats.subscribe(subject::TASK_FAILED).await.unwrap();
     nats.flush().await.unwrap();
@@ -53,14 +80,30 @@ async fn main() {
             r#"{{"text":"noop {i}","role":"assistant","environment":"development","idempotency_key":"bench-{i}"}}"#
         )
     };
-    let wait_one = async |completed: &mut async_nats::Subscriber,
-                          failed: &mut async_nats::Subscriber| {
+    let wait_within = async |completed: &mut async_nats::Subscriber,
+                             failed: &mut async_nats::Subscriber,
+                             within: Duration| {
         tokio::select! {
             m = completed.next() => m.expect("completed subscription"),
             m = failed.next() => panic!("a task failed: {:?}", baton_bus::decode_event(&m.unwrap().payload)),
-            _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("no completion within 30 s"),
+            _ = tokio::time::sleep(within) => panic!("no completion within {within:?}"),
         }
     };
+    let wait_one = async |completed: &mut async_nats::Subscriber,
+                          failed: &mut async_nats::Subscriber| {
+        wait_within(completed, failed, Duration::from_secs(30)).await
+    };
+
+    // Split: the first task waits for the children to start (their consumers pick it up).
+    if split {
+        nats.publish(
+            subject::trigger("default", "bench"),
+            trigger(999_999).into(),
+        )
+        .await
+        .unwrap();
+        wait_within(&mut completed, &mut failed, Duration::from_secs(120)).await;
+    }
 
     // Warm up (connections, consumers, SQLite pages).
     for i in 0..50 {
@@ -71,7 +114,8 @@ async fn main() {
     }
 
     // Sequential: one task in flight, trigger → completed.
-    let audit_before_seq = baton.ctx.metrics.audit_records.get();
+    let audit_records = || baton.ctx.metrics.audit_records.get();
+    let audit_before_seq = audit_records();
     let mut lat = Vec::with_capacity(sequential);
     for i in 0..sequential {
         let t = Instant::now();
@@ -89,16 +133,29 @@ async fn main() {
     // Every task makes the same events: learn how many from the sequential run (once the audit
     // log has caught up with it).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let audit_before = baton.ctx.metrics.audit_records.get();
+    let audit_before = audit_records();
     let per_task = ((audit_before - audit_before_seq) as f64 / sequential as f64).round();
 
     // Pipelined: publish all, count completions.
     let nats_pid = nats_server_pid(data.path());
     let written_0 = storage_writes();
+    let child_pids: Vec<String> = children
+        .iter()
+        .filter_map(|c| c.id())
+        .map(|p| p.to_string())
+        .collect();
+    let cpu_baton_now = || {
+        if split {
+            child_pids.iter().map(|p| cpu_seconds(p)).sum()
+        } else {
+            cpu_seconds("self")
+        }
+    };
     let (cpu_baton_0, cpu_nats_0) = (
-        cpu_seconds("self"),
+        cpu_baton_now(),
         nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0),
     );
+    let counts_0 = common::Counts::read(&js).await;
     let t = Instant::now();
     let publisher = {
         let nats = nats.clone();
@@ -120,31 +177,60 @@ async fn main() {
     let elapsed = t.elapsed();
     publisher.await.unwrap();
     let (cpu_baton, cpu_nats) = (
-        cpu_seconds("self") - cpu_baton_0,
+        cpu_baton_now() - cpu_baton_0,
         nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0) - cpu_nats_0,
     );
     // Wait until the audit log holds every event of the run.
+    // In-process, audit's record counter; split, audit's consumer (ack after commit, so
+    // nothing pending or unacked means every event is stored).
     let expected = audit_before + (per_task * tasks as f64).round() as u64;
     let t_audit = Instant::now();
-    while with_audit
-        && baton.ctx.metrics.audit_records.get() < expected
-        && t_audit.elapsed() < Duration::from_secs(120)
-    {
+    while with_audit && t_audit.elapsed() < Duration::from_secs(120) {
+        let caught_up = if split {
+            let bus = &baton.ctx.bus;
+            match bus
+                .consumer_info(&bus.config().stream, baton_audit::DURABLE)
+                .await
+            {
+                Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+                Err(_) => false,
+            }
+        } else {
+            audit_records() >= expected
+        };
+        if caught_up {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let audit_lag = t_audit.elapsed();
+    // Let the last acks land before counting deliveries.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cost = common::Counts::read(&js).await.since(&counts_0, tasks);
+    let throughput = tasks as f64 / elapsed.as_secs_f64();
     let written = storage_writes().saturating_sub(written_0);
-    let stored = baton.ctx.metrics.audit_records.get() - audit_before;
+    let stored = audit_records() - audit_before;
 
     println!();
     println!(
-        "Baton pipeline benchmark: {} in one process, nats-server (file store)",
+        "Baton pipeline benchmark: {} {}, nats-server (file store)",
         if with_audit {
             "6 services, SQLite audit,"
         } else {
             "5 services (no audit)"
+        },
+        if split {
+            "one `baton serve` process each"
+        } else {
+            "in one process"
         }
     );
+    if split {
+        println!(
+            "(split: audit records, events per task, SQLite writes and handler times are in the \
+             children and not shown; CPU is the children's)"
+        );
+    }
     println!(
         "no-op agent and action, auto-approved; {} cores",
         std::thread::available_parallelism()
@@ -176,21 +262,25 @@ async fn main() {
     println!("| pipelined tasks                     | {:>12} |", tasks);
     println!(
         "| pipelined throughput                | {:>8.0} t/s |",
-        tasks as f64 / elapsed.as_secs_f64()
+        throughput
     );
-    println!("| audit records stored (pipelined)    | {:>12} |", stored);
+    if !split {
+        println!("| audit records stored (pipelined)    | {:>12} |", stored);
+    }
     println!(
         "| audit caught up after last completed| {:>12} |",
         ms(audit_lag)
     );
-    println!(
-        "| events per task                     | {:>12.1} |",
-        per_task
-    );
-    println!(
-        "| storage writes per task (SQLite)    | {:>9.1} KB |",
-        written as f64 / tasks as f64 / 1024.0
-    );
+    if !split {
+        println!(
+            "| events per task                     | {:>12.1} |",
+            per_task
+        );
+        println!(
+            "| storage writes per task (SQLite)    | {:>9.1} KB |",
+            written as f64 / tasks as f64 / 1024.0
+        );
+    }
     println!(
         "| CPU, baton (all services), pipelined| {:>8.2} cores |",
         cpu_baton / elapsed.as_secs_f64()
@@ -200,16 +290,107 @@ async fn main() {
         cpu_nats / elapsed.as_secs_f64()
     );
     println!();
-    println!("Time in each service's handler (from baton_handler_seconds, all runs):");
-    println!("| service       | messages | mean      |");
-    println!("|---------------|----------|-----------|");
-    for (service, count, sum) in handler_totals(&baton.ctx.metrics.render()) {
+    cost.print("task (pipelined)");
+    if !split {
+        println!();
+        println!("Time in each service's handler (from baton_handler_seconds, all runs):");
+        println!("| service       | messages | mean      |");
+        println!("|---------------|----------|-----------|");
+        for (service, count, sum) in handler_totals(&baton.ctx.metrics.render()) {
+            println!(
+                "| {service:<13} | {count:>8} | {:>6.3} ms |",
+                sum / count as f64 * 1e3
+            );
+        }
+    }
+    if let Some(bare) = &bare {
+        println!();
         println!(
-            "| {service:<13} | {count:>8} | {:>6.3} ms |",
-            sum / count as f64 * 1e3
+            "Side by side, one run: bare {}-stage chain vs Baton (sequential {sequential}, \
+             pipelined {tasks})",
+            common::STAGES
+        );
+        println!("| measure                  | bare chain   | Baton        | Baton / bare |");
+        println!("|--------------------------|--------------|--------------|--------------|");
+        for (name, p) in [("sequential p50", 0.50), ("sequential p99", 0.99)] {
+            let (b, t) = (pct(&bare.latencies, p), pct(&lat, p));
+            println!(
+                "| {name:<24} | {:>12} | {:>12} | {:>11.2}x |",
+                ms(b),
+                ms(t),
+                t.as_secs_f64() / b.as_secs_f64()
+            );
+        }
+        println!(
+            "| pipelined throughput     | {:>8.0} m/s | {:>8.0} t/s | {:>11.0}% |",
+            bare.throughput,
+            throughput,
+            throughput / bare.throughput * 100.0
+        );
+        println!(
+            "| JetStream ops per unit   | {:>12.1} | {:>12.1} | {:>11.2}x |",
+            bare.cost.total(),
+            cost.total(),
+            cost.total() / bare.cost.total()
         );
     }
+    for mut child in children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
     baton.stop().await;
+}
+
+/// Starts `baton serve <service>` for each of `services`, against the nats-server of `baton`
+/// and with its configuration, each connecting as its own NATS identity (its configuration in
+/// `<data>/serve-<service>.toml`, its log in `<data>/serve-<service>.log`). The `baton`
+/// executable is `$BATON_BIN`, else the one next to this bench's (`cargo build --release -p
+/// baton` first). The children are killed when dropped.
+fn spawn_services(
+    baton: &baton::up::Baton,
+    services: &[baton::up::ServiceName],
+    data: &std::path::Path,
+) -> Vec<tokio::process::Child> {
+    let bin = std::env::var_os("BATON_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the bench's path");
+            // target/<profile>/deps/pipeline-<hash> → target/<profile>/baton
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("the bench sits in target/<profile>/deps")
+                .join("baton")
+        });
+    assert!(
+        bin.exists(),
+        "--split runs `baton serve`, and {} does not exist: build it first with \
+         `cargo build --release -p baton`, or set BATON_BIN",
+        bin.display()
+    );
+    let ids = baton
+        .identities
+        .as_ref()
+        .expect("baton started nats-server");
+    services
+        .iter()
+        .map(|&service| {
+            let mut config = baton.config.clone();
+            config.common.nats =
+                ids.bus_config(&config.common.nats, &baton::nats_auth::user_of(service));
+            let file = data.join(format!("serve-{service}.toml"));
+            std::fs::write(&file, config.to_toml().expect("config as TOML")).unwrap();
+            let log = std::fs::File::create(data.join(format!("serve-{service}.log"))).unwrap();
+            tokio::process::Command::new(&bin)
+                .arg("serve")
+                .arg(service.to_string())
+                .env("BATON_CONFIG", &file)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {} serve {service}: {e}", bin.display()))
+        })
+        .collect()
 }
 
 /// Bytes this process caused to be written to storage (`write_bytes` of /proc/self/io; the

@@ -318,20 +318,33 @@ fn proposed_plan(r: &baton_proto::GetTaskResponse) -> Plan {
         .expect("a proposed plan in the audit log")
 }
 
-/// Prints the run's model and tool calls, and the loop's own overhead: the task's time in
-/// the agent (`elapsed` from submission, when given) less model and tool time is the time of
-/// the other five services, the bus and the loop together.
-fn print_run(plan: &Plan, elapsed: Duration) {
+/// Prints the run's model and tool calls, and the agent loop's own overhead: from the routed
+/// event (stamped by decision) to the proposed plan (stamped by the agent runner) less the
+/// model and tool time, per step — the journal writes, policy checks, progress events and the
+/// loop itself (and one bus delivery).
+fn print_run(r: &baton_proto::GetTaskResponse, plan: &Plan) {
     let run = plan.agent_run.clone().unwrap_or_default();
     let model_ms: u64 = run.model_calls.iter().map(|m| m.latency_ms).sum();
     let tool_ms: u64 = run.tool_calls.iter().map(|t| t.latency_ms).sum();
-    let steps = run.model_calls.len() + run.tool_calls.len();
-    if !elapsed.is_zero() {
-        let other = (elapsed.as_millis() as u64).saturating_sub(model_ms + tool_ms);
+    let steps = (run.model_calls.len() + run.tool_calls.len()).max(1) as u64;
+    let at = |kind: &str| {
+        r.events.iter().find_map(|rec| {
+            let e = rec.event.as_ref()?;
+            let matches = match e.body.as_ref()? {
+                Body::TaskRouted(_) => kind == "routed",
+                Body::PlanProposed(_) => kind == "proposed",
+                _ => false,
+            };
+            let t = e.time.as_ref()?;
+            matches.then(|| t.seconds as i128 * 1000 + i128::from(t.nanos) / 1_000_000)
+        })
+    };
+    if let (Some(routed), Some(proposed)) = (at("routed"), at("proposed")) {
+        let agent_ms = (proposed - routed).max(0) as u64;
+        let own = agent_ms.saturating_sub(model_ms + tool_ms);
         eprintln!(
-            "task {} ms: model {model_ms} ms, tools {tool_ms} ms, everything else {other} ms over {steps} steps ({} ms per step)",
-            elapsed.as_millis(),
-            other / steps.max(1) as u64
+            "agent {agent_ms} ms: model {model_ms} ms, tools {tool_ms} ms, loop overhead {own} ms over {steps} steps ({} ms per step)",
+            own / steps
         );
     }
     for m in &run.model_calls {
@@ -432,11 +445,10 @@ async fn the_cost_agent_explains_a_bill_on_the_local_model() {
         on_local_model(c, &llama.url, Some(&billing))
     })
     .await;
-    let started = std::time::Instant::now();
     let task_id = ask_about_the_bill(&h, &billing).await;
     let r = complete(&h, &task_id).await;
     let plan = proposed_plan(&r);
-    print_run(&plan, started.elapsed());
+    print_run(&r, &plan);
     check_cost_report(&r, &plan);
     assert_eq!(billing.hits.load(Ordering::SeqCst), 1);
 }
@@ -477,7 +489,7 @@ async fn a_crash_mid_tool_loop_repeats_no_model_call_on_the_local_model() {
 
     let r = complete(&h, &task_id).await;
     let plan = proposed_plan(&r);
-    print_run(&plan, Duration::ZERO);
+    print_run(&r, &plan);
     check_cost_report(&r, &plan);
     let run = plan.agent_run.clone().unwrap();
     let bodies = proxy.bodies.lock().unwrap().clone();
@@ -525,7 +537,6 @@ async fn the_codegen_agent_writes_code_whose_tests_pass_in_the_sandbox() {
         return;
     }
     let h = Harness::start_with(Db::Sqlite, |c| on_local_model(c, &llama.url, None)).await;
-    let started = std::time::Instant::now();
     let task_id = submit(
         &h,
         "Write a Python function to reverse a string",
@@ -535,7 +546,7 @@ async fn the_codegen_agent_writes_code_whose_tests_pass_in_the_sandbox() {
     .await;
     let r = complete(&h, &task_id).await;
     let plan = proposed_plan(&r);
-    print_run(&plan, started.elapsed());
+    print_run(&r, &plan);
     assert_eq!(
         plan.agent_run.as_ref().map(|a| a.agent.as_str()),
         Some("codegen-llm@1")

@@ -157,16 +157,25 @@ async fn main() -> anyhow::Result<()> {
     match &ai {
         Err(why) => println!("\n== scenarios 3 and 4 (AI on the local model) skipped: {why}"),
         Ok(billing) => {
-            raise_priority();
-            cost_scenario(&submitter, &approver, &operator, billing).await?;
-            match std::env::var("BATON_DEMO_NO_SANDBOX") {
-                Ok(why) if !why.is_empty() => {
-                    println!("\n== scenario 4 (code in the sandbox) skipped: {why}")
-                }
-                _ => {
-                    codegen_scenario(&baton, &submitter, &approver, &operator, data.path()).await?
+            let nice = raise_priority();
+            let done = async {
+                cost_scenario(&submitter, &approver, &operator, billing).await?;
+                match std::env::var("BATON_DEMO_NO_SANDBOX") {
+                    Ok(why) if !why.is_empty() => {
+                        println!("\n== scenario 4 (code in the sandbox) skipped: {why}");
+                        Ok(())
+                    }
+                    _ => {
+                        codegen_scenario(&baton, &submitter, &approver, &operator, data.path())
+                            .await
+                    }
                 }
             }
+            .await;
+            if let Some(n) = nice {
+                let _ = std::fs::write("/proc/self/autogroup", n.to_string());
+            }
+            done?;
         }
     }
 
@@ -390,12 +399,14 @@ async fn local_model(config: &mut BatonConfig) -> anyhow::Result<Result<String, 
 /// The model server is latency-bound, the rest of the machine may be busy with builds: raise
 /// this process group's scheduling priority (its autogroup, which llama-server shares) where
 /// the kernel allows it.
-fn raise_priority() {
-    if std::fs::write("/proc/self/autogroup", "-10").is_ok() {
-        println!(
-            "\n   (scheduling priority of baton and its llama-server raised: autogroup nice -10)"
-        );
-    }
+/// Returns the previous nice value to restore (the autogroup is the session's and outlives
+/// this process).
+fn raise_priority() -> Option<i32> {
+    let before = std::fs::read_to_string("/proc/self/autogroup").ok()?;
+    let nice = before.rsplit_once("nice ")?.1.trim().parse().ok()?;
+    std::fs::write("/proc/self/autogroup", "-10").ok()?;
+    println!("\n   (scheduling priority of baton and its llama-server raised: autogroup nice -10)");
+    Some(nice)
 }
 
 async fn task(c: &Clients, id: &str) -> anyhow::Result<baton_proto::GetTaskResponse> {
@@ -419,10 +430,35 @@ fn proposed_plan(r: &baton_proto::GetTaskResponse) -> anyhow::Result<baton_proto
         .context("no proposed plan in the audit log")
 }
 
-/// Prints the agent's model and tool calls; every tool call must have a policy decision.
-fn show_run(plan: &baton_proto::Plan) -> anyhow::Result<()> {
+/// Prints the agent's model and tool calls and the loop's own time (from the routed event to
+/// the proposed plan, less model and tool time: journal, policy checks, progress events, one
+/// bus delivery); every tool call must have a policy decision.
+fn show_run(r: &baton_proto::GetTaskResponse, plan: &baton_proto::Plan) -> anyhow::Result<()> {
     let run = plan.agent_run.clone().unwrap_or_default();
-    println!("   agent {}:", run.agent);
+    let stamp = |routed: bool| {
+        r.events.iter().find_map(|rec| {
+            let e = rec.event.as_ref()?;
+            let hit = match e.body.as_ref()? {
+                Body::TaskRouted(_) => routed,
+                Body::PlanProposed(_) => !routed,
+                _ => false,
+            };
+            let t = e.time.as_ref()?;
+            hit.then(|| t.seconds as i128 * 1000 + i128::from(t.nanos) / 1_000_000)
+        })
+    };
+    let model_ms: u64 = run.model_calls.iter().map(|m| m.latency_ms).sum();
+    let tool_ms: u64 = run.tool_calls.iter().map(|t| t.latency_ms).sum();
+    let steps = (run.model_calls.len() + run.tool_calls.len()).max(1) as u64;
+    let own = match (stamp(true), stamp(false)) {
+        (Some(a), Some(b)) => ((b - a).max(0) as u64).saturating_sub(model_ms + tool_ms),
+        _ => 0,
+    };
+    println!(
+        "   agent {}: model {model_ms} ms, tools {tool_ms} ms, the loop's own time {own} ms ({} ms per step):",
+        run.agent,
+        own / steps
+    );
     for m in &run.model_calls {
         println!(
             "     · model {} · {} → {} tokens · {:.1} s",
@@ -470,7 +506,7 @@ async fn cost_scenario(
     );
     let r = task(operator, &outcome.task_id).await?;
     let plan = proposed_plan(&r)?;
-    show_run(&plan)?;
+    show_run(&r, &plan)?;
     let run = plan.agent_run.clone().unwrap_or_default();
     ensure!(
         run.tool_calls
@@ -531,7 +567,7 @@ async fn codegen_scenario(
     );
     let r = task(operator, &outcome.task_id).await?;
     let plan = proposed_plan(&r)?;
-    show_run(&plan)?;
+    show_run(&r, &plan)?;
     let code = plan
         .artifacts
         .iter()

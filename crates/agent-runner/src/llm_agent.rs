@@ -11,10 +11,10 @@
 //!    tool call (`tool_choice: required` on the wire: small local models such as
 //!    Qwen2.5-Coder-0.5B follow a forced choice reliably and `auto` poorly); with `auto` a text
 //!    answer is read as the final answer's JSON. With `schema` no tools go on the wire: the
-//!    system prompt lists them (name, description, argument schema) and `response_format`
-//!    json_schema constrains each turn to one call `{"name", "arguments"}` (on llama.cpp the
-//!    schema's grammar ends the turn after that one call; a forced tool choice there lets the
-//!    0.5B model write call after call until `max_tokens`).
+//!    system prompt lists them (name, description, a sketch of the arguments) and
+//!    `response_format` json_schema constrains each turn to one call `{"name", "arguments"}`
+//!    (on llama.cpp the schema's grammar ends the turn after that one call; a forced tool
+//!    choice there lets the 0.5B model write call after call until `max_tokens`).
 //! 3. Each tool call is checked, in order: the tool exists and is offered to this agent; the
 //!    arguments match the tool's schema; the call is not a repeat (same tool, same arguments)
 //!    of an earlier one; the tool policy ([`crate::tool_policy`]) allows it. A refused call goes

@@ -8,13 +8,17 @@
 //! prints them; `deploy/test.sh` sets them); without them each test prints SKIPPED and passes.
 //! The codegen test also needs Docker and the sandbox images (`deploy/test.sh` prepares them).
 //!
-//! Both are `#[ignore]`d for now: neither has passed here yet. Run on a loaded 2-core machine,
-//! each model call of the shipped agents (tool schemas in every prompt, forced tool choice)
-//! outlasted the agent's 300 s wall-time budget, and the codegen request, routed by rules
-//! alone in the harness, reached the `assistant` agent instead of `codegen`. The plumbing they
-//! exercise (agent files, the loop, tools, policy, journal) is tested against the fake OpenAI
-//! server in crates/agent-runner/tests, and the provider against the real model in
-//! crates/llm/tests/local_model.rs.
+//! What makes them pass on a loaded 2-core machine: the agent files use `tool_choice = "schema"`
+//! (tools listed in the prompt, one call per turn forced by a JSON schema, so a turn ends after
+//! its call; with `required` llama.cpp let the 0.5B model write call after call until
+//! `max_tokens`), few tools, and answer schemas whose length limits bound the output; the
+//! server runs one thread in its own session at a raised scheduling priority when the kernel
+//! allows it (on a shared machine a model server among a dozen compilers otherwise gets under
+//! 1 token/s).
+//!
+//! The crash test kills the agent runner in the middle of the cost agent's tool loop and checks,
+//! with a counting proxy in front of llama-server and the server's own `/metrics`, that no model
+//! call was made twice.
 
 use baton_proto::event::Body;
 use baton_proto::{
@@ -23,16 +27,20 @@ use baton_proto::{
 use baton_runtime::auth::Role;
 use baton_tests::{Db, Harness};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Longest wait for a task on the local model (2 cores shared with other builds).
-const T: Duration = Duration::from_secs(900);
+const T: Duration = Duration::from_secs(1200);
 
 /// A llama-server child serving the local model on a free loopback port; killed on drop.
 struct LlamaServer {
     _child: tokio::process::Child,
     /// `http://127.0.0.1:<port>/v1`.
     url: String,
+    /// `http://127.0.0.1:<port>`.
+    base: String,
 }
 
 /// Starts llama-server, or says why the test is skipped.
@@ -52,16 +60,45 @@ async fn local_model(test: &str) -> Option<LlamaServer> {
         .unwrap()
         .port();
     let log = std::env::temp_dir().join(format!("baton-llama-{port}.log"));
-    let mut child = tokio::process::Command::new(&server)
+    // Its own session (so its own scheduling autogroup, whose priority can be raised below).
+    let setsid = std::path::Path::new("/usr/bin/setsid").exists();
+    let mut command =
+        tokio::process::Command::new(if setsid { "/usr/bin/setsid" } else { &server });
+    if setsid {
+        command.arg(&server);
+    }
+    let mut child = command
         .args(["-m", &model, "--host", "127.0.0.1", "--port"])
         .arg(port.to_string())
-        // One slot with the whole context: the agent's conversation grows with tool results.
-        .args(["--jinja", "-c", "8192", "--parallel", "1", "--no-repack"])
+        // One slot with the whole context (the conversation grows with tool results); one
+        // thread that does not spin-wait: two threads on 2 busy cores wait on each other.
+        .args([
+            "--jinja",
+            "-c",
+            "4096",
+            "--parallel",
+            "1",
+            "--no-repack",
+            "--metrics",
+            "-t",
+            "1",
+            "--poll",
+            "0",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {server}: {e}"));
+    // The model server is latency-bound, the builds and tests around it are not: raise its
+    // autogroup's priority where the kernel lets us (root, or CAP_SYS_NICE); otherwise it
+    // shares the CPU equally with every other session.
+    if let Some(pid) = child.id() {
+        match std::fs::write(format!("/proc/{pid}/autogroup"), "-10") {
+            Ok(()) => eprintln!("llama-server {pid}: autogroup nice -10"),
+            Err(e) => eprintln!("llama-server {pid}: priority not raised ({e})"),
+        }
+    }
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest_client();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
@@ -87,24 +124,110 @@ async fn local_model(test: &str) -> Option<LlamaServer> {
     Some(LlamaServer {
         _child: child,
         url: format!("{base}/v1"),
+        base,
     })
+}
+
+impl LlamaServer {
+    /// A counter of the server's own Prometheus `/metrics` (`llamacpp:tokens_predicted_total`).
+    async fn counter(&self, name: &str) -> f64 {
+        let text = reqwest_client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in llama-server's /metrics:\n{text}"))
+    }
 }
 
 fn reqwest_client() -> reqwest::Client {
     baton_runtime::tls::http_client().build().unwrap()
 }
 
-/// Serves `tests/fixtures/billing.json` at `/billing` on loopback; returns its address.
-async fn billing_fixture() -> std::net::SocketAddr {
+/// `tests/fixtures/billing.json` served at `/billing` on loopback.
+struct Billing {
+    addr: std::net::SocketAddr,
+    /// Requests served.
+    hits: Arc<AtomicUsize>,
+    /// Notified when the first request arrives.
+    first: Arc<tokio::sync::Notify>,
+}
+
+/// Serves the billing fixture; the first request is answered after `first_delay` (time for a
+/// test to crash the agent runner while the tool call is in flight).
+async fn billing_fixture(first_delay: Duration) -> Billing {
     let body = include_str!("../fixtures/billing.json");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(tokio::sync::Notify::new());
+    let (h, f) = (hits.clone(), first.clone());
     let app = axum::Router::new().route(
         "/billing",
-        axum::routing::get(move || async move { ([("content-type", "application/json")], body) }),
+        axum::routing::get(move || {
+            let (h, f) = (h.clone(), f.clone());
+            async move {
+                if h.fetch_add(1, Ordering::SeqCst) == 0 {
+                    f.notify_one();
+                    tokio::time::sleep(first_delay).await;
+                }
+                ([("content-type", "application/json")], body)
+            }
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    Billing { addr, hits, first }
+}
+
+/// A proxy on loopback in front of llama-server that keeps the body of every chat request it
+/// forwards: the count of calls the model server received, and which of them were the same.
+struct CountingProxy {
+    /// `http://127.0.0.1:<port>/v1`.
+    url: String,
+    bodies: Arc<Mutex<Vec<bytes::Bytes>>>,
+}
+
+async fn counting_proxy(upstream: &str) -> CountingProxy {
+    let bodies: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
+    let (seen, upstream) = (bodies.clone(), upstream.to_string());
+    let http = reqwest_client();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri, body: bytes::Bytes| {
+            let (seen, upstream, http) = (seen.clone(), upstream.clone(), http.clone());
+            async move {
+                if uri.path().ends_with("/chat/completions") {
+                    seen.lock().unwrap().push(body.clone());
+                }
+                let resp = http
+                    .request(method, format!("{upstream}{uri}"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let kind = resp
+                    .headers()
+                    .get("content-type")
+                    .cloned()
+                    .unwrap_or(axum::http::HeaderValue::from_static("application/json"));
+                let bytes = resp.bytes().await.unwrap_or_default();
+                (status, [("content-type", kind)], bytes)
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    CountingProxy {
+        url: format!("http://{addr}/v1"),
+        bodies,
+    }
 }
 
 fn agents_dir() -> std::path::PathBuf {
@@ -195,8 +318,35 @@ fn proposed_plan(r: &baton_proto::GetTaskResponse) -> Plan {
         .expect("a proposed plan in the audit log")
 }
 
-fn print_run(plan: &Plan) {
+/// Prints the run's model and tool calls, and the agent loop's own overhead: from the routed
+/// event (stamped by decision) to the proposed plan (stamped by the agent runner) less the
+/// model and tool time, per step — the journal writes, policy checks, progress events and the
+/// loop itself (and one bus delivery).
+fn print_run(r: &baton_proto::GetTaskResponse, plan: &Plan) {
     let run = plan.agent_run.clone().unwrap_or_default();
+    let model_ms: u64 = run.model_calls.iter().map(|m| m.latency_ms).sum();
+    let tool_ms: u64 = run.tool_calls.iter().map(|t| t.latency_ms).sum();
+    let steps = (run.model_calls.len() + run.tool_calls.len()).max(1) as u64;
+    let at = |kind: &str| {
+        r.events.iter().find_map(|rec| {
+            let e = rec.event.as_ref()?;
+            let matches = match e.body.as_ref()? {
+                Body::TaskRouted(_) => kind == "routed",
+                Body::PlanProposed(_) => kind == "proposed",
+                _ => false,
+            };
+            let t = e.time.as_ref()?;
+            matches.then(|| t.seconds as i128 * 1000 + i128::from(t.nanos) / 1_000_000)
+        })
+    };
+    if let (Some(routed), Some(proposed)) = (at("routed"), at("proposed")) {
+        let agent_ms = (proposed - routed).max(0) as u64;
+        let own = agent_ms.saturating_sub(model_ms + tool_ms);
+        eprintln!(
+            "agent {agent_ms} ms: model {model_ms} ms, tools {tool_ms} ms, loop overhead {own} ms over {steps} steps ({} ms per step)",
+            own / steps
+        );
+    }
     for m in &run.model_calls {
         eprintln!(
             "model call: {} {} in={} out={} {} ms",
@@ -211,37 +361,40 @@ fn print_run(plan: &Plan) {
     }
 }
 
-#[tokio::test]
-#[ignore = "has not passed yet: on this 2-core machine the local model call outlasts the agent's wall-time budget; run with `cargo nextest run -p baton-tests --test llm_agents --run-ignored only`"]
-async fn the_cost_agent_explains_a_bill_on_the_local_model() {
-    let Some(llama) = local_model("the_cost_agent_explains_a_bill_on_the_local_model").await else {
-        return;
-    };
-    let billing = billing_fixture().await;
-    let h = Harness::start_with(Db::Sqlite, |c| {
-        c.agents.dir = agents_dir();
-        c.agents.http_allow_hosts = vec![billing.to_string()];
-        // Short turns: a tool call or a short report needs no more, and the machine is slow.
-        c.agents.max_output_tokens = 256;
-        c.llm.set_local_url(llama.url.clone());
-        if let Some(local) = c.llm.providers.get_mut("local") {
-            local.timeout = Duration::from_secs(300);
-        }
-    })
-    .await;
-    let task_id = submit(
-        &h,
+/// The harness's configuration for the agents on the local model at `url`.
+fn on_local_model(c: &mut baton::config::BatonConfig, url: &str, billing: Option<&Billing>) {
+    c.agents.dir = agents_dir();
+    if let Some(b) = billing {
+        c.agents.http_allow_hosts = vec![b.addr.to_string()];
+    }
+    // Above the longest answer the agent files' schemas allow (cut JSON cannot be parsed).
+    c.agents.max_output_tokens = 512;
+    c.llm.set_local_url(url.to_string());
+    if let Some(local) = c.llm.providers.get_mut("local") {
+        // One call on an overloaded machine can take minutes; the agent's wall-time budget
+        // is the limit that matters.
+        local.timeout = Duration::from_secs(600);
+    }
+}
+
+/// The cost question, with the billing fixture's URL as a parameter.
+async fn ask_about_the_bill(h: &Harness, billing: &Billing) -> String {
+    submit(
+        h,
         "Why did our cloud bill jump 40% this month?",
         "staging",
         BTreeMap::from([(
             "billing_url".to_string(),
-            format!("http://{billing}/billing"),
+            format!("http://{}/billing", billing.addr),
         )]),
     )
-    .await;
-    let r = complete(&h, &task_id).await;
-    let plan = proposed_plan(&r);
-    print_run(&plan);
+    .await
+}
+
+/// Checks the cost agent's run and report: a model agent on the local provider, every tool
+/// call decided by policy, the billing data fetched, and a report delivered with the task that
+/// names the service that grew (data transfer: 600 → 3350 USD in the fixture).
+fn check_cost_report(r: &baton_proto::GetTaskResponse, plan: &Plan) -> baton_proto::report::Report {
     let run = plan.agent_run.clone().unwrap();
     assert_eq!(run.agent, "cost-llm@1");
     assert_eq!(run.kind(), AgentKind::Llm);
@@ -254,6 +407,13 @@ async fn the_cost_agent_explains_a_bill_on_the_local_model() {
             "{t:?}"
         );
     }
+    assert!(
+        run.tool_calls
+            .iter()
+            .any(|t| t.tool == "http_request" && t.decision == "allowed" && t.ok),
+        "the agent fetched the billing data: {:?}",
+        run.tool_calls
+    );
     // The report is delivered with the task: GetTask returns it.
     let artifact = r
         .artifacts
@@ -264,11 +424,106 @@ async fn the_cost_agent_explains_a_bill_on_the_local_model() {
         baton_proto::report::Report::from_json(&artifact.content).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("report: {report:#?}");
     assert!(!report.answer.trim().is_empty());
+    let text = String::from_utf8_lossy(&artifact.content)
+        .to_lowercase()
+        .replace('_', " ");
+    assert!(
+        text.contains("data transfer"),
+        "the report names the service that grew (data_transfer): {report:#?}"
+    );
     assert!(plan.phases.is_empty(), "a report changes nothing");
+    report
 }
 
 #[tokio::test]
-#[ignore = "has not passed yet: on this 2-core machine the local model call outlasts the agent's wall-time budget; run with `cargo nextest run -p baton-tests --test llm_agents --run-ignored only`"]
+async fn the_cost_agent_explains_a_bill_on_the_local_model() {
+    let Some(llama) = local_model("the_cost_agent_explains_a_bill_on_the_local_model").await else {
+        return;
+    };
+    let billing = billing_fixture(Duration::ZERO).await;
+    let h = Harness::start_with(Db::Sqlite, |c| {
+        on_local_model(c, &llama.url, Some(&billing))
+    })
+    .await;
+    let task_id = ask_about_the_bill(&h, &billing).await;
+    let r = complete(&h, &task_id).await;
+    let plan = proposed_plan(&r);
+    print_run(&r, &plan);
+    check_cost_report(&r, &plan);
+    assert_eq!(billing.hits.load(Ordering::SeqCst), 1);
+}
+
+/// Exactly once with a real model: the agent runner dies while the cost agent's tool call
+/// (the billing fetch, after the first model call) is in flight; a fresh agent runner takes
+/// the redelivered task, replays the first model call from the journal, and finishes. The
+/// model server received each call once: the proxy in front of it saw no request twice and
+/// as many as the run records, and the server's own count of generated tokens equals the
+/// run's output tokens.
+#[tokio::test]
+async fn a_crash_mid_tool_loop_repeats_no_model_call_on_the_local_model() {
+    let Some(llama) =
+        local_model("a_crash_mid_tool_loop_repeats_no_model_call_on_the_local_model").await
+    else {
+        return;
+    };
+    let proxy = counting_proxy(llama.url.trim_end_matches("/v1")).await;
+    let billing = billing_fixture(Duration::from_secs(3)).await;
+    let mut h = Harness::start_with(Db::Sqlite, |c| {
+        on_local_model(c, &proxy.url, Some(&billing))
+    })
+    .await;
+    let task_id = ask_about_the_bill(&h, &billing).await;
+    // The first model call is done and journaled; its tool call is in flight.
+    tokio::time::timeout(T, billing.first.notified())
+        .await
+        .expect("the agent calls http_request for the billing data");
+    let before_crash = proxy.bodies.lock().unwrap().len();
+    h.baton.kill_service(baton::up::ServiceName::AgentRunner);
+    eprintln!("{task_id}: agent runner killed after {before_crash} model call(s)");
+    assert!(before_crash >= 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.baton
+        .start_service(baton::up::ServiceName::AgentRunner)
+        .await
+        .unwrap();
+
+    let r = complete(&h, &task_id).await;
+    let plan = proposed_plan(&r);
+    print_run(&r, &plan);
+    check_cost_report(&r, &plan);
+    let run = plan.agent_run.clone().unwrap();
+    let bodies = proxy.bodies.lock().unwrap().clone();
+    eprintln!(
+        "model server: {} chat requests; billing fixture: {} requests",
+        bodies.len(),
+        billing.hits.load(Ordering::SeqCst)
+    );
+    assert!(
+        bodies.len() > before_crash,
+        "the fresh agent runner went on after the crash"
+    );
+    for (i, a) in bodies.iter().enumerate() {
+        for b in &bodies[..i] {
+            assert_ne!(a, b, "the model server received the same request twice");
+        }
+    }
+    assert_eq!(
+        bodies.len(),
+        run.model_calls.len(),
+        "each model call of the run reached the server once"
+    );
+    let predicted = llama.counter("llamacpp:tokens_predicted_total").await;
+    let output: u32 = run.model_calls.iter().map(|m| m.output_tokens).sum();
+    assert_eq!(
+        predicted,
+        f64::from(output),
+        "the server generated exactly the run's output tokens"
+    );
+    // The interrupted tool call ran again (it never completed); the journaled one did not.
+    assert_eq!(billing.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn the_codegen_agent_writes_code_whose_tests_pass_in_the_sandbox() {
     let Some(llama) =
         local_model("the_codegen_agent_writes_code_whose_tests_pass_in_the_sandbox").await
@@ -281,15 +536,7 @@ async fn the_codegen_agent_writes_code_whose_tests_pass_in_the_sandbox() {
         );
         return;
     }
-    let h = Harness::start_with(Db::Sqlite, |c| {
-        c.agents.dir = agents_dir();
-        c.agents.max_output_tokens = 400;
-        c.llm.set_local_url(llama.url.clone());
-        if let Some(local) = c.llm.providers.get_mut("local") {
-            local.timeout = Duration::from_secs(300);
-        }
-    })
-    .await;
+    let h = Harness::start_with(Db::Sqlite, |c| on_local_model(c, &llama.url, None)).await;
     let task_id = submit(
         &h,
         "Write a Python function to reverse a string",
@@ -299,7 +546,11 @@ async fn the_codegen_agent_writes_code_whose_tests_pass_in_the_sandbox() {
     .await;
     let r = complete(&h, &task_id).await;
     let plan = proposed_plan(&r);
-    print_run(&plan);
+    print_run(&r, &plan);
+    assert_eq!(
+        plan.agent_run.as_ref().map(|a| a.agent.as_str()),
+        Some("codegen-llm@1")
+    );
     let code = plan
         .artifacts
         .iter()
@@ -312,6 +563,14 @@ async fn the_codegen_agent_writes_code_whose_tests_pass_in_the_sandbox() {
     assert_eq!(run.exit_code, 0, "{run:?}");
     assert!(!run.network);
     eprintln!("solution.py:\n{}", String::from_utf8_lossy(&code.content));
+    let tests = plan
+        .artifacts
+        .iter()
+        .find(|a| a.name == "test_solution.py")
+        .expect("the tests artifact");
+    let tests = String::from_utf8_lossy(&tests.content);
+    eprintln!("test_solution.py:\n{tests}");
+    assert!(tests.contains("assert"), "tests that can fail: {tests}");
     let names: Vec<&str> = r.artifacts.iter().map(|a| a.name.as_str()).collect();
     for expected in [
         "report",

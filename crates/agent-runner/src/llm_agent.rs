@@ -10,7 +10,11 @@
 //!    agent's output schema. With `tool_choice = "required"` (the default) every turn must be a
 //!    tool call (`tool_choice: required` on the wire: small local models such as
 //!    Qwen2.5-Coder-0.5B follow a forced choice reliably and `auto` poorly); with `auto` a text
-//!    answer is read as the final answer's JSON.
+//!    answer is read as the final answer's JSON. With `schema` no tools go on the wire: the
+//!    system prompt lists them (name, description, a sketch of the arguments) and
+//!    `response_format` json_schema constrains each turn to one call `{"name", "arguments"}`
+//!    (on llama.cpp the schema's grammar ends the turn after that one call; a forced tool
+//!    choice there lets the 0.5B model write call after call until `max_tokens`).
 //! 3. Each tool call is checked, in order: the tool exists and is offered to this agent; the
 //!    arguments match the tool's schema; the call is not a repeat (same tool, same arguments)
 //!    of an earlier one; the tool policy ([`crate::tool_policy`]) allows it. A refused call goes
@@ -18,8 +22,8 @@
 //! 4. `final_answer`'s arguments are checked against the output schema; a mismatch goes back to
 //!    the model once with the error (one repair), a second mismatch fails the task naming both.
 //!    For output `code` the answer's code and tests then run in the sandbox (`run_code`, policy
-//!    checked like any call); failing tests go back to the model, which tries again within the
-//!    budget.
+//!    checked like any call, offered to the model or not); failing tests go back to the model,
+//!    which tries again within the budget.
 //!
 //! # Budgets and failures
 //!
@@ -57,7 +61,7 @@ use crate::{Agent, AgentError, schema};
 use baton_llm::chain::GuardedProvider;
 use baton_llm::{
     ChatModel, ChatRequest, ChatResponse, FailoverChain, Message, ProviderLimits, ProviderRegistry,
-    Role, ToolCallRequest, ToolChoice, ToolDefinition,
+    ResponseSchema, Role, ToolCallRequest, ToolChoice, ToolDefinition,
 };
 use baton_proto::redact::{self, Redact};
 use baton_proto::{
@@ -252,6 +256,25 @@ impl LlmAgent {
         defs
     }
 
+    /// The schema of one turn in `schema` mode: exactly one call of one of `tools`.
+    fn call_schema(tools: &[ToolDefinition]) -> ResponseSchema {
+        let calls: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "type": "object",
+                    "required": ["name", "arguments"],
+                    "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                    "additionalProperties": false
+                })
+            })
+            .collect();
+        ResponseSchema {
+            name: "tool_call".into(),
+            schema: json!({ "anyOf": calls }),
+        }
+    }
+
     fn first_messages(&self, task: &Task, spec: &TaskSpec) -> Vec<Message> {
         let text = task.trigger.as_ref().map(|t| t.text.as_str()).unwrap_or("");
         let intent = if spec.intent.is_empty() {
@@ -276,6 +299,18 @@ impl LlmAgent {
             ("tools", self.spec.tools.join(", ")),
         ];
         let mut system = crate::spec::render(&self.spec.prompt, &values);
+        if self.spec.tool_choice == ToolMode::Schema {
+            // The tools are not on the wire: the prompt lists them, one short line each.
+            system.push_str("\n\nEach turn, answer with one JSON object {\"name\": <tool>, \"arguments\": {...}} that calls one of these tools:");
+            for t in self.tool_definitions() {
+                system.push_str(&format!(
+                    "\n- {}: {} Arguments: {}",
+                    t.name,
+                    t.description,
+                    sketch(&t.parameters)
+                ));
+            }
+        }
         system.push_str(&format!(
             "\n\nWork step by step: call one tool per turn and read its result. When you know the answer, call {FINAL_ANSWER} with it (its arguments must match its schema). Do not repeat a call with the same arguments."
         ));
@@ -322,19 +357,27 @@ impl LlmAgent {
             last_response: None,
             messages: self.first_messages(task, spec),
             progress: self.shared.progress.start(task, &self.name),
+            testing_code: false,
         };
         let tools = self.tool_definitions();
+        let call_schema = Self::call_schema(&tools);
         loop {
             lp.check_budget()?;
             lp.step += 1;
+            let schema_mode = self.spec.tool_choice == ToolMode::Schema;
             let request = ChatRequest {
                 messages: lp.messages.clone(),
-                tools: tools.clone(),
+                tools: if schema_mode {
+                    Vec::new()
+                } else {
+                    tools.clone()
+                },
                 tool_choice: match self.spec.tool_choice {
                     ToolMode::Required => ToolChoice::Required,
                     ToolMode::Auto => ToolChoice::Auto,
+                    ToolMode::Schema => ToolChoice::None,
                 },
-                response_schema: None,
+                response_schema: schema_mode.then(|| call_schema.clone()),
                 max_tokens: Some(self.shared.max_output_tokens),
                 temperature: Some(0.0),
             };
@@ -396,9 +439,58 @@ impl Agent for LlmAgent {
     }
 }
 
-/// A tool call sent as bare JSON `{"name": …, "arguments": …}` in the content, if it is one.
+/// The shape of a JSON schema as a model copies it best: an example-like sketch such as
+/// `{"method": "GET"|"POST", "url": "...", "body"?: "..."}` (`?`: optional) rather than the
+/// schema itself, which the 0.5B model tends to echo back as the arguments.
+fn sketch(schema: &Value) -> String {
+    if let Some(Value::Array(options)) = schema.get("enum") {
+        let options: Vec<String> = options.iter().map(Value::to_string).collect();
+        return options.join("|");
+    }
+    if let Some(c) = schema.get("const") {
+        return c.to_string();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("array") => format!(
+            "[{}, ...]",
+            sketch(schema.get("items").unwrap_or(&Value::Null))
+        ),
+        Some("string") => "\"...\"".into(),
+        Some("number") | Some("integer") => "0".into(),
+        Some("boolean") => "true".into(),
+        _ => match (schema.get("properties"), schema.get("additionalProperties")) {
+            (Some(Value::Object(props)), _) => {
+                let required: Vec<&str> = schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let fields: Vec<String> = props
+                    .iter()
+                    .map(|(k, v)| {
+                        let optional = if required.contains(&k.as_str()) {
+                            ""
+                        } else {
+                            "?"
+                        };
+                        format!("{}{optional}: {}", Value::from(k.as_str()), sketch(v))
+                    })
+                    .collect();
+                format!("{{{}}}", fields.join(", "))
+            }
+            (_, Some(v @ Value::Object(_))) => format!("{{\"<name>\": {}}}", sketch(v)),
+            _ => "...".into(),
+        },
+    }
+}
+
+/// A tool call sent as bare JSON `{"name": …, "arguments": …}` in the content, if it is one
+/// (the first JSON value of the content: a model may go on writing after it).
 fn bare_tool_call(content: &str, step: u32) -> Option<ToolCallRequest> {
-    let v: Value = serde_json::from_str(content.trim()).ok()?;
+    let v: Value = serde_json::Deserializer::from_str(content.trim())
+        .into_iter::<Value>()
+        .next()?
+        .ok()?;
     let name = v.get("name")?.as_str()?.to_string();
     let arguments = match v.get("arguments")? {
         Value::String(s) => serde_json::from_str(s).ok()?,
@@ -450,6 +542,8 @@ struct Loop<'a> {
     last_response: Option<ChatResponse>,
     /// Announces each call as it happens.
     progress: Progress,
+    /// The loop itself is running a code answer's tests (`run_code` needs no offer then).
+    testing_code: bool,
     messages: Vec<Message>,
 }
 
@@ -683,7 +777,10 @@ impl Loop<'_> {
                 agent.spec.tools.join(", ")
             ));
         };
-        if !agent.spec.tools.iter().any(|t| t == name) {
+        // The loop's own test run of a code answer is part of the codegen workflow: it needs
+        // no offer of run_code to the model (the policy still decides it).
+        let own_test = self.testing_code && name == "run_code";
+        if !own_test && !agent.spec.tools.iter().any(|t| t == name) {
             return denied(format!(
                 "tool {name:?} is not offered to the {} agent; your tools: {}",
                 agent.role,
@@ -862,7 +959,10 @@ impl Loop<'_> {
                     arguments: run_args,
                 };
                 let before = self.run.tool_calls.len();
-                let text = self.tool_call(&call).await?;
+                self.testing_code = true;
+                let text = self.tool_call(&call).await;
+                self.testing_code = false;
+                let text = text?;
                 let record = &self.run.tool_calls[before];
                 if !record.ok {
                     // The sandbox is missing or the policy refused: no retry can help.

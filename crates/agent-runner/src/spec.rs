@@ -8,7 +8,9 @@
 //! tools = ["query_assets", "read_file"]
 //! tool_choice = "required"            # required (default): every model turn must call a tool,
 //!                                     # the answer itself is the `final_answer` tool;
-//!                                     # auto: the model may answer in text
+//!                                     # auto: the model may answer in text;
+//!                                     # schema: tools listed in the prompt, one call per
+//!                                     # turn forced by a JSON schema (small local models)
 //! prompt = """
 //! You are Baton's {{role}} agent. Environment: {{environment}}. Tools: {{tools}}.
 //! """
@@ -146,6 +148,13 @@ pub enum ToolMode {
     Required,
     /// The model may answer in text; a text answer is parsed as the final answer's JSON.
     Auto,
+    /// No tools on the wire: the tools (with `final_answer`) are listed in the system prompt,
+    /// and each turn's answer is constrained by a JSON schema (`response_format` json_schema)
+    /// to exactly one call `{"name": <tool>, "arguments": {…}}`. For local servers whose
+    /// forced tool choice does not stop after one call (llama.cpp with Qwen2.5-Coder-0.5B
+    /// writes call after call until `max_tokens`): the schema's grammar ends the turn after
+    /// one call, and the prompt is shorter than the template's tool preamble.
+    Schema,
 }
 
 /// Limits of one task's loop. A limit that runs out fails the task with a reason naming it.

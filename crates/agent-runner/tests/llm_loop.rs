@@ -402,3 +402,56 @@ async fn a_redelivered_task_replays_completed_calls_from_the_journal() {
 async fn plan_again(s: &Setup) -> Plan {
     plan(s, "t-journal").await.unwrap()
 }
+
+/// `tool_choice = "schema"`: no tools on the wire; the prompt lists them as sketches and each
+/// turn's answer is constrained by `response_format` json_schema to one call, which the loop
+/// reads from the content like any call (checked, policy-decided, recorded).
+#[tokio::test]
+async fn schema_mode_lists_tools_in_the_prompt_and_forces_one_call_per_turn() {
+    let fake = FakeServer::openai().await;
+    fake.push_all([
+        openai::text(&json!({"name": "query_assets", "arguments": {"group": "web"}}).to_string()),
+        // A model may go on after its call: the first JSON value is the call.
+        openai::text(&format!(
+            "{} {}",
+            json!({"name": "final_answer", "arguments": report()}),
+            json!({"name": "query_assets", "arguments": {}})
+        )),
+    ]);
+    let file = agent_file("\"query_assets\"", "").replace(
+        "output = \"report\"",
+        "output = \"report\"\ntool_choice = \"schema\"",
+    );
+    let s = setup(&fake, &file, None, 16 * 1024);
+    let plan = plan(&s, "t-schema").await.unwrap();
+    assert_eq!(plan.summary, "storage grew");
+    let run = plan.agent_run.unwrap();
+    assert_eq!(run.model_calls.len(), 2);
+    assert_eq!(
+        run.tool_calls
+            .iter()
+            .map(|t| (t.tool.as_str(), t.decision.as_str(), t.ok))
+            .collect::<Vec<_>>(),
+        [("query_assets", "allowed", true)]
+    );
+    let first = &fake.requests()[0].body;
+    assert!(first.get("tools").is_none(), "{first}");
+    assert!(first.get("tool_choice").is_none(), "{first}");
+    let schema = &first["response_format"]["json_schema"]["schema"];
+    let names: Vec<&str> = schema["anyOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["properties"]["name"]["const"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["query_assets", "final_answer"]);
+    let system = first["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains(r#"- query_assets: List assets"#)
+            && system.contains(r#"Arguments: {"environment"?: "...", "group"?: "..."}"#)
+            && system.contains(
+                r#"- final_answer: Give your final report (ends the task). The arguments are the answer itself. Arguments: {"answer": "...", "findings": ["...", ...], "recommendations": ["...", ...]}"#
+            ),
+        "{system}"
+    );
+}

@@ -37,7 +37,20 @@ impl LocalModel {
         };
         let defaults = LocalModelConfig::default();
         let mut extra_args = defaults.extra_args.clone();
-        extra_args.extend(["--parallel", "1", "--metrics"].map(String::from));
+        // One thread that does not spin-wait: on 2 cores busy with builds and other tests,
+        // two threads wait on each other and generation drops below 1 token/s.
+        extra_args.extend(
+            [
+                "--parallel",
+                "1",
+                "--metrics",
+                "--threads",
+                "1",
+                "--poll",
+                "0",
+            ]
+            .map(String::from),
+        );
         let config = LocalModelConfig {
             server,
             model: model.into(),

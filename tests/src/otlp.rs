@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -228,4 +228,289 @@ impl OtlpReceiver {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The six stages, in pipeline order; a consumer span is named `<stage> handle`.
+pub const STAGES: [&str; 6] = [
+    "ingestion",
+    "decision",
+    "agent-runner",
+    "validation",
+    "execution",
+    "audit",
+];
+
+/// A consumer's span (`<service> handle`): its stage (the `service` attribute).
+pub fn stage(s: &ReceivedSpan) -> Option<&str> {
+    s.name.ends_with(" handle").then(|| s.attr("service"))
+}
+
+/// The stage of the nearest consumer span above `s` (its parent, or the parent's parent, …)
+/// among `by_id`; `None` when the chain leaves `by_id` first.
+pub fn stage_above<'a>(
+    s: &ReceivedSpan,
+    by_id: &HashMap<&str, &'a ReceivedSpan>,
+) -> Option<&'a str> {
+    let mut id = s.parent_span_id.as_str();
+    while let Some(p) = by_id.get(id) {
+        if let Some(stage) = stage(p) {
+            return Some(stage);
+        }
+        id = p.parent_span_id.as_str();
+    }
+    None
+}
+
+/// The trace id of task `task_id`: the trace of decision's consumer span for it.
+pub fn trace_of_task(spans: &[ReceivedSpan], task_id: &str) -> Option<String> {
+    spans
+        .iter()
+        .find(|s| stage(s) == Some("decision") && s.attr("task_id") == task_id)
+        .map(|s| s.trace_id.clone())
+}
+
+/// Whether the task's trace has arrived whole: a consumer span of each of the six stages,
+/// and audit's span for `task.completed` (the audit log stores the final event last).
+pub fn task_trace_complete(spans: &[ReceivedSpan], task_id: &str) -> bool {
+    let Some(trace) = trace_of_task(spans, task_id) else {
+        return false;
+    };
+    let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace).collect();
+    let stages: BTreeSet<&str> = in_trace.iter().filter_map(|s| stage(s)).collect();
+    STAGES.iter().all(|s| stages.contains(s))
+        && in_trace.iter().any(|s| {
+            stage(s) == Some("audit") && s.attr("subject") == baton_proto::subject::TASK_COMPLETED
+        })
+}
+
+/// How the processes that sent a trace were laid out, for [`check_task_trace`].
+#[derive(Debug, Clone, Default)]
+pub struct TraceLayout {
+    /// Each service in its own process (the compose cluster): a stage's spans carry
+    /// `service.name` `baton-<stage>`. Otherwise all six in one process named `baton`.
+    pub process_per_service: bool,
+    /// `(service.name, n)`: that process (`baton-<stage>`) was killed (SIGKILL) after the
+    /// first `n` spans arrived. A killed process never ends, so never exports, the spans it
+    /// had open: those are *lost*, known as the missing parents of its spans among the `n`.
+    /// A span whose parent is lost (the killed process's own, or another service's consumer
+    /// span of an event the killed one published) counts as under the killed stage.
+    pub killed: Option<(String, usize)>,
+}
+
+/// What [`check_task_trace`] found: the trace id and its spans per `service.name`.
+#[derive(Debug, Clone)]
+pub struct TaskTrace {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// Span count per `service.name`.
+    pub spans_by_service: BTreeMap<String, usize>,
+    /// Spans whose parent was lost with the killed process.
+    pub cut_short: usize,
+}
+
+/// Checks that task `task_id` is one trace across the six services with the right parent
+/// links (call once [`task_trace_complete`] holds):
+/// - every consumer span of the task is in the trace, which has one root: ingestion's
+///   handling of the trigger;
+/// - every other span's parent was received (except a killed process's, see
+///   [`TraceLayout::killed`]);
+/// - each stage's consumer span sits under the previous stage's (audit's under any stage
+///   that published the event it stores);
+/// - one `policy.evaluate` under validation; at least two `rollout.phase`, `rollout.action`
+///   (each inside its phase, with its asset, succeeded) and `rollout.health_check` under
+///   execution;
+/// - each span comes from the process of its stage (`service.name`, per `layout`).
+///
+/// Returns what it found, or `Err` with what was wrong and a dump of the trace.
+pub fn check_task_trace(
+    spans: &[ReceivedSpan],
+    task_id: &str,
+    layout: &TraceLayout,
+) -> Result<TaskTrace, String> {
+    let trace = trace_of_task(spans, task_id)
+        .ok_or_else(|| format!("no decision span of task {task_id} arrived"))?;
+    let in_trace: Vec<(usize, &ReceivedSpan)> = spans
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.trace_id == trace)
+        .collect();
+    let by_id: HashMap<&str, &ReceivedSpan> = in_trace
+        .iter()
+        .map(|(_, s)| (s.span_id.as_str(), *s))
+        .collect();
+    let dump = || {
+        in_trace
+            .iter()
+            .map(|(_, s)| {
+                format!(
+                    "{} <- {} [{}] {} {:?}",
+                    s.span_id, s.parent_span_id, s.service_name, s.name, s.attributes
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let fail = |what: String| Err(format!("{what}; the trace:\n{}", dump()));
+    // The spans the killed process had open when it died: the missing parents of the spans
+    // it sent before.
+    let lost: BTreeSet<&str> = match &layout.killed {
+        Some((service, n)) => in_trace
+            .iter()
+            .filter(|(i, s)| i < n && &s.service_name == service)
+            .map(|(_, s)| s.parent_span_id.as_str())
+            .filter(|p| !p.is_empty() && !by_id.contains_key(p))
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let killed_stage = layout
+        .killed
+        .as_ref()
+        .map(|(service, _)| service.strip_prefix("baton-").unwrap_or(service));
+    // The stage above `s`: the nearest consumer span among its ancestors, or the killed
+    // stage when the chain ends at a lost span.
+    let stage_above = |s: &ReceivedSpan| -> Option<&str> {
+        let mut id = s.parent_span_id.as_str();
+        loop {
+            if lost.contains(id) {
+                return killed_stage;
+            }
+            let p = by_id.get(id)?;
+            if let Some(stage) = stage(p) {
+                return Some(stage);
+            }
+            id = p.parent_span_id.as_str();
+        }
+    };
+    let service_of = |stage: &str| {
+        if layout.process_per_service {
+            format!("baton-{stage}")
+        } else {
+            "baton".to_string()
+        }
+    };
+
+    // Every consumer span of the task is in this one trace.
+    for s in spans
+        .iter()
+        .filter(|s| stage(s).is_some() && s.attr("task_id") == task_id)
+    {
+        if s.trace_id != trace {
+            return fail(format!(
+                "{} of the task is in trace {}, not {trace}",
+                s.name, s.trace_id
+            ));
+        }
+    }
+    // One root: ingestion's handling of the trigger; every other span's parent was received.
+    let roots: Vec<&ReceivedSpan> = in_trace
+        .iter()
+        .map(|(_, s)| *s)
+        .filter(|s| s.parent_span_id.is_empty())
+        .collect();
+    if roots.len() != 1 {
+        return fail(format!("{} root spans, expected one", roots.len()));
+    }
+    if stage(roots[0]) != Some("ingestion")
+        || !roots[0].attr("subject").starts_with("baton.trigger.")
+    {
+        return fail(format!(
+            "the root is {:?}, not ingestion's trigger",
+            roots[0]
+        ));
+    }
+    let mut cut_short = 0;
+    for (_, s) in &in_trace {
+        if s.parent_span_id.is_empty() || by_id.contains_key(s.parent_span_id.as_str()) {
+            continue;
+        }
+        if lost.contains(s.parent_span_id.as_str()) {
+            cut_short += 1;
+        } else {
+            return fail(format!("{} has a parent outside the trace", s.name));
+        }
+    }
+    // Each stage's span is a child of (a span within) the previous stage's; audit's of any
+    // stage that published the event it stores. Each comes from its stage's process.
+    let previous = |stage: &str| match stage {
+        "decision" => &STAGES[..1],
+        "agent-runner" => &STAGES[1..2],
+        "validation" => &STAGES[2..3],
+        "execution" => &STAGES[3..4],
+        "audit" => &STAGES[..5],
+        _ => &STAGES[..0],
+    };
+    for (_, s) in &in_trace {
+        let Some(this) = stage(s) else { continue };
+        if s.service_name != service_of(this) {
+            return fail(format!(
+                "{} came from {:?}, not {:?}",
+                s.name,
+                s.service_name,
+                service_of(this)
+            ));
+        }
+        if this == "ingestion" {
+            continue;
+        }
+        let above = stage_above(s);
+        if !above.is_some_and(|a| previous(this).contains(&a)) {
+            return fail(format!(
+                "{} ({}) sits under {above:?}",
+                s.name,
+                s.attr("subject")
+            ));
+        }
+    }
+    // The spans inside the stages: policy evaluation, the rollout's phases, actions and checks.
+    let named = |name: &str| in_trace.iter().filter(|(_, s)| s.name == name).count();
+    if named("policy.evaluate") != 1 {
+        return fail(format!(
+            "{} policy.evaluate spans, expected 1",
+            named("policy.evaluate")
+        ));
+    }
+    for (name, stage_name) in [
+        ("policy.evaluate", "validation"),
+        ("rollout.phase", "execution"),
+        ("rollout.action", "execution"),
+        ("rollout.health_check", "execution"),
+    ] {
+        if name != "policy.evaluate" && named(name) < 2 {
+            return fail(format!("{} {name} spans, expected at least 2", named(name)));
+        }
+        for (_, s) in in_trace.iter().filter(|(_, s)| s.name == name) {
+            if s.service_name != service_of(stage_name) {
+                return fail(format!("{name} came from {:?}", s.service_name));
+            }
+            let above = stage_above(s);
+            if above != Some(stage_name) {
+                return fail(format!("{name} {:?} sits under {above:?}", s.attributes));
+            }
+        }
+    }
+    for (_, s) in in_trace.iter().filter(|(_, s)| s.name == "rollout.action") {
+        if s.attr("asset").is_empty() || s.attr("ok") != "true" {
+            return fail(format!("rollout.action {:?}", s.attributes));
+        }
+        match by_id.get(s.parent_span_id.as_str()) {
+            Some(phase) if phase.name == "rollout.phase" => {}
+            None if lost.contains(s.parent_span_id.as_str()) => {}
+            other => {
+                return fail(format!(
+                    "rollout.action {:?} is inside {:?}, not its phase",
+                    s.attributes,
+                    other.map(|p| &p.name)
+                ));
+            }
+        }
+    }
+    let mut spans_by_service = BTreeMap::new();
+    for (_, s) in &in_trace {
+        *spans_by_service.entry(s.service_name.clone()).or_default() += 1;
+    }
+    Ok(TaskTrace {
+        trace_id: trace,
+        spans_by_service,
+        cut_short,
+    })
 }

@@ -52,6 +52,10 @@ impl Harness {
         let config = Config {
             database_url: Config::sqlite_url(dir.path()),
             signing_key: dir.path().join("audit.key"),
+            // A watch of a task not (yet) stored, or of another tenant's, answers NOT_FOUND
+            // after this (the default's 60 s would make that test wait a minute); long enough
+            // for a watch started before its task's first record to see it stored.
+            watch_wait: Duration::from_secs(5),
             ..Config::default()
         };
         let audit = Audit::new(ctx, config).await.unwrap();

@@ -88,11 +88,16 @@ fn provider(otlp: &OtlpConfig) -> SdkTracerProvider {
             .with_tonic()
             .with_endpoint(url.clone())
             .build(),
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(url.clone())
-            .build(),
+        OtlpProtocol::HttpProtobuf => {
+            // reqwest's rustls client panics (on the exporter's thread) when no crypto
+            // provider is installed, and the process would run without export.
+            crate::tls::install_crypto_provider();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(url.clone())
+                .build()
+        }
     };
     let exporter = match exporter {
         Ok(e) => e,
@@ -162,4 +167,27 @@ pub fn with_default_service_name(mut otlp: OtlpConfig, services: &[&str]) -> Otl
         };
     }
     otlp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `baton serve` starts telemetry before anything installs a rustls crypto provider; the
+    /// HTTP/protobuf exporter (reqwest over rustls) must build all the same. Each test runs in
+    /// a process of its own under nextest, so none installed one before.
+    #[test]
+    fn the_http_protobuf_exporter_builds_in_a_process_with_no_crypto_provider_yet() {
+        let otlp = OtlpConfig {
+            endpoint: "http://127.0.0.1:4318".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            ..OtlpConfig::default()
+        };
+        let provider = provider(&otlp);
+        assert!(
+            baton_bus::trace::exporting(),
+            "the exporter was not built: the process would run without export"
+        );
+        let _ = provider.shutdown();
+    }
 }

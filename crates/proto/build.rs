@@ -2,7 +2,9 @@
 //! plus the file descriptor set that server reflection serves.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The manifest dir read when the script runs, not baked in when it was compiled: a target
+    // dir shared by two clones at different paths reuses one compiled build script.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "types.proto",
         "events.proto",

@@ -253,6 +253,7 @@ async fn run_scenario(submitter: &Clients, approver: &Clients) -> anyhow::Result
                     task_id: r.task_id.clone(),
                     reason: "canary first, waves of 2: looks right".into(),
                     plan_hash: String::new(),
+                    ..Default::default()
                 })
                 .await?;
         }

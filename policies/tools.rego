@@ -1,7 +1,9 @@
 # Tools: every tool call an agent makes is evaluated here before it runs. Deny by default: a
 # call runs only when `allow` holds and no `deny_call` reason fires; a `call_requires_approval`
-# reason sends it to a human (until per-call approvals exist, the loop refuses such a call and
-# tells the model why).
+# reason sends it to a human: the agent's loop pauses durably, the call is listed by
+# `baton pending` (kind tool_call) and decided with `baton approve/reject <task> --step <n>`.
+# Only the call approved (same tool, same arguments hash) then runs; a denial or the timeout
+# (`agents.tool_approval_timeout`) reaches the model as the call's error with its reason.
 #
 # Input (one tool call, built by the agent runner):
 #   tool          the tool's name (`query_assets`)
@@ -49,6 +51,14 @@ call_requires_approval contains msg if {
 	input.arguments.method != "GET"
 	input.environment == "production"
 	msg := sprintf("an HTTP %s from a production task needs a human's approval", [input.arguments.method])
+}
+
+# Deleting something over HTTP needs a human in every environment.
+call_requires_approval contains msg if {
+	input.tool == "http_request"
+	input.arguments.method == "DELETE"
+	input.environment != "production"
+	msg := sprintf("an HTTP DELETE (%s) needs a human's approval", [input.arguments.url])
 }
 
 # Code runs only in the sandbox, and never with a command longer than the sandbox allows.

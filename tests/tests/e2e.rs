@@ -32,6 +32,7 @@ async fn approve(h: &Harness, task_id: &str) {
             task_id: task_id.into(),
             reason: "looks right".into(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .expect("an approver may approve")
@@ -184,6 +185,7 @@ async fn grpc_submit_runs_to_completed_with_the_audit_log_on_postgres() {
             task_id: id.clone(),
             reason: String::new(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("a submitter token must not approve");
@@ -547,6 +549,7 @@ async fn call_every_rpc(mut c: baton::client::Clients) -> Vec<(&'static str, ton
                         task_id: task(),
                         reason: String::new(),
                         plan_hash: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .map(ok),
@@ -559,6 +562,7 @@ async fn call_every_rpc(mut c: baton::client::Clients) -> Vec<(&'static str, ton
                     .reject(RejectRequest {
                         task_id: task(),
                         reason: "r".into(),
+                        ..Default::default()
                     })
                     .await
                     .map(ok),

@@ -282,6 +282,7 @@ async fn a_forged_approval_runs_nothing_with_separately_started_services() {
             task_id: pending.task_id.clone(),
             reason: "seen".into(),
             plan_hash: pending.plan_hash.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -286,6 +286,7 @@ async fn complete(h: &Harness, task_id: &str) -> baton_proto::GetTaskResponse {
                             task_id: task_id.into(),
                             reason: "reviewed by the test".into(),
                             plan_hash: String::new(),
+                            ..Default::default()
                         })
                         .await
                         .unwrap();

@@ -76,6 +76,7 @@ async fn a_task_shows_up_in_every_metric_with_real_values() {
             task_id: id.clone(),
             reason: "looks right".into(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

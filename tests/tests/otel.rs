@@ -64,6 +64,7 @@ async fn a_drift_task_is_one_trace_across_the_six_services_exported_over_otlp() 
             task_id: id.clone(),
             reason: "looks right".into(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .expect("approve");

@@ -263,6 +263,7 @@ async fn approve_of_another_tenants_plan_is_not_found_and_changes_nothing() {
             task_id: id.clone(),
             reason: "looks fine to me".into(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -280,6 +281,7 @@ async fn approve_of_another_tenants_plan_is_not_found_and_changes_nothing() {
             task_id: id.clone(),
             reason: "ours".into(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .expect("globex's approver may approve");
@@ -295,6 +297,7 @@ async fn reject_of_another_tenants_plan_is_not_found_and_changes_nothing() {
         .reject(RejectRequest {
             task_id: id.clone(),
             reason: "sabotage".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -310,6 +313,7 @@ async fn reject_of_another_tenants_plan_is_not_found_and_changes_nothing() {
         .reject(RejectRequest {
             task_id: id.clone(),
             reason: "not today".into(),
+            ..Default::default()
         })
         .await
         .expect("globex's approver may reject");
@@ -326,6 +330,7 @@ async fn get_execution_of_another_tenant_is_not_found() {
             task_id: id.clone(),
             reason: "go".into(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -18,6 +18,12 @@ pub enum AgentError {
     /// at once with code `agent_failed` and this message as the reason.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: the agent paused durably on a tool call that waits for a human (see
+    /// [`crate::tool_approval`]). The runner acks the message without publishing anything; the
+    /// decision (`ToolCallDecided` on `baton.agent.<role>`) runs the agent again. The message
+    /// says what waits and how to decide it.
+    #[error("{0}")]
+    AwaitingApproval(String),
 }
 
 impl AgentError {

@@ -67,6 +67,8 @@ pub mod progress;
 pub mod registry;
 pub mod schema;
 pub mod spec;
+pub mod tenant_budget;
+pub mod tool_approval;
 pub mod tool_policy;
 pub mod tools;
 
@@ -78,7 +80,8 @@ pub use tools::{Tool, ToolFactory, ToolInfo, ToolRegistry};
 
 use baton_bus::{BusError, ConsumerSpec, Delivery, HandlerError};
 use baton_proto::{
-    AgentKind, Event, FailureCode, PlanProposed, TaskRouted, event::Body, redact, subject,
+    AgentKind, Event, FailureCode, PlanProposed, TaskRouted, ToolCallDecided, event::Body, redact,
+    subject,
 };
 use baton_runtime::Context;
 use serde::{Deserialize, Serialize};
@@ -138,6 +141,13 @@ pub struct Config {
     pub max_output_tokens: u32,
     /// The sandbox the `run_code` tool runs code in (`[agents.sandbox]`, see baton-sandbox).
     pub sandbox: baton_sandbox::Config,
+    /// How long a tool call the tool policy sent to a human waits for a decision; then the
+    /// runner denies it (the model reads the denial). See [`tool_approval`].
+    #[serde(with = "humantime_serde")]
+    pub tool_approval_timeout: Duration,
+    /// The tenants' daily budgets of tokens and money (`[agents.daily_budget]`, see
+    /// [`tenant_budget`]); none by default.
+    pub daily_budget: tenant_budget::Config,
 }
 
 impl Default for Config {
@@ -157,6 +167,8 @@ impl Default for Config {
             tool_output_limit: 16 * 1024,
             max_output_tokens: 1024,
             sandbox: baton_sandbox::Config::default(),
+            tool_approval_timeout: Duration::from_secs(3600),
+            daily_budget: tenant_budget::Config::default(),
         }
     }
 }
@@ -188,6 +200,12 @@ impl Config {
         if self.max_output_tokens == 0 {
             return bad("agents.max_output_tokens is 0: set a cap such as 1024".into());
         }
+        if self.tool_approval_timeout.is_zero() {
+            return bad(
+                "agents.tool_approval_timeout is 0: set how long a tool call waits for a human, e.g. \"1h\"".into(),
+            );
+        }
+        self.daily_budget.validate().map_err(Error::Config)?;
         self.sandbox
             .validate()
             .map_err(|e| Error::Config(format!("agents.sandbox: {e}")))?;
@@ -450,7 +468,13 @@ impl AgentRunner {
                 (role, result)
             });
         }
-        info!(consumers = tasks.len(), "agent runner started");
+        let sweeping = tasks.len();
+        tasks.spawn(sweep_tool_approvals(
+            bus.clone(),
+            self.config.tool_approval_timeout,
+            stop.clone(),
+        ));
+        info!(consumers = sweeping, "agent runner started");
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
             let error = match joined {
@@ -469,6 +493,44 @@ impl AgentRunner {
             first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Every `timeout / 10` (between 100 ms and 10 s), denies the tool calls whose approval timed
+/// out and publishes decisions left unpublished (see
+/// [`ToolApprovals::sweep`](baton_runtime::tool_approvals::ToolApprovals::sweep)). Every replica
+/// sweeps; the compare-and-set claim lets only one act on each call. Errors are logged and the
+/// next sweep tries again.
+async fn sweep_tool_approvals(
+    bus: baton_bus::Bus,
+    timeout: Duration,
+    stop: CancellationToken,
+) -> (String, Result<(), BusError>) {
+    let every = (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut store = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return ("tool-approval-sweep".into(), Ok(())),
+            _ = tick.tick() => {}
+        }
+        if store.is_none() {
+            match baton_runtime::tool_approvals::ToolApprovals::open(&bus).await {
+                Ok(s) => store = Some(s),
+                Err(e) => {
+                    warn!(error = %e, "cannot open the tool approvals; sweeping later");
+                    continue;
+                }
+            }
+        }
+        if let Some(s) = &store {
+            match s.sweep(std::time::SystemTime::now()).await {
+                Ok(0) => {}
+                Ok(n) => info!(decided = n, "tool approvals swept"),
+                Err(e) => warn!(error = %e, "tool approval sweep failed; trying again"),
+            }
+        }
     }
 }
 
@@ -555,7 +617,22 @@ impl Handler {
     }
 
     async fn handle_routed(&self, role: &str, d: &Delivery) -> Result<&'static str, HandlerError> {
-        let (event, TaskRouted { task, decision }) = d.expect::<TaskRouted>()?;
+        // A routed task, or a human's (or the timeout's) decision on a tool call its agent
+        // paused on: both run the agent, which resumes from its journal.
+        let (event, TaskRouted { task, decision }) = match d.expect::<ToolCallDecided>() {
+            Ok((event, decided)) => {
+                let pending = decided.pending.unwrap_or_default();
+                info!(task_id = %event.task_id, step = pending.step, tool = %pending.tool, "tool call decided; resuming the agent");
+                (
+                    event,
+                    TaskRouted {
+                        task: pending.task,
+                        decision: pending.decision,
+                    },
+                )
+            }
+            Err(_) => d.expect::<TaskRouted>()?,
+        };
         let spec = decision.as_ref().and_then(|x| x.spec.as_ref());
         let (Some(task), Some(spec)) = (&task, spec) else {
             let reason = "the task_routed event lacks its task or its decision's spec";
@@ -616,6 +693,12 @@ impl Handler {
             Err(AgentError::Permanent(reason)) => {
                 self.fail(&event, FailureCode::AgentFailed, reason).await?;
                 Ok("failed")
+            }
+            Err(AgentError::AwaitingApproval(what)) => {
+                // Paused durably: the pending call is stored and announced; the decision runs
+                // the agent again. Ack, so no worker waits.
+                info!(task_id = %event.task_id, agent = %name, what = %redact::for_log(&what), "agent awaits a tool call approval");
+                Ok("awaiting_approval")
             }
             Err(AgentError::Transient(reason)) => {
                 let max = self.ctx.bus.config().max_deliver;

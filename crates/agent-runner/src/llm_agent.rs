@@ -18,7 +18,10 @@
 //! 3. Each tool call is checked, in order: the tool exists and is offered to this agent; the
 //!    arguments match the tool's schema; the call is not a repeat (same tool, same arguments)
 //!    of an earlier one; the tool policy ([`crate::tool_policy`]) allows it. A refused call goes
-//!    back to the model as a tool error with the reason, and counts as a step.
+//!    back to the model as a tool error with the reason, and counts as a step. A call the
+//!    policy sends to a human pauses the loop durably until an approver decides it
+//!    ([`crate::tool_approval`]): approved, exactly that call runs; denied or timed out, the
+//!    model reads the denial.
 //! 4. `final_answer`'s arguments are checked against the output schema; a mismatch goes back to
 //!    the model once with the error (one repair), a second mismatch fails the task naming both.
 //!    For output `code` the answer's code and tests then run in the sandbox (`run_code`, policy
@@ -32,7 +35,9 @@
 //! the task at once ([`AgentError::Permanent`]) with a reason naming the budget and its limit. A
 //! third identical tool call trips the loop breaker (also permanent). A model call that fails
 //! retryably (timeout, 429, 5xx, unreachable) is [`AgentError::Transient`]: the message is
-//! redelivered and the loop resumes from the journal.
+//! redelivered and the loop resumes from the journal. Before each model call it makes (not
+//! one replayed), the tenant's daily budget ([`crate::tenant_budget`]) is checked; a tenant
+//! over it fails the task naming the budget and the tenant.
 //!
 //! # Exactly once
 //!
@@ -55,6 +60,8 @@
 use crate::journal::{Entry, Journal};
 use crate::progress::{Progress, ProgressPublisher};
 use crate::spec::{AgentSpec, ModelSpec, OutputKind, ToolMode};
+use crate::tenant_budget::TenantBudgets;
+use crate::tool_approval::{self, Gate};
 use crate::tool_policy::{CallInput, ToolPolicy, Verdict};
 use crate::tools::{ToolContext, ToolOutput, ToolRegistry};
 use crate::{Agent, AgentError, schema};
@@ -68,6 +75,7 @@ use baton_proto::{
     Action, AgentKind, AgentRun, Artifact, Asset, HttpAction, NoopAction, Phase, PhaseKind, Plan,
     SandboxRun, Step, Task, TaskSpec, ToolCall, action,
 };
+use baton_runtime::tool_approvals::ToolApprovals;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -129,6 +137,10 @@ pub struct Shared {
     pub max_output_tokens: u32,
     /// Where each model and tool call is announced as it happens (`baton watch`).
     pub progress: ProgressPublisher,
+    /// How long a tool call waits for a human before it is denied (`agents.tool_approval_timeout`).
+    pub tool_approval_timeout: Duration,
+    /// The tenants' daily budgets (`agents.daily_budget`); counted only with a bus.
+    pub daily_budget: crate::tenant_budget::Config,
 }
 
 /// An agent from a file, planning with a model and tools.
@@ -141,6 +153,8 @@ pub struct LlmAgent {
     model: Result<Arc<dyn ChatModel>, String>,
     shared: Shared,
     journal: OnceCell<Option<Journal>>,
+    approvals: OnceCell<Option<ToolApprovals>>,
+    budgets: OnceCell<Option<TenantBudgets>>,
 }
 
 impl LlmAgent {
@@ -212,7 +226,48 @@ impl LlmAgent {
             model,
             shared,
             journal: OnceCell::new(),
+            approvals: OnceCell::new(),
+            budgets: OnceCell::new(),
         }
+    }
+
+    /// The store of tool calls waiting for a human (`None` without a bus).
+    async fn approvals(&self) -> Result<Option<&ToolApprovals>, AgentError> {
+        let a = self
+            .approvals
+            .get_or_try_init(|| async {
+                match &self.shared.bus {
+                    None => Ok(None),
+                    Some(bus) => ToolApprovals::open(bus).await.map(Some).map_err(|e| {
+                        AgentError::transient(format!("cannot open the tool approvals: {e}"))
+                    }),
+                }
+            })
+            .await?;
+        Ok(a.as_ref())
+    }
+
+    /// The tenants' daily budgets (`None` without a bus or without any limit).
+    async fn budgets(&self) -> Result<Option<&TenantBudgets>, AgentError> {
+        let b = self
+            .budgets
+            .get_or_try_init(|| async {
+                match &self.shared.bus {
+                    Some(bus) if !self.shared.daily_budget.is_unlimited() => {
+                        TenantBudgets::open(bus, self.shared.daily_budget.clone())
+                            .await
+                            .map(Some)
+                            .map_err(|e| {
+                                AgentError::transient(format!(
+                                    "cannot open the tenants' daily usage: {e}"
+                                ))
+                            })
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+        Ok(b.as_ref())
     }
 
     async fn journal(&self) -> Result<Option<&Journal>, AgentError> {
@@ -628,6 +683,15 @@ impl Loop<'_> {
                 )));
             }
             None => {
+                let budgets = self.agent.budgets().await?;
+                if let Some(b) = budgets {
+                    b.check(&self.task.tenant)
+                        .await
+                        .map_err(|e| {
+                            AgentError::transient(format!("cannot read the tenant's usage: {e}"))
+                        })?
+                        .map_err(AgentError::permanent)?;
+                }
                 let answer = tokio::time::timeout(self.remaining_time(), model.chat(request)).await;
                 let response = match answer {
                     Err(_) => {
@@ -645,6 +709,13 @@ impl Loop<'_> {
                     }
                     Ok(Ok(r)) => r,
                 };
+                if let Some(b) = budgets {
+                    let tokens = u64::from(response.usage.input_tokens)
+                        + u64::from(response.usage.output_tokens);
+                    if let Err(e) = b.add(&self.task.tenant, tokens, response.cost_micros).await {
+                        tracing::warn!(task_id = %self.task.task_id, tenant = %self.task.tenant, error = %e, "model call not counted in the tenant's daily usage");
+                    }
+                }
                 match self.record(Entry::Model { response }).await? {
                     Entry::Model { response } => response,
                     Entry::Tool { .. } => {
@@ -717,7 +788,7 @@ impl Loop<'_> {
                         )),
                     )
                 } else {
-                    self.check_and_run(&call.name, &call.arguments).await
+                    self.check_and_run(&call.name, &call.arguments).await?
                 };
                 let entry = Entry::Tool {
                     tool: call.name.clone(),
@@ -752,7 +823,7 @@ impl Loop<'_> {
             "tool call"
         );
         match record.decision.as_str() {
-            "allowed" => self.progress.tool_call(&record).await,
+            "allowed" | "approved" => self.progress.tool_call(&record).await,
             "require_approval" => {
                 self.progress
                     .tool_awaiting_approval(&record, &record.reason)
@@ -763,14 +834,16 @@ impl Loop<'_> {
         Ok(shown)
     }
 
-    /// Existence, offer, schema and policy checks, then the call.
+    /// Existence, offer, schema and policy checks (and a human's decision when the policy asks
+    /// for one), then the call. `Err` only when the call waits for a human
+    /// ([`AgentError::AwaitingApproval`]) or the approvals cannot be reached.
     async fn check_and_run(
         &self,
         name: &str,
         args: &Value,
-    ) -> (String, Result<ToolOutput, String>) {
+    ) -> Result<(String, Result<ToolOutput, String>), AgentError> {
         let agent = self.agent;
-        let denied = |reason: String| ("denied".to_string(), Err(reason));
+        let denied = |reason: String| Ok(("denied".to_string(), Err(reason)));
         let Some(tool) = agent.shared.tools.get(name) else {
             return denied(format!(
                 "unknown tool {name:?}; your tools: {}, {FINAL_ANSWER}",
@@ -800,18 +873,56 @@ impl Loop<'_> {
             task_type: &self.spec.task_type,
             tenant: &self.task.tenant,
         });
-        match verdict {
-            Verdict::Allow => {}
+        let decision = match verdict {
+            Verdict::Allow => "allowed",
             Verdict::Deny(reason) => return denied(format!("denied by the tool policy: {reason}")),
             Verdict::RequireApproval(reason) => {
-                return (
-                    "require_approval".to_string(),
-                    Err(format!(
-                        "this call needs a human's approval ({reason}); per-call approvals are not available, so it was not made"
-                    )),
-                );
+                let (Some(store), Some(bus)) = (agent.approvals().await?, &agent.shared.bus) else {
+                    return Ok((
+                        "require_approval".to_string(),
+                        Err(format!(
+                            "this call needs a human's approval ({reason}); approvals need the bus, so it was not made"
+                        )),
+                    ));
+                };
+                let call = tool_approval::Call {
+                    task: self.task,
+                    spec: self.spec,
+                    role: &agent.role,
+                    agent: &agent.name,
+                    step: self.step,
+                    tool: name,
+                    arguments: args,
+                    reason: &reason,
+                };
+                match tool_approval::gate(store, bus, &call, agent.shared.tool_approval_timeout)
+                    .await
+                {
+                    Ok(Gate::Run { approver }) => {
+                        tracing::info!(task_id = %self.task.task_id, step = self.step, tool = name, %approver, "approved tool call runs");
+                        "approved"
+                    }
+                    Ok(Gate::Deny(why)) => return Ok(("rejected".to_string(), Err(why))),
+                    Err(e) => {
+                        if matches!(e, AgentError::AwaitingApproval(_)) {
+                            let mut record = ToolCall {
+                                tool: name.to_string(),
+                                arguments: args.to_string(),
+                                decision: "require_approval".into(),
+                                reason: reason.clone(),
+                                step: self.step,
+                                ..Default::default()
+                            };
+                            record.redact();
+                            self.progress
+                                .tool_awaiting_approval(&record, &record.reason)
+                                .await;
+                        }
+                        return Err(e);
+                    }
+                }
             }
-        }
+        };
         let cx = ToolContext {
             task_id: self.task.task_id.clone(),
             role: agent.role.clone(),
@@ -828,7 +939,7 @@ impl Loop<'_> {
                 "{name} did not finish within the agent's wall-time budget"
             )),
         };
-        ("allowed".to_string(), out)
+        Ok((decision.to_string(), out))
     }
 
     /// Records a tool call in `agent_run` (redacted) and returns the text the model reads.

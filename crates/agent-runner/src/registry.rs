@@ -164,6 +164,8 @@ pub fn assemble(ctx: &Context, config: &Config) -> Result<Assembly, Error> {
             tool_output_limit: config.tool_output_limit,
             max_output_tokens: config.max_output_tokens,
             progress: crate::progress::ProgressPublisher::new(&ctx.bus),
+            tool_approval_timeout: config.tool_approval_timeout,
+            daily_budget: config.daily_budget.clone(),
         };
         let providers: Vec<ModelProvider> = ctx.plugins.all::<ModelProvider>().to_vec();
         let llm = ctx.plugins.all::<ProviderRegistry>().last().cloned();

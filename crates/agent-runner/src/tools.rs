@@ -497,6 +497,10 @@ impl Tool for HttpRequest {
                 req = req.header("Idempotency-Key", &cx.idempotency_key);
             }
             if let Some(body) = args.get("body").and_then(Value::as_str) {
+                // A JSON body is labelled as such (JSON APIs refuse an unlabelled body).
+                if serde_json::from_str::<Value>(body).is_ok() {
+                    req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+                }
                 req = req.body(body.to_string());
             }
             let resp = req

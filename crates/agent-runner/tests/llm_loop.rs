@@ -88,6 +88,8 @@ fn setup(fake: &FakeServer, file: &str, bus: Option<baton_bus::Bus>, output_limi
         tool_output_limit: output_limit,
         max_output_tokens: 512,
         progress: baton_agent_runner::progress::ProgressPublisher::disabled(),
+        tool_approval_timeout: std::time::Duration::from_secs(3600),
+        daily_budget: Default::default(),
     };
     Setup {
         work_dir: config.work_dir.clone(),

@@ -133,6 +133,18 @@ impl TaskRow {
                 }
                 (TaskStatus::AwaitingClarification, None)
             }
+            // The task stays with its agent while a tool call waits for a human (the
+            // statuses are the plan's path; the reason says what the agent waits for).
+            Body::ToolCallAwaitingApproval(a) => (
+                TaskStatus::Routed,
+                a.pending.as_ref().map(|p| {
+                    format!(
+                        "tool call {} (agent step {}) waits for an approver: {}",
+                        p.tool, p.step, p.reason
+                    )
+                }),
+            ),
+            Body::ToolCallDecided(_) => (TaskStatus::Routed, None),
             Body::PlanProposed(_) => (TaskStatus::Proposed, None),
             Body::AwaitingApproval(_) => (TaskStatus::AwaitingApproval, None),
             Body::TaskApproved(_) => (TaskStatus::Approved, None),

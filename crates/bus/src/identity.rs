@@ -11,8 +11,8 @@
 //! | `admin` | everything | everything | everything: creates and updates the streams |
 //! | `ingestion` | `baton.task.received`, `baton.ingestion.rejected` | `ingestion` | reads `BATON` by sequence |
 //! | `decision` | `baton.agent.*`, `baton.task.{failed,awaiting_clarification,rejected}` | `decision` | KV `baton_clarifications` |
-//! | `agent-runner` | `baton.task.proposed`, `baton.task.failed`, `baton.progress.>` (core NATS) | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay) |
-//! | `validation` | `baton.task.{approved,rejected,awaiting_approval}` | `validation` | KV `baton_approvals` |
+//! | `agent-runner` | `baton.task.{proposed,failed,tool_call_awaiting_approval}`, `baton.agent.*` (a timed-out tool call's `ToolCallDecided`), `baton.progress.>` (core NATS) | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay), `baton_tool_approvals` |
+//! | `validation` | `baton.task.{approved,rejected,awaiting_approval}`, `baton.agent.*` (a human's `ToolCallDecided`) | `validation` | KV `baton_approvals`, `baton_tool_approvals` (tool calls waiting for a human; the agent runner trusts this record, not the event) |
 //! | `execution` | `baton.execution.>`, `baton.task.{completed,failed}` | `execution` | KV `baton_executions`, `baton_execution_attempts` |
 //! | `audit` | nothing on the path; subscribes to `baton.progress.>` (core NATS) | `audit` (BATON), `audit-dead` (BATON_DEAD) | KV `baton_audit_anchor` (the signed head of the log; only audit may write it) |
 //! | `trigger-<tenant>` | `baton.trigger.<tenant>.>` | nothing | nothing |
@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 /// Name of the identity that creates the streams (`baton up` and tools).
 pub const ADMIN: &str = "admin";
 /// KV buckets of the agent runner: the journal of its agents' model and tool calls.
-const AGENT_RUNNER_BUCKETS: &[&str] = &["baton_agent_journal"];
+const AGENT_RUNNER_BUCKETS: &[&str] = &["baton_agent_journal", "baton_tool_approvals"];
 /// KV buckets of decision: the tasks waiting for an operator to choose their role.
 const DECISION_BUCKETS: &[&str] = &["baton_clarifications"];
 /// KV buckets of validation.
-const VALIDATION_BUCKETS: &[&str] = &["baton_approvals"];
+const VALIDATION_BUCKETS: &[&str] = &["baton_approvals", "baton_tool_approvals"];
 /// KV buckets of execution.
 const EXECUTION_BUCKETS: &[&str] = &["baton_executions", "baton_execution_attempts"];
 /// KV buckets of audit: the anchor of the log's end, which only audit may write.
@@ -161,7 +161,13 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
         ),
         svc(
             "agent-runner",
-            &[s::TASK_PROPOSED, s::TASK_FAILED, &progress],
+            &[
+                s::TASK_PROPOSED,
+                s::TASK_FAILED,
+                s::TOOL_CALL_AWAITING_APPROVAL,
+                &format!("{}.*", s::AGENT_PREFIX),
+                &progress,
+            ],
             &agent_consumers,
             AGENT_RUNNER_BUCKETS,
         ),
@@ -171,6 +177,7 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
                 s::TASK_APPROVED,
                 s::TASK_REJECTED,
                 s::TASK_AWAITING_APPROVAL,
+                &format!("{}.*", s::AGENT_PREFIX),
             ],
             &[(main, "validation")],
             VALIDATION_BUCKETS,

@@ -207,6 +207,29 @@ pub fn describe(record: &AuditRecord) -> String {
                 d.explanation
             )
         }
+        Some(Body::ToolCallAwaitingApproval(a)) => {
+            let p = a.pending.clone().unwrap_or_default();
+            format!(
+                "tool call {} at agent step {} waits for an approver (`baton approve {} --step {}`): {}; arguments {}",
+                p.tool, p.step, p.task_id, p.step, p.reason, p.arguments
+            )
+        }
+        Some(Body::ToolCallDecided(d)) => {
+            let p = d.pending.clone().unwrap_or_default();
+            let a = d.approval.clone().unwrap_or_default();
+            format!(
+                "tool call {} at agent step {} {} by {}{}",
+                p.tool,
+                p.step,
+                if a.approved { "approved" } else { "denied" },
+                a.approver,
+                if a.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", a.reason)
+                }
+            )
+        }
         Some(Body::AwaitingApproval(a)) => {
             let v = a
                 .pending

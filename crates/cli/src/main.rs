@@ -101,8 +101,10 @@ enum Command {
         /// Task id (as `submit` printed it).
         id: String,
     },
-    /// Lists plans waiting for approval, and tasks waiting for an operator to choose their
-    /// role (`awaiting_clarification`; answer with `baton route`).
+    /// Lists what waits for a human: plans (kind `plan`), agents' tool calls the tool policy
+    /// sent to an approver (kind `tool_call`, with the agent step to pass as `--step`), and
+    /// tasks waiting for an operator to choose their role (`awaiting_clarification`; answer
+    /// with `baton route`).
     Pending,
     /// Lists the roles tasks may be routed to and the environments they may target (the
     /// `[catalog]` the services run with).
@@ -112,10 +114,19 @@ enum Command {
     Agents,
     /// Lists the tools LLM agents may call: name, side effects, description.
     Tools,
-    /// Approves a plan waiting for approval (needs the approver role).
+    /// Approves a plan, or with `--step` an agent's tool call, waiting for approval (needs the
+    /// approver role).
     Approve {
-        /// Task id of the waiting plan.
+        /// Task id of the waiting plan or tool call.
         id: String,
+        /// The agent step of a waiting tool call (`baton pending` shows it); without it, the
+        /// task's plan is approved.
+        #[arg(long, default_value_t = 0)]
+        step: u32,
+        /// With `--step`: the arguments hash `baton pending` showed; the approval is refused
+        /// unless the waiting call has exactly those arguments.
+        #[arg(long, default_value = "")]
+        args_hash: String,
         /// Why it is approved, kept in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
@@ -124,10 +135,14 @@ enum Command {
         #[arg(long, default_value = "")]
         plan_hash: String,
     },
-    /// Rejects a plan waiting for approval (needs the approver role).
+    /// Rejects a plan, or with `--step` denies an agent's tool call, waiting for approval
+    /// (needs the approver role). A denied tool call's reason reaches the agent's model.
     Reject {
-        /// Task id of the waiting plan.
+        /// Task id of the waiting plan or tool call.
         id: String,
+        /// The agent step of a waiting tool call; without it, the task's plan is rejected.
+        #[arg(long, default_value_t = 0)]
+        step: u32,
         /// Why it is rejected (required), kept in the audit log.
         #[arg(long)]
         reason: String,
@@ -290,10 +305,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tools => list_tools(&config).await,
         Command::Approve {
             id,
+            step,
+            args_hash,
             reason,
             plan_hash,
-        } => approve(&config, id, reason, plan_hash).await,
-        Command::Reject { id, reason } => reject(&config, id, reason).await,
+        } => approve(&config, id, step, args_hash, reason, plan_hash).await,
+        Command::Reject { id, step, reason } => reject(&config, id, step, reason).await,
         Command::Audit {
             command: AuditCommand::Verify,
         } => verify_audit(&config).await,
@@ -576,8 +593,11 @@ async fn write_artifact(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `baton pending`: one line per plan waiting for an approver, ending with the plan's hash
-/// (pass it to `baton approve --plan-hash` to approve exactly that plan).
+/// `baton pending`: one line per plan waiting for an approver (kind `plan`), ending with the
+/// plan's hash (pass it to `baton approve --plan-hash` to approve exactly that plan); one line
+/// per agent tool call waiting (kind `tool_call`: task, step, tool, arguments as the approver
+/// may see them, the policy's reason, deadline, and the arguments hash for
+/// `baton approve <task> --step <n> --args-hash <hash>`).
 async fn list_pending(config: &BatonConfig) -> anyhow::Result<ExitCode> {
     let mut c = connect(config, &[Role::Submitter]).await?;
     let r = c
@@ -591,11 +611,26 @@ async fn list_pending(config: &BatonConfig) -> anyhow::Result<ExitCode> {
             .map(|v| v.reasons.join("; "))
             .unwrap_or_default();
         println!(
-            "{}  {}  {}  plan {}",
+            "plan  {}  {}  {}  plan {}",
             p.task_id,
             p.plan.map(|p| p.summary).unwrap_or_default(),
             reasons,
             p.plan_hash
+        );
+    }
+    for t in r.tool_calls {
+        println!(
+            "tool_call  {}  step {}  {} {}  {}  until {}  args {}",
+            t.task_id,
+            t.step,
+            t.tool,
+            t.arguments,
+            t.reason,
+            t.deadline
+                .as_ref()
+                .map(baton_runtime::tool_approvals::rfc3339)
+                .unwrap_or_default(),
+            t.arguments_hash
         );
     }
     baton::routing::print_awaiting(&mut c).await?;
@@ -679,10 +714,13 @@ async fn list_tools(config: &BatonConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `baton approve <id> [--plan-hash <hash>]` (approver role).
+/// `baton approve <id> [--plan-hash <hash>]`, or `baton approve <id> --step <n> [--args-hash
+/// <hash>]` for a tool call (approver role).
 async fn approve(
     config: &BatonConfig,
     id: String,
+    step: u32,
+    args_hash: String,
     reason: String,
     plan_hash: String,
 ) -> anyhow::Result<ExitCode> {
@@ -693,29 +731,52 @@ async fn approve(
             task_id: id,
             reason,
             plan_hash,
+            step,
+            arguments_hash: args_hash,
         })
         .await?
         .into_inner();
     let approval = r.approval.unwrap_or_default();
-    println!(
-        "approved by {} (plan {})",
-        approval.approver, approval.plan_hash
-    );
+    if step > 0 {
+        println!(
+            "tool call at step {} approved by {} (arguments {})",
+            approval.step, approval.approver, approval.arguments_hash
+        );
+    } else {
+        println!(
+            "approved by {} (plan {})",
+            approval.approver, approval.plan_hash
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `baton reject <id> --reason …` (approver role).
-async fn reject(config: &BatonConfig, id: String, reason: String) -> anyhow::Result<ExitCode> {
+/// `baton reject <id> [--step <n>] --reason …` (approver role).
+async fn reject(
+    config: &BatonConfig,
+    id: String,
+    step: u32,
+    reason: String,
+) -> anyhow::Result<ExitCode> {
     let mut c = connect(config, &[Role::Approver]).await?;
     let r = c
         .approvals
         .reject(RejectRequest {
             task_id: id,
             reason,
+            step,
         })
         .await?
         .into_inner();
-    println!("rejected by {}", r.approval.unwrap_or_default().approver);
+    let approval = r.approval.unwrap_or_default();
+    if step > 0 {
+        println!(
+            "tool call at step {} denied by {}",
+            approval.step, approval.approver
+        );
+    } else {
+        println!("rejected by {}", approval.approver);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

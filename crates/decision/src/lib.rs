@@ -797,6 +797,7 @@ impl DecisionServiceApi for DecisionApi {
             reason: req.reason.trim().to_string(),
             decided_at: Some(baton_proto::now()),
             plan_hash: String::new(),
+            ..Default::default()
         };
         let out = Inner::answer(
             &w,

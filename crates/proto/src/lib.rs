@@ -216,6 +216,8 @@ event_bodies! {
     TaskFailed(TaskFailed) => "task_failed",
     DeadLetter(DeadLetter) => "dead_letter",
     AwaitingClarification(TaskAwaitingClarification) => "awaiting_clarification",
+    ToolCallAwaitingApproval(ToolCallAwaitingApproval) => "tool_call_awaiting_approval",
+    ToolCallDecided(ToolCallDecided) => "tool_call_decided",
 }
 
 /// NATS subjects of the path. All live in stream `BATON` except dead letters (`BATON_DEAD`).
@@ -239,6 +241,8 @@ pub mod subject {
     pub const TASK_AWAITING_APPROVAL: &str = "baton.task.awaiting_approval";
     /// Decision → operators: no tier was confident about the task's role.
     pub const TASK_AWAITING_CLARIFICATION: &str = "baton.task.awaiting_clarification";
+    /// Agent-runner → operators: an agent's tool call waits for a human (HITL per tool call).
+    pub const TOOL_CALL_AWAITING_APPROVAL: &str = "baton.task.tool_call_awaiting_approval";
     /// Validation/approval → execution.
     pub const TASK_APPROVED: &str = "baton.task.approved";
     /// Validation/approval: the plan will not run.

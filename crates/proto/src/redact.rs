@@ -303,6 +303,8 @@ impl Redact for event::Body {
             Body::AwaitingClarification(a) => {
                 a.task.redact() | a.decision.redact() | a.candidates.redact()
             }
+            Body::ToolCallAwaitingApproval(a) => a.pending.redact(),
+            Body::ToolCallDecided(d) => d.pending.redact() | d.approval.redact(),
         }
     }
 }
@@ -452,6 +454,15 @@ impl Redact for ValidationResult {
 impl Redact for Approval {
     fn redact(&mut self) -> bool {
         self.reason.redact()
+    }
+}
+
+impl Redact for PendingToolCall {
+    fn redact(&mut self) -> bool {
+        self.task.redact()
+            | self.decision.redact()
+            | json_string(&mut self.arguments)
+            | self.reason.redact()
     }
 }
 

@@ -14,6 +14,8 @@
 //! - [`catalog`]: the configured roles and environments.
 //! - [`signing`]: Ed25519 keys, the signed approval and its verification, the audit anchor's
 //!   signature.
+//! - [`tool_approvals`]: agent tool calls waiting for a human (HITL per tool call), shared by
+//!   the agent runner and validation's `ApprovalService`.
 //! - [`Context`]: the handles a service is built from.
 
 pub mod auth;
@@ -29,6 +31,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod telemetry;
 pub mod tls;
+pub mod tool_approvals;
 
 use std::sync::Arc;
 

@@ -32,6 +32,16 @@
 //!
 //! A task of another tenant is NOT_FOUND, so ids cannot be probed.
 //!
+//! # Tool calls (human-in-the-loop per tool call)
+//!
+//! The same three calls decide the agents' tool calls that the tool policy sent to a human
+//! (`baton_runtime::tool_approvals`, KV `baton_tool_approvals`): `ListPending` lists them in
+//! `tool_calls` beside the plans; `Approve`/`Reject` with `step` > 0 decide the call at that
+//! agent step of the task, with the same role, tenant and claim-then-publish rules as plans.
+//! An `Approve` naming an `arguments_hash` other than the held call's is FAILED_PRECONDITION
+//! (like `plan_hash`). The decision goes to the agent runner as `ToolCallDecided` on
+//! `baton.agent.<role>`; the runner resumes the task's loop.
+//!
 //! Not yet (later releases): preventing submitters from approving their own plans, quorum of
 //! several approvers, timeouts and escalation.
 
@@ -45,6 +55,7 @@ use baton_proto::{
 };
 use baton_runtime::auth::Role;
 use baton_runtime::signing;
+use baton_runtime::tool_approvals::{self, ToolApprovals};
 use bytes::Bytes;
 use prost::Message as _;
 use std::sync::Arc;
@@ -315,6 +326,34 @@ impl Inner {
     }
 }
 
+impl Approvals {
+    /// The store of tool calls waiting for a human (opened per call: decisions are rare and
+    /// human-paced, and opening is idempotent).
+    async fn tool_approvals(&self) -> Result<ToolApprovals, Status> {
+        ToolApprovals::open(&self.inner.ctx.bus)
+            .await
+            .map_err(|e| Error::Bus(e).into())
+    }
+
+    /// Decides the tool call at `step` of `task_id` (see [`ToolApprovals::decide`]).
+    async fn decide_tool_call(
+        &self,
+        task_id: &str,
+        step: u32,
+        can_see: impl Fn(&str) -> bool,
+        decision: Approval,
+    ) -> Result<Approval, Status> {
+        if task_id.is_empty() {
+            return Err(Error::InvalidArgument("task_id is required".into()).into());
+        }
+        Ok(self
+            .tool_approvals()
+            .await?
+            .decide(task_id, step, can_see, decision)
+            .await?)
+    }
+}
+
 #[tonic::async_trait]
 impl ApprovalService for Approvals {
     async fn list_pending(
@@ -341,7 +380,16 @@ impl ApprovalService for Approvals {
             };
             t(a).cmp(&t(b)).then_with(|| a.task_id.cmp(&b.task_id))
         });
-        Ok(Response::new(ListPendingResponse { pending }))
+        let tool_calls = self
+            .tool_approvals()
+            .await?
+            .list_pending(|t| principal.can_see(t))
+            .await
+            .map_err(tool_approvals::Error::from)?;
+        Ok(Response::new(ListPendingResponse {
+            pending,
+            tool_calls,
+        }))
     }
 
     async fn approve(
@@ -351,6 +399,23 @@ impl ApprovalService for Approvals {
         let principal = self.inner.ctx.auth.authenticate(&request).await?;
         principal.require(Role::Approver)?;
         let req = request.into_inner();
+        if req.step > 0 {
+            let decision = Approval {
+                approver: principal.subject.clone(),
+                approved: true,
+                reason: req.reason,
+                decided_at: Some(baton_proto::now()),
+                arguments_hash: req.arguments_hash.trim().to_ascii_lowercase(),
+                ..Default::default()
+            };
+            let approval = self
+                .decide_tool_call(&req.task_id, req.step, |t| principal.can_see(t), decision)
+                .await?;
+            info!(task_id = %approval.task_id, step = approval.step, approver = %approval.approver, arguments_hash = %approval.arguments_hash, "tool call approved by a human");
+            return Ok(Response::new(ApproveResponse {
+                approval: Some(approval),
+            }));
+        }
         let decision = Approval {
             task_id: req.task_id.clone(),
             approver: principal.subject.clone(),
@@ -358,6 +423,7 @@ impl ApprovalService for Approvals {
             reason: req.reason,
             decided_at: Some(baton_proto::now()),
             plan_hash: req.plan_hash.trim().to_ascii_lowercase(),
+            ..Default::default()
         };
         let approval = self
             .inner
@@ -379,13 +445,29 @@ impl ApprovalService for Approvals {
         if req.reason.trim().is_empty() {
             return Err(Error::InvalidArgument("a rejection needs a reason".into()).into());
         }
+        if req.step > 0 {
+            let decision = Approval {
+                approver: principal.subject.clone(),
+                approved: false,
+                reason: req.reason,
+                decided_at: Some(baton_proto::now()),
+                ..Default::default()
+            };
+            let approval = self
+                .decide_tool_call(&req.task_id, req.step, |t| principal.can_see(t), decision)
+                .await?;
+            info!(task_id = %approval.task_id, step = approval.step, approver = %approval.approver, "tool call denied by a human");
+            return Ok(Response::new(RejectResponse {
+                approval: Some(approval),
+            }));
+        }
         let decision = Approval {
             task_id: req.task_id.clone(),
             approver: principal.subject.clone(),
             approved: false,
             reason: req.reason,
             decided_at: Some(baton_proto::now()),
-            plan_hash: String::new(),
+            ..Default::default()
         };
         let approval = self
             .inner

@@ -569,6 +569,7 @@ impl Inner {
                     reason: validation.reasons.join("; "),
                     decided_at: Some(baton_proto::now()),
                     plan_hash: signing::plan_hash(&plan),
+                    ..Default::default()
                 };
                 let mut approved = TaskApproved {
                     task: Some(task),

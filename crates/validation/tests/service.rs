@@ -511,6 +511,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
                 task_id: "t-gate".into(),
                 reason: "lgtm".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &submitter,
         ))
@@ -529,6 +530,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
                 task_id: "t-gate".into(),
                 reason: "".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &other,
         ))
@@ -544,6 +546,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
             task_id: "t-gate".into(),
             reason: "".into(),
             plan_hash: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -557,6 +560,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
                 task_id: "t-gate".into(),
                 reason: "change window open".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &approver,
         ))
@@ -606,6 +610,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
             RejectRequest {
                 task_id: "t-gate".into(),
                 reason: "too late".into(),
+                ..Default::default()
             },
             &approver,
         ))
@@ -621,6 +626,7 @@ async fn high_risk_production_plan_waits_then_a_human_approves_it() {
             RejectRequest {
                 task_id: "t-gate".into(),
                 reason: "x".into(),
+                ..Default::default()
             },
             &other,
         ))
@@ -654,6 +660,7 @@ async fn approval_binds_the_plan_hash_the_approver_saw_and_is_signed() {
                 task_id: "t-hash".into(),
                 reason: "ok".into(),
                 plan_hash: other.clone(),
+                ..Default::default()
             },
             &alice,
         ))
@@ -673,6 +680,7 @@ async fn approval_binds_the_plan_hash_the_approver_saw_and_is_signed() {
                 task_id: "t-hash".into(),
                 reason: "ok".into(),
                 plan_hash: shown.to_uppercase(),
+                ..Default::default()
             },
             &alice,
         ))
@@ -698,6 +706,7 @@ async fn approval_binds_the_plan_hash_the_approver_saw_and_is_signed() {
                 task_id: "t-hash".into(),
                 reason: "again".into(),
                 plan_hash: other,
+                ..Default::default()
             },
             &alice,
         ))
@@ -720,6 +729,7 @@ async fn approve_after_approve_is_idempotent() {
                 task_id: "t-twice".into(),
                 reason: "ok".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &alice,
         ))
@@ -735,6 +745,7 @@ async fn approve_after_approve_is_idempotent() {
                 task_id: "t-twice".into(),
                 reason: "me too".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &bob,
         ))
@@ -769,6 +780,7 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
             reason: "window open".into(),
             decided_at: Some(baton_proto::now()),
             plan_hash: String::new(),
+            ..Default::default()
         }),
         pending: Some(pending),
         published: false,
@@ -798,6 +810,7 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
             RejectRequest {
                 task_id: "t-crash".into(),
                 reason: "no".into(),
+                ..Default::default()
             },
             &bob,
         ))
@@ -816,6 +829,7 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
                 task_id: "t-crash".into(),
                 reason: "retry".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &alice,
         ))
@@ -837,6 +851,7 @@ async fn a_claim_left_unpublished_by_a_crash_is_published_by_the_same_decision_o
                 task_id: "t-crash".into(),
                 reason: "again".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &bob,
         ))
@@ -862,6 +877,7 @@ async fn concurrent_approve_and_reject_decide_each_task_exactly_once() {
                 task_id: task_id.clone(),
                 reason: "go".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &alice,
         ));
@@ -869,6 +885,7 @@ async fn concurrent_approve_and_reject_decide_each_task_exactly_once() {
             RejectRequest {
                 task_id: task_id.clone(),
                 reason: "stop".into(),
+                ..Default::default()
             },
             &bob,
         ));
@@ -939,6 +956,7 @@ async fn a_human_rejection_needs_a_reason_and_publishes_the_rejection() {
             RejectRequest {
                 task_id: "t-no".into(),
                 reason: "  ".into(),
+                ..Default::default()
             },
             &approver,
         ))
@@ -954,6 +972,7 @@ async fn a_human_rejection_needs_a_reason_and_publishes_the_rejection() {
             RejectRequest {
                 task_id: "t-no".into(),
                 reason: "not during the freeze".into(),
+                ..Default::default()
             },
             &approver,
         ))
@@ -993,6 +1012,7 @@ async fn a_redelivered_proposal_of_a_decided_task_does_not_reopen_it() {
                 task_id: "t-again".into(),
                 reason: "ok".into(),
                 plan_hash: String::new(),
+                ..Default::default()
             },
             &approver,
         ))
@@ -1085,4 +1105,155 @@ async fn an_empty_policy_dir_means_the_built_in_policies() {
         .await
         .expect("an empty policy_dir starts with the built-in policies");
     drop(svc);
+}
+
+/// A tool call an agent paused on (as the agent runner stores it), for the approval calls.
+async fn pending_tool_call(h: &Harness, task_id: &str) -> baton_proto::PendingToolCall {
+    let args = serde_json::json!({"method": "PUT", "url": "http://web-01/config"});
+    let pending = baton_proto::PendingToolCall {
+        task_id: task_id.into(),
+        tenant: TENANT.into(),
+        role: "cost".into(),
+        agent: "cost-llm@1".into(),
+        step: 2,
+        tool: "http_request".into(),
+        arguments_hash: baton_runtime::tool_approvals::arguments_hash(&args),
+        arguments: args.to_string(),
+        reason: "an HTTP PUT from a production task needs a human's approval".into(),
+        requested_at: Some(baton_proto::now()),
+        ..Default::default()
+    };
+    let store = baton_runtime::tool_approvals::ToolApprovals::open(&h.nats.bus)
+        .await
+        .unwrap();
+    store.request(pending.clone()).await.unwrap();
+    pending
+}
+
+#[tokio::test]
+async fn tool_calls_are_listed_beside_plans_and_decided_through_the_same_service() {
+    let mut h = Harness::start().await;
+    let pending = pending_tool_call(&h, "t-tool").await;
+    let approver = h.token("alice", TENANT, &[Role::Approver]);
+
+    let listed = h
+        .client
+        .list_pending(with_token(ListPendingRequest {}, &approver))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.pending.is_empty());
+    assert_eq!(listed.tool_calls, vec![pending.clone()]);
+    let theirs = h
+        .client
+        .list_pending(with_token(
+            ListPendingRequest {},
+            &h.token("eve", "globex", &[Role::Approver]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(theirs.tool_calls.is_empty());
+
+    // A submitter may not approve it.
+    let err = h
+        .client
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-tool".into(),
+                step: 2,
+                ..Default::default()
+            },
+            &h.token("sam", TENANT, &[Role::Submitter]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // The wrong step is not found; the wrong arguments hash is refused; nothing is decided.
+    let err = h
+        .client
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-tool".into(),
+                step: 3,
+                ..Default::default()
+            },
+            &approver,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let err = h
+        .client
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-tool".into(),
+                step: 2,
+                arguments_hash: "ab".repeat(32),
+                ..Default::default()
+            },
+            &approver,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("arguments hash"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(h.count_on(&subject::agent("cost")).await, 0);
+
+    // Approved with the hash shown: the decision goes to the agent runner, bound to the call.
+    let approval = h
+        .client
+        .approve(with_token(
+            ApproveRequest {
+                task_id: "t-tool".into(),
+                step: 2,
+                arguments_hash: pending.arguments_hash.to_uppercase(),
+                reason: "window open".into(),
+                ..Default::default()
+            },
+            &approver,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert_eq!(
+        (
+            approval.approver.as_str(),
+            approval.step,
+            approval.arguments_hash.as_str()
+        ),
+        ("alice", 2, pending.arguments_hash.as_str())
+    );
+    assert_eq!(h.count_on(&subject::agent("cost")).await, 1);
+    assert_eq!(
+        h.ids_on(&subject::agent("cost")).await,
+        ["t-tool.tool_call_decided.2"]
+    );
+    // Decided: no longer listed; a rejection now is refused.
+    let listed = h
+        .client
+        .list_pending(with_token(ListPendingRequest {}, &approver))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.tool_calls.is_empty());
+    let err = h
+        .client
+        .reject(with_token(
+            RejectRequest {
+                task_id: "t-tool".into(),
+                step: 2,
+                reason: "changed my mind".into(),
+            },
+            &approver,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 }

@@ -316,6 +316,7 @@ async fn run_scenario(
                     task_id: r.task_id.clone(),
                     reason: "canary first, waves of 2: looks right".into(),
                     plan_hash: String::new(),
+                    ..Default::default()
                 })
                 .await?;
         }

@@ -18,8 +18,9 @@ use std::process::ExitCode;
 pub struct EvalArgs {
     /// Labelled requests, JSON lines `{"text": …, "role": …}` (e.g. routing/heldout.jsonl).
     pub file: PathBuf,
-    /// Tiers to run, in order (rules, classifier); a request none is confident about waits
-    /// for a human and counts as wrong.
+    /// Tiers to run, in order (rules, classifier, llm); a request none is confident about
+    /// waits for a human and counts as wrong. `llm` asks the `[llm]` providers named in
+    /// `[decision.llm] providers`.
     #[arg(long, value_delimiter = ',', default_values = ["rules", "classifier"])]
     pub tiers: Vec<String>,
     /// Exit non-zero when the accuracy (0–1) is below this.
@@ -48,7 +49,17 @@ pub async fn eval_routing(config: &BatonConfig, args: EvalArgs) -> anyhow::Resul
         &config.common.catalog,
     )?;
     let started = std::time::Instant::now();
-    let decider = tiers::offline(&decision, &config.common.catalog, &args.tiers)?;
+    let models = if args.tiers.iter().any(|t| t == tiers::LLM_TIER) {
+        Some(config.llm.registry(|var| std::env::var(var).ok())?)
+    } else {
+        None
+    };
+    let decider = tiers::offline_with_models(
+        &decision,
+        &config.common.catalog,
+        &args.tiers,
+        models.as_ref(),
+    )?;
     println!(
         "tiers {} (loaded in {:.1} s); {} requests from {}",
         decider.tier_names().join(" → "),

@@ -58,6 +58,23 @@ pub struct EmbeddingConfig {
     /// Softmax temperature turning role scores into a confidence: the smaller, the more a
     /// margin between the best and second-best role counts.
     pub temperature: f64,
+    /// How role scores are formed: `top_k` (a role's score is the mean similarity of its `k`
+    /// nearest examples; confidence a softmax over the role scores) or `vote` (the `k` nearest
+    /// examples overall vote for their roles, each weighted `exp((similarity − nearest) /
+    /// temperature)`; a role's score is its share of the weight, the best share the
+    /// confidence).
+    pub scoring: Scoring,
+}
+
+/// How the embedding tier turns example similarities into role scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// Mean of each role's `k` nearest examples, softmax over roles.
+    #[default]
+    TopK,
+    /// Weighted vote of the `k` nearest examples overall.
+    Vote,
 }
 
 impl Default for EmbeddingConfig {
@@ -69,6 +86,7 @@ impl Default for EmbeddingConfig {
             min_similarity: 0.3,
             k: 2,
             temperature: 0.03,
+            scoring: Scoring::TopK,
         }
     }
 }
@@ -409,21 +427,45 @@ mod model {
                 .iter()
                 .map(|l| l.vector.iter().zip(&v).map(|(a, b)| a * b).sum())
                 .collect();
-            let mut by_role: std::collections::BTreeMap<&str, Vec<f32>> = Default::default();
-            for (l, s) in self.examples.iter().zip(&sims) {
-                by_role.entry(l.example.role.as_str()).or_default().push(*s);
-            }
-            let mut roles: Vec<(String, f32)> = by_role
-                .into_iter()
-                .map(|(role, mut s)| {
-                    s.sort_by(|a, b| b.total_cmp(a));
-                    let k = s.len().min(self.config.k);
-                    (role.to_string(), s[..k].iter().sum::<f32>() / k as f32)
-                })
-                .collect();
-            roles.sort_by(|a, b| b.1.total_cmp(&a.1));
             let mut order: Vec<usize> = (0..sims.len()).collect();
             order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]));
+            let t = self.config.temperature;
+            let (roles, vote_confidence) = match self.config.scoring {
+                Scoring::TopK => {
+                    let mut by_role: std::collections::BTreeMap<&str, Vec<f32>> =
+                        Default::default();
+                    for (l, s) in self.examples.iter().zip(&sims) {
+                        by_role.entry(l.example.role.as_str()).or_default().push(*s);
+                    }
+                    let mut roles: Vec<(String, f32)> = by_role
+                        .into_iter()
+                        .map(|(role, mut s)| {
+                            s.sort_by(|a, b| b.total_cmp(a));
+                            let k = s.len().min(self.config.k);
+                            (role.to_string(), s[..k].iter().sum::<f32>() / k as f32)
+                        })
+                        .collect();
+                    roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    (roles, None)
+                }
+                Scoring::Vote => {
+                    let nearest = order.first().map_or(0.0, |&i| sims[i] as f64);
+                    let mut weights: std::collections::BTreeMap<&str, f64> = Default::default();
+                    for &i in order.iter().take(self.config.k) {
+                        *weights
+                            .entry(self.examples[i].example.role.as_str())
+                            .or_default() += ((sims[i] as f64 - nearest) / t).exp();
+                    }
+                    let total: f64 = weights.values().sum();
+                    let mut roles: Vec<(String, f32)> = weights
+                        .into_iter()
+                        .map(|(r, w)| (r.to_string(), (w / total) as f32))
+                        .collect();
+                    roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let best = roles.first().map_or(0.0, |r| r.1 as f64);
+                    (roles, Some(best))
+                }
+            };
             let neighbours: Vec<Neighbour> = order
                 .iter()
                 .take(EXPLAINED_NEIGHBOURS)
@@ -434,11 +476,14 @@ mod model {
                 })
                 .collect();
             let best = roles.first().map(|r| r.1 as f64).unwrap_or(0.0);
-            let t = self.config.temperature;
-            let mass: f64 = roles
-                .iter()
-                .map(|(_, s)| ((*s as f64 - best) / t).exp())
-                .sum();
+            let mass: f64 = match vote_confidence {
+                Some(share) if share > 0.0 => 1.0 / share,
+                Some(_) => 0.0,
+                None => roles
+                    .iter()
+                    .map(|(_, s)| ((*s as f64 - best) / t).exp())
+                    .sum(),
+            };
             let similar_enough = neighbours
                 .first()
                 .is_some_and(|n| n.similarity as f64 >= self.config.min_similarity);

@@ -17,6 +17,7 @@
 
 pub mod embedding;
 pub mod eval;
+pub mod llm;
 pub mod rules;
 pub mod shadow;
 pub mod tiers;
@@ -69,6 +70,9 @@ pub struct Config {
     /// `[decision.embedding]`: the in-process embedding classifier (model directory, examples,
     /// thresholds). Without `model_dir` there is no embedding tier.
     pub embedding: embedding::EmbeddingConfig,
+    /// `[decision.llm]`: the model tier (providers from `[llm]` by name, thresholds). Without
+    /// `providers` there is no model tier.
+    pub llm: llm::LlmTierConfig,
     /// What happens when no tier is confident: `clarify` (the task waits as
     /// `awaiting_clarification` until an operator routes or rejects it) or `fallback` (the
     /// rules file's fallback rule, the assistant). `clarify` takes effect only when a tier
@@ -94,6 +98,7 @@ impl Default for Config {
             concurrency: 64,
             tiers: Vec::new(),
             embedding: embedding::EmbeddingConfig::default(),
+            llm: llm::LlmTierConfig::default(),
             when_unsure: WhenUnsure::default(),
         }
     }
@@ -108,7 +113,8 @@ impl Config {
                 "decision.concurrency must be at least 1".into(),
             ));
         }
-        self.embedding.validate()
+        self.embedding.validate()?;
+        self.llm.validate()
     }
 }
 

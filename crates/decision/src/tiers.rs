@@ -8,6 +8,7 @@
 
 use crate::rules::RuleSet;
 use crate::{Classifier, Config, Decider, Error, RulesClassifier};
+use baton_llm::ProviderRegistry;
 use baton_runtime::Context;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,9 +64,33 @@ pub const RULES_TIER: &str = "rules";
 /// Name of the built-in embedding tier ([`crate::embedding`]).
 pub const EMBEDDING_TIER: &str = "embedding";
 
-/// The tiers that ship with Baton: the rules file and (feature `embedding`) the embedding
-/// classifier. The embedding tier joins the default order only when
-/// `decision.embedding.model_dir` is set.
+/// Name of the built-in model tier ([`crate::llm`]).
+pub const LLM_TIER: &str = crate::llm::TIER;
+
+/// The model tier over the providers of the process's [`ProviderRegistry`] plug-in (`baton up`
+/// registers one built from `[llm]`).
+fn llm_tier(setup: &TierSetup<'_>) -> Result<Arc<dyn Classifier>, Error> {
+    let empty = ProviderRegistry::default();
+    let registry = setup
+        .ctx
+        .plugins
+        .all::<ProviderRegistry>()
+        .last()
+        .unwrap_or(&empty);
+    let tier = crate::llm::LlmClassifier::from_registry(
+        registry,
+        &setup.config.llm,
+        setup.ctx.catalog.roles.clone(),
+        setup.rules.clone(),
+    )?;
+    tracing::info!(providers = ?setup.config.llm.providers, "model tier ready");
+    Ok(Arc::new(tier))
+}
+
+/// The tiers that ship with Baton: the rules file, (feature `embedding`) the embedding
+/// classifier, and the model tier. The embedding tier joins the default order only when
+/// `decision.embedding.model_dir` is set, the model tier only when `decision.llm.providers`
+/// names a provider.
 pub fn builtin_factories() -> Vec<TierFactory> {
     #[allow(unused_mut)]
     let mut factories = vec![TierFactory::new(RULES_TIER, |setup| {
@@ -85,6 +110,7 @@ pub fn builtin_factories() -> Vec<TierFactory> {
         );
         Ok(Arc::new(tier) as Arc<dyn Classifier>)
     }));
+    factories.push(TierFactory::new(LLM_TIER, llm_tier));
     factories
 }
 
@@ -115,6 +141,20 @@ pub fn assemble(ctx: &Context, config: &Config, rules: Arc<RuleSet>) -> Result<D
             "decision routes by rules only: no embedding model configured; run `{}` and set decision.embedding.model_dir to the directory it prints",
             crate::embedding::FETCH_COMMAND
         );
+    }
+    if config.tiers.is_empty() && config.llm.providers.is_empty() {
+        order.retain(|n| n != LLM_TIER);
+    } else if config.tiers.is_empty() {
+        // The model tier is asked last among the built-ins, after the classifier and before any
+        // plug-in registered after it.
+        if let Some(i) = order.iter().position(|n| n == LLM_TIER) {
+            let tier = order.remove(i);
+            let after = order
+                .iter()
+                .rposition(|n| n == RULES_TIER || n == EMBEDDING_TIER)
+                .map_or(0, |p| p + 1);
+            order.insert(after, tier);
+        }
     }
     let setup = TierSetup {
         config,
@@ -151,6 +191,20 @@ pub fn offline(
     catalog: &baton_runtime::catalog::Catalog,
     names: &[String],
 ) -> Result<Decider, Error> {
+    offline_with_models(config, catalog, names, None)
+}
+
+/// [`offline`], where `names` may also list `llm` (the model tier over `config.llm.providers`
+/// from `models`, built from `[llm]` by the caller).
+///
+/// Errors: as [`offline`]; [`Error::Config`] when `llm` is named without `models` or with
+/// providers `models` does not have.
+pub fn offline_with_models(
+    config: &Config,
+    catalog: &baton_runtime::catalog::Catalog,
+    names: &[String],
+    models: Option<&ProviderRegistry>,
+) -> Result<Decider, Error> {
     let rules = Arc::new(RuleSet::load(config.rules_path.as_deref(), catalog)?);
     let mut tiers: Vec<Arc<dyn Classifier>> = Vec::new();
     for name in names {
@@ -164,9 +218,20 @@ pub fn offline(
                     rules.clone(),
                 )?))
             }
+            LLM_TIER => {
+                let models = models.ok_or_else(|| {
+                    Error::Config("the llm tier needs [llm] providers: configure them and name them in decision.llm.providers".into())
+                })?;
+                tiers.push(Arc::new(crate::llm::LlmClassifier::from_registry(
+                    models,
+                    &config.llm,
+                    catalog.roles.clone(),
+                    rules.clone(),
+                )?))
+            }
             other => {
                 return Err(Error::Config(format!(
-                    "tier {other:?} cannot run here: use rules or embedding"
+                    "tier {other:?} cannot run here: use rules, embedding (classifier) or llm"
                 )));
             }
         }

@@ -473,7 +473,7 @@ async fn decision_tiers_orders_tiers_and_refuses_unknown_or_repeated_ones() {
     assert_eq!(svc.decider().tier_names(), ["billing"]);
 
     let unknown = Config {
-        tiers: vec!["rules".into(), "llm".into()],
+        tiers: vec!["rules".into(), "oracle".into()],
         ..Config::default()
     };
     let err = Router::new(with_billing_tier(context(&nats)), unknown)
@@ -483,8 +483,8 @@ async fn decision_tiers_orders_tiers_and_refuses_unknown_or_repeated_ones() {
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains("\"llm\", which is not registered")
-            && msg.contains("registered tiers: billing, embedding, rules"),
+        msg.contains("\"oracle\", which is not registered")
+            && msg.contains("registered tiers: billing, embedding, llm, rules"),
         "{msg}"
     );
 

@@ -39,6 +39,9 @@ use crate::{Config, EndedBy, Error, OWNER_LABEL, Report};
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// How long the pids reading after a timeout may take.
 const STATS_WAIT: Duration = Duration::from_secs(2);
+/// How long a run killed by nobody here (exit 137) waits for the daemon to record an OOM kill
+/// that it learns of after the exit.
+const OOM_EVENT_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether a run may use the network. Network access is a policy decision, never a caller's
 /// switch: only the validation stage (a Rego policy, or a human approval) may grant it, and the
@@ -460,8 +463,12 @@ async fn execute(
         .state
         .unwrap_or_default();
     let exit_code = state.exit_code.unwrap_or(-1);
+    // A program killed (137) by nobody here: the daemon may record the kernel's OOM kill after
+    // the exit (containerd's OOM event and exit event race), so look again for a moment.
+    let oom_killed = state.oom_killed == Some(true)
+        || (ended_by.is_none() && exit_code == 137 && oom_recorded_late(docker, id).await);
     let refused_forks = take_trailer(&mut stderr.bytes, nonce);
-    let ended_by = ended_by.unwrap_or(if state.oom_killed == Some(true) {
+    let ended_by = ended_by.unwrap_or(if oom_killed {
         EndedBy::Memory
     } else if refused_forks > 0 {
         EndedBy::Pids
@@ -475,6 +482,23 @@ async fn execute(
         stderr,
         duration,
     })
+}
+
+/// Re-reads the container's state for up to [`OOM_EVENT_WAIT`] and answers whether the daemon
+/// has recorded an OOM kill by then (`State.OOMKilled`). Errors count as "no".
+async fn oom_recorded_late(docker: &Docker, id: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + OOM_EVENT_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(c) = docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            && c.state.and_then(|s| s.oom_killed) == Some(true)
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// True when the container's process count is at its pids limit (read once, before a kill).

@@ -558,20 +558,13 @@ fn bare_tool_call(content: &str, step: u32) -> Option<ToolCallRequest> {
     })
 }
 
-/// Canonical text of a call (sorted keys), for the loop breaker.
+/// Canonical text of a call (sorted keys, the canonical JSON an approval is bound to), for the
+/// loop breaker.
 fn call_key(name: &str, args: &Value) -> String {
-    fn canon(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let sorted: std::collections::BTreeMap<_, _> =
-                    m.iter().map(|(k, v)| (k.clone(), canon(v))).collect();
-                serde_json::to_value(sorted).unwrap_or(Value::Null)
-            }
-            Value::Array(a) => Value::Array(a.iter().map(canon).collect()),
-            other => other.clone(),
-        }
-    }
-    format!("{name} {}", canon(args))
+    format!(
+        "{name} {}",
+        baton_runtime::tool_approvals::canonical_json(args)
+    )
 }
 
 /// The state of one task's loop.

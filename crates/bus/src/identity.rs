@@ -11,7 +11,7 @@
 //! | `admin` | everything | everything | everything: creates and updates the streams |
 //! | `ingestion` | `baton.task.received`, `baton.ingestion.rejected` | `ingestion` | reads `BATON` by sequence |
 //! | `decision` | `baton.agent.*`, `baton.task.{failed,awaiting_clarification,rejected}` | `decision` | KV `baton_clarifications` |
-//! | `agent-runner` | `baton.task.{proposed,failed,tool_call_awaiting_approval}`, `baton.agent.*` (a timed-out tool call's `ToolCallDecided`), `baton.progress.>` (core NATS) | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay), `baton_tool_approvals` |
+//! | `agent-runner` | `baton.task.{proposed,failed,tool_call_awaiting_approval}`, `baton.agent.*` (a timed-out tool call's `ToolCallDecided`), `baton.progress.>` (core NATS) | `agent-<role>` per role | KV `baton_agent_journal` (completed model and tool calls, for exactly-once replay), `baton_tool_approvals`, `baton_tenant_usage` (tenants' daily model usage) |
 //! | `validation` | `baton.task.{approved,rejected,awaiting_approval}`, `baton.agent.*` (a human's `ToolCallDecided`) | `validation` | KV `baton_approvals`, `baton_tool_approvals` (tool calls waiting for a human; the agent runner trusts this record, not the event) |
 //! | `execution` | `baton.execution.>`, `baton.task.{completed,failed}` | `execution` | KV `baton_executions`, `baton_execution_attempts` |
 //! | `audit` | nothing on the path; subscribes to `baton.progress.>` (core NATS) | `audit` (BATON), `audit-dead` (BATON_DEAD) | KV `baton_audit_anchor` (the signed head of the log; only audit may write it) |
@@ -30,8 +30,13 @@ use std::path::{Path, PathBuf};
 
 /// Name of the identity that creates the streams (`baton up` and tools).
 pub const ADMIN: &str = "admin";
-/// KV buckets of the agent runner: the journal of its agents' model and tool calls.
-const AGENT_RUNNER_BUCKETS: &[&str] = &["baton_agent_journal", "baton_tool_approvals"];
+/// KV buckets of the agent runner: the journal of its agents' model and tool calls, the tool
+/// calls waiting for a human, and the tenants' daily model usage (`[agents.daily_budget]`).
+const AGENT_RUNNER_BUCKETS: &[&str] = &[
+    "baton_agent_journal",
+    "baton_tool_approvals",
+    "baton_tenant_usage",
+];
 /// KV buckets of decision: the tasks waiting for an operator to choose their role.
 const DECISION_BUCKETS: &[&str] = &["baton_clarifications"];
 /// KV buckets of validation.

@@ -7,13 +7,18 @@
 //! `-- --sequential 300` the sequential run, `-- --without-audit` to run the five other
 //! services only and see what the audit log costs, `-- --without-bare` to skip the reference,
 //! `-- --split` to run each service as its own `baton serve <service>` process — build the
-//! binary first with `cargo build --release -p baton`).
+//! binary first with `cargo build --release -p baton`; `-- --sustained-rate 400` and
+//! `-- --sustained-secs 3` set the paced run described below, `--sustained-rate 0` skips it).
 //! First runs the bare 6-stage JetStream chain (`common::bare_chain`, the `bare_chain` bench)
 //! with the same load, then Baton, and prints them side by side with the ratios — on a shared
 //! machine whose speed varies from run to run, the ratio is the figure to compare. Then
 //! Baton's own table: sequential latency (p50, p90, p99, max), pipelined throughput, how long
 //! the audit log needed to catch up after the last completion, CPU, the JetStream operations
-//! per task (per stream and consumer) and the time in each service's handler.
+//! per task (per stream and consumer) and the time in each service's handler. Last, a paced
+//! run at a sustained rate below the maximum (by default half the pipelined throughput, for 3 s)
+//! gives the audit log's lag at that rate — event time to storage, from
+//! `baton_audit_lag_seconds` (in-process runs only) — and how long it needed to catch up after
+//! the paced run's last completion.
 
 mod common;
 
@@ -28,6 +33,7 @@ use std::time::{Duration, Instant};
 async fn main() {
     let sequential = arg("--sequential", 300);
     let tasks = arg("--tasks", 3000);
+    let sustained_secs = arg("--sustained-secs", 3);
     let with_audit = !flag("--without-audit");
     let split = flag("--split");
     let bare = if flag("--without-bare") {
@@ -211,6 +217,51 @@ async fn main() {
     let written = storage_writes().saturating_sub(written_0);
     let stored = audit_records() - audit_before;
 
+    // Sustained: tasks published at a steady rate below the maximum; the audit log's lag at
+    // that rate (what an operator sees in steady state), not after a burst.
+    let rate = arg("--sustained-rate", (throughput / 2.0) as usize);
+    let sustained = if rate > 0 && sustained_secs > 0 {
+        let n = rate * sustained_secs;
+        let lag_0 = lag_histogram(&baton.ctx.metrics.render());
+        let audit_0 = audit_records();
+        let counts_0 = common::Counts::read(&js).await;
+        let publisher = {
+            let nats = nats.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+                for i in 0..n {
+                    tick.tick().await;
+                    nats.publish(
+                        subject::trigger("default", "bench"),
+                        trigger(3_000_000 + i).into(),
+                    )
+                    .await
+                    .unwrap();
+                }
+                nats.flush().await.unwrap();
+            })
+        };
+        for _ in 0..n {
+            wait_one(&mut completed, &mut failed).await;
+        }
+        publisher.await.unwrap();
+        let expected = audit_0 + (per_task * n as f64).round() as u64;
+        let t = Instant::now();
+        while with_audit && !split && t.elapsed() < Duration::from_secs(60) {
+            if audit_records() >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let caught_up = t.elapsed();
+        let lag = lag_histogram(&baton.ctx.metrics.render()).since(&lag_0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cost = common::Counts::read(&js).await.since(&counts_0, n);
+        Some((rate, n, caught_up, lag, cost))
+    } else {
+        None
+    };
+
     println!();
     println!(
         "Baton pipeline benchmark: {} {}, nats-server (file store)",
@@ -289,8 +340,34 @@ async fn main() {
         "| CPU, nats-server, pipelined         | {:>8.2} cores |",
         cpu_nats / elapsed.as_secs_f64()
     );
+    if let Some((rate, n, caught_up, lag, _)) = &sustained
+        && with_audit
+        && !split
+    {
+        println!("| sustained run: tasks at {rate:>5} t/s   | {n:>12} |");
+        println!(
+            "| audit lag at that rate, mean        | {:>12} |",
+            ms(lag.mean())
+        );
+        println!(
+            "| audit lag at that rate, p50 (bound) | {:>9.0} ms |",
+            lag.quantile_bound(0.50) * 1e3
+        );
+        println!(
+            "| audit lag at that rate, p99 (bound) | {:>9.0} ms |",
+            lag.quantile_bound(0.99) * 1e3
+        );
+        println!(
+            "| audit caught up after last (paced)  | {:>12} |",
+            ms(*caught_up)
+        );
+    }
     println!();
     cost.print("task (pipelined)");
+    if let Some((rate, _, _, _, cost)) = &sustained {
+        println!();
+        cost.print(&format!("task (at {rate} t/s)"));
+    }
     if !split {
         println!();
         println!("Time in each service's handler (from baton_handler_seconds, all runs):");
@@ -449,4 +526,88 @@ fn handler_totals(text: &str) -> Vec<(String, u64, f64)> {
         .filter(|(_, (c, _))| *c > 0)
         .map(|(s, (c, t))| (s, c, t))
         .collect()
+}
+
+/// A histogram read from the Prometheus text: cumulative counts per upper bound, sum, count.
+#[derive(Default)]
+struct LagHistogram {
+    /// (upper bound in seconds, cumulative count), in the order printed (ascending, `+Inf` last).
+    buckets: Vec<(f64, u64)>,
+    /// Sum of the observations, seconds.
+    sum: f64,
+    /// Number of observations.
+    count: u64,
+}
+
+impl LagHistogram {
+    /// What was observed between `before` and this reading.
+    fn since(&self, before: &LagHistogram) -> LagHistogram {
+        LagHistogram {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(le, c)| {
+                    let then = before
+                        .buckets
+                        .iter()
+                        .find(|(b, _)| *b == le)
+                        .map(|(_, c)| *c)
+                        .unwrap_or(0);
+                    (le, c.saturating_sub(then))
+                })
+                .collect(),
+            sum: self.sum - before.sum,
+            count: self.count.saturating_sub(before.count),
+        }
+    }
+
+    /// Mean observation.
+    fn mean(&self) -> Duration {
+        Duration::from_secs_f64(if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        })
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (seconds; the buckets double from
+    /// 1 ms, so this is within a factor of 2 of the quantile).
+    fn quantile_bound(&self, q: f64) -> f64 {
+        let want = (q * self.count as f64).ceil() as u64;
+        self.buckets
+            .iter()
+            .find(|(_, c)| *c >= want.max(1))
+            .map(|(le, _)| *le)
+            .unwrap_or(f64::INFINITY)
+    }
+}
+
+/// `baton_audit_lag_seconds` from the Prometheus text.
+fn lag_histogram(text: &str) -> LagHistogram {
+    let name = baton_runtime::metrics::names::AUDIT_LAG_SECONDS;
+    let mut h = LagHistogram::default();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some((key, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        if let Some(le) = key
+            .strip_prefix("_bucket{le=\"")
+            .and_then(|r| r.strip_suffix("\"}"))
+        {
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            h.buckets.push((le, value.parse().unwrap_or(0)));
+        } else if key == "_sum" {
+            h.sum = value.parse().unwrap_or(0.0);
+        } else if key == "_count" {
+            h.count = value.parse().unwrap_or(0);
+        }
+    }
+    h
 }

@@ -503,7 +503,9 @@ impl Audit {
                         error!(error = %e, sequence = head.sequence, "cannot anchor the audit head; the next batch retries");
                     }
                 }
-                for r in stored {
+                for mut r in stored {
+                    // Watchers decode what they show; the buffer need not hold both forms.
+                    r.record.decoded = Default::default();
                     // No receivers is fine: nobody is watching.
                     let _ = self.live.send(Arc::new(r));
                 }

@@ -25,9 +25,16 @@
 //!   A save records only what was published; a change that a resume can redo without running
 //!   an action again is not saved on its own but with the next one: a phase start (with its
 //!   first action outcome), a phase end (with the next phase's first outcome, the rollback start,
-//!   or the end). Redoing it re-publishes the same event id, which the stream drops. Every
-//!   action outcome (and health-check verdict) is saved before anything else happens, so a
-//!   recorded action is never run again and a phase's verdict always reflects saved outcomes.
+//!   or the end). Redoing it re-publishes the same event id, which the stream drops.
+//! - Every action outcome (and health-check verdict, rollback start and rollback outcome) is
+//!   saved before the rollout touches the outside world again — before the next action, probe
+//!   or rollback action starts, and before the end — so a recorded action is never run again and
+//!   a phase's verdict always reflects saved outcomes. Within a batch of concurrent actions or
+//!   probes each result is saved as it comes while others are still running; the batch's last
+//!   result rides with the next save (the next phase's start, the rollback start or the end), so
+//!   a one-step phase costs one save, not two. A crash before that save redoes at most that one
+//!   action (idempotency keys make it harmless) and re-publishes its event under the same id.
+//!   A rollout stopped by its [`Control`] saves what it holds before it returns.
 //! - A new rollout is stored (all pending) before its `execution_started` is published; a
 //!   stored rollout with nothing recorded yet publishes it again when it resumes.
 //! - Actions carry idempotency keys, so redoing an action whose result was not yet saved does
@@ -174,13 +181,24 @@ pub(crate) async fn run(
         revision,
         control,
         queued: Vec::new(),
+        unsaved: false,
     };
     if shell.state.nothing_recorded() {
         // Stored before it was announced: announce it (again; the stream drops a copy).
         let started = shell.state.announcement();
         shell.queue(started);
     }
-    shell.drive().await
+    let result = shell.drive().await;
+    if let Err(Halt::Interrupted(_)) = &result
+        && shell.unsaved
+    {
+        // Stopped between a result and its save: keep the result, so the resumed rollout does
+        // not run that action again. Failing here only means it will.
+        if let Err(e) = shell.save().await {
+            tracing::warn!(task_id = %cause.task_id, error = %e, "cannot save the rollout's last result before stopping; it is redone on resume");
+        }
+    }
+    result
 }
 
 /// One rollout in progress: the state and the I/O around it.
@@ -197,6 +215,9 @@ struct Shell<'a> {
     control: Control,
     /// Events (subject, event) to publish before the next save or action, in order.
     queued: Vec<(String, Event)>,
+    /// A change that must be saved before the rollout touches the outside world again (the
+    /// next action, probe or rollback action) or ends: see the module's invariants.
+    unsaved: bool,
 }
 
 impl Shell<'_> {
@@ -222,18 +243,19 @@ impl Shell<'_> {
                         healthy = tracing::field::Empty,
                     );
                     let effects = self.state.start_phase(i);
-                    self.take(effects).await?;
+                    self.take(effects);
                 }
                 Next::Apply { phase, steps } => {
                     self.control.check()?;
-                    // Announce what is queued (the phase's start) before its actions run.
-                    self.flush().await?;
+                    // Announce what is queued (the phase's start) and save the results so far
+                    // before its actions run.
+                    self.settle().await?;
                     let span = phase_span.clone();
                     self.apply(phase, steps).instrument(span).await?;
                 }
                 Next::Check { phase, steps } => {
                     self.control.check()?;
-                    self.flush().await?;
+                    self.settle().await?;
                     let span = phase_span.clone();
                     self.check(phase, steps).instrument(span).await?;
                 }
@@ -244,15 +266,16 @@ impl Shell<'_> {
                     tracing::info!(%task_id, phase = %self.state.phases[i].name, index = i, healthy, "phase completed");
                     phase_span.record("healthy", healthy);
                     phase_span = tracing::Span::none();
-                    self.take(effects).await?;
+                    self.take(effects);
                 }
                 Next::BeginRollback(reason) => {
                     tracing::warn!(%task_id, %reason, "rolling back");
                     let effects = self.state.begin_rollback(reason);
-                    self.take(effects).await?;
+                    self.take(effects);
                 }
                 Next::RollBack { phase, step } => {
                     self.control.check()?;
+                    self.settle().await?;
                     let rollback = self.state.plan.phases[phase].steps[step].rollback.clone();
                     let result = match &rollback {
                         Some(action) => self
@@ -265,7 +288,7 @@ impl Shell<'_> {
                         None => Err("the step has no rollback action".to_string()),
                     };
                     let effects = self.state.record_rollback(phase, step, result);
-                    self.take(effects).await?;
+                    self.take(effects);
                 }
                 Next::Succeed => {
                     let outcome = self.state.succeed(baton_proto::now());
@@ -285,8 +308,10 @@ impl Shell<'_> {
         }
     }
 
-    /// Queues a transition's events and, when it asks, saves (publishing them first).
-    async fn take(&mut self, effects: Effects) -> Result<(), Error> {
+    /// Queues a transition's events and, when it asks for a save, marks the state unsaved: the
+    /// save happens at the next [`Shell::settle`] (before the next action, probe or rollback
+    /// action), at the next result of a batch still running, or at the end.
+    fn take(&mut self, effects: Effects) {
         for emit in effects.events {
             if let Body::AssetUpdated(u) = &emit.body
                 && let Some(a) = &u.asset
@@ -295,10 +320,17 @@ impl Shell<'_> {
             }
             self.queue(emit);
         }
-        if effects.save {
-            self.save().await?;
+        self.unsaved |= effects.save;
+    }
+
+    /// Before the rollout touches the outside world: publishes the queued events and saves the
+    /// state when it holds an unsaved change.
+    async fn settle(&mut self) -> Result<(), Error> {
+        if self.unsaved {
+            self.save().await
+        } else {
+            self.flush().await
         }
-        Ok(())
     }
 
     /// Publishes the queued events, then saves the state.
@@ -309,6 +341,7 @@ impl Shell<'_> {
             .store
             .update(&self.state.to_proto(), self.revision)
             .await?;
+        self.unsaved = false;
         Ok(())
     }
 
@@ -332,9 +365,11 @@ impl Shell<'_> {
     }
 
     /// Runs the actions of `steps` of phase `i`, at most `max_concurrent_steps` at once,
-    /// recording (publishing and saving) each result as it comes; none is started after one
-    /// failed or the rollout was told to stop.
+    /// recording (publishing and saving) each result as it comes while others are still due —
+    /// the last one is saved with the next change — none is started after one failed or the
+    /// rollout was told to stop.
     async fn apply(&mut self, i: usize, steps: Vec<usize>) -> Result<(), Halt> {
+        let mut due = steps.len();
         let runner = self.shared.runner.clone();
         let control = self.control.clone();
         let failed = Arc::new(AtomicBool::new(false));
@@ -371,17 +406,23 @@ impl Shell<'_> {
             })
             .buffer_unordered(self.shared.config.max_concurrent_steps);
         while let Some((j, result)) = results.next().await {
+            due -= 1;
             let Some(result) = result else { continue };
             let result = result.map(|o| o.detail).map_err(|e| e.to_string());
             let effects = self.state.record_action(i, j, result);
-            self.take(effects).await?;
+            self.take(effects);
+            if due > 0 {
+                self.save().await?;
+            }
         }
         Ok(())
     }
 
     /// Probes the health checks of `steps` of phase `i`, at most `max_concurrent_steps` at
-    /// once, recording each verdict as it comes.
+    /// once, recording each verdict as it comes (saved at once while others are still due, the
+    /// last one with the next change).
     async fn check(&mut self, i: usize, steps: Vec<usize>) -> Result<(), Halt> {
+        let mut due = steps.len();
         let runner = self.shared.runner.clone();
         let control = self.control.clone();
         let config = self.shared.config.clone();
@@ -405,10 +446,14 @@ impl Shell<'_> {
             .buffer_unordered(self.shared.config.max_concurrent_steps);
         let mut interrupted = None;
         while let Some((j, result)) = results.next().await {
+            due -= 1;
             match result {
                 Ok(verdict) => {
                     let effects = self.state.record_check(i, j, verdict);
-                    self.take(effects).await?;
+                    self.take(effects);
+                    if due > 0 {
+                        self.save().await?;
+                    }
                 }
                 Err(interrupt) => interrupted = Some(interrupt),
             }

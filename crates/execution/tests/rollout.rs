@@ -1625,3 +1625,64 @@ async fn a_delivery_only_plan_completes_without_a_rollout() {
     token.cancel();
     service.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_one_step_plan_is_stored_twice_and_its_events_go_out_before_the_end_is_saved() {
+    // The new rollout, then its result, the phase's completion and the end in one save: the
+    // step's result is saved with the next change since nothing touches the outside world
+    // in between.
+    let nats = TestNats::start().await;
+    let (token, service) = start(context(nats.bus.clone())).await;
+    let kv = nats.bus.key_value("baton_executions", 5).await.unwrap();
+    let mut watch = kv.watch("t-one").await.unwrap();
+    nats.bus
+        .publish(
+            subject::TASK_APPROVED,
+            &approved("t-one", TENANT, one_noop_plan()),
+        )
+        .await
+        .unwrap();
+    let done = final_event(&nats.bus, "t-one").await;
+    assert!(
+        matches!(done.body, Some(Body::TaskCompleted(_))),
+        "{done:?}"
+    );
+    let mut saved = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(entry) = watch.next().await {
+            let exec =
+                <baton_proto::Execution as prost::Message>::decode(entry.unwrap().value.as_ref())
+                    .unwrap();
+            let ended = exec.status() == ExecutionStatus::Succeeded;
+            saved.push(exec.status());
+            if ended {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the rollout's end is saved");
+    assert_eq!(
+        saved,
+        [ExecutionStatus::Running, ExecutionStatus::Succeeded],
+        "created, then ended"
+    );
+    let stages: Vec<String> = task_events(&nats.bus, "t-one")
+        .await
+        .into_iter()
+        .map(|s| s.event.event_id)
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "t-one.exec.started",
+            "t-one.exec.p0.started",
+            "t-one.exec.p0.n-1.applied",
+            "t-one.exec.p0.completed",
+            "t-one.completed"
+        ]
+    );
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}

@@ -152,7 +152,7 @@ impl Store {
                 tasks
                     .entry(r.record.task_id.clone())
                     .or_insert_with(|| TaskRow::new(&r.record.task_id, &r.record.tenant, at))
-                    .apply(&r.record.tenant, r.event().as_ref(), at);
+                    .apply(&r.record.tenant, r.decoded_event().as_deref(), at);
             }
             // 4. Write.
             for chunk in stored.chunks(ROWS_PER_STATEMENT) {

@@ -72,6 +72,33 @@ pub struct NewRecord {
     /// The bytes as received; once [`NewRecord::redacted`] (as stored), the same bytes, or the
     /// re-encoded event when it carried secrets.
     pub payload: Vec<u8>,
+    /// `payload` decoded, when this record was built from it, so the writer decodes each event
+    /// once (to read its ids, to redact it, to project it). Not stored, not part of the
+    /// record's value: equality ignores it.
+    #[sqlx(skip)]
+    pub(crate) decoded: Decoded,
+}
+
+/// The event a [`NewRecord`]'s payload decodes to, kept from when it was first decoded (its
+/// field `decoded`); `None` when not kept, then the payload is decoded again.
+#[derive(Clone, Default)]
+pub(crate) struct Decoded(pub(crate) Option<Box<Event>>);
+
+impl PartialEq for Decoded {
+    /// A cache of the payload: always equal, the payload is what is compared.
+    fn eq(&self, _: &Decoded) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Decoded(..)"
+        } else {
+            "Decoded(None)"
+        })
+    }
 }
 
 /// What a message carried besides its payload, for records that cannot be decoded.
@@ -91,15 +118,36 @@ pub struct MessageMeta<'a> {
 impl NewRecord {
     /// A record of a decoded event.
     pub fn from_event(subject: &str, event: &Event) -> NewRecord {
+        NewRecord::decoded_from(subject, event.clone(), event.encode_to_vec())
+    }
+
+    /// A record of `event`, whose encoding is `payload` (kept as it is: fields this build does
+    /// not know survive), keeping the decoded event for the writer.
+    fn decoded_from(subject: &str, event: Event, payload: Vec<u8>) -> NewRecord {
         NewRecord {
             event_id: event.event_id.clone(),
             task_id: event.task_id.clone(),
             tenant: event.tenant.clone(),
             subject: subject.to_string(),
-            kind: baton_proto::event_kind(event).to_string(),
+            kind: baton_proto::event_kind(&event).to_string(),
             producer: event.producer.clone(),
             event_time: event.time.as_ref().map(timestamp_to_micros).unwrap_or(0),
-            payload: event.encode_to_vec(),
+            payload,
+            decoded: Decoded(Some(Box::new(event))),
+        }
+    }
+
+    /// The event of the payload (kept from when it was decoded, else decoded now), or `None`
+    /// for an [`UNDECODABLE`] record or a payload that does not decode.
+    fn event(&self) -> Option<std::borrow::Cow<'_, Event>> {
+        if self.kind == UNDECODABLE {
+            return None;
+        }
+        match &self.decoded.0 {
+            Some(event) => Some(std::borrow::Cow::Borrowed(&**event)),
+            None => Event::decode(self.payload.as_slice())
+                .ok()
+                .map(std::borrow::Cow::Owned),
         }
     }
 
@@ -117,7 +165,7 @@ impl NewRecord {
         };
         let mut record = match Event::decode(payload) {
             Ok(event) => {
-                let mut r = NewRecord::from_event(subject, &event);
+                let mut r = NewRecord::decoded_from(subject, event, payload.to_vec());
                 r.task_id = or(&r.task_id, meta.task_id);
                 r.tenant = or(&r.tenant, meta.tenant);
                 r.event_id = or(&r.event_id, meta.msg_id);
@@ -131,13 +179,13 @@ impl NewRecord {
                 kind: UNDECODABLE.to_string(),
                 producer: String::new(),
                 event_time: 0,
-                payload: Vec::new(),
+                payload: payload.to_vec(),
+                decoded: Decoded(None),
             },
         };
         if record.event_id.is_empty() {
             record.event_id = meta.fallback_id;
         }
-        record.payload = payload.to_vec();
         record
     }
 }
@@ -153,10 +201,15 @@ impl NewRecord {
             redact::bytes(&mut self.payload);
             return self;
         }
-        if let Ok(mut event) = Event::decode(self.payload.as_slice())
-            && event.redact()
-        {
-            self.payload = event.encode_to_vec();
+        let event = match self.decoded.0.take() {
+            Some(event) => Some(*event),
+            None => Event::decode(self.payload.as_slice()).ok(),
+        };
+        if let Some(mut event) = event {
+            if event.redact() {
+                self.payload = event.encode_to_vec();
+            }
+            self.decoded = Decoded(Some(Box::new(event)));
         }
         self
     }
@@ -169,21 +222,20 @@ impl NewRecord {
     pub fn unwrap_own_dead_letter(self, service: &str) -> NewRecord {
         let mut record = self;
         while record.kind == "dead_letter" {
-            let Ok(event) = Event::decode(record.payload.as_slice()) else {
+            let Some(event) = record.event() else {
                 break;
             };
-            let Some(baton_proto::event::Body::DeadLetter(dl)) = event.body else {
+            let Some(baton_proto::event::Body::DeadLetter(dl)) = &event.body else {
                 break;
             };
             if dl.service != service {
                 break;
             }
             match baton_bus::decode_event(&dl.payload) {
+                // Keep the bytes as they were published.
                 Ok(inner) => {
-                    let mut r = NewRecord::from_event(&dl.subject, &inner);
-                    // Keep the bytes as they were published.
-                    r.payload = dl.payload;
-                    record = r;
+                    let (subject, payload) = (dl.subject.clone(), dl.payload.clone());
+                    record = NewRecord::decoded_from(&subject, inner, payload);
                 }
                 Err(_) => break,
             }
@@ -209,6 +261,12 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// The event as the writer decoded it (kept in the record), else decoded now; `None` when
+    /// the payload is not one.
+    pub(crate) fn decoded_event(&self) -> Option<std::borrow::Cow<'_, Event>> {
+        self.record.event()
+    }
+
     /// The decoded event, when the payload is one.
     pub fn event(&self) -> Option<Event> {
         Event::decode(self.record.payload.as_slice())
@@ -305,6 +363,10 @@ mod tests {
         let stored = format!("{:?}", Event::decode(r.payload.as_slice()).unwrap());
         assert!(!stored.contains("hunter2"), "{stored}");
         assert!(stored.contains("password=<redacted>"), "{stored}");
+        // The event kept for the projection is the redacted one the payload holds.
+        let kept = r.event().expect("kept");
+        assert_eq!(*kept, Event::decode(r.payload.as_slice()).unwrap());
+        assert!(r.decoded.0.is_some(), "decoded once, kept");
         // Nothing to redact: the received bytes, even ones this build would encode differently
         // (an unknown field 99 here).
         let mut bytes = event("fix drift").encode_to_vec();

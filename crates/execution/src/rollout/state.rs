@@ -1,7 +1,7 @@
 //! The rollout's state and its transitions, free of I/O: [`State::next`] says what to do next
 //! from the state alone, and each transition applies what came of it and returns the
 //! [`Effects`] the I/O shell ([`crate::rollout`]) must carry out — the events to publish and
-//! whether the change must be saved before anything else happens.
+//! whether the change must be saved before the rollout touches the outside world again.
 //!
 //! The state is converted from and to the stored protobuf [`Execution`](proto::Execution) at
 //! the boundary ([`TryFrom`], [`State::to_proto`]), so the transitions work on plain enums
@@ -11,7 +11,10 @@
 //! - A transition whose change must survive a crash (an action's or a probe's result, the start
 //!   of a rollback, the end) asks for a save, and the events reporting the change come with it
 //!   or were asked for earlier: the shell publishes every returned event before the next save,
-//!   so a saved state never holds a change no event reported.
+//!   so a saved state never holds a change no event reported. The shell saves it before the
+//!   next action, probe or rollback action starts (or the end), so changes that need no I/O in
+//!   between — the last result of a phase, its completion, the next phase's start — go into one
+//!   save.
 //! - A transition that does not ask for a save (a phase's start or completion) is one that
 //!   [`State::next`] asks for again, with the same event ids, when a resume starts from the last
 //!   saved state.
@@ -252,14 +255,15 @@ pub struct Emit {
 }
 
 /// What a transition asks of the shell: publish `events` (in order), then, when `save`, save
-/// the state before doing anything else. Events of a transition that asks for no save go out
-/// with the next save (or before the next action runs).
+/// the state before the next action, probe or rollback action starts, or the rollout ends
+/// (while other results of a concurrent batch are still due: at once). Events of a transition
+/// that asks for no save go out with the next save (or before the next action runs).
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "the shell must publish the events and honour the save"]
 pub struct Effects {
     /// Events reporting the change.
     pub events: Vec<Emit>,
-    /// Whether the change must be saved now.
+    /// Whether the change must be saved before the rollout touches the outside world again.
     pub save: bool,
 }
 
@@ -483,7 +487,7 @@ impl State {
     }
 
     /// Records the result of step `j`'s action in phase `i`: applied with the runner's detail,
-    /// or failed with why. Reported by `asset_updated`; saved at once.
+    /// or failed with why. Reported by `asset_updated`; saved before the next I/O.
     pub fn record_action(&mut self, i: usize, j: usize, result: Result<String, String>) -> Effects {
         let (state, detail) = match result {
             Ok(detail) => (StepState::Applied, detail),
@@ -493,7 +497,7 @@ impl State {
     }
 
     /// Records the verdict of step `j`'s health check in phase `i`: healthy, or unhealthy with
-    /// what the last attempt saw. Reported by `asset_updated`; saved at once.
+    /// what the last attempt saw. Reported by `asset_updated`; saved before the next I/O.
     pub fn record_check(&mut self, i: usize, j: usize, result: Result<(), String>) -> Effects {
         let (state, detail) = match result {
             Ok(()) => (StepState::Healthy, String::new()),
@@ -529,7 +533,7 @@ impl State {
     }
 
     /// Starts rolling back for `reason` (kept as the rollout's error). Reported by
-    /// `rollback_started`, naming the changed assets newest first; saved at once.
+    /// `rollback_started`, naming the changed assets newest first; saved before the first rollback action.
     pub fn begin_rollback(&mut self, reason: String) -> Effects {
         let asset_ids = self
             .changed()
@@ -549,8 +553,8 @@ impl State {
     }
 
     /// Records the result of step `j`'s rollback action in phase `i`: rolled back, or rollback
-    /// failed with why. Reported by `asset_updated` (stage `exec.rb.p<i>.<asset>`); saved at
-    /// once.
+    /// failed with why. Reported by `asset_updated` (stage `exec.rb.p<i>.<asset>`); saved
+    /// before the next rollback action or the end.
     pub fn record_rollback(
         &mut self,
         i: usize,
@@ -665,7 +669,7 @@ impl State {
     }
 
     /// Sets step `j` of phase `i` and reports it (stage `exec.p<i>.<asset>.<state>` unless
-    /// given); saved at once.
+    /// given); saved before the next I/O.
     fn update_step(
         &mut self,
         i: usize,
@@ -860,6 +864,8 @@ mod tests {
         struct Model<'a> {
             io: Vec<Io>,
             queued: Vec<String>,
+            /// A change to save before the next action, probe or rollback action, or the end.
+            unsaved: bool,
             saves: usize,
             crash: Crash,
             world: &'a World,
@@ -878,12 +884,25 @@ mod tests {
                     return false;
                 }
                 self.io.push(Io::Save(Box::new(state.clone())));
+                self.unsaved = false;
                 !matches!(self.crash, Crash::AfterSave(n) if n == self.saves)
             }
-            fn take(&mut self, effects: Effects, state: &State) -> bool {
+            /// Queues the events; a change to save is saved at the next `settle`, or at once
+            /// when `more` results of its batch are still due.
+            fn take(&mut self, effects: Effects, state: &State, more: bool) -> bool {
                 self.queued
                     .extend(effects.events.into_iter().map(|e| e.stage));
-                !effects.save || self.save(state)
+                self.unsaved |= effects.save;
+                !(more && self.unsaved) || self.save(state)
+            }
+            /// Before touching the outside world: publish, and save an unsaved change.
+            fn settle(&mut self, state: &State) -> bool {
+                if self.unsaved {
+                    self.save(state)
+                } else {
+                    self.flush();
+                    true
+                }
             }
             fn run(
                 &mut self,
@@ -906,6 +925,7 @@ mod tests {
         let mut m = Model {
             io: Vec::new(),
             queued: Vec::new(),
+            unsaved: false,
             saves: 0,
             crash,
             world,
@@ -921,19 +941,23 @@ mod tests {
                 }
                 Next::StartPhase(i) => {
                     let fx = state.start_phase(i);
-                    if !m.take(fx, state) {
+                    if !m.take(fx, state, false) {
                         return (m.io, None);
                     }
                 }
                 Next::Apply { phase, steps } => {
-                    m.flush();
-                    for j in steps {
+                    if !m.settle(state) {
+                        return (m.io, None);
+                    }
+                    let last = steps.len() - 1;
+                    for (k, j) in steps.into_iter().enumerate() {
                         let id = state.phases[phase].steps[j].asset_id.clone();
                         let action = state.plan.phases[phase].steps[j].action.clone();
                         let result = m.run(&action, &id, world.failing.contains(id.as_str()));
                         let failed = result.is_err();
                         let fx = state.record_action(phase, j, result);
-                        if !m.take(fx, state) {
+                        // The shell starts none after a failure: its result is the batch's last.
+                        if !m.take(fx, state, k < last && !failed) {
                             return (m.io, None);
                         }
                         if failed {
@@ -942,8 +966,11 @@ mod tests {
                     }
                 }
                 Next::Check { phase, steps } => {
-                    m.flush();
-                    for j in steps {
+                    if !m.settle(state) {
+                        return (m.io, None);
+                    }
+                    let last = steps.len() - 1;
+                    for (k, j) in steps.into_iter().enumerate() {
                         let id = state.phases[phase].steps[j].asset_id.clone();
                         m.io.push(Io::Probe(id.clone()));
                         let verdict = if world.unhealthy.contains(id.as_str()) {
@@ -952,29 +979,32 @@ mod tests {
                             Ok(())
                         };
                         let fx = state.record_check(phase, j, verdict);
-                        if !m.take(fx, state) {
+                        if !m.take(fx, state, k < last) {
                             return (m.io, None);
                         }
                     }
                 }
                 Next::CompletePhase(i) => {
                     let fx = state.complete_phase(i);
-                    if !m.take(fx, state) {
+                    if !m.take(fx, state, false) {
                         return (m.io, None);
                     }
                 }
                 Next::BeginRollback(reason) => {
                     let fx = state.begin_rollback(reason);
-                    if !m.take(fx, state) {
+                    if !m.take(fx, state, false) {
                         return (m.io, None);
                     }
                 }
                 Next::RollBack { phase, step } => {
+                    if !m.settle(state) {
+                        return (m.io, None);
+                    }
                     let id = state.phases[phase].steps[step].asset_id.clone();
                     let rollback = state.plan.phases[phase].steps[step].rollback.clone();
                     let result = m.run(&rollback, &id, world.stuck.contains(id.as_str()));
                     let fx = state.record_rollback(phase, step, result);
-                    if !m.take(fx, state) {
+                    if !m.take(fx, state, false) {
                         return (m.io, None);
                     }
                 }
@@ -1203,6 +1233,68 @@ mod tests {
             (io, outcome),
             (vec![Io::Final(Status::Succeeded)], Some(Outcome::Replayed))
         );
+    }
+
+    #[test]
+    fn results_are_saved_before_the_next_io_and_a_batch_last_with_the_next_change() {
+        // One step, no health check: its result, the phase's completion and the end are one
+        // save (besides the new rollout's, which the model does not show).
+        let mut one = fresh(plan(&[&["a"]]));
+        one.plan.phases[0].steps[0].health_check = None;
+        let (io, outcome) = drive(&mut one, &World::default(), Crash::Never);
+        assert_eq!(outcome, Some(Outcome::Succeeded));
+        let saved = saves(&io);
+        assert_eq!(saved.len(), 1, "{io:?}");
+        assert_eq!(saved[0].status, Status::Succeeded);
+        // Canary (one step, checked) and a wave of two: every result that is followed by
+        // another action or probe is saved before it starts.
+        let mut s = fresh(plan(&[&["a"], &["b", "c"]]));
+        let (io, _) = drive(&mut s, &World::default(), Crash::Never);
+        let order: Vec<String> = io
+            .iter()
+            .filter_map(|e| match e {
+                Io::Run(k) => Some(format!("run {k}")),
+                Io::Probe(id) => Some(format!("probe {id}")),
+                Io::Save(st) => Some(format!("save {:?}", states(st))),
+                _ => None,
+            })
+            .collect();
+        use StepState::*;
+        let expected: Vec<String> = [
+            "run a:apply".to_string(),
+            format!(
+                "save {:?}",
+                [("a", Applied), ("b", Pending), ("c", Pending)]
+            ),
+            "probe a".to_string(),
+            format!(
+                "save {:?}",
+                [("a", Healthy), ("b", Pending), ("c", Pending)]
+            ),
+            "run b:apply".to_string(),
+            format!(
+                "save {:?}",
+                [("a", Healthy), ("b", Applied), ("c", Pending)]
+            ),
+            "run c:apply".to_string(),
+            format!(
+                "save {:?}",
+                [("a", Healthy), ("b", Applied), ("c", Applied)]
+            ),
+            "probe b".to_string(),
+            format!(
+                "save {:?}",
+                [("a", Healthy), ("b", Healthy), ("c", Applied)]
+            ),
+            "probe c".to_string(),
+            format!(
+                "save {:?}",
+                [("a", Healthy), ("b", Healthy), ("c", Healthy)]
+            ),
+        ]
+        .into();
+        assert_eq!(order, expected);
+        assert_eq!(saves(&io).last().unwrap().status, Status::Succeeded);
     }
 
     #[test]

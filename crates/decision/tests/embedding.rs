@@ -195,7 +195,12 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
         .map(|e| e.text.to_lowercase())
         .collect();
     let decider = chain(config());
-    for file in ["heldout.jsonl", "heldout2.jsonl", "heldout3.jsonl"] {
+    for file in [
+        "heldout.jsonl",
+        "heldout2.jsonl",
+        "heldout3.jsonl",
+        "heldout4.jsonl",
+    ] {
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../routing")

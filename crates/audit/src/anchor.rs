@@ -2,19 +2,34 @@
 //!
 //! The hash chain shows a changed or removed record *inside* the log, but not removed newest
 //! records: after deleting rows 41–43 of a stopped Baton, the chain 1–40 verifies and a
-//! restarted writer reloads its head (40) from the database. So after each stored batch the
-//! writer puts the head — sequence and hash of the last record, signed with audit's Ed25519 key
-//! (`audit.signing_key`, [`baton_runtime::signing`], context `ANCHOR_CONTEXT`) — into key
-//! [`ANCHOR_KEY`] of the JetStream KV bucket [`ANCHOR_BUCKET`], where whoever can edit the
-//! database cannot reach it.
+//! restarted writer reloads its head (40) from the database. So the writer puts the head —
+//! sequence and hash of the last record, signed with audit's Ed25519 key (`audit.signing_key`,
+//! [`baton_runtime::signing`], context `ANCHOR_CONTEXT`) — into key [`ANCHOR_KEY`] of the
+//! JetStream KV bucket [`ANCHOR_BUCKET`], where whoever can edit the database cannot reach it.
 //!
-//! - Cost: one KV write (a JetStream publish and its ack) and one signature per stored batch
-//!   of up to `audit.batch_size` events, not per event.
+//! - Off the batch path ([`AnchorWriter`]): each stored batch hands its head to one writer task
+//!   (a `tokio::sync::watch`: the newest head wins) and is acked once its records are committed,
+//!   without waiting for the anchor. The task signs and writes at most one head at a time and
+//!   at most one every `audit.anchor_interval` (100 ms by default), so under load many batches
+//!   coalesce into one write: one KV write and one signature per interval at most, not per
+//!   batch. A write that fails is logged and retried with the newest head (backing off up to
+//!   [`RETRY_MAX`]); it is never dropped.
+//! - On stop ([`AnchorWriter::stop`], called by [`Audit::run`](crate::Audit::run) after the
+//!   last batch is settled) the task writes the newest head before audit exits (a few
+//!   attempts, each failure logged), so after a clean stop the anchor names the last record.
+//! - The protection's bound: the anchor trails the database by at most one interval plus one
+//!   write's latency (a KV write and a signature, about a millisecond on loopback) while NATS
+//!   answers — longer only while writes fail, which the log shows. Deleting records newer than
+//!   the anchor is detected only once a later anchor names them: after a clean stop nothing is
+//!   uncovered; after a crash (or a kill) the records committed in the last interval and
+//!   write may be unanchored, as a crash between commit and anchor always could.
 //! - On start ([`Anchor::check`]): an anchor whose signature does not verify with audit's key
 //!   is refused; a database that ends before the anchored sequence, or holds another hash
 //!   there, is refused ([`Error::AnchorAhead`] names the missing records). A database *ahead*
-//!   of the anchor is fine: the process died after a commit and before anchoring it.
-//! - `VerifyAudit` compares the chain with the anchor too ([`Store::verify_with`]).
+//!   of the anchor is fine: the process died after a commit and before anchoring it. The head
+//!   found is anchored at once.
+//! - `VerifyAudit` compares the chain with the anchor too ([`Store::verify_with`]); a database
+//!   ahead of a lagging anchor verifies.
 //! - Recovery: restore the database from a backup (then it reaches the anchor again); or, to
 //!   accept the loss, delete the anchor (`nats kv del baton_audit_anchor head`): the next start
 //!   anchors the database as it is.
@@ -27,7 +42,12 @@ use crate::store::{ChainHead, Store};
 use baton_bus::kv::{Kv, KvError, Revision};
 use baton_runtime::signing::{ANCHOR_CONTEXT, PublicKey, SigningKey};
 use std::path::Path;
-use tokio::sync::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 /// JetStream KV bucket of the anchored head.
 pub const ANCHOR_BUCKET: &str = "baton_audit_anchor";
@@ -35,6 +55,10 @@ pub const ANCHOR_BUCKET: &str = "baton_audit_anchor";
 pub const ANCHOR_KEY: &str = "head";
 /// Revisions kept: a few, so an operator can see how the anchor moved.
 const HISTORY: i64 = 5;
+/// Longest wait between retries of a failed anchor write (the first waits 100 ms, doubling).
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Attempts to write the newest head on stop before audit exits with it unanchored (logged).
+const FLUSH_ATTEMPTS: u32 = 3;
 
 /// The anchored head as stored (protobuf).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -178,5 +202,136 @@ impl Anchor {
         Err(Error::Anchor(
             "the anchor kept changing under this writer".into(),
         ))
+    }
+}
+
+/// The anchor's writer task: takes the newest head from the batches and anchors it off their
+/// path (see the [module](self) doc for the bound this leaves on the protection).
+pub struct AnchorWriter {
+    /// The newest stored head; the task anchors whatever is newest when it gets to it.
+    head: watch::Sender<ChainHead>,
+    /// Cancelled by [`AnchorWriter::stop`]: cuts a wait short and makes the task flush and end.
+    stop: CancellationToken,
+    /// The task; `None` once stopped.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl AnchorWriter {
+    /// Starts the task. `anchored` is the head already anchored (`None` when anchoring it at
+    /// start failed: then `current` is retried at once); `current` is the database's head;
+    /// `interval` is the least time between the starts of two writes (zero: back to back).
+    pub fn start(
+        anchor: Arc<Anchor>,
+        current: ChainHead,
+        anchored: Option<ChainHead>,
+        interval: Duration,
+    ) -> AnchorWriter {
+        let (head, rx) = watch::channel(current);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_loop(anchor, rx, anchored, interval, stop.clone()));
+        AnchorWriter {
+            head,
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Hands over the head of a stored batch; returns at once. A head older than the one
+    /// already handed over is ignored, so the anchor never moves backwards.
+    pub fn submit(&self, head: ChainHead) {
+        self.head.send_if_modified(|newest| {
+            if head.sequence > newest.sequence {
+                *newest = head;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Anchors the newest head handed over (up to a few attempts, each failure logged) and ends
+    /// the task. Waits at most one anchor interval plus those attempts.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            error!(error = %e, "the audit anchor's writer task failed");
+        }
+    }
+}
+
+impl Drop for AnchorWriter {
+    fn drop(&mut self) {
+        // Dropped without `stop` (an `Audit` that never ran): the task flushes on its own.
+        self.stop.cancel();
+    }
+}
+
+/// The writer task: waits for a newer head, anchors it, waits out the interval (or a retry's
+/// backoff), again; on `stop` anchors the newest head and returns.
+async fn write_loop(
+    anchor: Arc<Anchor>,
+    mut rx: watch::Receiver<ChainHead>,
+    mut anchored: Option<ChainHead>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::ZERO;
+    let mut next = Instant::now();
+    loop {
+        // A head not anchored yet (new, or a failed write's) is written once `next` is due.
+        let pending = anchored.as_ref() != Some(&*rx.borrow_and_update());
+        if !pending {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = rx.changed() => if changed.is_err() { break },
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let head = rx.borrow_and_update().clone();
+        let started = Instant::now();
+        match anchor.publish(&head).await {
+            Ok(()) => {
+                anchored = Some(head);
+                backoff = Duration::ZERO;
+                next = started + interval;
+            }
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(100), RETRY_MAX);
+                error!(error = %e, sequence = head.sequence, retry_in = ?backoff,
+                    "cannot anchor the audit head; retrying with the newest head");
+                next = Instant::now() + backoff.max(interval);
+            }
+        }
+    }
+    // Stopping: the newest head handed over is anchored before audit exits.
+    let head = rx.borrow().clone();
+    if anchored.as_ref() == Some(&head) {
+        return;
+    }
+    for attempt in 1..=FLUSH_ATTEMPTS {
+        match anchor.publish(&head).await {
+            Ok(()) => {
+                info!(sequence = head.sequence, "audit head anchored on stop");
+                return;
+            }
+            Err(e) if attempt < FLUSH_ATTEMPTS => {
+                warn!(error = %e, sequence = head.sequence, attempt, "cannot anchor the audit head on stop; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            Err(e) => error!(
+                error = %e,
+                sequence = head.sequence,
+                anchored = anchored.as_ref().map(|h| h.sequence),
+                "cannot anchor the audit head on stop; records after the anchored one are not \
+                 covered until the next start anchors the database as found"
+            ),
+        }
     }
 }

@@ -40,10 +40,13 @@
 //! its connection; [`store::WriterLock::ensure`] takes it again); a writer that finds another
 //! one holding it nak's the batch and stops with [`Error::WriterLocked`].
 //!
-//! The log's end is anchored outside the database ([`anchor`]): after each stored batch the
-//! writer puts the chain head (sequence and hash), signed with audit's key (`signing_key`),
-//! into the JetStream KV bucket [`anchor::ANCHOR_BUCKET`] — one KV write per batch, not per
-//! event. On start a database that stops short of the anchor, or holds another record at the
+//! The log's end is anchored outside the database ([`anchor`]): each stored batch hands the
+//! chain head (sequence and hash) to one anchor writer task, which signs it with audit's key
+//! (`signing_key`) and writes the newest into the JetStream KV bucket [`anchor::ANCHOR_BUCKET`]
+//! off the batch path — at most one write in flight and one per [`Config::anchor_interval`],
+//! so batches coalesce; the batch is acked once committed, not waiting for the anchor, and the
+//! newest head is anchored before [`Audit::run`] returns. The anchor trails the database by at
+//! most one interval plus one write. On start a database that stops short of the anchor, or holds another record at the
 //! anchored sequence, is refused ([`Error::AnchorAhead`], [`Error::AnchorMismatch`]), and
 //! `VerifyAudit` names records missing against the anchor.
 
@@ -113,6 +116,11 @@ pub struct Config {
     /// it). Empty: `<data_dir>/audit.key`, filled in when the service is started by `baton`.
     #[serde(skip_serializing_if = "is_empty_path")]
     pub signing_key: PathBuf,
+    /// Least time between two writes of the anchored head (`100ms` by default; `0s`: back to
+    /// back). Heads of batches stored meanwhile coalesce into the next write, so the anchor
+    /// trails the database by at most this plus one write (see [`anchor`]); at most 60 s.
+    #[serde(with = "humantime_serde")]
+    pub anchor_interval: Duration,
 }
 
 /// True for an unset path (serde `skip_serializing_if`).
@@ -129,6 +137,7 @@ impl Default for Config {
             watch_buffer: 4096,
             watch_wait: Duration::from_secs(60),
             signing_key: PathBuf::new(),
+            anchor_interval: Duration::from_millis(100),
         }
     }
 }
@@ -154,6 +163,13 @@ impl Config {
         if self.watch_buffer == 0 {
             return Err(Error::Config(
                 "audit.watch_buffer must be at least 1".into(),
+            ));
+        }
+        if self.anchor_interval > Duration::from_secs(60) {
+            return Err(Error::Config(
+                "audit.anchor_interval must be at most 60s: the anchor may trail the log by that \
+                 much, which leaves deleted newest records undetected that long"
+                    .into(),
             ));
         }
         if self.signing_key.as_os_str().is_empty() {
@@ -293,8 +309,10 @@ pub struct Audit {
     stopped: CancellationToken,
     /// This process's claim to be the database's only writer, checked before each batch.
     lock: tokio::sync::Mutex<WriterLock>,
-    /// The head anchored outside the database, written after each stored batch.
+    /// The head anchored outside the database (read by `VerifyAudit`).
     anchor: Arc<anchor::Anchor>,
+    /// Anchors the newest stored head off the batch path.
+    anchor_writer: anchor::AnchorWriter,
 }
 
 impl Audit {
@@ -328,10 +346,22 @@ impl Audit {
             store.close().await;
             return Err(e);
         }
-        // Anchor the head as found (a crash may have left the anchor behind the database).
-        if let Err(e) = anchor.publish(&head).await {
-            error!(error = %e, "cannot anchor the audit head; will retry after the next batch");
-        }
+        // Anchor the head as found (a crash may have left the anchor behind the database); the
+        // writer task retries a failure.
+        let anchored = match anchor.publish(&head).await {
+            Ok(()) => Some(head.clone()),
+            Err(e) => {
+                error!(error = %e, "cannot anchor the audit head; retrying");
+                None
+            }
+        };
+        let anchor = Arc::new(anchor);
+        let anchor_writer = anchor::AnchorWriter::start(
+            anchor.clone(),
+            head.clone(),
+            anchored,
+            config.anchor_interval,
+        );
         info!(
             backend = store.backend(),
             last_sequence = head.sequence,
@@ -346,7 +376,8 @@ impl Audit {
             live,
             stopped: CancellationToken::new(),
             lock: tokio::sync::Mutex::new(lock),
-            anchor: Arc::new(anchor),
+            anchor,
+            anchor_writer,
         })
     }
 
@@ -389,15 +420,20 @@ impl Audit {
         // Cancelled by shutdown, or by the handler when another writer took the lock.
         let stop = shutdown.child_token();
         let lost: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
-        bus.consume_batch(spec, stop.clone(), |batch| async {
-            let (result, fatal) = self.handle_batch(batch).await;
-            if let Some(e) = fatal {
-                *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                stop.cancel();
-            }
-            result
-        })
-        .await?;
+        let result = bus
+            .consume_batch(spec, stop.clone(), |batch| async {
+                let (result, fatal) = self.handle_batch(batch).await;
+                if let Some(e) = fatal {
+                    *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    stop.cancel();
+                }
+                result
+            })
+            .await;
+        // Every batch is settled: anchor the newest head before audit exits (also after an
+        // error, so what was stored is covered).
+        self.anchor_writer.stop().await;
+        result?;
         if let Some(e) = lost.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
@@ -495,13 +531,10 @@ impl Audit {
         }
         match result {
             Ok(stored) => {
-                // One KV write per stored batch. The batch is committed either way; an anchor
-                // that could not be written lags until the next batch writes it.
+                // The anchor writer task anchors the newest head off the batch path; the
+                // batch is committed, so it is acked without waiting for the anchor.
                 if !stored.is_empty() {
-                    let head = self.store.head().await;
-                    if let Err(e) = self.anchor.publish(&head).await {
-                        error!(error = %e, sequence = head.sequence, "cannot anchor the audit head; the next batch retries");
-                    }
+                    self.anchor_writer.submit(self.store.head().await);
                 }
                 for mut r in stored {
                     // Watchers decode what they show; the buffer need not hold both forms.

@@ -711,3 +711,131 @@ async fn newest_records_removed_while_audit_is_stopped_are_named_against_the_anc
     assert_eq!(a.sequence, 1);
     drop(accepted);
 }
+
+/// Audit alone (no gRPC) on `nats`, with `adjust`ed settings: the running writer, its store
+/// and its shutdown token.
+async fn start_writer(
+    nats: &TestNats,
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut Config),
+) -> (
+    Arc<baton_audit::store::Store>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), baton_audit::Error>>,
+) {
+    let mut config = Config {
+        database_url: Config::sqlite_url(dir),
+        signing_key: dir.join("audit.key"),
+        ..Config::default()
+    };
+    adjust(&mut config);
+    let auth = Authenticator::new(&AuthConfig {
+        hs256_secret: "x".repeat(32),
+        ..Default::default()
+    })
+    .unwrap();
+    let ctx = Context::new(nats.bus.clone(), auth, Arc::new(Metrics::default()));
+    let audit = Audit::new(ctx, config).await.unwrap();
+    let store = audit.store();
+    let shutdown = CancellationToken::new();
+    let writer = tokio::spawn(audit.run(shutdown.clone()));
+    (store, shutdown, writer)
+}
+
+/// The anchored head and its revision (the bucket's write count: only `head` is written).
+async fn anchored(nats: &TestNats) -> (baton_audit::anchor::AnchoredHead, u64) {
+    let kv = nats
+        .bus
+        .kv::<baton_audit::anchor::AnchoredHead>(baton_audit::anchor::ANCHOR_BUCKET, 5)
+        .await
+        .unwrap();
+    kv.get(baton_audit::anchor::ANCHOR_KEY)
+        .await
+        .unwrap()
+        .expect("a head is anchored")
+}
+
+/// `n` events (each the first of its own task `<prefix>-<i>`), published one at a time `pace`
+/// apart.
+async fn publish_paced(nats: &TestNats, prefix: &str, n: usize, pace: Duration) {
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(pace).await;
+        }
+        let e = received(&format!("{prefix}-{i}"));
+        nats.bus.publish(subject::TASK_RECEIVED, &e).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_anchor_reaches_the_last_record_when_audit_settles_and_when_it_stops() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Settles: with the default interval the anchor follows a steady trickle to its end.
+    let (store, shutdown, writer) = start_writer(&nats, dir.path(), |_| {}).await;
+    publish_paced(&nats, "t-settle", 20, Duration::from_millis(10)).await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let head = store.head().await;
+            let (a, _) = anchored(&nats).await;
+            if head.sequence == 20 && a.sequence == 20 {
+                assert_eq!(a.hash, head.hash);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the anchor reaches record 20 while audit runs");
+    shutdown.cancel();
+    writer.await.unwrap().unwrap();
+
+    // Stops: with an interval longer than the whole run, the writer anchors at start and
+    // after the first batch, then waits; stopping must still leave the anchor at the last
+    // record, before `run` returns.
+    let (store, shutdown, writer) = start_writer(&nats, dir.path(), |c| {
+        c.anchor_interval = Duration::from_secs(60);
+    })
+    .await;
+    publish_paced(&nats, "t-stop", 20, Duration::from_millis(10)).await;
+    tokio::time::timeout(WAIT, async {
+        while store.head().await.sequence < 40 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("forty records stored");
+    let head = store.head().await;
+    shutdown.cancel();
+    writer.await.unwrap().unwrap();
+    let (a, _) = anchored(&nats).await;
+    assert_eq!((a.sequence, a.hash), (40, head.hash));
+}
+
+#[tokio::test]
+async fn many_batches_coalesce_into_fewer_anchor_writes() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One message per batch: every record is a batch of its own.
+    let (store, shutdown, writer) = start_writer(&nats, dir.path(), |c| c.batch_size = 1).await;
+    let (_, at_start) = anchored(&nats).await;
+    let batches = 60;
+    publish_paced(&nats, "t-many", batches, Duration::from_millis(2)).await;
+    tokio::time::timeout(WAIT, async {
+        while store.head().await.sequence < batches as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("all records stored");
+    let head = store.head().await;
+    shutdown.cancel();
+    writer.await.unwrap().unwrap();
+    let (a, at_end) = anchored(&nats).await;
+    assert_eq!((a.sequence, a.hash), (batches as u64, head.hash));
+    let writes = at_end - at_start;
+    assert!(
+        (1..batches as u64).contains(&writes),
+        "{writes} anchor writes for {batches} batches"
+    );
+}

@@ -224,8 +224,22 @@ impl Shell<'_> {
     /// Does what the state says next until the rollout ends.
     async fn drive(&mut self) -> Result<Outcome, Halt> {
         let task_id = self.cause.task_id.as_str();
-        // `rollout.phase`, for exported traces only: from a phase's start to its completion.
-        let mut phase_span = tracing::Span::none();
+        // `rollout.phase`, for exported traces only: from a phase's start to its completion,
+        // with the index of the phase it belongs to. A rollout resumed in the middle of a phase
+        // (its start was saved before the process died) opens the span when it next works in
+        // that phase, marked `resumed`, so the phase's remaining actions and checks still sit
+        // under their phase.
+        let mut phase_span = (tracing::Span::none(), None::<usize>);
+        let resumed_span = |state: &state::State, i: usize| {
+            baton_bus::exported_span!(
+                "rollout.phase",
+                task_id,
+                phase = %state.phases[i].name,
+                index = i,
+                resumed = true,
+                healthy = tracing::field::Empty,
+            )
+        };
         loop {
             match self.state.next() {
                 Next::Replay => {
@@ -235,12 +249,15 @@ impl Shell<'_> {
                 Next::StartPhase(i) => {
                     self.control.check()?;
                     tracing::info!(%task_id, phase = %self.state.phases[i].name, index = i, "phase started");
-                    phase_span = baton_bus::exported_span!(
-                        "rollout.phase",
-                        task_id,
-                        phase = %self.state.phases[i].name,
-                        index = i,
-                        healthy = tracing::field::Empty,
+                    phase_span = (
+                        baton_bus::exported_span!(
+                            "rollout.phase",
+                            task_id,
+                            phase = %self.state.phases[i].name,
+                            index = i,
+                            healthy = tracing::field::Empty,
+                        ),
+                        Some(i),
                     );
                     let effects = self.state.start_phase(i);
                     self.take(effects);
@@ -250,13 +267,19 @@ impl Shell<'_> {
                     // Announce what is queued (the phase's start) and save the results so far
                     // before its actions run.
                     self.settle().await?;
-                    let span = phase_span.clone();
+                    if phase_span.1 != Some(phase) {
+                        phase_span = (resumed_span(&self.state, phase), Some(phase));
+                    }
+                    let span = phase_span.0.clone();
                     self.apply(phase, steps).instrument(span).await?;
                 }
                 Next::Check { phase, steps } => {
                     self.control.check()?;
                     self.settle().await?;
-                    let span = phase_span.clone();
+                    if phase_span.1 != Some(phase) {
+                        phase_span = (resumed_span(&self.state, phase), Some(phase));
+                    }
+                    let span = phase_span.0.clone();
                     self.check(phase, steps).instrument(span).await?;
                 }
                 Next::CompletePhase(i) => {
@@ -264,8 +287,8 @@ impl Shell<'_> {
                     let effects = self.state.complete_phase(i);
                     let healthy = self.state.phases[i].status == state::Status::Succeeded;
                     tracing::info!(%task_id, phase = %self.state.phases[i].name, index = i, healthy, "phase completed");
-                    phase_span.record("healthy", healthy);
-                    phase_span = tracing::Span::none();
+                    phase_span.0.record("healthy", healthy);
+                    phase_span = (tracing::Span::none(), None);
                     self.take(effects);
                 }
                 Next::BeginRollback(reason) => {

@@ -75,8 +75,10 @@ cargo build --quiet --workspace --bin cluster-trace
 image_size="$(docker image inspect -f '{{.Size}}' baton:local)"
 say "image baton:local: $((image_size / 1000 / 1000)) MB (base baton-debian: $(( $(docker image inspect -f '{{.Size}}' baton-debian:bookworm-minbase-ca-1) / 1000 / 1000 )) MB)"
 
+# The EXIT trap: $1 is the script's exit status when the trap ran other commands first (their
+# status would hide a failure's), else $? is.
 logs_on_failure() {
-  local rc=$?
+  local rc=${1:-$?}
   if [ "$rc" != 0 ]; then
     say "logs of the failed run:"
     compose ps >&2 || true
@@ -95,7 +97,7 @@ gateway="$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{
 [ -n "$gateway" ] || fail "no gateway on Docker's bridge network"
 coproc TRACE { exec "$CARGO_TARGET_DIR/debug/cluster-trace" "$gateway"; }
 trace_pid=$TRACE_PID; exec {trace_in}>&"${TRACE[1]}" {trace_out}<&"${TRACE[0]}"
-trap 'kill "$trace_pid" 2>/dev/null || true; logs_on_failure' EXIT
+trap 'rc=$?; kill "$trace_pid" 2>/dev/null || true; logs_on_failure "$rc"' EXIT
 read -r -t 30 otlp_http _ <&"$trace_out" || fail "the OTLP receiver did not start"
 otel_env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://host.docker.internal:$otlp_http"
   OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=500

@@ -467,6 +467,17 @@ mod model {
         pub similar_enough: bool,
     }
 
+    impl Scored {
+        /// The nearest examples as explanations list them: `"text" (role, 0.87), …`.
+        pub fn neighbours_listed(&self) -> String {
+            self.neighbours
+                .iter()
+                .map(|n| format!("{:?} ({}, {:.2})", n.text, n.role, n.similarity))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+
     /// The embedding classifier: the model, the embedded examples and the thresholds.
     pub struct EmbeddingClassifier {
         encoder: Arc<Encoder>,
@@ -744,12 +755,7 @@ mod model {
                 return Ok(None);
             };
             let (spec, context) = self.rules.spec_for_role(task, role)?;
-            let neighbours = scored
-                .neighbours
-                .iter()
-                .map(|n| format!("{:?} ({}, {:.2})", n.text, n.role, n.similarity))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let neighbours = scored.neighbours_listed();
             let runner_up = scored
                 .roles
                 .get(1)

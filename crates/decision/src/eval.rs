@@ -222,12 +222,7 @@ pub fn cross_validate(
                 .first()
                 .map(|r| r.0.clone())
                 .unwrap_or_default();
-            let nearest = scored
-                .neighbours
-                .iter()
-                .map(|n| format!("{:?} ({}, {:.2})", n.text, n.role, n.similarity))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let nearest = scored.neighbours_listed();
             Outcome {
                 text: example.text,
                 expected: example.role,

@@ -121,7 +121,9 @@ async fn main() {
 
     // Sequential: one task in flight, trigger → completed.
     let audit_records = || baton.ctx.metrics.audit_records.get();
+    let audit_batches = || baton.ctx.metrics.audit_batches.get();
     let audit_before_seq = audit_records();
+    let batches_before_seq = audit_batches();
     let mut lat = Vec::with_capacity(sequential);
     for i in 0..sequential {
         let t = Instant::now();
@@ -141,6 +143,13 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let audit_before = audit_records();
     let per_task = ((audit_before - audit_before_seq) as f64 / sequential as f64).round();
+    // The audit log's commits (one database transaction each) in the sequential run.
+    let commits_seq = Commits::new(
+        audit_batches() - batches_before_seq,
+        audit_before - audit_before_seq,
+        sequential,
+    );
+    let batches_before = audit_batches();
 
     // Pipelined: publish all, count completions.
     let nats_pid = nats_server_pid(data.path());
@@ -216,6 +225,7 @@ async fn main() {
     let throughput = tasks as f64 / elapsed.as_secs_f64();
     let written = storage_writes().saturating_sub(written_0);
     let stored = audit_records() - audit_before;
+    let commits_pipelined = Commits::new(audit_batches() - batches_before, stored, tasks);
 
     // Sustained: tasks published at a steady rate below the maximum; the audit log's lag at
     // that rate (what an operator sees in steady state), not after a burst.
@@ -327,6 +337,21 @@ async fn main() {
             "| events per task                     | {:>12.1} |",
             per_task
         );
+        for (run, c) in [
+            ("sequential", &commits_seq),
+            ("pipelined", &commits_pipelined),
+        ] {
+            println!(
+                "| {:<36}| {:>12.2} |",
+                format!("audit commits per task, {run}"),
+                c.per_task()
+            );
+            println!(
+                "| {:<36}| {:>12.1} |",
+                format!("audit records per commit, {run}"),
+                c.records_per_commit()
+            );
+        }
         println!(
             "| storage writes per task (SQLite)    | {:>9.1} KB |",
             written as f64 / tasks as f64 / 1024.0
@@ -364,6 +389,16 @@ async fn main() {
     }
     println!();
     cost.print("task (pipelined)");
+    if with_audit && !split {
+        println!(
+            "audit commits per task: {:.2} sequential, {:.2} pipelined ({:.1} and {:.1} records \
+             per commit)",
+            commits_seq.per_task(),
+            commits_pipelined.per_task(),
+            commits_seq.records_per_commit(),
+            commits_pipelined.records_per_commit()
+        );
+    }
     if let Some((rate, _, _, _, cost)) = &sustained {
         println!();
         cost.print(&format!("task (at {rate} t/s)"));
@@ -526,6 +561,37 @@ fn handler_totals(text: &str) -> Vec<(String, u64, f64)> {
         .filter(|(_, (c, _))| *c > 0)
         .map(|(s, (c, t))| (s, c, t))
         .collect()
+}
+
+/// The audit log's commits in one run (from `baton_audit_batches_total` and
+/// `baton_audit_records_total`, in-process runs only).
+struct Commits {
+    /// Batches committed (database transactions).
+    batches: u64,
+    /// Records they stored.
+    records: u64,
+    /// Tasks of the run.
+    tasks: usize,
+}
+
+impl Commits {
+    fn new(batches: u64, records: u64, tasks: usize) -> Commits {
+        Commits {
+            batches,
+            records,
+            tasks,
+        }
+    }
+
+    /// Database transactions per task.
+    fn per_task(&self) -> f64 {
+        self.batches as f64 / self.tasks.max(1) as f64
+    }
+
+    /// Records stored per transaction.
+    fn records_per_commit(&self) -> f64 {
+        self.records as f64 / self.batches.max(1) as f64
+    }
 }
 
 /// A histogram read from the Prometheus text: cumulative counts per upper bound, sum, count.

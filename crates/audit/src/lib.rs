@@ -496,6 +496,8 @@ impl Audit {
                 .unwrap_own_dead_letter(SERVICE),
             );
         }
+        // A batch of raw triggers only makes no transaction.
+        let commits = !records.is_empty();
         // Only `ensure` can fail with WriterLocked: another writer has the lock.
         let result = match self.lock.lock().await.ensure(&self.store).await {
             Ok(()) => self.store.append(records).await,
@@ -504,6 +506,9 @@ impl Audit {
         let secs = started.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(stored) => {
+                if commits {
+                    self.ctx.metrics.audit_batches.inc();
+                }
                 self.ctx.metrics.audit_records.inc_by(stored.len() as u64);
                 for r in stored {
                     self.ctx.metrics.count_final(&r.record.subject);

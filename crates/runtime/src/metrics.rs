@@ -34,6 +34,9 @@ pub mod names {
     pub const AUDIT_RECORDS: &str = "baton_audit_records_total";
     /// Counter: batches the audit log could not store (they are redelivered).
     pub const AUDIT_WRITE_ERRORS: &str = "baton_audit_write_errors_total";
+    /// Counter: batches the audit log committed (one database transaction each); records per
+    /// commit is `baton_audit_records_total` over this.
+    pub const AUDIT_BATCHES: &str = "baton_audit_batches_total";
     /// Histogram, seconds: from an event's time to its storage in the audit log.
     pub const AUDIT_LAG_SECONDS: &str = "baton_audit_lag_seconds";
     /// Gauge `{stream, consumer}`: messages of the stream not yet delivered to the durable
@@ -56,6 +59,7 @@ pub mod names {
         EXECUTIONS,
         AUDIT_RECORDS,
         AUDIT_WRITE_ERRORS,
+        AUDIT_BATCHES,
         AUDIT_LAG_SECONDS,
         CONSUMER_PENDING,
         CONSUMER_ACK_PENDING,
@@ -115,6 +119,8 @@ pub struct Metrics {
     pub audit_records: Counter,
     /// `baton_audit_write_errors_total`: batches the audit log could not store.
     pub audit_write_errors: Counter,
+    /// `baton_audit_batches_total`: batches the audit log committed (one transaction each).
+    pub audit_batches: Counter,
     /// `baton_audit_lag_seconds`: event time to storage in the audit log.
     pub audit_lag_seconds: Histogram,
     /// `baton_tasks_total{status}`: tasks by final status.
@@ -140,6 +146,7 @@ impl Default for Metrics {
         let executions = Family::<StageLabels, Counter>::default();
         let audit_records = Counter::default();
         let audit_write_errors = Counter::default();
+        let audit_batches = Counter::default();
         let audit_lag_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let tasks = Family::<StatusLabels, Counter>::default();
         let consumer_pending = Family::<ConsumerLabels, Gauge>::default();
@@ -177,6 +184,11 @@ impl Default for Metrics {
             audit_write_errors.clone(),
         );
         registry.register(
+            "audit_batches",
+            "Batches the audit log committed, one database transaction each",
+            audit_batches.clone(),
+        );
+        registry.register(
             "audit_lag_seconds",
             "Time from an event to its storage in the audit log",
             audit_lag_seconds.clone(),
@@ -210,6 +222,7 @@ impl Default for Metrics {
             executions,
             audit_records,
             audit_write_errors,
+            audit_batches,
             audit_lag_seconds,
             tasks,
             consumer_pending,

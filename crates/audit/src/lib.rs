@@ -15,8 +15,11 @@
 //! NATS; records are pushed to `WatchTask` streams after they are stored.
 //!
 //! The hot path never makes a database round trip per event: both consumers feed one writer,
-//! a [`Bus::consume_batch`](baton_bus::Bus::consume_batch) loop that hands it whatever messages
-//! are ready (up to [`Config::batch_size`]); the writer drops event ids already stored (one
+//! a [`Bus::consume_batch`](baton_bus::Bus::consume_batch) loop that hands it the messages
+//! that arrive within [`Config::batch_linger`] of a batch's first (up to
+//! [`Config::batch_size`]), so the events of a task share a transaction even when the writer
+//! keeps up with them one by one; each committed batch counts in `baton_audit_batches_total`.
+//! The writer drops event ids already stored (one
 //! query) or repeated in the batch, appends the rest and updates their task views in one
 //! transaction, commits, then the batch is acked. On a database error the whole batch is
 //! nak'ed and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
@@ -93,6 +96,11 @@ pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Durable consumer of the dead-letter stream.
 pub const DURABLE_DEAD: &str = "audit-dead";
 
+/// Default of [`Config::batch_linger`]: 5 ms (see there why).
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
+/// Largest [`Config::batch_linger`] accepted: 1 s.
+pub const MAX_BATCH_LINGER: Duration = Duration::from_secs(1);
+
 /// Settings of the audit service (`[audit]` in baton.toml, `BATON_AUDIT__*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -105,6 +113,16 @@ pub struct Config {
     pub max_connections: u32,
     /// Most messages stored in one transaction (1–10000).
     pub batch_size: usize,
+    /// How long a batch waits, after its first event arrived, for more events (up to
+    /// `batch_size`) before it is stored (`5ms` by default; `0s`: store whatever is ready at
+    /// once; at most 1 s). A task's events come from five services a few milliseconds apart;
+    /// without a linger, a writer that keeps up stores each alone (one transaction and one
+    /// anchor hand-over per event), and those commits compete for the CPU with the path
+    /// itself. 5 ms gathers most of a task's events into one commit while adding at most
+    /// 5 ms to the audit lag (event time to storage), far inside its 100 ms goal. Events wait
+    /// unacknowledged meanwhile, which is why it is capped well below `nats.ack_wait`.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
     /// Records buffered for `WatchTask` streams; a watcher that falls further behind re-reads
     /// from the database.
     pub watch_buffer: usize,
@@ -134,6 +152,7 @@ impl Default for Config {
             database_url: String::new(),
             max_connections: 8,
             batch_size: 500,
+            batch_linger: DEFAULT_BATCH_LINGER,
             watch_buffer: 4096,
             watch_wait: Duration::from_secs(60),
             signing_key: PathBuf::new(),
@@ -159,6 +178,14 @@ impl Config {
             return Err(Error::Config(
                 "audit.batch_size must be between 1 and 10000".into(),
             ));
+        }
+        if self.batch_linger > MAX_BATCH_LINGER {
+            return Err(Error::Config(format!(
+                "audit.batch_linger is {:?}: it must be between 0s and {:?} (events wait \
+                 unacknowledged that long before they are stored); `0s` stores whatever is \
+                 ready at once",
+                self.batch_linger, MAX_BATCH_LINGER
+            )));
         }
         if self.watch_buffer == 0 {
             return Err(Error::Config(
@@ -415,7 +442,8 @@ impl Audit {
             stream: bus.config().dead_stream.clone(),
             ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>")
         };
-        let spec = BatchSpec::new(vec![main, dead], self.config.batch_size);
+        let spec = BatchSpec::new(vec![main, dead], self.config.batch_size)
+            .linger(self.config.batch_linger);
         self.watch_database(shutdown.clone());
         // Cancelled by shutdown, or by the handler when another writer took the lock.
         let stop = shutdown.child_token();
@@ -601,5 +629,34 @@ impl baton_runtime::service::Service for Audit {
         shutdown: CancellationToken,
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
         self.run(shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(batch_linger: Duration) -> Config {
+        Config {
+            database_url: "sqlite::memory:".into(),
+            signing_key: PathBuf::from("audit.key"),
+            batch_linger,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn batch_linger_is_bounded_and_the_error_names_the_key_and_range() {
+        for ok in [Duration::ZERO, DEFAULT_BATCH_LINGER, MAX_BATCH_LINGER] {
+            config(ok).validate().unwrap();
+        }
+        let err = config(Duration::from_millis(1001))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("audit.batch_linger") && err.contains("between 0s and 1s"),
+            "{err}"
+        );
     }
 }

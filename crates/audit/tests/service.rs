@@ -723,6 +723,20 @@ async fn start_writer(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), baton_audit::Error>>,
 ) {
+    start_writer_metered(nats, dir, adjust, Arc::new(Metrics::default())).await
+}
+
+/// [`start_writer`] recording into `metrics`.
+async fn start_writer_metered(
+    nats: &TestNats,
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut Config),
+    metrics: Arc<Metrics>,
+) -> (
+    Arc<baton_audit::store::Store>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), baton_audit::Error>>,
+) {
     let mut config = Config {
         database_url: Config::sqlite_url(dir),
         signing_key: dir.join("audit.key"),
@@ -734,7 +748,7 @@ async fn start_writer(
         ..Default::default()
     })
     .unwrap();
-    let ctx = Context::new(nats.bus.clone(), auth, Arc::new(Metrics::default()));
+    let ctx = Context::new(nats.bus.clone(), auth, metrics);
     let audit = Audit::new(ctx, config).await.unwrap();
     let store = audit.store();
     let shutdown = CancellationToken::new();
@@ -838,4 +852,55 @@ async fn many_batches_coalesce_into_fewer_anchor_writes() {
         (1..batches as u64).contains(&writes),
         "{writes} anchor writes for {batches} batches"
     );
+}
+
+/// Waits until the log holds `n` records.
+async fn wait_for_records(store: &baton_audit::store::Store, n: u64) {
+    tokio::time::timeout(WAIT, async {
+        while store.head().await.sequence < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} records stored"));
+}
+
+#[tokio::test]
+async fn events_arriving_within_the_linger_share_a_commit() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    // The longest linger allowed; the events below arrive within about a third of it, each
+    // alone (30 ms apart, far longer than a commit of one record takes), so without the linger
+    // each would be a commit of its own.
+    let (store, shutdown, writer) = start_writer_metered(
+        &nats,
+        dir.path(),
+        |c| c.batch_linger = baton_audit::MAX_BATCH_LINGER,
+        metrics.clone(),
+    )
+    .await;
+    let n = 10;
+    publish_paced(&nats, "t-linger", n, Duration::from_millis(30)).await;
+    wait_for_records(&store, n as u64).await;
+    let commits = metrics.audit_batches.get();
+    assert_eq!(metrics.audit_records.get(), n as u64);
+    // One commit, or two if the machine stalled the publisher past the linger.
+    assert!(
+        (1..=2).contains(&commits),
+        "{commits} commits for {n} events published within the linger"
+    );
+    // An event that arrives alone is stored once its linger ends, not held for company.
+    let e = received("t-alone");
+    nats.bus.publish(subject::TASK_RECEIVED, &e).await.unwrap();
+    wait_for_records(&store, n as u64 + 1).await;
+    assert_eq!(metrics.audit_batches.get(), commits + 1);
+    // Stopping during a linger stores the event in hand before `run` returns.
+    let e = received("t-at-stop");
+    nats.bus.publish(subject::TASK_RECEIVED, &e).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    writer.await.unwrap().unwrap();
+    assert_eq!(store.head().await.sequence, n as u64 + 2);
+    assert_eq!(metrics.audit_records.get(), n as u64 + 2);
 }

@@ -16,6 +16,14 @@
 //!   its messages come back one by one: the good ones are handled and acked, and only the
 //!   message that keeps failing uses up its deliveries and is dead-lettered. Redeliveries are
 //!   rare (at most `max_ack_pending` messages are ever out), so the hot path stays batched.
+//! - **Linger.** With [`BatchSpec::linger`] set, a batch is handed over once it holds
+//!   `max_messages`, or `linger` after its first message arrived, whichever comes first
+//!   (tokio-stream's `chunks_timeout`), so messages that arrive a little apart (the events of
+//!   one task, published by several services within a few milliseconds) share one batch
+//!   instead of making one each. Zero hands over whatever is ready at once. Shutdown and a
+//!   message stream that ends cut the linger short: the messages in hand are handled and
+//!   settled before `consume_batch` returns. The guards below apply to a lingered batch as to
+//!   any other (a redelivered message is still handled alone).
 //! - **Ack wait.** While the handler works, every message of the batch gets an in-progress ack
 //!   each `ack_wait / 3`, so a slow batch is not redelivered under its feet; a handler still
 //!   running after [`BatchSpec::timeout`] is cancelled (its future dropped) and its batch is
@@ -23,6 +31,7 @@
 
 use crate::consumer::{ConsumerSpec, Delivery, HandlerError};
 use crate::{Bus, BusError};
+use futures::future::Either;
 use futures::{FutureExt as _, StreamExt as _};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -37,22 +46,36 @@ pub struct BatchSpec {
     /// `BATON_DEAD`). Each message is settled through its own: its dead letter names that
     /// consumer's stream and goes to `baton.dead.<service>` of that consumer.
     pub sources: Vec<ConsumerSpec>,
-    /// Most messages handed to the handler at once; a batch holds whatever is ready, up to
-    /// this many (at least 1).
+    /// Most messages handed to the handler at once; a batch holds whatever is ready (or
+    /// arrives within [`BatchSpec::linger`]), up to this many (at least 1).
     pub max_messages: usize,
     /// Longest the handler may work on one batch before it is cancelled and the batch is
     /// nak'ed as a failed delivery. `None` means the bus's `ack_wait`.
     pub timeout: Option<Duration>,
+    /// How long a batch waits, after its first message arrived, for more (up to
+    /// `max_messages`) before it is handed to the handler. Zero (the default): whatever is
+    /// ready at once. Messages wait this long unacknowledged on top of the handler's time, so
+    /// keep it well under the bus's `ack_wait`.
+    pub linger: Duration,
 }
 
 impl BatchSpec {
-    /// A batch consumer of `sources`, at most `max_messages` per batch, timeout `ack_wait`.
+    /// A batch consumer of `sources`, at most `max_messages` per batch, timeout `ack_wait`,
+    /// no linger.
     pub fn new(sources: Vec<ConsumerSpec>, max_messages: usize) -> BatchSpec {
         BatchSpec {
             sources,
             max_messages: max_messages.max(1),
             timeout: None,
+            linger: Duration::ZERO,
         }
+    }
+
+    /// Sets how long a batch waits for more messages after its first (see
+    /// [`BatchSpec::linger`]).
+    pub fn linger(mut self, linger: Duration) -> BatchSpec {
+        self.linger = linger;
+        self
     }
 
     /// Sets how long the handler may work on one batch (see [`BatchSpec::timeout`]).
@@ -123,11 +146,21 @@ impl Bus {
                         .boxed(),
                 );
             }
-            let batches = futures::stream::select_all(streams)
+            let messages = futures::stream::select_all(streams)
                 .take_while(|item| std::future::ready(item.is_some()))
                 .filter_map(std::future::ready)
-                .take_until(shutdown.cancelled())
-                .ready_chunks(spec.max_messages);
+                .take_until(shutdown.cancelled());
+            // The end of `messages` (shutdown, a stream that ended) hands over a lingering
+            // batch at once.
+            let batches = if spec.linger.is_zero() {
+                Either::Left(messages.ready_chunks(spec.max_messages))
+            } else {
+                Either::Right(tokio_stream::StreamExt::chunks_timeout(
+                    messages,
+                    spec.max_messages,
+                    spec.linger,
+                ))
+            };
             let mut batches = std::pin::pin!(batches);
             while let Some(chunk) = batches.next().await {
                 let mut fresh = Vec::with_capacity(chunk.len());

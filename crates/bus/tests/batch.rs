@@ -1,7 +1,9 @@
 //! `Bus::consume_batch` against a real nats-server: one message that keeps failing, panicking
 //! or hanging its batch is dead-lettered after `max_deliver` deliveries while the good messages
 //! of its batch are stored exactly once; a message that keeps coming back unsettled (the
-//! consumer died each time) is dead-lettered without reaching the handler again.
+//! consumer died each time) is dead-lettered without reaching the handler again. With a
+//! linger, messages that arrive a little apart share a batch, a lone one is still handed over,
+//! and shutdown does not wait for the linger.
 
 use baton_bus::testing::TestNats;
 use baton_bus::{BatchResult, BatchSpec, Bus, BusConfig, ConsumerSpec, HandlerError};
@@ -251,5 +253,130 @@ async fn a_message_never_settled_is_dead_lettered_without_reaching_the_handler_a
         attempts.load(Ordering::SeqCst),
         2,
         "the handler saw it max_deliver times, not the third"
+    );
+}
+
+/// Runs a batch consumer of `spec` on `bus` that records the task ids of each batch and acks
+/// them; returns the recorded batches and the running consumer.
+fn record_batches(
+    bus: &Bus,
+    spec: BatchSpec,
+    shutdown: CancellationToken,
+) -> (
+    Arc<Mutex<Vec<Vec<String>>>>,
+    tokio::task::JoinHandle<Result<(), baton_bus::BusError>>,
+) {
+    let batches = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let task = tokio::spawn({
+        let (bus, batches) = (bus.clone(), batches.clone());
+        async move {
+            bus.consume_batch(spec, shutdown, move |batch| {
+                let ids = batch.iter().map(|d| d.event().unwrap().task_id).collect();
+                batches.lock().unwrap().push(ids);
+                std::future::ready(BatchResult::All(Ok(())))
+            })
+            .await
+        }
+    });
+    (batches, task)
+}
+
+/// Waits until `batches` holds `n` messages in all.
+async fn wait_for_messages(batches: &Mutex<Vec<Vec<String>>>, n: usize) {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} messages handled: {batches:?}"));
+}
+
+#[tokio::test]
+async fn messages_arriving_within_the_linger_share_a_batch_and_a_lone_one_is_handed_over() {
+    let nats = TestNats::start().await;
+    let shutdown = CancellationToken::new();
+    // Messages 30 ms apart: without a linger each is ready alone and makes a batch of its
+    // own; within a 1 s linger they share one.
+    let spec = BatchSpec::new(
+        vec![ConsumerSpec::new("test", "test", subject::TASK_RECEIVED)],
+        100,
+    )
+    .linger(Duration::from_secs(1));
+    let (batches, task) = record_batches(&nats.bus, spec, shutdown.clone());
+    let n = 8;
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        nats.bus
+            .publish(subject::TASK_RECEIVED, &received(&format!("t-{i}")))
+            .await
+            .unwrap();
+    }
+    wait_for_messages(&batches, n).await;
+    let seen = batches.lock().unwrap().clone();
+    assert!(
+        (1..=2).contains(&seen.len()),
+        "{n} messages within the linger make one batch (two if the publisher stalled): {seen:?}"
+    );
+    // A message alone is handed over when its linger ends.
+    nats.bus
+        .publish(subject::TASK_RECEIVED, &received("alone"))
+        .await
+        .unwrap();
+    wait_for_messages(&batches, n + 1).await;
+    assert_eq!(
+        batches.lock().unwrap().last().unwrap(),
+        &vec!["alone".to_string()]
+    );
+    // Everything was acked: nothing is left for the consumer.
+    let consumer = nats
+        .bus
+        .pull_consumer(&ConsumerSpec::new("test", "test", subject::TASK_RECEIVED))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let info = consumer.clone().info().await.unwrap().clone();
+            if info.num_ack_pending == 0 && info.num_pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every message acked");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_during_a_linger_hands_over_the_batch_in_hand_at_once() {
+    let nats = TestNats::start().await;
+    let shutdown = CancellationToken::new();
+    // A linger far longer than the test may take.
+    let spec = BatchSpec::new(
+        vec![ConsumerSpec::new("test", "test", subject::TASK_RECEIVED)],
+        100,
+    )
+    .linger(Duration::from_secs(3600));
+    let (batches, task) = record_batches(&nats.bus, spec, shutdown.clone());
+    nats.bus
+        .publish(subject::TASK_RECEIVED, &received("in-hand"))
+        .await
+        .unwrap();
+    // Let the consumer take it (its linger starts), then stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("consume_batch returns on shutdown, not after the linger")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        *batches.lock().unwrap(),
+        vec![vec!["in-hand".to_string()]],
+        "the batch in hand was handled before consume_batch returned"
     );
 }

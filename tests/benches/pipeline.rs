@@ -8,7 +8,8 @@
 //! services only and see what the audit log costs, `-- --without-bare` to skip the reference,
 //! `-- --split` to run each service as its own `baton serve <service>` process — build the
 //! binary first with `cargo build --release -p baton`; `-- --sustained-rate 400` and
-//! `-- --sustained-secs 3` set the paced run described below, `--sustained-rate 0` skips it).
+//! `-- --sustained-secs 3` set the paced run described below, `--sustained-rate 0` skips it;
+//! `-- --audit-linger-ms 0` sets `audit.batch_linger`, to see what the linger saves).
 //! First runs the bare 6-stage JetStream chain (`common::bare_chain`, the `bare_chain` bench)
 //! with the same load, then Baton, and prints them side by side with the ratios — on a shared
 //! machine whose speed varies from run to run, the ratio is the figure to compare. Then
@@ -45,6 +46,9 @@ async fn main() {
     let mut config = test_config(data.path());
     config.agents.noop_roles = vec!["assistant".into()];
     config.audit.database_url = baton_audit::Config::sqlite_url(data.path());
+    if std::env::args().any(|a| a == "--audit-linger-ms") {
+        config.audit.batch_linger = Duration::from_millis(arg("--audit-linger-ms", 0) as u64);
+    }
     config.common.log.filter = "error".into();
     // The default, not the tests' 2 s: on a loaded machine a burst's messages can wait longer
     // than 2 s in a consumer's buffer, and their redeliveries would be counted as the path's cost.
@@ -118,6 +122,11 @@ async fn main() {
             .unwrap();
         wait_one(&mut completed, &mut failed).await;
     }
+
+    // Let the audit log catch up with the warm-up, so its tail is not counted as the
+    // sequential run's events (on a slow build that made `per_task` one too many, and the
+    // pipelined run then waited for events that never come).
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Sequential: one task in flight, trigger → completed.
     let audit_records = || baton.ctx.metrics.audit_records.get();
@@ -293,10 +302,11 @@ async fn main() {
         );
     }
     println!(
-        "no-op agent and action, auto-approved; {} cores",
+        "no-op agent and action, auto-approved; {} cores; audit.batch_linger {:?}",
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        baton.config.audit.batch_linger
     );
     println!("| measure                             | value        |");
     println!("|-------------------------------------|--------------|");

@@ -256,6 +256,9 @@ async fn a_message_never_settled_is_dead_lettered_without_reaching_the_handler_a
     );
 }
 
+/// The task ids of each batch handed to a handler, in order.
+type Batches = Arc<Mutex<Vec<Vec<String>>>>;
+
 /// Runs a batch consumer of `spec` on `bus` that records the task ids of each batch and acks
 /// them; returns the recorded batches and the running consumer.
 fn record_batches(
@@ -263,10 +266,10 @@ fn record_batches(
     spec: BatchSpec,
     shutdown: CancellationToken,
 ) -> (
-    Arc<Mutex<Vec<Vec<String>>>>,
+    Batches,
     tokio::task::JoinHandle<Result<(), baton_bus::BusError>>,
 ) {
-    let batches = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let batches: Batches = Default::default();
     let task = tokio::spawn({
         let (bus, batches) = (bus.clone(), batches.clone());
         async move {

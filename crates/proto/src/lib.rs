@@ -564,7 +564,7 @@ mod tests {
             Body::PhaseCompleted(PhaseCompleted::default()),
             Body::TaskCompleted(TaskCompleted::default()),
         ] {
-            assert_eq!(alone.unmerged(), [alone.clone()]);
+            assert_eq!(alone.unmerged(), std::slice::from_ref(&alone));
             assert_eq!(alone.stands_for(), 1);
         }
     }

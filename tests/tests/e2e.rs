@@ -22,6 +22,16 @@ fn kinds(records: &[AuditRecord]) -> Vec<&'static str> {
         .collect()
 }
 
+/// The bodies of every event the records stand for, in order: a record execution merged from
+/// several events (`Body::unmerged`) gives each of them.
+fn unmerged(records: &[AuditRecord]) -> Vec<Body> {
+    records
+        .iter()
+        .filter_map(|r| r.event.as_ref()?.body.as_ref())
+        .flat_map(Body::unmerged)
+        .collect()
+}
+
 /// Approves `task_id` as alice once it waits for approval.
 async fn approve(h: &Harness, task_id: &str) {
     h.wait_for(task_id, TaskStatus::AwaitingApproval, T).await;
@@ -151,11 +161,10 @@ async fn json_trigger_on_nats_runs_to_completed_with_a_verified_audit_chain() {
         at += pos + 1;
     }
     // A canary of one asset comes first, then waves.
-    let phases: Vec<_> = done
-        .events
-        .iter()
-        .filter_map(|r| match r.event.as_ref()?.body.as_ref()? {
-            Body::PhaseStarted(p) => Some(p.clone()),
+    let phases: Vec<_> = unmerged(&done.events)
+        .into_iter()
+        .filter_map(|body| match body {
+            Body::PhaseStarted(p) => Some(p),
             _ => None,
         })
         .collect();
@@ -235,10 +244,9 @@ async fn failed_health_check_in_a_wave_rolls_back_the_changed_assets() {
         0,
         "wave 3 must never start"
     );
-    let rolled_back: Vec<String> = failed
-        .events
+    let rolled_back: Vec<String> = unmerged(&failed.events)
         .iter()
-        .filter_map(|r| match r.event.as_ref()?.body.as_ref()? {
+        .filter_map(|body| match body {
             Body::AssetUpdated(a)
                 if a.asset.as_ref()?.state() == baton_proto::AssetState::RolledBack =>
             {
@@ -390,16 +398,18 @@ async fn execution_killed_mid_rollout_resumes_and_no_event_is_duplicated() {
     for r in &done.events {
         let e = r.event.as_ref().unwrap();
         *ids.entry(e.event_id.clone()).or_insert(0) += 1;
-        let fact = match e.body.as_ref().unwrap() {
-            Body::PhaseStarted(p) => format!("phase_started {}", p.index),
-            Body::PhaseCompleted(p) => format!("phase_completed {}", p.index),
-            Body::AssetUpdated(a) => {
-                let s = a.asset.as_ref().unwrap();
-                format!("asset {} {:?}", s.asset_id, s.state())
-            }
-            _ => baton_proto::event_kind(e).to_string(),
-        };
-        *facts.entry(fact).or_insert(0) += 1;
+        for body in e.body.as_ref().unwrap().unmerged() {
+            let fact = match &body {
+                Body::PhaseStarted(p) => format!("phase_started {}", p.index),
+                Body::PhaseCompleted(p) => format!("phase_completed {}", p.index),
+                Body::AssetUpdated(a) => {
+                    let s = a.asset.as_ref().unwrap();
+                    format!("asset {} {:?}", s.asset_id, s.state())
+                }
+                _ => body.kind().to_string(),
+            };
+            *facts.entry(fact).or_insert(0) += 1;
+        }
     }
     assert!(
         ids.values().all(|&n| n == 1),

@@ -44,7 +44,9 @@ pub struct TaskRow {
     pub created_at: i64,
     /// Time of its latest event, microseconds since the Unix epoch.
     pub updated_at: i64,
-    /// Number of stored events of the task.
+    /// Number of the task's events: one per stored record, except that a record execution
+    /// merged from several events (`Body::unmerged`: a rollout's start with its first phase's,
+    /// a phase's completion with its last asset changes) counts each of them.
     pub event_count: i64,
 }
 
@@ -90,7 +92,12 @@ impl TaskRow {
     /// Applies one stored event (`event` is `None` when the payload did not decode). `at` is
     /// the event's time in microseconds (its recording time when it had none).
     pub fn apply(&mut self, tenant: &str, event: Option<&Event>, at: i64) {
-        self.event_count += 1;
+        // An event execution merged from several (`Body::unmerged`) counts as each of them, so
+        // a task's view is the same whether its rollout published them apart or merged.
+        let stands_for = event
+            .and_then(|e| e.body.as_ref())
+            .map_or(1, |b| b.stands_for());
+        self.event_count += stands_for as i64;
         self.created_at = self.created_at.min(at);
         self.updated_at = self.updated_at.max(at);
         if self.tenant.is_empty() {
@@ -486,6 +493,120 @@ mod tests {
             (TaskStatus::Failed, "boom")
         );
         assert_eq!(row.event_count, 5);
+    }
+
+    #[test]
+    fn a_rollout_whose_events_were_merged_projects_the_same_view_as_one_published_apart() {
+        use baton_proto::{
+            AssetState, AssetStatus, AssetUpdated, ExecutionStarted, PhaseCompleted, PhaseKind,
+            PhaseStarted,
+        };
+        let phase = |index: u32, name: &str, ids: &[&str]| PhaseStarted {
+            index,
+            name: name.into(),
+            kind: if index == 0 {
+                PhaseKind::Canary
+            } else {
+                PhaseKind::Wave
+            } as i32,
+            asset_ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        let asset = |id: &str, state: AssetState| AssetStatus {
+            asset_id: id.into(),
+            state: state as i32,
+            detail: format!("{id} ok"),
+        };
+        let updated = |i: u32, a: AssetStatus| {
+            Body::AssetUpdated(AssetUpdated {
+                phase_index: i,
+                asset: Some(a),
+            })
+        };
+        let completed = |index: u32, name: &str, assets: Vec<AssetStatus>| PhaseCompleted {
+            index,
+            name: name.into(),
+            healthy: true,
+            assets,
+        };
+        let counts = ExecutionStarted {
+            phases: 2,
+            steps: 3,
+            first_phase: None,
+        };
+        // A canary of one unchecked step, then a wave of two checked ones, as a build before
+        // the merging published it: (time, body), events of one round trip at one time.
+        let apart = vec![
+            (1, Body::ExecutionStarted(counts.clone())),
+            (1, Body::PhaseStarted(phase(0, "canary", &["a"]))),
+            (2, updated(0, asset("a", AssetState::Applied))),
+            (2, Body::PhaseCompleted(completed(0, "canary", vec![]))),
+            (2, Body::PhaseStarted(phase(1, "wave 1", &["b", "c"]))),
+            (3, updated(1, asset("b", AssetState::Applied))),
+            (4, updated(1, asset("c", AssetState::Applied))),
+            (5, updated(1, asset("b", AssetState::Healthy))),
+            (6, updated(1, asset("c", AssetState::Healthy))),
+            (6, Body::PhaseCompleted(completed(1, "wave 1", vec![]))),
+            (6, Body::TaskCompleted(TaskCompleted::default())),
+        ];
+        // The same rollout merged: the first phase's start rides in the rollout's, each
+        // phase's last asset change in its completion.
+        let merged = vec![
+            (
+                1,
+                Body::ExecutionStarted(ExecutionStarted {
+                    first_phase: Some(phase(0, "canary", &["a"])),
+                    ..counts
+                }),
+            ),
+            (
+                2,
+                Body::PhaseCompleted(completed(
+                    0,
+                    "canary",
+                    vec![asset("a", AssetState::Applied)],
+                )),
+            ),
+            (2, Body::PhaseStarted(phase(1, "wave 1", &["b", "c"]))),
+            (3, updated(1, asset("b", AssetState::Applied))),
+            (4, updated(1, asset("c", AssetState::Applied))),
+            (5, updated(1, asset("b", AssetState::Healthy))),
+            (
+                6,
+                Body::PhaseCompleted(completed(
+                    1,
+                    "wave 1",
+                    vec![asset("c", AssetState::Healthy)],
+                )),
+            ),
+            (6, Body::TaskCompleted(TaskCompleted::default())),
+        ];
+        assert!(merged.len() < apart.len());
+        let unmerged: Vec<Body> = merged.iter().flat_map(|(_, b)| b.unmerged()).collect();
+        let apart_bodies: Vec<Body> = apart.iter().map(|(_, b)| b.clone()).collect();
+        assert_eq!(
+            unmerged, apart_bodies,
+            "the merged form carries every event"
+        );
+        let project = |events: &[(i64, Body)]| {
+            let mut row = TaskRow::new("t1", "acme", 0);
+            row.apply("acme", Some(&received()), 0);
+            let mut statuses = Vec::new();
+            for (at, body) in events {
+                row.apply("acme", Some(&ev(body.clone())), *at);
+                statuses.push((*at, row.status));
+            }
+            statuses.dedup();
+            (row, statuses)
+        };
+        let (apart_row, apart_statuses) = project(&apart);
+        let (merged_row, merged_statuses) = project(&merged);
+        assert_eq!(merged_row, apart_row);
+        assert_eq!(merged_row.event_count, 12);
+        assert_eq!(merged_row.to_view(), apart_row.to_view());
+        assert_eq!(
+            merged_statuses, apart_statuses,
+            "the same statuses at the same times"
+        );
     }
 
     #[test]

@@ -130,12 +130,28 @@ impl Clients {
     }
 }
 
-/// One line describing an audit record for humans: `stage  detail`.
+/// One line describing an audit record for humans: `#<sequence> <kind> <detail>`. A record
+/// that execution merged from several events (`Body::unmerged`: a rollout's start with its
+/// first phase's, a phase's completion with its last asset changes) gets one such line per
+/// event, in order, all with the record's sequence, so it reads as the events did apart.
 pub fn describe(record: &AuditRecord) -> String {
     let Some(event) = &record.event else {
         return "(empty record)".into();
     };
-    let detail = match &event.body {
+    match &event.body {
+        Some(body) if body.stands_for() > 1 => body
+            .unmerged()
+            .into_iter()
+            .map(|b| line(record.sequence, b.kind(), &Some(b)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        body => line(record.sequence, event_kind(event), body),
+    }
+}
+
+/// `#<sequence> <kind> <detail>` for one event body.
+fn line(sequence: u64, kind: &str, body: &Option<Body>) -> String {
+    let detail = match body {
         Some(Body::TriggerRejected(r)) => {
             let (_, size) = r.shown_payload();
             if r.payload_sha256.is_empty() {
@@ -314,12 +330,7 @@ pub fn describe(record: &AuditRecord) -> String {
         ),
         None => "(event of an unknown kind)".into(),
     };
-    format!(
-        "#{:<5} {:<18} {}",
-        record.sequence,
-        event_kind(event),
-        detail
-    )
+    format!("#{sequence:<5} {kind:<18} {detail}")
 }
 
 /// True if this record ends its task (the same rule `WatchTask` ends its stream by).
@@ -328,4 +339,88 @@ pub fn is_final(record: &AuditRecord) -> bool {
         .event
         .as_ref()
         .is_some_and(|e| baton_proto::ends_task(event_kind(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::{
+        AssetState, AssetStatus, AssetUpdated, Event, ExecutionStarted, PhaseCompleted,
+        PhaseStarted,
+    };
+
+    fn record(sequence: u64, body: Body) -> AuditRecord {
+        AuditRecord {
+            sequence,
+            event: Some(Event::first("t1", "acme", "x", "execution", body)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_merged_record_reads_as_the_events_it_carries_did_apart() {
+        let first = PhaseStarted {
+            index: 0,
+            name: "canary".into(),
+            kind: PhaseKind::Canary as i32,
+            asset_ids: vec!["web-01".into()],
+        };
+        let counts = ExecutionStarted {
+            phases: 1,
+            steps: 1,
+            first_phase: None,
+        };
+        let merged = describe(&record(
+            7,
+            Body::ExecutionStarted(ExecutionStarted {
+                first_phase: Some(first.clone()),
+                ..counts.clone()
+            }),
+        ));
+        let apart = [
+            describe(&record(7, Body::ExecutionStarted(counts))),
+            describe(&record(7, Body::PhaseStarted(first))),
+        ];
+        assert_eq!(merged, apart.join("\n"));
+        assert_eq!(
+            merged,
+            "#7     execution_started  rollout started: 1 phases, 1 steps\n\
+             #7     phase_started      canary started: web-01"
+        );
+
+        let applied = AssetStatus {
+            asset_id: "web-01".into(),
+            state: AssetState::Applied as i32,
+            detail: "PUT /config: 200".into(),
+        };
+        let completed = PhaseCompleted {
+            index: 0,
+            name: "canary".into(),
+            healthy: true,
+            assets: vec![],
+        };
+        let merged = describe(&record(
+            9,
+            Body::PhaseCompleted(PhaseCompleted {
+                assets: vec![applied.clone()],
+                ..completed.clone()
+            }),
+        ));
+        assert_eq!(
+            merged,
+            "#9     asset_updated      web-01 applied (PUT /config: 200)\n\
+             #9     phase_completed    canary healthy"
+        );
+        let apart = [
+            describe(&record(
+                9,
+                Body::AssetUpdated(AssetUpdated {
+                    phase_index: 0,
+                    asset: Some(applied),
+                }),
+            )),
+            describe(&record(9, Body::PhaseCompleted(completed))),
+        ];
+        assert_eq!(merged, apart.join("\n"));
+    }
 }

@@ -22,6 +22,12 @@
 //!   skipped and their events not re-published.
 //! - Events are queued and published together (one round trip, in order) right before the next
 //!   save, or before anything happens that observers should see them first (a phase's actions).
+//!   Those queued back to back are merged as they go out ([`state::merge`]: the first phase's
+//!   start into `execution_started`, a phase's last asset changes into its `phase_completed`),
+//!   each merged event keeping its own id; the queue holds nothing across an action, probe or
+//!   rollback action, so what is merged never hides a change an observer could have seen
+//!   before the next step. A resume rebuilds the same queue from the saved state, so it
+//!   re-publishes the same merged event under the same id.
 //!   A save records only what was published; a change that a resume can redo without running
 //!   an action again is not saved on its own but with the next one: a phase start (with its
 //!   first action outcome), a phase end (with the next phase's first outcome, the rollback start,
@@ -213,8 +219,9 @@ struct Shell<'a> {
     revision: u64,
     /// Whether to go on.
     control: Control,
-    /// Events (subject, event) to publish before the next save or action, in order.
-    queued: Vec<(String, Event)>,
+    /// Events to publish before the next save or action, in order ([`state::merge`]d when
+    /// they go out).
+    queued: Vec<Emit>,
     /// A change that must be saved before the rollout touches the outside world again (the
     /// next action, probe or rollback action) or ends: see the module's invariants.
     unsaved: bool,
@@ -370,20 +377,28 @@ impl Shell<'_> {
 
     /// Queues the event `baton.execution.<event>` with id `<task>.<stage>`.
     fn queue(&mut self, emit: Emit) {
-        self.queued.push((
-            subject::execution(emit.event),
-            self.cause.follow(&emit.stage, SERVICE, emit.body),
-        ));
+        self.queued.push(emit);
     }
 
-    /// Publishes the queued events in order, awaiting their acks together.
+    /// Publishes the queued events in order, those published back to back merged
+    /// ([`state::merge`]), awaiting their acks together.
     async fn flush(&mut self) -> Result<(), Error> {
         if self.queued.is_empty() {
             return Ok(());
         }
-        let batch: Vec<(&str, &Event)> = self.queued.iter().map(|(s, e)| (s.as_str(), e)).collect();
+        let events: Vec<(String, Event)> = state::merge(std::mem::take(&mut self.queued))
+            .into_iter()
+            .map(|emit| {
+                (
+                    subject::execution(emit.event),
+                    self.cause.follow(&emit.stage, SERVICE, emit.body),
+                )
+            })
+            .collect();
+        let batch: Vec<(&str, &Event)> = events.iter().map(|(s, e)| (s.as_str(), e)).collect();
+        // On failure the rollout halts (see `run`) and its resume, from the saved state, queues
+        // these again.
         self.shared.bus.publish_all(&batch).await?;
-        self.queued.clear();
         Ok(())
     }
 

@@ -172,11 +172,13 @@ fn plan(task: &str, canary: Vec<Step>, wave: Vec<Step>) -> Plan {
     }
 }
 
-/// `asset:state` of every asset_updated event, in order.
+/// `asset:state` of every asset_updated event, in order (those merged into another event
+/// included: `Body::unmerged`).
 fn asset_updates(events: &[Event]) -> Vec<String> {
     events
         .iter()
-        .filter_map(|e| match e.body.as_ref()? {
+        .flat_map(|e| e.body.as_ref().map(Body::unmerged).unwrap_or_default())
+        .filter_map(|body| match body {
             Body::AssetUpdated(u) => {
                 let a = u.asset.as_ref()?;
                 let state = AssetState::try_from(a.state).ok()?;

@@ -249,12 +249,63 @@ async fn stream_messages(bus: &Bus) -> Vec<Stored> {
     out
 }
 
-/// The task's events published by the execution service.
-async fn task_events(bus: &Bus, task_id: &str) -> Vec<Stored> {
+/// The task's messages published by the execution service, as stored (a merged event is one).
+async fn task_messages(bus: &Bus, task_id: &str) -> Vec<Stored> {
     stream_messages(bus)
         .await
         .into_iter()
         .filter(|s| s.event.task_id == task_id && s.event.producer == SERVICE)
+        .collect()
+}
+
+/// The task's events published by the execution service, one per event: a message that merges
+/// several (`Body::unmerged`) stands for each of them, in order, with its subject and message
+/// id; each event it carries with the event id it has on its own (`<task>.exec.p<i>.started`,
+/// `<task>.exec.p<i>.<asset>.<state>`).
+async fn task_events(bus: &Bus, task_id: &str) -> Vec<Stored> {
+    task_messages(bus, task_id)
+        .await
+        .into_iter()
+        .flat_map(|s| {
+            let bodies = s
+                .event
+                .body
+                .as_ref()
+                .map(Body::unmerged)
+                .unwrap_or_default();
+            let own = s.event.body.as_ref().map(|b| b.kind());
+            bodies.into_iter().map(move |body| {
+                let event_id = match &body {
+                    _ if Some(body.kind()) == own => s.event.event_id.clone(),
+                    Body::PhaseStarted(p) => {
+                        format!("{}.exec.p{}.started", s.event.task_id, p.index)
+                    }
+                    Body::AssetUpdated(u) => {
+                        let a = u.asset.clone().unwrap_or_default();
+                        format!(
+                            "{}.exec.p{}.{}.{}",
+                            s.event.task_id,
+                            u.phase_index,
+                            a.asset_id,
+                            a.state()
+                                .as_str_name()
+                                .trim_start_matches("ASSET_STATE_")
+                                .to_lowercase()
+                        )
+                    }
+                    other => panic!("a merged event carries {other:?}"),
+                };
+                Stored {
+                    subject: s.subject.clone(),
+                    msg_id: s.msg_id.clone(),
+                    event: Event {
+                        event_id,
+                        body: Some(body),
+                        ..s.event.clone()
+                    },
+                }
+            })
+        })
         .collect()
 }
 
@@ -1681,6 +1732,201 @@ async fn a_one_step_plan_is_stored_twice_and_its_events_go_out_before_the_end_is
             "t-one.exec.p0.completed",
             "t-one.completed"
         ]
+    );
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// Runs every action (detail `<key> done`) and answers every probe healthy, first noting the
+/// ids of the events the stream holds at that moment.
+#[derive(Clone)]
+struct Watching {
+    bus: Bus,
+    /// Per probe, the event ids stored when it started.
+    seen_at_probe: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl ActionRunner for Watching {
+    fn run<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<ActionOutcome, ActionError>> {
+        Box::pin(async move {
+            Ok(ActionOutcome {
+                detail: format!("{} done", action.idempotency_key),
+            })
+        })
+    }
+    fn probe<'a>(&'a self, _: &'a HealthCheck) -> BoxFuture<'a, ProbeResult> {
+        Box::pin(async move {
+            let ids = stream_messages(&self.bus)
+                .await
+                .into_iter()
+                .map(|s| s.event.event_id)
+                .collect();
+            self.seen_at_probe.lock().unwrap().push(ids);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_one_step_rollout_publishes_three_messages_and_a_checked_change_goes_out_before_its_probe()
+ {
+    use baton_proto::{AssetStatus, ExecutionStarted, PhaseCompleted, PhaseStarted};
+    let nats = TestNats::start().await;
+    let watching = Watching {
+        bus: nats.bus.clone(),
+        seen_at_probe: Default::default(),
+    };
+    let executor = Executor::with_runner(
+        context(nats.bus.clone()),
+        test_config(),
+        Arc::new(watching.clone()),
+    )
+    .await
+    .unwrap();
+    let token = CancellationToken::new();
+    let service = tokio::spawn(executor.run(token.clone()));
+    let one_step = |task: &str, checked: bool| Plan {
+        phases: vec![Phase {
+            name: "canary".into(),
+            kind: PhaseKind::Canary as i32,
+            steps: vec![Step {
+                asset: Some(Asset {
+                    id: "a".into(),
+                    ..Default::default()
+                }),
+                action: Some(Action {
+                    idempotency_key: format!("{task}:a"),
+                    kind: Some(Kind::Noop(NoopAction {})),
+                    ..Default::default()
+                }),
+                health_check: checked.then(HealthCheck::default),
+                ..Default::default()
+            }],
+        }],
+        ..Default::default()
+    };
+    let first_phase = PhaseStarted {
+        index: 0,
+        name: "canary".into(),
+        kind: PhaseKind::Canary as i32,
+        asset_ids: vec!["a".into()],
+    };
+    let asset = |task: &str, state: AssetState| AssetStatus {
+        asset_id: "a".into(),
+        state: state as i32,
+        detail: if state == AssetState::Applied {
+            format!("{task}:a done")
+        } else {
+            String::new()
+        },
+    };
+    let started = Body::ExecutionStarted(ExecutionStarted {
+        phases: 1,
+        steps: 1,
+        first_phase: Some(first_phase),
+    });
+
+    // Unchecked: nothing between the start and the action, nor between its result, the
+    // phase's completion and the end. Five events in three messages.
+    nats.bus
+        .publish(
+            subject::TASK_APPROVED,
+            &approved("t-one", TENANT, one_step("t-one", false)),
+        )
+        .await
+        .unwrap();
+    let done = final_event(&nats.bus, "t-one").await;
+    assert!(
+        matches!(done.body, Some(Body::TaskCompleted(_))),
+        "{done:?}"
+    );
+    let messages = task_messages(&nats.bus, "t-one").await;
+    let stored: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| (m.subject.as_str(), m.event.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("baton.execution.started", "t-one.exec.started"),
+            ("baton.execution.phase_completed", "t-one.exec.p0.completed"),
+            (subject::TASK_COMPLETED, "t-one.completed"),
+        ]
+    );
+    assert_eq!(messages[0].event.body, Some(started.clone()));
+    assert_eq!(
+        messages[1].event.body,
+        Some(Body::PhaseCompleted(PhaseCompleted {
+            index: 0,
+            name: "canary".into(),
+            healthy: true,
+            assets: vec![asset("t-one", AssetState::Applied)],
+        }))
+    );
+    assert_eq!(
+        shape(&task_events(&nats.bus, "t-one").await),
+        [
+            "started",
+            "p0.started",
+            "p0.applied",
+            "p0.completed.true",
+            "completed"
+        ]
+    );
+    assert!(watching.seen_at_probe.lock().unwrap().is_empty());
+
+    // Checked: `applied` goes out on its own before the probe; the verdict rides in the
+    // completion.
+    nats.bus
+        .publish(
+            subject::TASK_APPROVED,
+            &approved("t-checked", TENANT, one_step("t-checked", true)),
+        )
+        .await
+        .unwrap();
+    let done = final_event(&nats.bus, "t-checked").await;
+    assert!(
+        matches!(done.body, Some(Body::TaskCompleted(_))),
+        "{done:?}"
+    );
+    let messages = task_messages(&nats.bus, "t-checked").await;
+    let ids: Vec<&str> = messages.iter().map(|m| m.event.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "t-checked.exec.started",
+            "t-checked.exec.p0.a.applied",
+            "t-checked.exec.p0.completed",
+            "t-checked.completed"
+        ]
+    );
+    assert_eq!(messages[0].event.body, Some(started));
+    assert_eq!(
+        messages[1].event.body,
+        Some(Body::AssetUpdated(baton_proto::AssetUpdated {
+            phase_index: 0,
+            asset: Some(asset("t-checked", AssetState::Applied)),
+        }))
+    );
+    assert_eq!(
+        messages[2].event.body,
+        Some(Body::PhaseCompleted(PhaseCompleted {
+            index: 0,
+            name: "canary".into(),
+            healthy: true,
+            assets: vec![asset("t-checked", AssetState::Healthy)],
+        }))
+    );
+    let seen = watching.seen_at_probe.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one probe");
+    assert!(
+        seen[0].iter().any(|id| id == "t-checked.exec.p0.a.applied"),
+        "applied was stored before the probe: {seen:?}"
+    );
+    assert!(
+        !seen[0].iter().any(|id| id == "t-checked.exec.p0.completed"),
+        "{seen:?}"
     );
 
     token.cancel();

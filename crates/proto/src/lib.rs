@@ -297,6 +297,60 @@ pub fn event_kind(event: &Event) -> &'static str {
     event.body.as_ref().map_or("unknown", event::Body::kind)
 }
 
+impl event::Body {
+    /// How many events this body stands for: the length of [`event::Body::unmerged`], without
+    /// building them (1 for a body that carries nothing merged).
+    pub fn stands_for(&self) -> usize {
+        use event::Body;
+        match self {
+            Body::ExecutionStarted(e) => 1 + usize::from(e.first_phase.is_some()),
+            Body::PhaseCompleted(p) => 1 + p.assets.len(),
+            _ => 1,
+        }
+    }
+
+    /// The events this body stands for, in the order they happened. Execution merges events it
+    /// publishes back to back, with no action, probe or wait in between, into one:
+    /// - `execution_started` with `first_phase`: the `execution_started` (without it), then
+    ///   the first phase's `phase_started`;
+    /// - `phase_completed` with `assets`: an `asset_updated` per asset (of phase `index`), then
+    ///   the `phase_completed` (without them).
+    ///
+    /// Any other body (and one of an older build, which carries nothing merged) stands for
+    /// itself alone: `vec![self.clone()]`. Readers that show or count events one by one (the
+    /// audit projection, `baton watch`) read every event through this, so the merged form reads
+    /// the same as the separate events did.
+    pub fn unmerged(&self) -> Vec<event::Body> {
+        debug_assert!(self.stands_for() >= 1);
+        use event::Body;
+        match self {
+            Body::ExecutionStarted(e) if e.first_phase.is_some() => {
+                let mut started = e.clone();
+                let first = started.first_phase.take();
+                vec![Body::ExecutionStarted(started)]
+                    .into_iter()
+                    .chain(first.map(Body::PhaseStarted))
+                    .collect()
+            }
+            Body::PhaseCompleted(p) if !p.assets.is_empty() => {
+                let mut completed = p.clone();
+                let assets = std::mem::take(&mut completed.assets);
+                assets
+                    .into_iter()
+                    .map(|a| {
+                        Body::AssetUpdated(AssetUpdated {
+                            phase_index: p.index,
+                            asset: Some(a),
+                        })
+                    })
+                    .chain([Body::PhaseCompleted(completed)])
+                    .collect()
+            }
+            other => vec![other.clone()],
+        }
+    }
+}
+
 /// True when an event of this kind (see [`event_kind`]) ends its task: nothing more is recorded
 /// for it. A dead letter carrying a task id ends the task too (it is marked failed).
 pub fn ends_task(kind: &str) -> bool {
@@ -445,5 +499,73 @@ mod tests {
             PlanProposed::default()
         );
         assert_eq!(TaskAwaitingApproval::KIND, "awaiting_approval");
+    }
+
+    #[test]
+    fn a_merged_body_unmerges_into_the_events_it_stands_for_in_order() {
+        use event::Body;
+        let first = PhaseStarted {
+            index: 0,
+            name: "canary".into(),
+            kind: PhaseKind::Canary as i32,
+            asset_ids: vec!["web-01".into()],
+        };
+        let started = Body::ExecutionStarted(ExecutionStarted {
+            phases: 2,
+            steps: 3,
+            first_phase: Some(first.clone()),
+        });
+        assert_eq!(
+            started.unmerged(),
+            [
+                Body::ExecutionStarted(ExecutionStarted {
+                    phases: 2,
+                    steps: 3,
+                    first_phase: None,
+                }),
+                Body::PhaseStarted(first),
+            ]
+        );
+        let asset = |id: &str| AssetStatus {
+            asset_id: id.into(),
+            state: AssetState::Applied as i32,
+            detail: format!("{id} done"),
+        };
+        let completed = PhaseCompleted {
+            index: 1,
+            name: "wave 1".into(),
+            healthy: true,
+            assets: vec![asset("b"), asset("c")],
+        };
+        assert_eq!(started.stands_for(), 2);
+        assert_eq!(Body::PhaseCompleted(completed.clone()).stands_for(), 3);
+        let unmerged = Body::PhaseCompleted(completed.clone()).unmerged();
+        assert_eq!(
+            unmerged,
+            [
+                Body::AssetUpdated(AssetUpdated {
+                    phase_index: 1,
+                    asset: Some(asset("b")),
+                }),
+                Body::AssetUpdated(AssetUpdated {
+                    phase_index: 1,
+                    asset: Some(asset("c")),
+                }),
+                Body::PhaseCompleted(PhaseCompleted {
+                    assets: vec![],
+                    ..completed
+                }),
+            ]
+        );
+        // Events that carry nothing merged (every other kind, and older builds' events) stand
+        // for themselves.
+        for alone in [
+            Body::ExecutionStarted(ExecutionStarted::default()),
+            Body::PhaseCompleted(PhaseCompleted::default()),
+            Body::TaskCompleted(TaskCompleted::default()),
+        ] {
+            assert_eq!(alone.unmerged(), std::slice::from_ref(&alone));
+            assert_eq!(alone.stands_for(), 1);
+        }
     }
 }

@@ -294,7 +294,9 @@ impl Redact for event::Body {
             Body::TaskRejected(r) => {
                 r.validation.redact() | r.approval.redact() | r.reasons.redact()
             }
-            Body::ExecutionStarted(_) | Body::PhaseStarted(_) | Body::PhaseCompleted(_) => false,
+            Body::ExecutionStarted(_) | Body::PhaseStarted(_) => false,
+            // The asset changes merged into it read like `asset_updated`'s.
+            Body::PhaseCompleted(p) => p.assets.redact(),
             Body::AssetUpdated(a) => a.asset.redact(),
             Body::RollbackStarted(r) => r.reason.redact(),
             Body::TaskCompleted(c) => c.execution.redact(),
@@ -716,5 +718,33 @@ mod tests {
         let inner = Event::decode(dead.payload.as_slice()).unwrap();
         assert!(!format!("{inner:?}").contains("abcdefgh12345"));
         assert_eq!(dead.headers["Authorization"], REDACTED);
+    }
+
+    #[test]
+    fn asset_details_merged_into_a_phase_completion_are_redacted_like_asset_updates() {
+        let asset = AssetStatus {
+            asset_id: "web-01".into(),
+            detail: format!("PUT /config with {JWT}: 200"),
+            ..Default::default()
+        };
+        let mut alone = event::Body::AssetUpdated(AssetUpdated {
+            phase_index: 0,
+            asset: Some(asset.clone()),
+        });
+        let mut merged = event::Body::PhaseCompleted(PhaseCompleted {
+            index: 0,
+            name: "canary".into(),
+            healthy: true,
+            assets: vec![asset],
+        });
+        assert!(alone.redact());
+        assert!(merged.redact());
+        assert!(!format!("{merged:?}").contains(JWT));
+        assert_eq!(
+            merged.unmerged()[0],
+            alone,
+            "merged and alone redact the same"
+        );
+        assert!(!merged.redact(), "a second pass changes nothing");
     }
 }

@@ -71,11 +71,13 @@ fn plan(task: &str, canary: Vec<Step>, wave: Vec<Step>) -> Plan {
     }
 }
 
-/// The detail of every asset_updated event for `asset`, in order.
+/// The detail of every asset_updated event for `asset`, in order (those merged into another
+/// event included: `Body::unmerged`).
 fn details(events: &[Event], asset: &str) -> Vec<String> {
     events
         .iter()
-        .filter_map(|e| match e.body.as_ref()? {
+        .flat_map(|e| e.body.as_ref().map(Body::unmerged).unwrap_or_default())
+        .filter_map(|body| match body {
             Body::AssetUpdated(u) => u
                 .asset
                 .as_ref()

@@ -252,6 +252,83 @@ pub struct Emit {
     pub stage: String,
     /// The event body.
     pub body: Body,
+    /// The stages of the events [`merge`] folded into this one (their ids had they gone out on
+    /// their own), in the order they happened; empty for an event that carries none.
+    pub carries: Vec<String>,
+}
+
+impl Emit {
+    /// The stages of every event this one stands for, in the order they happened: its own and
+    /// those it carries (a rollout's start before its first phase's; a phase's asset changes
+    /// before its completion).
+    pub fn stages(&self) -> Vec<String> {
+        match &self.body {
+            Body::PhaseCompleted(_) => self
+                .carries
+                .iter()
+                .cloned()
+                .chain([self.stage.clone()])
+                .collect(),
+            _ => [self.stage.clone()]
+                .into_iter()
+                .chain(self.carries.iter().cloned())
+                .collect(),
+        }
+    }
+}
+
+/// Folds events the rollout publishes back to back — queued together, with no action, probe,
+/// rollback action or wait between them, so no observer could see one without the next —
+/// into fewer, each keeping its own id (stage):
+/// - `execution_started` followed by the first phase's `phase_started`: the phase start rides
+///   in `ExecutionStarted.first_phase`;
+/// - `asset_updated`s of phase `i` right before its `phase_completed`: they ride in
+///   `PhaseCompleted.assets`, in order.
+///
+/// Every other event, and every event with an action or probe between it and the next (the
+/// shell publishes what is queued before each), stays as it is. Merging depends only on the
+/// queue, which a resumed rollout rebuilds the same from its saved state, so a redone step
+/// re-publishes the same merged event under the same id. `Body::unmerged` gives the events
+/// back (the audit projection and `baton watch` read them through it).
+pub fn merge(queued: Vec<Emit>) -> Vec<Emit> {
+    let mut out: Vec<Emit> = Vec::with_capacity(queued.len());
+    for mut emit in queued {
+        match &mut emit.body {
+            Body::PhaseStarted(p) if p.index == 0 => {
+                if let Some(prev) = out.last_mut()
+                    && let Body::ExecutionStarted(e) = &mut prev.body
+                    && e.first_phase.is_none()
+                {
+                    e.first_phase = Some(p.clone());
+                    prev.carries.push(emit.stage);
+                    continue;
+                }
+            }
+            Body::PhaseCompleted(c) => {
+                let mut from = out.len();
+                while from > 0
+                    && matches!(&out[from - 1].body, Body::AssetUpdated(u) if u.phase_index == c.index && u.asset.is_some())
+                {
+                    from -= 1;
+                }
+                let mut carried = Vec::new();
+                for prev in out.drain(from..) {
+                    if let Body::AssetUpdated(AssetUpdated {
+                        asset: Some(asset), ..
+                    }) = prev.body
+                    {
+                        c.assets.push(asset);
+                        carried.push(prev.stage);
+                    }
+                }
+                carried.append(&mut emit.carries);
+                emit.carries = carried;
+            }
+            _ => {}
+        }
+        out.push(emit);
+    }
+    out
 }
 
 /// What a transition asks of the shell: publish `events` (in order), then, when `save`, save
@@ -403,7 +480,9 @@ impl State {
             body: Body::ExecutionStarted(ExecutionStarted {
                 phases: self.phases.len() as u32,
                 steps: self.phases.iter().map(|p| p.steps.len() as u32).sum(),
+                first_phase: None,
             }),
+            carries: Vec::new(),
         }
     }
 
@@ -481,6 +560,7 @@ impl State {
                 event: "phase_started",
                 stage: format!("exec.p{i}.started"),
                 body,
+                carries: Vec::new(),
             }],
             save: false,
         }
@@ -521,12 +601,14 @@ impl State {
             index: i as u32,
             name: phase.name.clone(),
             healthy,
+            assets: Vec::new(),
         });
         Effects {
             events: vec![Emit {
                 event: "phase_completed",
                 stage: format!("exec.p{i}.completed"),
                 body,
+                carries: Vec::new(),
             }],
             save: false,
         }
@@ -547,6 +629,7 @@ impl State {
                 event: "rollback_started",
                 stage: "exec.rollback".into(),
                 body: Body::RollbackStarted(RollbackStarted { reason, asset_ids }),
+                carries: Vec::new(),
             }],
             save: true,
         }
@@ -692,6 +775,7 @@ impl State {
                 event: "asset_updated",
                 stage,
                 body,
+                carries: Vec::new(),
             }],
             save: true,
         }
@@ -835,6 +919,9 @@ mod tests {
     enum Io {
         /// An event published (its stage).
         Publish(String),
+        /// An event carried by the one published next to it ([`merge`]), in the order they
+        /// happened (its stage).
+        Carried(String),
         /// The state saved.
         Save(Box<State>),
         /// An action run (its idempotency key).
@@ -863,7 +950,7 @@ mod tests {
     fn drive(state: &mut State, world: &World, crash: Crash) -> (Vec<Io>, Option<Outcome>) {
         struct Model<'a> {
             io: Vec<Io>,
-            queued: Vec<String>,
+            queued: Vec<Emit>,
             /// A change to save before the next action, probe or rollback action, or the end.
             unsaved: bool,
             saves: usize,
@@ -872,8 +959,14 @@ mod tests {
         }
         impl Model<'_> {
             fn flush(&mut self) {
-                for stage in self.queued.drain(..) {
-                    self.io.push(Io::Publish(stage));
+                for emit in merge(std::mem::take(&mut self.queued)) {
+                    for stage in emit.stages() {
+                        self.io.push(if stage == emit.stage {
+                            Io::Publish(stage)
+                        } else {
+                            Io::Carried(stage)
+                        });
+                    }
                 }
             }
             /// `false` when it crashed.
@@ -890,8 +983,7 @@ mod tests {
             /// Queues the events; a change to save is saved at the next `settle`, or at once
             /// when `more` results of its batch are still due.
             fn take(&mut self, effects: Effects, state: &State, more: bool) -> bool {
-                self.queued
-                    .extend(effects.events.into_iter().map(|e| e.stage));
+                self.queued.extend(effects.events);
                 self.unsaved |= effects.save;
                 !(more && self.unsaved) || self.save(state)
             }
@@ -931,7 +1023,7 @@ mod tests {
             world,
         };
         if state.nothing_recorded() {
-            m.queued.push(state.announcement().stage);
+            m.queued.push(state.announcement());
         }
         loop {
             match state.next() {
@@ -1028,10 +1120,22 @@ mod tests {
         }
     }
 
+    /// The events published, by stage (a merged event by its own).
     fn published(io: &[Io]) -> Vec<String> {
         io.iter()
             .filter_map(|e| match e {
                 Io::Publish(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The events reported, by stage: those published and those they carry, in the order they
+    /// happened (what a build before the merging published one by one).
+    fn reported(io: &[Io]) -> Vec<String> {
+        io.iter()
+            .filter_map(|e| match e {
+                Io::Publish(s) | Io::Carried(s) => Some(s.clone()),
                 _ => None,
             })
             .collect()
@@ -1118,7 +1222,8 @@ mod tests {
             started.body,
             Body::ExecutionStarted(ExecutionStarted {
                 phases: 2,
-                steps: 3
+                steps: 3,
+                first_phase: None,
             })
         );
     }
@@ -1206,7 +1311,7 @@ mod tests {
         let (io, outcome) = drive(&mut s, &World::default(), Crash::Never);
         assert_eq!(outcome, Some(Outcome::Succeeded));
         assert_eq!(
-            published(&io),
+            reported(&io),
             [
                 "exec.started",
                 "exec.p0.started",
@@ -1218,6 +1323,21 @@ mod tests {
                 "exec.p1.c.applied",
                 "exec.p1.b.healthy",
                 "exec.p1.c.healthy",
+                "exec.p1.completed",
+            ]
+        );
+        // Published: the first phase's start rides in the rollout's, each phase's last
+        // verdict in its completion; the rest have a probe or an action after them.
+        assert_eq!(
+            published(&io),
+            [
+                "exec.started",
+                "exec.p0.a.applied",
+                "exec.p0.completed",
+                "exec.p1.started",
+                "exec.p1.b.applied",
+                "exec.p1.c.applied",
+                "exec.p1.b.healthy",
                 "exec.p1.completed",
             ]
         );
@@ -1298,6 +1418,113 @@ mod tests {
     }
 
     #[test]
+    fn a_one_step_phase_without_a_health_check_publishes_two_events_carrying_five() {
+        let mut s = fresh(plan(&[&["a"]]));
+        s.plan.phases[0].steps[0].health_check = None;
+        let (io, outcome) = drive(&mut s, &World::default(), Crash::Never);
+        assert_eq!(outcome, Some(Outcome::Succeeded));
+        assert_eq!(
+            io.iter()
+                .filter(|e| !matches!(e, Io::Save(_)))
+                .cloned()
+                .collect::<Vec<_>>(),
+            [
+                Io::Publish("exec.started".into()),
+                Io::Carried("exec.p0.started".into()),
+                Io::Run("a:apply".into()),
+                Io::Carried("exec.p0.a.applied".into()),
+                Io::Publish("exec.p0.completed".into()),
+                Io::Final(Status::Succeeded),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_asset_change_followed_by_a_probe_or_an_action_is_published_before_it() {
+        // A checked step: `applied` goes out on its own before the probe; the verdict rides
+        // in the completion.
+        let mut s = fresh(plan(&[&["a"]]));
+        let (io, _) = drive(&mut s, &World::default(), Crash::Never);
+        let applied = io
+            .iter()
+            .position(|e| *e == Io::Publish("exec.p0.a.applied".into()))
+            .unwrap();
+        let probe = io.iter().position(|e| *e == Io::Probe("a".into())).unwrap();
+        assert!(applied < probe, "{io:?}");
+        assert!(io.contains(&Io::Carried("exec.p0.a.healthy".into())));
+        // Two unchecked steps: the first result goes out (with its save) before the second
+        // action; only the last rides in the completion.
+        let mut p = plan(&[&["a", "b"]]);
+        for step in &mut p.phases[0].steps {
+            step.health_check = None;
+        }
+        let mut s = fresh(p);
+        let (io, _) = drive(&mut s, &World::default(), Crash::Never);
+        let a = io
+            .iter()
+            .position(|e| *e == Io::Publish("exec.p0.a.applied".into()))
+            .unwrap();
+        let b = io
+            .iter()
+            .position(|e| *e == Io::Run("b:apply".into()))
+            .unwrap();
+        assert!(a < b, "{io:?}");
+        assert_eq!(
+            published(&io),
+            ["exec.started", "exec.p0.a.applied", "exec.p0.completed"]
+        );
+        assert!(io.contains(&Io::Carried("exec.p0.b.applied".into())));
+    }
+
+    #[test]
+    fn merge_folds_only_events_queued_back_to_back() {
+        let mut s = fresh(plan(&[&["a"], &["b"]]));
+        let started = s.announcement();
+        let p0 = s.start_phase(0).events;
+        // The first phase's start joins the rollout's start.
+        let merged = merge([vec![started.clone()], p0.clone()].concat());
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].stage, "exec.started");
+        assert_eq!(merged[0].stages(), ["exec.started", "exec.p0.started"]);
+        let Body::ExecutionStarted(e) = &merged[0].body else {
+            panic!("{merged:?}")
+        };
+        let Body::PhaseStarted(first) = &p0[0].body else {
+            unreachable!()
+        };
+        assert_eq!(e.first_phase.as_ref(), Some(first));
+        // Apart (another flush in between), each goes as it is.
+        assert_eq!(merge(p0.clone()), p0);
+        assert_eq!(merge(vec![started.clone()]), vec![started]);
+        // A phase's last results join its completion; a later phase's start stays apart.
+        let applied = s.record_action(0, 0, Ok("a done".into())).events;
+        let completed = s.complete_phase(0).events;
+        let p1 = s.start_phase(1).events;
+        let merged = merge([applied.clone(), completed, p1.clone()].concat());
+        assert_eq!(merged.len(), 2);
+        assert_eq!(
+            merged[0].stages(),
+            ["exec.p0.a.applied", "exec.p0.completed"]
+        );
+        let Body::PhaseCompleted(c) = &merged[0].body else {
+            panic!("{merged:?}")
+        };
+        let Body::AssetUpdated(u) = &applied[0].body else {
+            unreachable!()
+        };
+        assert_eq!(c.assets, [u.asset.clone().unwrap()]);
+        assert_eq!(merged[1], p1[0]);
+        // An asset change of another phase does not join a completion.
+        let b = s.record_action(1, 0, Ok("b done".into())).events;
+        let mut other = s.complete_phase(1).events;
+        let Body::PhaseCompleted(c) = &mut other[0].body else {
+            unreachable!()
+        };
+        c.index = 0;
+        assert_eq!(merge([b.clone(), other.clone()].concat()).len(), 2);
+    }
+
+    #[test]
     fn the_phase_transitions_report_themselves_and_save_only_results() {
         let mut s = fresh(plan(&[&["a"]]));
         let started = s.start_phase(0);
@@ -1342,6 +1569,7 @@ mod tests {
                 index: 0,
                 name: "canary".into(),
                 healthy: true,
+                assets: vec![],
             })
         );
         assert_eq!(s.next(), Next::Succeed);
@@ -1385,7 +1613,7 @@ mod tests {
                 "a:rollback"
             ]
         );
-        let events = published(&io);
+        let events = reported(&io);
         let rb = events.iter().position(|e| e == "exec.rollback").unwrap();
         assert_eq!(events[rb - 1], "exec.p2.completed");
         assert_eq!(events[rb + 1], "exec.rb.p2.f");
@@ -1465,7 +1693,7 @@ mod tests {
             s.error,
             "action failed on b in wave 1: b said no; rolled back 1 asset"
         );
-        assert!(!published(&io).iter().any(|e| e.starts_with("exec.p2.")));
+        assert!(!reported(&io).iter().any(|e| e.starts_with("exec.p2.")));
     }
 
     #[test]
@@ -1565,7 +1793,7 @@ mod tests {
             let mut seen = HashSet::new();
             for e in &io {
                 match e {
-                    Io::Publish(stage) => {
+                    Io::Publish(stage) | Io::Carried(stage) => {
                         assert!(
                             seen.insert(stage.clone()),
                             "{name}: {stage} published twice"
@@ -1660,7 +1888,7 @@ mod tests {
                     ids.sort();
                     assert_eq!(ids, all_ids, "{name} {crash:?}");
                     let recorded = reported_by(&stored);
-                    for stage in published(&after) {
+                    for stage in reported(&after) {
                         assert!(
                             !recorded.contains(&stage)
                                 || stage == "exec.started"

@@ -489,6 +489,62 @@ mod model {
             })
         }
 
+        /// The head for `examples` and `config` from the cache in `dir` when it has it
+        /// (training is deterministic, so it is the head training would give), else trained
+        /// and written there. A bad file is logged once and overwritten, an unwritable one
+        /// logged once; both are noted in `report.problem`, neither is an error.
+        fn cached(
+            dir: &Path,
+            report: &mut cache::CacheReport,
+            examples: &[Labelled],
+            config: &EmbeddingConfig,
+        ) -> Result<LinearHead, Error> {
+            let pairs: Vec<(&str, &str)> = examples
+                .iter()
+                .map(|l| (l.example.text.as_str(), l.example.role.as_str()))
+                .collect();
+            let key = cache::head_key(
+                &report.key,
+                &pairs,
+                config.linear_steps,
+                config.linear_learning_rate,
+                config.linear_weight_decay,
+            );
+            let path = cache::head_path(dir, &key);
+            let dim = examples.first().map_or(0, |l| l.vector.len());
+            let mut note = |problem: String| {
+                let problem = format!("{} {problem}", path.display());
+                report.problem = Some(match report.problem.take() {
+                    Some(before) => format!("{before}; {problem}"),
+                    None => problem,
+                });
+            };
+            match cache::read_head(&path, &key, dim) {
+                Ok(Some((roles, weights, bias))) => {
+                    report.head_hit = true;
+                    return Ok(LinearHead {
+                        roles,
+                        weights,
+                        bias,
+                        dim,
+                    });
+                }
+                Ok(None) => {}
+                Err(problem) => {
+                    tracing::warn!(file = %path.display(), %problem, "linear head cache file unusable: training the head again and overwriting it");
+                    note(problem);
+                }
+            }
+            let head = LinearHead::train(examples, config)?;
+            if let Err(problem) =
+                cache::write_head(dir, &path, &key, (&head.roles, &head.weights, &head.bias))
+            {
+                tracing::warn!(dir = %dir.display(), %problem, "cannot write the linear head cache, running without it: set decision.embedding.cache_dir to a writable directory, or decision.embedding.cache = false");
+                note(format!("cannot be written: {problem}"));
+            }
+            Ok(head)
+        }
+
         /// The probability of every role (in `roles` order) for embedding `v`.
         fn probabilities(&self, v: &[f32]) -> Vec<f64> {
             let logits: Vec<f64> = self
@@ -569,15 +625,26 @@ mod model {
             rules: Arc<RuleSet>,
         ) -> Result<EmbeddingClassifier, Error> {
             let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-            let (vectors, report) =
-                cache::embed_all(&encoder, &texts, config.cache_location().as_deref())?;
-            let examples = examples
+            let dir = config.cache_location();
+            let (vectors, mut report) = cache::embed_all(&encoder, &texts, dir.as_deref())?;
+            let examples: Vec<Labelled> = examples
                 .into_iter()
                 .zip(vectors)
                 .map(|(example, vector)| Labelled { example, vector })
                 .collect();
-            let mut classifier =
-                EmbeddingClassifier::from_labelled(encoder, Arc::new(examples), config, rules)?;
+            let head = match (&dir, &mut report) {
+                (Some(dir), Some(report)) if config.scoring == Scoring::Linear => {
+                    Some(LinearHead::cached(dir, report, &examples, &config)?)
+                }
+                _ => None,
+            };
+            let mut classifier = EmbeddingClassifier::from_labelled_with(
+                encoder,
+                Arc::new(examples),
+                config,
+                rules,
+                head,
+            )?;
             classifier.cache = report;
             Ok(classifier)
         }
@@ -597,9 +664,22 @@ mod model {
             config: EmbeddingConfig,
             rules: Arc<RuleSet>,
         ) -> Result<EmbeddingClassifier, Error> {
-            let head = match config.scoring {
-                Scoring::Linear => Some(LinearHead::train(&examples, &config)?),
-                Scoring::TopK | Scoring::Vote => None,
+            EmbeddingClassifier::from_labelled_with(encoder, examples, config, rules, None)
+        }
+
+        /// [`EmbeddingClassifier::from_labelled`] with a head already trained (read from the
+        /// cache) for `linear`.
+        fn from_labelled_with(
+            encoder: Arc<Encoder>,
+            examples: Arc<Vec<Labelled>>,
+            config: EmbeddingConfig,
+            rules: Arc<RuleSet>,
+            trained: Option<LinearHead>,
+        ) -> Result<EmbeddingClassifier, Error> {
+            let head = match (config.scoring, trained) {
+                (Scoring::Linear, Some(head)) => Some(head),
+                (Scoring::Linear, None) => Some(LinearHead::train(&examples, &config)?),
+                (Scoring::TopK | Scoring::Vote, _) => None,
             };
             Ok(EmbeddingClassifier {
                 encoder,

@@ -496,7 +496,60 @@ fn cached_embeddings_are_bit_identical_to_fresh_ones_and_decide_the_same() {
     assert!(a.cache_report().is_none());
     let b = build(&examples, cached_in(dir.path()));
     assert_eq!(b.cache_report().unwrap().hits, examples.len());
+    assert!(
+        !b.cache_report().unwrap().head_hit,
+        "no head was stored yet"
+    );
     assert_same_scores(&a, &b);
+
+    // The trained head is cached too: read back, it scores exactly as a freshly trained one.
+    let c = build(&examples, cached_in(dir.path()));
+    let report = c.cache_report().unwrap();
+    assert!(report.head_hit && report.problem.is_none(), "{report:?}");
+    assert_same_scores(&a, &c);
+    // Other training settings are another head.
+    let d = build(
+        &examples,
+        EmbeddingConfig {
+            linear_steps: 200,
+            ..cached_in(dir.path())
+        },
+    );
+    assert!(!d.cache_report().unwrap().head_hit);
+
+    // A corrupt head file is trained again and overwritten.
+    let head = cache::head_path(
+        dir.path(),
+        &cache::head_key(
+            &report.key,
+            &examples
+                .iter()
+                .map(|e| (e.text.as_str(), e.role.as_str()))
+                .collect::<Vec<_>>(),
+            config().linear_steps,
+            config().linear_learning_rate,
+            config().linear_weight_decay,
+        ),
+    );
+    let mut bytes = std::fs::read(&head).expect("the head file is where head_path says");
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&head, &bytes).unwrap();
+    let e = build(&examples, cached_in(dir.path()));
+    let report = e.cache_report().unwrap();
+    assert!(!report.head_hit, "{report:?}");
+    let problem = report.problem.as_deref().unwrap_or_default();
+    assert!(
+        problem.contains("head-") && problem.contains("checksum"),
+        "{problem}"
+    );
+    assert_same_scores(&a, &e);
+    assert!(
+        build(&examples, cached_in(dir.path()))
+            .cache_report()
+            .unwrap()
+            .head_hit
+    );
 }
 
 #[test]
@@ -616,9 +669,19 @@ fn an_unwritable_cache_dir_warns_and_runs_without_the_cache() {
     let problem = report.problem.as_deref().unwrap();
     assert!(problem.contains("cannot"), "{problem}");
     assert_same_scores(&build(&examples, uncached()), &c);
-    // The same through the tier's loader, as `baton up` builds it.
+    // The same through the tier's loader, as `baton up` builds it (on a small examples file,
+    // since nothing is cached).
+    let jsonl = tempfile::NamedTempFile::new().unwrap();
+    let lines: Vec<String> = examples
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    std::fs::write(jsonl.path(), lines.join("\n")).unwrap();
     let loaded = EmbeddingClassifier::load(
-        &cached_in(&dir),
+        &EmbeddingConfig {
+            examples_path: Some(jsonl.path().to_path_buf()),
+            ..cached_in(&dir)
+        },
         &Catalog::default(),
         Arc::new(RuleSet::builtin()),
     )

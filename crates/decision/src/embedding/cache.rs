@@ -32,6 +32,12 @@
 //! whole; two writers of the same key each write a complete file and the last rename wins. A
 //! directory that cannot be created or written is warned about once, and the tier runs without
 //! the cache. Files of old keys are not removed (one per weights and crate version, ~1 MB).
+//!
+//! With `linear` scoring the trained head is cached beside them (`head-<key>.safetensors`,
+//! tensors `weight` and `bias`, the roles in the metadata), keyed by the embeddings' key, every
+//! example's text and role in order and the training settings' bits: training is deterministic
+//! (AdamW from zero weights), so a stored head is bit for bit the head training would give, and
+//! reading it saves ~1 s per start. The same checks, logging and atomic writes apply.
 
 use super::{Encoder, MAX_TOKENS};
 use crate::Error;
@@ -79,8 +85,13 @@ pub struct CacheReport {
     /// Examples whose text the file did not have (or all of them, when the file was unusable):
     /// embedded by the model, each distinct text once.
     pub misses: usize,
+    /// The key (64 hex digits) the file is named by.
+    pub key: String,
     /// Whether the file was (re)written.
     pub written: bool,
+    /// `linear` scoring only: whether the trained head was read from its file
+    /// ([`head_path`]) instead of being trained.
+    pub head_hit: bool,
     /// What went wrong, if anything: the file found was unusable (truncated, corrupt, foreign;
     /// it was recomputed and overwritten), or it could not be written (the tier runs without
     /// the cache). Each was logged once as a warning.
@@ -135,7 +146,9 @@ pub fn embed_all(
         path: path.clone(),
         hits: 0,
         misses: 0,
+        key: key.clone(),
         written: false,
+        head_hit: false,
         problem: None,
     };
     let stored = match read(&path, &key, dim) {
@@ -330,15 +343,34 @@ fn write(
             format!("baton-decision {}", env!("CARGO_PKG_VERSION")),
         ),
     ]);
-    let view = |dtype, shape, data| TensorView::new(dtype, shape, data).map_err(|e| e.to_string());
-    let bytes = safetensors::serialize(
+    write_file(
+        dir,
+        path,
+        meta,
         [
-            ("embeddings", view(Dtype::F32, vec![n, dim], &vectors)?),
-            ("text_sha256", view(Dtype::U8, vec![n, 32], &hashes)?),
+            ("embeddings", Dtype::F32, vec![n, dim], &vectors[..]),
+            ("text_sha256", Dtype::U8, vec![n, 32], &hashes[..]),
         ],
-        Some(meta),
     )
-    .map_err(|e| e.to_string())?;
+}
+
+/// Serialises `tensors` (name, dtype, shape, little-endian bytes) with `meta` and puts the file
+/// at `path`: a temporary file in `dir`, synced, then renamed over `path`.
+fn write_file<const N: usize>(
+    dir: &Path,
+    path: &Path,
+    meta: HashMap<String, String>,
+    tensors: [(&str, Dtype, Vec<usize>, &[u8]); N],
+) -> Result<(), String> {
+    let views = tensors
+        .into_iter()
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(dtype, shape, data)
+                .map(|v| (name, v))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".minilm-")
@@ -351,4 +383,132 @@ fn write(
     tmp.persist(path)
         .map_err(|e| format!("cannot rename the new file to {}: {e}", path.display()))?;
     Ok(())
+}
+
+// ---- the trained linear head ----
+
+/// The head's file of `key` in `dir` (beside the embeddings).
+pub fn head_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("head-{key}.safetensors"))
+}
+
+/// The key of a linear head trained on examples whose embeddings have key `embeddings_key`:
+/// sha256 (64 hex digits) over it, each example's text and role in order, and the training
+/// settings' exact bits (training is deterministic: the same inputs give the same weights, bit
+/// for bit, so a cached head is the head training would give).
+pub fn head_key(
+    embeddings_key: &str,
+    examples: &[(&str, &str)],
+    steps: usize,
+    learning_rate: f64,
+    weight_decay: f64,
+) -> String {
+    let mut all = Sha256::new();
+    all.update(FORMAT.as_bytes());
+    all.update(b"\0linear head\0");
+    all.update(embeddings_key.as_bytes());
+    all.update((steps as u64).to_le_bytes());
+    all.update(learning_rate.to_bits().to_le_bytes());
+    all.update(weight_decay.to_bits().to_le_bytes());
+    for (text, role) in examples {
+        all.update(Sha256::digest(text.as_bytes()));
+        all.update(Sha256::digest(role.as_bytes()));
+    }
+    hex::encode(all.finalize())
+}
+
+/// A trained head: its roles (the logits' order), `roles × dim` weights (row-major) and one
+/// bias per role.
+pub type HeadParts = (Vec<String>, Vec<f32>, Vec<f32>);
+
+/// The head stored at `path` under `key`: `Ok(None)` when there is no file, `Err` saying what
+/// is wrong with one that is there (truncated, corrupt, foreign, wrong shapes).
+pub fn read_head(path: &Path, key: &str, dim: usize) -> Result<Option<HeadParts>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    let incomplete = |e: safetensors::SafeTensorError| {
+        format!("is not a complete safetensors file ({e}): truncated or corrupt")
+    };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(incomplete)?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(incomplete)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let get = |k: &str| meta.get(k).map(String::as_str);
+    if get("format") != Some(FORMAT) || get("key") != Some(key) {
+        return Err(format!(
+            "is not this head's file (format {:?}, key {:?}): foreign",
+            get("format"),
+            get("key")
+        ));
+    }
+    let roles: Vec<String> = get("roles")
+        .unwrap_or_default()
+        .split('\n')
+        .map(str::to_string)
+        .collect();
+    let r = roles.len();
+    let tensor = |name: &str, len: usize| {
+        let t = tensors
+            .tensor(name)
+            .map_err(|e| format!("has no tensor {name} ({e}): corrupt"))?;
+        if t.dtype() != Dtype::F32 || t.shape().iter().product::<usize>() != len {
+            return Err(format!(
+                "has {name} of {:?} {:?}: corrupt",
+                t.dtype(),
+                t.shape()
+            ));
+        }
+        Ok(t.data())
+    };
+    let (weights, bias) = (tensor("weight", r * dim)?, tensor("bias", r)?);
+    let sum = hex::encode(
+        Sha256::new()
+            .chain_update(weights)
+            .chain_update(bias)
+            .finalize(),
+    );
+    if get("data_sha256") != Some(sum.as_str()) {
+        return Err("does not match its checksum: corrupt".into());
+    }
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let (weights, bias) = (floats(weights), floats(bias));
+    if weights.iter().chain(&bias).any(|x| !x.is_finite()) {
+        return Err("has a weight that is not finite: corrupt".into());
+    }
+    Ok(Some((roles, weights, bias)))
+}
+
+/// Writes a trained head as the file of `key` at `path` in `dir` (atomically, as the
+/// embeddings).
+pub fn write_head(
+    dir: &Path,
+    path: &Path,
+    key: &str,
+    (roles, weights, bias): (&[String], &[f32], &[f32]),
+) -> Result<(), String> {
+    let w: Vec<u8> = weights.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let b: Vec<u8> = bias.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let sum = hex::encode(Sha256::new().chain_update(&w).chain_update(&b).finalize());
+    let dim = weights.len() / roles.len().max(1);
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("key".to_string(), key.to_string()),
+        ("data_sha256".to_string(), sum),
+        ("roles".to_string(), roles.join("\n")),
+    ]);
+    write_file(
+        dir,
+        path,
+        meta,
+        [
+            ("bias", Dtype::F32, vec![roles.len()], &b[..]),
+            ("weight", Dtype::F32, vec![roles.len(), dim], &w[..]),
+        ],
+    )
 }

@@ -421,6 +421,11 @@ fn some_examples() -> Vec<Example> {
         .collect()
 }
 
+/// Every 24th built-in example (30): for the tests that embed from scratch several times.
+fn few_examples() -> Vec<Example> {
+    some_examples().into_iter().step_by(3).collect()
+}
+
 fn cached_in(dir: &Path) -> EmbeddingConfig {
     EmbeddingConfig {
         cache_dir: Some(dir.to_path_buf()),
@@ -555,7 +560,7 @@ fn cached_embeddings_are_bit_identical_to_fresh_ones_and_decide_the_same() {
 #[test]
 fn a_corrupt_truncated_or_foreign_cache_file_is_recomputed_and_overwritten() {
     let dir = tempfile::tempdir().unwrap();
-    let examples = some_examples();
+    let examples = few_examples();
     let fresh = build(&examples, uncached());
     let first = build(&examples, cached_in(dir.path()));
     let path = first.cache_report().unwrap().path.clone();
@@ -626,7 +631,7 @@ fn a_corrupt_truncated_or_foreign_cache_file_is_recomputed_and_overwritten() {
 #[test]
 fn a_changed_example_text_misses_the_cache_and_only_it_is_embedded() {
     let dir = tempfile::tempdir().unwrap();
-    let examples = some_examples();
+    let examples = few_examples();
     let n = examples.len();
     let first = build(&examples, cached_in(dir.path()));
     assert_eq!(first.cache_report().unwrap().misses, n);
@@ -661,7 +666,7 @@ fn an_unwritable_cache_dir_warns_and_runs_without_the_cache() {
     // A file where the directory should be: not creatable even for root.
     let file = tempfile::NamedTempFile::new().unwrap();
     let dir = file.path().join("cache");
-    let examples = some_examples();
+    let examples = few_examples();
     let c = build(&examples, cached_in(&dir));
     let report = c.cache_report().unwrap();
     assert_eq!(report.misses, examples.len(), "{report:?}");
@@ -693,7 +698,7 @@ fn an_unwritable_cache_dir_warns_and_runs_without_the_cache() {
 #[test]
 fn writers_racing_on_one_key_leave_a_whole_file() {
     let dir = tempfile::tempdir().unwrap();
-    let examples = some_examples();
+    let examples = few_examples();
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let (fresh, _) = cache::embed_all(&encoder(), &texts, None).unwrap();
     // Four writers with overlapping example sets, all missing at once, renaming over each

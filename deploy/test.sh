@@ -27,7 +27,13 @@ esac
 # The decision classifier's MiniLM weights (cached after the first run).
 export "$(bash deploy/minilm.sh --env)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
-cargo nextest run --workspace --no-fail-fast "$@"
+# `-p CRATE` (or `--package`) narrows the run to those crates: with `--workspace` beside it
+# cargo ignores `-p` and would build and run everything.
+scope=(--workspace)
+for arg in "$@"; do
+  case "$arg" in -p|-p*|--package|--package=*) scope=() ;; esac
+done
+cargo nextest run "${scope[@]}" --no-fail-fast "$@"
 # The deployments, when no nextest arguments narrow the run: the Kubernetes manifests against
 # the schemas, then the docker-compose cluster test.
 if [ "$#" = 0 ]; then

@@ -34,6 +34,9 @@ use std::path::{Path, PathBuf};
 #[cfg(feature = "embedding")]
 pub use model::*;
 
+#[cfg(feature = "embedding")]
+pub mod cache;
+
 /// Name of the tier (`decision.tiers`, `Decision.matched_by` prefix).
 pub const TIER: &str = "embedding";
 /// The built-in labelled examples (`crates/decision/examples.jsonl`).
@@ -90,6 +93,14 @@ pub struct EmbeddingConfig {
     /// overall direction of a role, the vote a request that is nearly an example. 0 is the
     /// regression alone.
     pub linear_vote_weight: f64,
+    /// Whether the examples' embeddings are cached on disk ([`cache`]): a start whose
+    /// examples, weights and settings were seen before reads them instead of running the model
+    /// over every example (seconds per start). `false` embeds every example at every start.
+    pub cache: bool,
+    /// Directory of the embedding cache; unset: [`default_cache_dir`]
+    /// (`$XDG_CACHE_HOME/baton/embeddings`, else `~/.cache/baton/embeddings`). A directory
+    /// that cannot be written is warned about once, and the tier runs without the cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// How the embedding tier turns example similarities into role scores.
@@ -120,6 +131,8 @@ impl Default for EmbeddingConfig {
             linear_learning_rate: 0.05,
             linear_weight_decay: 0.1,
             linear_vote_weight: 0.0,
+            cache: true,
+            cache_dir: None,
         }
     }
 }
@@ -153,8 +166,42 @@ impl EmbeddingConfig {
         if !(0.0..=1.0).contains(&self.linear_vote_weight) {
             return bad("linear_vote_weight", "must be between 0 and 1");
         }
+        if self
+            .cache_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return bad(
+                "cache_dir",
+                "is empty: unset it for the default directory, or set decision.embedding.cache = false",
+            );
+        }
         Ok(())
     }
+
+    /// The directory the example-embedding cache lives in: `cache_dir`, else
+    /// [`default_cache_dir`]; `None` when `cache` is off (or no default can be found).
+    pub fn cache_location(&self) -> Option<PathBuf> {
+        if !self.cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(default_cache_dir)
+    }
+}
+
+/// The default directory of the example-embedding cache: `$XDG_CACHE_HOME/baton/embeddings`
+/// when that variable is an absolute path, else `$HOME/.cache/baton/embeddings`; `None` when
+/// neither is set.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    let base = var("XDG_CACHE_HOME")
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            var("HOME")
+                .filter(|h| !h.as_os_str().is_empty())
+                .map(|h| h.join(".cache"))
+        })?;
+    Some(base.join("baton").join("embeddings"))
 }
 
 // ---- labelled examples ----
@@ -249,6 +296,9 @@ mod model {
         model: BertModel,
         tokenizer: Tokenizer,
         device: Device,
+        /// sha256 (hex) over the sha256 of the three files as loaded: what the example
+        /// embedding cache is keyed by ([`Encoder::fingerprint`]).
+        fingerprint: String,
     }
 
     impl std::fmt::Debug for Encoder {
@@ -280,7 +330,9 @@ mod model {
             if !tokenizer_path.is_file() {
                 return Err(model_error(&tokenizer_path, "no such file"));
             }
-            let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            let tokenizer_bytes =
+                std::fs::read(&tokenizer_path).map_err(|e| model_error(&tokenizer_path, e))?;
+            let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
                 .map_err(|e| model_error(&tokenizer_path, e))?;
             // The file pads every input to 128 tokens; a request is encoded alone, so padding
             // would only multiply the forward pass's cost.
@@ -294,6 +346,9 @@ mod model {
 
             let weights_path = dir.join("model.safetensors");
             let bytes = std::fs::read(&weights_path).map_err(|e| model_error(&weights_path, e))?;
+            // Hashed here, from the bytes the model is built from, so the cache key cannot
+            // describe other weights than the ones that compute the embeddings.
+            let fingerprint = cache::fingerprint(&[text.as_bytes(), &tokenizer_bytes, &bytes]);
             let device = Device::Cpu;
             let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
                 .map_err(|e| model_error(&weights_path, e))?;
@@ -302,7 +357,15 @@ mod model {
                 model,
                 tokenizer,
                 device,
+                fingerprint,
             })
+        }
+
+        /// What identifies the weights: sha256 (64 hex digits) over the sha256 of
+        /// `config.json`, `tokenizer.json` and `model.safetensors` as they were loaded (hashed
+        /// once, when the encoder is loaded).
+        pub fn fingerprint(&self) -> &str {
+            &self.fingerprint
         }
 
         /// Number of tokens `text` encodes to (with `[CLS]` and `[SEP]`, at most [`MAX_TOKENS`]).
@@ -426,6 +489,62 @@ mod model {
             })
         }
 
+        /// The head for `examples` and `config` from the cache in `dir` when it has it
+        /// (training is deterministic, so it is the head training would give), else trained
+        /// and written there. A bad file is logged once and overwritten, an unwritable one
+        /// logged once; both are noted in `report.problem`, neither is an error.
+        fn cached(
+            dir: &Path,
+            report: &mut cache::CacheReport,
+            examples: &[Labelled],
+            config: &EmbeddingConfig,
+        ) -> Result<LinearHead, Error> {
+            let pairs: Vec<(&str, &str)> = examples
+                .iter()
+                .map(|l| (l.example.text.as_str(), l.example.role.as_str()))
+                .collect();
+            let key = cache::head_key(
+                &report.key,
+                &pairs,
+                config.linear_steps,
+                config.linear_learning_rate,
+                config.linear_weight_decay,
+            );
+            let path = cache::head_path(dir, &key);
+            let dim = examples.first().map_or(0, |l| l.vector.len());
+            let mut note = |problem: String| {
+                let problem = format!("{} {problem}", path.display());
+                report.problem = Some(match report.problem.take() {
+                    Some(before) => format!("{before}; {problem}"),
+                    None => problem,
+                });
+            };
+            match cache::read_head(&path, &key, dim) {
+                Ok(Some((roles, weights, bias))) => {
+                    report.head_hit = true;
+                    return Ok(LinearHead {
+                        roles,
+                        weights,
+                        bias,
+                        dim,
+                    });
+                }
+                Ok(None) => {}
+                Err(problem) => {
+                    tracing::warn!(file = %path.display(), %problem, "linear head cache file unusable: training the head again and overwriting it");
+                    note(problem);
+                }
+            }
+            let head = LinearHead::train(examples, config)?;
+            if let Err(problem) =
+                cache::write_head(dir, &path, &key, (&head.roles, &head.weights, &head.bias))
+            {
+                tracing::warn!(dir = %dir.display(), %problem, "cannot write the linear head cache, running without it: set decision.embedding.cache_dir to a writable directory, or decision.embedding.cache = false");
+                note(format!("cannot be written: {problem}"));
+            }
+            Ok(head)
+        }
+
         /// The probability of every role (in `roles` order) for embedding `v`.
         fn probabilities(&self, v: &[f32]) -> Vec<f64> {
             let logits: Vec<f64> = self
@@ -488,26 +607,53 @@ mod model {
         head: Option<LinearHead>,
         config: EmbeddingConfig,
         rules: Arc<RuleSet>,
+        /// What the example-embedding cache did when the examples were embedded (`None`: no
+        /// cache).
+        cache: Option<cache::CacheReport>,
     }
 
     impl EmbeddingClassifier {
-        /// Embeds `examples` once with `encoder`.
+        /// Embeds `examples` once with `encoder`, reading the embeddings the cache in
+        /// `config.cache_location()` has and writing the ones it lacks ([`cache`]).
         ///
-        /// Errors: [`Error::Embedding`] when an example cannot be embedded.
+        /// Errors: [`Error::Embedding`] when an example cannot be embedded (a cache problem is
+        /// logged and reported by [`EmbeddingClassifier::cache_report`], never an error).
         pub fn new(
             encoder: Arc<Encoder>,
             examples: Vec<Example>,
             config: EmbeddingConfig,
             rules: Arc<RuleSet>,
         ) -> Result<EmbeddingClassifier, Error> {
-            let examples = examples
+            let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+            let dir = config.cache_location();
+            let (vectors, mut report) = cache::embed_all(&encoder, &texts, dir.as_deref())?;
+            let examples: Vec<Labelled> = examples
                 .into_iter()
-                .map(|example| {
-                    let vector = encoder.embed(&example.text)?;
-                    Ok(Labelled { example, vector })
-                })
-                .collect::<Result<Vec<_>, Error>>()?;
-            EmbeddingClassifier::from_labelled(encoder, Arc::new(examples), config, rules)
+                .zip(vectors)
+                .map(|(example, vector)| Labelled { example, vector })
+                .collect();
+            let head = match (&dir, &mut report) {
+                (Some(dir), Some(report)) if config.scoring == Scoring::Linear => {
+                    Some(LinearHead::cached(dir, report, &examples, &config)?)
+                }
+                _ => None,
+            };
+            let mut classifier = EmbeddingClassifier::from_labelled_with(
+                encoder,
+                Arc::new(examples),
+                config,
+                rules,
+                head,
+            )?;
+            classifier.cache = report;
+            Ok(classifier)
+        }
+
+        /// What the example-embedding cache did when this classifier's examples were embedded
+        /// (hits, misses, whether the file was written, any problem); `None` when the cache is
+        /// off.
+        pub fn cache_report(&self) -> Option<&cache::CacheReport> {
+            self.cache.as_ref()
         }
 
         /// A classifier over examples already embedded; trains the linear head when `config`
@@ -518,9 +664,22 @@ mod model {
             config: EmbeddingConfig,
             rules: Arc<RuleSet>,
         ) -> Result<EmbeddingClassifier, Error> {
-            let head = match config.scoring {
-                Scoring::Linear => Some(LinearHead::train(&examples, &config)?),
-                Scoring::TopK | Scoring::Vote => None,
+            EmbeddingClassifier::from_labelled_with(encoder, examples, config, rules, None)
+        }
+
+        /// [`EmbeddingClassifier::from_labelled`] with a head already trained (read from the
+        /// cache) for `linear`.
+        fn from_labelled_with(
+            encoder: Arc<Encoder>,
+            examples: Arc<Vec<Labelled>>,
+            config: EmbeddingConfig,
+            rules: Arc<RuleSet>,
+            trained: Option<LinearHead>,
+        ) -> Result<EmbeddingClassifier, Error> {
+            let head = match (config.scoring, trained) {
+                (Scoring::Linear, Some(head)) => Some(head),
+                (Scoring::Linear, None) => Some(LinearHead::train(&examples, &config)?),
+                (Scoring::TopK | Scoring::Vote, _) => None,
             };
             Ok(EmbeddingClassifier {
                 encoder,
@@ -528,6 +687,7 @@ mod model {
                 head,
                 config,
                 rules,
+                cache: None,
             })
         }
 
@@ -559,12 +719,14 @@ mod model {
         ///
         /// Errors: [`Error::Embedding`] when the linear head cannot be trained.
         pub fn reconfigured(&self, config: EmbeddingConfig) -> Result<EmbeddingClassifier, Error> {
-            EmbeddingClassifier::from_labelled(
+            let mut classifier = EmbeddingClassifier::from_labelled(
                 self.encoder.clone(),
                 self.examples.clone(),
                 config,
                 self.rules.clone(),
-            )
+            )?;
+            classifier.cache = self.cache.clone();
+            Ok(classifier)
         }
 
         /// The settings the tier runs with.

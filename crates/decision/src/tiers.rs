@@ -103,9 +103,13 @@ pub fn builtin_factories() -> Vec<TierFactory> {
             &setup.ctx.catalog,
             setup.rules.clone(),
         )?;
+        let cache = tier.cache_report();
         tracing::info!(
             examples = tier.example_count(),
             model_dir = ?setup.config.embedding.model_dir,
+            cache_file = ?cache.map(|c| &c.path),
+            cache_hits = cache.map_or(0, |c| c.hits),
+            cache_misses = cache.map_or(0, |c| c.misses),
             "embedding classifier ready"
         );
         Ok(Arc::new(tier) as Arc<dyn Classifier>)

@@ -4,7 +4,8 @@
 #![cfg(feature = "embedding")]
 
 use baton_decision::embedding::{
-    EmbeddingClassifier, EmbeddingConfig, Encoder, Scoring, load_examples, parse_examples,
+    EmbeddingClassifier, EmbeddingConfig, Encoder, Example, Scoring, cache, load_examples,
+    parse_examples,
 };
 use baton_decision::rules::RuleSet;
 use baton_decision::{AWAITING_CLARIFICATION, Decider, Error, WhenUnsure, eval};
@@ -43,9 +44,17 @@ fn encoder() -> Arc<Encoder> {
         .clone()
 }
 
+/// The embedding cache every test process of this suite shares (under the target directory,
+/// which deploy/test.sh and CI keep): the first process to embed the built-in examples writes
+/// it, the later ones read it instead of running the model 720 times each.
+fn shared_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("embedding-cache")
+}
+
 fn config() -> EmbeddingConfig {
     EmbeddingConfig {
         model_dir: Some(model_dir()),
+        cache_dir: Some(shared_cache_dir()),
         ..Default::default()
     }
 }
@@ -398,4 +407,350 @@ fn cross_validation_scores_each_example_without_having_seen_it() {
         c.cross_validate(1),
         Err(Error::Config(m)) if m.contains("folds")
     ));
+}
+
+// ---- the example-embedding cache ----
+
+/// Every 8th built-in example: enough to train a head over every role, few enough to embed
+/// from scratch in a test.
+fn some_examples() -> Vec<Example> {
+    load_examples(None, &Catalog::default())
+        .unwrap()
+        .into_iter()
+        .step_by(8)
+        .collect()
+}
+
+/// Every 24th built-in example (30): for the tests that embed from scratch several times.
+fn few_examples() -> Vec<Example> {
+    some_examples().into_iter().step_by(3).collect()
+}
+
+fn cached_in(dir: &Path) -> EmbeddingConfig {
+    EmbeddingConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        ..config()
+    }
+}
+
+fn uncached() -> EmbeddingConfig {
+    EmbeddingConfig {
+        cache: false,
+        ..config()
+    }
+}
+
+fn build(examples: &[Example], config: EmbeddingConfig) -> EmbeddingClassifier {
+    EmbeddingClassifier::new(
+        encoder(),
+        examples.to_vec(),
+        config,
+        Arc::new(RuleSet::builtin()),
+    )
+    .unwrap()
+}
+
+fn bits(vectors: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    vectors
+        .iter()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+const PROBES: [&str; 5] = [
+    "why are checkout requests timing out since noon?",
+    "the invoice from our hosting provider went up a lot",
+    "someone changed sshd_config by hand on the bastion",
+    "write a helm chart for the payments service",
+    "asdf qwer zxcv uiop",
+];
+
+/// The same decisions, bit for bit: roles, scores, confidence and neighbours.
+fn assert_same_scores(a: &EmbeddingClassifier, b: &EmbeddingClassifier) {
+    for text in PROBES {
+        let (x, y) = (a.score(text).unwrap(), b.score(text).unwrap());
+        assert_eq!(x.roles, y.roles, "{text:?}");
+        assert_eq!(x.confidence.to_bits(), y.confidence.to_bits(), "{text:?}");
+        assert_eq!(x.neighbours, y.neighbours, "{text:?}");
+    }
+}
+
+#[test]
+fn cached_embeddings_are_bit_identical_to_fresh_ones_and_decide_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = some_examples();
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let enc = encoder();
+
+    let (fresh, none) = cache::embed_all(&enc, &texts, None).unwrap();
+    assert!(none.is_none());
+    let (cold, report) = cache::embed_all(&enc, &texts, Some(dir.path())).unwrap();
+    let report = report.unwrap();
+    assert_eq!((report.hits, report.misses), (0, texts.len()), "{report:?}");
+    assert!(report.written && report.problem.is_none(), "{report:?}");
+    assert!(report.path.starts_with(dir.path()) && report.path.is_file());
+    let (warm, report) = cache::embed_all(&enc, &texts, Some(dir.path())).unwrap();
+    let report = report.unwrap();
+    assert_eq!((report.hits, report.misses), (texts.len(), 0), "{report:?}");
+    assert!(!report.written, "a full hit writes nothing: {report:?}");
+    assert_eq!(bits(&fresh), bits(&cold));
+    assert_eq!(bits(&fresh), bits(&warm));
+
+    // Classifiers on fresh and on cached embeddings decide the same (the head trains the same).
+    let a = build(&examples, uncached());
+    assert!(a.cache_report().is_none());
+    let b = build(&examples, cached_in(dir.path()));
+    assert_eq!(b.cache_report().unwrap().hits, examples.len());
+    assert!(
+        !b.cache_report().unwrap().head_hit,
+        "no head was stored yet"
+    );
+    assert_same_scores(&a, &b);
+
+    // The trained head is cached too: read back, it scores exactly as a freshly trained one.
+    let c = build(&examples, cached_in(dir.path()));
+    let report = c.cache_report().unwrap();
+    assert!(report.head_hit && report.problem.is_none(), "{report:?}");
+    assert_same_scores(&a, &c);
+    // Other training settings are another head.
+    let d = build(
+        &examples,
+        EmbeddingConfig {
+            linear_steps: 200,
+            ..cached_in(dir.path())
+        },
+    );
+    assert!(!d.cache_report().unwrap().head_hit);
+
+    // A corrupt head file is trained again and overwritten.
+    let head = cache::head_path(
+        dir.path(),
+        &cache::head_key(
+            &report.key,
+            &examples
+                .iter()
+                .map(|e| (e.text.as_str(), e.role.as_str()))
+                .collect::<Vec<_>>(),
+            config().linear_steps,
+            config().linear_learning_rate,
+            config().linear_weight_decay,
+        ),
+    );
+    let mut bytes = std::fs::read(&head).expect("the head file is where head_path says");
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&head, &bytes).unwrap();
+    let e = build(&examples, cached_in(dir.path()));
+    let report = e.cache_report().unwrap();
+    assert!(!report.head_hit, "{report:?}");
+    let problem = report.problem.as_deref().unwrap_or_default();
+    assert!(
+        problem.contains("head-") && problem.contains("checksum"),
+        "{problem}"
+    );
+    assert_same_scores(&a, &e);
+    assert!(
+        build(&examples, cached_in(dir.path()))
+            .cache_report()
+            .unwrap()
+            .head_hit
+    );
+}
+
+#[test]
+fn a_corrupt_truncated_or_foreign_cache_file_is_recomputed_and_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = few_examples();
+    let fresh = build(&examples, uncached());
+    let first = build(&examples, cached_in(dir.path()));
+    let path = first.cache_report().unwrap().path.clone();
+    let good = std::fs::read(&path).unwrap();
+
+    let mut flipped = good.clone();
+    let at = flipped.len() - 100; // inside the embeddings
+    flipped[at] ^= 0x40;
+    // A well-formed file of another key (other weights) at this key's name.
+    let other = tempfile::tempdir().unwrap();
+    let other_key = {
+        let texts = ["other"];
+        let (_, r) = cache::embed_all(&encoder(), &texts, Some(other.path())).unwrap();
+        let r = r.unwrap();
+        let bytes = std::fs::read(&r.path).unwrap();
+        let key = cache::key(&encoder()).unwrap().0;
+        // Same layout, but its metadata names a key that is not this one.
+        let mut bytes = bytes;
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key.as_bytes())
+            .expect("the key is in the metadata");
+        bytes[at..at + key.len()].fill(b'0');
+        bytes
+    };
+    for (what, bytes, expect) in [
+        ("flipped bit", flipped, "checksum"),
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+        ("empty", Vec::new(), "truncated"),
+        (
+            "not safetensors",
+            b"{\"not\": \"a cache file\"}".to_vec(),
+            "truncated",
+        ),
+        ("another key", other_key, "foreign"),
+    ] {
+        std::fs::write(&path, &bytes).unwrap();
+        let c = build(&examples, cached_in(dir.path()));
+        let report = c.cache_report().unwrap();
+        assert_eq!(report.path, path);
+        assert_eq!(
+            (report.hits, report.misses),
+            (0, examples.len()),
+            "{what}: {report:?}"
+        );
+        assert!(report.written, "{what}: {report:?}");
+        let problem = report.problem.as_deref().unwrap_or_default();
+        assert!(problem.contains(expect), "{what}: {problem}");
+        // Rewritten: a whole file again, which the next start reads in full.
+        assert_ne!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{what}: not rewritten"
+        );
+        assert_same_scores(&fresh, &c);
+        let again = build(&examples, cached_in(dir.path()));
+        let report = again.cache_report().unwrap();
+        assert_eq!(
+            (report.hits, report.misses),
+            (examples.len(), 0),
+            "{what}: {report:?}"
+        );
+        assert!(report.problem.is_none(), "{what}: {report:?}");
+        assert_same_scores(&fresh, &again);
+    }
+}
+
+#[test]
+fn a_changed_example_text_misses_the_cache_and_only_it_is_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = few_examples();
+    let n = examples.len();
+    let first = build(&examples, cached_in(dir.path()));
+    assert_eq!(first.cache_report().unwrap().misses, n);
+
+    let mut changed = examples.clone();
+    changed[3].text.push_str(" please");
+    let c = build(&changed, cached_in(dir.path()));
+    let report = c.cache_report().unwrap();
+    assert_eq!((report.hits, report.misses), (n - 1, 1), "{report:?}");
+    assert!(report.written, "{report:?}");
+    assert_same_scores(&build(&changed, uncached()), &c);
+
+    // The file keeps the earlier set's entries after the current ones: going back hits.
+    let back = build(&examples, cached_in(dir.path()));
+    let report = back.cache_report().unwrap();
+    assert_eq!((report.hits, report.misses), (n, 0), "{report:?}");
+    // A new example adds one entry.
+    let mut more = examples.clone();
+    more.push(Example {
+        text: "the nightly backup job of the wiki failed twice".into(),
+        role: "dr".into(),
+    });
+    let report = build(&more, cached_in(dir.path()))
+        .cache_report()
+        .unwrap()
+        .clone();
+    assert_eq!((report.hits, report.misses), (n, 1), "{report:?}");
+}
+
+#[test]
+fn an_unwritable_cache_dir_warns_and_runs_without_the_cache() {
+    // A file where the directory should be: not creatable even for root.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let dir = file.path().join("cache");
+    let examples = few_examples();
+    let c = build(&examples, cached_in(&dir));
+    let report = c.cache_report().unwrap();
+    assert_eq!(report.misses, examples.len(), "{report:?}");
+    assert!(!report.written, "{report:?}");
+    let problem = report.problem.as_deref().unwrap();
+    assert!(problem.contains("cannot"), "{problem}");
+    assert_same_scores(&build(&examples, uncached()), &c);
+    // The same through the tier's loader, as `baton up` builds it (on a small examples file,
+    // since nothing is cached).
+    let jsonl = tempfile::NamedTempFile::new().unwrap();
+    let lines: Vec<String> = examples
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    std::fs::write(jsonl.path(), lines.join("\n")).unwrap();
+    let loaded = EmbeddingClassifier::load(
+        &EmbeddingConfig {
+            examples_path: Some(jsonl.path().to_path_buf()),
+            ..cached_in(&dir)
+        },
+        &Catalog::default(),
+        Arc::new(RuleSet::builtin()),
+    )
+    .unwrap();
+    assert!(loaded.cache_report().unwrap().problem.is_some());
+    assert_eq!(loaded.score(PROBES[0]).unwrap().roles[0].0, "incident");
+}
+
+#[test]
+fn writers_racing_on_one_key_leave_a_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = few_examples();
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let (fresh, _) = cache::embed_all(&encoder(), &texts, None).unwrap();
+    // Four writers with overlapping example sets, all missing at once, renaming over each
+    // other; readers in between see the old file or a new one, whole.
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let texts = &texts;
+            let dir = dir.path();
+            s.spawn(move || {
+                let mine: Vec<&str> = texts.iter().skip(w).copied().collect();
+                let (vectors, report) = cache::embed_all(&encoder(), &mine, Some(dir)).unwrap();
+                let report = report.unwrap();
+                assert!(report.problem.is_none(), "writer {w}: {report:?}");
+                assert_eq!(vectors.len(), mine.len());
+            });
+        }
+    });
+    let (warm, report) = cache::embed_all(&encoder(), &texts, Some(dir.path())).unwrap();
+    let report = report.unwrap();
+    assert!(report.problem.is_none(), "{report:?}");
+    assert!(report.hits >= texts.len() - 3, "{report:?}");
+    assert_eq!(bits(&fresh), bits(&warm));
+    // No temporary file is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn the_cache_setting_is_validated_and_defaults_under_the_user_cache_dir() {
+    let c = EmbeddingConfig::default();
+    assert!(c.cache);
+    assert_eq!(
+        c.cache_location(),
+        baton_decision::embedding::default_cache_dir()
+    );
+    assert!(
+        c.cache_location()
+            .unwrap()
+            .ends_with(Path::new("baton/embeddings"))
+    );
+    assert_eq!(uncached().cache_location(), None);
+    let err = EmbeddingConfig {
+        cache_dir: Some(PathBuf::new()),
+        ..config()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("decision.embedding.cache_dir"),
+        "{err}"
+    );
 }

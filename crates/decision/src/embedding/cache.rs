@@ -227,19 +227,33 @@ pub fn embed_all(
     Ok((vectors, Some(report)))
 }
 
-/// The entries of the file at `path` (none when there is no file), or what is wrong with it.
-fn read(path: &Path, key: &str, dim: usize) -> Result<HashMap<[u8; 32], Vec<f32>>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(format!("cannot be read: {e}")),
-    };
+/// The bytes of the cache file at `path`; `None` when there is no file, or why it cannot be
+/// read (a message that completes "the cache file …").
+fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot be read: {e}")),
+    }
+}
+
+/// `bytes` as a safetensors file and its `__metadata__` map (empty when it has none), or why
+/// it is not a complete one.
+fn parse(bytes: &[u8]) -> Result<(SafeTensors<'_>, HashMap<String, String>), String> {
     let incomplete = |e: safetensors::SafeTensorError| {
         format!("is not a complete safetensors file ({e}): truncated or corrupt")
     };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(incomplete)?;
-    let tensors = SafeTensors::deserialize(&bytes).map_err(incomplete)?;
-    let meta = header.metadata().clone().unwrap_or_default();
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(incomplete)?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(incomplete)?;
+    Ok((tensors, header.metadata().clone().unwrap_or_default()))
+}
+
+/// The entries of the file at `path` (none when there is no file), or what is wrong with it.
+fn read(path: &Path, key: &str, dim: usize) -> Result<HashMap<[u8; 32], Vec<f32>>, String> {
+    let Some(bytes) = read_bytes(path)? else {
+        return Ok(HashMap::new());
+    };
+    let (tensors, meta) = parse(&bytes)?;
     let get = |k: &str| meta.get(k).map(String::as_str);
     if get("format") != Some(FORMAT) {
         return Err(format!(
@@ -424,17 +438,10 @@ pub type HeadParts = (Vec<String>, Vec<f32>, Vec<f32>);
 /// The head stored at `path` under `key`: `Ok(None)` when there is no file, `Err` saying what
 /// is wrong with one that is there (truncated, corrupt, foreign, wrong shapes).
 pub fn read_head(path: &Path, key: &str, dim: usize) -> Result<Option<HeadParts>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot be read: {e}")),
+    let Some(bytes) = read_bytes(path)? else {
+        return Ok(None);
     };
-    let incomplete = |e: safetensors::SafeTensorError| {
-        format!("is not a complete safetensors file ({e}): truncated or corrupt")
-    };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(incomplete)?;
-    let tensors = SafeTensors::deserialize(&bytes).map_err(incomplete)?;
-    let meta = header.metadata().clone().unwrap_or_default();
+    let (tensors, meta) = parse(&bytes)?;
     let get = |k: &str| meta.get(k).map(String::as_str);
     if get("format") != Some(FORMAT) || get("key") != Some(key) {
         return Err(format!(

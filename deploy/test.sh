@@ -27,6 +27,9 @@ esac
 # The decision classifier's MiniLM weights (cached after the first run).
 export "$(bash deploy/minilm.sh --env)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/baton-target}"
+# No incremental state: every clean checkout is a new path, so it would only pile up (it
+# reached 23 GB under the shared target dir and filled the disk) without speeding a rebuild.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # `-p CRATE` (or `--package`) narrows the run to those crates: with `--workspace` beside it
 # cargo ignores `-p` and would build and run everything.
 scope=(--workspace)

@@ -278,8 +278,8 @@ mod model {
     //! The model and the tier (feature `embedding`: candle and tokenizers).
 
     use super::*;
-    use crate::Classifier;
     use crate::rules::RuleSet;
+    use crate::{Classifier, Opinion};
     use baton_proto::{Decision, DecisionTier, Task};
     use candle_core::{DType, Device, Tensor};
     use candle_nn::VarBuilder;
@@ -900,21 +900,22 @@ mod model {
             }
         }
 
-        /// The tier's decision for `task` (tier CLASSIFIER), whatever its confidence.
+        /// The tier's decision for `task` (tier CLASSIFIER), whatever its confidence; no opinion
+        /// on an empty request or without examples.
         ///
         /// Errors: [`Error::InvalidRequest`], [`Error::UnknownEnvironment`], [`Error::Embedding`].
-        pub fn decide(&self, task: &Task) -> Result<Option<Decision>, Error> {
+        pub fn decide(&self, task: &Task) -> Result<Opinion, Error> {
             let text = task
                 .trigger
                 .as_ref()
                 .map(|t| t.text.as_str())
                 .unwrap_or_default();
             if text.trim().is_empty() {
-                return Ok(None);
+                return Ok(Opinion::NoOpinion("the request is empty".into()));
             }
             let scored = self.score(text)?;
             let Some((role, _)) = scored.roles.first() else {
-                return Ok(None);
+                return Ok(Opinion::NoOpinion("it has no labelled examples".into()));
             };
             let (spec, context) = self.rules.spec_for_role(task, role)?;
             let neighbours = scored.neighbours_listed();
@@ -931,7 +932,7 @@ mod model {
                     self.config.min_similarity
                 )
             };
-            Ok(Some(Decision {
+            Ok(Opinion::from(Decision {
                 spec: Some(spec),
                 confidence: scored.confidence,
                 tier: DecisionTier::Classifier.into(),
@@ -951,10 +952,7 @@ mod model {
         fn min_confidence(&self) -> Option<f64> {
             Some(self.config.min_confidence)
         }
-        fn classify<'a>(
-            &'a self,
-            task: &'a Task,
-        ) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+        fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Opinion, Error>> {
             Box::pin(std::future::ready(self.decide(task)))
         }
     }

@@ -1,10 +1,10 @@
 //! Measuring a classification chain against labelled requests (`baton eval-routing`): overall
-//! accuracy, accuracy and share per deciding tier, a confusion matrix, and classify latency
-//! percentiles. A request left for a human counts as not routed right (its predicted role is
+//! accuracy, accuracy and share per deciding tier, the tiers that had no opinion and why, a
+//! confusion matrix, and classify latency percentiles. A request left for a human counts as not routed right (its predicted role is
 //! `?`), so a chain cannot score by refusing to decide.
 
 use crate::embedding::Example;
-use crate::{Decider, Error};
+use crate::{Abstention, Decider, Error};
 use baton_proto::{DecisionTier, Task, Trigger};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +30,9 @@ pub struct Outcome {
     pub explanation: String,
     /// Wall time of the classification.
     pub latency: Duration,
+    /// The tiers asked that had no opinion, and why (a model tier that could not be reached
+    /// shows here, not as a wrong answer).
+    pub abstentions: Vec<Abstention>,
 }
 
 impl Outcome {
@@ -92,6 +95,7 @@ pub async fn evaluate(decider: &Decider, examples: &[Example]) -> Result<Report,
             confidence: d.confidence,
             explanation: d.explanation.clone(),
             latency,
+            abstentions: explained.abstentions.clone(),
         });
     }
     Ok(Report { outcomes })
@@ -127,6 +131,18 @@ impl Report {
         }
         m
     }
+
+    /// Per tier name ([`crate::Classifier::name`]): how many requests it had no opinion on,
+    /// and each distinct reason with its count.
+    pub fn abstentions(&self) -> BTreeMap<String, (usize, BTreeMap<String, usize>)> {
+        let mut m: BTreeMap<String, (usize, BTreeMap<String, usize>)> = BTreeMap::new();
+        for a in self.outcomes.iter().flat_map(|o| &o.abstentions) {
+            let e = m.entry(a.tier.clone()).or_default();
+            e.0 += 1;
+            *e.1.entry(a.reason.clone()).or_default() += 1;
+        }
+        m
+    }
 }
 
 impl fmt::Display for Report {
@@ -153,6 +169,21 @@ impl fmt::Display for Report {
                 100.0 * count as f64 / n.max(1) as f64,
                 100.0 * ok as f64 / count.max(1) as f64
             )?;
+        }
+        let abstentions = self.abstentions();
+        if !abstentions.is_empty() {
+            writeln!(f, "\nno opinion:  requests  (most frequent reasons)")?;
+            for (tier, (count, reasons)) in abstentions {
+                let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
+                reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let listed = reasons
+                    .iter()
+                    .take(3)
+                    .map(|(r, c)| format!("{c}× {}", r.chars().take(100).collect::<String>()))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                writeln!(f, "  {tier:<10} {count:>8}  ({listed})")?;
+            }
         }
         let mut roles: Vec<String> = self.outcomes.iter().map(|o| o.expected.clone()).collect();
         roles.extend(self.outcomes.iter().map(|o| o.predicted.clone()));
@@ -235,6 +266,7 @@ pub fn cross_validate(
                 confidence: scored.confidence,
                 explanation: format!("best {best}; nearest examples {nearest}"),
                 latency: Duration::ZERO,
+                abstentions: Vec::new(),
             }
         })
         .collect();

@@ -253,25 +253,51 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// What one tier made of a task: its best decision (with its confidence, taken when it
+/// reaches the tier's threshold), or no opinion and why.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opinion {
+    /// The tier's best decision, whatever its confidence (boxed: it is the large variant).
+    Decided(Box<baton_proto::Decision>),
+    /// The tier has no opinion; the reason is for the operator who routes the task by hand
+    /// (`no rule matched`, `the request is empty`, `no provider answered: …`), a short phrase
+    /// without the tier's name.
+    NoOpinion(String),
+}
+
+impl From<baton_proto::Decision> for Opinion {
+    fn from(d: baton_proto::Decision) -> Opinion {
+        Opinion::Decided(Box::new(d))
+    }
+}
+
+/// A tier that had no opinion about a task, and why (see [`Opinion::NoOpinion`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Abstention {
+    /// The tier's [`Classifier::name`] (`rules`, `classifier`, `llm`).
+    pub tier: String,
+    /// Why it had no opinion.
+    pub reason: String,
+}
+
 /// One tier of classification. A tier returns its best decision for a task (with its
-/// confidence), or `None` when it has no opinion; the [`Decider`] accepts the first decision at
-/// or above the rules' `min_confidence`. Async so that model-backed tiers fit.
+/// confidence), or no opinion and why; the [`Decider`] accepts the first decision at or above
+/// the tier's `min_confidence`. Async so that model-backed tiers fit.
 pub trait Classifier: Send + Sync {
-    /// Short name for logs (`rules`, `embedding`, `llm`).
+    /// Short name for logs and explanations (`rules`, `classifier`, `llm`).
     fn name(&self) -> &str;
     /// The confidence this tier's decisions must reach to be taken; `None` (the default) uses
     /// the rules file's `defaults.min_confidence`.
     fn min_confidence(&self) -> Option<f64> {
         None
     }
-    /// Classifies `task`.
+    /// Classifies `task`. A failure the tier can live with (a model provider down) is
+    /// [`Opinion::NoOpinion`] with the failure as the reason, so that the task goes to the next
+    /// tier or a human and the operator sees why.
     ///
     /// Errors: [`Error::ClassifierUnavailable`] for a transient failure (the task is retried),
     /// other variants fail the task.
-    fn classify<'a>(
-        &'a self,
-        task: &'a Task,
-    ) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>>;
+    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Opinion, Error>>;
 }
 
 /// The rules file as a [`Classifier`] (tier RULES).
@@ -281,11 +307,11 @@ impl Classifier for RulesClassifier {
     fn name(&self) -> &str {
         "rules"
     }
-    fn classify<'a>(
-        &'a self,
-        task: &'a Task,
-    ) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
-        Box::pin(std::future::ready(self.0.matched(task)))
+    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Opinion, Error>> {
+        Box::pin(std::future::ready(self.0.matched(task).map(|d| match d {
+            Some(d) => Opinion::from(d),
+            None => Opinion::NoOpinion("no rule matched".into()),
+        })))
     }
 }
 
@@ -300,6 +326,8 @@ pub struct Explained {
     pub decision: baton_proto::Decision,
     /// Each tier's candidate, in the order asked (tiers with no opinion are left out).
     pub candidates: Vec<baton_proto::Decision>,
+    /// The tiers asked that had no opinion, in the order asked, with why.
+    pub abstentions: Vec<Abstention>,
 }
 
 impl Explained {
@@ -391,20 +419,30 @@ impl Decider {
             return Ok(Explained {
                 decision: d,
                 candidates: Vec::new(),
+                abstentions: Vec::new(),
             });
         }
         let mut candidates: Vec<baton_proto::Decision> = Vec::new();
+        let mut abstentions: Vec<Abstention> = Vec::new();
         let mut best: Option<baton_proto::Decision> = None;
         for tier in &self.tiers {
             let threshold = tier.min_confidence().unwrap_or(self.rules.min_confidence);
-            let Some(d) = tier.classify(task).await? else {
-                continue;
+            let d = match tier.classify(task).await? {
+                Opinion::Decided(d) => *d,
+                Opinion::NoOpinion(reason) => {
+                    abstentions.push(Abstention {
+                        tier: tier.name().to_string(),
+                        reason,
+                    });
+                    continue;
+                }
             };
             candidates.push(d.clone());
             if d.confidence >= threshold {
                 return Ok(Explained {
                     decision: d,
                     candidates,
+                    abstentions,
                 });
             }
             if best.as_ref().is_none_or(|b| d.confidence > b.confidence) {
@@ -416,28 +454,36 @@ impl Decider {
                 Some(b) => b.clone(),
                 None => self.rules.fallback(task, None)?,
             };
-            decision.explanation = format!(
-                "no tier was confident ({}); waiting for an operator: `baton route <task-id> --role <role>`",
-                if candidates.is_empty() {
-                    "none had an opinion".to_string()
-                } else {
-                    candidates
+            let opinions = candidates
+                .iter()
+                .map(|c| format!("{} {:.2}", c.matched_by, c.confidence))
+                .chain(
+                    abstentions
                         .iter()
-                        .map(|c| format!("{} {:.2}", c.matched_by, c.confidence))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
+                        .map(|a| format!("{}: no opinion, {}", a.tier, a.reason)),
+                )
+                .collect::<Vec<_>>()
+                .join("; ");
+            let opinions = if opinions.is_empty() {
+                "none had an opinion".to_string()
+            } else {
+                opinions
+            };
+            decision.explanation = format!(
+                "no tier was confident ({opinions}); waiting for an operator: `baton route <task-id> --role <role>`"
             );
             decision.tier = DecisionTier::Human.into();
             decision.matched_by = AWAITING_CLARIFICATION.to_string();
             return Ok(Explained {
                 decision,
                 candidates,
+                abstentions,
             });
         }
         Ok(Explained {
             decision: self.rules.fallback(task, best.as_ref())?,
             candidates,
+            abstentions,
         })
     }
 }
@@ -906,10 +952,7 @@ mod tests {
         fn name(&self) -> &str {
             "oracle"
         }
-        fn classify<'a>(
-            &'a self,
-            task: &'a Task,
-        ) -> BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
+        fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Opinion, Error>> {
             let text = task
                 .trigger
                 .as_ref()
@@ -925,7 +968,8 @@ mod tests {
                 matched_by: "oracle".into(),
                 explanation: "oracle".into(),
             });
-            Box::pin(std::future::ready(Ok(d)))
+            let opinion = d.map_or(Opinion::NoOpinion("not the phrase".into()), Opinion::from);
+            Box::pin(std::future::ready(Ok(opinion)))
         }
     }
 

@@ -11,7 +11,7 @@
 //! [`ProviderRegistry`] (`baton up` registers it as a plug-in from `[llm]`).
 
 use crate::rules::RuleSet;
-use crate::{Classifier, Error};
+use crate::{Classifier, Error, Opinion};
 use baton_llm::config::ProviderRegistry;
 use baton_llm::structured::{StructuredError, chat_structured};
 use baton_llm::{ChatModel, ChatRequest, FailoverChain, Message, ResponseSchema, Role};
@@ -223,16 +223,17 @@ impl LlmClassifier {
     /// Asks the model about `task` (tier LLM).
     ///
     /// Errors: [`Error::InvalidRequest`], [`Error::UnknownEnvironment`] from building the spec.
-    /// A provider failure or an answer that fails the schema twice is no opinion (`None`),
-    /// logged, so that the task goes to a human.
-    pub async fn decide(&self, task: &Task) -> Result<Option<Decision>, Error> {
+    /// A provider failure, an answer that fails the schema twice, or `unclear` is no opinion
+    /// ([`Opinion::NoOpinion`] with the failure or the model's reason; a failure is also
+    /// logged), so that the task goes to a human who sees why.
+    pub async fn decide(&self, task: &Task) -> Result<Opinion, Error> {
         let text = task
             .trigger
             .as_ref()
             .map(|t| t.text.as_str())
             .unwrap_or_default();
         if text.trim().is_empty() {
-            return Ok(None);
+            return Ok(Opinion::NoOpinion("the request is empty".into()));
         }
         let answer = match chat_structured(&*self.model, &self.request(text), &self.schema()).await
         {
@@ -245,7 +246,7 @@ impl LlmClassifier {
                     other => other.to_string(),
                 };
                 tracing::warn!(providers = ?self.provider_names, reason = %why, "model tier has no opinion");
-                return Ok(None);
+                return Ok(Opinion::NoOpinion(why));
             }
         };
         let role = answer.value["role"].as_str().unwrap_or(UNCLEAR).to_string();
@@ -257,7 +258,9 @@ impl LlmClassifier {
             .take(MAX_REASON_CHARS)
             .collect();
         if role == UNCLEAR {
-            return Ok(None);
+            return Ok(Opinion::NoOpinion(format!(
+                "the model found the request unclear: {reason}"
+            )));
         }
         let provider = answer
             .attempts
@@ -270,7 +273,7 @@ impl LlmClassifier {
         } else {
             ""
         };
-        Ok(Some(Decision {
+        Ok(Opinion::from(Decision {
             spec: Some(spec),
             confidence: self.config.answer_confidence,
             tier: DecisionTier::Llm.into(),
@@ -287,7 +290,7 @@ impl Classifier for LlmClassifier {
     fn min_confidence(&self) -> Option<f64> {
         Some(self.config.min_confidence)
     }
-    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Option<Decision>, Error>> {
+    fn classify<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Opinion, Error>> {
         Box::pin(self.decide(task))
     }
 }

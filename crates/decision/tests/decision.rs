@@ -397,7 +397,7 @@ impl baton_decision::Classifier for Billing {
     fn classify<'a>(
         &'a self,
         task: &'a Task,
-    ) -> futures::future::BoxFuture<'a, Result<Option<baton_proto::Decision>, Error>> {
+    ) -> futures::future::BoxFuture<'a, Result<baton_decision::Opinion, Error>> {
         let text = task.trigger.as_ref().map(|t| t.text.as_str()).unwrap_or("");
         let d = text.contains("invoice").then(|| baton_proto::Decision {
             spec: Some(baton_proto::TaskSpec {
@@ -412,7 +412,11 @@ impl baton_decision::Classifier for Billing {
             matched_by: "billing".into(),
             explanation: "mentions an invoice".into(),
         });
-        Box::pin(std::future::ready(Ok(d)))
+        let opinion = d.map_or(
+            baton_decision::Opinion::NoOpinion("no invoice mentioned".into()),
+            baton_decision::Opinion::from,
+        );
+        Box::pin(std::future::ready(Ok(opinion)))
     }
 }
 

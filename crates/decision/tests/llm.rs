@@ -3,6 +3,7 @@
 //! and every provider down, which leave the task to a human; once against the real local model
 //! (`LocalModel`, SKIPPED when `deploy/local-model.sh --env` is not exported).
 
+use baton_decision::Opinion;
 use baton_decision::llm::{LlmClassifier, LlmTierConfig, UNCLEAR};
 use baton_decision::rules::RuleSet;
 use baton_decision::{AWAITING_CLARIFICATION, Decider, Error, WhenUnsure, tiers};
@@ -166,11 +167,25 @@ async fn answers_that_stay_invalid_or_unclear_leave_the_task_to_a_human() {
     assert_eq!(d.tier(), DecisionTier::Human, "{d:?}");
     assert_eq!(d.matched_by, AWAITING_CLARIFICATION);
     assert_eq!(fake.request_count(), 2);
+    // The operator sees why the model tier had no opinion: its second answer's role.
+    assert!(
+        d.explanation.contains("llm: no opinion, "),
+        "{}",
+        d.explanation
+    );
+    assert!(d.explanation.contains("sre"), "{}", d.explanation);
 
     fake.push(openai::text(&answer(UNCLEAR, "these are random letters")));
     let d = c.decide(&task("qwxz vbnm plokij")).await.unwrap();
     assert_eq!(d.tier(), DecisionTier::Human, "{d:?}");
     assert_eq!(fake.request_count(), 3);
+    assert!(
+        d.explanation.contains(
+            "llm: no opinion, the model found the request unclear: these are random letters"
+        ),
+        "{}",
+        d.explanation
+    );
 }
 
 #[tokio::test]
@@ -192,6 +207,13 @@ async fn a_provider_down_fails_over_and_all_down_goes_to_a_human() {
     let d = chain(&reg, &["down"]).decide(&task(UNRULED)).await.unwrap();
     assert_eq!(d.tier(), DecisionTier::Human, "{d:?}");
     assert_eq!(d.matched_by, AWAITING_CLARIFICATION);
+    // ... and is told the model tier could not be asked, not merely that it was unsure.
+    assert!(
+        d.explanation
+            .contains("llm: no opinion, no provider answered: "),
+        "{}",
+        d.explanation
+    );
 }
 
 #[tokio::test]
@@ -285,13 +307,15 @@ async fn the_real_local_model_answers_with_a_catalog_role() {
         LlmTierConfig::default(),
         Arc::new(RuleSet::builtin()),
     );
-    let d = tier
+    let opinion = tier
         .decide(&task(
             "Write a Python script that prints the ten largest files in a directory",
         ))
         .await
-        .unwrap()
-        .expect("the local model names a role");
+        .unwrap();
+    let Opinion::Decided(d) = opinion else {
+        panic!("the local model names a role: {opinion:?}")
+    };
     assert_eq!(d.tier(), DecisionTier::Llm);
     assert_eq!(d.matched_by, "llm:local");
     let role = &d.spec.as_ref().unwrap().role;

@@ -73,52 +73,56 @@ impl LlmTierConfig {
 }
 
 /// What each of the built-in roles is for, in the prompt (a role without a line here is named
-/// only).
+/// only): the table and boundaries of `routing/ROLES.md`, the guide examples and held-out sets
+/// are labelled by, in one line each.
 pub const ROLE_DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "drift",
-        "live configuration differs from the declared/managed state (git, IaC, config management) and must be found or reverted",
+        "put assets back to their golden (declared) configuration: settings changed by hand or differing from git, IaC or config management",
     ),
     (
         "patch",
-        "install updates, upgrade packages, versions or firmware, apply vendor fixes",
+        "update packages, kernels or OS releases on running hosts: security updates, upgrades for a CVE, patch windows",
     ),
     (
         "compliance",
-        "audits, regulations, standards, policies, evidence for auditors, benchmark checks",
+        "check or report assets against a standard or policy (CIS, PCI, SOC 2, the golden baseline), report only, evidence for auditors",
     ),
     (
         "incident",
-        "something is broken or degraded right now: errors, outages, latency, crashes, alerts",
+        "something is failing or degraded now (errors, outages, slowness, alerts), whatever the likely cause",
     ),
     (
         "dr",
-        "disaster recovery: backups and restores, failover to another site or region, recovery drills, RPO/RTO",
+        "readiness to recover: our backups, restores, replication, failover, recovery drills, our RPO/RTO",
     ),
-    ("cost", "cloud bills, spending, waste, rightsizing, savings"),
+    (
+        "cost",
+        "spend explained or reduced: cloud bills, waste, idle resources, rightsizing, reservations",
+    ),
     (
         "security",
-        "vulnerabilities, exposure, credentials and secrets, certificates, attacks, access hardening",
+        "weaknesses in configuration and access, found or fixed: exposure, open ports, credentials and secrets, certificates, hardening",
     ),
     (
         "image",
-        "build or rebuild machine images, VM templates, container base images",
+        "machine or container images and the versions or OS releases assets run: golden images, AMIs, Dockerfiles, base images",
     ),
     (
         "sop",
-        "run a documented routine or standard procedure: runbooks, checklists, routine restarts, cleanups",
+        "write a procedure, runbook or checklist down for people, or do routine work no other role covers (restarts, cleanups, housekeeping, handovers)",
     ),
     (
         "adapter",
-        "integrate Baton with another system: tickets, chat, alerts, webhooks, APIs",
+        "code that connects Baton or a tool to another system's API or events: connectors, webhooks, API clients",
     ),
     (
         "codegen",
-        "write code: scripts, functions, programs, templates, manifests, queries",
+        "other code written and tested: scripts, functions, unit tests, small programs",
     ),
     (
         "assistant",
-        "general questions, explanations, writing and anything not about operating infrastructure",
+        "an answer, explanation or summary with nothing done to assets: concepts (even in another role's words), general questions, lookups",
     ),
 ];
 

@@ -68,7 +68,13 @@ fn main() {
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../routing");
     let mut texts = Vec::new();
-    for name in ["heldout.jsonl", "heldout2.jsonl", "heldout3.jsonl"] {
+    for name in [
+        "heldout.jsonl",
+        "heldout2.jsonl",
+        "heldout3.jsonl",
+        "heldout4.jsonl",
+        "heldout5.jsonl",
+    ] {
         let Ok(body) = std::fs::read_to_string(root.join(name)) else {
             continue;
         };

@@ -209,6 +209,7 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
         "heldout2.jsonl",
         "heldout3.jsonl",
         "heldout4.jsonl",
+        "heldout5.jsonl",
     ] {
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -223,8 +224,9 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
             "{file} shares a request with the examples"
         );
         let report = eval::evaluate(&decider, &held).await.unwrap();
-        // Measured 0.875–0.90 with the shipped rules and examples and linear scoring (the
-        // issue's target is 0.95; not reached yet): a guard against regressions, not the goal.
+        // Measured 0.844–0.917 with the shipped rules and examples (labelled by
+        // routing/ROLES.md) and linear scoring (the target is 0.95; not reached yet):
+        // a guard against regressions, not the goal.
         assert!(report.accuracy() >= 0.82, "{file}: {report}");
     }
 }

@@ -322,9 +322,25 @@ impl Shell<'_> {
                 }
                 Next::Succeed => {
                     let outcome = self.state.succeed(baton_proto::now());
-                    self.save().await?;
-                    tracing::info!(%task_id, "execution succeeded");
-                    self.publish_final().await?;
+                    match state::fold_into_end(&self.queued) {
+                        Some(Emit {
+                            body: Body::PhaseCompleted(last),
+                            ..
+                        }) => {
+                            // One message for the last phase's completion and the end, then the
+                            // save: a crash in between resumes from the previous save and
+                            // publishes the same end again under its id, which the stream drops.
+                            self.queued.clear();
+                            self.publish_end(last).await?;
+                            self.write().await?;
+                            tracing::info!(%task_id, "execution succeeded");
+                        }
+                        _ => {
+                            self.save().await?;
+                            tracing::info!(%task_id, "execution succeeded");
+                            self.publish_final().await?;
+                        }
+                    }
                     return Ok(outcome);
                 }
                 Next::EndRollback => {
@@ -366,6 +382,11 @@ impl Shell<'_> {
     /// Publishes the queued events, then saves the state.
     async fn save(&mut self) -> Result<(), Error> {
         self.flush().await?;
+        self.write().await
+    }
+
+    /// Saves the state, publishing nothing: only once what it reports went out.
+    async fn write(&mut self) -> Result<(), Error> {
         self.revision = self
             .shared
             .store
@@ -502,6 +523,21 @@ impl Shell<'_> {
         }
     }
 
+    /// Publishes the `task_completed` of a succeeded rollout, not saved yet, carrying `last`:
+    /// the last phase's completion (with its asset changes) that would otherwise have gone out
+    /// right before it ([`state::fold_into_end`]).
+    async fn publish_end(&self, last: baton_proto::PhaseCompleted) -> Result<(), Error> {
+        let mut event = final_event(self.cause, &self.state.to_proto());
+        if let Some(Body::TaskCompleted(completed)) = &mut event.body {
+            completed.last_phase = Some(last);
+        }
+        self.shared
+            .bus
+            .publish(subject::TASK_COMPLETED, &event)
+            .await?;
+        Ok(())
+    }
+
     /// Publishes `task_completed` or `task_failed` for an ended rollout (saved, so nothing
     /// is queued).
     async fn publish_final(&self) -> Result<(), Error> {
@@ -542,6 +578,7 @@ pub(crate) fn final_event(cause: &Event, exec: &Execution) -> Event {
             SERVICE,
             Body::TaskCompleted(TaskCompleted {
                 execution: Some(exec.clone()),
+                last_phase: None,
             }),
         );
     }

@@ -19,7 +19,8 @@
 //! - Every event is published *before* the state change it reports is saved, so an event is
 //!   never lost: after a crash the step is redone and the event re-published with the same id
 //!   (deterministic `<task>.exec.…` ids; the stream drops the copy). Steps recorded as done are
-//!   skipped and their events not re-published.
+//!   skipped and their events not re-published. That holds for the end too: a success's
+//!   `task_completed` goes out before the end is saved (below).
 //! - Events are queued and published together (one round trip, in order) right before the next
 //!   save, or before anything happens that observers should see them first (a phase's actions).
 //!   Those queued back to back are merged as they go out ([`state::merge`]: the first phase's
@@ -32,6 +33,16 @@
 //!   an action again is not saved on its own but with the next one: a phase start (with its
 //!   first action outcome), a phase end (with the next phase's first outcome, the rollback start,
 //!   or the end). Redoing it re-publishes the same event id, which the stream drops.
+//! - At a success the queue normally holds just the last phase's completion with its last
+//!   asset changes ([`state::fold_into_end`]): it rides in the final `task_completed`
+//!   (`TaskCompleted.last_phase`), which is published (one round trip) and *then* the end is
+//!   saved — one publish and one write where there were two publishes and a write. A crash in
+//!   between resumes from the previous save, redoes at most the one action whose result was
+//!   not saved (its idempotency key), rebuilds the same queue and re-publishes the same end
+//!   under `<task>.completed`, which the stream drops (within its duplicate window, like
+//!   every re-published event). Any other queue is saved (published) first and the final
+//!   event goes out alone, as does every rollback's `task_failed`; an ended rollout's replay
+//!   re-publishes the plain final event (its id is the same).
 //! - Every action outcome (and health-check verdict, rollback start and rollback outcome) is
 //!   saved before the rollout touches the outside world again — before the next action, probe
 //!   or rollback action starts, and before the end — so a recorded action is never run again and

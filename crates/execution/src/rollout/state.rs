@@ -288,8 +288,10 @@ impl Emit {
 /// Every other event, and every event with an action or probe between it and the next (the
 /// shell publishes what is queued before each), stays as it is. Merging depends only on the
 /// queue, which a resumed rollout rebuilds the same from its saved state, so a redone step
-/// re-publishes the same merged event under the same id. `Body::unmerged` gives the events
-/// back (the audit projection and `baton watch` read them through it).
+/// re-publishes the same merged event under the same id. At a success, what this leaves
+/// queued before the end — the last phase's completion — is folded once more, into the final
+/// `task_completed` ([`fold_into_end`]). `Body::unmerged` gives the events back (the audit
+/// projection and `baton watch` read them through it).
 pub fn merge(queued: Vec<Emit>) -> Vec<Emit> {
     let mut out: Vec<Emit> = Vec::with_capacity(queued.len());
     for mut emit in queued {
@@ -1596,7 +1598,7 @@ mod tests {
         assert_eq!(fold_into_end(&completed).unwrap(), completed[0]);
         // Anything else goes out apart: an unpublished start (and a plan without phases), a
         // phase start, an empty queue, a completion that is not healthy.
-        assert_eq!(fold_into_end(&[started.clone()]), None);
+        assert_eq!(fold_into_end(std::slice::from_ref(&started)), None);
         assert_eq!(fold_into_end(&[]), None);
         assert_eq!(
             fold_into_end(&[vec![started], p0.clone(), completed.clone()].concat()),

@@ -12,7 +12,8 @@
 //!   `.rollback_started`; finally `baton.task.completed` or `baton.task.failed`
 //!   (stage `execution`, code `rolled_back` or `rollback_failed`). Events published back to
 //!   back are merged ([`rollout::state::merge`]): `started` carries the first phase's start,
-//!   `phase_completed` the asset changes right before it (`Body::unmerged` splits them).
+//!   `phase_completed` the asset changes right before it, and a success's `task_completed` the
+//!   last phase's completion ([`rollout::state::fold_into_end`]; `Body::unmerged` splits them).
 //! - State: one protobuf [`Execution`](baton_proto::Execution) per task in the JetStream
 //!   key-value bucket `baton_executions`, written after every step, so a restarted service
 //!   resumes a rollout where it stopped (see [`rollout`] for the invariants).

@@ -19,7 +19,8 @@
 //! - Every event is published *before* the state change it reports is saved, so an event is
 //!   never lost: after a crash the step is redone and the event re-published with the same id
 //!   (deterministic `<task>.exec.…` ids; the stream drops the copy). Steps recorded as done are
-//!   skipped and their events not re-published.
+//!   skipped and their events not re-published. That holds for the end too: a success's
+//!   `task_completed` goes out before the end is saved (below).
 //! - Events are queued and published together (one round trip, in order) right before the next
 //!   save, or before anything happens that observers should see them first (a phase's actions).
 //!   Those queued back to back are merged as they go out ([`state::merge`]: the first phase's
@@ -32,6 +33,16 @@
 //!   an action again is not saved on its own but with the next one: a phase start (with its
 //!   first action outcome), a phase end (with the next phase's first outcome, the rollback start,
 //!   or the end). Redoing it re-publishes the same event id, which the stream drops.
+//! - At a success the queue normally holds just the last phase's completion with its last
+//!   asset changes ([`state::fold_into_end`]): it rides in the final `task_completed`
+//!   (`TaskCompleted.last_phase`), which is published (one round trip) and *then* the end is
+//!   saved — one publish and one write where there were two publishes and a write. A crash in
+//!   between resumes from the previous save, redoes at most the one action whose result was
+//!   not saved (its idempotency key), rebuilds the same queue and re-publishes the same end
+//!   under `<task>.completed`, which the stream drops (within its duplicate window, like
+//!   every re-published event). Any other queue is saved (published) first and the final
+//!   event goes out alone, as does every rollback's `task_failed`; an ended rollout's replay
+//!   re-publishes the plain final event (its id is the same).
 //! - Every action outcome (and health-check verdict, rollback start and rollback outcome) is
 //!   saved before the rollout touches the outside world again — before the next action, probe
 //!   or rollback action starts, and before the end — so a recorded action is never run again and
@@ -322,9 +333,25 @@ impl Shell<'_> {
                 }
                 Next::Succeed => {
                     let outcome = self.state.succeed(baton_proto::now());
-                    self.save().await?;
-                    tracing::info!(%task_id, "execution succeeded");
-                    self.publish_final().await?;
+                    match state::fold_into_end(&self.queued) {
+                        Some(Emit {
+                            body: Body::PhaseCompleted(last),
+                            ..
+                        }) => {
+                            // One message for the last phase's completion and the end, then the
+                            // save: a crash in between resumes from the previous save and
+                            // publishes the same end again under its id, which the stream drops.
+                            self.queued.clear();
+                            self.publish_end(last).await?;
+                            self.write().await?;
+                            tracing::info!(%task_id, "execution succeeded");
+                        }
+                        _ => {
+                            self.save().await?;
+                            tracing::info!(%task_id, "execution succeeded");
+                            self.publish_final().await?;
+                        }
+                    }
                     return Ok(outcome);
                 }
                 Next::EndRollback => {
@@ -366,6 +393,11 @@ impl Shell<'_> {
     /// Publishes the queued events, then saves the state.
     async fn save(&mut self) -> Result<(), Error> {
         self.flush().await?;
+        self.write().await
+    }
+
+    /// Saves the state, publishing nothing: only once what it reports went out.
+    async fn write(&mut self) -> Result<(), Error> {
         self.revision = self
             .shared
             .store
@@ -502,6 +534,21 @@ impl Shell<'_> {
         }
     }
 
+    /// Publishes the `task_completed` of a succeeded rollout, not saved yet, carrying `last`:
+    /// the last phase's completion (with its asset changes) that would otherwise have gone out
+    /// right before it ([`state::fold_into_end`]).
+    async fn publish_end(&self, last: baton_proto::PhaseCompleted) -> Result<(), Error> {
+        let mut event = final_event(self.cause, &self.state.to_proto());
+        if let Some(Body::TaskCompleted(completed)) = &mut event.body {
+            completed.last_phase = Some(last);
+        }
+        self.shared
+            .bus
+            .publish(subject::TASK_COMPLETED, &event)
+            .await?;
+        Ok(())
+    }
+
     /// Publishes `task_completed` or `task_failed` for an ended rollout (saved, so nothing
     /// is queued).
     async fn publish_final(&self) -> Result<(), Error> {
@@ -542,6 +589,7 @@ pub(crate) fn final_event(cause: &Event, exec: &Execution) -> Event {
             SERVICE,
             Body::TaskCompleted(TaskCompleted {
                 execution: Some(exec.clone()),
+                last_phase: None,
             }),
         );
     }

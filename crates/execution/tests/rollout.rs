@@ -259,9 +259,9 @@ async fn task_messages(bus: &Bus, task_id: &str) -> Vec<Stored> {
 }
 
 /// The task's events published by the execution service, one per event: a message that merges
-/// several (`Body::unmerged`) stands for each of them, in order, with its subject and message
-/// id; each event it carries with the event id it has on its own (`<task>.exec.p<i>.started`,
-/// `<task>.exec.p<i>.<asset>.<state>`).
+/// several (`Body::unmerged`) stands for each of them, in order, with its message id; each event
+/// it carries with the subject and event id it has on its own (`baton.execution.<kind>`;
+/// `<task>.exec.p<i>.started`, `<task>.exec.p<i>.<asset>.<state>`, `<task>.exec.p<i>.completed`).
 async fn task_events(bus: &Bus, task_id: &str) -> Vec<Stored> {
     task_messages(bus, task_id)
         .await
@@ -275,6 +275,11 @@ async fn task_events(bus: &Bus, task_id: &str) -> Vec<Stored> {
                 .unwrap_or_default();
             let own = s.event.body.as_ref().map(|b| b.kind());
             bodies.into_iter().map(move |body| {
+                let subject = if Some(body.kind()) == own {
+                    s.subject.clone()
+                } else {
+                    subject::execution(body.kind())
+                };
                 let event_id = match &body {
                     _ if Some(body.kind()) == own => s.event.event_id.clone(),
                     Body::PhaseStarted(p) => {
@@ -293,10 +298,13 @@ async fn task_events(bus: &Bus, task_id: &str) -> Vec<Stored> {
                                 .to_lowercase()
                         )
                     }
+                    Body::PhaseCompleted(p) => {
+                        format!("{}.exec.p{}.completed", s.event.task_id, p.index)
+                    }
                     other => panic!("a merged event carries {other:?}"),
                 };
                 Stored {
-                    subject: s.subject.clone(),
+                    subject,
                     msg_id: s.msg_id.clone(),
                     event: Event {
                         event_id,
@@ -309,14 +317,32 @@ async fn task_events(bus: &Bus, task_id: &str) -> Vec<Stored> {
         .collect()
 }
 
-/// Waits for the task's `task_completed` or `task_failed` event.
+/// Waits for the task's `task_completed` or `task_failed` event and, for a task with a
+/// rollout, for the rollout's end to be saved: a success's final event goes out right before
+/// the save (it carries the last phase's completion), so the event alone does not say the
+/// state is final yet.
 async fn final_event(bus: &Bus, task_id: &str) -> Event {
+    let store = bus.key_value("baton_executions", 5).await.unwrap();
     tokio::time::timeout(PATIENCE, async {
         loop {
             let found = task_events(bus, task_id).await.into_iter().find(|s| {
                 s.subject == subject::TASK_COMPLETED || s.subject == subject::TASK_FAILED
             });
-            if let Some(s) = found {
+            let saved_end = match store.get(task_id).await.unwrap() {
+                None => true,
+                Some(bytes) => !matches!(
+                    <baton_proto::Execution as prost::Message>::decode(bytes.as_ref())
+                        .unwrap()
+                        .status(),
+                    ExecutionStatus::Running
+                        | ExecutionStatus::Pending
+                        | ExecutionStatus::Paused
+                        | ExecutionStatus::RollingBack
+                ),
+            };
+            if let Some(s) = found
+                && saved_end
+            {
                 return s.event;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1300,10 +1326,14 @@ async fn restarts_do_not_use_up_deliveries_before_a_real_failure() {
         0,
         "nothing dead-lettered"
     );
-    assert!(
-        attempts.get("t-flaky").await.unwrap().is_none(),
-        "the count is reset once the rollout ends"
-    );
+    // Reset once the rollout ends: after its end is saved, which follows the final event.
+    tokio::time::timeout(PATIENCE, async {
+        while attempts.get("t-flaky").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the count is reset once the rollout ends");
 
     token.cancel();
     service.await.unwrap().unwrap();
@@ -1769,8 +1799,8 @@ impl ActionRunner for Watching {
 }
 
 #[tokio::test]
-async fn a_one_step_rollout_publishes_three_messages_and_a_checked_change_goes_out_before_its_probe()
- {
+async fn a_one_step_rollout_publishes_two_messages_and_a_checked_change_goes_out_before_its_probe()
+{
     use baton_proto::{AssetStatus, ExecutionStarted, PhaseCompleted, PhaseStarted};
     let nats = TestNats::start().await;
     let watching = Watching {
@@ -1828,7 +1858,7 @@ async fn a_one_step_rollout_publishes_three_messages_and_a_checked_change_goes_o
     });
 
     // Unchecked: nothing between the start and the action, nor between its result, the
-    // phase's completion and the end. Five events in three messages.
+    // phase's completion and the end. Five events in two messages.
     nats.bus
         .publish(
             subject::TASK_APPROVED,
@@ -1850,19 +1880,25 @@ async fn a_one_step_rollout_publishes_three_messages_and_a_checked_change_goes_o
         stored,
         [
             ("baton.execution.started", "t-one.exec.started"),
-            ("baton.execution.phase_completed", "t-one.exec.p0.completed"),
             (subject::TASK_COMPLETED, "t-one.completed"),
         ]
     );
     assert_eq!(messages[0].event.body, Some(started.clone()));
+    let Some(Body::TaskCompleted(end)) = &messages[1].event.body else {
+        panic!("{:?}", messages[1].event)
+    };
     assert_eq!(
-        messages[1].event.body,
-        Some(Body::PhaseCompleted(PhaseCompleted {
+        end.last_phase,
+        Some(PhaseCompleted {
             index: 0,
             name: "canary".into(),
             healthy: true,
             assets: vec![asset("t-one", AssetState::Applied)],
-        }))
+        })
+    );
+    assert_eq!(
+        end.execution.as_ref().map(|e| e.status()),
+        Some(ExecutionStatus::Succeeded)
     );
     assert_eq!(
         shape(&task_events(&nats.bus, "t-one").await),
@@ -1897,7 +1933,6 @@ async fn a_one_step_rollout_publishes_three_messages_and_a_checked_change_goes_o
         [
             "t-checked.exec.started",
             "t-checked.exec.p0.a.applied",
-            "t-checked.exec.p0.completed",
             "t-checked.completed"
         ]
     );
@@ -1909,14 +1944,17 @@ async fn a_one_step_rollout_publishes_three_messages_and_a_checked_change_goes_o
             asset: Some(asset("t-checked", AssetState::Applied)),
         }))
     );
+    let Some(Body::TaskCompleted(end)) = &messages[2].event.body else {
+        panic!("{:?}", messages[2].event)
+    };
     assert_eq!(
-        messages[2].event.body,
-        Some(Body::PhaseCompleted(PhaseCompleted {
+        end.last_phase,
+        Some(PhaseCompleted {
             index: 0,
             name: "canary".into(),
             healthy: true,
             assets: vec![asset("t-checked", AssetState::Healthy)],
-        }))
+        })
     );
     let seen = watching.seen_at_probe.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "one probe");
@@ -1925,8 +1963,211 @@ async fn a_one_step_rollout_publishes_three_messages_and_a_checked_change_goes_o
         "applied was stored before the probe: {seen:?}"
     );
     assert!(
-        !seen[0].iter().any(|id| id == "t-checked.exec.p0.completed"),
+        !seen[0].iter().any(|id| id == "t-checked.completed"),
         "{seen:?}"
+    );
+
+    token.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// Runs every action (detail `<key> done`), counting them, and breaks the state store around
+/// the action whose key ends in `:last`: its first run makes every state write fail (the
+/// execution bucket's max message size 1), so the rollout's end is published but not saved; its
+/// second run (the redo after the redelivery) mends the store first.
+#[derive(Clone)]
+struct BreaksTheEndsSave {
+    bus: Bus,
+    runs: Arc<Mutex<Vec<String>>>,
+}
+
+impl ActionRunner for BreaksTheEndsSave {
+    fn run<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<ActionOutcome, ActionError>> {
+        Box::pin(async move {
+            let key = action.idempotency_key.clone();
+            let before = {
+                let mut runs = self.runs.lock().unwrap();
+                let before = runs.iter().filter(|k| **k == key).count();
+                runs.push(key.clone());
+                before
+            };
+            if key.ends_with(":last") {
+                set_state_max_msg_size(&self.bus, if before == 0 { 1 } else { -1 }).await;
+            }
+            Ok(ActionOutcome {
+                detail: format!("{key} done"),
+            })
+        })
+    }
+    fn probe<'a>(&'a self, _: &'a HealthCheck) -> BoxFuture<'a, ProbeResult> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_whose_end_went_out_but_was_not_saved_resumes_to_the_same_single_end() {
+    // The end is published (carrying the last phase's completion) before it is saved. Here the
+    // save fails after that publish, so the handler retries: the redelivery resumes from the
+    // previous save, redoes the one action whose result was not saved, and publishes the same
+    // end again under `<task>.completed`, which the stream drops. The stream then reads the
+    // same, event for event, as that of a rollout that was never interrupted.
+    let nats = TestNats::start().await;
+    let runner = BreaksTheEndsSave {
+        bus: nats.bus.clone(),
+        runs: Default::default(),
+    };
+    let ctx = context(nats.bus.clone());
+    let executor = Executor::with_runner(ctx.clone(), test_config(), Arc::new(runner.clone()))
+        .await
+        .unwrap();
+    let token = CancellationToken::new();
+    let service = tokio::spawn(executor.run(token.clone()));
+    // A canary of one checked step, then a wave of two unchecked ones, the second last.
+    let plan = |task: &str| {
+        let step = |id: &str, key: &str, checked: bool| Step {
+            asset: Some(Asset {
+                id: id.into(),
+                ..Default::default()
+            }),
+            action: Some(Action {
+                idempotency_key: format!("{task}:{key}"),
+                kind: Some(Kind::Noop(NoopAction {})),
+                ..Default::default()
+            }),
+            health_check: checked.then(HealthCheck::default),
+            ..Default::default()
+        };
+        Plan {
+            phases: vec![
+                Phase {
+                    name: "canary".into(),
+                    kind: PhaseKind::Canary as i32,
+                    steps: vec![step("a", "a", true)],
+                },
+                Phase {
+                    name: "wave 1".into(),
+                    kind: PhaseKind::Wave as i32,
+                    steps: vec![step("b", "b", false), step("c", "c:last", false)],
+                },
+            ],
+            ..Default::default()
+        }
+    };
+    // Uninterrupted (its `c` is not marked last), then broken between its end and the save.
+    let mut calm = plan("t-calm");
+    calm.phases[1].steps[1]
+        .action
+        .as_mut()
+        .unwrap()
+        .idempotency_key = "t-calm:c".into();
+    for (task, plan) in [("t-calm", calm), ("t-broken", plan("t-broken"))] {
+        nats.bus
+            .publish(subject::TASK_APPROVED, &approved(task, TENANT, plan))
+            .await
+            .unwrap();
+        let done = final_event(&nats.bus, task).await;
+        assert!(
+            matches!(done.body, Some(Body::TaskCompleted(_))),
+            "{done:?}"
+        );
+    }
+    // The broken one's end is saved once the redo mended the store.
+    let store = nats.bus.key_value("baton_executions", 5).await.unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(bytes) = store.get("t-broken").await.unwrap() {
+                let exec =
+                    <baton_proto::Execution as prost::Message>::decode(bytes.as_ref()).unwrap();
+                if exec.status() == ExecutionStatus::Succeeded {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the end is saved after the retry");
+    tokio::time::timeout(PATIENCE, async {
+        while !ctx
+            .metrics
+            .render()
+            .contains(r#"baton_executions_total{service="execution",outcome="succeeded"} 2"#)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both rollouts end succeeded");
+    let m = ctx.metrics.render();
+    assert!(
+        m.contains(r#"baton_messages_total{service="execution",outcome="retry"} 1"#),
+        "the failed save was retried once: {m}"
+    );
+
+    // Only the action whose result was not saved ran again.
+    let runs = runner.runs.lock().unwrap().clone();
+    let broken: Vec<&str> = runs
+        .iter()
+        .filter_map(|k| k.strip_prefix("t-broken:"))
+        .collect();
+    assert_eq!(broken, ["a", "b", "c:last", "c:last"]);
+
+    // One end in the stream, and no event id twice.
+    assert_no_duplicate_events(&nats.bus).await;
+    let messages = task_messages(&nats.bus, "t-broken").await;
+    let ends: Vec<&Stored> = messages
+        .iter()
+        .filter(|m| m.subject == subject::TASK_COMPLETED)
+        .collect();
+    assert_eq!(ends.len(), 1, "one task_completed");
+    let Some(Body::TaskCompleted(end)) = &ends[0].event.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        end.last_phase.as_ref().map(|p| (p.index, p.assets.len())),
+        Some((1, 1)),
+        "the end carries the wave's completion and its last change: {end:?}"
+    );
+
+    // Event for event (ids, subjects, kinds and what they say) the same as the calm rollout's.
+    let read = |task: &'static str| {
+        let bus = nats.bus.clone();
+        async move {
+            task_events(&bus, task)
+                .await
+                .into_iter()
+                .map(|s| {
+                    let body = match s.event.body.clone().unwrap() {
+                        Body::AssetUpdated(mut u) => {
+                            let a = u.asset.as_mut().unwrap();
+                            a.detail = a.detail.replace(task, "<task>").replace(":last", "");
+                            Body::AssetUpdated(u)
+                        }
+                        Body::TaskCompleted(_) => Body::TaskCompleted(Default::default()),
+                        other => other,
+                    };
+                    (s.subject, s.event.event_id.replace(task, "<task>"), body)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (calm, broken) = (read("t-calm").await, read("t-broken").await);
+    assert_eq!(broken, calm);
+    let ids: Vec<&str> = calm.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "<task>.exec.started",
+            "<task>.exec.p0.started",
+            "<task>.exec.p0.a.applied",
+            "<task>.exec.p0.a.healthy",
+            "<task>.exec.p0.completed",
+            "<task>.exec.p1.started",
+            "<task>.exec.p1.b.applied",
+            "<task>.exec.p1.c.applied",
+            "<task>.exec.p1.completed",
+            "<task>.completed",
+        ]
     );
 
     token.cancel();

@@ -305,6 +305,7 @@ impl event::Body {
         match self {
             Body::ExecutionStarted(e) => 1 + usize::from(e.first_phase.is_some()),
             Body::PhaseCompleted(p) => 1 + p.assets.len(),
+            Body::TaskCompleted(c) => 1 + c.last_phase.as_ref().map_or(0, |p| 1 + p.assets.len()),
             _ => 1,
         }
     }
@@ -314,7 +315,13 @@ impl event::Body {
     /// - `execution_started` with `first_phase`: the `execution_started` (without it), then
     ///   the first phase's `phase_started`;
     /// - `phase_completed` with `assets`: an `asset_updated` per asset (of phase `index`), then
-    ///   the `phase_completed` (without them).
+    ///   the `phase_completed` (without them);
+    /// - `task_completed` with `last_phase`: the last phase's completion unmerged as above (its
+    ///   `asset_updated`s, then its `phase_completed`), then the `task_completed` (without it).
+    ///
+    /// The events carried keep the ids they have on their own, derived from their fields:
+    /// `<task>.exec.p<index>.started`, `<task>.exec.p<index>.<asset>.<state>`,
+    /// `<task>.exec.p<index>.completed`.
     ///
     /// Any other body (and one of an older build, which carries nothing merged) stands for
     /// itself alone: `vec![self.clone()]`. Readers that show or count events one by one (the
@@ -344,6 +351,15 @@ impl event::Body {
                         })
                     })
                     .chain([Body::PhaseCompleted(completed)])
+                    .collect()
+            }
+            Body::TaskCompleted(c) if c.last_phase.is_some() => {
+                let mut completed = c.clone();
+                let last = completed.last_phase.take();
+                last.map(|p| Body::PhaseCompleted(p).unmerged())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain([Body::TaskCompleted(completed)])
                     .collect()
             }
             other => vec![other.clone()],
@@ -553,10 +569,40 @@ mod tests {
                 }),
                 Body::PhaseCompleted(PhaseCompleted {
                     assets: vec![],
-                    ..completed
+                    ..completed.clone()
                 }),
             ]
         );
+        // The end carries the last phase's completion, itself carrying its asset changes.
+        let execution = Execution {
+            task_id: "t1".into(),
+            ..Default::default()
+        };
+        let ended = Body::TaskCompleted(TaskCompleted {
+            execution: Some(execution.clone()),
+            last_phase: Some(completed.clone()),
+        });
+        assert_eq!(ended.stands_for(), 4);
+        assert_eq!(
+            ended.unmerged(),
+            unmerged
+                .iter()
+                .cloned()
+                .chain([Body::TaskCompleted(TaskCompleted {
+                    execution: Some(execution),
+                    last_phase: None,
+                })])
+                .collect::<Vec<_>>()
+        );
+        let bare = Body::TaskCompleted(TaskCompleted {
+            last_phase: Some(PhaseCompleted {
+                assets: vec![],
+                ..completed.clone()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(bare.stands_for(), 2);
+        assert_eq!(bare.unmerged().len(), 2);
         // Events that carry nothing merged (every other kind, and older builds' events) stand
         // for themselves.
         for alone in [

@@ -299,7 +299,10 @@ impl Redact for event::Body {
             Body::PhaseCompleted(p) => p.assets.redact(),
             Body::AssetUpdated(a) => a.asset.redact(),
             Body::RollbackStarted(r) => r.reason.redact(),
-            Body::TaskCompleted(c) => c.execution.redact(),
+            // The last phase's completion merged into it reads like `phase_completed`'s.
+            Body::TaskCompleted(c) => {
+                c.execution.redact() | c.last_phase.as_mut().is_some_and(|p| p.assets.redact())
+            }
             Body::TaskFailed(f) => f.reason.redact() | f.execution.redact(),
             Body::DeadLetter(d) => d.redact(),
             Body::AwaitingClarification(a) => {
@@ -746,5 +749,28 @@ mod tests {
             "merged and alone redact the same"
         );
         assert!(!merged.redact(), "a second pass changes nothing");
+
+        // Merged once more, into the task's end: the same again.
+        let mut ended = event::Body::TaskCompleted(TaskCompleted {
+            execution: None,
+            last_phase: Some(PhaseCompleted {
+                index: 0,
+                name: "canary".into(),
+                healthy: true,
+                assets: vec![AssetStatus {
+                    asset_id: "web-01".into(),
+                    detail: format!("PUT /config with {JWT}: 200"),
+                    ..Default::default()
+                }],
+            }),
+        });
+        assert!(ended.redact());
+        assert!(!format!("{ended:?}").contains(JWT));
+        assert_eq!(
+            ended.unmerged()[0],
+            alone,
+            "merged twice and alone redact the same"
+        );
+        assert!(!ended.redact(), "a second pass changes nothing");
     }
 }

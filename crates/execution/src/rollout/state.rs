@@ -288,8 +288,10 @@ impl Emit {
 /// Every other event, and every event with an action or probe between it and the next (the
 /// shell publishes what is queued before each), stays as it is. Merging depends only on the
 /// queue, which a resumed rollout rebuilds the same from its saved state, so a redone step
-/// re-publishes the same merged event under the same id. `Body::unmerged` gives the events
-/// back (the audit projection and `baton watch` read them through it).
+/// re-publishes the same merged event under the same id. At a success, what this leaves
+/// queued before the end — the last phase's completion — is folded once more, into the final
+/// `task_completed` ([`fold_into_end`]). `Body::unmerged` gives the events back (the audit
+/// projection and `baton watch` read them through it).
 pub fn merge(queued: Vec<Emit>) -> Vec<Emit> {
     let mut out: Vec<Emit> = Vec::with_capacity(queued.len());
     for mut emit in queued {
@@ -329,6 +331,25 @@ pub fn merge(queued: Vec<Emit>) -> Vec<Emit> {
         out.push(emit);
     }
     out
+}
+
+/// The queued events as one phase completion the final `task_completed` can carry
+/// (`TaskCompleted.last_phase`), or `None` when they must go out as they are.
+///
+/// At the end of a successful rollout the queue normally holds what [`merge`] publishes back
+/// to back right before the final event: the last phase's `phase_completed` carrying its last
+/// asset changes. Then the shell folds it into the final event and publishes one message instead
+/// of two, *before* it saves the end (see the module docs of [`crate::rollout`]). Anything else
+/// — an `execution_started` not yet published (a plan without phases), a phase start, a
+/// completion that is not healthy, or more than one event after merging — gives `None`; the
+/// shell then saves (publishing them) and publishes the final event on its own, as before.
+/// Like [`merge`], this depends only on the queue, which a resume rebuilds the same, so a
+/// re-published end carries the same events under the same id (`<task>.completed`).
+pub fn fold_into_end(queued: &[Emit]) -> Option<Emit> {
+    match <[Emit; 1]>::try_from(merge(queued.to_vec())) {
+        Ok([last]) if matches!(&last.body, Body::PhaseCompleted(c) if c.healthy) => Some(last),
+        _ => None,
+    }
 }
 
 /// What a transition asks of the shell: publish `events` (in order), then, when `save`, save
@@ -652,7 +673,9 @@ impl State {
         self.update_step(i, j, state, detail, Some(stage))
     }
 
-    /// Ends a rollout whose phases all succeeded, at `now`. Saved, then the final event goes out.
+    /// Ends a rollout whose phases all succeeded, at `now`. The final event goes out carrying
+    /// the last phase's completion ([`fold_into_end`]), then the end is saved; when the queue
+    /// cannot be folded, the end is saved (publishing the queue), then the final event goes out.
     pub fn succeed(&mut self, now: Timestamp) -> Outcome {
         self.status = Status::Succeeded;
         self.finished_at = Some(now);
@@ -919,8 +942,9 @@ mod tests {
     enum Io {
         /// An event published (its stage).
         Publish(String),
-        /// An event carried by the one published next to it ([`merge`]), in the order they
-        /// happened (its stage).
+        /// An event carried by the one published next to it ([`merge`]; the final event's
+        /// carried ones come right before it: [`fold_into_end`]), in the order they happened
+        /// (its stage).
         Carried(String),
         /// The state saved.
         Save(Box<State>),
@@ -972,6 +996,10 @@ mod tests {
             /// `false` when it crashed.
             fn save(&mut self, state: &State) -> bool {
                 self.flush();
+                self.write(state)
+            }
+            /// Saves without publishing the queue first. `false` when it crashed.
+            fn write(&mut self, state: &State) -> bool {
                 self.saves += 1;
                 if matches!(self.crash, Crash::BeforeSave(n) if n == self.saves) {
                     return false;
@@ -1102,6 +1130,17 @@ mod tests {
                 }
                 Next::Succeed => {
                     let outcome = state.succeed(at());
+                    if let Some(last) = fold_into_end(&m.queued) {
+                        // The final event carries the last phase's completion and goes out
+                        // first; a crash before the save resumes from the previous one.
+                        m.queued.clear();
+                        m.io.extend(last.stages().into_iter().map(Io::Carried));
+                        m.io.push(Io::Final(state.status));
+                        if !m.write(state) {
+                            return (m.io, None);
+                        }
+                        return (m.io, Some(outcome));
+                    }
                     if !m.save(state) {
                         return (m.io, None);
                     }
@@ -1327,7 +1366,8 @@ mod tests {
             ]
         );
         // Published: the first phase's start rides in the rollout's, each phase's last
-        // verdict in its completion; the rest have a probe or an action after them.
+        // verdict in its completion, the last phase's completion in the final event; the rest
+        // have a probe or an action after them.
         assert_eq!(
             published(&io),
             [
@@ -1338,7 +1378,16 @@ mod tests {
                 "exec.p1.b.applied",
                 "exec.p1.c.applied",
                 "exec.p1.b.healthy",
-                "exec.p1.completed",
+            ]
+        );
+        // The end goes out carrying them, then it is saved.
+        assert_eq!(
+            io[io.len() - 4..],
+            [
+                Io::Carried("exec.p1.c.healthy".into()),
+                Io::Carried("exec.p1.completed".into()),
+                Io::Final(Status::Succeeded),
+                Io::Save(Box::new(s.clone())),
             ]
         );
         assert_eq!(runs(&io), ["a:apply", "b:apply", "c:apply"]);
@@ -1418,7 +1467,7 @@ mod tests {
     }
 
     #[test]
-    fn a_one_step_phase_without_a_health_check_publishes_two_events_carrying_five() {
+    fn a_one_step_phase_without_a_health_check_publishes_its_start_and_its_end_carrying_the_rest() {
         let mut s = fresh(plan(&[&["a"]]));
         s.plan.phases[0].steps[0].health_check = None;
         let (io, outcome) = drive(&mut s, &World::default(), Crash::Never);
@@ -1433,7 +1482,7 @@ mod tests {
                 Io::Carried("exec.p0.started".into()),
                 Io::Run("a:apply".into()),
                 Io::Carried("exec.p0.a.applied".into()),
-                Io::Publish("exec.p0.completed".into()),
+                Io::Carried("exec.p0.completed".into()),
                 Io::Final(Status::Succeeded),
             ]
         );
@@ -1469,11 +1518,9 @@ mod tests {
             .position(|e| *e == Io::Run("b:apply".into()))
             .unwrap();
         assert!(a < b, "{io:?}");
-        assert_eq!(
-            published(&io),
-            ["exec.started", "exec.p0.a.applied", "exec.p0.completed"]
-        );
+        assert_eq!(published(&io), ["exec.started", "exec.p0.a.applied"]);
         assert!(io.contains(&Io::Carried("exec.p0.b.applied".into())));
+        assert!(io.contains(&Io::Carried("exec.p0.completed".into())));
     }
 
     #[test]
@@ -1522,6 +1569,94 @@ mod tests {
         };
         c.index = 0;
         assert_eq!(merge([b.clone(), other.clone()].concat()).len(), 2);
+    }
+
+    #[test]
+    fn only_a_last_healthy_completion_with_its_asset_changes_folds_into_the_end() {
+        let mut s = fresh(plan(&[&["a", "b"]]));
+        let started = s.announcement();
+        let p0 = s.start_phase(0).events;
+        let a = s.record_action(0, 0, Ok("a done".into())).events;
+        let b = s.record_action(0, 1, Ok("b done".into())).events;
+        let completed = s.complete_phase(0).events;
+        // The completion with the asset changes right before it: what merge would publish
+        // back to back before the end, as one event.
+        let folded = fold_into_end(&[a.clone(), b.clone(), completed.clone()].concat()).unwrap();
+        assert_eq!(
+            folded.stages(),
+            [
+                "exec.p0.a.applied",
+                "exec.p0.b.applied",
+                "exec.p0.completed"
+            ]
+        );
+        assert_eq!(
+            folded,
+            merge([a.clone(), b.clone(), completed.clone()].concat())[0]
+        );
+        // Alone (its last result saved before a stop, say) too.
+        assert_eq!(fold_into_end(&completed).unwrap(), completed[0]);
+        // Anything else goes out apart: an unpublished start (and a plan without phases), a
+        // phase start, an empty queue, a completion that is not healthy.
+        assert_eq!(fold_into_end(std::slice::from_ref(&started)), None);
+        assert_eq!(fold_into_end(&[]), None);
+        assert_eq!(
+            fold_into_end(&[vec![started], p0.clone(), completed.clone()].concat()),
+            None
+        );
+        assert_eq!(fold_into_end(&[p0, completed.clone()].concat()), None);
+        let mut unhealthy = completed;
+        let Body::PhaseCompleted(c) = &mut unhealthy[0].body else {
+            unreachable!()
+        };
+        c.healthy = false;
+        assert_eq!(fold_into_end(&unhealthy), None);
+    }
+
+    #[test]
+    fn a_crash_between_the_end_and_its_save_redoes_only_the_unsaved_and_publishes_the_same_end() {
+        for (name, plan, world) in scenarios() {
+            let mut whole = fresh(plan.clone());
+            let (full, outcome) = drive(&mut whole, &world, Crash::Never);
+            if outcome != Some(Outcome::Succeeded) || whole.phases.is_empty() {
+                continue;
+            }
+            // The end's save is the last; crash after its final event went out.
+            let last = saves(&full).len();
+            let mut s = fresh(plan.clone());
+            let (before, ended) = drive(&mut s, &world, Crash::BeforeSave(last));
+            assert_eq!(ended, None, "{name}");
+            let end = |io: &[Io]| -> Vec<Io> {
+                let at = io.iter().position(|e| matches!(e, Io::Final(_))).unwrap();
+                let from = io[..at]
+                    .iter()
+                    .rposition(|e| !matches!(e, Io::Carried(_)))
+                    .map_or(0, |k| k + 1);
+                io[from..=at].to_vec()
+            };
+            assert_eq!(
+                before.last(),
+                Some(&Io::Final(Status::Succeeded)),
+                "{name}: the end went out before its save"
+            );
+            let stored = saves(&before).pop().unwrap_or_else(|| fresh(plan.clone()));
+            assert_ne!(stored.status, Status::Succeeded, "{name}");
+            let mut resumed = State::try_from(stored.to_proto()).unwrap();
+            let (after, again) = drive(&mut resumed, &world, Crash::Never);
+            assert_eq!(again, Some(Outcome::Succeeded), "{name}");
+            assert_eq!(resumed, whole, "{name}: same end state");
+            // The same end, carrying the same events, under the same id: the stream drops it.
+            assert_eq!(end(&after), end(&before), "{name}");
+            assert_eq!(end(&before), end(&full), "{name}");
+            // At most the one action whose result was not saved runs again.
+            let again: Vec<String> = runs(&after);
+            assert!(again.len() <= 1, "{name}: {again:?}");
+            assert!(
+                again.iter().all(|k| runs(&before).contains(k)),
+                "{name}: {again:?}"
+            );
+            assert!(matches!(after.last(), Some(Io::Save(end)) if **end == whole));
+        }
     }
 
     #[test]
@@ -1810,10 +1945,23 @@ mod tests {
                     _ => {}
                 }
             }
-            assert!(
-                matches!(io.last(), Some(Io::Final(_))),
-                "{name}: the final event goes out after the last save"
-            );
+            // The final event goes out once, after every save but the end's; the end is
+            // saved right after it when it carries the last phase's completion (a success).
+            let finals: Vec<usize> = (0..io.len())
+                .filter(|&k| matches!(io[k], Io::Final(_)))
+                .collect();
+            assert_eq!(finals.len(), 1, "{name}: {io:?}");
+            let after: Vec<&Io> = io[finals[0] + 1..].iter().collect();
+            match s.status {
+                Status::Succeeded if !s.phases.is_empty() => assert!(
+                    matches!(after.as_slice(), [Io::Save(end)] if **end == s),
+                    "{name}: the end is saved right after the final event: {io:?}"
+                ),
+                _ => assert!(
+                    after.is_empty(),
+                    "{name}: the final event goes out after the last save: {io:?}"
+                ),
+            }
         }
     }
 

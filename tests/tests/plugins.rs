@@ -30,7 +30,7 @@ impl baton_decision::Classifier for BillingTier {
     fn classify<'a>(
         &'a self,
         task: &'a Task,
-    ) -> BoxFuture<'a, Result<Option<Decision>, baton_decision::Error>> {
+    ) -> BoxFuture<'a, Result<baton_decision::Opinion, baton_decision::Error>> {
         let text = task.trigger.as_ref().map(|t| t.text.as_str()).unwrap_or("");
         let role = if text.contains("invoice") {
             Some("billing")
@@ -53,7 +53,11 @@ impl baton_decision::Classifier for BillingTier {
             matched_by: "billing".into(),
             explanation: format!("billing tier: {role}"),
         });
-        Box::pin(std::future::ready(Ok(d)))
+        let opinion = d.map_or(
+            baton_decision::Opinion::NoOpinion("no invoice or statement mentioned".into()),
+            baton_decision::Opinion::from,
+        );
+        Box::pin(std::future::ready(Ok(opinion)))
     }
 }
 

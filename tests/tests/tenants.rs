@@ -409,7 +409,7 @@ impl baton_decision::Classifier for TenantRecorder {
     fn classify<'a>(
         &'a self,
         task: &'a Task,
-    ) -> BoxFuture<'a, Result<Option<Decision>, baton_decision::Error>> {
+    ) -> BoxFuture<'a, Result<baton_decision::Opinion, baton_decision::Error>> {
         let text = task
             .trigger
             .as_ref()
@@ -432,7 +432,11 @@ impl baton_decision::Classifier for TenantRecorder {
             matched_by: format!("tenant-recorder for {}", task.tenant),
             explanation: "recorded".into(),
         });
-        Box::pin(std::future::ready(Ok(d)))
+        let opinion = d.map_or(
+            baton_decision::Opinion::NoOpinion("not a probe".into()),
+            baton_decision::Opinion::from,
+        );
+        Box::pin(std::future::ready(Ok(opinion)))
     }
 }
 

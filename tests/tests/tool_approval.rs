@@ -36,7 +36,7 @@ impl baton_decision::Classifier for CostTier {
     fn classify<'a>(
         &'a self,
         task: &'a Task,
-    ) -> BoxFuture<'a, Result<Option<Decision>, baton_decision::Error>> {
+    ) -> BoxFuture<'a, Result<baton_decision::Opinion, baton_decision::Error>> {
         let text = task
             .trigger
             .as_ref()
@@ -56,7 +56,7 @@ impl baton_decision::Classifier for CostTier {
             matched_by: "cost-tier".into(),
             explanation: "every task is a cost task here".into(),
         };
-        Box::pin(std::future::ready(Ok(Some(d))))
+        Box::pin(std::future::ready(Ok(d.into())))
     }
 }
 

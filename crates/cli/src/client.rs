@@ -345,8 +345,8 @@ pub fn is_final(record: &AuditRecord) -> bool {
 mod tests {
     use super::*;
     use baton_proto::{
-        AssetState, AssetStatus, AssetUpdated, Event, ExecutionStarted, PhaseCompleted,
-        PhaseStarted,
+        AssetState, AssetStatus, AssetUpdated, Event, Execution, ExecutionStarted, ExecutionStatus,
+        PhaseCompleted, PhaseStarted, TaskCompleted,
     };
 
     fn record(sequence: u64, body: Body) -> AuditRecord {
@@ -416,11 +416,49 @@ mod tests {
                 9,
                 Body::AssetUpdated(AssetUpdated {
                     phase_index: 0,
+                    asset: Some(applied.clone()),
+                }),
+            )),
+            describe(&record(9, Body::PhaseCompleted(completed.clone()))),
+        ];
+        assert_eq!(merged, apart.join("\n"));
+
+        // A rollout's end carries its last phase's completion, itself carrying the asset change.
+        let execution = Execution {
+            task_id: "t1".into(),
+            status: ExecutionStatus::Succeeded as i32,
+            ..Default::default()
+        };
+        let ended = describe(&record(
+            11,
+            Body::TaskCompleted(TaskCompleted {
+                execution: Some(execution.clone()),
+                last_phase: Some(PhaseCompleted {
+                    assets: vec![applied.clone()],
+                    ..completed.clone()
+                }),
+            }),
+        ));
+        let end_alone = describe(&record(
+            11,
+            Body::TaskCompleted(TaskCompleted {
+                execution: Some(execution),
+                last_phase: None,
+            }),
+        ));
+        let apart = [
+            describe(&record(
+                11,
+                Body::AssetUpdated(AssetUpdated {
+                    phase_index: 0,
                     asset: Some(applied),
                 }),
             )),
-            describe(&record(9, Body::PhaseCompleted(completed))),
+            describe(&record(11, Body::PhaseCompleted(completed))),
+            end_alone.clone(),
         ];
-        assert_eq!(merged, apart.join("\n"));
+        assert_eq!(ended, apart.join("\n"));
+        assert_eq!(ended.lines().count(), 3, "{ended}");
+        assert!(end_alone.contains("task_completed"), "{end_alone}");
     }
 }

@@ -261,7 +261,7 @@ impl Shell<'_> {
         loop {
             match self.state.next() {
                 Next::Replay => {
-                    self.publish_final().await?;
+                    self.publish_final(None).await?;
                     return Ok(Outcome::Replayed);
                 }
                 Next::StartPhase(i) => {
@@ -342,14 +342,14 @@ impl Shell<'_> {
                             // save: a crash in between resumes from the previous save and
                             // publishes the same end again under its id, which the stream drops.
                             self.queued.clear();
-                            self.publish_end(last).await?;
+                            self.publish_final(Some(last)).await?;
                             self.write().await?;
                             tracing::info!(%task_id, "execution succeeded");
                         }
                         _ => {
                             self.save().await?;
                             tracing::info!(%task_id, "execution succeeded");
-                            self.publish_final().await?;
+                            self.publish_final(None).await?;
                         }
                     }
                     return Ok(outcome);
@@ -358,7 +358,7 @@ impl Shell<'_> {
                     let outcome = self.state.end_rollback(baton_proto::now());
                     self.save().await?;
                     tracing::warn!(%task_id, error = %self.state.error, "execution failed");
-                    self.publish_final().await?;
+                    self.publish_final(None).await?;
                     return Ok(outcome);
                 }
             }
@@ -534,26 +534,20 @@ impl Shell<'_> {
         }
     }
 
-    /// Publishes the `task_completed` of a succeeded rollout, not saved yet, carrying `last`:
-    /// the last phase's completion (with its asset changes) that would otherwise have gone out
-    /// right before it ([`state::fold_into_end`]).
-    async fn publish_end(&self, last: baton_proto::PhaseCompleted) -> Result<(), Error> {
+    /// Publishes `task_completed` or `task_failed` for an ended rollout, with nothing queued
+    /// behind it. `last_phase`: the last phase's completion (with its asset changes) that a
+    /// success's `task_completed` carries instead of it going out on its own
+    /// ([`state::fold_into_end`]); that end is published before it is saved, every other one
+    /// after.
+    async fn publish_final(
+        &self,
+        last_phase: Option<baton_proto::PhaseCompleted>,
+    ) -> Result<(), Error> {
+        debug_assert!(self.queued.is_empty(), "events queued behind the final one");
         let mut event = final_event(self.cause, &self.state.to_proto());
         if let Some(Body::TaskCompleted(completed)) = &mut event.body {
-            completed.last_phase = Some(last);
+            completed.last_phase = last_phase;
         }
-        self.shared
-            .bus
-            .publish(subject::TASK_COMPLETED, &event)
-            .await?;
-        Ok(())
-    }
-
-    /// Publishes `task_completed` or `task_failed` for an ended rollout (saved, so nothing
-    /// is queued).
-    async fn publish_final(&self) -> Result<(), Error> {
-        debug_assert!(self.queued.is_empty(), "events queued behind the final one");
-        let event = final_event(self.cause, &self.state.to_proto());
         let subject = match event.body {
             Some(Body::TaskCompleted(_)) => subject::TASK_COMPLETED,
             _ => subject::TASK_FAILED,

@@ -124,8 +124,11 @@ fn bench(decision: &baton_decision::Config) -> anyhow::Result<()> {
     let Some(dir) = &decision.embedding.model_dir else {
         anyhow::bail!("--bench needs the model: set --model-dir or BATON_MINILM_DIR");
     };
-    let encoder = baton_decision::embedding::Encoder::load(dir)?;
-    println!("\none forward pass (mean of 50, after 5 warm-up):");
+    let encoder = baton_decision::embedding::Encoder::load_with(dir, decision.embedding.precision)?;
+    println!(
+        "\none forward pass at {} (mean of 50, after 5 warm-up):",
+        encoder.precision().as_str()
+    );
     for n in [16usize, 64] {
         // [CLS] w w … [SEP]: ids of an ordinary word piece, all attended.
         let mut ids = vec![101u32];

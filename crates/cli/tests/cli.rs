@@ -192,6 +192,39 @@ fn invalid_value_is_refused_naming_the_key() {
 }
 
 #[test]
+fn an_unknown_encoder_precision_is_refused_naming_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, "[decision.embedding]\nprecision = \"fp16\"\n").unwrap();
+    let out = baton()
+        .args(["--config"])
+        .arg(&file)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in ["precision", "fp16", "f32", "int8"] {
+        assert!(stderr.contains(part), "should name {part:?}: {stderr}");
+    }
+    // And a good one is taken.
+    std::fs::write(&file, "[decision.embedding]\nprecision = \"f32\"\n").unwrap();
+    let out = baton()
+        .args(["--config"])
+        .arg(&file)
+        .arg("config")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("precision = \"f32\""), "{stdout}");
+}
+
+#[test]
 fn config_redacts_the_secret() {
     let secret = "s3cr3t-0123456789abcdef0123456789abcdef";
     let out = baton()

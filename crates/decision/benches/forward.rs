@@ -1,13 +1,13 @@
-//! What one forward pass of the embedding encoder (all-MiniLM-L6-v2) costs: a table of
-//! milliseconds per pass at 8, 16, 32 and 64 tokens (mean, p50, p99), then the same for
-//! embedding the texts of the held-out routing sets (`routing/heldout*.jsonl`, tokenizer
-//! included), which is what a classification pays.
+//! What one forward pass of the embedding encoder (all-MiniLM-L6-v2) costs, at each precision
+//! (`f32`, `int8`): a table of milliseconds per pass at 8, 16, 32 and 64 tokens (mean, p50,
+//! p99), then the same for embedding the texts of the held-out routing sets
+//! (`routing/heldout*.jsonl`, tokenizer included), which is what a classification pays.
 //!
 //! Run: `export $(bash deploy/minilm.sh --env); cargo bench -p baton-decision --bench forward`.
 //! Without `BATON_MINILM_DIR` it says SKIPPED and exits 0. `BENCH_ITERS` sets the passes per
 //! row (default 200).
 
-use baton_decision::embedding::Encoder;
+use baton_decision::embedding::{Encoder, Precision};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,10 +35,34 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../routing");
+    let mut texts = Vec::new();
+    for name in [
+        "heldout.jsonl",
+        "heldout2.jsonl",
+        "heldout3.jsonl",
+        "heldout4.jsonl",
+        "heldout5.jsonl",
+    ] {
+        let Ok(body) = std::fs::read_to_string(root.join(name)) else {
+            continue;
+        };
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            texts.push(v["text"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for precision in [Precision::F32, Precision::Int8] {
+        bench(&dir, precision, iters, &texts);
+    }
+}
+
+fn bench(dir: &Path, precision: Precision, iters: usize, texts: &[String]) {
     let started = Instant::now();
-    let encoder = Encoder::load(&dir).expect("load the model");
+    let encoder = Encoder::load_with(dir, precision).expect("load the model");
     println!(
-        "loaded {} in {:.0} ms; {iters} passes per row after 10 warm-up",
+        "\n{}: loaded {} in {:.0} ms; {iters} passes per row after 10 warm-up",
+        precision.as_str(),
         dir.display(),
         started.elapsed().as_secs_f64() * 1e3
     );
@@ -66,23 +90,6 @@ fn main() {
         row(&format!("{n} tokens"), times);
     }
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../routing");
-    let mut texts = Vec::new();
-    for name in [
-        "heldout.jsonl",
-        "heldout2.jsonl",
-        "heldout3.jsonl",
-        "heldout4.jsonl",
-        "heldout5.jsonl",
-    ] {
-        let Ok(body) = std::fs::read_to_string(root.join(name)) else {
-            continue;
-        };
-        for line in body.lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-            texts.push(v["text"].as_str().unwrap_or_default().to_string());
-        }
-    }
     if texts.is_empty() {
         return;
     }
@@ -98,7 +105,7 @@ fn main() {
     let rounds = (iters / 50).max(1);
     let mut times = Vec::new();
     for _ in 0..rounds {
-        for t in &texts {
+        for t in texts {
             let s = Instant::now();
             std::hint::black_box(encoder.embed(t).unwrap());
             times.push(s.elapsed().as_secs_f64() * 1e3);

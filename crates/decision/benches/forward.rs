@@ -5,7 +5,7 @@
 //!
 //! Run: `export $(bash deploy/minilm.sh --env); cargo bench -p baton-decision --bench forward`.
 //! Without `BATON_MINILM_DIR` it says SKIPPED and exits 0. `BENCH_ITERS` sets the passes per
-//! row (default 200).
+//! row (default 200); `BENCH_PRECISION` (`f32` or `int8`) times only that precision.
 
 use baton_decision::embedding::{Encoder, Precision};
 use std::path::{Path, PathBuf};
@@ -52,7 +52,11 @@ fn main() {
             texts.push(v["text"].as_str().unwrap_or_default().to_string());
         }
     }
+    let only = std::env::var("BENCH_PRECISION").ok();
     for precision in [Precision::F32, Precision::Int8] {
+        if only.as_deref().is_some_and(|p| p != precision.as_str()) {
+            continue;
+        }
         bench(&dir, precision, iters, &texts);
     }
 }

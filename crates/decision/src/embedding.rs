@@ -314,6 +314,8 @@ mod model {
     use candle_nn::VarBuilder;
     use futures::future::BoxFuture;
     use minilm::{BertConfig, MiniLm};
+    use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
+    use rten_tensor::NdTensorView;
     use std::sync::Arc;
     use tokenizers::Tokenizer;
 
@@ -431,6 +433,12 @@ mod model {
         /// How the encoder's linear layers compute.
         pub fn precision(&self) -> Precision {
             self.model.precision()
+        }
+
+        /// Runs `f` on one of the encoder's single-threaded lanes ([`MiniLm::on_lane`]): a
+        /// pass and the work around it (scoring) stay on one core.
+        pub fn on_lane<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+            self.model.on_lane(f)
         }
 
         /// One forward pass over `ids` (a single sequence), mean-pooled under `mask` and
@@ -653,6 +661,9 @@ mod model {
         examples: Arc<Vec<Labelled>>,
         /// The trained head when `config.scoring` is `linear`.
         head: Option<LinearHead>,
+        /// The examples' embeddings packed for the f32 matrix kernel, `(dim, examples)`
+        /// (`None` without examples).
+        packed_examples: Option<PackedBMatrix<f32>>,
         config: EmbeddingConfig,
         rules: Arc<RuleSet>,
         /// What the example-embedding cache did when the examples were embedded (`None`: no
@@ -729,10 +740,20 @@ mod model {
                 (Scoring::Linear, None) => Some(LinearHead::train(&examples, &config)?),
                 (Scoring::TopK | Scoring::Vote, _) => None,
             };
+            let packed_examples = examples.first().map(|first| {
+                let flat: Vec<f32> = examples
+                    .iter()
+                    .flat_map(|l| l.vector.iter().copied())
+                    .collect();
+                let matrix =
+                    NdTensorView::from_data([examples.len(), first.vector.len()], &flat[..]);
+                GemmExecutor::<f32>::default().prepack_b(matrix.transposed())
+            });
             Ok(EmbeddingClassifier {
                 encoder,
                 examples,
                 head,
+                packed_examples,
                 config,
                 rules,
                 cache: None,
@@ -834,17 +855,32 @@ mod model {
         ///
         /// Errors: those of [`Encoder::embed`].
         pub fn score(&self, text: &str) -> Result<Scored, Error> {
-            let v = self.encoder.embed(text)?;
-            Ok(self.score_vector(&v))
+            self.encoder.on_lane(|| {
+                let v = self.encoder.embed(text)?;
+                Ok(self.score_vector(&v))
+            })
+        }
+
+        /// Cosine similarity of `v` (L2-normalised, like the examples) to every example, in
+        /// example order: one product against the packed example matrix.
+        fn similarities(&self, v: &[f32]) -> Vec<f32> {
+            let mut sims = vec![0f32; self.examples.len()];
+            if let Some(packed) = &self.packed_examples {
+                GemmExecutor::<f32>::default()
+                    .gemm(
+                        &mut sims,
+                        GemmInputA::Unpacked(NdTensorView::from_data([1, v.len()], v)),
+                        GemmInputB::Packed(packed),
+                        GemmOptions::default(),
+                    )
+                    .expect("a request's embedding is as wide as the examples'");
+            }
+            sims
         }
 
         /// Scores an embedding ([`Encoder::embed`]'s output) against the examples.
         pub fn score_vector(&self, v: &[f32]) -> Scored {
-            let sims: Vec<f32> = self
-                .examples
-                .iter()
-                .map(|l| l.vector.iter().zip(v).map(|(a, b)| a * b).sum())
-                .collect();
+            let sims = self.similarities(v);
             let mut order: Vec<usize> = (0..sims.len()).collect();
             order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]));
             let t = self.config.temperature;

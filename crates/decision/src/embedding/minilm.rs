@@ -519,8 +519,18 @@ impl MiniLm {
     /// Errors: a message when `ids` and `mask` differ in length, are empty or longer than the
     /// position embeddings, or an id is outside the vocabulary.
     pub fn forward(&self, ids: &[u32], mask: &[u32]) -> Result<Vec<f32>, String> {
+        self.on_lane(|| self.forward_here(ids, mask))
+    }
+
+    /// Runs `f` on one of the encoder's single-threaded lanes (round robin), where the matrix
+    /// kernels see one thread and never split a product; inline when the calling thread is
+    /// already in a one-thread pool (a lane, or a process whose global pool has one thread).
+    pub fn on_lane<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_num_threads() == 1 {
+            return f();
+        }
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[lane].install(|| self.forward_here(ids, mask))
+        self.lanes[lane].install(f)
     }
 
     /// [`MiniLm::forward`] on the calling thread.

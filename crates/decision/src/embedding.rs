@@ -326,8 +326,8 @@ mod model {
     pub struct Encoder {
         model: MiniLm,
         tokenizer: Tokenizer,
-        /// sha256 (hex) over the sha256 of the three files as loaded: what the example
-        /// embedding cache is keyed by ([`Encoder::fingerprint`]).
+        /// sha256 (hex) over the sha256 of the three files as loaded and the precision: what
+        /// the example embedding cache is keyed by ([`Encoder::fingerprint`]).
         fingerprint: String,
     }
 
@@ -401,9 +401,9 @@ mod model {
             })
         }
 
-        /// What identifies the weights: sha256 (64 hex digits) over the sha256 of
-        /// `config.json`, `tokenizer.json` and `model.safetensors` as they were loaded (hashed
-        /// once, when the encoder is loaded).
+        /// What identifies the weights and how they compute: sha256 (64 hex digits) over the
+        /// sha256 of `config.json`, `tokenizer.json` and `model.safetensors` as they were
+        /// loaded and the precision's name (hashed once, when the encoder is loaded).
         pub fn fingerprint(&self) -> &str {
             &self.fingerprint
         }
@@ -449,20 +449,19 @@ mod model {
         pub fn forward(&self, ids: &[u32], mask: &[u32]) -> Result<Vec<f32>, Error> {
             let hidden = self.model.forward(ids, mask).map_err(Error::Embedding)?;
             let h = self.model.hidden_size();
-            let mut mean = vec![0f32; h];
-            let mut count = 0f32;
-            for (row, &m) in hidden.chunks_exact(h).zip(mask) {
-                if m != 0 {
-                    mean.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                    count += 1.0;
-                }
+            // The mean of the attended rows, L2-normalised, is their sum normalised.
+            let mut sum = vec![0f32; h];
+            for (row, _) in hidden.chunks_exact(h).zip(mask).filter(|(_, m)| **m != 0) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }
-            if count == 0.0 {
-                return Err(Error::Embedding("every token is masked".into()));
+            let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if !(norm > 0.0 && norm.is_finite()) {
+                return Err(Error::Embedding(format!(
+                    "the pooled embedding has norm {norm}: no attended token, or the pass overflowed"
+                )));
             }
-            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt() / count;
-            mean.iter_mut().for_each(|v| *v /= count * norm);
-            Ok(mean)
+            sum.iter_mut().for_each(|v| *v /= norm);
+            Ok(sum)
         }
     }
 

@@ -263,6 +263,30 @@ fn missing_or_corrupt_weights_name_the_file_and_the_fix() {
     let msg = Encoder::load(corrupt.path()).unwrap_err().to_string();
     assert!(msg.contains("model.safetensors"), "{msg}");
 
+    // A well-formed file holding other weights (another model's, a tensor of another shape):
+    // the message names the tensor, its shape and the one expected.
+    let data = vec![0u8; 2 * 2 * 4];
+    let other = safetensors::serialize(
+        [(
+            "embeddings.word_embeddings.weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data)
+                .unwrap(),
+        )],
+        None,
+    )
+    .unwrap();
+    std::fs::write(corrupt.path().join("model.safetensors"), other).unwrap();
+    let msg = Encoder::load(corrupt.path()).unwrap_err().to_string();
+    for part in [
+        "model.safetensors",
+        "embeddings.word_embeddings.weight",
+        "[2, 2]",
+        "[30522, 384]",
+        "deploy/minilm.sh",
+    ] {
+        assert!(msg.contains(part), "should name {part:?}: {msg}");
+    }
+
     // No model directory configured: the tier refuses to start and says how to get one.
     let msg = EmbeddingClassifier::load(
         &EmbeddingConfig::default(),

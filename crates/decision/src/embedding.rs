@@ -577,6 +577,7 @@ mod model {
             match cache::read_head(&path, &key, dim) {
                 Ok(Some((roles, weights, bias))) => {
                     report.head_hit = true;
+                    cache::mark_used(&path);
                     return Ok(LinearHead {
                         roles,
                         weights,
@@ -696,6 +697,10 @@ mod model {
                 }
                 _ => None,
             };
+            // After the files this start uses were read (and so marked used) or written.
+            if let Some(dir) = &dir {
+                cache::prune(dir, cache::STALE_AFTER);
+            }
             let mut classifier = EmbeddingClassifier::from_labelled_with(
                 encoder,
                 Arc::new(examples),

@@ -780,3 +780,70 @@ fn the_cache_setting_is_validated_and_defaults_under_the_user_cache_dir() {
         "{err}"
     );
 }
+
+#[test]
+fn files_of_other_keys_unused_for_a_month_are_removed_and_the_ones_in_use_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = some_examples();
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 24 * 3600);
+    let age = |path: &std::path::Path, when: std::time::SystemTime| {
+        std::fs::File::options()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    };
+    // A first start writes this key's embeddings and head.
+    let first = build(&examples, cached_in(dir.path()));
+    let report = first.cache_report().unwrap().clone();
+    let head = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("head-")
+        })
+        .expect("the head was cached");
+    // Files of other keys: two stale (another precision's embeddings, an old example set's
+    // head), one used recently, and a stale file that is not the cache's.
+    let stale_embeddings = dir
+        .path()
+        .join(format!("minilm-{}.safetensors", "0".repeat(64)));
+    let stale_head = dir
+        .path()
+        .join(format!("head-{}.safetensors", "1".repeat(64)));
+    let recent = dir
+        .path()
+        .join(format!("minilm-{}.safetensors", "2".repeat(64)));
+    let foreign = dir.path().join("notes.txt");
+    for p in [&stale_embeddings, &stale_head, &recent, &foreign] {
+        std::fs::write(p, b"x").unwrap();
+    }
+    for p in [&stale_embeddings, &stale_head, &foreign] {
+        age(p, long_ago);
+    }
+    // This key's files were last used long ago too: the start that reads them marks them used.
+    age(&report.path, long_ago);
+    age(&head, long_ago);
+
+    let second = build(&examples, cached_in(dir.path()));
+    let again = second.cache_report().unwrap();
+    assert_eq!(again.hits, examples.len(), "{again:?}");
+    assert!(again.head_hit, "{again:?}");
+    assert!(!stale_embeddings.exists() && !stale_head.exists());
+    assert!(recent.exists(), "used within the month: kept");
+    assert!(foreign.exists(), "not a cache file: never touched");
+    for used in [&report.path, &head] {
+        let modified = std::fs::metadata(used).unwrap().modified().unwrap();
+        assert!(
+            modified > long_ago + std::time::Duration::from_secs(24 * 3600),
+            "{} was marked used",
+            used.display()
+        );
+    }
+    assert_eq!(cache::prune(dir.path(), cache::STALE_AFTER), 0);
+}

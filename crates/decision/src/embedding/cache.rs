@@ -11,7 +11,7 @@
 //! - [`pooling`] (mean under the attention mask, L2 normalisation, f32, no padding, the token
 //!   limit);
 //! - the exact bits of one probe text's embedding, computed at start (one forward pass), so a
-//!   change in how the forward pass computes (another candle, other CPU kernels) misses
+//!   change in how the forward pass computes (another precision, other CPU kernels) misses
 //!   instead of mixing old and new embeddings.
 //!
 //! Inside a file, entries are **per text**: tensor `text_sha256` (`n × 32` u8, the sha256 of
@@ -31,7 +31,14 @@
 //! a reader (another process starting at the same time) sees the old file or the new one,
 //! whole; two writers of the same key each write a complete file and the last rename wins. A
 //! directory that cannot be created or written is warned about once, and the tier runs without
-//! the cache. Files of old keys are not removed (one per weights and crate version, ~1 MB).
+//! the cache.
+//!
+//! Files of other keys (older weights, crate versions, precisions; heads of earlier example
+//! sets) are removed once unused for [`STALE_AFTER`]: a start marks the files it uses as used
+//! (their modification time is set to now) and, once its embeddings and head are read or
+//! written, removes `minilm-*` and `head-*` files of the directory last used before that
+//! ([`prune`]). A removed file that another installation still
+//! wanted costs it one re-embedding, never a wrong embedding.
 //!
 //! With `linear` scoring the trained head is cached beside them (`head-<key>.safetensors`,
 //! tensors `weight` and `bias`, the roles in the metadata), keyed by the embeddings' key, every
@@ -54,6 +61,9 @@ pub const FORMAT: &str = "baton-example-embeddings/1";
 /// The most entries one file keeps (about 1.5 KiB each): the current examples always, then
 /// entries of earlier example sets until the file holds this many.
 pub const MAX_ENTRIES: usize = 20_000;
+
+/// How long a cache file of another key may go unused before a start removes it ([`prune`]).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// The text whose embedding's bits are part of the key.
 const PROBE: &str = "baton example embedding cache probe: routing requests to roles";
@@ -115,6 +125,49 @@ pub fn key(encoder: &Encoder) -> Result<(String, usize), Error> {
     Ok((key, probe.len()))
 }
 
+/// Marks the cache file at `path` as used now (its modification time), so [`prune`] keeps it.
+/// A file that is not there or cannot be touched is left alone.
+pub fn mark_used(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes the cache files in `dir` (`minilm-*.safetensors`, `head-*.safetensors`) last used
+/// more than `stale_after` ago; returns how many. Other files are never touched, and a file
+/// that cannot be removed is logged and left.
+pub fn prune(dir: &Path, stale_after: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = (name.starts_with("minilm-") || name.starts_with("head-"))
+            && name.ends_with(".safetensors");
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > stale_after);
+        if ours && stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale embedding cache file")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, "removed embedding cache files unused for {} days", stale_after.as_secs() / 86_400);
+    }
+    removed
+}
+
 /// The file of `key` in `dir`.
 pub fn file_path(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("minilm-{key}.safetensors"))
@@ -152,7 +205,10 @@ pub fn embed_all(
         problem: None,
     };
     let stored = match read(&path, &key, dim) {
-        Ok(entries) => entries,
+        Ok(entries) => {
+            mark_used(&path);
+            entries
+        }
         Err(problem) => {
             tracing::warn!(
                 file = %path.display(),

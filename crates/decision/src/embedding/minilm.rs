@@ -245,10 +245,17 @@ impl Linear {
                     .zip(&s.zero_points)
                 {
                     let zero = i32::from(zero);
-                    for ((((y, &a), &w_scale), &sum), &b) in
-                        y.iter_mut().zip(acc).zip(scales).zip(sums).zip(&self.bias)
-                    {
-                        *y = (a - zero * sum) as f32 * (row_scale * w_scale) + b;
+                    // Equal-length slices and an index loop: the compiler vectorises it.
+                    let n = self.outputs;
+                    let (y, acc, scales, sums, bias) = (
+                        &mut y[..n],
+                        &acc[..n],
+                        &scales[..n],
+                        &sums[..n],
+                        &self.bias[..n],
+                    );
+                    for j in 0..n {
+                        y[j] = (acc[j] - zero * sums[j]) as f32 * (row_scale * scales[j]) + bias[j];
                     }
                 }
             }

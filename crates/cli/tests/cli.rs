@@ -13,6 +13,20 @@ fn baton() -> Command {
     c
 }
 
+/// `baton --config FILE config` where FILE (`baton.toml` in a fresh temporary directory) holds
+/// `toml`.
+fn config_from_file(toml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("baton.toml");
+    std::fs::write(&file, toml).unwrap();
+    baton()
+        .args(["--config"])
+        .arg(&file)
+        .arg("config")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn variables_that_are_not_config_keys_do_not_break_the_config() {
     let out = baton()
@@ -39,15 +53,7 @@ fn variables_that_are_not_config_keys_do_not_break_the_config() {
 
 #[test]
 fn unknown_config_key_in_a_file_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("baton.toml");
-    std::fs::write(&file, "[nats]\nurll = \"nats://x\"\n").unwrap();
-    let out = baton()
-        .args(["--config"])
-        .arg(&file)
-        .arg("config")
-        .output()
-        .unwrap();
+    let out = config_from_file("[nats]\nurll = \"nats://x\"\n");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -151,15 +157,7 @@ fn flags_are_the_last_layer() {
 
 #[test]
 fn unknown_top_level_key_in_a_file_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("baton.toml");
-    std::fs::write(&file, "[audti]\nbatch_size = 5\n").unwrap();
-    let out = baton()
-        .args(["--config"])
-        .arg(&file)
-        .arg("config")
-        .output()
-        .unwrap();
+    let out = config_from_file("[audti]\nbatch_size = 5\n");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "nothing printed on error");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -193,28 +191,14 @@ fn invalid_value_is_refused_naming_the_key() {
 
 #[test]
 fn an_unknown_encoder_precision_is_refused_naming_the_choices() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("baton.toml");
-    std::fs::write(&file, "[decision.embedding]\nprecision = \"fp16\"\n").unwrap();
-    let out = baton()
-        .args(["--config"])
-        .arg(&file)
-        .arg("config")
-        .output()
-        .unwrap();
+    let out = config_from_file("[decision.embedding]\nprecision = \"fp16\"\n");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for part in ["precision", "fp16", "f32", "int8"] {
         assert!(stderr.contains(part), "should name {part:?}: {stderr}");
     }
     // And a good one is taken.
-    std::fs::write(&file, "[decision.embedding]\nprecision = \"f32\"\n").unwrap();
-    let out = baton()
-        .args(["--config"])
-        .arg(&file)
-        .arg("config")
-        .output()
-        .unwrap();
+    let out = config_from_file("[decision.embedding]\nprecision = \"f32\"\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -36,9 +36,9 @@
 //! Files of other keys (older weights, crate versions, precisions; heads of earlier example
 //! sets) are removed once unused for [`STALE_AFTER`]: a start marks the files it uses as used
 //! (their modification time is set to now) and, once its embeddings and head are read or
-//! written, removes `minilm-*` and `head-*` files of the directory last used before that
-//! ([`prune`]). A removed file that another installation still
-//! wanted costs it one re-embedding, never a wrong embedding.
+//! written, removes the directory's `minilm-*` and `head-*` files last used before that
+//! ([`prune`]). A removed file that another installation still wanted costs it one
+//! re-embedding, never a wrong embedding.
 //!
 //! With `linear` scoring the trained head is cached beside them (`head-<key>.safetensors`,
 //! tensors `weight` and `bias`, the roles in the metadata), keyed by the embeddings' key, every

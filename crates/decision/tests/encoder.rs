@@ -40,16 +40,14 @@ fn reference(model: &BertModel, ids: &[u32], mask: &[u32]) -> Vec<f32> {
     let mask_t = Tensor::from_slice(mask, (1, n), &dev).unwrap();
     let hidden = model.forward(&input, &types, Some(&mask_t)).unwrap();
     let hidden = hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    // The mean of the attended rows, normalised, is their sum normalised.
     let mut sum = vec![0f32; hidden[0].len()];
-    let mut count = 0.0;
     for (row, m) in hidden.iter().zip(mask) {
         if *m != 0 {
-            count += 1.0;
             sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
         }
     }
     let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-    let _ = count;
     sum.iter().map(|v| v / norm).collect()
 }
 
@@ -68,7 +66,8 @@ fn load_reference(dir: &Path) -> BertModel {
     BertModel::load(vb, &config).unwrap()
 }
 
-/// Compares `precision`'s embeddings with the reference; returns the lowest cosine seen.
+/// Compares `precision`'s embeddings with the reference, each at least `min_cosine`, and prints
+/// the lowest cosine seen.
 fn compare(precision: Precision, min_cosine: f32) {
     let Some(dir) = model_dir() else {
         println!("SKIPPED: BATON_MINILM_DIR is unset; run `export $(bash deploy/minilm.sh --env)`");

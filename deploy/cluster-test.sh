@@ -94,7 +94,12 @@ compose down -v --remove-orphans >/dev/null 2>&1 || true
 # names in the containers): its first line is its HTTP and gRPC ports; it takes `killed …` and
 # `check …` on its standard input (tests/src/bin/cluster-trace.rs).
 gateway="$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}')"
-[ -n "$gateway" ] || fail "no gateway on Docker's bridge network"
+# A daemon that assigned the default bridge's address itself (a fresh one, seen with Docker
+# 28) leaves IPAM's Gateway empty; the address is then the bridge interface's own.
+if [ -z "$gateway" ]; then
+  gateway="$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')"
+fi
+[ -n "$gateway" ] || fail "no gateway on Docker's bridge network (IPAM names none and docker0 has no IPv4 address): check \`docker network inspect bridge\`"
 coproc TRACE { exec "$CARGO_TARGET_DIR/debug/cluster-trace" "$gateway"; }
 trace_pid=$TRACE_PID; exec {trace_in}>&"${TRACE[1]}" {trace_out}<&"${TRACE[0]}"
 trap 'rc=$?; kill "$trace_pid" 2>/dev/null || true; logs_on_failure "$rc"' EXIT

@@ -6,11 +6,13 @@
 //!
 //! Scoring (`scoring`) turns the request's embedding into role scores and a confidence:
 //! - `linear` (the default): a multinomial logistic regression (one weight row and bias per
-//!   role) trained on the example embeddings when the tier is built (candle-nn, full-batch
-//!   cross-entropy, AdamW from all-zero weights: no randomness, so the same examples give the
-//!   same weights and a recorded decision replays the same). A role's score is its probability,
-//!   the best probability the confidence; optionally mixed with the nearest examples' vote
-//!   (`linear_vote_weight`).
+//!   role) over the embedding and the request's words ([`lexical`]: TF-IDF over word unigrams
+//!   and bigrams, weighted by `lexical_weight`), trained on the examples when the tier is built
+//!   (candle-nn, full-batch cross-entropy, AdamW from all-zero weights: no randomness, so the
+//!   same examples give the same weights and a recorded decision replays the same). A role's
+//!   score is its probability, the best probability the confidence; optionally mixed with the
+//!   nearest examples' vote (`linear_vote_weight`). The explanation names the words that
+//!   pushed the chosen role up most.
 //! - `top_k`: a role's score is the mean cosine similarity of its `k` most similar examples;
 //!   the confidence a softmax over the role scores at `temperature` (best-versus-rest).
 //! - `vote`: the `k` nearest examples vote for their roles, weighted by similarity; the best
@@ -38,6 +40,8 @@ pub use model::*;
 #[cfg(feature = "embedding")]
 pub mod cache;
 #[cfg(feature = "embedding")]
+pub mod lexical;
+#[cfg(feature = "embedding")]
 pub mod minilm;
 
 /// Name of the tier (`decision.tiers`, `Decision.matched_by` prefix).
@@ -51,6 +55,8 @@ pub const FETCH_COMMAND: &str = "bash deploy/minilm.sh";
 /// Longest input, in tokens (the model was trained on at most 128 word pieces per input; the
 /// rest of a long request is cut).
 pub const MAX_TOKENS: usize = 128;
+/// Words listed in a decision's explanation (the linear head's, when it reads words).
+pub const EXPLAINED_WORDS: usize = 3;
 /// Nearest examples listed in a decision's explanation.
 pub const EXPLAINED_NEIGHBOURS: usize = 3;
 
@@ -96,6 +102,14 @@ pub struct EmbeddingConfig {
     /// overall direction of a role, the vote a request that is nearly an example. 0 is the
     /// regression alone.
     pub linear_vote_weight: f64,
+    /// `linear` only: weight of the request's words ([`lexical`]: TF-IDF over word unigrams
+    /// and bigrams, L2-normalised) beside its embedding in the regression's input; the words
+    /// carry what decides between roles on one topic ("write the runbook for …" is `sop`).
+    /// 0 is the embedding alone.
+    pub lexical_weight: f64,
+    /// `linear` only: a word or pair of words enters the vocabulary when at least this many
+    /// examples hold it.
+    pub lexical_min_count: usize,
     /// Whether the examples' embeddings are cached on disk ([`cache`]): a start whose
     /// examples, weights and settings were seen before reads them instead of running the model
     /// over every example (seconds per start). `false` embeds every example at every start.
@@ -159,6 +173,8 @@ impl Default for EmbeddingConfig {
             linear_learning_rate: 0.05,
             linear_weight_decay: 0.1,
             linear_vote_weight: 0.0,
+            lexical_weight: 1.0,
+            lexical_min_count: 2,
             cache: true,
             cache_dir: None,
             precision: Precision::default(),
@@ -194,6 +210,15 @@ impl EmbeddingConfig {
         }
         if !(0.0..=1.0).contains(&self.linear_vote_weight) {
             return bad("linear_vote_weight", "must be between 0 and 1");
+        }
+        if !(self.lexical_weight >= 0.0 && self.lexical_weight.is_finite()) {
+            return bad(
+                "lexical_weight",
+                "must be zero (embedding only) or a positive number",
+            );
+        }
+        if self.lexical_min_count == 0 {
+            return bad("lexical_min_count", "must be at least 1");
         }
         if self
             .cache_dir
@@ -474,36 +499,99 @@ mod model {
         vector: Vec<f32>,
     }
 
-    /// A multinomial logistic regression over the sentence embedding: `roles.len()` logits
-    /// `weights · v + bias`, softmax-ed into probabilities.
+    /// A multinomial logistic regression over the sentence embedding and the request's words:
+    /// `roles.len()` logits `weights · [v, lexical_weight × tfidf] + bias`, softmax-ed into
+    /// probabilities.
     #[derive(Debug, Clone)]
     struct LinearHead {
         /// The examples' roles, sorted (the order of the logits).
         roles: Vec<String>,
-        /// Row-major `roles.len() × dim` weights.
+        /// Row-major `roles.len() × dim` weights: the embedding's columns, then the
+        /// vocabulary's.
         weights: Vec<f32>,
         /// One bias per role.
         bias: Vec<f32>,
         /// Embedding width (384 for MiniLM).
+        embedding_dim: usize,
+        /// Row width: `embedding_dim` plus the vocabulary's size.
         dim: usize,
+        /// The training examples' words (empty when `lexical_weight` is 0).
+        vocabulary: lexical::Vocabulary,
+        /// Scale of the lexical part of the input.
+        lexical_weight: f32,
+    }
+
+    /// What [`LinearHead`] reads of a text: its embedding and its words.
+    struct Input<'a> {
+        embedding: &'a [f32],
+        /// (vocabulary column, TF-IDF weight × `lexical_weight`), sorted by column.
+        words: Vec<(u32, f32)>,
     }
 
     impl LinearHead {
-        /// Trains the head on `examples` with candle-nn: full-batch cross-entropy, AdamW,
-        /// `config.linear_steps` steps from all-zero weights. No randomness: the same examples
-        /// and settings give the same weights.
-        fn train(examples: &[Labelled], config: &EmbeddingConfig) -> Result<LinearHead, Error> {
-            use candle_nn::{Init, Module, Optimizer};
+        /// The vocabulary `config` asks for over `examples` (deterministic: built again when
+        /// a cached head is read).
+        fn vocabulary(examples: &[Labelled], config: &EmbeddingConfig) -> lexical::Vocabulary {
+            if config.lexical_weight == 0.0 {
+                return lexical::Vocabulary::default();
+            }
+            lexical::Vocabulary::build(
+                examples.iter().map(|l| l.example.text.as_str()),
+                config.lexical_min_count,
+            )
+        }
+
+        /// An untrained head's shape for `examples` and `config`.
+        fn empty(examples: &[Labelled], config: &EmbeddingConfig) -> LinearHead {
             let roles: Vec<String> = examples
                 .iter()
                 .map(|l| l.example.role.clone())
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let dim = examples.first().map_or(0, |l| l.vector.len());
+            let embedding_dim = examples.first().map_or(0, |l| l.vector.len());
+            let vocabulary = LinearHead::vocabulary(examples, config);
+            LinearHead {
+                roles,
+                weights: Vec::new(),
+                bias: Vec::new(),
+                embedding_dim,
+                dim: embedding_dim + vocabulary.len(),
+                vocabulary,
+                lexical_weight: config.lexical_weight as f32,
+            }
+        }
+
+        /// What the head reads of `text`, whose embedding is `embedding`.
+        fn input<'a>(&self, embedding: &'a [f32], text: &str) -> Input<'a> {
+            let mut words = if self.vocabulary.is_empty() {
+                Vec::new()
+            } else {
+                self.vocabulary.features(text)
+            };
+            words
+                .iter_mut()
+                .for_each(|(_, w)| *w *= self.lexical_weight);
+            Input { embedding, words }
+        }
+
+        /// Trains the head on `examples` with candle-nn: full-batch cross-entropy, AdamW,
+        /// `config.linear_steps` steps from all-zero weights. No randomness: the same examples
+        /// and settings give the same weights.
+        fn train(examples: &[Labelled], config: &EmbeddingConfig) -> Result<LinearHead, Error> {
+            use candle_nn::{Init, Module, Optimizer};
+            let mut head = LinearHead::empty(examples, config);
+            let (roles, dim) = (&head.roles, head.dim);
             let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
                 let device = Device::Cpu;
-                let xs: Vec<f32> = examples.iter().flat_map(|l| l.vector.clone()).collect();
+                let mut xs = vec![0f32; examples.len() * dim];
+                for (row, l) in xs.chunks_mut(dim).zip(examples) {
+                    let input = head.input(&l.vector, &l.example.text);
+                    row[..head.embedding_dim].copy_from_slice(input.embedding);
+                    for (column, w) in input.words {
+                        row[head.embedding_dim + column as usize] = w;
+                    }
+                }
                 let xs = Tensor::from_vec(xs, (examples.len(), dim), &device)?;
                 let ys: Vec<u32> = examples
                     .iter()
@@ -536,12 +624,9 @@ mod model {
             };
             let (weights, bias) = run()
                 .map_err(|e| Error::Embedding(format!("cannot train the linear head: {e}")))?;
-            Ok(LinearHead {
-                roles,
-                weights,
-                bias,
-                dim,
-            })
+            head.weights = weights;
+            head.bias = bias;
+            Ok(head)
         }
 
         /// The head for `examples` and `config` from the cache in `dir` when it has it
@@ -558,15 +643,9 @@ mod model {
                 .iter()
                 .map(|l| (l.example.text.as_str(), l.example.role.as_str()))
                 .collect();
-            let key = cache::head_key(
-                &report.key,
-                &pairs,
-                config.linear_steps,
-                config.linear_learning_rate,
-                config.linear_weight_decay,
-            );
+            let key = cache::head_key(&report.key, &pairs, config);
             let path = cache::head_path(dir, &key);
-            let dim = examples.first().map_or(0, |l| l.vector.len());
+            let empty = LinearHead::empty(examples, config);
             let mut note = |problem: String| {
                 let problem = format!("{} {problem}", path.display());
                 report.problem = Some(match report.problem.take() {
@@ -574,16 +653,23 @@ mod model {
                     None => problem,
                 });
             };
-            match cache::read_head(&path, &key, dim) {
-                Ok(Some((roles, weights, bias))) => {
+            match cache::read_head(&path, &key, empty.dim) {
+                Ok(Some((roles, weights, bias))) if roles == empty.roles => {
                     report.head_hit = true;
                     cache::mark_used(&path);
                     return Ok(LinearHead {
-                        roles,
                         weights,
                         bias,
-                        dim,
+                        ..empty
                     });
+                }
+                Ok(Some((roles, ..))) => {
+                    let problem = format!(
+                        "holds the roles {roles:?}, not the examples' {:?}: foreign",
+                        empty.roles
+                    );
+                    tracing::warn!(file = %path.display(), %problem, "linear head cache file unusable: training the head again and overwriting it");
+                    note(problem);
                 }
                 Ok(None) => {}
                 Err(problem) => {
@@ -601,18 +687,52 @@ mod model {
             Ok(head)
         }
 
-        /// The probability of every role (in `roles` order) for embedding `v`.
-        fn probabilities(&self, v: &[f32]) -> Vec<f64> {
-            let logits: Vec<f64> = self
-                .weights
+        /// The logit of every role (in `roles` order) for `input`.
+        fn logits(&self, input: &Input<'_>) -> Vec<f64> {
+            let e = self.embedding_dim;
+            self.weights
                 .chunks(self.dim.max(1))
                 .zip(&self.bias)
-                .map(|(w, b)| (w.iter().zip(v).map(|(a, x)| a * x).sum::<f32>() + b) as f64)
-                .collect();
+                .map(|(w, b)| {
+                    let dense: f32 = w[..e].iter().zip(input.embedding).map(|(a, x)| a * x).sum();
+                    let sparse: f32 = input
+                        .words
+                        .iter()
+                        .map(|&(column, x)| w[e + column as usize] * x)
+                        .sum();
+                    (dense + sparse + b) as f64
+                })
+                .collect()
+        }
+
+        /// The probability of every role (in `roles` order) for `input`.
+        fn probabilities(&self, input: &Input<'_>) -> Vec<f64> {
+            let logits = self.logits(input);
             let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
             let total: f64 = exp.iter().sum();
             exp.into_iter().map(|e| e / total).collect()
+        }
+
+        /// The words of `input` that pushed `role`'s logit up most, largest first, at most
+        /// `n`: (term, its contribution to the logit).
+        fn words_for(&self, input: &Input<'_>, role: &str, n: usize) -> Vec<(String, f32)> {
+            let Ok(r) = self.roles.binary_search_by(|x| x.as_str().cmp(role)) else {
+                return Vec::new();
+            };
+            let w = &self.weights[r * self.dim..(r + 1) * self.dim];
+            let mut out: Vec<(String, f32)> = input
+                .words
+                .iter()
+                .map(|&(column, x)| {
+                    let c = w[self.embedding_dim + column as usize] * x;
+                    (self.vocabulary.term(column).to_string(), c)
+                })
+                .filter(|(_, c)| *c > 0.0)
+                .collect();
+            out.sort_by(|a, b| b.1.total_cmp(&a.1));
+            out.truncate(n);
+            out
         }
     }
 
@@ -640,6 +760,9 @@ mod model {
         pub confidence: f64,
         /// Whether the best example reached `min_similarity`.
         pub similar_enough: bool,
+        /// `linear` with words: the request's words that pushed the best role up most, largest
+        /// first, with their contribution to its logit (at most [`EXPLAINED_WORDS`]).
+        pub words: Vec<(String, f32)>,
     }
 
     impl Scored {
@@ -648,6 +771,15 @@ mod model {
             self.neighbours
                 .iter()
                 .map(|n| format!("{:?} ({}, {:.2})", n.text, n.role, n.similarity))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+
+        /// The words as explanations list them: `"runbook" +0.84, …`; empty when none.
+        pub fn words_listed(&self) -> String {
+            self.words
+                .iter()
+                .map(|(t, c)| format!("{t:?} {c:+.2}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         }
@@ -838,7 +970,10 @@ mod model {
                 )?;
                 for (i, l) in self.examples.iter().enumerate() {
                     if i % folds == fold {
-                        out[i] = Some((l.example.clone(), part.score_vector(&l.vector)));
+                        out[i] = Some((
+                            l.example.clone(),
+                            part.score_vector(&l.vector, &l.example.text),
+                        ));
                     }
                 }
             }
@@ -861,7 +996,7 @@ mod model {
         pub fn score(&self, text: &str) -> Result<Scored, Error> {
             self.encoder.on_lane(|| {
                 let v = self.encoder.embed(text)?;
-                Ok(self.score_vector(&v))
+                Ok(self.score_vector(&v, text))
             })
         }
 
@@ -882,8 +1017,9 @@ mod model {
             sims
         }
 
-        /// Scores an embedding ([`Encoder::embed`]'s output) against the examples.
-        pub fn score_vector(&self, v: &[f32]) -> Scored {
+        /// Scores `text`, whose embedding ([`Encoder::embed`]'s output) is `v`, against the
+        /// examples.
+        pub fn score_vector(&self, v: &[f32], text: &str) -> Scored {
             let sims = self.similarities(v);
             let mut order: Vec<usize> = (0..sims.len()).collect();
             order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]));
@@ -902,6 +1038,7 @@ mod model {
                 weights.values_mut().for_each(|w| *w /= total);
                 weights
             };
+            let mut words = Vec::new();
             let (roles, vote_confidence) = match self.config.scoring {
                 Scoring::TopK => {
                     let mut by_role: std::collections::BTreeMap<&str, Vec<f32>> =
@@ -937,16 +1074,20 @@ mod model {
                         } else {
                             Default::default()
                         };
+                        let input = head.input(v, text);
                         let mut roles: Vec<(String, f32)> = head
                             .roles
                             .iter()
-                            .zip(head.probabilities(v))
+                            .zip(head.probabilities(&input))
                             .map(|(r, p)| {
                                 let share = shares.get(r.as_str()).copied().unwrap_or(0.0);
                                 (r.clone(), ((1.0 - beta) * p + beta * share) as f32)
                             })
                             .collect();
                         roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+                        if let Some((best, _)) = roles.first() {
+                            words = head.words_for(&input, best, EXPLAINED_WORDS);
+                        }
                         let best = roles.first().map_or(0.0, |r| r.1 as f64);
                         (roles, Some(best))
                     }
@@ -985,6 +1126,7 @@ mod model {
                 neighbours,
                 confidence,
                 similar_enough,
+                words,
             }
         }
 
@@ -1012,6 +1154,11 @@ mod model {
                 .get(1)
                 .map(|(r, s)| format!(", runner-up {r} {s:.2}"))
                 .unwrap_or_default();
+            let words = if scored.words.is_empty() {
+                String::new()
+            } else {
+                format!("; words for {role}: {}", scored.words_listed())
+            };
             let why = if scored.similar_enough {
                 String::new()
             } else {
@@ -1026,7 +1173,7 @@ mod model {
                 tier: DecisionTier::Classifier.into(),
                 matched_by: format!("{TIER}:{role}"),
                 explanation: format!(
-                    "nearest examples {neighbours}; role {role} scored {:.2}{runner_up} (confidence {:.2}){why}; {context}",
+                    "nearest examples {neighbours}{words}; role {role} scored {:.2}{runner_up} (confidence {:.2}){why}; {context}",
                     scored.roles[0].1, scored.confidence
                 ),
             }))

@@ -254,6 +254,11 @@ pub fn cross_validate(
                 .map(|r| r.0.clone())
                 .unwrap_or_default();
             let nearest = scored.neighbours_listed();
+            let words = if scored.words.is_empty() {
+                String::new()
+            } else {
+                format!("; words for {best}: {}", scored.words_listed())
+            };
             Outcome {
                 text: example.text,
                 expected: example.role,
@@ -264,7 +269,7 @@ pub fn cross_validate(
                 },
                 tier: if decided { "classifier" } else { "human" }.into(),
                 confidence: scored.confidence,
-                explanation: format!("best {best}; nearest examples {nearest}"),
+                explanation: format!("best {best}; nearest examples {nearest}{words}"),
                 latency: Duration::ZERO,
                 abstentions: Vec::new(),
             }

@@ -463,23 +463,25 @@ pub fn head_path(dir: &Path, key: &str) -> PathBuf {
 }
 
 /// The key of a linear head trained on examples whose embeddings have key `embeddings_key`:
-/// sha256 (64 hex digits) over it, each example's text and role in order, and the training
-/// settings' exact bits (training is deterministic: the same inputs give the same weights, bit
-/// for bit, so a cached head is the head training would give).
+/// sha256 (64 hex digits) over it, each example's text and role in order, and the exact bits
+/// of `config`'s training settings (`linear_steps`, `linear_learning_rate`,
+/// `linear_weight_decay`, `lexical_weight`, `lexical_min_count`). Training is deterministic:
+/// the same inputs give the same weights, bit for bit, so a cached head is the head training
+/// would give.
 pub fn head_key(
     embeddings_key: &str,
     examples: &[(&str, &str)],
-    steps: usize,
-    learning_rate: f64,
-    weight_decay: f64,
+    config: &super::EmbeddingConfig,
 ) -> String {
     let mut all = Sha256::new();
     all.update(FORMAT.as_bytes());
-    all.update(b"\0linear head\0");
+    all.update(b"\0linear head with words\0");
     all.update(embeddings_key.as_bytes());
-    all.update((steps as u64).to_le_bytes());
-    all.update(learning_rate.to_bits().to_le_bytes());
-    all.update(weight_decay.to_bits().to_le_bytes());
+    all.update((config.linear_steps as u64).to_le_bytes());
+    all.update(config.linear_learning_rate.to_bits().to_le_bytes());
+    all.update(config.linear_weight_decay.to_bits().to_le_bytes());
+    all.update(config.lexical_weight.to_bits().to_le_bytes());
+    all.update((config.lexical_min_count as u64).to_le_bytes());
     for (text, role) in examples {
         all.update(Sha256::digest(text.as_bytes()));
         all.update(Sha256::digest(role.as_bytes()));

@@ -584,24 +584,24 @@ fn cached_embeddings_are_bit_identical_to_fresh_ones_and_decide_the_same() {
     let report = c.cache_report().unwrap();
     assert!(report.head_hit && report.problem.is_none(), "{report:?}");
     assert_same_scores(&a, &c);
-    // Other training settings are another head.
-    let d = build(
-        &examples,
+    // Other training settings, or another weight or vocabulary of the words, are another head.
+    for other in [
         EmbeddingConfig {
             linear_steps: 200,
             ..cached_in(dir.path())
         },
-    );
-    assert!(!d.cache_report().unwrap().head_hit);
-    // So is another weight of the words.
-    let d = build(
-        &examples,
         EmbeddingConfig {
             lexical_weight: 0.5,
             ..cached_in(dir.path())
         },
-    );
-    assert!(!d.cache_report().unwrap().head_hit);
+        EmbeddingConfig {
+            lexical_min_count: 3,
+            ..cached_in(dir.path())
+        },
+    ] {
+        let d = build(&examples, other);
+        assert!(!d.cache_report().unwrap().head_hit);
+    }
 
     // A corrupt head file is trained again and overwritten.
     let head = cache::head_path(

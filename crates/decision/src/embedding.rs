@@ -513,8 +513,6 @@ mod model {
         bias: Vec<f32>,
         /// Embedding width (384 for MiniLM).
         embedding_dim: usize,
-        /// Row width: `embedding_dim` plus the vocabulary's size.
-        dim: usize,
         /// The training examples' words (empty when `lexical_weight` is 0).
         vocabulary: lexical::Vocabulary,
         /// Scale of the lexical part of the input.
@@ -556,10 +554,14 @@ mod model {
                 weights: Vec::new(),
                 bias: Vec::new(),
                 embedding_dim,
-                dim: embedding_dim + vocabulary.len(),
                 vocabulary,
                 lexical_weight: config.lexical_weight as f32,
             }
+        }
+
+        /// Row width: the embedding's columns, then the vocabulary's.
+        fn dim(&self) -> usize {
+            self.embedding_dim + self.vocabulary.len()
         }
 
         /// What the head reads of `text`, whose embedding is `embedding`.
@@ -579,9 +581,19 @@ mod model {
         /// `config.linear_steps` steps from all-zero weights. No randomness: the same examples
         /// and settings give the same weights.
         fn train(examples: &[Labelled], config: &EmbeddingConfig) -> Result<LinearHead, Error> {
+            LinearHead::empty(examples, config).fit(examples, config)
+        }
+
+        /// [`LinearHead::train`] from the untrained head's shape ([`LinearHead::empty`] for
+        /// the same `examples` and `config`).
+        fn fit(
+            mut self,
+            examples: &[Labelled],
+            config: &EmbeddingConfig,
+        ) -> Result<LinearHead, Error> {
             use candle_nn::{Init, Module, Optimizer};
-            let mut head = LinearHead::empty(examples, config);
-            let (roles, dim) = (&head.roles, head.dim);
+            let head = &self;
+            let (roles, dim) = (&head.roles, head.dim());
             let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
                 let device = Device::Cpu;
                 let mut xs = vec![0f32; examples.len() * dim];
@@ -624,9 +636,9 @@ mod model {
             };
             let (weights, bias) = run()
                 .map_err(|e| Error::Embedding(format!("cannot train the linear head: {e}")))?;
-            head.weights = weights;
-            head.bias = bias;
-            Ok(head)
+            self.weights = weights;
+            self.bias = bias;
+            Ok(self)
         }
 
         /// The head for `examples` and `config` from the cache in `dir` when it has it
@@ -653,8 +665,8 @@ mod model {
                     None => problem,
                 });
             };
-            match cache::read_head(&path, &key, empty.dim) {
-                Ok(Some((roles, weights, bias))) if roles == empty.roles => {
+            match cache::read_head(&path, &key, &empty.roles, empty.dim()) {
+                Ok(Some((weights, bias))) => {
                     report.head_hit = true;
                     cache::mark_used(&path);
                     return Ok(LinearHead {
@@ -663,21 +675,13 @@ mod model {
                         ..empty
                     });
                 }
-                Ok(Some((roles, ..))) => {
-                    let problem = format!(
-                        "holds the roles {roles:?}, not the examples' {:?}: foreign",
-                        empty.roles
-                    );
-                    tracing::warn!(file = %path.display(), %problem, "linear head cache file unusable: training the head again and overwriting it");
-                    note(problem);
-                }
                 Ok(None) => {}
                 Err(problem) => {
                     tracing::warn!(file = %path.display(), %problem, "linear head cache file unusable: training the head again and overwriting it");
                     note(problem);
                 }
             }
-            let head = LinearHead::train(examples, config)?;
+            let head = empty.fit(examples, config)?;
             if let Err(problem) =
                 cache::write_head(dir, &path, &key, (&head.roles, &head.weights, &head.bias))
             {
@@ -691,7 +695,7 @@ mod model {
         fn logits(&self, input: &Input<'_>) -> Vec<f64> {
             let e = self.embedding_dim;
             self.weights
-                .chunks(self.dim.max(1))
+                .chunks(self.dim().max(1))
                 .zip(&self.bias)
                 .map(|(w, b)| {
                     let dense: f32 = w[..e].iter().zip(input.embedding).map(|(a, x)| a * x).sum();
@@ -720,7 +724,8 @@ mod model {
             let Ok(r) = self.roles.binary_search_by(|x| x.as_str().cmp(role)) else {
                 return Vec::new();
             };
-            let w = &self.weights[r * self.dim..(r + 1) * self.dim];
+            let dim = self.dim();
+            let w = &self.weights[r * dim..(r + 1) * dim];
             let mut out: Vec<(String, f32)> = input
                 .words
                 .iter()
@@ -773,6 +778,16 @@ mod model {
                 .map(|n| format!("{:?} ({}, {:.2})", n.text, n.role, n.similarity))
                 .collect::<Vec<_>>()
                 .join(", ")
+        }
+
+        /// The clause a decision's explanation gives the words for `role` (the best one):
+        /// `; words for sop: "runbook" +0.84, …`, or nothing when no word weighed.
+        pub fn words_explained(&self, role: &str) -> String {
+            if self.words.is_empty() {
+                String::new()
+            } else {
+                format!("; words for {role}: {}", self.words_listed())
+            }
         }
 
         /// The words as explanations list them: `"runbook" +0.84, …`; empty when none.
@@ -1154,11 +1169,7 @@ mod model {
                 .get(1)
                 .map(|(r, s)| format!(", runner-up {r} {s:.2}"))
                 .unwrap_or_default();
-            let words = if scored.words.is_empty() {
-                String::new()
-            } else {
-                format!("; words for {role}: {}", scored.words_listed())
-            };
+            let words = scored.words_explained(role);
             let why = if scored.similar_enough {
                 String::new()
             } else {

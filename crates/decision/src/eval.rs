@@ -254,11 +254,7 @@ pub fn cross_validate(
                 .map(|r| r.0.clone())
                 .unwrap_or_default();
             let nearest = scored.neighbours_listed();
-            let words = if scored.words.is_empty() {
-                String::new()
-            } else {
-                format!("; words for {best}: {}", scored.words_listed())
-            };
+            let words = scored.words_explained(&best);
             Outcome {
                 text: example.text,
                 expected: example.role,

@@ -489,13 +489,18 @@ pub fn head_key(
     hex::encode(all.finalize())
 }
 
-/// A trained head: its roles (the logits' order), `roles × dim` weights (row-major) and one
-/// bias per role.
-pub type HeadParts = (Vec<String>, Vec<f32>, Vec<f32>);
+/// A trained head's `roles × dim` weights (row-major) and its one bias per role.
+pub type HeadParts = (Vec<f32>, Vec<f32>);
 
-/// The head stored at `path` under `key`: `Ok(None)` when there is no file, `Err` saying what
-/// is wrong with one that is there (truncated, corrupt, foreign, wrong shapes).
-pub fn read_head(path: &Path, key: &str, dim: usize) -> Result<Option<HeadParts>, String> {
+/// The head stored at `path` under `key` for `roles` (the logits' order) and rows of `dim`
+/// weights: `Ok(None)` when there is no file, `Err` saying what is wrong with one that is there
+/// (truncated, corrupt, foreign, other roles, wrong shapes).
+pub fn read_head(
+    path: &Path,
+    key: &str,
+    roles: &[String],
+    dim: usize,
+) -> Result<Option<HeadParts>, String> {
     let Some(bytes) = read_bytes(path)? else {
         return Ok(None);
     };
@@ -508,11 +513,12 @@ pub fn read_head(path: &Path, key: &str, dim: usize) -> Result<Option<HeadParts>
             get("key")
         ));
     }
-    let roles: Vec<String> = get("roles")
-        .unwrap_or_default()
-        .split('\n')
-        .map(str::to_string)
-        .collect();
+    let stored: Vec<&str> = get("roles").unwrap_or_default().split('\n').collect();
+    if stored != roles {
+        return Err(format!(
+            "holds the roles {stored:?}, not the examples' {roles:?}: foreign"
+        ));
+    }
     let r = roles.len();
     let tensor = |name: &str, len: usize| {
         let t = tensors
@@ -546,7 +552,7 @@ pub fn read_head(path: &Path, key: &str, dim: usize) -> Result<Option<HeadParts>
     if weights.iter().chain(&bias).any(|x| !x.is_finite()) {
         return Err("has a weight that is not finite: corrupt".into());
     }
-    Ok(Some((roles, weights, bias)))
+    Ok(Some((weights, bias)))
 }
 
 /// Writes a trained head as the file of `key` at `path` in `dir` (atomically, as the

@@ -4,9 +4,10 @@
 //! A frozen sentence embedding places "write the runbook for rotating certificates" near
 //! "rotate the certificates": the topic dominates, while the role turns on a few words (write
 //! the runbook → `sop`). Word unigrams and bigrams carry exactly those words, and a
-//! logistic regression over both the embedding and the words is the usual remedy (in
-//! cross-validation over the shipped examples: 85.5% with the embedding alone, 88.3% with the
-//! words alone, 91.7% with both; `baton eval-routing --cross-validate 10` prints the figure).
+//! logistic regression over both the embedding and the words is the usual remedy. In 10-fold
+//! cross-validation over the shipped examples (`baton eval-routing --cross-validate 10`), this
+//! head went from 85.3% with the embedding alone to 90.2% with the words; a scikit-learn check
+//! of the same features gave 85.5% for the embedding, 88.3% for the words alone, 91.7% for both.
 //!
 //! Weighting as scikit-learn's `TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)`
 //! computes it: terms are the lower-cased words of two or more letters, digits or

@@ -8,7 +8,7 @@
 //! - `linear` (the default): a multinomial logistic regression (one weight row and bias per
 //!   role) over the embedding and the request's words ([`lexical`]: TF-IDF over word unigrams
 //!   and bigrams, weighted by `lexical_weight`), trained on the examples when the tier is built
-//!   (candle-nn, full-batch cross-entropy, AdamW from all-zero weights: no randomness, so the
+//!   ([`regression`]: L2-regularised cross-entropy solved by L-BFGS from all-zero weights: no randomness, so the
 //!   same examples give the same weights and a recorded decision replays the same). A role's
 //!   score is its probability, the best probability the confidence; optionally mixed with the
 //!   nearest examples' vote (`linear_vote_weight`). The explanation names the words that
@@ -43,6 +43,8 @@ pub mod cache;
 pub mod lexical;
 #[cfg(feature = "embedding")]
 pub mod minilm;
+#[cfg(feature = "embedding")]
+pub mod regression;
 
 /// Name of the tier (`decision.tiers`, `Decision.matched_by` prefix).
 pub const TIER: &str = "embedding";
@@ -89,14 +91,17 @@ pub struct EmbeddingConfig {
     /// on the examples when the tier is built; a role's score is its probability, the best
     /// probability the confidence).
     pub scoring: Scoring,
-    /// `linear` only: full-batch training steps (AdamW from all-zero weights, so training is
-    /// deterministic and a decision replays the same).
-    pub linear_steps: usize,
-    /// `linear` only: the optimiser's learning rate.
-    pub linear_learning_rate: f64,
-    /// `linear` only: decoupled weight decay per step (AdamW); larger keeps the weights small,
-    /// so probabilities stay softer (less over-confident) on text unlike the examples.
-    pub linear_weight_decay: f64,
+    /// `linear` only: the inverse of the regularisation strength, as scikit-learn's
+    /// `LogisticRegression(C=…)`: training minimises `C × Σ cross-entropy + ½ ‖weights‖²`
+    /// (biases unpenalised). Larger fits the examples more closely and gives sharper
+    /// probabilities; smaller keeps the weights small, so probabilities stay softer on text
+    /// unlike the examples.
+    pub linear_c: f64,
+    /// `linear` only: the most L-BFGS iterations training may take. Training starts from
+    /// all-zero weights and has no randomness, so the same examples and settings give the same
+    /// weights and a recorded decision replays the same; it stops earlier once the gradient is
+    /// below 10⁻⁵ (converged: on the shipped examples, well before the cap).
+    pub linear_max_iterations: usize,
     /// `linear` only: weight (0–1) of the nearest examples' vote (as `vote` forms it, from `k`
     /// and `temperature`) mixed into the regression's probabilities: the regression sees the
     /// overall direction of a role, the vote a request that is nearly an example. 0 is the
@@ -169,9 +174,8 @@ impl Default for EmbeddingConfig {
             k: 2,
             temperature: 0.03,
             scoring: Scoring::Linear,
-            linear_steps: 300,
-            linear_learning_rate: 0.05,
-            linear_weight_decay: 0.1,
+            linear_c: 30.0,
+            linear_max_iterations: 500,
             linear_vote_weight: 0.0,
             lexical_weight: 1.0,
             lexical_min_count: 2,
@@ -199,14 +203,14 @@ impl EmbeddingConfig {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad("temperature", "must be a positive number");
         }
-        if self.linear_steps == 0 {
-            return bad("linear_steps", "must be at least 1");
+        if !(self.linear_c > 0.0 && self.linear_c.is_finite()) {
+            return bad(
+                "linear_c",
+                "must be a positive number (the inverse of the regularisation strength)",
+            );
         }
-        if !(self.linear_learning_rate > 0.0 && self.linear_learning_rate.is_finite()) {
-            return bad("linear_learning_rate", "must be a positive number");
-        }
-        if !(self.linear_weight_decay >= 0.0 && self.linear_weight_decay.is_finite()) {
-            return bad("linear_weight_decay", "must be zero or a positive number");
+        if self.linear_max_iterations == 0 {
+            return bad("linear_max_iterations", "must be at least 1");
         }
         if !(0.0..=1.0).contains(&self.linear_vote_weight) {
             return bad("linear_vote_weight", "must be between 0 and 1");
@@ -335,8 +339,6 @@ mod model {
     use crate::rules::RuleSet;
     use crate::{Classifier, Opinion};
     use baton_proto::{Decision, DecisionTier, Task};
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::VarBuilder;
     use futures::future::BoxFuture;
     use minilm::{BertConfig, MiniLm};
     use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
@@ -577,9 +579,10 @@ mod model {
             Input { embedding, words }
         }
 
-        /// Trains the head on `examples` with candle-nn: full-batch cross-entropy, AdamW,
-        /// `config.linear_steps` steps from all-zero weights. No randomness: the same examples
-        /// and settings give the same weights.
+        /// Trains the head on `examples` ([`regression::fit`]: L2-regularised cross-entropy
+        /// at `config.linear_c`, L-BFGS from all-zero weights for at most
+        /// `config.linear_max_iterations` iterations). No randomness: the same examples and
+        /// settings give the same weights.
         fn train(examples: &[Labelled], config: &EmbeddingConfig) -> Result<LinearHead, Error> {
             LinearHead::empty(examples, config).fit(examples, config)
         }
@@ -591,53 +594,38 @@ mod model {
             examples: &[Labelled],
             config: &EmbeddingConfig,
         ) -> Result<LinearHead, Error> {
-            use candle_nn::{Init, Module, Optimizer};
-            let head = &self;
-            let (roles, dim) = (&head.roles, head.dim());
-            let run = || -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
-                let device = Device::Cpu;
-                let mut xs = vec![0f32; examples.len() * dim];
-                for (row, l) in xs.chunks_mut(dim).zip(examples) {
-                    let input = head.input(&l.vector, &l.example.text);
-                    row[..head.embedding_dim].copy_from_slice(input.embedding);
-                    for (column, w) in input.words {
-                        row[head.embedding_dim + column as usize] = w;
-                    }
+            let dim = self.dim();
+            let mut rows = vec![0f64; examples.len() * dim];
+            for (row, l) in rows.chunks_mut(dim).zip(examples) {
+                let input = self.input(&l.vector, &l.example.text);
+                row.iter_mut()
+                    .zip(input.embedding)
+                    .for_each(|(r, &v)| *r = v as f64);
+                for (column, w) in input.words {
+                    row[self.embedding_dim + column as usize] = w as f64;
                 }
-                let xs = Tensor::from_vec(xs, (examples.len(), dim), &device)?;
-                let ys: Vec<u32> = examples
-                    .iter()
-                    .map(|l| roles.binary_search(&l.example.role).unwrap_or(0) as u32)
-                    .collect();
-                let ys = Tensor::from_vec(ys, examples.len(), &device)?;
-                let vars = candle_nn::VarMap::new();
-                let vb = VarBuilder::from_varmap(&vars, DType::F32, &device);
-                let w = vb.get_with_hints((roles.len(), dim), "weight", Init::Const(0.0))?;
-                let b = vb.get_with_hints(roles.len(), "bias", Init::Const(0.0))?;
-                let linear = candle_nn::Linear::new(w, Some(b));
-                let mut opt = candle_nn::AdamW::new(
-                    vars.all_vars(),
-                    candle_nn::ParamsAdamW {
-                        lr: config.linear_learning_rate,
-                        weight_decay: config.linear_weight_decay,
-                        ..Default::default()
-                    },
-                )?;
-                for _ in 0..config.linear_steps {
-                    let loss = candle_nn::loss::cross_entropy(&linear.forward(&xs)?, &ys)?;
-                    opt.backward_step(&loss)?;
-                }
-                let weights = linear.weight().flatten_all()?.to_vec1::<f32>()?;
-                let bias = match linear.bias() {
-                    Some(b) => b.to_vec1::<f32>()?,
-                    None => vec![0.0; roles.len()],
-                };
-                Ok((weights, bias))
-            };
-            let (weights, bias) = run()
-                .map_err(|e| Error::Embedding(format!("cannot train the linear head: {e}")))?;
-            self.weights = weights;
-            self.bias = bias;
+            }
+            let labels: Vec<u32> = examples
+                .iter()
+                .map(|l| self.roles.binary_search(&l.example.role).unwrap_or(0) as u32)
+                .collect();
+            let fitted = regression::fit(
+                rows,
+                dim,
+                &labels,
+                self.roles.len(),
+                config.linear_c,
+                config.linear_max_iterations as u64,
+            )
+            .map_err(|e| Error::Embedding(format!("cannot train the linear head: {e}")))?;
+            if !fitted.converged {
+                tracing::warn!(
+                    iterations = fitted.iterations,
+                    "the linear head did not converge within decision.embedding.linear_max_iterations; it is used as it stands: raise the cap or lower linear_c"
+                );
+            }
+            self.weights = fitted.weights;
+            self.bias = fitted.bias;
             Ok(self)
         }
 

@@ -242,9 +242,21 @@ pub fn cross_validate(
     classifier: &crate::embedding::EmbeddingClassifier,
     folds: usize,
 ) -> Result<Report, Error> {
+    Ok(cross_validation_report(
+        classifier,
+        classifier.cross_validate(folds)?,
+    ))
+}
+
+/// The [`Report`] of scores a cross-validation gave ([`cross_validate`] from what
+/// `classifier.cross_validate` returned): for a caller that also looks at the scores.
+#[cfg(feature = "embedding")]
+pub fn cross_validation_report(
+    classifier: &crate::embedding::EmbeddingClassifier,
+    scored: Vec<(crate::embedding::Example, crate::embedding::Scored)>,
+) -> Report {
     let min = classifier.config().min_confidence;
-    let outcomes = classifier
-        .cross_validate(folds)?
+    let outcomes = scored
         .into_iter()
         .map(|(example, scored)| {
             let decided = scored.confidence >= min;
@@ -271,5 +283,5 @@ pub fn cross_validate(
             }
         })
         .collect();
-    Ok(Report { outcomes })
+    Report { outcomes }
 }

@@ -43,7 +43,7 @@
 //! With `linear` scoring the trained head is cached beside them (`head-<key>.safetensors`,
 //! tensors `weight` and `bias`, the roles in the metadata), keyed by the embeddings' key, every
 //! example's text and role in order and the training settings' bits: training is deterministic
-//! (AdamW from zero weights), so a stored head is bit for bit the head training would give, and
+//! (L-BFGS from zero weights), so a stored head is bit for bit the head training would give, and
 //! reading it saves ~1 s per start. The same checks, logging and atomic writes apply.
 
 use super::{Encoder, MAX_TOKENS};
@@ -464,8 +464,8 @@ pub fn head_path(dir: &Path, key: &str) -> PathBuf {
 
 /// The key of a linear head trained on examples whose embeddings have key `embeddings_key`:
 /// sha256 (64 hex digits) over it, each example's text and role in order, and the exact bits
-/// of `config`'s training settings (`linear_steps`, `linear_learning_rate`,
-/// `linear_weight_decay`, `lexical_weight`, `lexical_min_count`). Training is deterministic:
+/// of `config`'s training settings (`linear_c`, `linear_max_iterations`, `lexical_weight`,
+/// `lexical_min_count`). Training is deterministic:
 /// the same inputs give the same weights, bit for bit, so a cached head is the head training
 /// would give.
 pub fn head_key(
@@ -475,11 +475,10 @@ pub fn head_key(
 ) -> String {
     let mut all = Sha256::new();
     all.update(FORMAT.as_bytes());
-    all.update(b"\0linear head with words\0");
+    all.update(b"\0linear head with words, L-BFGS\0");
     all.update(embeddings_key.as_bytes());
-    all.update((config.linear_steps as u64).to_le_bytes());
-    all.update(config.linear_learning_rate.to_bits().to_le_bytes());
-    all.update(config.linear_weight_decay.to_bits().to_le_bytes());
+    all.update(config.linear_c.to_bits().to_le_bytes());
+    all.update((config.linear_max_iterations as u64).to_le_bytes());
     all.update(config.lexical_weight.to_bits().to_le_bytes());
     all.update((config.lexical_min_count as u64).to_le_bytes());
     for (text, role) in examples {

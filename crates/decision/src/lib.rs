@@ -78,6 +78,15 @@ pub struct Config {
     /// rules file's fallback rule, the assistant). `clarify` takes effect only when a tier
     /// besides the rules is active: routing by keywords alone keeps the fallback.
     pub when_unsure: WhenUnsure,
+    /// Whether a rules decision gets a second opinion from the next tier (the classifier):
+    /// when that tier is confident (at its own `min_confidence`), names another role, and is
+    /// more confident than the rule's score (the rule's `confidence`, plus 0.03 per extra
+    /// hit), it decides instead, and the explanation names the rule it overruled. One keyword
+    /// can mislead ("run the patch runbook" is `patch`, not `sop`), and the classifier reads
+    /// the whole request; a rule given `confidence = 0.99` (or several hits) is overruled only
+    /// by a near-certain classifier. Off: the first confident tier decides, as for every other
+    /// tier.
+    pub overrule_rules: bool,
 }
 
 /// What the decision service does with a task no tier is confident about.
@@ -100,6 +109,7 @@ impl Default for Config {
             embedding: embedding::EmbeddingConfig::default(),
             llm: llm::LlmTierConfig::default(),
             when_unsure: WhenUnsure::default(),
+            overrule_rules: true,
         }
     }
 }
@@ -344,6 +354,7 @@ pub struct Decider {
     rules: Arc<RuleSet>,
     tiers: Vec<Arc<dyn Classifier>>,
     when_unsure: WhenUnsure,
+    overrule_rules: bool,
 }
 
 impl Decider {
@@ -361,7 +372,15 @@ impl Decider {
             rules,
             tiers,
             when_unsure: WhenUnsure::Fallback,
+            overrule_rules: false,
         }
+    }
+
+    /// Sets whether the tier after the rules may overrule a rules decision it is more
+    /// confident about ([`Config::overrule_rules`]); off by default.
+    pub fn overrule_rules(mut self, overrule: bool) -> Decider {
+        self.overrule_rules = overrule;
+        self
     }
 
     /// Sets what happens when no tier is confident.
@@ -425,7 +444,7 @@ impl Decider {
         let mut candidates: Vec<baton_proto::Decision> = Vec::new();
         let mut abstentions: Vec<Abstention> = Vec::new();
         let mut best: Option<baton_proto::Decision> = None;
-        for tier in &self.tiers {
+        for (i, tier) in self.tiers.iter().enumerate() {
             let threshold = tier.min_confidence().unwrap_or(self.rules.min_confidence);
             let d = match tier.classify(task).await? {
                 Opinion::Decided(d) => *d,
@@ -439,6 +458,19 @@ impl Decider {
             };
             candidates.push(d.clone());
             if d.confidence >= threshold {
+                if self.overrule_rules
+                    && tier.name() == tiers::RULES_TIER
+                    && let Some(next) = self.tiers.get(i + 1)
+                    && let Some(overruling) = self
+                        .second_opinion(next.as_ref(), task, &d, &mut candidates, &mut abstentions)
+                        .await?
+                {
+                    return Ok(Explained {
+                        decision: overruling,
+                        candidates,
+                        abstentions,
+                    });
+                }
                 return Ok(Explained {
                     decision: d,
                     candidates,
@@ -485,6 +517,46 @@ impl Decider {
             candidates,
             abstentions,
         })
+    }
+}
+
+impl Decider {
+    /// Asks `next` about a task the rules decided as `ruled`; its decision when it is
+    /// confident, routes elsewhere and is more confident than the rule, explained as
+    /// overruling it. Its candidate (or abstention) is recorded either way.
+    async fn second_opinion(
+        &self,
+        next: &dyn Classifier,
+        task: &Task,
+        ruled: &baton_proto::Decision,
+        candidates: &mut Vec<baton_proto::Decision>,
+        abstentions: &mut Vec<Abstention>,
+    ) -> Result<Option<baton_proto::Decision>, Error> {
+        let mut d = match next.classify(task).await? {
+            Opinion::Decided(d) => *d,
+            Opinion::NoOpinion(reason) => {
+                abstentions.push(Abstention {
+                    tier: next.name().to_string(),
+                    reason,
+                });
+                return Ok(None);
+            }
+        };
+        candidates.push(d.clone());
+        let threshold = next.min_confidence().unwrap_or(self.rules.min_confidence);
+        let role = |d: &baton_proto::Decision| d.spec.as_ref().map(|s| s.role.clone());
+        if d.confidence < threshold || d.confidence <= ruled.confidence || role(&d) == role(ruled) {
+            return Ok(None);
+        }
+        d.explanation = format!(
+            "{}; this overrules {:?} (rules, confidence {:.2}, role {}): the {} is more confident",
+            d.explanation,
+            ruled.matched_by,
+            ruled.confidence,
+            role(ruled).unwrap_or_default(),
+            next.name()
+        );
+        Ok(Some(d))
     }
 }
 
@@ -944,6 +1016,67 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// A stand-in later tier with one opinion about every request.
+    struct Sure {
+        role: &'static str,
+        confidence: f64,
+    }
+    impl Classifier for Sure {
+        fn name(&self) -> &str {
+            "sure"
+        }
+        fn min_confidence(&self) -> Option<f64> {
+            Some(0.3)
+        }
+        fn classify<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, Result<Opinion, Error>> {
+            let d = baton_proto::Decision {
+                spec: Some(baton_proto::TaskSpec {
+                    role: self.role.into(),
+                    ..Default::default()
+                }),
+                confidence: self.confidence,
+                tier: DecisionTier::Classifier as i32,
+                matched_by: format!("sure:{}", self.role),
+                explanation: "sure".into(),
+            };
+            Box::pin(std::future::ready(Ok(Opinion::from(d))))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_next_tier_overrules_a_rule_only_when_more_confident_and_elsewhere() {
+        let chain = |role, confidence, overrule| {
+            Decider::new(RuleSet::builtin())
+                .with_tier(Arc::new(Sure { role, confidence }))
+                .overrule_rules(overrule)
+        };
+        let text = task("fix drift on web-1");
+        // One keyword: the shipped drift rule scores 0.6; a classifier at 0.7 for sop
+        // overrules it.
+        let e = chain("sop", 0.7, true).explain(&text).await.unwrap();
+        assert_eq!(e.decision.tier(), DecisionTier::Classifier, "{e:?}");
+        assert_eq!(e.decision.spec.as_ref().unwrap().role, "sop");
+        assert!(
+            e.decision
+                .explanation
+                .contains(r#"overrules "drift" (rules, confidence 0.60, role drift)"#),
+            "{}",
+            e.decision.explanation
+        );
+        assert_eq!(e.candidates.len(), 2, "both opinions are kept");
+        // Less confident than the rule, or of the same role: the rule stands, the second
+        // opinion is recorded.
+        for (role, confidence) in [("sop", 0.55), ("drift", 0.99)] {
+            let e = chain(role, confidence, true).explain(&text).await.unwrap();
+            assert_eq!(e.decision.matched_by, "drift", "{role} {confidence}: {e:?}");
+            assert_eq!(e.candidates.len(), 2);
+        }
+        // Off: the rule decides and the classifier is not asked.
+        let e = chain("sop", 0.7, false).explain(&text).await.unwrap();
+        assert_eq!(e.decision.matched_by, "drift");
+        assert_eq!(e.candidates.len(), 1);
     }
 
     /// A stand-in later tier that is confident about one phrase.

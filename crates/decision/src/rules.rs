@@ -14,7 +14,7 @@ use std::path::Path;
 pub const DEFAULT_RULES: &str = include_str!("../rules.toml");
 /// Name under which the built-in rules appear in error messages.
 pub const DEFAULT_RULES_NAME: &str = "<built-in rules.toml>";
-/// Confidence of a single hit when a rule does not set its own.
+/// Confidence of a single hit when neither the rule nor `[defaults]` sets one.
 pub const DEFAULT_HIT_CONFIDENCE: f64 = 0.9;
 /// Confidence added per hit after the first.
 pub const EXTRA_HIT_CONFIDENCE: f64 = 0.03;
@@ -45,9 +45,15 @@ struct DefaultsFile {
     environment: String,
     #[serde(default = "default_min_confidence")]
     min_confidence: f64,
+    #[serde(default = "default_hit_confidence")]
+    confidence: f64,
     fallback: String,
     #[serde(default)]
     model_hints: Vec<String>,
+}
+
+fn default_hit_confidence() -> f64 {
+    DEFAULT_HIT_CONFIDENCE
 }
 
 fn default_min_confidence() -> f64 {
@@ -300,7 +306,7 @@ impl RuleSet {
                     "rule {name:?}: the name is used twice: rule names must be unique"
                 )));
             }
-            let rule = compile_rule(name.clone(), r, catalog)
+            let rule = compile_rule(name.clone(), r, d.confidence, catalog)
                 .map_err(|problem| fail(format!("rule {name:?}: {problem}")))?;
             rules.push(rule);
         }
@@ -612,7 +618,8 @@ fn trigger_of(task: &Task) -> Result<&baton_proto::Trigger, Error> {
         .ok_or_else(|| Error::InvalidRequest("the task has no trigger".into()))
 }
 
-/// Checks `[defaults]`: a catalog environment and a `min_confidence` in 0..=1.
+/// Checks `[defaults]`: a catalog environment, a `min_confidence` in 0..=1 and a `confidence`
+/// in (0, 0.99].
 fn check_defaults(d: &DefaultsFile, catalog: &Catalog) -> Result<(), String> {
     if !catalog.has_environment(&d.environment) {
         return Err(format!(
@@ -625,6 +632,12 @@ fn check_defaults(d: &DefaultsFile, catalog: &Catalog) -> Result<(), String> {
         return Err(format!(
             "defaults.min_confidence {} must be between 0 and 1",
             d.min_confidence
+        ));
+    }
+    if !(d.confidence > 0.0 && d.confidence <= MAX_CONFIDENCE) {
+        return Err(format!(
+            "defaults.confidence {} must be above 0 and at most {MAX_CONFIDENCE}",
+            d.confidence
         ));
     }
     Ok(())
@@ -652,7 +665,12 @@ fn phrase_table(
 
 /// Checks and compiles one `[[rules]]` entry named `name` (already trimmed and unique); the
 /// error says what is wrong with it, without the rule's name.
-fn compile_rule(name: String, r: RuleFile, catalog: &Catalog) -> Result<Rule, String> {
+fn compile_rule(
+    name: String,
+    r: RuleFile,
+    default_confidence: f64,
+    catalog: &Catalog,
+) -> Result<Rule, String> {
     if !catalog.has_role(&r.role) {
         return Err(format!(
             "role {:?} is not in [catalog] roles (use one of {}, or add it there)",
@@ -675,7 +693,7 @@ fn compile_rule(name: String, r: RuleFile, catalog: &Catalog) -> Result<Rule, St
         let risk = parse_risk(risk).map_err(|e| format!("risk_by_environment.{env} {e}"))?;
         risk_by_environment.insert(env.clone(), risk);
     }
-    let confidence = r.confidence.unwrap_or(DEFAULT_HIT_CONFIDENCE);
+    let confidence = r.confidence.unwrap_or(default_confidence);
     if !(confidence > 0.0 && confidence <= MAX_CONFIDENCE) {
         return Err(format!(
             "confidence {confidence} must be above 0 and at most {MAX_CONFIDENCE}"
@@ -812,7 +830,8 @@ mod tests {
         assert!(s.tools.contains(&"asset.put_config".to_string()));
         assert_eq!(d.tier(), DecisionTier::Rules);
         assert_eq!(d.matched_by, "drift");
-        assert!((d.confidence - 0.9).abs() < 1e-9, "{}", d.confidence);
+        // The shipped rules score a single hit at `defaults.confidence`, 0.6.
+        assert!((d.confidence - 0.6).abs() < 1e-9, "{}", d.confidence);
         assert!(
             d.explanation.contains("rule \"drift\" matched \"drift\""),
             "{}",
@@ -872,7 +891,15 @@ mod tests {
             .unwrap();
         assert!(three.confidence > one.confidence);
         assert_eq!(three.hits.len(), 3);
-        let many = rules
+        assert!((three.confidence - (one.confidence + 2.0 * EXTRA_HIT_CONFIDENCE)).abs() < 1e-9);
+        // Rules scoring a hit at 0.95: four hits would be 1.04, capped at 0.99.
+        let sure = RuleSet::parse(
+            &DEFAULT_RULES.replace("\nconfidence = 0.6\n", "\nconfidence = 0.95\n"),
+            "sure.toml",
+            &Catalog::default(),
+        )
+        .unwrap();
+        let many = sure
             .best_match("drift drifted drifting out of sync config mismatch configuration mismatch desired state reconcile")
             .unwrap();
         assert!((many.confidence - MAX_CONFIDENCE).abs() < 1e-9);
@@ -976,7 +1003,7 @@ mod tests {
         assert_eq!(d.matched_by, FALLBACK_MATCHED_BY);
         assert!(
             d.explanation
-                .contains("best candidate \"drift\" scored 0.90"),
+                .contains("best candidate \"drift\" scored 0.60"),
             "{}",
             d.explanation
         );
@@ -1091,6 +1118,18 @@ mod tests {
         .to_string();
         assert!(
             e.contains("defaults.environment \"prod\" is not one of"),
+            "{e}"
+        );
+
+        let e = RuleSet::parse(
+            "[defaults]\nenvironment = \"development\"\nconfidence = 1.5\nfallback = \"a\"\n",
+            "f.toml",
+            &Catalog::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("defaults.confidence 1.5 must be above 0 and at most 0.99"),
             "{e}"
         );
     }

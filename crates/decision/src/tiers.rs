@@ -180,7 +180,9 @@ pub fn assemble(ctx: &Context, config: &Config, rules: Arc<RuleSet>) -> Result<D
         })?;
         tiers.push((factory.build)(&setup)?);
     }
-    Ok(Decider::with_tiers(rules, tiers).when_unsure(config.when_unsure))
+    Ok(Decider::with_tiers(rules, tiers)
+        .when_unsure(config.when_unsure)
+        .overrule_rules(config.overrule_rules))
 }
 
 /// A classification chain built without a running service (no bus, no plug-ins), for tools
@@ -240,5 +242,7 @@ pub fn offline_with_models(
             }
         }
     }
-    Ok(Decider::with_tiers(rules, tiers).when_unsure(config.when_unsure))
+    Ok(Decider::with_tiers(rules, tiers)
+        .when_unsure(config.when_unsure)
+        .overrule_rules(config.overrule_rules))
 }

@@ -68,9 +68,11 @@ fn classifier(config: EmbeddingConfig, rules: Arc<RuleSet>) -> Arc<EmbeddingClas
 fn chain(config: EmbeddingConfig) -> Decider {
     let rules = Arc::new(RuleSet::builtin());
     let tier = classifier(config, rules.clone());
+    // As the service builds it: the classifier may overrule a keyword rule.
     Decider::new(RuleSet::builtin())
         .with_tier(tier)
         .when_unsure(WhenUnsure::Clarify)
+        .overrule_rules(baton_decision::Config::default().overrule_rules)
 }
 
 fn task(text: &str) -> Task {
@@ -226,10 +228,11 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
             "{file} shares a request with the examples"
         );
         let report = eval::evaluate(&decider, &held).await.unwrap();
-        // Measured 0.844–0.917 with the shipped rules and examples (labelled by
-        // routing/ROLES.md) and linear scoring (the target is 0.95; not reached yet):
-        // a guard against regressions, not the goal.
-        assert!(report.accuracy() >= 0.82, "{file}: {report}");
+        // Measured 0.917–0.975 with the shipped rules and examples (labelled by
+        // routing/ROLES.md), linear scoring and the classifier's second opinion on rule
+        // matches (heldout5 0.958, heldout6 0.917; the target is 0.95): a guard
+        // against regressions, not the goal.
+        assert!(report.accuracy() >= 0.88, "{file}: {report}");
     }
 }
 
@@ -474,9 +477,10 @@ fn cross_validation_scores_each_example_without_having_seen_it() {
     }
     let report = eval::cross_validation_report(&c, scored);
     assert_eq!(report.outcomes.len(), examples.len());
-    // Measured 0.908 (10 folds, built-in examples, the head fitted by L-BFGS; 0.902 by 300
-    // AdamW steps, 0.85 with the embedding alone): a guard against regressions.
-    assert!(report.accuracy() >= 0.88, "{report}");
+    // Measured 0.927 (10 folds, the 1714 built-in examples, the head fitted by L-BFGS; 0.873
+    // with the embedding alone; over the 1138 examples before, 0.908, and 0.902 by 300 AdamW
+    // steps): a guard against regressions.
+    assert!(report.accuracy() >= 0.90, "{report}");
     assert!(matches!(
         c.cross_validate(1),
         Err(Error::Config(m)) if m.contains("folds")

@@ -8,8 +8,9 @@
 //! - `linear` (the default): a multinomial logistic regression (one weight row and bias per
 //!   role) over the embedding and the request's words ([`lexical`]: TF-IDF over word unigrams
 //!   and bigrams, weighted by `lexical_weight`), trained on the examples when the tier is built
-//!   ([`regression`]: L2-regularised cross-entropy solved by L-BFGS from all-zero weights: no randomness, so the
-//!   same examples give the same weights and a recorded decision replays the same). A role's
+//!   ([`regression`]: L2-regularised cross-entropy solved by L-BFGS from all-zero weights: no
+//!   randomness, so the same examples give the same weights and a recorded decision replays
+//!   the same). A role's
 //!   score is its probability, the best probability the confidence; optionally mixed with the
 //!   nearest examples' vote (`linear_vote_weight`). The explanation names the words that
 //!   pushed the chosen role up most.

@@ -8,11 +8,13 @@
 //! task cannot be classified (an unknown explicit role, say).
 //!
 //! Classification is a chain of tiers ([`Decider`]): an explicit `trigger.role` wins (tier
-//! EXPLICIT); then each [`Classifier`] in turn, the first confident one winning. Only the
-//! rules tier ([`rules::RuleSet`], a TOML file checked at startup) ships today; a trained
-//! classifier and an LLM tier plug in behind the same trait, registered as [`TierFactory`]
-//! plug-ins and ordered by `decision.tiers` (see [`tiers`]). When no tier is confident the
-//! fallback rule routes the task to the assistant. `DecisionService/ListRoles` reports the
+//! EXPLICIT); then each [`Classifier`] in turn, the first confident one winning, except that a
+//! rules decision may be overruled by a more confident next tier ([`Config::overrule_rules`]).
+//! The rules ([`rules::RuleSet`], a TOML file checked at startup), the embedding classifier
+//! ([`embedding`]) and the model tier ([`llm`]) ship; every tier is a [`TierFactory`] plug-in,
+//! ordered by `decision.tiers` (see [`tiers`]). When no tier is confident the task waits for
+//! an operator, or (rules only, or `when_unsure = "fallback"`) the fallback rule routes it to
+//! the assistant. `DecisionService/ListRoles` reports the
 //! catalog's roles and environments.
 
 pub mod embedding;

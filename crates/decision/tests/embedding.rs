@@ -841,8 +841,29 @@ fn the_cache_setting_is_validated_and_defaults_under_the_user_cache_dir() {
 }
 
 #[test]
-fn a_bad_weight_or_count_of_the_words_is_refused_naming_the_key() {
+fn a_bad_weight_or_count_of_the_words_or_training_setting_is_refused_naming_the_key() {
     for (bad, key) in [
+        (
+            EmbeddingConfig {
+                linear_c: 0.0,
+                ..config()
+            },
+            "decision.embedding.linear_c must be a positive number",
+        ),
+        (
+            EmbeddingConfig {
+                linear_c: f64::INFINITY,
+                ..config()
+            },
+            "decision.embedding.linear_c",
+        ),
+        (
+            EmbeddingConfig {
+                linear_max_iterations: 0,
+                ..config()
+            },
+            "decision.embedding.linear_max_iterations must be at least 1",
+        ),
         (
             EmbeddingConfig {
                 lexical_weight: -1.0,

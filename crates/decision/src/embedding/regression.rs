@@ -3,8 +3,9 @@
 //! The objective is scikit-learn's `LogisticRegression(C=…)` with its default `lbfgs` solver:
 //! minimise `C × Σᵢ −log softmax(W·xᵢ + b)[yᵢ] + ½ ‖W‖²` over the weights `W` (`k × dim`) and
 //! the biases `b` (`k`, not penalised). It is convex, so the solver's answer is the optimum
-//! for the data, not wherever a fixed number of gradient steps happened to stop; in 10-fold
-//! cross-validation over the shipped examples this gained 1.5–2 points over 300 AdamW steps.
+//! for the data, not wherever a fixed number of gradient steps happened to stop (10-fold
+//! cross-validation over the 1138 examples then shipped: 90.8%, against 90.2% after 300 AdamW
+//! steps).
 //! The solver is argmin's L-BFGS with the Moré–Thuente line search (Nocedal & Wright,
 //! *Numerical Optimization*, 2006, algorithm 7.5), started from all-zero weights: no
 //! randomness, so the same examples give the same weights.

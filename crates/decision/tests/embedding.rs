@@ -152,7 +152,7 @@ async fn requests_no_rule_matches_are_routed_by_the_classifier() {
 #[tokio::test]
 async fn gibberish_awaits_clarification_instead_of_a_guess() {
     let decider = chain(config());
-    for text in ["asdf qwer zxcv uiop", "xq7 zzkr plmb", "hmm"] {
+    for text in ["asdf qwer zxcv uiop", "xq7 zzkr plmb", "hmm", "glorp"] {
         let e = decider.explain(&task(text)).await.unwrap();
         assert!(e.awaits_clarification(), "{text:?}: {:?}", e.decision);
         assert_eq!(e.decision.matched_by, AWAITING_CLARIFICATION);
@@ -477,7 +477,7 @@ fn cross_validation_scores_each_example_without_having_seen_it() {
     }
     let report = eval::cross_validation_report(&c, scored);
     assert_eq!(report.outcomes.len(), examples.len());
-    // Measured 0.927 (10 folds, the 1714 built-in examples, the head fitted by L-BFGS; 0.873
+    // Measured 0.925 (10 folds, the 1714 built-in examples, the head fitted by L-BFGS; 0.873
     // with the embedding alone; over the 1138 examples before, 0.908, and 0.902 by 300 AdamW
     // steps): a guard against regressions.
     assert!(report.accuracy() >= 0.90, "{report}");

@@ -447,19 +447,13 @@ impl Decider {
         let mut abstentions: Vec<Abstention> = Vec::new();
         let mut best: Option<baton_proto::Decision> = None;
         for (i, tier) in self.tiers.iter().enumerate() {
-            let threshold = tier.min_confidence().unwrap_or(self.rules.min_confidence);
-            let d = match tier.classify(task).await? {
-                Opinion::Decided(d) => *d,
-                Opinion::NoOpinion(reason) => {
-                    abstentions.push(Abstention {
-                        tier: tier.name().to_string(),
-                        reason,
-                    });
-                    continue;
-                }
+            let Some(d) = self
+                .ask(tier.as_ref(), task, &mut candidates, &mut abstentions)
+                .await?
+            else {
+                continue;
             };
-            candidates.push(d.clone());
-            if d.confidence >= threshold {
+            if d.confidence >= self.threshold(tier.as_ref()) {
                 if self.overrule_rules
                     && tier.name() == tiers::RULES_TIER
                     && let Some(next) = self.tiers.get(i + 1)
@@ -520,9 +514,36 @@ impl Decider {
             abstentions,
         })
     }
-}
 
-impl Decider {
+    /// The confidence `tier`'s decisions must reach: its own, else the rules file's
+    /// `defaults.min_confidence`.
+    fn threshold(&self, tier: &dyn Classifier) -> f64 {
+        tier.min_confidence().unwrap_or(self.rules.min_confidence)
+    }
+
+    /// Asks `tier` about `task` and records its candidate (or its abstention, with why).
+    async fn ask(
+        &self,
+        tier: &dyn Classifier,
+        task: &Task,
+        candidates: &mut Vec<baton_proto::Decision>,
+        abstentions: &mut Vec<Abstention>,
+    ) -> Result<Option<baton_proto::Decision>, Error> {
+        match tier.classify(task).await? {
+            Opinion::Decided(d) => {
+                candidates.push((*d).clone());
+                Ok(Some(*d))
+            }
+            Opinion::NoOpinion(reason) => {
+                abstentions.push(Abstention {
+                    tier: tier.name().to_string(),
+                    reason,
+                });
+                Ok(None)
+            }
+        }
+    }
+
     /// Asks `next` about a task the rules decided as `ruled`; its decision when it is
     /// confident, routes elsewhere and is more confident than the rule, explained as
     /// overruling it. Its candidate (or abstention) is recorded either way.
@@ -534,20 +555,14 @@ impl Decider {
         candidates: &mut Vec<baton_proto::Decision>,
         abstentions: &mut Vec<Abstention>,
     ) -> Result<Option<baton_proto::Decision>, Error> {
-        let mut d = match next.classify(task).await? {
-            Opinion::Decided(d) => *d,
-            Opinion::NoOpinion(reason) => {
-                abstentions.push(Abstention {
-                    tier: next.name().to_string(),
-                    reason,
-                });
-                return Ok(None);
-            }
+        let Some(mut d) = self.ask(next, task, candidates, abstentions).await? else {
+            return Ok(None);
         };
-        candidates.push(d.clone());
-        let threshold = next.min_confidence().unwrap_or(self.rules.min_confidence);
         let role = |d: &baton_proto::Decision| d.spec.as_ref().map(|s| s.role.clone());
-        if d.confidence < threshold || d.confidence <= ruled.confidence || role(&d) == role(ruled) {
+        if d.confidence < self.threshold(next)
+            || d.confidence <= ruled.confidence
+            || role(&d) == role(ruled)
+        {
             return Ok(None);
         }
         d.explanation = format!(

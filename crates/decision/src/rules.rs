@@ -634,10 +634,15 @@ fn check_defaults(d: &DefaultsFile, catalog: &Catalog) -> Result<(), String> {
             d.min_confidence
         ));
     }
-    if !(d.confidence > 0.0 && d.confidence <= MAX_CONFIDENCE) {
+    check_hit_confidence("defaults.confidence", d.confidence)
+}
+
+/// Checks a single hit's score (`confidence` of a rule or of `[defaults]`, named `key`): above 0
+/// and at most [`MAX_CONFIDENCE`].
+fn check_hit_confidence(key: &str, confidence: f64) -> Result<(), String> {
+    if !(confidence > 0.0 && confidence <= MAX_CONFIDENCE) {
         return Err(format!(
-            "defaults.confidence {} must be above 0 and at most {MAX_CONFIDENCE}",
-            d.confidence
+            "{key} {confidence} must be above 0 and at most {MAX_CONFIDENCE}"
         ));
     }
     Ok(())
@@ -694,11 +699,7 @@ fn compile_rule(
         risk_by_environment.insert(env.clone(), risk);
     }
     let confidence = r.confidence.unwrap_or(default_confidence);
-    if !(confidence > 0.0 && confidence <= MAX_CONFIDENCE) {
-        return Err(format!(
-            "confidence {confidence} must be above 0 and at most {MAX_CONFIDENCE}"
-        ));
-    }
+    check_hit_confidence("confidence", confidence)?;
     let keywords = r
         .keywords
         .iter()

@@ -10,6 +10,10 @@ mod common;
 use baton_tests::bench::{arg, pct};
 use common::{STAGES, ms};
 
+// The allocator `baton` ships with, as in the pipeline bench that runs this chain beside it.
+#[global_allocator]
+static ALLOC: baton_runtime::Allocator = baton_runtime::Allocator;
+
 #[tokio::main]
 async fn main() {
     let sequential = arg("--sequential", 300);

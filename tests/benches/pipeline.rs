@@ -30,6 +30,10 @@ use common::ms;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 
+// The allocator `baton` ships with, so the figures are the binary's.
+#[global_allocator]
+static ALLOC: baton_runtime::Allocator = baton_runtime::Allocator;
+
 #[tokio::main]
 async fn main() {
     let sequential = arg("--sequential", 300);

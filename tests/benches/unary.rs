@@ -14,6 +14,10 @@ use baton_tests::test_config;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+// The allocator `baton` ships with, so the figures are the binary's.
+#[global_allocator]
+static ALLOC: baton_runtime::Allocator = baton_runtime::Allocator;
+
 /// Times `calls` sequential calls of `call` (after 20 unmeasured ones) and prints a row.
 async fn row<F, Fut>(name: &str, calls: usize, mut call: F)
 where

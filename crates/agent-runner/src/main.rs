@@ -1,5 +1,8 @@
 //! `baton-agent-runner [--config FILE]`: this service alone, as `baton serve agent-runner` runs it.
 
+#[global_allocator]
+static ALLOC: baton_runtime::Allocator = baton_runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     baton_runtime::service::service_main::<baton_agent_runner::AgentRunner>()
 }

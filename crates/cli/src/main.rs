@@ -20,6 +20,9 @@ use figment::providers::Serialized;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOC: baton_runtime::Allocator = baton_runtime::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "baton",

@@ -214,6 +214,7 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
         "heldout5.jsonl",
         "heldout6.jsonl",
         "dev1.jsonl",
+        "dev2.jsonl",
     ] {
         let text = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -228,9 +229,9 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
             "{file} shares a request with the examples"
         );
         let report = eval::evaluate(&decider, &held).await.unwrap();
-        // Measured 0.917–0.975 with the shipped rules and examples (labelled by
+        // Measured 0.927–0.975 with the shipped rules and examples (labelled by
         // routing/ROLES.md), linear scoring and the classifier's second opinion on rule
-        // matches (heldout5 0.958, heldout6 0.917; the target is 0.95): a guard
+        // matches (heldout5 0.965, heldout6 0.951; the target is 0.95): a guard
         // against regressions, not the goal.
         assert!(report.accuracy() >= 0.88, "{file}: {report}");
     }
@@ -477,9 +478,9 @@ fn cross_validation_scores_each_example_without_having_seen_it() {
     }
     let report = eval::cross_validation_report(&c, scored);
     assert_eq!(report.outcomes.len(), examples.len());
-    // Measured 0.925 (10 folds, the 1714 built-in examples, the head fitted by L-BFGS; 0.873
-    // with the embedding alone; over the 1138 examples before, 0.908, and 0.902 by 300 AdamW
-    // steps): a guard against regressions.
+    // Measured 0.927 (10 folds, the 1979 built-in examples, the head fitted by L-BFGS; 0.877
+    // with the embedding alone; over 1714 examples 0.925, over 1138 0.908, and 0.902 by 300
+    // AdamW steps): a guard against regressions.
     assert!(report.accuracy() >= 0.90, "{report}");
     assert!(matches!(
         c.cross_validate(1),

@@ -1,7 +1,8 @@
 //! The encoder (`embedding::minilm`, behind [`Encoder`]) computes what candle-transformers'
 //! `BertModel` computes on the real all-MiniLM-L6-v2 weights. For every sentence, the two
 //! sentence embeddings (mean pooled under the mask, L2-normalised) are compared by cosine
-//! similarity, with and without padding in the mask:
+//! similarity, with and without padding in the mask, and as the encoder reads a text (cut at
+//! `MAX_TOKENS`; one sentence is longer):
 //! - at `f32` they agree to float rounding (≥ 0.9999);
 //! - at `int8` (dynamic quantization) they stay within [`INT8_MIN_COSINE`].
 //!
@@ -10,7 +11,7 @@
 
 #![cfg(feature = "embedding")]
 
-use baton_decision::embedding::{Encoder, Precision};
+use baton_decision::embedding::{Encoder, MAX_TOKENS, Precision};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
@@ -77,21 +78,33 @@ fn compare(precision: Precision, min_cosine: f32) {
     assert_eq!(encoder.precision(), precision);
     let bert = load_reference(&dir);
     let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    // What the encoder reads of a text: no padding, cut at MAX_TOKENS ([SEP] kept last).
+    let mut cut = tokenizer.clone();
+    cut.with_padding(None);
+    cut.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: MAX_TOKENS,
+        ..Default::default()
+    }))
+    .unwrap();
     let mut worst = 1f32;
+    let mut longest = 0;
     for text in SENTENCES {
         let enc = tokenizer.encode(*text, true).unwrap();
         // The file pads to 128: the padded ids, their mask (zeros on the padding) and the
         // unpadded prefix all give the same embedding.
         let (ids, mask) = (enc.get_ids(), enc.get_attention_mask());
         let n = mask.iter().filter(|m| **m != 0).count();
+        longest = longest.max(n);
         assert!(n < ids.len(), "the tokenizer pads, so the mask has zeros");
         let short = encoder.embed(text).unwrap();
+        let read = cut.encode(*text, true).unwrap();
+        let want_short = reference(&bert, read.get_ids(), read.get_attention_mask());
         let want = reference(&bert, &ids[..n], &mask[..n]);
         let padded = encoder.forward(ids, mask).unwrap();
         let want_padded = reference(&bert, ids, mask);
         assert_eq!(short.len(), 384);
         for (got, want, what) in [
-            (&short, &want, "unpadded"),
+            (&short, &want_short, "unpadded, cut at MAX_TOKENS"),
             (&padded, &want_padded, "padded"),
             (&padded, &want, "padded against unpadded"),
         ] {
@@ -100,6 +113,10 @@ fn compare(precision: Precision, min_cosine: f32) {
             assert!(c >= min_cosine, "{precision:?} {text:?} {what}: cosine {c}");
         }
     }
+    assert!(
+        longest > MAX_TOKENS,
+        "a sentence longer than MAX_TOKENS checks the cut ({longest} tokens at most)"
+    );
     println!("{precision:?}: lowest cosine similarity to candle-transformers' BERT: {worst}");
 }
 

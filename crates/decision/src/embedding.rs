@@ -472,10 +472,10 @@ mod model {
             self.model.precision()
         }
 
-        /// Runs `f` on one of the encoder's single-threaded lanes ([`MiniLm::on_lane`]): a
-        /// pass and the work around it (scoring) stay on one core.
-        pub fn on_lane<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-            self.model.on_lane(f)
+        /// Runs `f` on the encoder's threads ([`MiniLm::on_encoder`]): a pass and the work
+        /// around it (scoring) run there together, on every core when no other call is running.
+        pub fn on_encoder<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+            self.model.on_encoder(f)
         }
 
         /// One forward pass over `ids` (a single sequence), mean-pooled under `mask` and
@@ -1007,7 +1007,7 @@ mod model {
         ///
         /// Errors: those of [`Encoder::embed`].
         pub fn score(&self, text: &str) -> Result<Scored, Error> {
-            self.encoder.on_lane(|| {
+            self.encoder.on_encoder(|| {
                 let v = self.encoder.embed(text)?;
                 Ok(self.score_vector(&v, text))
             })

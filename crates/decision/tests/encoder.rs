@@ -129,3 +129,38 @@ fn f32_encoder_matches_candle_transformers_bert() {
 fn int8_encoder_stays_close_to_candle_transformers_bert() {
     compare(Precision::Int8, INT8_MIN_COSINE);
 }
+
+/// A pass that starts alone runs on every core (its products split by columns); passes that
+/// overlap run one per single-threaded lane. Both must give the same embedding, to the bit:
+/// the kernels split output columns, never the sum over the depth. Eight threads released
+/// together by a barrier embed every sentence several times, so passes overlap.
+#[test]
+fn overlapping_passes_give_the_embedding_of_a_pass_alone() {
+    let Some(dir) = model_dir() else {
+        println!("SKIPPED: BATON_MINILM_DIR is unset; run `export $(bash deploy/minilm.sh --env)`");
+        return;
+    };
+    let encoder = Encoder::load_with(&dir, Precision::Int8).unwrap();
+    let alone: Vec<Vec<f32>> = SENTENCES
+        .iter()
+        .map(|t| encoder.embed(t).unwrap())
+        .collect();
+    let threads = 8;
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                barrier.wait();
+                for round in 0..4 {
+                    for (text, want) in SENTENCES.iter().zip(&alone) {
+                        let got = encoder.embed(text).unwrap();
+                        assert!(
+                            got == *want,
+                            "{text:?} (round {round}): an overlapping pass differs from a pass alone"
+                        );
+                    }
+                }
+            });
+        }
+    });
+}

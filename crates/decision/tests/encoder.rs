@@ -2,7 +2,7 @@
 //! `BertModel` computes on the real all-MiniLM-L6-v2 weights. For every sentence, the two
 //! sentence embeddings (mean pooled under the mask, L2-normalised) are compared by cosine
 //! similarity, with and without padding in the mask, and as the encoder reads a text (cut at
-//! `MAX_TOKENS`; one sentence is longer):
+//! `decision.embedding.max_tokens`, 32 by default; one sentence is longer):
 //! - at `f32` they agree to float rounding (≥ 0.9999);
 //! - at `int8` (dynamic quantization) they stay within [`INT8_MIN_COSINE`].
 //!
@@ -11,7 +11,7 @@
 
 #![cfg(feature = "embedding")]
 
-use baton_decision::embedding::{Encoder, MAX_TOKENS, Precision};
+use baton_decision::embedding::{Encoder, Precision};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
@@ -78,11 +78,12 @@ fn compare(precision: Precision, min_cosine: f32) {
     assert_eq!(encoder.precision(), precision);
     let bert = load_reference(&dir);
     let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    // What the encoder reads of a text: no padding, cut at MAX_TOKENS ([SEP] kept last).
+    // What the encoder reads of a text: no padding, cut at its max_tokens ([SEP] kept last).
+    let max_tokens = encoder.max_tokens();
     let mut cut = tokenizer.clone();
     cut.with_padding(None);
     cut.with_truncation(Some(tokenizers::TruncationParams {
-        max_length: MAX_TOKENS,
+        max_length: max_tokens,
         ..Default::default()
     }))
     .unwrap();
@@ -104,7 +105,7 @@ fn compare(precision: Precision, min_cosine: f32) {
         let want_padded = reference(&bert, ids, mask);
         assert_eq!(short.len(), 384);
         for (got, want, what) in [
-            (&short, &want_short, "unpadded, cut at MAX_TOKENS"),
+            (&short, &want_short, "unpadded, cut at max_tokens"),
             (&padded, &want_padded, "padded"),
             (&padded, &want, "padded against unpadded"),
         ] {
@@ -114,8 +115,8 @@ fn compare(precision: Precision, min_cosine: f32) {
         }
     }
     assert!(
-        longest > MAX_TOKENS,
-        "a sentence longer than MAX_TOKENS checks the cut ({longest} tokens at most)"
+        longest > max_tokens,
+        "a sentence longer than max_tokens ({max_tokens}) checks the cut ({longest} tokens at most)"
     );
     println!("{precision:?}: lowest cosine similarity to candle-transformers' BERT: {worst}");
 }

@@ -46,7 +46,7 @@
 //! (L-BFGS from zero weights), so a stored head is bit for bit the head training would give, and
 //! reading it saves ~1 s per start. The same checks, logging and atomic writes apply.
 
-use super::{Encoder, MAX_TOKENS};
+use super::Encoder;
 use crate::Error;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
@@ -68,11 +68,12 @@ pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 *
 /// The text whose embedding's bits are part of the key.
 const PROBE: &str = "baton example embedding cache probe: routing requests to roles";
 
-/// How an embedding is computed from the model's output (part of the key).
-pub fn pooling() -> String {
+/// How an embedding is computed from the model's output, for an encoder that reads at most
+/// `max_tokens` word pieces (part of the key).
+pub fn pooling(max_tokens: usize) -> String {
     format!(
         "mean of the last hidden states under the attention mask; L2-normalised; f32 on cpu; \
-         no padding; [CLS] and [SEP] added; truncated at {MAX_TOKENS} tokens"
+         no padding; [CLS] and [SEP] added; truncated at {max_tokens} tokens"
     )
 }
 
@@ -119,7 +120,7 @@ pub fn key(encoder: &Encoder) -> Result<(String, usize), Error> {
         FORMAT.as_bytes(),
         env!("CARGO_PKG_VERSION").as_bytes(),
         encoder.fingerprint().as_bytes(),
-        pooling().as_bytes(),
+        pooling(encoder.max_tokens()).as_bytes(),
         &bits,
     ]);
     Ok((key, probe.len()))
@@ -264,7 +265,7 @@ pub fn embed_all(
                 .take(room)
                 .map(|(h, v)| (*h, v.as_slice())),
         );
-        match write(dir, &path, &key, dim, &entries) {
+        match write(dir, &path, &key, dim, encoder.max_tokens(), &entries) {
             Ok(()) => report.written = true,
             Err(problem) => {
                 tracing::warn!(
@@ -384,6 +385,7 @@ fn write(
     path: &Path,
     key: &str,
     dim: usize,
+    max_tokens: usize,
     entries: &[([u8; 32], &[f32])],
 ) -> Result<(), String> {
     let n = entries.len();
@@ -407,7 +409,7 @@ fn write(
         ("key".to_string(), key.to_string()),
         ("data_sha256".to_string(), sum),
         ("model".to_string(), "all-MiniLM-L6-v2".to_string()),
-        ("pooling".to_string(), pooling()),
+        ("pooling".to_string(), pooling(max_tokens)),
         (
             "written_by".to_string(),
             format!("baton-decision {}", env!("CARGO_PKG_VERSION")),

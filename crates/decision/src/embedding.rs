@@ -865,7 +865,9 @@ mod model {
 
     impl EmbeddingClassifier {
         /// Embeds `examples` once with `encoder`, reading the embeddings the cache in
-        /// `config.cache_location()` has and writing the ones it lacks ([`cache`]).
+        /// `config.cache_location()` has and writing the ones it lacks ([`cache`]). The
+        /// encoder's own `precision` and `max_tokens` hold; `config`'s are for
+        /// [`EmbeddingClassifier::load`], which loads the encoder.
         ///
         /// Errors: [`Error::Embedding`] when an example cannot be embedded (a cache problem is
         /// logged and reported by [`EmbeddingClassifier::cache_report`], never an error).
@@ -983,9 +985,8 @@ mod model {
 
         /// The same model and embedded examples with other settings (`config`'s scoring, `k`,
         /// `temperature`, thresholds and `linear_*`; its paths, `precision` and `max_tokens`
-        /// are the model's and are ignored): tuning without
-        /// embedding the examples again. The linear head is trained again when `config` asks
-        /// for one.
+        /// are the model's and are ignored): tuning without embedding the examples again. The
+        /// linear head is trained again when `config` asks for one.
         ///
         /// Errors: [`Error::Embedding`] when the linear head cannot be trained.
         pub fn reconfigured(&self, config: EmbeddingConfig) -> Result<EmbeddingClassifier, Error> {

@@ -1,7 +1,8 @@
 //! What one forward pass of the embedding encoder (all-MiniLM-L6-v2) costs, at each precision
 //! (`f32`, `int8`): a table of milliseconds per pass at 8, 16, 32 and 64 tokens (mean, p50,
 //! p99), then the same for embedding the texts of the held-out routing sets
-//! (`routing/heldout*.jsonl`, tokenizer included), which is what a classification pays.
+//! (`routing/heldout*.jsonl`, tokenizer included), which is what a classification pays, and
+//! the passes per second of four threads embedding those texts at once.
 //!
 //! Run: `export $(bash deploy/minilm.sh --env); cargo bench -p baton-decision --bench forward`.
 //! Without `BATON_MINILM_DIR` it says SKIPPED and exits 0. `BENCH_ITERS` sets the passes per
@@ -116,6 +117,26 @@ fn bench(dir: &Path, precision: Precision, iters: usize, texts: &[String]) {
         }
     }
     row("held-out embed", times);
+    // Concurrent callers: passes overlap, so each runs on a lane of its own (a pass alone on
+    // the machine is split across the cores instead); what matters here is passes per second.
+    let callers = 4;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for c in 0..callers {
+            let encoder = &encoder;
+            scope.spawn(move || {
+                for t in texts.iter().skip(c).step_by(callers) {
+                    std::hint::black_box(encoder.embed(t).unwrap());
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{:>14} {:>9.0} passes/s ({callers} threads, each text once)",
+        "concurrent",
+        texts.len() as f64 / elapsed
+    );
     println!(
         "held-out: {} texts, tokens p50 {} p99 {} max {}",
         texts.len(),

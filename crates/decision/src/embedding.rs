@@ -1087,8 +1087,17 @@ mod model {
         /// examples.
         pub fn score_vector(&self, v: &[f32], text: &str) -> Scored {
             let sims = self.similarities(v);
+            // Only the nearest max(k, EXPLAINED_NEIGHBOURS) examples are read, most similar
+            // first (ties in file order): select those, then sort just them, instead of
+            // sorting every example per request.
+            let needed = self.config.k.max(EXPLAINED_NEIGHBOURS).min(sims.len());
+            let by_similarity = |a: &usize, b: &usize| sims[*b].total_cmp(&sims[*a]).then(a.cmp(b));
             let mut order: Vec<usize> = (0..sims.len()).collect();
-            order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]));
+            if needed > 0 && needed < order.len() {
+                order.select_nth_unstable_by(needed - 1, by_similarity);
+                order.truncate(needed);
+            }
+            order.sort_unstable_by(by_similarity);
             let t = self.config.temperature;
             // The `k` nearest examples' vote: each role's share of the weight
             // `exp((similarity − nearest) / temperature)`.

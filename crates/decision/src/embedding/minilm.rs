@@ -21,8 +21,9 @@
 //!   1.5–1.6 ms and p99 3.9–4.2 to 2.7–2.9 ms; `eval-routing` on heldout5/6 from p50 2.7–3.4
 //!   to 2.4–2.7 ms and p99 4.2–5.3 to 3.3–4.6 ms); under concurrent requests no pass pays
 //!   for splitting and synchronising, and every core still works (the forward bench's four
-//!   concurrent callers: 721–765 passes/s, against 715–717 with every pass on a lane). The columns of a product are computed the same way either way (the kernel
-//!   splits output columns, never the depth), so where a pass ran does not change its result.
+//!   concurrent callers: 721–765 passes/s, against 715–717 with every pass on a lane). The
+//!   columns of a product are computed the same way either way (the kernel splits output
+//!   columns, never the depth), so where a pass ran does not change its result.
 //! - The attention mask is applied only when some token is padding (a request encoded alone
 //!   has none), and the type-0 token-type embedding is added to the position embeddings once.
 //!

@@ -265,70 +265,66 @@ impl Linear {
                 // The products are of the raw u8 values: Σ (a − z)·q = Σ a·q − z·Σ q. (The
                 // kernel's own per-row zero points are not used: with rten-gemm 0.27 the rows
                 // past its first row tile come out wrong when the zero points differ.)
-                for (((acc, y), &row_scale), &zero) in s
-                    .accumulated
-                    .chunks_exact(self.outputs)
-                    .zip(out.chunks_exact_mut(self.outputs))
-                    .zip(&s.row_scales)
-                    .zip(&s.zero_points)
-                {
-                    DequantizeRow {
-                        accumulated: acc,
-                        out: y,
-                        zero_point: i32::from(zero),
-                        row_scale,
-                        scales,
-                        sums,
-                        bias: &self.bias,
-                    }
-                    .dispatch();
+                Dequantize {
+                    accumulated: &s.accumulated,
+                    out,
+                    zero_points: &s.zero_points,
+                    row_scales: &s.row_scales,
+                    scales,
+                    sums,
+                    bias: &self.bias,
                 }
+                .dispatch();
             }
         }
     }
 }
 
-/// `out[j] = (accumulated[j] − zero_point · sums[j]) · row_scale · scales[j] + bias[j]`: one row
-/// of an int8 product back to f32 (ONNX `MatMulInteger`'s zero point, then the two scales and
-/// the bias), in the vector width the CPU has. All slices have the row's width.
-struct DequantizeRow<'a> {
+/// `out[i, j] = (accumulated[i, j] − zero_points[i] · sums[j]) · row_scales[i] · scales[j] +
+/// bias[j]`: an int8 product back to f32 (ONNX `MatMulInteger`'s zero point, then the two
+/// scales and the bias), in the vector width the CPU has. `accumulated` and `out` are
+/// row-major, one row per entry of `zero_points` and `row_scales`, as wide as `scales`,
+/// `sums` and `bias`.
+struct Dequantize<'a> {
     accumulated: &'a [i32],
     out: &'a mut [f32],
-    zero_point: i32,
-    row_scale: f32,
+    zero_points: &'a [u8],
+    row_scales: &'a [f32],
     scales: &'a [f32],
     sums: &'a [i32],
     bias: &'a [f32],
 }
 
-impl SimdOp for DequantizeRow<'_> {
+impl SimdOp for Dequantize<'_> {
     type Output = ();
 
     #[inline(always)]
     fn eval<I: Isa>(self, isa: I) -> Self::Output {
-        let n = self.out.len();
-        let (acc, scales, sums, bias) = (
-            &self.accumulated[..n],
-            &self.scales[..n],
-            &self.sums[..n],
-            &self.bias[..n],
-        );
+        let n = self.bias.len();
+        let (scales, sums, bias) = (&self.scales[..n], &self.sums[..n], &self.bias[..n]);
         let (f32s, i32s) = (isa.f32(), isa.i32());
         let width = f32s.len();
-        let zero = i32s.splat(self.zero_point);
-        let row_scale = f32s.splat(self.row_scale);
-        let mut j = 0;
-        while j + width <= n {
-            let centred = i32s.sub(i32s.load(&acc[j..]), i32s.mul(zero, i32s.load(&sums[j..])));
-            let scale = f32s.mul(row_scale, f32s.load(&scales[j..]));
-            let y = f32s.mul_add(i32s.to_float(centred), scale, f32s.load(&bias[j..]));
-            f32s.store(y, &mut self.out[j..]);
-            j += width;
-        }
-        for j in j..n {
-            self.out[j] = (acc[j] - self.zero_point * sums[j]) as f32
-                * (self.row_scale * scales[j])
-                + bias[j];
+        for (((acc, out), &zero_point), &row_scale) in self
+            .accumulated
+            .chunks_exact(n)
+            .zip(self.out.chunks_exact_mut(n))
+            .zip(self.zero_points)
+            .zip(self.row_scales)
+        {
+            let zero_point = i32::from(zero_point);
+            let zero = i32s.splat(zero_point);
+            let row_scale_v = f32s.splat(row_scale);
+            let mut j = 0;
+            while j + width <= n {
+                let centred = i32s.sub(i32s.load(&acc[j..]), i32s.mul(zero, i32s.load(&sums[j..])));
+                let scale = f32s.mul(row_scale_v, f32s.load(&scales[j..]));
+                let y = f32s.mul_add(i32s.to_float(centred), scale, f32s.load(&bias[j..]));
+                f32s.store(y, &mut out[j..]);
+                j += width;
+            }
+            for j in j..n {
+                out[j] = (acc[j] - zero_point * sums[j]) as f32 * (row_scale * scales[j]) + bias[j];
+            }
         }
     }
 }

@@ -15,7 +15,9 @@
 //! machine whose speed varies from run to run, the ratio is the figure to compare. Then
 //! Baton's own table: sequential latency (p50, p90, p99, max), pipelined throughput, how long
 //! the audit log needed to catch up after the last completion, CPU, the JetStream operations
-//! per task (per stream and consumer) and the time in each service's handler. Last, a paced
+//! per task (per stream and consumer), the time in each service's handler, and where a
+//! sequential task's time goes: the p50 and p99 between consecutive events of one task, by the
+//! server's timestamps, so a ratio to the bare chain can be traced to a hop. Last, a paced
 //! run at a sustained rate below the maximum (by default half the pipelined throughput, for 3 s)
 //! gives the audit log's lag at that rate — event time to storage, from
 //! `baton_audit_lag_seconds` (in-process runs only) — and how long it needed to catch up after
@@ -137,6 +139,9 @@ async fn main() {
     let audit_batches = || baton.ctx.metrics.audit_batches.get();
     let audit_before_seq = audit_records();
     let batches_before_seq = audit_batches();
+    let stream = js.get_stream(&baton.config.common.nats.stream).await.unwrap();
+    let last_sequence = async || stream.clone().info().await.unwrap().state.last_sequence;
+    let first_seq = last_sequence().await + 1;
     let mut lat = Vec::with_capacity(sequential);
     for i in 0..sequential {
         let t = Instant::now();
@@ -150,6 +155,7 @@ async fn main() {
         lat.push(t.elapsed());
     }
     lat.sort();
+    let hops = hops(&stream, first_seq, last_sequence().await).await;
 
     // Every task makes the same events: learn how many from the sequential run (once the audit
     // log has caught up with it).
@@ -429,6 +435,18 @@ async fn main() {
             );
         }
     }
+    println!();
+    println!(
+        "Where a sequential task's time goes: between consecutive events of one task, by the \
+         server's timestamps (delivery + handler + publish of the next)"
+    );
+    println!("| from → to                                              | p50       | p99       |");
+    println!("|--------------------------------------------------------|-----------|-----------|");
+    for (hop, mut micros) in hops {
+        micros.sort_unstable();
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+        println!("| {hop:<54} | {:>6.3} ms | {:>6.3} ms |", at(0.5), at(0.99));
+    }
     if let Some(bare) = &bare {
         println!();
         println!(
@@ -465,6 +483,37 @@ async fn main() {
         let _ = child.wait().await;
     }
     baton.stop().await;
+}
+
+/// The time between consecutive messages of the main stream from `first` to `last` (one task
+/// in flight at a time, so consecutive messages are consecutive steps of one task), by the
+/// server's receive timestamps, in µs, keyed by `from → to` subject in the order first seen.
+/// The step from a task's last event to the next task's trigger (the bench's turnaround) is
+/// left out.
+async fn hops(
+    stream: &async_nats::jetstream::stream::Stream,
+    first: u64,
+    last: u64,
+) -> Vec<(String, Vec<i64>)> {
+    let mut hops: Vec<(String, Vec<i64>)> = Vec::new();
+    let mut previous: Option<async_nats::jetstream::message::StreamMessage> = None;
+    for seq in first..=last {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if let Some(p) = previous.take()
+            && !msg.subject.starts_with(&format!("{}.", subject::TRIGGER_PREFIX))
+        {
+            let hop = format!("{} → {}", p.subject, msg.subject);
+            let micros = (msg.time - p.time).whole_microseconds() as i64;
+            match hops.iter_mut().find(|(h, _)| *h == hop) {
+                Some((_, v)) => v.push(micros),
+                None => hops.push((hop, vec![micros])),
+            }
+        }
+        previous = Some(msg);
+    }
+    hops
 }
 
 /// Starts `baton serve <service>` for each of `services`, against the nats-server of `baton`

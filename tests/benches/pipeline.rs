@@ -139,7 +139,10 @@ async fn main() {
     let audit_batches = || baton.ctx.metrics.audit_batches.get();
     let audit_before_seq = audit_records();
     let batches_before_seq = audit_batches();
-    let stream = js.get_stream(&baton.config.common.nats.stream).await.unwrap();
+    let stream = js
+        .get_stream(&baton.config.common.nats.stream)
+        .await
+        .unwrap();
     let last_sequence = async || stream.clone().info().await.unwrap().state.last_sequence;
     let first_seq = last_sequence().await + 1;
     let mut lat = Vec::with_capacity(sequential);
@@ -189,7 +192,10 @@ async fn main() {
         cpu_baton_now(),
         nats_pid.as_deref().map(cpu_seconds).unwrap_or(0.0),
     );
-    let counts_0 = common::Counts::read(&js).await;
+    // Audit acks cumulatively: its acks are counted, not assumed one per delivery (every
+    // consumer exists by now, in split runs too).
+    let acks = common::AckTap::start(&nats, &js).await;
+    let counts_0 = common::Counts::read(&js, Some(&acks)).await;
     let t = Instant::now();
     let publisher = {
         let nats = nats.clone();
@@ -240,7 +246,9 @@ async fn main() {
     let audit_lag = t_audit.elapsed();
     // Let the last acks land before counting deliveries.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let cost = common::Counts::read(&js).await.since(&counts_0, tasks);
+    let cost = common::Counts::read(&js, Some(&acks))
+        .await
+        .since(&counts_0, tasks);
     let throughput = tasks as f64 / elapsed.as_secs_f64();
     let written = storage_writes().saturating_sub(written_0);
     let stored = audit_records() - audit_before;
@@ -253,7 +261,7 @@ async fn main() {
         let n = rate * sustained_secs;
         let lag_0 = lag_histogram(&baton.ctx.metrics.render());
         let audit_0 = audit_records();
-        let counts_0 = common::Counts::read(&js).await;
+        let counts_0 = common::Counts::read(&js, Some(&acks)).await;
         let publisher = {
             let nats = nats.clone();
             tokio::spawn(async move {
@@ -285,7 +293,9 @@ async fn main() {
         let caught_up = t.elapsed();
         let lag = lag_histogram(&baton.ctx.metrics.render()).since(&lag_0);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let cost = common::Counts::read(&js).await.since(&counts_0, n);
+        let cost = common::Counts::read(&js, Some(&acks))
+            .await
+            .since(&counts_0, n);
         Some((rate, n, caught_up, lag, cost))
     } else {
         None
@@ -502,7 +512,9 @@ async fn hops(
             continue;
         };
         if let Some(p) = previous.take()
-            && !msg.subject.starts_with(&format!("{}.", subject::TRIGGER_PREFIX))
+            && !msg
+                .subject
+                .starts_with(&format!("{}.", subject::TRIGGER_PREFIX))
         {
             let hop = format!("{} → {}", p.subject, msg.subject);
             let micros = (msg.time - p.time).whole_microseconds() as i64;

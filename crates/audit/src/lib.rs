@@ -21,7 +21,10 @@
 //! keeps up with them one by one; each committed batch counts in `baton_audit_batches_total`.
 //! The writer drops event ids already stored (one
 //! query) or repeated in the batch, appends the rest and updates their task views in one
-//! transaction, commits, then the batch is acked. On a database error the whole batch is
+//! transaction, commits, then the batch is acked — with one cumulative ack per consumer
+//! ([`consumers`]), which the bus sends only when it covers no event this writer has not
+//! stored (a failed or redelivered event, or one a crashed writer held, holds it back until
+//! that event is stored). On a database error the whole batch is
 //! nak'ed and redelivered. A payload that is not a protobuf `Event` is stored anyway, as kind
 //! `undecodable` with its raw bytes, so nothing that reached the stream is missing from the log.
 //!
@@ -437,12 +440,7 @@ impl Audit {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let _stopped = self.stopped.clone().drop_guard();
         let bus = &self.ctx.bus;
-        let main = ConsumerSpec::new(SERVICE, DURABLE, "baton.>");
-        let dead = ConsumerSpec {
-            stream: bus.config().dead_stream.clone(),
-            ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>")
-        };
-        let spec = BatchSpec::new(vec![main, dead], self.config.batch_size)
+        let spec = BatchSpec::new(consumers(bus.config()), self.config.batch_size)
             .linger(self.config.batch_linger);
         self.watch_database(shutdown.clone());
         // Cancelled by shutdown, or by the handler when another writer took the lock.
@@ -586,6 +584,18 @@ impl Audit {
             }
         }
     }
+}
+
+/// Audit's two consumers: `audit` on the main stream (`baton.>`) and `audit-dead` on the
+/// dead-letter stream (`baton.dead.>`), both acked cumulatively — one ack per stored batch,
+/// which the bus never lets cover an event not yet stored (see [`baton_bus::BatchSpec`]).
+pub fn consumers(bus: &baton_bus::BusConfig) -> Vec<ConsumerSpec> {
+    let main = ConsumerSpec::new(SERVICE, DURABLE, "baton.>").cumulative_ack();
+    let dead = ConsumerSpec {
+        stream: bus.dead_stream.clone(),
+        ..ConsumerSpec::new(SERVICE, DURABLE_DEAD, "baton.dead.>").cumulative_ack()
+    };
+    vec![main, dead]
 }
 
 /// Convenience matching the design's `run(config, shutdown)`.

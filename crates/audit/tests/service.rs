@@ -469,12 +469,9 @@ async fn a_message_never_settled_is_dead_lettered_and_then_stored_from_its_dead_
         ..nats.config.clone()
     };
     let bus = baton_bus::Bus::connect(config).await.unwrap();
+    // Audit's own consumer, as the crashed writers left it.
     let consumer = bus
-        .pull_consumer(&baton_bus::ConsumerSpec::new(
-            baton_audit::SERVICE,
-            baton_audit::DURABLE,
-            "baton.>",
-        ))
+        .pull_consumer(&baton_audit::consumers(bus.config())[0])
         .await
         .unwrap();
     bus.publish(subject::TASK_RECEIVED, &received("t9"))

@@ -24,12 +24,34 @@
 //!   message stream that ends cut the linger short: the messages in hand are handled and
 //!   settled before `consume_batch` returns. The guards below apply to a lingered batch as to
 //!   any other (a redelivered message is still handled alone).
+//! - **Cumulative acks.** A source marked [`ConsumerSpec::cumulative_ack`] (audit's) is a
+//!   durable with `AckPolicy::All`: one ack settles the batch and every earlier message, so
+//!   the server handles one ack per batch instead of one per message. Such an ack must never
+//!   cover a message this process has not handled, so each such source keeps:
+//!   - `held`: messages handled (stored, or dead-lettered) and not yet acked — what a
+//!     dead-lettered message would get as a terminate under explicit acks (a terminate is
+//!     cumulative too under `AckPolicy::All`) waits here for the ack instead;
+//!   - `clean`: whether every message the server counts as delivered and unacked below the
+//!     newest one seen is in `held` or still on its way to the handler in order. It starts
+//!     true only when the consumer has nothing pending, and becomes false on a redelivery,
+//!     on a jump in the consumer's delivery sequence (deliveries this process never
+//!     received), on a nak (a failed message comes back later, below newer ones), and when
+//!     the message stream is pulled again.
+//!
+//!   After each batch a clean source acks its newest held message. A source that is not
+//!   clean acks nothing until the consumer's info (one request) shows exactly `held` pending:
+//!   then every message pending is one this process handled, the ack covers exactly those,
+//!   and the source is clean again. Until then held messages get in-progress acks every
+//!   `ack_wait / 3`, and the info is asked again then and after each batch. So a failed
+//!   batch, a crash (messages pending from the dead process come back after `ack_wait`) or a
+//!   lost delivery delays acks, never loses a message; the guards above work as before, since
+//!   the server still counts each message's deliveries.
 //! - **Ack wait.** While the handler works, every message of the batch gets an in-progress ack
 //!   each `ack_wait / 3`, so a slow batch is not redelivered under its feet; a handler still
 //!   running after [`BatchSpec::timeout`] is cancelled (its future dropped) and its batch is
 //!   nak'ed as a failed delivery. A handler that panics is treated the same way.
 
-use crate::consumer::{ConsumerSpec, Delivery, HandlerError};
+use crate::consumer::{ConsumerSpec, Delivery, HandlerError, Outcome};
 use crate::{Bus, BusError};
 use futures::future::Either;
 use futures::{FutureExt as _, StreamExt as _};
@@ -125,10 +147,26 @@ impl Bus {
         Fut: Future<Output = BatchResult>,
     {
         let mut consumers = Vec::with_capacity(spec.sources.len());
+        let mut order = Vec::with_capacity(spec.sources.len());
         for source in &spec.sources {
-            consumers.push(self.pull_consumer(source).await?);
+            let consumer = self.pull_consumer(source).await?;
+            order.push(
+                source
+                    .cumulative_ack
+                    .then(|| InOrder::start(consumer.cached_info())),
+            );
+            consumers.push(consumer);
         }
+        let every = (self.config().ack_wait / 3).max(Duration::from_millis(10));
+        let mut keep = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut pulled = false;
         while !shutdown.is_cancelled() {
+            if std::mem::replace(&mut pulled, true) {
+                // Pulled again: what was delivered meanwhile may never have arrived.
+                for o in order.iter_mut().flatten() {
+                    o.clean = false;
+                }
+            }
             let mut streams = Vec::with_capacity(consumers.len());
             for (i, consumer) in consumers.iter().enumerate() {
                 let source = &spec.sources[i];
@@ -162,7 +200,22 @@ impl Bus {
                 ))
             };
             let mut batches = std::pin::pin!(batches);
-            while let Some(chunk) = batches.next().await {
+            loop {
+                let holding = order.iter().flatten().any(|o| !o.held.is_empty());
+                let chunk = tokio::select! {
+                    chunk = batches.next() => match chunk {
+                        Some(chunk) => chunk,
+                        None => break,
+                    },
+                    _ = keep.tick(), if holding => {
+                        for (i, o) in order.iter_mut().enumerate() {
+                            if let Some(o) = o {
+                                o.keep(self, &spec.sources[i]).await;
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let mut fresh = Vec::with_capacity(chunk.len());
                 let mut again = Vec::new();
                 for (i, item) in chunk {
@@ -175,8 +228,17 @@ impl Bus {
                         }
                     };
                     let delivery = Delivery::new(msg);
+                    if let Some(o) = &mut order[i] {
+                        o.observe(&delivery);
+                    }
                     if let Err(e) = self.redelivery_guard(source, &delivery) {
-                        self.settle(source, &delivery, Err(e)).await;
+                        match &mut order[i] {
+                            Some(o) => {
+                                o.settle(self, source, &delivery, Err(e)).await;
+                                o.ack(self, source).await;
+                            }
+                            None => self.settle(source, &delivery, Err(e)).await,
+                        }
                     } else if delivery.deliveries() > 1 {
                         again.push((i, delivery));
                     } else {
@@ -184,15 +246,24 @@ impl Bus {
                     }
                 }
                 if !fresh.is_empty() {
-                    self.handle_batch(&spec, fresh, &mut handler).await;
+                    self.handle_batch(&spec, fresh, &mut handler, &mut order)
+                        .await;
                 }
                 for one in again {
-                    self.handle_batch(&spec, vec![one], &mut handler).await;
+                    self.handle_batch(&spec, vec![one], &mut handler, &mut order)
+                        .await;
                 }
             }
             if !shutdown.is_cancelled() {
                 // A message stream ended (server gone); pull again after a pause.
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        // Settle what was handled, if the server's count allows it; otherwise it comes back
+        // to the next process and is found stored.
+        for (i, o) in order.iter_mut().enumerate() {
+            if let Some(o) = o {
+                o.ack(self, &spec.sources[i]).await;
             }
         }
         Ok(())
@@ -205,6 +276,7 @@ impl Bus {
         spec: &BatchSpec,
         batch: Vec<(usize, Delivery)>,
         handler: &mut F,
+        order: &mut [Option<InOrder>],
     ) where
         F: FnMut(Vec<Delivery>) -> Fut,
         Fut: Future<Output = BatchResult>,
@@ -284,13 +356,116 @@ impl Bus {
                 results
             }
         };
-        futures::future::join_all(
-            batch
-                .iter()
-                .zip(results)
-                .map(|((i, d), result)| self.settle(&spec.sources[*i], d, result)),
-        )
-        .instrument(span)
-        .await;
+        let mut explicit = Vec::with_capacity(n);
+        for ((i, d), result) in batch.iter().zip(results) {
+            match &mut order[*i] {
+                Some(o) => o.settle(self, &spec.sources[*i], d, result).await,
+                None => explicit.push(self.settle(&spec.sources[*i], d, result)),
+            }
+        }
+        futures::future::join_all(explicit).instrument(span).await;
+        for (i, o) in order.iter_mut().enumerate() {
+            if let Some(o) = o {
+                o.ack(self, &spec.sources[i]).await;
+            }
+        }
+    }
+}
+
+/// The state of one [`ConsumerSpec::cumulative_ack`] source (see the module's docs).
+struct InOrder {
+    /// Every message the server counts as delivered and unacked, up to the newest seen, is in
+    /// `held` or on its way to the handler in stream order.
+    clean: bool,
+    /// The consumer's delivery sequence of the newest delivery seen.
+    last_delivery: u64,
+    /// Handled (stored or dead-lettered) and not yet acked, by stream sequence.
+    held: std::collections::BTreeMap<u64, Delivery>,
+}
+
+impl InOrder {
+    /// The state for a consumer whose info (at creation) is `info`: clean only when nothing
+    /// is pending (a process before this one may have died holding messages).
+    fn start(info: &async_nats::jetstream::consumer::Info) -> InOrder {
+        InOrder {
+            clean: info.num_ack_pending == 0,
+            last_delivery: info.delivered.consumer_sequence,
+            held: Default::default(),
+        }
+    }
+
+    /// Notes a delivery: a redelivery, or one that skips delivery sequences, means the
+    /// server holds messages this process has not handled.
+    fn observe(&mut self, d: &Delivery) {
+        if d.deliveries() > 1 || d.consumer_sequence() != self.last_delivery + 1 {
+            self.clean = false;
+        }
+        self.last_delivery = self.last_delivery.max(d.consumer_sequence());
+    }
+
+    /// Settles `d` as [`Bus::settle`] does, except that a handled or dead-lettered message
+    /// is held for the next cumulative ack, and a nak makes the source unclean (the message
+    /// comes back after newer ones).
+    async fn settle(
+        &mut self,
+        bus: &Bus,
+        source: &ConsumerSpec,
+        d: &Delivery,
+        result: Result<(), HandlerError>,
+    ) {
+        match bus.outcome(source, d, result).await {
+            Outcome::Handled | Outcome::DeadLettered => {
+                self.held.insert(d.stream_sequence(), d.clone());
+            }
+            Outcome::Again(delay) => {
+                self.clean = false;
+                d.nak(delay).await;
+            }
+        }
+    }
+
+    /// Acks the newest held message, settling all held ones, when that covers nothing else:
+    /// at once when clean; otherwise only once the consumer's info shows exactly `held`
+    /// pending.
+    async fn ack(&mut self, bus: &Bus, source: &ConsumerSpec) {
+        let Some((_, newest)) = self.held.last_key_value() else {
+            return;
+        };
+        if !self.clean {
+            let stream = if source.stream.is_empty() {
+                &bus.config().stream
+            } else {
+                &source.stream
+            };
+            match bus.consumer_info(stream, &source.durable).await {
+                Ok(info) if info.num_ack_pending == self.held.len() => {
+                    self.clean = true;
+                    self.last_delivery = self.last_delivery.max(info.delivered.consumer_sequence);
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(error = %e, consumer = %source.durable, "cannot read consumer info; holding acks");
+                    return;
+                }
+            }
+        }
+        match newest.ack().await {
+            Ok(()) => self.held.clear(),
+            Err(e) => {
+                // Kept: the next ack covers them, once the server's count says it may.
+                error!(error = %e, consumer = %source.durable, "cannot ack; holding");
+                self.clean = false;
+            }
+        }
+    }
+
+    /// While acks are held: in-progress acks for the held messages (so they are not
+    /// redelivered meanwhile), then another try at [`InOrder::ack`].
+    async fn keep(&mut self, bus: &Bus, source: &ConsumerSpec) {
+        if self.held.is_empty() {
+            return;
+        }
+        futures::future::join_all(self.held.values().map(|d| d.in_progress())).await;
+        self.ack(bus, source).await;
     }
 }

@@ -16,6 +16,17 @@ use tracing::{Instrument, debug, error, info_span, warn};
 /// Largest payload copied into a dead-letter event.
 const DEAD_PAYLOAD_MAX: usize = 64 * 1024;
 
+/// What became of a delivered message: how [`Bus::settle`] settles it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Outcome {
+    /// The handler succeeded: ack.
+    Handled,
+    /// Its dead letter is stored: terminate.
+    DeadLettered,
+    /// Deliver it again after this delay: nak.
+    Again(Duration),
+}
+
 /// Which messages a consumer receives and who it is.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -33,6 +44,12 @@ pub struct ConsumerSpec {
     /// redelivery, like a rollout): deliveries cut short by shutdown or a crash never
     /// dead-letter the message; only the handler's own failures count.
     pub resumable: bool,
+    /// One ack settles every earlier message too (JetStream's `AckPolicy::All`), so a batch
+    /// costs one ack instead of one per message. Only for [`Bus::consume_batch`] with one
+    /// writer that stores messages in stream order (audit); [`Bus::consume`], whose handlers
+    /// run concurrently, refuses it. See the `batch` module for how an ack is kept from
+    /// covering a message this process has not handled.
+    pub cumulative_ack: bool,
 }
 
 impl ConsumerSpec {
@@ -45,7 +62,14 @@ impl ConsumerSpec {
             service: service.to_string(),
             concurrency: 64,
             resumable: false,
+            cumulative_ack: false,
         }
+    }
+
+    /// Acks cumulatively (see [`ConsumerSpec::cumulative_ack`]).
+    pub fn cumulative_ack(mut self) -> ConsumerSpec {
+        self.cumulative_ack = true;
+        self
     }
 
     /// Marks the consumer's work as resumable (see [`ConsumerSpec::resumable`]).
@@ -107,6 +131,7 @@ pub struct Delivery {
     msg: Arc<jetstream::Message>,
     deliveries: i64,
     stream_sequence: u64,
+    consumer_sequence: u64,
     stored_at_millis: u64,
 }
 
@@ -123,21 +148,23 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// Wraps a JetStream message.
     pub fn new(msg: jetstream::Message) -> Delivery {
-        let (deliveries, stream_sequence, stored_at_millis) = msg
+        let (deliveries, stream_sequence, consumer_sequence, stored_at_millis) = msg
             .info()
             .map(|i| {
                 let millis = i.published.unix_timestamp_nanos() / 1_000_000;
                 (
                     i.delivered,
                     i.stream_sequence,
+                    i.consumer_sequence,
                     u64::try_from(millis).unwrap_or(0),
                 )
             })
-            .unwrap_or((1, 0, 0));
+            .unwrap_or((1, 0, 0, 0));
         Delivery {
             msg: Arc::new(msg),
             deliveries,
             stream_sequence,
+            consumer_sequence,
             stored_at_millis,
         }
     }
@@ -168,6 +195,11 @@ impl Delivery {
     /// Its sequence in the stream: stable across redeliveries, so a usable idempotency key.
     pub fn stream_sequence(&self) -> u64 {
         self.stream_sequence
+    }
+    /// Its delivery sequence in the consumer: one more for every delivery the consumer makes,
+    /// redeliveries included, so a jump means deliveries this process never received.
+    pub fn consumer_sequence(&self) -> u64 {
+        self.consumer_sequence
     }
     /// When the stream stored it, in milliseconds since the Unix epoch: like
     /// [`Delivery::stream_sequence`], the same on every redelivery.
@@ -204,6 +236,16 @@ impl Delivery {
             }),
         }
     }
+    /// Acks it (and, on a [`ConsumerSpec::cumulative_ack`] consumer, every earlier message).
+    pub(crate) async fn ack(&self) -> Result<(), async_nats::Error> {
+        self.msg.ack_with(AckKind::Ack).await
+    }
+    /// Naks it: delivered again after `delay`.
+    pub(crate) async fn nak(&self, delay: Duration) {
+        if let Err(e) = self.msg.ack_with(AckKind::Nak(Some(delay))).await {
+            error!(error = %e, subject = self.subject(), "cannot settle message");
+        }
+    }
     /// Tells the server the handler is still working, resetting the ack-wait timer. Long
     /// handlers (rollouts) call it periodically.
     pub async fn in_progress(&self) {
@@ -235,13 +277,49 @@ impl Bus {
             .get_stream(stream_name)
             .await
             .map_err(|e| err(e.to_string()))?;
+        let ack_policy = if spec.cumulative_ack {
+            jetstream::consumer::AckPolicy::All
+        } else {
+            jetstream::consumer::AckPolicy::Explicit
+        };
+        // The server can change neither a durable's ack policy nor where it starts: an existing
+        // durable keeps its start, and one of an earlier version with the other ack policy is
+        // replaced by one that starts after its ack floor (everything at or below it is
+        // settled; what was pending above it is delivered again, its delivery count starting
+        // over).
+        let mut deliver_policy = jetstream::consumer::DeliverPolicy::All;
+        let existing = stream.consumer_info(&spec.durable).await.ok();
+        if let Some(info) = &existing
+            && info.config.ack_policy == ack_policy
+        {
+            deliver_policy = info.config.deliver_policy;
+        } else if let Some(info) = existing {
+            let floor = info.ack_floor.stream_sequence;
+            warn!(
+                consumer = %spec.durable,
+                from = ?info.config.ack_policy,
+                to = ?ack_policy,
+                ack_floor = floor,
+                "replacing a durable consumer whose ack policy changed; it resumes after its ack floor"
+            );
+            stream
+                .delete_consumer(&spec.durable)
+                .await
+                .map_err(|e| err(format!("cannot replace it (ack policy changed): {e}")))?;
+            if floor > 0 {
+                deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: floor + 1,
+                };
+            }
+        }
         // No server-side `backoff` list: with one, the server waits only backoff[0] (not ack_wait)
         // for the first ack, redelivering long handlers while they still run. Retry delays come
         // from `settle`, which naks with the configured delay.
         let config = pull::Config {
             durable_name: Some(spec.durable.clone()),
             description: Some(format!("{} on {}", spec.service, spec.filter_subject)),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_policy,
+            deliver_policy,
             ack_wait: c.ack_wait,
             // Unlimited on the server: `consume` dead-letters after `max_deliver` itself, so a
             // message is never silently parked when its handler keeps crashing or hanging.
@@ -308,6 +386,14 @@ impl Bus {
         F: Fn(Delivery) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send,
     {
+        if spec.cumulative_ack {
+            return Err(BusError::Consumer {
+                stream: spec.stream.clone(),
+                consumer: spec.durable.clone(),
+                reason: "cumulative acks need one in-order writer: use consume_batch, not consume"
+                    .into(),
+            });
+        }
         let consumer = self.pull_consumer(&spec).await?;
         let handler = Arc::new(handler);
         while !shutdown.is_cancelled() {
@@ -386,47 +472,64 @@ impl Bus {
         delivery: &Delivery,
         result: Result<(), HandlerError>,
     ) {
-        let kind = match result {
-            Ok(()) => AckKind::Ack,
-            Err(HandlerError::Interrupted(reason)) => {
-                debug!(%reason, "handler interrupted; redelivering soon");
-                AckKind::Nak(Some(self.config().backoff_for(1)))
-            }
-            Err(HandlerError::Retry(reason))
-                if delivery.deliveries() < self.config().max_deliver =>
-            {
-                let delay = self.config().backoff_for(delivery.deliveries());
-                warn!(reason = %baton_proto::redact::for_log(&reason), attempt = delivery.deliveries(), ?delay, "handler failed, will retry");
-                AckKind::Nak(Some(delay))
-            }
-            Err(HandlerError::Retry(reason)) => {
-                let reason = format!(
-                    "gave up after {} deliveries: {reason}",
-                    delivery.deliveries()
-                );
-                self.dead_letter_or_nak(spec, delivery, reason).await
-            }
-            Err(HandlerError::Reject(reason)) => {
-                self.dead_letter_or_nak(spec, delivery, reason).await
-            }
+        let kind = match self.outcome(spec, delivery, result).await {
+            Outcome::Handled => AckKind::Ack,
+            Outcome::DeadLettered => AckKind::Term,
+            Outcome::Again(delay) => AckKind::Nak(Some(delay)),
         };
         if let Err(e) = delivery.msg.ack_with(kind).await {
             error!(error = %e, subject = delivery.subject(), "cannot settle message");
         }
     }
 
-    async fn dead_letter_or_nak(
+    /// What becomes of `delivery` given the handler's `result`: handled; dead-lettered (the
+    /// dead letter is stored) on [`HandlerError::Reject`] or a [`HandlerError::Retry`] at the
+    /// last attempt; delivered again after a delay otherwise, or when the dead letter cannot
+    /// be stored.
+    pub(crate) async fn outcome(
+        &self,
+        spec: &ConsumerSpec,
+        delivery: &Delivery,
+        result: Result<(), HandlerError>,
+    ) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Handled,
+            Err(HandlerError::Interrupted(reason)) => {
+                debug!(%reason, "handler interrupted; redelivering soon");
+                Outcome::Again(self.config().backoff_for(1))
+            }
+            Err(HandlerError::Retry(reason))
+                if delivery.deliveries() < self.config().max_deliver =>
+            {
+                let delay = self.config().backoff_for(delivery.deliveries());
+                warn!(reason = %baton_proto::redact::for_log(&reason), attempt = delivery.deliveries(), ?delay, "handler failed, will retry");
+                Outcome::Again(delay)
+            }
+            Err(HandlerError::Retry(reason)) => {
+                let reason = format!(
+                    "gave up after {} deliveries: {reason}",
+                    delivery.deliveries()
+                );
+                self.dead_letter_or_again(spec, delivery, reason).await
+            }
+            Err(HandlerError::Reject(reason)) => {
+                self.dead_letter_or_again(spec, delivery, reason).await
+            }
+        }
+    }
+
+    async fn dead_letter_or_again(
         &self,
         spec: &ConsumerSpec,
         d: &Delivery,
         reason: String,
-    ) -> AckKind {
+    ) -> Outcome {
         error!(reason = %baton_proto::redact::for_log(&reason), subject = d.subject(), service = %spec.service, "dead-lettering message");
         match self.dead_letter(spec, d, &reason).await {
-            Ok(()) => AckKind::Term,
+            Ok(()) => Outcome::DeadLettered,
             Err(e) => {
                 error!(error = %e, "cannot publish dead letter; will redeliver");
-                AckKind::Nak(Some(self.config().backoff_for(d.deliveries())))
+                Outcome::Again(self.config().backoff_for(d.deliveries()))
             }
         }
     }

@@ -148,6 +148,14 @@ pub fn services(config: &BusConfig, agent_roles: &[String]) -> Vec<User> {
         AUDIT_BUCKETS,
     );
     audit.permissions.subscribe.push(progress.clone());
+    // Audit's durables ack cumulatively; one left by a version that acked each message is
+    // replaced (the server cannot change a durable's ack policy).
+    for (stream, durable) in [(main, "audit"), (dead, "audit-dead")] {
+        audit
+            .permissions
+            .publish
+            .push(format!("$JS.API.CONSUMER.DELETE.{stream}.{durable}"));
+    }
     let agent_consumers: Vec<String> = agent_roles.iter().map(|r| format!("agent-{r}")).collect();
     let agent_consumers: Vec<(&str, &str)> =
         agent_consumers.iter().map(|d| (main, d.as_str())).collect();

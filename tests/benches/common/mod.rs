@@ -1,12 +1,14 @@
 //! What the `bare_chain` and `pipeline` benches share: the bare 6-stage JetStream chain that
 //! Baton is measured against, and a count of the JetStream operations a run caused (messages
-//! stored per stream, deliveries per consumer), read from the server's stream and consumer info.
+//! stored per stream, deliveries per consumer), read from the server's stream and consumer info,
+//! and the acks of consumers that ack cumulatively, counted on their ack subjects.
 
 #![allow(dead_code)]
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Stages of the bare chain: one per Baton service.
@@ -104,7 +106,7 @@ pub async fn bare_chain(sequential: usize, pipelined: usize) -> ChainFigures {
         latencies.push(t.elapsed());
     }
     latencies.sort();
-    let before = Counts::read(&js).await;
+    let before = Counts::read(&js, None).await;
     let t = Instant::now();
     let publisher = {
         let js = js.clone();
@@ -125,7 +127,7 @@ pub async fn bare_chain(sequential: usize, pipelined: usize) -> ChainFigures {
     publisher.await.unwrap();
     // The last stage's ack may trail its output: wait for the consumers to settle.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let cost = Counts::read(&js).await.since(&before, pipelined);
+    let cost = Counts::read(&js, None).await.since(&before, pipelined);
     for stage in stages {
         stage.abort();
     }
@@ -138,20 +140,78 @@ pub async fn bare_chain(sequential: usize, pipelined: usize) -> ChainFigures {
     }
 }
 
+/// Counts the acks clients send for the consumers that ack cumulatively (`AckPolicy::All`,
+/// audit's), whose acks are not one per delivery: one subscription per such consumer to its
+/// ack subject, `$JS.ACK.<stream>.<consumer>.>`, which sees every ack, nak and terminate sent
+/// for it (in-progress acks are not counted, as for the other consumers). It costs the
+/// server one more delivery per such ack, about one per audit commit.
+pub struct AckTap {
+    /// `stream/consumer` → acks seen.
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AckTap {
+    /// Subscribes to the ack subject of every consumer with `AckPolicy::All` that exists now.
+    pub async fn start(client: &async_nats::Client, js: &jetstream::Context) -> AckTap {
+        let counts: Arc<Mutex<BTreeMap<String, u64>>> = Default::default();
+        let mut tasks = Vec::new();
+        let mut streams = js.streams();
+        while let Some(Ok(info)) = streams.next().await {
+            let Ok(stream) = js.get_stream(&info.config.name).await else {
+                continue;
+            };
+            let mut consumers = stream.consumers();
+            while let Some(Ok(c)) = consumers.next().await {
+                if c.config.ack_policy != jetstream::consumer::AckPolicy::All {
+                    continue;
+                }
+                let key = format!("{}/{}", info.config.name, c.name);
+                counts.lock().unwrap().insert(key.clone(), 0);
+                let mut sub = client
+                    .subscribe(format!("$JS.ACK.{}.{}.>", info.config.name, c.name))
+                    .await
+                    .unwrap();
+                let counts = counts.clone();
+                tasks.push(tokio::spawn(async move {
+                    while let Some(m) = sub.next().await {
+                        let p = m.payload.as_ref();
+                        if p.is_empty() || p == b"+ACK" || p.starts_with(b"-NAK") || p == b"+TERM" {
+                            *counts.lock().unwrap().entry(key.clone()).or_default() += 1;
+                        }
+                    }
+                }));
+            }
+        }
+        client.flush().await.unwrap();
+        AckTap {
+            counts,
+            _tasks: tasks,
+        }
+    }
+}
+
 /// JetStream counters at one moment: last sequence of every stream (messages ever stored in
-/// it, so KV writes for a `KV_` stream), delivered and acknowledged counts of every consumer.
+/// it, so KV writes for a `KV_` stream), deliveries of every consumer, and acks of the
+/// cumulative ones an [`AckTap`] watches.
 #[derive(Default)]
 pub struct Counts {
     /// Stream name → last sequence.
     streams: BTreeMap<String, u64>,
-    /// `stream/consumer` → (deliveries, acked stream sequence floor).
+    /// `stream/consumer` → deliveries.
     consumers: BTreeMap<String, u64>,
+    /// `stream/consumer` → acks sent, for the consumers acked cumulatively; every other
+    /// consumer's deliveries are settled by one ack each.
+    cumulative_acks: BTreeMap<String, u64>,
 }
 
 impl Counts {
-    /// Reads every stream's and consumer's info (a handful of requests).
-    pub async fn read(js: &jetstream::Context) -> Counts {
+    /// Reads every stream's and consumer's info (a handful of requests), and `tap`'s counts.
+    pub async fn read(js: &jetstream::Context, tap: Option<&AckTap>) -> Counts {
         let mut counts = Counts::default();
+        if let Some(tap) = tap {
+            counts.cumulative_acks = tap.counts.lock().unwrap().clone();
+        }
         let mut streams = js.streams();
         while let Some(info) = streams.next().await {
             let Ok(info) = info else { continue };
@@ -198,6 +258,18 @@ impl Counts {
                 cost.deliveries += per(*now, then);
                 cost.rows
                     .push((format!("deliveries, consumer {name}"), per(*now, then)));
+                match self.cumulative_acks.get(name) {
+                    Some(acks) => {
+                        let acked = per(
+                            *acks,
+                            before.cumulative_acks.get(name).copied().unwrap_or(0),
+                        );
+                        cost.acks += acked;
+                        cost.rows
+                            .push((format!("acks, consumer {name} (cumulative)"), acked));
+                    }
+                    None => cost.acks += per(*now, then),
+                }
             }
         }
         cost
@@ -213,14 +285,17 @@ pub struct Cost {
     pub publishes: f64,
     /// Messages stored in KV buckets per unit.
     pub kv_writes: f64,
-    /// Deliveries to durable consumers per unit (each settled by one ack, nak or term).
+    /// Deliveries to durable consumers per unit.
     pub deliveries: f64,
+    /// Acks (naks, terminates) per unit: one per delivery, except for consumers acked
+    /// cumulatively, whose acks an [`AckTap`] counted.
+    pub acks: f64,
 }
 
 impl Cost {
-    /// Publishes + KV writes + deliveries + their acks.
+    /// Publishes + KV writes + deliveries + acks.
     pub fn total(&self) -> f64 {
-        self.publishes + self.kv_writes + 2.0 * self.deliveries
+        self.publishes + self.kv_writes + self.deliveries + self.acks
     }
 
     /// Prints the rows as a Markdown table.

@@ -614,22 +614,7 @@ async fn messages_arriving_within_the_linger_share_a_batch_and_a_lone_one_is_han
         &vec!["alone".to_string()]
     );
     // Everything was acked: nothing is left for the consumer.
-    let consumer = nats
-        .bus
-        .pull_consumer(&ConsumerSpec::new("test", "test", subject::TASK_RECEIVED))
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let info = consumer.clone().info().await.unwrap().clone();
-            if info.num_ack_pending == 0 && info.num_pending == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("every message acked");
+    wait_settled(&nats.bus, &consumer_spec(false)).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

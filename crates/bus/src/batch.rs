@@ -159,6 +159,8 @@ impl Bus {
         }
         let every = (self.config().ack_wait / 3).max(Duration::from_millis(10));
         let mut keep = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // Idle stretches (nothing held) must not make the ticks due pile up.
+        keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pulled = false;
         while !shutdown.is_cancelled() {
             if std::mem::replace(&mut pulled, true) {

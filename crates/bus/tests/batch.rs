@@ -502,6 +502,23 @@ async fn with_cumulative_acks_messages_a_crashed_process_held_are_handled_before
 }
 
 #[tokio::test]
+async fn consume_refuses_cumulative_acks_and_says_what_to_use_instead() {
+    let nats = TestNats::start().await;
+    let err = nats
+        .bus
+        .consume(consumer_spec(true), CancellationToken::new(), |_| async {
+            Ok(())
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cumulative acks") && err.contains("use consume_batch"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_durable_whose_ack_policy_changed_is_replaced_and_resumes_after_its_ack_floor() {
     let nats = TestNats::start().await;
     let explicit = consumer_spec(false);

@@ -434,12 +434,10 @@ impl InOrder {
             return;
         };
         if !self.clean {
-            let stream = if source.stream.is_empty() {
-                &bus.config().stream
-            } else {
-                &source.stream
-            };
-            match bus.consumer_info(stream, &source.durable).await {
+            match bus
+                .consumer_info(bus.stream_of(source), &source.durable)
+                .await
+            {
                 Ok(info) if info.num_ack_pending == self.held.len() => {
                     self.clean = true;
                     self.last_delivery = self.last_delivery.max(info.delivered.consumer_sequence);

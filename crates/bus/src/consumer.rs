@@ -256,19 +256,24 @@ impl Delivery {
 }
 
 impl Bus {
+    /// The stream `spec` consumes from: its own, or the main stream when it names none.
+    pub(crate) fn stream_of<'a>(&'a self, spec: &'a ConsumerSpec) -> &'a str {
+        if spec.stream.is_empty() {
+            &self.config().stream
+        } else {
+            &spec.stream
+        }
+    }
+
     /// Creates (or updates) the durable pull consumer described by `spec`.
     pub async fn pull_consumer(
         &self,
         spec: &ConsumerSpec,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
         let c = self.config();
-        let stream_name = if spec.stream.is_empty() {
-            &c.stream
-        } else {
-            &spec.stream
-        };
+        let stream_name = self.stream_of(spec);
         let err = |reason: String| BusError::Consumer {
-            stream: stream_name.clone(),
+            stream: stream_name.to_string(),
             consumer: spec.durable.clone(),
             reason,
         };
@@ -334,7 +339,7 @@ impl Bus {
             .create_consumer(config)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let key = (stream_name.clone(), spec.durable.clone());
+        let key = (stream_name.to_string(), spec.durable.clone());
         let mut known = self.consumers.lock().expect("consumers lock");
         if !known.contains(&key) {
             known.push(key);
@@ -540,11 +545,7 @@ impl Bus {
         d: &Delivery,
         reason: &str,
     ) -> Result<(), BusError> {
-        let stream = if spec.stream.is_empty() {
-            &self.config().stream
-        } else {
-            &spec.stream
-        };
+        let stream = self.stream_of(spec);
         let headers = d
             .headers()
             .map(|h| {

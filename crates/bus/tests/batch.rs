@@ -310,24 +310,29 @@ async fn never_settled_is_dead_lettered(cumulative: bool) {
     run.await.unwrap().unwrap();
 }
 
-/// Counts the acks (`+ACK`) clients send for the consumer `test` of the main stream.
-async fn count_acks(bus: &Bus) -> Arc<AtomicUsize> {
-    let acks = Arc::new(AtomicUsize::new(0));
-    let mut sub = bus
-        .client()
-        .subscribe("$JS.ACK.BATON.test.>")
-        .await
-        .unwrap();
+/// Counts the messages published on `subject` from now on whose payload `counts` accepts.
+async fn count_on(bus: &Bus, subject: &'static str, counts: fn(&[u8]) -> bool) -> Arc<AtomicUsize> {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut sub = bus.client().subscribe(subject).await.unwrap();
     bus.client().flush().await.unwrap();
-    let counter = acks.clone();
+    let counter = seen.clone();
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
-            if m.payload.is_empty() || m.payload.as_ref() == b"+ACK" {
+            if counts(&m.payload) {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
         }
     });
-    acks
+    seen
+}
+
+/// Counts the acks (`+ACK`, or an empty payload) clients send for the consumer `test` of the
+/// main stream.
+async fn count_acks(bus: &Bus) -> Arc<AtomicUsize> {
+    count_on(bus, "$JS.ACK.BATON.test.>", |p| {
+        p.is_empty() || p == b"+ACK"
+    })
+    .await
 }
 
 #[tokio::test]
@@ -416,20 +421,7 @@ async fn with_cumulative_acks_a_consumer_that_loses_nothing_asks_no_consumer_inf
         .unwrap();
     wait_for_messages(&batches, 1).await;
     // From here on, every consumer info request for it is counted.
-    let infos = Arc::new(AtomicUsize::new(0));
-    let mut sub = nats
-        .bus
-        .client()
-        .subscribe("$JS.API.CONSUMER.INFO.BATON.test")
-        .await
-        .unwrap();
-    nats.bus.client().flush().await.unwrap();
-    let counter = infos.clone();
-    tokio::spawn(async move {
-        while sub.next().await.is_some() {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let infos = count_on(&nats.bus, "$JS.API.CONSUMER.INFO.BATON.test", |_| true).await;
     for round in 0..5 {
         for i in 0..40 {
             nats.bus

@@ -512,9 +512,7 @@ async fn hops(
             continue;
         };
         if let Some(p) = previous.take()
-            && !msg
-                .subject
-                .starts_with(&format!("{}.", subject::TRIGGER_PREFIX))
+            && subject::parse_trigger(&msg.subject).is_none()
         {
             let hop = format!("{} → {}", p.subject, msg.subject);
             let micros = (msg.time - p.time).whole_microseconds() as i64;

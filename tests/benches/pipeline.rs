@@ -452,9 +452,9 @@ async fn main() {
     );
     println!("| from → to                                              | p50       | p99       |");
     println!("|--------------------------------------------------------|-----------|-----------|");
-    for (hop, mut micros) in hops {
-        micros.sort_unstable();
-        let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+    for (hop, mut times) in hops {
+        times.sort_unstable();
+        let at = |p: f64| pct(&times, p).as_secs_f64() * 1e3;
         println!("| {hop:<54} | {:>6.3} ms | {:>6.3} ms |", at(0.5), at(0.99));
     }
     if let Some(bare) = &bare {
@@ -497,15 +497,16 @@ async fn main() {
 
 /// The time between consecutive messages of the main stream from `first` to `last` (one task
 /// in flight at a time, so consecutive messages are consecutive steps of one task), by the
-/// server's receive timestamps, in µs, keyed by `from → to` subject in the order first seen.
+/// server's receive timestamps (to the microsecond), keyed by `from → to` subject in the order
+/// first seen.
 /// The step from a task's last event to the next task's trigger (the bench's turnaround) is
 /// left out.
 async fn hops(
     stream: &async_nats::jetstream::stream::Stream,
     first: u64,
     last: u64,
-) -> Vec<(String, Vec<i64>)> {
-    let mut hops: Vec<(String, Vec<i64>)> = Vec::new();
+) -> Vec<(String, Vec<Duration>)> {
+    let mut hops: Vec<(String, Vec<Duration>)> = Vec::new();
     let mut previous: Option<async_nats::jetstream::message::StreamMessage> = None;
     for seq in first..=last {
         let Ok(msg) = stream.get_raw_message(seq).await else {
@@ -515,10 +516,11 @@ async fn hops(
             && subject::parse_trigger(&msg.subject).is_none()
         {
             let hop = format!("{} → {}", p.subject, msg.subject);
-            let micros = (msg.time - p.time).whole_microseconds() as i64;
+            let micros = (msg.time - p.time).whole_microseconds().max(0) as u64;
+            let took = Duration::from_micros(micros);
             match hops.iter_mut().find(|(h, _)| *h == hop) {
-                Some((_, v)) => v.push(micros),
-                None => hops.push((hop, vec![micros])),
+                Some((_, v)) => v.push(took),
+                None => hops.push((hop, vec![took])),
             }
         }
         previous = Some(msg);

@@ -169,6 +169,29 @@ async fn a_service_publishing_outside_its_permissions_is_refused_by_nats() {
     assert!(!stored(&h, subject::TASK_APPROVED).await);
     assert!(!stored(&h, subject::TASK_COMPLETED).await);
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+    // Audit may delete its own two durables (to replace one an older version left with
+    // explicit acks), not another service's; nor may another service delete audit's.
+    for (who, durable) in [("audit", "execution"), ("validation", "audit")] {
+        let client = h.nats_as(who).await;
+        let deleted = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request(
+                format!("$JS.API.CONSUMER.DELETE.BATON.{durable}"),
+                "".into(),
+            ),
+        )
+        .await;
+        assert!(
+            !matches!(deleted, Ok(Ok(_))),
+            "{who} deleted the durable {durable}"
+        );
+        h.baton
+            .ctx
+            .bus
+            .consumer_info("BATON", durable)
+            .await
+            .unwrap_or_else(|e| panic!("{durable} is gone after {who} tried to delete it: {e}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
